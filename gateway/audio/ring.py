@@ -1,0 +1,141 @@
+"""Bounded frame rings shared between the media clock thread and the asyncio loop.
+
+The media clock thread (pjmedia's) only appends or pops whole frames; `collections.deque`
+makes each of those a single atomic operation under the GIL, so no lock is held on the
+clock thread. The asyncio side is woken with `call_soon_threadsafe` only when it said it is
+waiting, so an idle conversation costs nothing per frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+from gateway.audio.pcm import FRAME_BYTES
+
+
+class InboundRing:
+    """Caller audio: frames pushed by the clock thread, consumed by the conversation.
+
+    Bounded: when the consumer falls behind by more than `capacity` frames the oldest frames
+    are dropped and counted in `dropped` (a stalled conversation must not grow memory).
+    """
+
+    def __init__(self, capacity: int = 250) -> None:
+        self._frames: collections.deque[bytes] = collections.deque(maxlen=capacity)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._event: asyncio.Event | None = None
+        self._waiting = False
+        self.capacity = capacity
+        self.pushed = 0
+        self.dropped = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the loop whose tasks consume this ring (call on that loop)."""
+        self._loop = loop
+        self._event = asyncio.Event()
+
+    def push(self, frame: bytes) -> None:
+        """Clock thread: add one frame, wake the consumer if it waits."""
+        if len(self._frames) == self.capacity:
+            self.dropped += 1
+        self._frames.append(frame)
+        self.pushed += 1
+        if self._waiting and self._loop is not None and self._event is not None:
+            self._waiting = False
+            try:
+                self._loop.call_soon_threadsafe(self._event.set)
+            except RuntimeError:  # loop closed during shutdown
+                pass
+
+    def pop(self) -> bytes | None:
+        """Consumer: the oldest frame, or None when empty."""
+        try:
+            return self._frames.popleft()
+        except IndexError:
+            return None
+
+    async def get(self) -> bytes:
+        """Consumer: wait for the next frame."""
+        assert self._event is not None, "bind() first"
+        while True:
+            frame = self.pop()
+            if frame is not None:
+                return frame
+            self._event.clear()
+            self._waiting = True
+            # A frame pushed between pop() and _waiting=True would not wake us: re-check.
+            if self._frames:
+                self._waiting = False
+                continue
+            await self._event.wait()
+
+    def clear(self) -> None:
+        """Drop everything queued."""
+        self._frames.clear()
+
+
+class PlayoutRing:
+    """Agent audio: frames queued by the conversation, popped by the clock thread.
+
+    Empty ring means silence. `clear()` is how barge-in stops the agent: the next clock tick
+    already plays silence. `started_at` is the monotonic time at which the clock thread took
+    the first frame after the ring had run empty, i.e. when agent audio went on the wire.
+    """
+
+    def __init__(self, capacity: int = 150) -> None:
+        self._frames: collections.deque[bytes] = collections.deque()
+        self.capacity = capacity
+        self.started_at = 0.0
+        self.last_frame_at = 0.0
+        self.playing = False
+        self.frames_played = 0
+        self.max_gap = 0.0
+        self.marked_at = 0.0
+        self._marked = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def free(self) -> int:
+        """Frames that can be queued before the ring is full."""
+        return max(0, self.capacity - len(self._frames))
+
+    def put(self, frame: bytes) -> None:
+        """Conversation: queue one frame of exactly FRAME_BYTES (callers respect `free`)."""
+        if len(frame) != FRAME_BYTES:
+            raise ValueError(f"playout frame must be {FRAME_BYTES} bytes, got {len(frame)}")
+        self._frames.append(frame)
+
+    def pop(self) -> bytes | None:
+        """Clock thread: next frame to send, or None for silence."""
+        try:
+            frame = self._frames.popleft()
+        except IndexError:
+            self.playing = False
+            return None
+        now = time.monotonic()
+        if self.playing and now - self.last_frame_at > self.max_gap:
+            self.max_gap = now - self.last_frame_at
+        if self._marked:
+            self._marked = False
+            self.marked_at = now
+        if not self.playing:
+            self.playing = True
+            self.started_at = now
+        self.last_frame_at = now
+        self.frames_played += 1
+        return frame
+
+    def mark(self) -> None:
+        """Note the time the next queued frame goes out, in `marked_at` (0.0 until then)."""
+        self.marked_at = 0.0
+        self._marked = True
+
+    def clear(self) -> int:
+        """Drop queued audio (barge-in); returns how many frames were dropped."""
+        n = len(self._frames)
+        self._frames.clear()
+        return n

@@ -1,0 +1,110 @@
+"""`sipagent` command line: serve, call, demo."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from sip_config import ConfigError, Settings, load_settings, parse_listen
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "listen", None):
+        host, port = parse_listen(args.listen)
+        overrides["sip"] = {"listen_host": host, "listen_port": port}
+    return load_settings(args.config, overrides=overrides or None)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the agent."""
+    settings = _settings(args)
+    _setup_logging(settings.log_level)
+    from gateway.worker import run_agent
+
+    return run_agent(settings)
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    """Softphone for testing."""
+    _setup_logging("DEBUG" if args.verbose else "WARNING")
+    from gateway.softphone import CallScript, run_softphone
+
+    script = CallScript.from_args(args)
+    return run_softphone(args.uri, script)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the agent and call it once."""
+    from gateway.demo import run_demo
+
+    return run_demo(config=args.config, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    p = argparse.ArgumentParser(prog="sipagent", description="SIP voice-agent gateway")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the agent")
+    s.add_argument("--config", type=Path, help="TOML settings file")
+    s.add_argument("--listen", metavar="HOST:PORT", help="SIP UDP address to listen on")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("call", help="call a SIP URI as a test softphone")
+    c.add_argument("uri", help="e.g. sip:agent@127.0.0.1:5060")
+    c.add_argument("--say", dest="steps", action="append", type=lambda t: ("say", t),
+                   metavar="TEXT", help="speak TEXT (Piper) after the agent stops talking")
+    c.add_argument("--play", dest="steps", action="append", type=lambda t: ("play", t),
+                   metavar="WAV", help="play a WAV file after the agent stops talking")
+    c.add_argument("--barge", dest="steps", action="append", type=lambda t: ("barge", t),
+                   metavar="TEXT", help="speak TEXT while the agent's next turn is playing")
+    c.add_argument("--barge-after", type=float, default=1.5, metavar="S",
+                   help="seconds into the agent's turn at which --barge starts (1.5)")
+    c.add_argument("--record", type=Path, metavar="WAV", help="write what the agent said")
+    c.add_argument("--transcribe", action="store_true", help="transcribe the agent's turns")
+    c.add_argument("--json", action="store_true", help="print a JSON report at the end")
+    c.add_argument("--codecs", default="PCMU,PCMA", help="codecs to offer, in order")
+    c.add_argument("--timeout", type=float, default=20.0,
+                   help="seconds to wait for each agent turn (20)")
+    c.add_argument("--hold", type=float, default=0.0,
+                   help="stay on the line this many seconds after the last turn")
+    c.add_argument("--no-hangup", action="store_true",
+                   help="do not hang up; wait for the agent to end the call")
+    c.add_argument("--vanish", action="store_true",
+                   help="at the end stop sending RTP and exit without BYE")
+    c.add_argument("-v", "--verbose", action="store_true")
+    c.set_defaults(func=cmd_call, steps=None)
+
+    d = sub.add_parser("demo", help="start the agent and place one local call")
+    d.add_argument("--config", type=Path, help="TOML settings file")
+    d.add_argument("--port", type=int, default=0, help="SIP port for the agent (free one)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sipagent` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"sipagent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

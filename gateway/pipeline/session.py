@@ -1,0 +1,323 @@
+"""One call's conversation on the asyncio loop: listen, detect turns, answer, barge-in.
+
+Task ownership: `CallSession.run()` owns a TaskGroup with the listener and the watchdog;
+the current agent turn (STT final → brain → TTS → playout → actions) is one task,
+`_reply`, that barge-in cancels. Cancelling `run()` (the call ended) cancels everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+
+from gateway.audio.pcm import FRAME_MS, split_frames
+from gateway.pipeline.turns import TurnDetector
+from gateway.providers.base import Brain, BrainReply, CallContext, SttProvider, SttStream, TtsProvider
+from gateway.sip.calls import CallHandle
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ConversationOptions:
+    """Turn-taking knobs (from settings)."""
+
+    aggressiveness: int = 2
+    min_speech_ms: int = 120
+    end_of_turn_ms: int = 450
+    barge_in_min_speech_ms: int = 100
+    preroll_ms: int = 200
+    max_utterance_ms: int = 20000
+    no_input_timeout_s: float = 8.0
+    min_unrecognised_ms: int = 400
+    hangup_delay_s: float = 0.3
+
+
+@dataclass
+class TurnRecord:
+    """Timings of one agent turn, in milliseconds unless named otherwise."""
+
+    call_id: str
+    turn: int
+    kind: str  # greeting | reply | reprompt | goodbye
+    user_text: str = ""
+    agent_text: str = ""
+    intent: str | None = None
+    speech_ms: int = 0
+    eot_wait_ms: float = 0.0
+    stt_ms: float = 0.0
+    brain_ms: float = 0.0
+    tts_first_ms: float = 0.0
+    playout_ms: float = 0.0
+    total_ms: float = 0.0
+    interrupted: bool = False
+    actions: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain dict (for logs and storage)."""
+        return asdict(self)
+
+
+class CallSession:
+    """The conversation of one call."""
+
+    def __init__(
+        self,
+        handle: CallHandle,
+        *,
+        stt: SttProvider,
+        tts: TtsProvider,
+        brain: Brain,
+        options: ConversationOptions,
+        hangup: Callable[[str], None],
+        on_turn: Callable[[TurnRecord], None] | None = None,
+    ) -> None:
+        self.handle = handle
+        self.stt = stt
+        self.tts = tts
+        self.brain = brain
+        self.opt = options
+        self._hangup_cb = hangup
+        self._on_turn = on_turn
+        self.ctx = CallContext(
+            call_id=handle.sip_call_id,
+            from_uri=handle.remote_uri,
+            to_uri=handle.local_uri,
+            headers=handle.context_headers(),
+        )
+        self.detector = TurnDetector(
+            aggressiveness=options.aggressiveness,
+            min_speech_ms=options.min_speech_ms,
+            end_of_turn_ms=options.end_of_turn_ms,
+            preroll_ms=options.preroll_ms,
+            max_utterance_ms=options.max_utterance_ms,
+        )
+        self._stt: SttStream | None = None
+        self._reply: asyncio.Task[None] | None = None
+        self._speaking = False
+        self._carry_text = ""
+        self._last_activity = time.monotonic()
+        self._no_input_attempts = 0
+        self._turns = 0
+        self._hanging_up = False
+        self.records: list[TurnRecord] = []
+        self.barge_ins = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Converse until cancelled (the call ended)."""
+        self.handle.inbound.bind(asyncio.get_running_loop())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._listen(), name="listen")
+                tg.create_task(self._watchdog(), name="watchdog")
+                self._start_reply(self._greet())
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        reply, self._reply = self._reply, None
+        if reply is not None and not reply.done():
+            reply.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reply
+        stt, self._stt = self._stt, None
+        if stt is not None:
+            with contextlib.suppress(Exception):
+                await stt.cancel()
+        self.handle.playout.clear()
+
+    # -- listening --------------------------------------------------------------------------
+    def agent_speaking(self) -> bool:
+        """True while agent audio is being produced or still queued for the wire."""
+        return self._speaking or len(self.handle.playout) > 0
+
+    async def _listen(self) -> None:
+        inbound = self.handle.inbound
+        det = self.detector
+        while True:
+            frame = await inbound.get()
+            det.min_speech_ms = (
+                self.opt.barge_in_min_speech_ms if self.agent_speaking() else self.opt.min_speech_ms
+            )
+            event = det.push(frame)
+            if event is None:
+                if det.in_speech and self._stt is not None:
+                    await self._stt.feed(frame)
+                continue
+            now = time.monotonic()
+            self._last_activity = now
+            if event.kind == "start":
+                self._no_input_attempts = 0
+                if self.agent_speaking():
+                    self._barge_in()
+                elif self._reply is not None and not self._reply.done():
+                    # The caller went on talking before we answered: fold into one turn.
+                    self._reply.cancel()
+                if self._stt is not None:
+                    await self._stt.cancel()
+                self._stt = await self.stt.open_stream()
+                await self._stt.feed(event.audio)
+            else:
+                stt, self._stt = self._stt, None
+                if stt is None:
+                    continue
+                end_of_speech = now - event.trailing_silence_ms / 1000.0
+                rec = TurnRecord(
+                    call_id=self.handle.sip_call_id,
+                    turn=0,
+                    kind="reply",
+                    speech_ms=event.speech_ms,
+                    eot_wait_ms=float(event.trailing_silence_ms),
+                )
+                self._start_reply(self._respond(stt, rec, end_of_speech, now))
+
+    def _barge_in(self) -> None:
+        dropped = self.handle.playout.clear()
+        self.barge_ins += 1
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self._speaking = False
+        log.info("call %s: barge-in, dropped %d ms of agent audio", self.handle.sip_call_id,
+                 dropped * FRAME_MS)
+
+    def _start_reply(self, coro: Awaitable[None]) -> None:
+        old = self._reply
+        if old is not None and not old.done():
+            old.cancel()
+        self._reply = asyncio.ensure_future(self._guard(coro))
+
+    async def _guard(self, coro: Awaitable[None]) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call %s: agent turn failed", self.handle.sip_call_id)
+            self._speaking = False
+
+    # -- agent turns ------------------------------------------------------------------------
+    async def _greet(self) -> None:
+        rec = TurnRecord(call_id=self.handle.sip_call_id, turn=0, kind="greeting")
+        t0 = time.monotonic()
+        reply = await self.brain.greeting(self.ctx)
+        rec.brain_ms = _ms(time.monotonic() - t0)
+        start = self.handle.answered_at or t0
+        await self._deliver(reply, rec, start, time.monotonic())
+
+    async def _respond(
+        self, stt: SttStream, rec: TurnRecord, end_of_speech: float, detected_at: float
+    ) -> None:
+        try:
+            text = await stt.finish()
+        except asyncio.CancelledError:
+            await stt.cancel()
+            raise
+        t_stt = time.monotonic()
+        rec.stt_ms = _ms(t_stt - detected_at)
+        if self._carry_text:
+            text = f"{self._carry_text} {text}".strip()
+        if not text and rec.speech_ms < self.opt.min_unrecognised_ms:
+            log.debug("call %s: ignored %d ms of unrecognised sound", self.handle.sip_call_id,
+                      rec.speech_ms)
+            return
+        self._carry_text = text
+        rec.user_text = text
+        reply = await self.brain.respond(text, self.ctx)
+        t_brain = time.monotonic()
+        rec.brain_ms = _ms(t_brain - t_stt)
+        self._carry_text = ""
+        await self._deliver(reply, rec, end_of_speech, t_brain)
+
+    async def _deliver(
+        self, reply: BrainReply, rec: TurnRecord, t_ref: float, t_brain: float
+    ) -> None:
+        """Speak a reply, record its timings, then run its actions."""
+        self._turns += 1
+        rec.turn = self._turns
+        rec.agent_text = reply.text
+        rec.intent = reply.intent
+        rec.actions = list(reply.actions)
+        try:
+            first_chunk_at, first_wire_at = await self._speak(reply.text)
+        except asyncio.CancelledError:
+            rec.interrupted = True
+            self._record(rec)
+            raise
+        if first_chunk_at:
+            rec.tts_first_ms = _ms(first_chunk_at - t_brain)
+        if first_wire_at:
+            rec.playout_ms = _ms(first_wire_at - first_chunk_at)
+            rec.total_ms = _ms(first_wire_at - t_ref)
+        self._record(rec)
+        if "hangup" in reply.actions:
+            await asyncio.sleep(self.opt.hangup_delay_s)
+            self.hangup("agent hangup")
+
+    def _record(self, rec: TurnRecord) -> None:
+        self.records.append(rec)
+        if self._on_turn is not None:
+            self._on_turn(rec)
+
+    async def _speak(self, text: str) -> tuple[float, float]:
+        """Stream TTS into the playout ring; return (first chunk time, first on-wire time)."""
+        playout = self.handle.playout
+        first_chunk_at = 0.0
+        first_wire_at = 0.0
+        self._speaking = True
+        try:
+            async with contextlib.aclosing(self.tts.synthesize(text)) as chunks:
+                async for pcm in chunks:
+                    if not first_chunk_at:
+                        first_chunk_at = time.monotonic()
+                        playout.mark()
+                    for frame in split_frames(pcm):
+                        while playout.free == 0:
+                            await asyncio.sleep(FRAME_MS / 1000.0)
+                        playout.put(frame)
+            # Let the queued audio play out; barge-in cancels us here too.
+            while len(playout) > 0:
+                await asyncio.sleep(FRAME_MS / 1000.0)
+            first_wire_at = playout.marked_at
+            log.info("DEBUG max gap %.1f ms", playout.max_gap * 1000)
+            playout.max_gap = 0.0
+        finally:
+            self._speaking = False
+            self._last_activity = time.monotonic()
+        return first_chunk_at, first_wire_at
+
+    # -- no input and hang-up ---------------------------------------------------------------
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            if self._hanging_up or self.agent_speaking() or self.detector.in_speech:
+                continue
+            if self._reply is not None and not self._reply.done():
+                continue
+            if time.monotonic() - self._last_activity < self.opt.no_input_timeout_s:
+                continue
+            self._no_input_attempts += 1
+            reply = await self.brain.no_input(self.ctx, self._no_input_attempts)
+            rec = TurnRecord(
+                call_id=self.handle.sip_call_id,
+                turn=0,
+                kind="reprompt" if "hangup" not in reply.actions else "goodbye",
+            )
+            self._last_activity = time.monotonic()
+            self._start_reply(self._deliver(reply, rec, time.monotonic(), time.monotonic()))
+
+    def hangup(self, reason: str) -> None:
+        """Ask the SIP side to end the call (once)."""
+        if self._hanging_up:
+            return
+        self._hanging_up = True
+        log.info("call %s: hanging up (%s)", self.handle.sip_call_id, reason)
+        self._hangup_cb(reason)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 1)

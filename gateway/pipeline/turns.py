@@ -1,0 +1,229 @@
+"""Caller turn detection over 20 ms PCM frames with webrtcvad plus an energy floor.
+
+`TurnDetector` is pure: it keeps no threads and does no I/O. Feed it every frame received
+from the call with :meth:`TurnDetector.push`; it returns a ``"start"`` event when the caller
+starts speaking (carrying the pre-roll and the frames that confirmed speech) and an
+``"end"`` event when the caller has stopped. Between the two, `in_speech` is True and the
+caller of `push` streams the frames to speech-to-text itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from itertools import islice
+from typing import Literal
+
+import webrtcvad
+
+from gateway.audio.pcm import rms_dbfs
+
+_VAD_RATES = (8000, 16000, 32000, 48000)
+_VAD_FRAME_MS = (10, 20, 30)
+_NOISE_RISE_DB_PER_S = 5.0
+
+
+@dataclass(frozen=True)
+class TurnEvent:
+    """A change in the caller's speaking state.
+
+    ``kind`` is ``"start"`` or ``"end"``. For START, ``audio`` holds the pre-roll plus the
+    frames that confirmed speech; for END it is empty. ``frame_index`` is the index of the
+    frame that triggered the event, counting every frame pushed since the detector was
+    created from 0. For END, ``speech_ms`` is the utterance length up to its last voiced
+    frame, ``trailing_silence_ms`` the unvoiced time waited after it and ``reason`` is
+    ``"silence"`` or ``"max_length"``.
+    """
+
+    kind: Literal["start", "end"]
+    audio: bytes
+    frame_index: int
+    speech_ms: int = 0
+    trailing_silence_ms: int = 0
+    reason: str = ""
+
+
+def _frames_for(ms: int, frame_ms: int) -> int:
+    """Whole frames needed to cover ``ms`` milliseconds (rounded up, at least 0)."""
+    return max(0, math.ceil(ms / frame_ms))
+
+
+class TurnDetector:
+    """Detect the start and end of caller turns from a stream of fixed-size PCM frames.
+
+    A frame is *voiced* when webrtcvad classifies it as speech and its RMS level is above
+    ``energy_floor_dbfs``. While idle, a START is declared once the last
+    ``ceil(min_speech_ms / frame_ms)`` frames are voiced, tolerating a single unvoiced frame
+    when that window has four frames or more. While in speech, an END is declared once the
+    trailing unvoiced frames cover ``end_of_turn_ms`` (rounded up to whole frames) or the
+    utterance reaches ``max_utterance_ms``.
+
+    ``min_speech_ms`` may be changed between pushes (for example raised while the agent is
+    talking, so that only sustained speech barges in); it takes effect on the next push.
+    """
+
+    def __init__(
+        self,
+        *,
+        aggressiveness: int = 2,
+        min_speech_ms: int = 120,
+        end_of_turn_ms: int = 450,
+        preroll_ms: int = 200,
+        max_utterance_ms: int = 20000,
+        energy_floor_dbfs: float = -50.0,
+        sample_rate: int = 8000,
+        frame_ms: int = 20,
+        noise_margin_db: float | None = None,
+    ) -> None:
+        """Configure the detector; all durations are in milliseconds.
+
+        ``noise_margin_db`` is an opt-in extra test (off by default): when set, a frame is
+        only voiced if it is also that many dB above a running estimate of the background
+        level. webrtcvad keeps reporting speech for a few frames after any loud burst
+        (its built-in hangover), so over background noise louder than the energy floor a
+        single click would otherwise look like ~100 ms of speech.
+        """
+        if sample_rate not in _VAD_RATES:
+            raise ValueError(f"sample_rate must be one of {_VAD_RATES}, got {sample_rate}")
+        if frame_ms not in _VAD_FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {_VAD_FRAME_MS}, got {frame_ms}")
+        if not 0 <= aggressiveness <= 3:
+            raise ValueError(f"aggressiveness must be 0..3, got {aggressiveness}")
+        if end_of_turn_ms <= 0 or max_utterance_ms <= 0:
+            raise ValueError("end_of_turn_ms and max_utterance_ms must be positive")
+        if min_speech_ms < 0 or preroll_ms < 0:
+            raise ValueError("min_speech_ms and preroll_ms must not be negative")
+        self.aggressiveness = aggressiveness
+        self.min_speech_ms = min_speech_ms
+        self.end_of_turn_ms = end_of_turn_ms
+        self.preroll_ms = preroll_ms
+        self.max_utterance_ms = max_utterance_ms
+        self.energy_floor_dbfs = energy_floor_dbfs
+        self.sample_rate = sample_rate
+        self.frame_ms = frame_ms
+        self.noise_margin_db = noise_margin_db
+        self.frame_bytes = sample_rate * frame_ms // 1000 * 2
+
+        self._vad = webrtcvad.Vad(aggressiveness)
+        self._preroll_frames = _frames_for(preroll_ms, frame_ms)
+        self._end_frames = max(1, _frames_for(end_of_turn_ms, frame_ms))
+        self._max_frames = max(1, _frames_for(max_utterance_ms, frame_ms))
+        # Idle history of (frame, voiced); long enough for the pre-roll plus any start
+        # window up to the maximum utterance length, so raising min_speech_ms between
+        # pushes still sees a full window.
+        self._history: deque[tuple[bytes, bool]] = deque(
+            maxlen=self._preroll_frames + self._max_frames
+        )
+        self._index = -1
+        self._in_speech = False
+        self._utterance_frames = 0
+        self._last_voiced = 0  # 1-based position of the last voiced frame in the utterance
+        self._trailing = 0
+        self._noise_dbfs = energy_floor_dbfs
+
+    @property
+    def in_speech(self) -> bool:
+        """True between a START and its END."""
+        return self._in_speech
+
+    @property
+    def frames_pushed(self) -> int:
+        """How many frames have been pushed since the detector was created."""
+        return self._index + 1
+
+    def reset(self) -> None:
+        """Return to idle and forget the pre-roll (the frame counter keeps counting)."""
+        self._history.clear()
+        self._in_speech = False
+        self._utterance_frames = 0
+        self._last_voiced = 0
+        self._trailing = 0
+
+    @property
+    def noise_dbfs(self) -> float:
+        """Running background-level estimate used by ``noise_margin_db`` (in dBFS)."""
+        return self._noise_dbfs
+
+    def is_voiced(self, frame: bytes) -> bool:
+        """Classify one frame: webrtcvad speech and louder than the energy floor.
+
+        This advances webrtcvad's internal state, so call it once per frame in order
+        (`push` does).
+        """
+        level = rms_dbfs(frame)
+        speech = bool(self._vad.is_speech(frame, self.sample_rate))
+        voiced = speech and level > self.energy_floor_dbfs
+        if self.noise_margin_db is not None:
+            voiced = voiced and level > self._noise_dbfs + self.noise_margin_db
+            self._track_noise(level)
+        return voiced
+
+    def _track_noise(self, level: float) -> None:
+        """Follow the background level: drop at once to quieter frames, rise slowly."""
+        if level < self._noise_dbfs:
+            self._noise_dbfs = level
+        else:
+            self._noise_dbfs = min(
+                level, self._noise_dbfs + _NOISE_RISE_DB_PER_S * self.frame_ms / 1000
+            )
+
+    def push(self, frame: bytes) -> TurnEvent | None:
+        """Process the next frame (exactly ``frame_bytes`` long) and report a turn change."""
+        if len(frame) != self.frame_bytes:
+            raise ValueError(f"frame must be {self.frame_bytes} bytes, got {len(frame)}")
+        self._index += 1
+        voiced = self.is_voiced(frame)
+        if self._in_speech:
+            return self._push_speech(voiced)
+        return self._push_idle(frame, voiced)
+
+    def _window_frames(self) -> int:
+        return max(1, _frames_for(self.min_speech_ms, self.frame_ms))
+
+    def _push_idle(self, frame: bytes, voiced: bool) -> TurnEvent | None:
+        self._history.append((frame, voiced))
+        window = min(self._window_frames(), self._max_frames)
+        if len(self._history) < window:
+            return None
+        recent = list(islice(reversed(self._history), window))  # newest first
+        unvoiced = sum(1 for _, v in recent if not v)
+        allowed = 1 if window >= 4 else 0
+        if unvoiced > allowed:
+            return None
+
+        history = list(self._history)
+        start = len(history) - window
+        audio = b"".join(f for f, _ in history[max(0, start - self._preroll_frames) :])
+        self._history.clear()
+        self._in_speech = True
+        self._utterance_frames = window
+        last_voiced_age = next(i for i, (_, v) in enumerate(recent) if v)
+        self._last_voiced = window - last_voiced_age
+        self._trailing = last_voiced_age
+        return TurnEvent(kind="start", audio=audio, frame_index=self._index)
+
+    def _push_speech(self, voiced: bool) -> TurnEvent | None:
+        self._utterance_frames += 1
+        if voiced:
+            self._last_voiced = self._utterance_frames
+            self._trailing = 0
+        else:
+            self._trailing += 1
+        if self._trailing >= self._end_frames:
+            return self._end("silence")
+        if self._utterance_frames >= self._max_frames:
+            return self._end("max_length")
+        return None
+
+    def _end(self, reason: str) -> TurnEvent:
+        event = TurnEvent(
+            kind="end",
+            audio=b"",
+            frame_index=self._index,
+            speech_ms=self._last_voiced * self.frame_ms,
+            trailing_silence_ms=self._trailing * self.frame_ms,
+            reason=reason,
+        )
+        self.reset()
+        return event

@@ -1,0 +1,96 @@
+"""Provider interfaces: speech-to-text, text-to-speech and the "brain".
+
+Every provider works on 16-bit signed little-endian mono PCM. The call side is 8000 Hz; a
+provider that needs another rate resamples inside itself (with soxr). Providers are created
+once per worker process (models loaded once) and hand out per-call objects where they keep
+per-call state (`SttProvider.open_stream`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """What the brain may know about a call."""
+
+    call_id: str
+    from_uri: str = ""
+    to_uri: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BrainReply:
+    """The agent's answer to one caller turn: text to speak, then actions to run."""
+
+    text: str
+    actions: tuple[str, ...] = ()
+    intent: str | None = None
+
+
+class SttStream(abc.ABC):
+    """Speech-to-text for one utterance: feed audio while the caller speaks, then finish."""
+
+    @abc.abstractmethod
+    async def feed(self, pcm: bytes) -> None:
+        """Add 8 kHz 16-bit PCM of the utterance in progress."""
+
+    @abc.abstractmethod
+    async def finish(self) -> str:
+        """End the utterance and return its final transcript ("" when nothing was heard)."""
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Drop the utterance without a result; must be safe to call more than once."""
+
+
+class SttProvider(abc.ABC):
+    """Creates one `SttStream` per caller utterance."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    async def open_stream(self) -> SttStream:
+        """Start recognising a new utterance."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release process-wide resources."""
+
+
+class TtsProvider(abc.ABC):
+    """Turns text into 8 kHz 16-bit PCM, streamed as it is produced."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Yield PCM chunks (any length, even byte count) for `text`, first audio first."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release process-wide resources."""
+
+
+class Brain(abc.ABC):
+    """Turns what the caller said into what the agent says next."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        """The first thing the agent says when a call is answered."""
+
+    @abc.abstractmethod
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        """Reply to one caller turn (`text` is the transcript, maybe empty)."""
+
+    @abc.abstractmethod
+    async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
+        """What to say after the caller was silent; `attempt` counts from 1.
+
+        The conversation re-prompts once (attempt 1); at attempt 2 the reply should say
+        goodbye and carry the `hangup` action.
+        """

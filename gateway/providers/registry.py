@@ -1,0 +1,85 @@
+"""Explicit provider registry: config name → factory. Models load here, once per process."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.providers.base import Brain, SttProvider, TtsProvider
+from sip_config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _pocketsphinx(s: Settings) -> SttProvider:
+    from gateway.providers.pocketsphinx_stt import PocketsphinxStt
+
+    # One decoder per call this process can hold, plus one for an overlapping utterance.
+    return PocketsphinxStt(decoders=s.sip.max_calls + 1)
+
+
+def _piper(s: Settings) -> TtsProvider:
+    from gateway.providers.piper_tts import PiperTts
+
+    return PiperTts(length_scale=s.providers.piper_length_scale)
+
+
+def _scripted(s: Settings) -> Brain:
+    from gateway.providers.scripted import ScriptedBrain, load_playbook
+
+    assert s.playbook is not None
+    return ScriptedBrain(load_playbook(s.playbook))
+
+
+def _fake_stt(s: Settings) -> SttProvider:
+    from gateway.providers.fake import FakeStt
+
+    return FakeStt()
+
+
+def _fake_tts(s: Settings) -> TtsProvider:
+    from gateway.providers.fake import FakeTts
+
+    return FakeTts()
+
+
+def _fake_brain(s: Settings) -> Brain:
+    from gateway.providers.fake import FakeBrain
+
+    return FakeBrain()
+
+
+STT: dict[str, Callable[[Settings], SttProvider]] = {
+    "pocketsphinx": _pocketsphinx,
+    "fake": _fake_stt,
+}
+TTS: dict[str, Callable[[Settings], TtsProvider]] = {"piper": _piper, "fake": _fake_tts}
+BRAINS: dict[str, Callable[[Settings], Brain]] = {"scripted": _scripted, "fake": _fake_brain}
+
+
+@dataclass
+class Providers:
+    """The providers one worker process uses for all its calls."""
+
+    stt: SttProvider
+    tts: TtsProvider
+    brain: Brain
+
+    async def close(self) -> None:
+        """Release process-wide resources."""
+        await self.stt.close()
+        await self.tts.close()
+
+
+def build_providers(settings: Settings) -> Providers:
+    """Create (and load the models of) the configured providers."""
+    t0 = time.monotonic()
+    p = settings.providers
+    providers = Providers(
+        stt=STT[p.stt](settings), tts=TTS[p.tts](settings), brain=BRAINS[p.brain](settings)
+    )
+    log.info("providers ready in %.1f s: stt=%s tts=%s brain=%s", time.monotonic() - t0,
+             p.stt, p.tts, p.brain)
+    return providers

@@ -1,0 +1,284 @@
+"""A scripted brain: answers callers from a keyword playbook written in TOML.
+
+Playbook format::
+
+    [agent]
+    name = "Maple Street Bakery"   # business name
+    greeting = "..."               # said on answer
+    fallback = "..."               # when no intent matches
+    reprompt = "..."               # after no input (first time)
+    goodbye = "..."                # after no input the second time, then hang up
+
+    [[intents]]
+    name = "hours"
+    keywords = ["hours", "open", "opening hours"]   # words or multi-word phrases
+    reply = "..."
+    actions = []                   # optional; allowed: "hangup"
+
+Matching works on normalised words (lowercase, punctuation dropped, apostrophes inside
+words removed so "o'clock" is "oclock" and "that's" is "thats") with a light stemmer that
+forgives plurals and "-ing" forms. Each keyword or phrase found in the caller's words
+scores one point; the highest score wins and ties go to the intent listed first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.providers.base import Brain, BrainReply, CallContext
+
+ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup"})
+"""Actions an intent may carry."""
+
+DEMO_PLAYBOOK: Path = Path(__file__).resolve().parent.parent / "playbooks" / "demo.toml"
+"""Path of the bundled demo playbook (Maple Street Bakery)."""
+
+_AGENT_FIELDS = ("name", "greeting", "fallback", "reprompt", "goodbye")
+_INTENT_FIELDS = ("name", "keywords", "reply", "actions")
+_APOSTROPHES = re.compile(r"(?<=[a-z0-9])['\u2019\u2018`](?=[a-z0-9])")
+_NON_WORD = re.compile(r"[^a-z0-9]+")
+
+
+class PlaybookError(ValueError):
+    """A playbook file is missing, is not valid TOML, or does not follow the format."""
+
+
+def normalize_words(text: str) -> list[str]:
+    """Split ``text`` into lowercase words without punctuation.
+
+    Apostrophes inside a word are dropped ("o'clock" -> "oclock", "that's" -> "thats");
+    everything else that is not a letter or digit separates words.
+    """
+    lowered = _APOSTROPHES.sub("", text.lower())
+    return [word for word in _NON_WORD.split(lowered) if word]
+
+
+def stem(word: str) -> str:
+    """Reduce a normalised word to a crude stem so plurals and -ing forms match.
+
+    "hours" -> "hour", "pastries"/"pastry" -> "pastry", "cookies"/"cookie" -> "cooky",
+    "opening" -> "open", "closing"/"close" -> "clos". Keywords and transcripts go through
+    the same function, so stems only need to be consistent, not real words. Words of three
+    letters or fewer are left alone ("bye" never becomes "by").
+    """
+    if len(word) <= 3:
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        word = word[:-3] + "y"
+    elif word.endswith("ie"):
+        word = word[:-2] + "y"
+    elif word.endswith(("ches", "shes", "sses", "xes", "zes")):
+        word = word[:-2]
+    elif word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]
+    if len(word) > 5 and word.endswith("ing"):
+        word = word[:-3]
+        if word[-1] == word[-2] and word[-1] not in "aeiouylsz":
+            word = word[:-1]  # "shopping" -> "shop"
+    if len(word) > 3 and word.endswith("e") and not word.endswith("ee"):
+        word = word[:-1]
+    return word
+
+
+def _stems(text: str) -> tuple[str, ...]:
+    return tuple(stem(word) for word in normalize_words(text))
+
+
+def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
+    """True when ``needle`` occurs as a contiguous run inside ``haystack``."""
+    n = len(needle)
+    if n == 0 or n > len(haystack):
+        return False
+    first = needle[0]
+    return any(
+        haystack[i] == first and tuple(haystack[i : i + n]) == tuple(needle)
+        for i in range(len(haystack) - n + 1)
+    )
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One thing a caller may ask for: trigger keywords, the reply and follow-up actions."""
+
+    name: str
+    keywords: tuple[str, ...]
+    reply: str
+    actions: tuple[str, ...] = ()
+    _patterns: tuple[tuple[str, ...], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
+
+    def __post_init__(self) -> None:
+        """Pre-compute the stemmed word sequence of every keyword."""
+        object.__setattr__(self, "_patterns", tuple(_stems(k) for k in self.keywords))
+
+    def score(self, words: Sequence[str]) -> int:
+        """Count the keywords found in ``words`` (already stemmed, see `stem`)."""
+        return sum(1 for pattern in self._patterns if _contains(words, pattern))
+
+
+@dataclass(frozen=True)
+class Playbook:
+    """Everything the scripted brain says: fixed prompts plus keyword intents."""
+
+    name: str
+    greeting: str
+    fallback: str
+    reprompt: str
+    goodbye: str
+    intents: tuple[Intent, ...] = ()
+
+    def match(self, text: str) -> Intent | None:
+        """Return the intent whose keywords best match ``text``, or None if none match."""
+        words = _stems(text)
+        if not words:
+            return None
+        best: Intent | None = None
+        best_score = 0
+        for intent in self.intents:
+            score = intent.score(words)
+            if score > best_score:
+                best, best_score = intent, score
+        return best
+
+
+def _require_str(table: Mapping[str, Any], key: str, where: str) -> str:
+    if key not in table:
+        raise PlaybookError(f'{where}: missing "{key}"')
+    value = table[key]
+    if not isinstance(value, str):
+        raise PlaybookError(f'{where}: "{key}" must be a string, not {type(value).__name__}')
+    if not value.strip():
+        raise PlaybookError(f'{where}: "{key}" is empty')
+    return value.strip()
+
+
+def _agent_str(agent: Mapping[str, Any], key: str) -> str:
+    if key not in agent:
+        raise PlaybookError(f"missing agent.{key}")
+    value = agent[key]
+    if not isinstance(value, str):
+        raise PlaybookError(f"agent.{key} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise PlaybookError(f"agent.{key} is empty")
+    return value.strip()
+
+
+def _string_list(table: Mapping[str, Any], key: str, where: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PlaybookError(f'{where}: "{key}" must be a list of strings')
+    return [v.strip() for v in value]
+
+
+def _reject_unknown(table: Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        names = ", ".join(f'"{k}"' for k in unknown)
+        raise PlaybookError(f"{where}: unknown key(s) {names} (expected {', '.join(known)})")
+
+
+def _parse_intent(raw: object, number: int) -> Intent:
+    where = f"intent #{number}"
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: must be a table ([[intents]])")
+    name = _require_str(raw, "name", where)
+    where = f'intent #{number} ("{name}")'
+    _reject_unknown(raw, _INTENT_FIELDS, where)
+    if "keywords" not in raw:
+        raise PlaybookError(f'{where}: missing "keywords"')
+    keywords = _string_list(raw, "keywords", where)
+    if not keywords:
+        raise PlaybookError(f'{where}: "keywords" is empty')
+    for keyword in keywords:
+        if not normalize_words(keyword):
+            raise PlaybookError(f"{where}: keyword {keyword!r} has no words in it")
+    reply = _require_str(raw, "reply", where)
+    actions = _string_list(raw, "actions", where)
+    for action in actions:
+        if action not in ALLOWED_ACTIONS:
+            allowed = ", ".join(sorted(ALLOWED_ACTIONS))
+            raise PlaybookError(
+                f'unknown action "{action}" in intent "{name}" (allowed: {allowed})'
+            )
+    return Intent(name=name, keywords=tuple(keywords), reply=reply, actions=tuple(actions))
+
+
+def parse_playbook(data: Mapping[str, Any]) -> Playbook:
+    """Build a `Playbook` from already-parsed TOML data, raising `PlaybookError`."""
+    _reject_unknown(data, ("agent", "intents"), "playbook")
+    agent = data.get("agent")
+    if agent is None:
+        raise PlaybookError("missing [agent] table")
+    if not isinstance(agent, dict):
+        raise PlaybookError("[agent] must be a table")
+    _reject_unknown(agent, _AGENT_FIELDS, "[agent]")
+    fields = {key: _agent_str(agent, key) for key in _AGENT_FIELDS}
+    raw_intents = data.get("intents", [])
+    if not isinstance(raw_intents, list):
+        raise PlaybookError('"intents" must be an array of tables ([[intents]])')
+    intents = tuple(_parse_intent(raw, i) for i, raw in enumerate(raw_intents, start=1))
+    seen: set[str] = set()
+    for intent in intents:
+        if intent.name in seen:
+            raise PlaybookError(f'duplicate intent name "{intent.name}"')
+        seen.add(intent.name)
+    return Playbook(intents=intents, **fields)
+
+
+def load_playbook(path: str | os.PathLike[str]) -> Playbook:
+    """Read and validate a TOML playbook file.
+
+    Raises `PlaybookError` naming the file and the problem when the file is missing, is
+    not valid TOML, or breaks the format.
+    """
+    source = Path(path)
+    try:
+        raw = source.read_bytes()
+    except FileNotFoundError:
+        raise PlaybookError(f"{source}: playbook file not found") from None
+    except OSError as exc:
+        raise PlaybookError(f"{source}: cannot read playbook: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PlaybookError(f"{source}: not valid UTF-8 text: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PlaybookError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return parse_playbook(data)
+    except PlaybookError as exc:
+        raise PlaybookError(f"{source}: {exc}") from None
+
+
+class ScriptedBrain(Brain):
+    """A `Brain` that replies from a `Playbook` by keyword matching; no model involved."""
+
+    name = "scripted"
+
+    def __init__(self, playbook: Playbook) -> None:
+        """Answer calls with ``playbook``."""
+        self.playbook = playbook
+
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        """Say the playbook's greeting."""
+        return BrainReply(text=self.playbook.greeting, intent="greeting")
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        """Reply with the best-matching intent, or the fallback when nothing matches."""
+        intent = self.playbook.match(text)
+        if intent is None:
+            return BrainReply(text=self.playbook.fallback)
+        return BrainReply(text=intent.reply, actions=intent.actions, intent=intent.name)
+
+    async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
+        """Re-prompt on the first silence; say goodbye and hang up from the second on."""
+        if attempt <= 1:
+            return BrainReply(text=self.playbook.reprompt, intent="reprompt")
+        return BrainReply(text=self.playbook.goodbye, actions=("hangup",), intent="no_input")

@@ -1,0 +1,130 @@
+"""A one-call SIP user agent that dials out (the test softphone's SIP side)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pjsua2 as pj
+
+from gateway.audio.ring import InboundRing, PlayoutRing
+from gateway.sip.endpoint import EndpointOptions, MediaBridgePort, PjThread, create_bridge_port
+
+
+@dataclass
+class OutboundCall:
+    """State of the dialed call, readable from any thread."""
+
+    uri: str
+    inbound: InboundRing = field(default_factory=lambda: InboundRing(capacity=3000))
+    playout: PlayoutRing = field(default_factory=lambda: PlayoutRing(capacity=1 << 30))
+    media_up: threading.Event = field(default_factory=threading.Event)
+    confirmed: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    confirmed_at: float = 0.0
+    ended_at: float = 0.0
+    status_code: int = 0
+    reason: str = ""
+    hung_up_locally: bool = False
+
+
+class _DialCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, acc: Any, state: OutboundCall, dialer: Dialer) -> None:
+        super().__init__(acc)
+        self.state = state
+        self.dialer = dialer
+        self.port: MediaBridgePort | None = None
+
+    def onCallState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+        info = self.getInfo()
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not self.state.confirmed_at:
+            self.state.confirmed_at = time.monotonic()
+            self.state.status_code = int(info.lastStatusCode)
+            self.state.confirmed.set()
+        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if not self.state.confirmed_at:
+                self.state.status_code = int(info.lastStatusCode)
+            self.state.reason = str(info.lastReason)
+            self.state.ended_at = time.monotonic()
+            self.dialer.pj.dispose(self, self.port)
+            self.port = None
+            self.dialer.call = None
+            self.state.ended.set()
+
+    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+        info = self.getInfo()
+        for mi in info.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                audio = self.getAudioMedia(mi.index)
+                if self.port is None:
+                    self.port = create_bridge_port("dial", self.state.inbound, self.state.playout)
+                audio.startTransmit(self.port)
+                self.port.startTransmit(audio)
+                self.state.media_up.set()
+
+
+class Dialer:
+    """Owns a pj thread with one account; places one call at a time."""
+
+    def __init__(self, codecs: tuple[str, ...] = ("PCMU", "PCMA")) -> None:
+        self.pj = PjThread(
+            EndpointOptions(host="127.0.0.1", port=0, codecs=codecs, log_level=0,
+                            user_agent="sipagent-softphone"),
+            name="pj-dialer",
+        )
+        self.account: Any = None
+        self.call: _DialCall | None = None
+        self.pj.on_started(self._create_account)
+
+    def _create_account(self) -> None:
+        port = self.pj.local_port()
+        cfg = pj.AccountConfig()
+        cfg.idUri = f"sip:caller@127.0.0.1:{port}"
+        tc = cfg.mediaConfig.transportConfig
+        tc.port = random.randrange(30000, 60000, 2)
+        tc.portRange = 200
+        tc.boundAddress = "127.0.0.1"
+        acc = pj.Account()
+        acc.create(cfg, True)
+        self.account = acc
+
+    def start(self) -> None:
+        """Start SIP on a free loopback port."""
+        self.pj.start()
+
+    def dial(self, uri: str, headers: dict[str, str] | None = None) -> OutboundCall:
+        """Send the INVITE; returns at once with the call's state object."""
+        state = OutboundCall(uri)
+
+        def job() -> None:
+            call = _DialCall(self.account, state, self)
+            op = pj.CallOpParam(True)
+            for name, value in (headers or {}).items():
+                h = pj.SipHeader()
+                h.hName = name
+                h.hValue = value
+                op.txOption.headers.append(h)
+            self.call = call
+            call.makeCall(uri, op)
+
+        self.pj.submit(job).result(10)
+        return state
+
+    def hangup(self) -> None:
+        """Send BYE/CANCEL for the current call."""
+
+        def job() -> None:
+            if self.call is not None:
+                self.call.state.hung_up_locally = True
+                op = pj.CallOpParam()
+                op.statusCode = 603 if not self.call.state.confirmed_at else 200
+                self.call.hangup(op)
+
+        self.pj.submit(job).result(10)
+
+    def stop(self) -> None:
+        """Tear down SIP."""
+        self.pj.stop()

@@ -1,0 +1,381 @@
+"""`sipagent call`: a test softphone that talks to the agent and reports what it heard.
+
+It dials, waits for the greeting, then runs its steps: `say` (Piper speech) or `play` (a
+WAV) once the agent has stopped talking, or `barge` (speech started part-way into the
+agent's next turn). The agent's audio is segmented into turns by level (the far end is
+clean TTS, so silence between turns is near digital silence) and timed on arrival:
+
+- greeting: answer → first agent audio;
+- reply latency: end of our last voiced frame on the wire → first agent audio;
+- barge-in stop: first voiced frame of our barge-in → last agent audio of the interrupted turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.audio.pcm import FRAME_MS, read_wav_8k, rms_dbfs, split_frames, write_wav
+
+ACTIVE_DBFS = -45.0
+
+
+@dataclass
+class CallScript:
+    """What the softphone does on the call."""
+
+    steps: list[tuple[str, str]] = field(default_factory=list)
+    barge_after_s: float = 1.5
+    record: Path | None = None
+    transcribe: bool = False
+    json: bool = False
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")
+    turn_timeout_s: float = 20.0
+    gap_s: float = 0.8
+    hold_s: float = 0.0
+    no_hangup: bool = False
+    vanish: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CallScript:
+        """Build from `sipagent call` arguments."""
+        return cls(
+            steps=list(args.steps or []),
+            barge_after_s=args.barge_after,
+            record=args.record,
+            transcribe=args.transcribe,
+            json=args.json,
+            codecs=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
+            turn_timeout_s=args.timeout,
+            hold_s=args.hold,
+            no_hangup=args.no_hangup,
+            vanish=args.vanish,
+        )
+
+
+@dataclass
+class Segment:
+    """One stretch of agent audio."""
+
+    start: float
+    last_active: float
+    start_frame: int
+    end_frame: int
+    closed: bool = False
+    text: str = ""
+
+
+@dataclass
+class StepResult:
+    """What happened for one step."""
+
+    kind: str
+    text: str
+    sent_at_ms: float = 0.0
+    end_of_speech_ms: float = 0.0
+    reply_latency_ms: float | None = None
+    reply_text: str = ""
+    barge_stop_ms: float | None = None
+    ok: bool = False
+
+
+class _Audio:
+    """Synthesises `say` texts with Piper (loaded on first use)."""
+
+    def __init__(self) -> None:
+        self._tts: Any = None
+
+    def speech(self, kind: str, value: str) -> bytes:
+        if kind == "play":
+            return read_wav_8k(value)
+        if self._tts is None:
+            from gateway.providers.piper_tts import PiperTts
+
+            self._tts = PiperTts()
+        pcm: bytes = self._tts.synthesize_blocking(value)
+        return pcm
+
+
+def _voiced_bounds(frames: list[bytes]) -> tuple[int, int]:
+    """Index of the first and one past the last voiced frame."""
+    active = [i for i, f in enumerate(frames) if rms_dbfs(f) > ACTIVE_DBFS]
+    if not active:
+        return 0, len(frames)
+    return active[0], active[-1] + 1
+
+
+class Softphone:
+    """Drives one call (main thread) against the Dialer's pj thread."""
+
+    def __init__(self, uri: str, script: CallScript) -> None:
+        self.uri = uri
+        self.script = script
+        self.recording: list[bytes] = []
+        self.segments: list[Segment] = []
+        self._open: Segment | None = None
+        self.results: list[StepResult] = []
+        self.greeting_ms: float | None = None
+        self.call: Any = None
+        self.t0 = 0.0
+        self.log: list[str] = []
+
+    # -- receive side -----------------------------------------------------------------------
+    def pump(self) -> None:
+        """Take received frames and update the agent-speech segments."""
+        call = self.call
+        while True:
+            frame = call.inbound.pop()
+            if frame is None:
+                break
+            now = time.monotonic()
+            idx = len(self.recording)
+            self.recording.append(frame)
+            if rms_dbfs(frame) > ACTIVE_DBFS:
+                if self._open is None:
+                    # Back-date to the frame's start: it arrived FRAME_MS after it began.
+                    self._open = Segment(now - FRAME_MS / 1000, now, idx, idx + 1)
+                    self.segments.append(self._open)
+                self._open.last_active = now
+                self._open.end_frame = idx + 1
+        seg = self._open
+        if seg is not None and time.monotonic() - seg.last_active >= self.script.gap_s:
+            seg.closed = True
+            self._open = None
+
+    def wait(self, cond: Callable[[], bool], timeout: float) -> bool:
+        """Pump until `cond()` or timeout or the call ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.pump()
+            if cond():
+                return True
+            if self.call.ended.is_set() or time.monotonic() >= deadline:
+                self.pump()
+                return cond()
+            time.sleep(0.005)
+
+    def _segment_after(self, t: float) -> Segment | None:
+        for seg in self.segments:
+            if seg.start >= t:
+                return seg
+        return None
+
+    def _rel(self, t: float) -> float:
+        return round((t - self.t0) * 1000.0, 1)
+
+    # -- send side --------------------------------------------------------------------------
+    def send(self, pcm: bytes) -> tuple[float, float]:
+        """Queue speech; returns (first voiced frame out, end of last voiced frame out)."""
+        frames = split_frames(pcm)
+        first, last = _voiced_bounds(frames)
+        playout = self.call.playout
+        base = playout.frames_played + len(playout)
+        for f in frames:
+            playout.put(f)
+        # Wall time of frame k going out = when frames_played passes base + k.
+        t_first = t_last = 0.0
+        while len(playout) > 0 and not self.call.ended.is_set():
+            played = playout.frames_played - base
+            now = time.monotonic()
+            if not t_first and played > first:
+                t_first = now
+            if not t_last and played >= last:
+                t_last = now + FRAME_MS / 1000
+            self.pump()
+            time.sleep(0.002)
+        now = time.monotonic()
+        return (t_first or now), (t_last or now)
+
+    # -- the script -------------------------------------------------------------------------
+    def run(self, dialer: Any) -> int:
+        s = self.script
+        audio = _Audio()
+        clips = [audio.speech(kind, value) for kind, value in s.steps]
+        self.call = dialer.dial(self.uri, s.headers)
+        if not self.call.confirmed.wait(15) or self.call.ended.is_set():
+            self.call.ended.wait(5)
+            self.note(f"call failed: {self.call.status_code} {self.call.reason}".strip())
+            return 1
+        self.t0 = self.call.confirmed_at
+        self.note(f"answered ({self.call.status_code})")
+        ok = self.wait(lambda: bool(self.segments), s.turn_timeout_s)
+        if not ok:
+            self.note("no greeting heard")
+        else:
+            self.greeting_ms = self._rel(self.segments[0].start)
+        next_is_barge = [i + 1 < len(s.steps) and s.steps[i + 1][0] == "barge"
+                         for i in range(len(s.steps))]
+        for i, ((kind, value), clip) in enumerate(zip(s.steps, clips, strict=True)):
+            if self.call.ended.is_set():
+                break
+            res = StepResult(kind, value)
+            self.results.append(res)
+            if kind == "barge":
+                self._barge(res, clip)
+            else:
+                # Speak once the agent is quiet.
+                self.wait(lambda: self._open is None, s.turn_timeout_s)
+                t_first, t_end = self.send(clip)
+                res.sent_at_ms, res.end_of_speech_ms = self._rel(t_first), self._rel(t_end)
+                self._await_reply(res, t_end)
+            if res.reply_latency_ms is not None and not next_is_barge[i]:
+                self.wait(lambda: self._open is None, s.turn_timeout_s * 3)
+        if not self.call.ended.is_set():
+            self.wait(lambda: self._open is None, s.turn_timeout_s * 3)
+            if s.hold_s:
+                self.wait(lambda: False, s.hold_s)
+        if s.vanish:
+            return self.finish(dialer, vanish=True)
+        if s.no_hangup:
+            self.call.ended.wait(s.turn_timeout_s * 3)
+        return self.finish(dialer)
+
+    def _await_reply(self, res: StepResult, t_end: float) -> None:
+        got = self.wait(lambda: self._segment_after(t_end) is not None, self.script.turn_timeout_s)
+        seg = self._segment_after(t_end)
+        if got and seg is not None:
+            res.reply_latency_ms = round((seg.start - t_end) * 1000.0, 1)
+            res.ok = True
+
+    def _barge(self, res: StepResult, clip: bytes) -> None:
+        s = self.script
+        # The agent's turn we interrupt: the one playing now, or the next one to start.
+        if self._open is None:
+            t = time.monotonic()
+            self.wait(lambda: self._segment_after(t) is not None, s.turn_timeout_s)
+        target = self._open
+        if target is None:
+            self.note("barge: the agent did not start a turn")
+            return
+        self.wait(lambda: time.monotonic() - target.start >= s.barge_after_s, s.turn_timeout_s)
+        t_first, t_end = self.send(clip)
+        res.sent_at_ms, res.end_of_speech_ms = self._rel(t_first), self._rel(t_end)
+        self.wait(lambda: target.closed, s.turn_timeout_s)
+        res.barge_stop_ms = round((target.last_active - t_first) * 1000.0, 1)
+        self._await_reply(res, t_end)
+
+    def finish(self, dialer: Any, vanish: bool = False) -> int:
+        """Hang up (unless the agent did), write outputs, return the exit status."""
+        if vanish:
+            self.note("vanishing without BYE")
+            self.report()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0 if self.success() else 1)
+        if not self.call.ended.is_set():
+            dialer.hangup()
+            self.call.ended.wait(5)
+        self.pump()
+        for seg in self.segments:
+            seg.closed = True
+        self.report()
+        return 0 if self.success() else 1
+
+    def success(self) -> bool:
+        """Answered, greeted, and every step answered."""
+        return self.greeting_ms is not None and all(r.ok for r in self.results)
+
+    def note(self, line: str) -> None:
+        """Remember a status line for the report."""
+        self.log.append(line)
+
+    def report(self) -> None:
+        """Print the conversation (and JSON if asked); write the recording."""
+        s = self.script
+        if s.record is not None:
+            write_wav(s.record, b"".join(self.recording))
+        if s.transcribe:
+            self._transcribe()
+        ended_by = "caller" if getattr(self.call, "hung_up_locally", False) else "agent"
+        if s.vanish:
+            ended_by = "caller-vanished"
+        events: list[tuple[float, str]] = []
+        for seg in self.segments:
+            dur = (seg.end_frame - seg.start_frame) * FRAME_MS
+            events.append((self._rel(seg.start), f"agent ({dur} ms): {seg.text or '…'}"))
+        for r in self.results:
+            extra = ""
+            if r.reply_latency_ms is not None:
+                extra = f" → agent answered {r.reply_latency_ms:.0f} ms after you stopped"
+            else:
+                extra = " → no answer"
+            if r.barge_stop_ms is not None:
+                extra += f"; agent audio stopped {r.barge_stop_ms:.0f} ms after you started"
+            events.append((r.sent_at_ms, f"you ({r.kind}): {r.text}{extra}"))
+        for line in self.log:
+            print(f"sipagent call: {line}", file=sys.stderr)
+        if self.greeting_ms is not None:
+            print(f"greeting heard {self.greeting_ms:.0f} ms after answer")
+        for t, text in sorted(events):
+            print(f"[{t / 1000:7.2f}s] {text}")
+        print(f"call ended by {ended_by}" if self.call.ended.is_set() or s.vanish
+              else "call still up")
+        if s.json:
+            out = {
+                "uri": self.uri,
+                "status_code": self.call.status_code,
+                "answered": bool(self.call.confirmed_at),
+                "greeting_ms": self.greeting_ms,
+                "ended_by": ended_by,
+                "steps": [asdict(r) for r in self.results],
+                "segments": [
+                    {
+                        "start_ms": self._rel(seg.start),
+                        "duration_ms": (seg.end_frame - seg.start_frame) * FRAME_MS,
+                        "text": seg.text,
+                    }
+                    for seg in self.segments
+                ],
+                "notes": self.log,
+                "ok": self.success(),
+            }
+            print(json.dumps(out))
+        sys.stdout.flush()
+
+    def _transcribe(self) -> None:
+        from gateway.providers.pocketsphinx_stt import PocketsphinxStt
+
+        stt = PocketsphinxStt(decoders=1)
+        for seg in self.segments:
+            pcm = b"".join(self.recording[seg.start_frame : seg.end_frame])
+            seg.text = stt.transcribe_blocking(pcm)
+        for r in self.results:
+            r.reply_text = ""
+        # Attach each reply's text: the first segment after its end of speech.
+        for r in self.results:
+            if r.reply_latency_ms is None:
+                continue
+            t = r.end_of_speech_ms
+            for seg in self.segments:
+                if self._rel(seg.start) >= t:
+                    r.reply_text = seg.text
+                    break
+
+
+def run_softphone(uri: str, script: CallScript) -> int:
+    """Place the call and run the script; returns the exit status."""
+    from gateway.sip.dialer import Dialer
+    from gateway.sip.endpoint import SipError
+
+    dialer = Dialer(codecs=script.codecs)
+    try:
+        dialer.start()
+    except SipError as exc:
+        print(f"sipagent call: {exc}", file=sys.stderr)
+        return 1
+    phone = Softphone(uri, script)
+    try:
+        rc = phone.run(dialer)
+        if phone.call is not None and not phone.call.confirmed_at:
+            phone.report()
+        return rc
+    finally:
+        dialer.stop()

@@ -1,0 +1,144 @@
+"""One agent process: the pj thread for SIP and media, an asyncio loop for conversations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+
+from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.providers.registry import Providers, build_providers
+from gateway.sip.agent import AgentOptions, AgentUA
+from gateway.sip.calls import CallHandle
+from gateway.sip.endpoint import EndpointOptions, SipError
+from sip_config import Settings
+
+log = logging.getLogger("sipagent")
+
+
+def conversation_options(s: Settings) -> ConversationOptions:
+    """Turn-taking options from settings."""
+    return ConversationOptions(
+        aggressiveness=s.vad.aggressiveness,
+        min_speech_ms=s.vad.min_speech_ms,
+        end_of_turn_ms=s.vad.end_of_turn_ms,
+        barge_in_min_speech_ms=s.vad.barge_in_min_speech_ms,
+        preroll_ms=s.vad.preroll_ms,
+        max_utterance_ms=int(s.vad.max_utterance_s * 1000),
+        no_input_timeout_s=s.conversation.no_input_timeout_s,
+    )
+
+
+class AgentWorker:
+    """Starts a conversation for each answered call and ends it when the call ends."""
+
+    def __init__(self, settings: Settings, providers: Providers) -> None:
+        self.settings = settings
+        self.providers = providers
+        self.options = conversation_options(settings)
+        self.loop = asyncio.get_running_loop()
+        self.sessions: dict[int, asyncio.Task[None]] = {}
+        sip = settings.sip
+        self.ua = AgentUA(
+            EndpointOptions(
+                host=sip.listen_host,
+                port=sip.listen_port,
+                public_host=sip.public_host,
+                codecs=tuple(sip.codecs),
+                max_calls=sip.max_calls,
+                user_agent=sip.user_agent,
+            ),
+            AgentOptions(
+                user=sip.user,
+                rtp_port_start=sip.rtp_port_start,
+                rtp_port_range=sip.rtp_port_range,
+                rtp_timeout_s=sip.rtp_timeout_s,
+                max_call_s=settings.conversation.max_call_s,
+            ),
+            self,
+        )
+        self.calls_total = 0
+
+    # CallEvents, called on the pj thread: hop to the loop.
+    def call_started(self, handle: CallHandle) -> None:
+        """Media is up."""
+        self.loop.call_soon_threadsafe(self._start, handle)
+
+    def call_ended(self, handle: CallHandle) -> None:
+        """The call is gone."""
+        self.loop.call_soon_threadsafe(self._end, handle)
+
+    def _start(self, handle: CallHandle) -> None:
+        self.calls_total += 1
+        session = CallSession(
+            handle,
+            stt=self.providers.stt,
+            tts=self.providers.tts,
+            brain=self.providers.brain,
+            options=self.options,
+            hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
+            on_turn=_log_turn,
+        )
+        task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
+        self.sessions[handle.call_id] = task
+        task.add_done_callback(lambda t: self._finished(handle, t))
+
+    def _end(self, handle: CallHandle) -> None:
+        task = self.sessions.get(handle.call_id)
+        if task is not None:
+            task.cancel()
+
+    def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
+        if self.sessions.get(handle.call_id) is task:
+            del self.sessions[handle.call_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("call %s: conversation crashed: %r", handle.sip_call_id, task.exception())
+            self.ua.hangup(handle.call_id, 500, "conversation error")
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set or the SIP thread dies."""
+        await asyncio.to_thread(self.ua.start)
+        print(
+            f"sipagent: listening on udp {self.settings.sip.listen_host}:{self.ua.port}"
+            f" as sip:{self.settings.sip.user}@{self.settings.sip.listen_host}:{self.ua.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            while not stop.is_set() and self.ua.pj.alive:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            for task in list(self.sessions.values()):
+                task.cancel()
+            await asyncio.gather(*self.sessions.values(), return_exceptions=True)
+            await asyncio.to_thread(self.ua.stop)
+
+
+def _log_turn(rec: TurnRecord) -> None:
+    log.info("TURN %s", json.dumps(rec.as_dict(), separators=(",", ":")))
+
+
+async def _main(settings: Settings) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    providers = await asyncio.to_thread(build_providers, settings)
+    worker = AgentWorker(settings, providers)
+    try:
+        await worker.serve(stop)
+    except SipError as exc:
+        print(f"sipagent: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await providers.close()
+    return 0
+
+
+def run_agent(settings: Settings) -> int:
+    """Run one agent process until SIGINT/SIGTERM; returns the exit status."""
+    return asyncio.run(_main(settings))
