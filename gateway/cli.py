@@ -64,26 +64,58 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("call", help="call a SIP URI as a test softphone")
     c.add_argument("uri", help="e.g. sip:agent@127.0.0.1:5060")
-    c.add_argument("--say", dest="steps", action="append", type=lambda t: ("say", t),
-                   metavar="TEXT", help="speak TEXT (Piper) after the agent stops talking")
-    c.add_argument("--play", dest="steps", action="append", type=lambda t: ("play", t),
-                   metavar="WAV", help="play a WAV file after the agent stops talking")
-    c.add_argument("--barge", dest="steps", action="append", type=lambda t: ("barge", t),
-                   metavar="TEXT", help="speak TEXT while the agent's next turn is playing")
-    c.add_argument("--barge-after", type=float, default=1.5, metavar="S",
-                   help="seconds into the agent's turn at which --barge starts (1.5)")
+    c.add_argument(
+        "--say",
+        dest="steps",
+        action="append",
+        type=lambda t: ("say", t),
+        metavar="TEXT",
+        help="speak TEXT (Piper) after the agent stops talking",
+    )
+    c.add_argument(
+        "--play",
+        dest="steps",
+        action="append",
+        type=lambda t: ("play", t),
+        metavar="WAV",
+        help="play a WAV file after the agent stops talking",
+    )
+    c.add_argument(
+        "--barge",
+        dest="steps",
+        action="append",
+        type=lambda t: ("barge", t),
+        metavar="TEXT",
+        help="speak TEXT while the agent's next turn is playing",
+    )
+    c.add_argument(
+        "--barge-after",
+        type=float,
+        default=1.5,
+        metavar="S",
+        help="seconds into the agent's turn at which --barge starts (1.5)",
+    )
     c.add_argument("--record", type=Path, metavar="WAV", help="write what the agent said")
     c.add_argument("--transcribe", action="store_true", help="transcribe the agent's turns")
     c.add_argument("--json", action="store_true", help="print a JSON report at the end")
     c.add_argument("--codecs", default="PCMU,PCMA", help="codecs to offer, in order")
-    c.add_argument("--timeout", type=float, default=20.0,
-                   help="seconds to wait for each agent turn (20)")
-    c.add_argument("--hold", type=float, default=0.0,
-                   help="stay on the line this many seconds after the last turn")
-    c.add_argument("--no-hangup", action="store_true",
-                   help="do not hang up; wait for the agent to end the call")
-    c.add_argument("--vanish", action="store_true",
-                   help="at the end stop sending RTP and exit without BYE")
+    c.add_argument(
+        "--timeout", type=float, default=20.0, help="seconds to wait for each agent turn (20)"
+    )
+    c.add_argument(
+        "--hold",
+        type=float,
+        default=0.0,
+        help="stay on the line this many seconds after the last turn",
+    )
+    c.add_argument(
+        "--no-hangup",
+        action="store_true",
+        help="do not hang up; wait for the agent to end the call",
+    )
+    c.add_argument(
+        "--vanish", action="store_true", help="at the end stop sending RTP and exit without BYE"
+    )
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_call, steps=None)
 

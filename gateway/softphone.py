@@ -211,8 +211,9 @@ class Softphone:
             self.note("no greeting heard")
         else:
             self.greeting_ms = self._rel(self.segments[0].start)
-        next_is_barge = [i + 1 < len(s.steps) and s.steps[i + 1][0] == "barge"
-                         for i in range(len(s.steps))]
+        next_is_barge = [
+            i + 1 < len(s.steps) and s.steps[i + 1][0] == "barge" for i in range(len(s.steps))
+        ]
         for i, ((kind, value), clip) in enumerate(zip(s.steps, clips, strict=True)):
             if self.call.ended.is_set():
                 break
@@ -316,8 +317,9 @@ class Softphone:
             print(f"greeting heard {self.greeting_ms:.0f} ms after answer")
         for t, text in sorted(events):
             print(f"[{t / 1000:7.2f}s] {text}")
-        print(f"call ended by {ended_by}" if self.call.ended.is_set() or s.vanish
-              else "call still up")
+        print(
+            f"call ended by {ended_by}" if self.call.ended.is_set() or s.vanish else "call still up"
+        )
         if s.json:
             out = {
                 "uri": self.uri,

@@ -265,7 +265,7 @@ class VadSettings(_Section):
         default=120, ge=20, le=2000, description="Voiced audio needed to start a caller turn."
     )
     end_of_turn_ms: int = Field(
-        default=450, ge=100, le=5000, description="Trailing silence that ends a caller turn."
+        default=400, ge=100, le=5000, description="Trailing silence that ends a caller turn."
     )
     barge_in_min_speech_ms: int = Field(
         default=100, ge=20, le=2000, description="Voiced audio needed to interrupt the agent."

@@ -44,7 +44,7 @@ class InboundRing:
         self.pushed += 1
         if self._waiting and self._loop is not None and self._event is not None:
             self._waiting = False
-            try:
+            try:  # noqa: SIM105 - plain try is cheapest on the clock thread
                 self._loop.call_soon_threadsafe(self._event.set)
             except RuntimeError:  # loop closed during shutdown
                 pass

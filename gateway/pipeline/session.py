@@ -16,7 +16,14 @@ from dataclasses import asdict, dataclass, field
 
 from gateway.audio.pcm import FRAME_MS, split_frames
 from gateway.pipeline.turns import TurnDetector
-from gateway.providers.base import Brain, BrainReply, CallContext, SttProvider, SttStream, TtsProvider
+from gateway.providers.base import (
+    Brain,
+    BrainReply,
+    CallContext,
+    SttProvider,
+    SttStream,
+    TtsProvider,
+)
 from gateway.sip.calls import CallHandle
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,7 @@ class ConversationOptions:
 
     aggressiveness: int = 2
     min_speech_ms: int = 120
-    end_of_turn_ms: int = 450
+    end_of_turn_ms: int = 400
     barge_in_min_speech_ms: int = 100
     preroll_ms: int = 200
     max_utterance_ms: int = 20000
@@ -54,6 +61,7 @@ class TurnRecord:
     tts_first_ms: float = 0.0
     playout_ms: float = 0.0
     total_ms: float = 0.0
+    max_gap_ms: float = 0.0  # longest pause between agent frames on the wire (20 = none)
     interrupted: bool = False
     actions: list[str] = field(default_factory=list)
 
@@ -106,6 +114,7 @@ class CallSession:
         self._hanging_up = False
         self.records: list[TurnRecord] = []
         self.barge_ins = 0
+        self._last_gap_ms = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -182,8 +191,11 @@ class CallSession:
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self._speaking = False
-        log.info("call %s: barge-in, dropped %d ms of agent audio", self.handle.sip_call_id,
-                 dropped * FRAME_MS)
+        log.info(
+            "call %s: barge-in, dropped %d ms of agent audio",
+            self.handle.sip_call_id,
+            dropped * FRAME_MS,
+        )
 
     def _start_reply(self, coro: Awaitable[None]) -> None:
         old = self._reply
@@ -222,8 +234,11 @@ class CallSession:
         if self._carry_text:
             text = f"{self._carry_text} {text}".strip()
         if not text and rec.speech_ms < self.opt.min_unrecognised_ms:
-            log.debug("call %s: ignored %d ms of unrecognised sound", self.handle.sip_call_id,
-                      rec.speech_ms)
+            log.debug(
+                "call %s: ignored %d ms of unrecognised sound",
+                self.handle.sip_call_id,
+                rec.speech_ms,
+            )
             return
         self._carry_text = text
         rec.user_text = text
@@ -250,6 +265,7 @@ class CallSession:
             raise
         if first_chunk_at:
             rec.tts_first_ms = _ms(first_chunk_at - t_brain)
+        rec.max_gap_ms = self._last_gap_ms
         if first_wire_at:
             rec.playout_ms = _ms(first_wire_at - first_chunk_at)
             rec.total_ms = _ms(first_wire_at - t_ref)
@@ -270,21 +286,27 @@ class CallSession:
         first_wire_at = 0.0
         self._speaking = True
         try:
-            async with contextlib.aclosing(self.tts.synthesize(text)) as chunks:
+            chunks = self.tts.synthesize(text)
+            try:
                 async for pcm in chunks:
                     if not first_chunk_at:
                         first_chunk_at = time.monotonic()
                         playout.mark()
+                        playout.max_gap = 0.0
                     for frame in split_frames(pcm):
                         while playout.free == 0:
                             await asyncio.sleep(FRAME_MS / 1000.0)
                         playout.put(frame)
+            finally:
+                # Stop the synthesis now, not when the generator is garbage-collected.
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
             # Let the queued audio play out; barge-in cancels us here too.
             while len(playout) > 0:
                 await asyncio.sleep(FRAME_MS / 1000.0)
             first_wire_at = playout.marked_at
-            log.info("DEBUG max gap %.1f ms", playout.max_gap * 1000)
-            playout.max_gap = 0.0
+            self._last_gap_ms = _ms(playout.max_gap)
         finally:
             self._speaking = False
             self._last_activity = time.monotonic()

@@ -13,7 +13,14 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
-from gateway.providers.base import Brain, BrainReply, CallContext, SttProvider, SttStream, TtsProvider
+from gateway.providers.base import (
+    Brain,
+    BrainReply,
+    CallContext,
+    SttProvider,
+    SttStream,
+    TtsProvider,
+)
 
 
 class FakeSttStream(SttStream):

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.audio.pcm import SAMPLE_RATE, resample
 from gateway.providers.base import TtsProvider
+from gateway.providers.textchunks import speech_chunks
 
 _DONE = object()
 
@@ -72,11 +73,12 @@ class PiperTts(TtsProvider):
 
         def work() -> None:
             try:
-                for chunk in self.voice.synthesize(text, syn_config=self._syn):
-                    if stop.is_set():
-                        break
-                    pcm = resample(chunk.audio_int16_bytes, self.rate, SAMPLE_RATE)
-                    loop.call_soon_threadsafe(out.put_nowait, pcm)
+                for piece in speech_chunks(text):
+                    for chunk in self.voice.synthesize(piece, syn_config=self._syn):
+                        if stop.is_set():
+                            return
+                        pcm = resample(chunk.audio_int16_bytes, self.rate, SAMPLE_RATE)
+                        loop.call_soon_threadsafe(out.put_nowait, pcm)
             except Exception as exc:  # delivered to the consumer
                 loop.call_soon_threadsafe(out.put_nowait, exc)
             finally:

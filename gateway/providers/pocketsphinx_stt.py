@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import queue
 from typing import Any
@@ -96,10 +97,8 @@ class PocketsphinxStream(SttStream):
             return
         inflight = self._inflight
         if inflight is not None and not inflight.done():
-            try:
+            with contextlib.suppress(Exception):
                 await asyncio.shield(inflight)
-            except Exception:
-                pass
         decoder = self._decoder
         try:
             decoder.end_utt()
@@ -136,9 +135,7 @@ class PocketsphinxStt(SttProvider):
             decoder = self._pool.get_nowait()
         except queue.Empty:
             log.warning("all pocketsphinx decoders busy; loading another")
-            decoder = await asyncio.get_running_loop().run_in_executor(
-                self.executor, _new_decoder
-            )
+            decoder = await asyncio.get_running_loop().run_in_executor(self.executor, _new_decoder)
         return PocketsphinxStream(self, decoder)
 
     def transcribe_blocking(self, pcm8k: bytes) -> str:

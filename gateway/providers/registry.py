@@ -80,6 +80,11 @@ def build_providers(settings: Settings) -> Providers:
     providers = Providers(
         stt=STT[p.stt](settings), tts=TTS[p.tts](settings), brain=BRAINS[p.brain](settings)
     )
-    log.info("providers ready in %.1f s: stt=%s tts=%s brain=%s", time.monotonic() - t0,
-             p.stt, p.tts, p.brain)
+    log.info(
+        "providers ready in %.1f s: stt=%s tts=%s brain=%s",
+        time.monotonic() - t0,
+        p.stt,
+        p.tts,
+        p.brain,
+    )
     return providers

@@ -7,6 +7,7 @@ asks for hang-ups with `AgentUA.hangup(call_id)`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
         self.rx_seen_at = time.monotonic()
         self.audio_index = -1
 
-    def onCallState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
         if self.handle is None:
             return
@@ -63,7 +64,7 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
                 self.handle.end_reason = f"{info.lastStatusCode} {info.lastReason}".strip()
             self.ua._call_disconnected(self)
 
-    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onCallMediaState(self, prm: Any) -> None:
         if self.handle is None:
             return
         info = self.getInfo()
@@ -91,7 +92,7 @@ class _AgentAccount(pj.Account):  # type: ignore[misc]
         super().__init__()
         self.ua = ua
 
-    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onIncomingCall(self, prm: Any) -> None:
         self.ua._incoming(self, prm)
 
 
@@ -156,8 +157,11 @@ class AgentUA:
         call = _AgentCall(self, acc, prm.callId)
         op = pj.CallOpParam()
         if len(self.calls) >= self.endpoint.max_calls:
-            log.warning("call refused: %d calls in progress (max %d)", len(self.calls),
-                        self.endpoint.max_calls)
+            log.warning(
+                "call refused: %d calls in progress (max %d)",
+                len(self.calls),
+                self.endpoint.max_calls,
+            )
             op.statusCode = 486
             call.answer(op)
             self.pj.dispose(call)
@@ -183,10 +187,8 @@ class AgentUA:
         except pj.Error as exc:
             log.warning("answer failed for %s: %s", handle.sip_call_id, exc.reason)
             op.statusCode = 488 if "SDP" in exc.reason.upper() else 500
-            try:
+            with contextlib.suppress(pj.Error):
                 call.hangup(op)
-            except pj.Error:
-                pass
 
     def _call_disconnected(self, call: _AgentCall) -> None:
         handle = call.handle
@@ -232,8 +234,11 @@ class AgentUA:
                 call.rx_packets = packets
                 call.rx_seen_at = now
             elif now - call.rx_seen_at >= self.options.rtp_timeout_s:
-                log.warning("call %s: no RTP for %.0f s, hanging up", handle.sip_call_id,
-                            now - call.rx_seen_at)
+                log.warning(
+                    "call %s: no RTP for %.0f s, hanging up",
+                    handle.sip_call_id,
+                    now - call.rx_seen_at,
+                )
                 handle.end_reason = "rtp timeout"
                 self._hangup(call_id, 408)
                 continue

@@ -38,7 +38,7 @@ class _DialCall(pj.Call):  # type: ignore[misc]
         self.dialer = dialer
         self.port: MediaBridgePort | None = None
 
-    def onCallState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not self.state.confirmed_at:
             self.state.confirmed_at = time.monotonic()
@@ -54,7 +54,7 @@ class _DialCall(pj.Call):  # type: ignore[misc]
             self.dialer.call = None
             self.state.ended.set()
 
-    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()
         for mi in info.media:
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
@@ -71,8 +71,13 @@ class Dialer:
 
     def __init__(self, codecs: tuple[str, ...] = ("PCMU", "PCMA")) -> None:
         self.pj = PjThread(
-            EndpointOptions(host="127.0.0.1", port=0, codecs=codecs, log_level=0,
-                            user_agent="sipagent-softphone"),
+            EndpointOptions(
+                host="127.0.0.1",
+                port=0,
+                codecs=codecs,
+                log_level=0,
+                user_agent="sipagent-softphone",
+            ),
             name="pj-dialer",
         )
         self.account: Any = None

@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pjsua2 as pj
@@ -45,7 +45,10 @@ class EndpointOptions:
     max_calls: int = 4
     user_agent: str = "sipagent"
     log_level: int = 1
-    extra: dict[str, Any] = field(default_factory=dict)
+    # Jitter buffer prefetch in ms: a small start, room to adapt on a jittery path.
+    jb_init_ms: int = 40
+    jb_min_pre_ms: int = 20
+    jb_max_pre_ms: int = 200
 
 
 class MediaBridgePort(pj.AudioMediaPort):  # type: ignore[misc]
@@ -59,12 +62,12 @@ class MediaBridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.inbound = inbound
         self.playout = playout
 
-    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onFrameReceived(self, frame: Any) -> None:
         data = read_frame(frame)
         if len(data) == FRAME_BYTES:
             self.inbound.push(data)
 
-    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802 - pjsua2 API
+    def onFrameRequested(self, frame: Any) -> None:
         data = self.playout.pop()
         write_frame(frame, data if data is not None else SILENCE_FRAME)
 
@@ -192,10 +195,9 @@ class PjThread:
         cfg.medConfig.noVad = True  # keep RTP flowing through silence
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.quality = 4
-        # Jitter buffer prefetch in ms: small start, room to adapt on a jittery path.
-        cfg.medConfig.jbInit = 40
-        cfg.medConfig.jbMinPre = 20
-        cfg.medConfig.jbMaxPre = 200
+        cfg.medConfig.jbInit = o.jb_init_ms
+        cfg.medConfig.jbMinPre = o.jb_min_pre_ms
+        cfg.medConfig.jbMaxPre = o.jb_max_pre_ms
         ep.libInit(cfg)
         self.ep = ep
         tcfg = pj.TransportConfig()

@@ -1,0 +1,129 @@
+"""`sipagent demo`: start the agent, call it once over real SIP/RTP, print the conversation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+DEMO_QUESTIONS = ("What are your opening hours?", "Where are you located?")
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class AgentProcess:
+    """`sipagent serve` as a child process; its log lines are collected."""
+
+    def __init__(self, port: int, config: Path | None = None, env: dict[str, str] | None = None):
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", f"127.0.0.1:{port}"]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        self.port = port
+        self.lines: list[str] = []
+        self.listening = threading.Event()
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            if "listening on udp" in line:
+                self.listening.set()
+
+    def wait_listening(self, timeout: float = 90.0) -> bool:
+        """Wait for the "listening" line; False if the process died or timed out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.listening.wait(0.2):
+                return True
+            if self.proc.poll() is not None:
+                return False
+        return False
+
+    def turns(self) -> list[dict[str, object]]:
+        """The TURN records the agent logged."""
+        out = []
+        for line in list(self.lines):
+            if " TURN {" in line:
+                out.append(json.loads(line.split(" TURN ", 1)[1]))
+        return out
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(2)
+        return int(self.proc.returncode)
+
+
+def _fmt_turn(t: dict[str, object]) -> str:
+    if t["kind"] == "greeting":
+        head = "greeting"
+    else:
+        head = f'"{t["user_text"]}" → {t["intent"] or "fallback"}'
+    parts = [
+        f"end-of-turn wait {t['eot_wait_ms']:.0f}",
+        f"STT {t['stt_ms']:.0f}",
+        f"brain {t['brain_ms']:.0f}",
+        f"TTS first audio {t['tts_first_ms']:.0f}",
+        f"playout {t['playout_ms']:.0f}",
+        f"total {t['total_ms']:.0f} ms",
+    ]
+    if t["kind"] == "greeting":
+        parts = parts[2:]
+    if t.get("interrupted"):
+        parts.append("(interrupted)")
+    return f"  {head}: " + ", ".join(parts)
+
+
+def run_demo(config: Path | None = None, port: int = 0) -> int:
+    """Start the agent, place one call with two questions, print what happened."""
+    port = port or free_udp_port()
+    uri = f"sip:agent@127.0.0.1:{port}"
+    print(f"sipagent demo: starting the agent on {uri} (loading models)…", flush=True)
+    agent = AgentProcess(port, config)
+    try:
+        if not agent.wait_listening():
+            print("sipagent demo: the agent did not start:", file=sys.stderr)
+            for line in agent.lines[-20:]:
+                print(f"  {line}", file=sys.stderr)
+            return 1
+        print(f"sipagent demo: calling {uri} with {len(DEMO_QUESTIONS)} questions…", flush=True)
+        cmd = [sys.executable, "-m", "gateway.cli", "call", uri, "--transcribe"]
+        for q in DEMO_QUESTIONS:
+            cmd += ["--say", q]
+        rc = subprocess.call(cmd, timeout=180)
+        time.sleep(0.5)
+        turns = agent.turns()
+        if turns:
+            print("agent-side timings (end of caller speech → first agent audio on the wire):")
+            for t in turns:
+                print(_fmt_turn(t))
+        print("sipagent demo: " + ("the call went through" if rc == 0 else "the call FAILED"))
+        return 0 if rc == 0 else 1
+    finally:
+        agent.stop()
