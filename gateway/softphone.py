@@ -85,6 +85,9 @@ class StepResult:
     reply_text: str = ""
     barge_stop_ms: float | None = None
     ok: bool = False
+    # CLOCK_MONOTONIC seconds, comparable with the agent's TURN records on this machine
+    end_of_speech_at: float = 0.0
+    reply_at: float = 0.0
 
 
 class _Audio:
@@ -242,7 +245,9 @@ class Softphone:
     def _await_reply(self, res: StepResult, t_end: float) -> None:
         got = self.wait(lambda: self._segment_after(t_end) is not None, self.script.turn_timeout_s)
         seg = self._segment_after(t_end)
+        res.end_of_speech_at = round(t_end, 4)
         if got and seg is not None:
+            res.reply_at = round(seg.start, 4)
             res.reply_latency_ms = round((seg.start - t_end) * 1000.0, 1)
             res.ok = True
 

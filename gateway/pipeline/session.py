@@ -61,6 +61,9 @@ class TurnRecord:
     tts_first_ms: float = 0.0
     playout_ms: float = 0.0
     total_ms: float = 0.0
+    # CLOCK_MONOTONIC seconds (system-wide on Linux: comparable across local processes)
+    end_of_speech_at: float = 0.0
+    first_audio_at: float = 0.0
     max_gap_ms: float = 0.0  # longest pause between agent frames on the wire (20 = none)
     interrupted: bool = False
     actions: list[str] = field(default_factory=list)
@@ -266,6 +269,8 @@ class CallSession:
         if first_chunk_at:
             rec.tts_first_ms = _ms(first_chunk_at - t_brain)
         rec.max_gap_ms = self._last_gap_ms
+        rec.end_of_speech_at = round(t_ref, 4)
+        rec.first_audio_at = round(first_wire_at, 4)
         if first_wire_at:
             rec.playout_ms = _ms(first_wire_at - first_chunk_at)
             rec.total_ms = _ms(first_wire_at - t_ref)

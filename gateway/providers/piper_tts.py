@@ -15,11 +15,27 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from gateway.audio.pcm import SAMPLE_RATE, resample
 from gateway.providers.base import TtsProvider
 from gateway.providers.textchunks import speech_chunks
 
 _DONE = object()
+
+
+def trim_leading_silence(pcm: bytes, threshold: int = 300, keep_ms: int = 10) -> bytes:
+    """Drop near-silence before the voice starts, keeping `keep_ms` of lead-in.
+
+    Piper starts each utterance with 40-60 ms of quiet; on the first chunk of a reply that
+    is pure added latency.
+    """
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2")
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > threshold)
+    if loud.size == 0:
+        return pcm
+    start = max(0, int(loud[0]) - SAMPLE_RATE * keep_ms // 1000)
+    return pcm[start * 2 :]
 
 
 def load_piper_voice(model: Path | None = None, config: Path | None = None) -> Any:
@@ -73,11 +89,15 @@ class PiperTts(TtsProvider):
 
         def work() -> None:
             try:
+                first = True
                 for piece in speech_chunks(text):
                     for chunk in self.voice.synthesize(piece, syn_config=self._syn):
                         if stop.is_set():
                             return
                         pcm = resample(chunk.audio_int16_bytes, self.rate, SAMPLE_RATE)
+                        if first:
+                            pcm = trim_leading_silence(pcm)
+                            first = False
                         loop.call_soon_threadsafe(out.put_nowait, pcm)
             except Exception as exc:  # delivered to the consumer
                 loop.call_soon_threadsafe(out.put_nowait, exc)
