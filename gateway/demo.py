@@ -25,7 +25,14 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
 class AgentProcess:
     """`sipagent serve` as a child process; its log lines are collected."""
 
-    def __init__(self, port: int, config: Path | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        port: int,
+        config: Path | None = None,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        """Start the agent; `env` replaces the environment when given."""
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", f"127.0.0.1:{port}"]
         if config is not None:
             cmd += ["--config", str(config)]
@@ -37,7 +44,8 @@ class AgentProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=env if env is not None else dict(os.environ),
+            cwd=cwd,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -264,6 +264,7 @@ class CallSession:
             first_chunk_at, first_wire_at = await self._speak(reply.text)
         except asyncio.CancelledError:
             rec.interrupted = True
+            rec.first_audio_at = round(self.handle.playout.marked_at, 4)
             self._record(rec)
             raise
         if first_chunk_at:
@@ -290,13 +291,13 @@ class CallSession:
         first_chunk_at = 0.0
         first_wire_at = 0.0
         self._speaking = True
+        playout.mark()  # the ring is empty here: the next frame out is this reply's first
         try:
             chunks = self.tts.synthesize(text)
             try:
                 async for pcm in chunks:
                     if not first_chunk_at:
                         first_chunk_at = time.monotonic()
-                        playout.mark()
                         playout.max_gap = 0.0
                     for frame in split_frames(pcm):
                         while playout.free == 0:

@@ -1,0 +1,122 @@
+"""Helpers for on-the-wire tests: a real agent process and real softphone processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.demo import AgentProcess, free_udp_port
+
+CALL_TIMEOUT_S = 120
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without SIPAGENT_ settings, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAGENT_")}
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def running_agent(tmp: Path, **settings: str) -> Iterator[AgentProcess]:
+    """Start `sipagent serve` on a free port (settings as SIPAGENT_ env vars); always stop it."""
+    env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
+    port = free_udp_port()
+    # Each agent gets its own RTP range so parallel test agents never collide.
+    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(20000 + (port % 400) * 100))
+    # cwd=tmp: no stray .env file is read.
+    agent = AgentProcess(port, env=clean_env(**env), cwd=tmp)
+    try:
+        assert agent.wait_listening(120), "agent did not start:\n" + "\n".join(agent.lines[-30:])
+        yield agent
+    finally:
+        rc = agent.stop()
+        assert rc == 0, f"agent exited with {rc}:\n" + "\n".join(agent.lines[-30:])
+
+
+def uri(agent: AgentProcess) -> str:
+    """The agent's SIP URI."""
+    return f"sip:agent@127.0.0.1:{agent.port}"
+
+
+def call_cmd(target: str, *args: str) -> list[str]:
+    """Command line of a softphone call that prints a JSON report."""
+    return [sys.executable, "-m", "gateway.cli", "call", target, "--json", *args]
+
+
+def parse_report(stdout: str) -> dict[str, Any]:
+    """The JSON report: the last stdout line that is a JSON object."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith("{"):
+            report: dict[str, Any] = json.loads(line)
+            return report
+    raise AssertionError(f"no JSON report in softphone output:\n{stdout}")
+
+
+def place_call(target: str, *args: str, timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+    """Run one softphone call to completion; returns its report (plus 'returncode')."""
+    proc = subprocess.run(
+        call_cmd(target, *args), capture_output=True, text=True, timeout=timeout,
+        env=clean_env(),
+    )
+    report = parse_report(proc.stdout)
+    report["returncode"] = proc.returncode
+    report["stderr"] = proc.stderr
+    return report
+
+
+def start_call(target: str, *args: str) -> subprocess.Popen[str]:
+    """Start a softphone call in the background."""
+    return subprocess.Popen(
+        call_cmd(target, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=clean_env(),
+    )
+
+
+def finish_call(proc: subprocess.Popen[str], timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
+    """Wait for a background call; returns its report."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"softphone timed out:\n{out}\n{err}") from None
+    report = parse_report(out)
+    report["returncode"] = proc.returncode
+    report["stderr"] = err
+    return report
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `cond` until true; fail the test naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def count_lines(agent: AgentProcess, needle: str) -> int:
+    """How many agent log lines contain `needle`."""
+    return sum(1 for line in list(agent.lines) if needle in line)
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation."""
+    cleaned = "".join(c.lower() if c.isalnum() or c in " '" else " " for c in text)
+    return cleaned.split()
+
+
+def word_overlap(expected: str, heard: str) -> float:
+    """Share of the expected text's distinct words found in what was heard."""
+    exp = set(words(expected))
+    got = set(words(heard))
+    return len(exp & got) / max(1, len(exp))
