@@ -239,7 +239,7 @@ class Softphone:
         if s.vanish:
             return self.finish(dialer, vanish=True)
         if s.no_hangup:
-            self.call.ended.wait(s.turn_timeout_s * 3)
+            self.wait(self.call.ended.is_set, s.turn_timeout_s * 3)
         return self.finish(dialer)
 
     def _await_reply(self, res: StepResult, t_end: float) -> None:

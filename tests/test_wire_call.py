@@ -69,9 +69,12 @@ def test_barge_in_stops_the_agent_and_answers_the_interruption(
     # The menu reply is ~20 s long; we talk over it 1.5 s in.
     r = place_call(
         uri(agent),
-        "--say", "What is on the menu?",
-        "--barge", "What are your opening hours?",
-        "--barge-after", "1.5",
+        "--say",
+        "What is on the menu?",
+        "--barge",
+        "What are your opening hours?",
+        "--barge-after",
+        "1.5",
         "--transcribe",
     )
     assert r["returncode"] == 0, r
@@ -117,14 +120,18 @@ def test_four_calls_then_busy_then_a_slot_frees(agent: AgentProcess, tmp_path: P
         start_call(uri(agent), "--say", "What are your opening hours?", "--hold", "25")
         for _ in range(3)
     ]
-    wait_for(lambda: count_lines(agent, "incoming call") >= incoming_before + 4, 60,
-             "four calls to be answered")
+    wait_for(
+        lambda: count_lines(agent, "incoming call") >= incoming_before + 4,
+        60,
+        "four calls to be answered",
+    )
     busy = place_call(uri(agent))
     assert busy["status_code"] == 486, busy
     first = finish_call(procs[0])
     assert first["returncode"] == 0, first
-    wait_for(lambda: count_lines(agent, " ended: ") >= ended_before + 1, 10,
-             "the first call to end")
+    wait_for(
+        lambda: count_lines(agent, " ended: ") >= ended_before + 1, 10, "the first call to end"
+    )
     sixth = place_call(uri(agent), "--say", "Where are you located?")
     assert sixth["returncode"] == 0, sixth
     for p in procs[1:]:
@@ -142,20 +149,46 @@ def test_sipp_uac_pcap_is_answered_greeted_and_ended(agent: AgentProcess, tmp_pa
     turns_before = len(agent.turns())
     proc = subprocess.run(
         [
-            "sipp", "-sn", "uac_pcap", f"127.0.0.1:{agent.port}", "-s", "agent",
-            "-m", "1", "-l", "1", "-i", "127.0.0.1", "-p", "0", "-mp", "26000",
-            "-nostdin", "-timeout", "60s", "-trace_err",
+            "sipp",
+            "-sn",
+            "uac_pcap",
+            f"127.0.0.1:{agent.port}",
+            "-s",
+            "agent",
+            "-m",
+            "1",
+            "-l",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-mp",
+            "26000",
+            "-nostdin",
+            "-timeout",
+            "60s",
+            "-trace_err",
         ],
-        cwd=tmp_path, capture_output=True, text=True, timeout=90,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     wait_for(lambda: count_lines(agent, "sipp") >= 1, 5, "sipp's call in the log")
     sipp_line = next(line for line in agent.lines if "incoming call" in line and "sipp" in line)
     call_id = sipp_line.split("incoming call ")[1].split(" ")[0]
-    wait_for(lambda: count_lines(agent, f"call {call_id} ended: 200") == 1, 10,
-             "the sipp call to end with 200")
-    greeting = [t for t in agent.turns()[turns_before:]
-                if t["call_id"] == call_id and t["kind"] == "greeting"]
+    wait_for(
+        lambda: count_lines(agent, f"call {call_id} ended: 200") == 1,
+        10,
+        "the sipp call to end with 200",
+    )
+    greeting = [
+        t
+        for t in agent.turns()[turns_before:]
+        if t["call_id"] == call_id and t["kind"] == "greeting"
+    ]
     assert greeting and greeting[0]["first_audio_at"], "agent did not greet sipp"
 
 

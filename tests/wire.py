@@ -63,7 +63,10 @@ def parse_report(stdout: str) -> dict[str, Any]:
 def place_call(target: str, *args: str, timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
     """Run one softphone call to completion; returns its report (plus 'returncode')."""
     proc = subprocess.run(
-        call_cmd(target, *args), capture_output=True, text=True, timeout=timeout,
+        call_cmd(target, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env=clean_env(),
     )
     report = parse_report(proc.stdout)
@@ -75,7 +78,10 @@ def place_call(target: str, *args: str, timeout: float = CALL_TIMEOUT_S) -> dict
 def start_call(target: str, *args: str) -> subprocess.Popen[str]:
     """Start a softphone call in the background."""
     return subprocess.Popen(
-        call_cmd(target, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        call_cmd(target, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env=clean_env(),
     )
 

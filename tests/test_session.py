@@ -1,0 +1,465 @@
+"""Tests for gateway.pipeline.session.CallSession, without SIP.
+
+The test plays pjmedia's clock thread itself: a `MediaClock` task pushes one caller frame
+into `handle.inbound` and pops one agent frame from `handle.playout` per tick, and records
+both sides. Providers are the deterministic fakes: `FakeStt` transcribes "utterance of N
+milliseconds", `FakeTts` speaks a 440 Hz tone of 60 ms (3 frames) per character. Caller
+speech is Piper speech at 8 kHz (the `speech_8k` fixture).
+
+The clock ticks every 5 ms instead of 20 ms (4x real time) to keep the file fast. The code
+allows it: the session detects turns, barge-in and end of turn by counting frames, and only
+waits in wall time for the no-input timeout, the hang-up delay and its own 20 ms polls of
+the playout ring, none of which depends on the clock's pace. Latencies are therefore
+asserted in ticks (each stands for 20 ms of audio); the no-input timings in wall time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, rms_dbfs, split_frames
+from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.pipeline.turns import TurnDetector, TurnEvent
+from gateway.providers.base import BrainReply, CallContext
+from gateway.providers.fake import FakeBrain, FakeStt, FakeTts
+from gateway.sip.calls import CallHandle
+
+pytestmark = pytest.mark.timeout(30)
+
+Speak = Callable[[str], bytes]
+TICK_S = 0.005  # one 20 ms frame per tick, 4x faster than real time (see above)
+TONE_FRAMES_PER_CHAR = 3  # FakeTts: 60 ms of tone per character = 3 frames
+
+
+def loud(frame: bytes | None) -> bool:
+    """Audible audio (speech or the agent's tone), as opposed to silence or nothing."""
+    return frame is not None and rms_dbfs(frame) > -50.0
+
+
+def speech(speak: Speak, text: str) -> list[bytes]:
+    """Caller frames for `text`, starting at the first audible frame."""
+    frames = split_frames(speak(text))
+    first = next(i for i, f in enumerate(frames) if loud(f))
+    return frames[first:]
+
+
+class MediaClock:
+    """Stands in for the media clock thread: one caller frame in, one agent frame out per tick."""
+
+    def __init__(self, handle: CallHandle) -> None:
+        self.handle = handle
+        self.script: deque[bytes] = deque()
+        self.caller: list[bytes] = []  # what was pushed, one per tick
+        self.agent: list[bytes | None] = []  # what was popped (None = silence), one per tick
+        self.agent_loud: list[bool] = []  # loud(agent frame), one per tick
+        self.times: list[float] = []  # loop time of each tick
+
+    @property
+    def ticks(self) -> int:
+        return len(self.caller)
+
+    def say(self, frames: Sequence[bytes]) -> int:
+        """Queue caller frames after whatever is queued; returns the tick of the first one."""
+        start = self.ticks + len(self.script)
+        self.script.extend(frames)
+        return start
+
+    def idle(self) -> bool:
+        return not self.script
+
+    async def run(self) -> None:
+        # A plain sleep per tick: after a stall the clock never fires a burst of ticks, so
+        # a count of ticks always leaves the session the same chances to react.
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = self.script.popleft() if self.script else SILENCE_FRAME
+            self.times.append(loop.time())
+            self.handle.inbound.push(frame)
+            self.caller.append(frame)
+            out = self.handle.playout.pop()
+            self.agent.append(out)
+            self.agent_loud.append(loud(out))
+            await asyncio.sleep(TICK_S)
+
+    def agent_loud_ticks(self, start: int = 0) -> list[int]:
+        return [i for i in range(start, len(self.agent_loud)) if self.agent_loud[i]]
+
+
+class QuickBrain(FakeBrain):
+    """FakeBrain with short prompts (keeps real-time tests short) that records what it heard.
+
+    `replies` are used in turn; the last one repeats. `fail` is a set of 1-based respond()
+    call numbers that raise instead of answering.
+    """
+
+    def __init__(self, replies: Sequence[str] = ("Okay.",), fail: frozenset[int] = frozenset()):
+        super().__init__()
+        self.replies = list(replies)
+        self.fail = fail
+        self.heard: list[str] = []
+
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        return BrainReply("Hi.", intent="greeting")
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        self.heard.append(text)
+        if len(self.heard) in self.fail:
+            raise RuntimeError("brain exploded")
+        reply = self.replies[min(len(self.heard), len(self.replies)) - 1]
+        return BrainReply(reply, intent="quick")
+
+    async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
+        if attempt >= 2:
+            return BrainReply("Bye.", ("hangup",), "no_input")
+        return BrainReply("Hello?", intent="no_input")
+
+
+@dataclass
+class Call:
+    """A running session plus its fake clock and what it reported."""
+
+    session: CallSession
+    clock: MediaClock
+    task: asyncio.Task[None]
+    clock_task: asyncio.Task[None]
+    turns: list[TurnRecord] = field(default_factory=list)
+    hangups: list[str] = field(default_factory=list)
+
+    async def until(self, what: str, cond: Callable[[], bool], timeout: float = 5.0) -> None:
+        """Wait until `cond()` holds; fail (naming `what`) on timeout or a crashed session."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not cond():
+            if self.task.done():
+                exc = None if self.task.cancelled() else self.task.exception()
+                pytest.fail(f"session ended while waiting for {what}: {exc!r}")
+            if loop.time() > deadline:
+                pytest.fail(f"timed out waiting for {what}; turns: {self.turns}")
+            await asyncio.sleep(0.005)
+
+    async def turn(self, index: int, timeout: float = 5.0) -> TurnRecord:
+        await self.until(f"turn record #{index}", lambda: len(self.turns) > index, timeout)
+        return self.turns[index]
+
+    async def stop(self) -> None:
+        """End the call the way the worker does (cancel run()); it must finish promptly."""
+        self.task.cancel()
+        done, _ = await asyncio.wait({self.task}, timeout=1.0)
+        self.clock_task.cancel()
+        await asyncio.gather(self.clock_task, return_exceptions=True)
+        assert self.task in done, "session did not finish within 1 s of being cancelled"
+        assert self.task.cancelled()
+        assert len(self.session.handle.playout) == 0
+
+
+def make_handle() -> CallHandle:
+    return CallHandle(
+        call_id=1,
+        sip_call_id="test-call@127.0.0.1",
+        remote_uri="sip:caller@127.0.0.1",
+        local_uri="sip:agent@127.0.0.1",
+        headers={"X-PH-Calluuid": "uuid-1", "To": "<sip:agent@127.0.0.1>"},
+    )
+
+
+def start_call(brain: FakeBrain, options: ConversationOptions, stt: FakeStt | None = None) -> Call:
+    handle = make_handle()
+    turns: list[TurnRecord] = []
+    hangups: list[str] = []
+    session = CallSession(
+        handle,
+        stt=stt or FakeStt(),
+        tts=FakeTts(),
+        brain=brain,
+        options=options,
+        hangup=hangups.append,
+        on_turn=turns.append,
+    )
+    clock = MediaClock(handle)
+    task = asyncio.ensure_future(session.run())
+    clock_task = asyncio.ensure_future(clock.run())
+    return Call(session, clock, task, clock_task, turns, hangups)
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(test())
+
+
+def expected_turn(
+    caller: Sequence[bytes], options: ConversationOptions, min_speech_ms: int | None = None
+) -> tuple[TurnEvent, TurnEvent]:
+    """Replay the caller audio through a fresh detector: the first turn's START and END."""
+    det = TurnDetector(
+        aggressiveness=options.aggressiveness,
+        min_speech_ms=options.min_speech_ms if min_speech_ms is None else min_speech_ms,
+        end_of_turn_ms=options.end_of_turn_ms,
+        preroll_ms=options.preroll_ms,
+        max_utterance_ms=options.max_utterance_ms,
+    )
+    events = [e for e in (det.push(f) for f in caller) if e is not None]
+    assert [e.kind for e in events[:2]] == ["start", "end"], events
+    return events[0], events[1]
+
+
+def fake_stt_text(start: TurnEvent, end: TurnEvent) -> str:
+    """What FakeStt hears: the START audio plus every frame up to (not including) the END."""
+    fed = len(start.audio) + FRAME_BYTES * (end.frame_index - start.frame_index - 1)
+    return f"utterance of {fed * 1000 // (8000 * 2)} milliseconds"
+
+
+UTTERANCE = re.compile(r"^utterance of \d+ milliseconds$")
+
+
+# -- 1. greeting ------------------------------------------------------------------------------
+
+
+def test_greeting_is_played_first_and_reported() -> None:
+    async def scenario() -> None:
+        call = start_call(FakeBrain(), ConversationOptions())
+        try:
+            greeting = await call.turn(0, timeout=5.0)
+            clock = call.clock
+            loud_ticks = clock.agent_loud_ticks()
+            # On the wire within 10 ticks (200 ms of audio) of the start, and within 200 ms
+            # of wall time.
+            assert loud_ticks[0] < 10
+            assert clock.times[loud_ticks[0]] - clock.times[0] < 0.2
+            # "Hello, this is a test agent." = 28 chars = 84 frames of tone, back to back.
+            assert len(loud_ticks) == 28 * TONE_FRAMES_PER_CHAR
+            assert loud_ticks == list(range(loud_ticks[0], loud_ticks[0] + 84))
+            assert greeting.kind == "greeting"
+            assert greeting.turn == 1
+            assert greeting.agent_text == "Hello, this is a test agent."
+            assert greeting.intent == "greeting"
+            assert greeting.call_id == "test-call@127.0.0.1"
+            assert greeting.user_text == ""
+            assert greeting.interrupted is False
+            assert greeting.first_audio_at > 0.0
+            assert greeting.first_audio_at >= greeting.end_of_speech_at
+            assert call.session.records == [greeting]
+            assert call.session.ctx.headers == {"X-PH-Calluuid": "uuid-1"}
+            assert call.hangups == []
+            assert call.session.barge_ins == 0
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+# -- 2. a caller turn and its reply -----------------------------------------------------------
+
+
+def test_reply_after_caller_speech_and_silence(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300)
+    utterance = speech(speech_8k, "what are your opening hours")
+
+    async def scenario() -> None:
+        brain = QuickBrain(replies=["Okay."])
+        call = start_call(brain, options)
+        clock = call.clock
+        try:
+            await call.turn(0)  # greeting done: the agent is silent now
+            first = clock.say(utterance)
+            reply = await call.turn(1, timeout=5.0)
+            await call.until("caller script played", clock.idle)
+
+            start, end = expected_turn(clock.caller, options)
+            expected_text = fake_stt_text(start, end)
+            assert reply.kind == "reply"
+            assert reply.turn == 2
+            assert reply.eot_wait_ms == 300.0
+            assert reply.user_text == expected_text
+            assert UTTERANCE.match(reply.user_text)
+            assert reply.speech_ms == end.speech_ms
+            assert 1000 <= reply.speech_ms <= 1600  # Piper says it in about 1.5 s
+            assert reply.agent_text == "Okay."
+            assert reply.interrupted is False
+            assert brain.heard == [expected_text]
+            # The reply is on the wire only after the end of the turn was detected...
+            reply_ticks = [t for t in clock.agent_loud_ticks() if t > first]
+            assert reply_ticks[0] > end.frame_index
+            assert reply_ticks[0] - end.frame_index <= 10
+            # ...and is exactly "Okay." = 5 chars of tone, back to back.
+            assert reply_ticks == list(range(reply_ticks[0], reply_ticks[0] + 15))
+            assert reply.first_audio_at > reply.end_of_speech_at > 0.0
+            assert reply.total_ms > 0.0
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+# -- 3. barge-in ------------------------------------------------------------------------------
+
+
+def test_barge_in_stops_the_agent_within_five_ticks(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300, barge_in_min_speech_ms=60)
+    first_words = speech(speech_8k, "hello there")
+    interruption = speech(speech_8k, "wait a moment")
+    long_reply = "This is a long answer that goes on and on for a while."  # 3.3 s
+
+    async def scenario() -> None:
+        brain = QuickBrain(replies=[long_reply, "Okay."])
+        call = start_call(brain, options)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            asked = clock.say(first_words)
+            await call.until(
+                "the long reply to play for 300 ms",
+                lambda: len(clock.agent_loud_ticks(asked)) >= 15,
+            )
+            assert len(call.session.handle.playout) > 100  # most of it still to come
+            barge = clock.say(interruption)
+            await call.until(
+                "silence after the barge-in",
+                lambda: any(a is None for a in clock.agent[barge:]),
+                timeout=2.0,
+            )
+            assert loud(clock.agent[barge - 1])  # the agent was talking when it started
+            first_silent = next(i for i in range(barge, clock.ticks) if clock.agent[i] is None)
+            assert first_silent - barge <= 5, f"agent stopped {first_silent - barge} ticks late"
+            assert call.session.barge_ins == 1
+
+            interrupted = await call.turn(1)
+            assert interrupted.kind == "reply"
+            assert interrupted.interrupted is True
+            assert interrupted.agent_text == long_reply
+            assert interrupted.user_text == brain.heard[0]
+
+            answer = await call.turn(2, timeout=5.0)
+            assert answer.kind == "reply"
+            assert answer.interrupted is False
+            assert answer.agent_text == "Okay."
+            assert UTTERANCE.match(answer.user_text)
+            assert brain.heard == [interrupted.user_text, answer.user_text]
+            assert answer.eot_wait_ms == 300.0
+            # The interruption got its own answer: tone again after the silence.
+            resumed = [t for t in clock.agent_loud_ticks(first_silent)]
+            assert len(resumed) == 15
+            assert call.session.barge_ins == 1
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+# -- 4. no input ------------------------------------------------------------------------------
+
+
+def test_no_input_reprompts_then_says_goodbye_and_hangs_up() -> None:
+    options = ConversationOptions(no_input_timeout_s=1.0, hangup_delay_s=0.05)
+
+    async def scenario() -> None:
+        call = start_call(QuickBrain(), options)
+        clock = call.clock
+        try:
+            await call.until("hang-up", lambda: bool(call.hangups), timeout=6.0)
+            assert call.hangups == ["agent hangup"]
+            kinds = [(t.kind, t.agent_text) for t in call.turns]
+            assert kinds == [("greeting", "Hi."), ("reprompt", "Hello?"), ("goodbye", "Bye.")]
+            assert call.turns[2].actions == ["hangup"]
+            assert not any(t.interrupted for t in call.turns)
+            # Three bursts of tone: "Hi." (9 frames), "Hello?" (18), "Bye." (12).
+            ticks = clock.agent_loud_ticks()
+            bursts = _bursts(ticks)
+            assert [len(b) for b in bursts] == [9, 18, 12]
+            # Each prompt came after at least no_input_timeout_s of silence, not much more.
+            for before, after in zip(bursts, bursts[1:], strict=False):
+                silence = clock.times[after[0]] - clock.times[before[-1]]
+                assert 1.0 <= silence <= 1.8, silence
+            # The hang-up comes after the goodbye was on the wire.
+            assert call.session.agent_speaking() is False
+            await asyncio.sleep(0.3)
+            assert call.hangups == ["agent hangup"]  # asked once only
+            assert len(call.turns) == 3
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+def _bursts(ticks: Sequence[int]) -> list[list[int]]:
+    """Split increasing tick numbers into runs of consecutive ticks."""
+    bursts: list[list[int]] = []
+    for t in ticks:
+        if bursts and t == bursts[-1][-1] + 1:
+            bursts[-1].append(t)
+        else:
+            bursts.append([t])
+    return bursts
+
+
+# -- 5. a failing brain -----------------------------------------------------------------------
+
+
+class _FailingScenario:
+    """Caller says two things; the brain raises on the first."""
+
+    def __init__(self, speak: Speak) -> None:
+        self.options = ConversationOptions(end_of_turn_ms=300)
+        self.first = speech(speak, "hello there")
+        self.second = speech(speak, "wait a moment")
+        self.brain = QuickBrain(replies=["Okay."], fail=frozenset({1}))
+
+    async def play(self, call: Call) -> TurnRecord:
+        clock = call.clock
+        await call.turn(0)
+        asked = clock.say(self.first)
+        await call.until("the brain to fail", lambda: len(self.brain.heard) == 1)
+        await call.until("the failed turn to settle", lambda: clock.ticks > asked + 60)
+        assert not call.task.done()
+        assert clock.agent_loud_ticks(asked) == []  # nothing was said for the failed turn
+        assert len(call.turns) == 1
+        assert call.session.agent_speaking() is False
+        clock.say(self.second)
+        return await call.turn(1, timeout=5.0)
+
+
+def test_brain_failure_does_not_end_the_session(speech_8k: Speak) -> None:
+    scenario = _FailingScenario(speech_8k)
+
+    async def body() -> None:
+        call = start_call(scenario.brain, scenario.options)
+        try:
+            reply = await scenario.play(call)
+            assert not call.task.done()
+            assert reply.kind == "reply"
+            assert reply.agent_text == "Okay."
+            assert reply.interrupted is False
+            assert len(scenario.brain.heard) == 2
+            assert reply.user_text == scenario.brain.heard[1]
+            assert reply.user_text.endswith(" milliseconds")
+            assert len(call.clock.agent_loud_ticks()) == 9 + 15  # "Hi." then "Okay."
+            assert [t.kind for t in call.turns] == ["greeting", "reply"]
+        finally:
+            await call.stop()
+
+    run(body)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CallSession._respond sets _carry_text before brain.respond() and clears it only "
+    "on success, so after a brain error the failed transcript is prepended to every later "
+    "turn's transcript",
+)
+def test_brain_failure_is_not_carried_into_the_next_turn(speech_8k: Speak) -> None:
+    scenario = _FailingScenario(speech_8k)
+
+    async def body() -> None:
+        call = start_call(scenario.brain, scenario.options)
+        try:
+            reply = await scenario.play(call)
+            assert UTTERANCE.match(reply.user_text), reply.user_text
+            assert UTTERANCE.match(scenario.brain.heard[1]), scenario.brain.heard[1]
+        finally:
+            await call.stop()
+
+    run(body)
