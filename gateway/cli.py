@@ -13,7 +13,7 @@ from sip_config import ConfigError, Settings, load_settings, parse_listen
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    if getattr(args, "listen", None):
+    if getattr(args, "listen", None) is not None:
         host, port = parse_listen(args.listen)
         overrides["sip"] = {"listen_host": host, "listen_port": port}
     return load_settings(args.config, overrides=overrides or None)

@@ -27,6 +27,7 @@ def conversation_options(s: Settings) -> ConversationOptions:
         end_of_turn_ms=s.vad.end_of_turn_ms,
         barge_in_min_speech_ms=s.vad.barge_in_min_speech_ms,
         preroll_ms=s.vad.preroll_ms,
+        early_final_ms=s.vad.early_final_ms,
         max_utterance_ms=int(s.vad.max_utterance_s * 1000),
         no_input_timeout_s=s.conversation.no_input_timeout_s,
     )

@@ -19,7 +19,15 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, NoReturn
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -276,13 +284,33 @@ class VadSettings(_Section):
     max_utterance_s: float = Field(
         default=20.0, ge=1, le=120, description="A caller turn is cut off after this long."
     )
+    early_final_ms: int = Field(
+        default=200,
+        ge=0,
+        le=5000,
+        description=(
+            "Trailing silence after which speech-to-text finalises what it has, so the"
+            " transcript is ready when the turn ends (0 = only at the end of the turn)."
+        ),
+    )
 
-    @field_validator("min_speech_ms", "end_of_turn_ms", "barge_in_min_speech_ms", "preroll_ms")
+    @field_validator(
+        "min_speech_ms", "end_of_turn_ms", "barge_in_min_speech_ms", "preroll_ms", "early_final_ms"
+    )
     @classmethod
     def _validate_multiple_of_10(cls, value: int) -> int:
         if value % 10:
             _invalid("must be a multiple of 10 ms (audio is processed in 20 ms frames)")
         return value
+
+    @model_validator(mode="after")
+    def _early_final_before_end(self) -> VadSettings:
+        if self.early_final_ms >= self.end_of_turn_ms:
+            raise ValueError(
+                f"early_final_ms ({self.early_final_ms}) must be below"
+                f" end_of_turn_ms ({self.end_of_turn_ms})"
+            )
+        return self
 
 
 class ConversationSettings(_Section):

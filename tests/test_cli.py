@@ -148,11 +148,6 @@ def test_serve_bad_listen_returns_2(listen: str, capsys: pytest.CaptureFixture[s
     assert captured.out == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli._settings tests `if getattr(args, 'listen', None):`, so an empty --listen is "
-    "ignored and the agent starts on the default address instead of failing",
-)
 def test_serve_empty_listen_returns_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--listen", ""]) == 2
     assert "--listen: empty value" in capsys.readouterr().err

@@ -100,8 +100,7 @@ def test_long_first_piece_is_cut_before_a_phrase_word() -> None:
 
 
 def test_phrase_cut_picks_the_boundary_nearest_first_max_words() -> None:
-    # phrase starts at word 3 ("in") and word 8 ("with"): 8 is nearer 6 than 3 is? |3-6|=3,
-    # |8-6|=2 -> cut at 8.
+    # Phrase words at index 3 ("in") and 8 ("with"); |8 - 6| < |3 - 6|, so the cut is at 8.
     text = "We make bread in the oven every morning with flour from the mill next door."
     assert speech_chunks(text) == [
         "We make bread in the oven every morning",
@@ -181,10 +180,11 @@ def _demo_texts() -> list[str]:
 
 def _random_texts(count: int) -> list[str]:
     rng = random.Random(1234)
-    vocab = (
-        "we are open and from to with on in at for about when where which that bread cake "
-        "Monday morning street library cookies the a of"
-    ).split()
+    vocab = [
+        *("we", "are", "open", "and", "from", "to", "with", "on", "in", "at", "for"),
+        *("about", "when", "where", "which", "that", "bread", "cake", "Monday"),
+        *("morning", "street", "library", "cookies", "the", "a", "of"),
+    ]
     stops = ["", "", "", ",", ":", ".", "!", "?", ";"]
     spaces = [" ", " ", "  ", "\n", "\t "]
     texts = []

@@ -38,6 +38,7 @@ class ConversationOptions:
     end_of_turn_ms: int = 400
     barge_in_min_speech_ms: int = 100
     preroll_ms: int = 200
+    early_final_ms: int = 200
     max_utterance_ms: int = 20000
     no_input_timeout_s: float = 8.0
     min_unrecognised_ms: int = 400
@@ -108,6 +109,8 @@ class CallSession:
             max_utterance_ms=options.max_utterance_ms,
         )
         self._stt: SttStream | None = None
+        # Transcripts of earlier pieces of the turn in progress, finalised early (in pauses).
+        self._parts: list[asyncio.Future[str]] = []
         self._reply: asyncio.Task[None] | None = None
         self._speaking = False
         self._carry_text = ""
@@ -137,10 +140,8 @@ class CallSession:
             reply.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reply
-        stt, self._stt = self._stt, None
-        if stt is not None:
-            with contextlib.suppress(Exception):
-                await stt.cancel()
+        with contextlib.suppress(Exception):
+            await self._drop_stt()
         self.handle.playout.clear()
 
     # -- listening --------------------------------------------------------------------------
@@ -158,8 +159,8 @@ class CallSession:
             )
             event = det.push(frame)
             if event is None:
-                if det.in_speech and self._stt is not None:
-                    await self._stt.feed(frame)
+                if det.in_speech:
+                    await self._feed_speech(frame)
                 continue
             now = time.monotonic()
             self._last_activity = now
@@ -170,13 +171,13 @@ class CallSession:
                 elif self._reply is not None and not self._reply.done():
                     # The caller went on talking before we answered: fold into one turn.
                     self._reply.cancel()
-                if self._stt is not None:
-                    await self._stt.cancel()
+                await self._drop_stt()
                 self._stt = await self.stt.open_stream()
                 await self._stt.feed(event.audio)
             else:
                 stt, self._stt = self._stt, None
-                if stt is None:
+                parts, self._parts = self._parts, []
+                if stt is None and not parts:
                     continue
                 end_of_speech = now - event.trailing_silence_ms / 1000.0
                 rec = TurnRecord(
@@ -186,7 +187,34 @@ class CallSession:
                     speech_ms=event.speech_ms,
                     eot_wait_ms=float(event.trailing_silence_ms),
                 )
-                self._start_reply(self._respond(stt, rec, end_of_speech, now))
+                self._start_reply(self._respond(parts, stt, rec, end_of_speech, now))
+
+    async def _feed_speech(self, frame: bytes) -> None:
+        """Stream a frame of the turn in progress to STT; finalise early in a pause.
+
+        At `early_final_ms` of trailing silence the recogniser finalises what it has, so the
+        transcript is ready by the time the pause becomes an end of turn. If the caller goes
+        on, the rest is recognised as a new piece and the pieces are joined.
+        """
+        trailing = self.detector.trailing_silence_ms
+        early = self.opt.early_final_ms
+        if self._stt is not None:
+            await self._stt.feed(frame)
+            if early and trailing >= early:
+                stt, self._stt = self._stt, None
+                self._parts.append(asyncio.ensure_future(stt.finish()))
+        elif trailing == 0:  # speech resumed after an early final
+            self._stt = await self.stt.open_stream()
+            await self._stt.feed(frame)
+
+    async def _drop_stt(self) -> None:
+        """Abandon any recognition in progress (a new turn starts)."""
+        stt, self._stt = self._stt, None
+        parts, self._parts = self._parts, []
+        if stt is not None:
+            await stt.cancel()
+        for part in parts:
+            part.cancel()
 
     def _barge_in(self) -> None:
         dropped = self.handle.playout.clear()
@@ -225,13 +253,24 @@ class CallSession:
         await self._deliver(reply, rec, start, time.monotonic())
 
     async def _respond(
-        self, stt: SttStream, rec: TurnRecord, end_of_speech: float, detected_at: float
+        self,
+        parts: list[asyncio.Future[str]],
+        stt: SttStream | None,
+        rec: TurnRecord,
+        end_of_speech: float,
+        detected_at: float,
     ) -> None:
         try:
-            text = await stt.finish()
+            texts = [await part for part in parts]
+            if stt is not None:
+                texts.append(await stt.finish())
         except asyncio.CancelledError:
-            await stt.cancel()
+            for part in parts:
+                part.cancel()
+            if stt is not None:
+                await stt.cancel()
             raise
+        text = " ".join(t for t in texts if t)
         t_stt = time.monotonic()
         rec.stt_ms = _ms(t_stt - detected_at)
         if self._carry_text:
@@ -243,9 +282,17 @@ class CallSession:
                 rec.speech_ms,
             )
             return
+        # Kept until the brain has answered: if the caller talks on first, the next turn
+        # includes these words.
         self._carry_text = text
         rec.user_text = text
-        reply = await self.brain.respond(text, self.ctx)
+        try:
+            reply = await self.brain.respond(text, self.ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self._carry_text = ""
+            raise
         t_brain = time.monotonic()
         rec.brain_ms = _ms(t_brain - t_stt)
         self._carry_text = ""

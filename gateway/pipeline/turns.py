@@ -128,6 +128,11 @@ class TurnDetector:
         return self._in_speech
 
     @property
+    def trailing_silence_ms(self) -> int:
+        """Unvoiced audio since the last voiced frame of the current turn (0 when idle)."""
+        return self._trailing * self.frame_ms if self._in_speech else 0
+
+    @property
     def frames_pushed(self) -> int:
         """How many frames have been pushed since the detector was created."""
         return self._index + 1

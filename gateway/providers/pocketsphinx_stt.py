@@ -43,6 +43,7 @@ class PocketsphinxStream(SttStream):
         self._resampler = Resampler(SAMPLE_RATE, MODEL_RATE)
         self._buf = bytearray()
         self._inflight: asyncio.Future[None] | None = None
+        self._finishing: asyncio.Future[str] | None = None
         decoder.start_utt()
 
     def _decode(self, pcm16k: bytes) -> None:
@@ -57,7 +58,7 @@ class PocketsphinxStream(SttStream):
 
     async def feed(self, pcm: bytes) -> None:
         """Queue audio; decoding runs in the background, one chunk at a time."""
-        if self._decoder is None:
+        if self._decoder is None or self._finishing is not None:
             return
         self._buf += pcm
         if len(self._buf) >= _CHUNK_BYTES and (self._inflight is None or self._inflight.done()):
@@ -68,9 +69,18 @@ class PocketsphinxStream(SttStream):
             self._inflight = asyncio.ensure_future(self._run(chunk))
 
     async def finish(self) -> str:
-        """Decode what is left and return the hypothesis."""
+        """Decode what is left and return the hypothesis.
+
+        The work runs as its own task: cancelling the caller does not interrupt a decode
+        in progress, and the decoder goes back to the pool only once it is idle.
+        """
         if self._decoder is None:
             return ""
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._finish())
+        return await asyncio.shield(self._finishing)
+
+    async def _finish(self) -> str:
         try:
             if self._inflight is not None:
                 await self._inflight
@@ -93,6 +103,10 @@ class PocketsphinxStream(SttStream):
 
     async def cancel(self) -> None:
         """Drop the utterance; the decoder goes back to the pool after any decode finishes."""
+        if self._finishing is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._finishing)
+            return
         if self._decoder is None:
             return
         inflight = self._inflight

@@ -8,7 +8,34 @@ from dataclasses import dataclass, field
 from gateway.audio.ring import InboundRing, PlayoutRing
 
 _HEADER = re.compile(r"^([A-Za-z0-9!#$%&'*+.^_`|~-]+)\s*:\s*(.*)$")
-_COMPACT = {"f": "From", "t": "To", "i": "Call-ID", "m": "Contact"}
+_COMPACT = {
+    "f": "From",
+    "t": "To",
+    "i": "Call-ID",
+    "m": "Contact",
+    "v": "Via",
+    "l": "Content-Length",
+    "c": "Content-Type",
+    "k": "Supported",
+    "s": "Subject",
+    "e": "Content-Encoding",
+}
+# Names whose standard spelling is not plain Capitalised-Words.
+_SPECIAL = {
+    n.lower(): n
+    for n in ("Call-ID", "CSeq", "WWW-Authenticate", "MIME-Version", "RAck", "RSeq", "SIP-ETag")
+}
+
+
+def _canonical(name: str) -> str:
+    name = _COMPACT.get(name.lower(), name)
+    special = _SPECIAL.get(name.lower())
+    if special is not None:
+        return special
+    canon = "-".join(part.capitalize() for part in name.split("-"))
+    if canon.startswith("X-Ph-"):
+        canon = "X-PH-" + canon[5:]
+    return canon
 
 
 def parse_sip_headers(message: str) -> dict[str, str]:
@@ -28,12 +55,9 @@ def parse_sip_headers(message: str) -> dict[str, str]:
             continue
         m = _HEADER.match(line)
         if not m:
+            last = None  # its continuation lines belong to nothing either
             continue
-        name = m.group(1)
-        name = _COMPACT.get(name.lower(), name)
-        canon = "-".join(part.capitalize() for part in name.split("-"))
-        if canon.startswith("X-Ph-"):
-            canon = "X-PH-" + canon[5:]
+        canon = _canonical(m.group(1))
         value = m.group(2).strip()
         headers[canon] = f"{headers[canon]}, {value}" if canon in headers else value
         last = canon
