@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.audio.ring import InboundRing, PlayoutRing
 from gateway.sip.calls import CallHandle, parse_sip_headers
 

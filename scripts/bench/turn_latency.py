@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.demo import AgentProcess, free_udp_port  # noqa: E402
+from gateway.demo import AgentProcess, free_udp_port
 
 QUESTIONS = [
     "What are your opening hours?",
@@ -58,9 +58,7 @@ def run(calls: int, config: Path | None) -> dict[str, Any]:
                 cmd += ["--say", q]
             cmd.append("--json")
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            line = next(
-                (x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")), None
-            )
+            line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")), None)
             if line is None:
                 failures += 1
                 print(f"call {i + 1}: no report\n{proc.stderr[-500:]}", file=sys.stderr)
