@@ -104,7 +104,7 @@ class AgentWorker:
         await asyncio.to_thread(self.ua.start)
         print(
             f"sipagent: listening on udp {self.settings.sip.listen_host}:{self.ua.port}"
-            f" as sip:{self.settings.sip.user}@{self.settings.sip.listen_host}:{self.ua.port}",
+            f" as {self.ua.uri}",
             file=sys.stderr,
             flush=True,
         )

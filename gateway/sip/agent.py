@@ -107,6 +107,7 @@ class AgentUA:
         self.account: _AgentAccount | None = None
         self.calls: dict[int, _AgentCall] = {}
         self.port = endpoint.port
+        self.uri = f"sip:{options.user}@{endpoint.host}:{endpoint.port}"
         self.pj.on_started(self._create_account)
         self.pj.on_stopping(self._hangup_all)
 
@@ -139,8 +140,13 @@ class AgentUA:
     def _create_account(self) -> None:
         self.port = self.pj.local_port()
         host = self.endpoint.public_host or self.endpoint.host
+        if host in ("", "0.0.0.0", "::"):
+            # Bound to every interface: advertise the address pjsip chose for the transport.
+            info = self.pj.ep.transportGetInfo(self.pj.transport_id)
+            host = str(info.localName).rsplit(":", 1)[0]
+        self.uri = f"sip:{self.options.user}@{host}:{self.port}"
         cfg = pj.AccountConfig()
-        cfg.idUri = f"sip:{self.options.user}@{host}:{self.port}"
+        cfg.idUri = self.uri
         mcfg = cfg.mediaConfig.transportConfig
         mcfg.port = self.options.rtp_port_start
         mcfg.portRange = self.options.rtp_port_range
