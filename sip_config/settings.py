@@ -16,6 +16,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, NoReturn
 
@@ -366,7 +367,9 @@ class _RelativePlaybookTomlSource(TomlConfigSettingsSource):
     """TOML source that resolves ``playbook`` against the file's directory and reports
     syntax errors as :class:`ConfigError`."""
 
-    def _read_file(self, file_path: Path) -> dict[str, Any]:
+    # Typed as the newest pydantic-settings declares it (older ones take only Path).
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        file_path = Path(str(file_path))
         try:
             data = super()._read_file(file_path)
         except tomllib.TOMLDecodeError as exc:

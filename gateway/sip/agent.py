@@ -110,6 +110,7 @@ class AgentUA:
         self.uri = f"sip:{options.user}@{endpoint.host}:{endpoint.port}"
         self.pj.on_started(self._create_account)
         self.pj.on_stopping(self._hangup_all)
+        self.pj.on_destroy(self._drop_objects)
 
     # -- public API (any thread) ------------------------------------------------------------
     def start(self) -> None:
@@ -219,6 +220,13 @@ class AgentUA:
             call.hangup(op)
         except pj.Error as exc:
             log.debug("hangup %d: %s", call_id, exc.reason)
+
+    def _drop_objects(self) -> None:
+        """Delete pjsua2 objects on this thread, before libDestroy (never after it)."""
+        for call in self.calls.values():
+            call.port = None
+        self.calls.clear()
+        self.account = None
 
     def _hangup_all(self) -> None:
         for call_id in list(self.calls):

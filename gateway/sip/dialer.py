@@ -83,6 +83,12 @@ class Dialer:
         self.account: Any = None
         self.call: _DialCall | None = None
         self.pj.on_started(self._create_account)
+        self.pj.on_destroy(self._drop_objects)
+
+    def _drop_objects(self) -> None:
+        """Delete pjsua2 objects on the pj thread, before libDestroy."""
+        self.call = None
+        self.account = None
 
     def _create_account(self) -> None:
         port = self.pj.local_port()

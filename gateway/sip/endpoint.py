@@ -101,6 +101,7 @@ class PjThread:
         self._garbage: list[Any] = []
         self._on_started: list[Callable[[], None]] = []
         self._on_stopping: list[Callable[[], None]] = []
+        self._on_destroy: list[Callable[[], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
     def on_started(self, fn: Callable[[], None]) -> None:
@@ -110,6 +111,10 @@ class PjThread:
     def on_stopping(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the pj thread before the library is destroyed."""
         self._on_stopping.append(fn)
+
+    def on_destroy(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the pj thread just before libDestroy (drop pjsua2 objects here)."""
+        self._on_destroy.append(fn)
 
     def start(self, timeout: float = 20.0) -> None:
         """Start the thread and wait until SIP is listening; raises SipError on failure."""
@@ -294,6 +299,11 @@ class PjThread:
                     log.exception("periodic pj job failed")
 
     def _destroy(self) -> None:
+        for fn in self._on_destroy:
+            try:
+                fn()
+            except Exception:
+                log.exception("destroy hook failed")
         self._garbage.clear()
         if self.ep is not None:
             try:
