@@ -348,12 +348,12 @@ class Softphone:
         sys.stdout.flush()
 
     def _transcribe(self) -> None:
-        from gateway.providers.pocketsphinx_stt import PocketsphinxStt
+        from gateway.providers.pocketsphinx_stt import new_decoder, transcribe
 
-        stt = PocketsphinxStt(decoders=1)
+        decoder = new_decoder()
         for seg in self.segments:
             pcm = b"".join(self.recording[seg.start_frame : seg.end_frame])
-            seg.text = stt.transcribe_blocking(pcm)
+            seg.text = transcribe(pcm, decoder)
         for r in self.results:
             r.reply_text = ""
         # Attach each reply's text: the first segment after its end of speech.

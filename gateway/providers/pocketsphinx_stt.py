@@ -1,21 +1,26 @@
-"""Offline speech-to-text: pocketsphinx with its bundled en-US model.
+"""Offline speech-to-text: pocketsphinx with its bundled en-US model, in a child process.
 
-Decoders are created once per process (one per concurrent call, plus a spare) and lent to
-one utterance at a time. Audio is decoded while the caller speaks, so at the end of the
-turn only the last few frames and the final search remain.
+pocketsphinx holds the GIL while it decodes (measured: a 3 s buffer blocks every other
+Python thread for ~0.5 s; `end_utt` ~75 ms). In the agent process that stalls pjmedia's
+clock thread, whose frame callbacks need the GIL, so every call in the process hears gaps:
+with 4 calls in one process the agent's audio had 100-370 ms holes. Decoding therefore runs
+in a child process (spawned, so it inherits no pjsua2 state) that owns the decoders; the
+agent only sends audio chunks over a pipe and reads transcripts back on a reader thread.
 
-pocketsphinx holds the GIL while it decodes (measured: a 3 s buffer blocks other Python
-threads for ~0.5 s), and so would stall the media clock thread. It is therefore fed in
-small chunks (`CHUNK_MS`), which keeps each hold to a few milliseconds.
+Decoders are created once, in the child, at start-up (one per concurrent call plus a spare)
+and lent to one utterance at a time. Audio is decoded while the caller speaks, so at the end
+of the turn only the last chunk and the final search remain.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import itertools
 import logging
-import queue
+import multiprocessing
+import threading
+from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
@@ -28,143 +33,227 @@ CHUNK_MS = 60
 _CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000
 
 
-def _new_decoder() -> Any:
+def new_decoder() -> Any:
+    """A pocketsphinx decoder with the bundled en-US model at 16 kHz."""
     from pocketsphinx import Decoder
 
     return Decoder(samprate=MODEL_RATE, loglevel="FATAL")
 
 
-class PocketsphinxStream(SttStream):
-    """One utterance on a borrowed decoder."""
+def _hypothesis(decoder: Any) -> str:
+    hyp = decoder.hyp()
+    return str(hyp.hypstr).strip() if hyp is not None else ""
 
-    def __init__(self, provider: PocketsphinxStt, decoder: Any) -> None:
-        self._provider = provider
-        self._decoder: Any | None = decoder
-        self._resampler = Resampler(SAMPLE_RATE, MODEL_RATE)
-        self._buf = bytearray()
-        self._inflight: asyncio.Future[None] | None = None
-        self._finishing: asyncio.Future[str] | None = None
-        decoder.start_utt()
 
-    def _decode(self, pcm16k: bytes) -> None:
-        assert self._decoder is not None
+def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:
+    """Transcribe a whole 8 kHz utterance in this process (tools and tests, not calls)."""
+    decoder = decoder if decoder is not None else new_decoder()
+    data = Resampler(SAMPLE_RATE, MODEL_RATE).process(pcm8k, last=True)
+    decoder.start_utt()
+    decoder.process_raw(data, False, True)
+    decoder.end_utt()
+    return _hypothesis(decoder)
+
+
+class SttProcessError(RuntimeError):
+    """The decoding process died or refused a request."""
+
+
+# -- the child process ---------------------------------------------------------------------
+def _serve(conn: Connection, decoders: int) -> None:
+    """Child main loop. Messages: (op, stream_id, payload); replies: (stream_id, text|error)."""
+    pool = [new_decoder() for _ in range(decoders)]
+    active: dict[int, tuple[Any, Resampler]] = {}
+    failed: dict[int, str] = {}  # a stream whose decoding failed, reported at its "end"
+
+    def decode(decoder: Any, pcm16k: bytes) -> None:
         if pcm16k:
-            self._decoder.process_raw(pcm16k, False, False)
+            decoder.process_raw(pcm16k, False, False)
 
-    async def _run(self, pcm8k: bytes, last: bool = False) -> None:
-        loop = asyncio.get_running_loop()
-        data = self._resampler.process(pcm8k, last=last)
-        await loop.run_in_executor(self._provider.executor, self._decode, data)
+    conn.send(("ready", 0, ""))
+    while True:
+        try:
+            op, sid, payload = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            if op == "start":
+                decoder = pool.pop() if pool else new_decoder()
+                active[sid] = (decoder, Resampler(SAMPLE_RATE, MODEL_RATE))
+                decoder.start_utt()
+            elif op == "data" and sid in active:
+                decoder, rs = active[sid]
+                decode(decoder, rs.process(payload))
+            elif op in ("end", "cancel") and sid in active:
+                decoder, rs = active.pop(sid)
+                if op == "end":
+                    decode(decoder, rs.process(payload, last=True))
+                decoder.end_utt()
+                text = _hypothesis(decoder)
+                pool.append(decoder)
+                if op == "end":
+                    conn.send(("text", sid, text))
+            elif op == "end":
+                conn.send(("error", sid, failed.pop(sid, "unknown stream")))
+            elif op == "cancel":
+                failed.pop(sid, None)
+            elif op == "stop":
+                return
+        except Exception as exc:  # the stream fails, the child lives on
+            broken = active.pop(sid, None)
+            if broken is not None:
+                with contextlib.suppress(Exception):
+                    broken[0].end_utt()
+                pool.append(broken[0])
+            message = f"{type(exc).__name__}: {exc}"
+            if op == "end":
+                with contextlib.suppress(Exception):
+                    conn.send(("error", sid, message))
+            else:
+                failed[sid] = message
+
+
+# -- the agent side ------------------------------------------------------------------------
+class PocketsphinxStream(SttStream):
+    """One utterance, decoded in the child process as it is fed."""
+
+    def __init__(self, provider: PocketsphinxStt, sid: int) -> None:
+        self._provider = provider
+        self._sid = sid
+        self._buf = bytearray()
+        self._result: asyncio.Future[str] | None = None
+        self._closed = False
 
     async def feed(self, pcm: bytes) -> None:
-        """Queue audio; decoding runs in the background, one chunk at a time."""
-        if self._decoder is None or self._finishing is not None:
+        """Send audio on in 60 ms chunks."""
+        if self._closed:
             return
         self._buf += pcm
-        if len(self._buf) >= _CHUNK_BYTES and (self._inflight is None or self._inflight.done()):
-            if self._inflight is not None:
-                self._inflight.result()
-            chunk = bytes(self._buf)
+        if len(self._buf) >= _CHUNK_BYTES:
+            self._provider.send("data", self._sid, bytes(self._buf))
             self._buf.clear()
-            self._inflight = asyncio.ensure_future(self._run(chunk))
 
     async def finish(self) -> str:
-        """Decode what is left and return the hypothesis.
-
-        The work runs as its own task: cancelling the caller does not interrupt a decode
-        in progress, and the decoder goes back to the pool only once it is idle.
-        """
-        if self._decoder is None:
-            return ""
-        if self._finishing is None:
-            self._finishing = asyncio.ensure_future(self._finish())
-        return await asyncio.shield(self._finishing)
-
-    async def _finish(self) -> str:
-        try:
-            if self._inflight is not None:
-                await self._inflight
-            rest = bytes(self._buf)
+        """Send the rest and wait for the transcript."""
+        if self._result is None:
+            if self._closed:
+                return ""
+            self._closed = True
+            self._result = self._provider.expect(self._sid)
+            self._provider.send("end", self._sid, bytes(self._buf))
             self._buf.clear()
-            # Feed the remainder in small pieces for the same GIL reason as above.
-            for i in range(0, max(len(rest), 1), _CHUNK_BYTES):
-                piece = rest[i : i + _CHUNK_BYTES]
-                await self._run(piece, last=i + _CHUNK_BYTES >= len(rest))
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._provider.executor, self._end)
-        finally:
-            self._release()
-
-    def _end(self) -> str:
-        assert self._decoder is not None
-        self._decoder.end_utt()
-        hyp = self._decoder.hyp()
-        return str(hyp.hypstr).strip() if hyp is not None else ""
+        return await asyncio.shield(self._result)
 
     async def cancel(self) -> None:
-        """Drop the utterance; the decoder goes back to the pool after any decode finishes."""
-        if self._finishing is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._finishing)
+        """Drop the utterance (safe to call more than once, or after finish)."""
+        if self._closed:
             return
-        if self._decoder is None:
-            return
-        inflight = self._inflight
-        if inflight is not None and not inflight.done():
-            with contextlib.suppress(Exception):
-                await asyncio.shield(inflight)
-        decoder = self._decoder
-        try:
-            decoder.end_utt()
-        except Exception:
-            log.debug("end_utt on cancel failed", exc_info=True)
-        self._release()
-
-    def _release(self) -> None:
-        if self._decoder is not None:
-            self._provider.give_back(self._decoder)
-            self._decoder = None
+        self._closed = True
+        self._provider.send("cancel", self._sid, b"")
 
 
 class PocketsphinxStt(SttProvider):
-    """Pool of pocketsphinx decoders shared by the calls of one process."""
+    """Speech-to-text through a pocketsphinx child process shared by the process's calls."""
 
     name = "pocketsphinx"
 
-    def __init__(self, decoders: int = 2) -> None:
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=2, thread_name_prefix="sphinx"
-        )
-        self._pool: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        for _ in range(decoders):
-            self._pool.put(_new_decoder())
+    def __init__(self, decoders: int = 2, start_timeout_s: float = 60.0) -> None:
+        self._decoders = decoders
+        self._ids = itertools.count(1)
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]] = {}
+        self._lock = threading.Lock()
+        self._conn: Connection | None = None
+        self._proc: Any = None
+        self._start(start_timeout_s)
 
-    def give_back(self, decoder: Any) -> None:
-        """Return a decoder to the pool."""
-        self._pool.put(decoder)
+    def _start(self, timeout: float) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process running pjsua2
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_serve, args=(child, self._decoders), name="sipagent-stt", daemon=True
+        )
+        proc.start()
+        child.close()
+        if not parent.poll(timeout):
+            proc.kill()
+            raise SttProcessError("pocketsphinx process did not start")
+        parent.recv()  # ("ready", 0, "")
+        self._conn, self._proc = parent, proc
+        threading.Thread(target=self._read, args=(parent,), name="stt-reader", daemon=True).start()
+
+    def _read(self, conn: Connection) -> None:
+        while True:
+            try:
+                kind, sid, text = conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                waiter = self._pending.pop(sid, None)
+            if waiter is None:
+                continue
+            loop, fut = waiter
+            if kind == "text":
+                loop.call_soon_threadsafe(_settle, fut, text, None)
+            else:
+                loop.call_soon_threadsafe(_settle, fut, None, SttProcessError(text))
+        # The child is gone: fail whoever waits; the next utterance restarts it.
+        with self._lock:
+            waiters, self._pending = list(self._pending.values()), {}
+        for loop, fut in waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(
+                    _settle, fut, None, SttProcessError("pocketsphinx process died")
+                )
+
+    def expect(self, sid: int) -> asyncio.Future[str]:
+        """A future for the transcript of stream `sid` (call on the event loop)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+        with self._lock:
+            self._pending[sid] = (loop, fut)
+        return fut
+
+    def send(self, op: str, sid: int, payload: bytes) -> None:
+        """Hand a request to the child; a dead child fails the stream's waiter."""
+        conn = self._conn
+        try:
+            if conn is None:
+                raise OSError("closed")
+            conn.send((op, sid, payload))
+        except (OSError, ValueError):
+            with self._lock:
+                waiter = self._pending.pop(sid, None)
+            if waiter is not None:
+                waiter[0].call_soon_threadsafe(
+                    _settle, waiter[1], None, SttProcessError("pocketsphinx process is down")
+                )
 
     async def open_stream(self) -> PocketsphinxStream:
-        """Borrow a decoder (creating one more if all are busy) and start an utterance."""
-        try:
-            decoder = self._pool.get_nowait()
-        except queue.Empty:
-            log.warning("all pocketsphinx decoders busy; loading another")
-            decoder = await asyncio.get_running_loop().run_in_executor(self.executor, _new_decoder)
-        return PocketsphinxStream(self, decoder)
-
-    def transcribe_blocking(self, pcm8k: bytes) -> str:
-        """Transcribe a whole 8 kHz utterance at once (tools and tests)."""
-        decoder = self._pool.get()
-        try:
-            data = Resampler(SAMPLE_RATE, MODEL_RATE).process(pcm8k, last=True)
-            decoder.start_utt()
-            decoder.process_raw(data, False, True)
-            decoder.end_utt()
-            hyp = decoder.hyp()
-            return str(hyp.hypstr).strip() if hyp is not None else ""
-        finally:
-            self._pool.put(decoder)
+        """Start recognising a new utterance (restarting the child if it died)."""
+        if self._proc is None or not self._proc.is_alive():
+            log.warning("pocketsphinx process is down; restarting it")
+            await asyncio.to_thread(self._start, 60.0)
+        sid = next(self._ids)
+        self.send("start", sid, b"")
+        return PocketsphinxStream(self, sid)
 
     async def close(self) -> None:
-        """Stop the decoding threads."""
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the child process."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop", 0, b""))
+            conn.close()
+        if self._proc is not None:
+            await asyncio.to_thread(self._proc.join, 5)
+            if self._proc.is_alive():
+                self._proc.kill()
+
+
+def _settle(fut: asyncio.Future[str], text: str | None, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(text or "")
