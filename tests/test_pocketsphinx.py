@@ -1,0 +1,120 @@
+"""The pocketsphinx provider: decoding in a child process, streamed, with failures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gateway.audio.pcm import split_frames
+from gateway.providers.pocketsphinx_stt import PocketsphinxStt, SttProcessError, transcribe
+
+
+@pytest.fixture(scope="module")
+def stt() -> Iterator[PocketsphinxStt]:
+    provider = PocketsphinxStt(decoders=2)
+    yield provider
+    asyncio.run(provider.close())
+
+
+async def _recognise(stt: PocketsphinxStt, pcm: bytes) -> str:
+    stream = await stt.open_stream()
+    # As in a call: the turn's audio is followed by the pause that ends it.
+    for frame in split_frames(pcm + bytes(3200)):
+        await stream.feed(frame)
+    return await stream.finish()
+
+
+def test_streamed_speech_is_transcribed(
+    stt: PocketsphinxStt, speech_8k: Callable[[str], bytes]
+) -> None:
+    text = asyncio.run(_recognise(stt, speech_8k("I would like to order a birthday cake")))
+    assert "would like to order" in text, text
+
+
+def test_two_streams_at_once_keep_their_words_apart(
+    stt: PocketsphinxStt, speech_8k: Callable[[str], bytes]
+) -> None:
+    a = speech_8k("I would like to order a birthday cake")
+    b = speech_8k("where are you located")
+
+    async def both() -> list[str]:
+        sa, sb = await stt.open_stream(), await stt.open_stream()
+        fa, fb = split_frames(a), split_frames(b)
+        for i in range(max(len(fa), len(fb))):
+            if i < len(fa):
+                await sa.feed(fa[i])
+            if i < len(fb):
+                await sb.feed(fb[i])
+        return list(await asyncio.gather(sa.finish(), sb.finish()))
+
+    ta, tb = asyncio.run(both())
+    assert "cake" in ta and "located" not in ta, ta
+    assert "located" in tb and "cake" not in tb, tb
+
+
+def test_cancelled_stream_frees_its_decoder(
+    stt: PocketsphinxStt, speech_8k: Callable[[str], bytes]
+) -> None:
+    pcm = speech_8k("where are you located")
+
+    async def run() -> str:
+        for _ in range(5):  # more than the pool holds: decoders must come back
+            stream = await stt.open_stream()
+            await stream.feed(pcm[:3200])
+            await stream.cancel()
+            await stream.cancel()
+        return await _recognise(stt, pcm)
+
+    assert "located" in asyncio.run(run())
+
+
+def test_decoding_does_not_hold_this_process(stt: PocketsphinxStt) -> None:
+    """A long decode in the child leaves this process's threads free (the media clock)."""
+    noise = bytes(range(256)) * 250  # 4 s of loud, speech-like garbage at 8 kHz
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def clock() -> None:
+        while not stop.is_set():
+            ticks.append(time.monotonic())
+            time.sleep(0.005)
+
+    t = threading.Thread(target=clock)
+    t.start()
+    try:
+        asyncio.run(_recognise(stt, noise))
+    finally:
+        stop.set()
+        t.join()
+    worst = max(b - a for a, b in itertools.pairwise(ticks))
+    assert worst < 0.05, f"a thread of this process was held for {worst * 1000:.0f} ms"
+
+
+def test_a_dead_child_fails_the_waiter_and_is_restarted(
+    speech_8k: Callable[[str], bytes],
+) -> None:
+    provider = PocketsphinxStt(decoders=1)
+    pcm = speech_8k("where are you located")
+
+    async def run() -> str:
+        stream = await provider.open_stream()
+        await stream.feed(pcm[:6400])
+        provider._proc.kill()
+        provider._proc.join(5)
+        with pytest.raises(SttProcessError):
+            await asyncio.wait_for(stream.finish(), 5)
+        return await _recognise(provider, pcm)
+
+    try:
+        assert "located" in asyncio.run(run())
+    finally:
+        asyncio.run(provider.close())
+
+
+def test_transcribe_in_process(speech_8k: Callable[[str], bytes]) -> None:
+    assert "located" in transcribe(speech_8k("where are you located"))
