@@ -10,7 +10,7 @@ prints p50/p95 of:
 - the agent's parts: end-of-turn wait, STT final, brain, TTS first audio, playout (first
   chunk queued → first frame handed to the media clock), and their total.
 
-Usage: python scripts/bench/turn_latency.py [--calls 4] [--config FILE]
+Usage: python scripts/bench/turn_latency.py [--calls 4] [--concurrent 1] [--config FILE]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,15 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
-def run(calls: int, config: Path | None) -> dict[str, Any]:
-    """Place the calls; return the samples."""
+def _call_cmd(port: int) -> list[str]:
+    cmd = [sys.executable, "-m", "gateway.cli", "call", f"sip:agent@127.0.0.1:{port}", "--json"]
+    for q in QUESTIONS:
+        cmd += ["--say", q]
+    return cmd
+
+
+def run(calls: int, concurrent: int, config: Path | None) -> dict[str, Any]:
+    """Place the calls, `concurrent` at a time; return the samples."""
     port = free_udp_port()
     agent = AgentProcess(port, config)
     wire: list[float] = []
@@ -52,24 +60,31 @@ def run(calls: int, config: Path | None) -> dict[str, Any]:
     try:
         if not agent.wait_listening(120):
             raise SystemExit("agent did not start:\n" + "\n".join(agent.lines[-20:]))
-        for i in range(calls):
-            cmd = [sys.executable, "-m", "gateway.cli", "call", f"sip:agent@127.0.0.1:{port}"]
-            for q in QUESTIONS:
-                cmd += ["--say", q]
-            cmd.append("--json")
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            line = next((x for x in reversed(proc.stdout.splitlines()) if x.startswith("{")), None)
-            if line is None:
-                failures += 1
-                print(f"call {i + 1}: no report\n{proc.stderr[-500:]}", file=sys.stderr)
-                continue
-            report = json.loads(line)
-            for step in report["steps"]:
-                if step["reply_latency_ms"] is None:
-                    failures += 1
-                else:
-                    wire.append(step["reply_latency_ms"])
-            print(f"call {i + 1}/{calls}: {len(report['steps'])} turns", file=sys.stderr)
+        done = 0
+        while done < calls:
+            batch = []
+            for _ in range(min(concurrent, calls - done)):
+                batch.append(
+                    subprocess.Popen(
+                        _call_cmd(port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                    )
+                )
+                time.sleep(0.7)  # stagger: callers do not all speak at the same instant
+            for proc in batch:
+                out, err = proc.communicate(timeout=300)
+                done += 1
+                line = next((x for x in reversed(out.splitlines()) if x.startswith("{")), None)
+                if line is None:
+                    failures += len(QUESTIONS)
+                    print(f"call {done}: no report\n{err[-500:]}", file=sys.stderr)
+                    continue
+                report = json.loads(line)
+                for step in report["steps"]:
+                    if step["reply_latency_ms"] is None:
+                        failures += 1
+                    else:
+                        wire.append(step["reply_latency_ms"])
+                print(f"call {done}/{calls}: {len(report['steps'])} turns", file=sys.stderr)
     finally:
         agent.stop()
     turns = [t for t in agent.turns() if t["kind"] == "reply" and not t["interrupted"]]
@@ -79,10 +94,11 @@ def run(calls: int, config: Path | None) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=4, help="calls to place (6 turns each)")
+    ap.add_argument("--concurrent", type=int, default=1, help="calls in progress at once (1-4)")
     ap.add_argument("--config", type=Path, help="agent settings file")
     ap.add_argument("--goal-ms", type=float, default=800.0, help="p50 goal on the wire")
     args = ap.parse_args()
-    data = run(args.calls, args.config)
+    data = run(args.calls, args.concurrent, args.config)
     rows: list[tuple[str, list[float]]] = [("on the wire (caller side)", data["wire"])]
     parts = [
         ("agent: end-of-turn wait", "eot_wait_ms"),
@@ -95,7 +111,10 @@ def main() -> int:
     ]
     for label, key in parts:
         rows.append((label, [float(t[key]) for t in data["turns"]]))
-    print(f"\nturn latency, {len(data['wire'])} turns, {data['failures']} unanswered")
+    print(
+        f"\nturn latency, {len(data['wire'])} turns, {data['failures']} unanswered,"
+        f" {args.concurrent} call(s) at a time"
+    )
     print(f"{'metric':36} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for label, values in rows:
         if values:
