@@ -6,7 +6,7 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -19,6 +19,24 @@ pytestmark = pytest.mark.timeout(30)
 def frame(n: int) -> bytes:
     """A distinct, valid 320-byte frame carrying the number `n`."""
     return n.to_bytes(4, "little") + bytes(FRAME_BYTES - 4)
+
+
+def consume_from_thread(ring: InboundRing, producer: Callable[[], None], count: int) -> list[int]:
+    """Run `producer` on a thread (the media clock) while the loop gets `count` frames."""
+
+    async def consume() -> list[int]:
+        ring.bind(asyncio.get_running_loop())
+        thread = threading.Thread(target=producer, name="fake-clock", daemon=True)
+        got: list[int] = []
+        thread.start()
+        try:
+            for _ in range(count):
+                got.append(number(await asyncio.wait_for(ring.get(), 2.0)))
+        finally:
+            await asyncio.to_thread(thread.join, 5.0)
+        return got
+
+    return asyncio.run(consume())
 
 
 def number(data: bytes) -> int:
@@ -194,19 +212,7 @@ def test_inbound_no_lost_wakeup_when_a_thread_pushes_flat_out() -> None:
         for n in range(count):
             ring.push(frame(n))
 
-    async def consume() -> list[int]:
-        ring.bind(asyncio.get_running_loop())
-        thread = threading.Thread(target=producer, name="fake-clock", daemon=True)
-        got: list[int] = []
-        thread.start()
-        try:
-            for _ in range(count):
-                got.append(number(await asyncio.wait_for(ring.get(), 2.0)))
-        finally:
-            await asyncio.to_thread(thread.join, 5.0)
-        return got
-
-    got = asyncio.run(consume())
+    got = consume_from_thread(ring, producer, count)
     assert got == list(range(count))
     assert ring.pushed == count
     assert ring.dropped == 0
@@ -227,19 +233,7 @@ def test_inbound_no_lost_wakeup_when_consumer_keeps_catching_up() -> None:
             if n % 200 == 0:
                 time.sleep(0.001)
 
-    async def consume() -> list[int]:
-        ring.bind(asyncio.get_running_loop())
-        thread = threading.Thread(target=producer, name="fake-clock", daemon=True)
-        got: list[int] = []
-        thread.start()
-        try:
-            for _ in range(count):
-                got.append(number(await asyncio.wait_for(ring.get(), 2.0)))
-        finally:
-            await asyncio.to_thread(thread.join, 5.0)
-        return got
-
-    assert asyncio.run(consume()) == list(range(count))
+    assert consume_from_thread(ring, producer, count) == list(range(count))
     assert ring.dropped == 0
 
 
