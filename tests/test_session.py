@@ -29,7 +29,7 @@ from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, rms_dbfs, split_frames
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
 from gateway.pipeline.turns import TurnDetector, TurnEvent
 from gateway.providers.base import BrainReply, CallContext
-from gateway.providers.fake import FakeBrain, FakeStt, FakeTts
+from gateway.providers.fake import FakeBrain, FakeStt, FakeSttStream, FakeTts
 from gateway.sip.calls import CallHandle
 
 pytestmark = pytest.mark.timeout(30)
@@ -526,3 +526,57 @@ def test_transcript_is_finalised_early_in_the_pause(speech_8k: Callable[[str], b
             await call.stop()
 
     asyncio.run(scenario())
+
+
+class DeafStt(FakeStt):
+    """Recognises nothing: every utterance comes back as an empty transcript."""
+
+    async def open_stream(self) -> FakeSttStream:
+        return DeafStream(self.final_delay_s)
+
+
+class DeafStream(FakeSttStream):
+    async def finish(self) -> str:
+        return ""
+
+
+class LongGreetingBrain(QuickBrain):
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        return BrainReply("This is a long greeting that goes on and on for a while.")
+
+
+def test_unrecognised_sound_is_ignored_unless_it_cut_the_agent_off(
+    speech_8k: Speak,
+) -> None:
+    options = ConversationOptions(
+        end_of_turn_ms=300, barge_in_min_speech_ms=60, min_unrecognised_ms=2000
+    )
+    sound = speech(speech_8k, "hmm")
+
+    async def scenario() -> None:
+        brain = LongGreetingBrain(replies=["Sorry?"])
+        call = start_call(brain, options, stt=DeafStt())
+        clock = call.clock
+        try:
+            # The sound cuts the greeting off: silence now would be dead air, so it is
+            # answered (with what the brain says to an empty transcript).
+            await call.until("the greeting to play", lambda: len(clock.agent_loud_ticks()) >= 10)
+            clock.say(sound)
+            answer = await call.turn(1, timeout=5.0)
+            assert call.turns[0].interrupted is True
+            assert call.session.barge_ins == 1
+            assert brain.heard == [""]
+            assert answer.barge_in is True
+            assert answer.agent_text == "Sorry?"
+            await call.until("the answer to play out", lambda: not call.session.agent_speaking())
+            # While the agent is quiet, the same unrecognised sound gets no answer.
+            clock.say(sound)
+            await call.until("the sound to be played", clock.idle)
+            await asyncio.sleep(1.0)
+            assert brain.heard == [""]
+            assert len(call.turns) == 2
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)

@@ -66,7 +66,8 @@ class TurnRecord:
     end_of_speech_at: float = 0.0
     first_audio_at: float = 0.0
     max_gap_ms: float = 0.0  # longest pause between agent frames on the wire (20 = none)
-    interrupted: bool = False
+    interrupted: bool = False  # this agent turn was cut off by the caller
+    barge_in: bool = False  # the caller's turn began while the agent was speaking
     actions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -117,6 +118,7 @@ class CallSession:
         self._last_activity = time.monotonic()
         self._no_input_attempts = 0
         self._turns = 0
+        self._turn_barged = False
         self._hanging_up = False
         self.records: list[TurnRecord] = []
         self.barge_ins = 0
@@ -166,7 +168,8 @@ class CallSession:
             self._last_activity = now
             if event.kind == "start":
                 self._no_input_attempts = 0
-                if self.agent_speaking():
+                self._turn_barged = self.agent_speaking()
+                if self._turn_barged:
                     self._barge_in()
                 elif self._reply is not None and not self._reply.done():
                     # The caller went on talking before we answered: fold into one turn.
@@ -186,6 +189,7 @@ class CallSession:
                     kind="reply",
                     speech_ms=event.speech_ms,
                     eot_wait_ms=float(event.trailing_silence_ms),
+                    barge_in=self._turn_barged,
                 )
                 self._start_reply(self._respond(parts, stt, rec, end_of_speech, now))
 
@@ -275,7 +279,9 @@ class CallSession:
         rec.stt_ms = _ms(t_stt - detected_at)
         if self._carry_text:
             text = f"{self._carry_text} {text}".strip()
-        if not text and rec.speech_ms < self.opt.min_unrecognised_ms:
+        # A short sound nobody could transcribe is ignored, unless it cut the agent off:
+        # then silence would be dead air, and the brain's fallback asks again.
+        if not text and rec.speech_ms < self.opt.min_unrecognised_ms and not rec.barge_in:
             log.debug(
                 "call %s: ignored %d ms of unrecognised sound",
                 self.handle.sip_call_id,
