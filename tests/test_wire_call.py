@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess
 from gateway.providers.scripted import DEMO_PLAYBOOK, Playbook, load_playbook
 from tests.wire import (
@@ -106,8 +108,40 @@ def test_non_g711_offer_is_refused_with_488(agent: AgentProcess) -> None:
     assert ok["returncode"] == 0, ok
 
 
-def test_pcma_only_offer_is_answered(agent: AgentProcess) -> None:
-    r = place_call(uri(agent), "--codecs", "PCMA", "--say", "Where are you located?")
+def test_pcma_only_offer_with_a_played_wav_is_answered(
+    agent: AgentProcess,
+    playbook: Playbook,
+    tmp_path: Path,
+    speech_8k: Callable[[str], bytes],
+) -> None:
+    wav = tmp_path / "question.wav"
+    write_wav(wav, speech_8k("Where are you located?"))
+    r = place_call(uri(agent), "--codecs", "PCMA", "--play", str(wav), "--transcribe")
+    assert r["returncode"] == 0, r
+    assert best_intent(playbook, r["steps"][0]["reply_text"]) == "address"
+
+
+def test_malformed_sip_is_survived(agent: AgentProcess) -> None:
+    junk = [
+        b"\x00\xff" * 200,
+        b"INVITE\r\n\r\n",
+        b"INVITE sip:agent@127.0.0.1 SIP/2.0\r\nVia: nonsense\r\nContent-Length: 99999\r\n\r\nv=0",
+        b"SIP/2.0 200 OK\r\nCSeq: x\r\n\r\n",
+        (
+            b"INVITE sip:agent@127.0.0.1 SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKjunk\r\n"
+            b"From: <sip:x@127.0.0.1>;tag=1\r\nTo: <sip:agent@127.0.0.1>\r\n"
+            b"Call-ID: junk-1\r\nCSeq: 1 INVITE\r\nContact: <sip:x@127.0.0.1:9>\r\n"
+            b"Content-Type: application/sdp\r\nContent-Length: 20\r\n\r\n"
+            b"v=0\r\nm=audio x RTP\r\n"
+        ),
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for datagram in junk:
+            s.sendto(datagram, ("127.0.0.1", agent.port))
+    time.sleep(0.5)
+    assert agent.proc.poll() is None
+    r = place_call(uri(agent), "--say", "Where are you located?")
     assert r["returncode"] == 0, r
 
 
