@@ -277,7 +277,7 @@ class VadSettings(_Section):
         default=400, ge=100, le=5000, description="Trailing silence that ends a caller turn."
     )
     barge_in_min_speech_ms: int = Field(
-        default=100, ge=20, le=2000, description="Voiced audio needed to interrupt the agent."
+        default=80, ge=20, le=2000, description="Voiced audio needed to interrupt the agent."
     )
     preroll_ms: int = Field(
         default=200, ge=0, le=1000, description="Audio kept from before speech was detected."

@@ -59,7 +59,7 @@ def test_defaults_with_nothing_set() -> None:
     assert sip.user_agent == "sipagent"
     vad = settings.vad
     assert vad.aggressiveness == 2
-    assert (vad.min_speech_ms, vad.end_of_turn_ms, vad.barge_in_min_speech_ms) == (120, 400, 100)
+    assert (vad.min_speech_ms, vad.end_of_turn_ms, vad.barge_in_min_speech_ms) == (120, 400, 80)
     assert (vad.preroll_ms, vad.max_utterance_s) == (200, 20.0)
     assert settings.conversation.no_input_timeout_s == 8.0
     assert settings.conversation.max_call_s == 3600

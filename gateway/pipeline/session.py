@@ -36,7 +36,7 @@ class ConversationOptions:
     aggressiveness: int = 2
     min_speech_ms: int = 120
     end_of_turn_ms: int = 400
-    barge_in_min_speech_ms: int = 100
+    barge_in_min_speech_ms: int = 80
     preroll_ms: int = 200
     early_final_ms: int = 200
     max_utterance_ms: int = 20000

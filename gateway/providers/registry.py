@@ -16,8 +16,10 @@ log = logging.getLogger(__name__)
 def _pocketsphinx(s: Settings) -> SttProvider:
     from gateway.providers.pocketsphinx_stt import PocketsphinxStt
 
-    # One decoder per call this process can hold, plus one for an overlapping utterance.
-    return PocketsphinxStt(decoders=s.sip.max_calls + 1)
+    # One decoder per call this process can hold: a call's pieces reach the decoding process
+    # in order (an early final's "end" before the next piece's "start"), so a call never
+    # needs two at once. Each decoder costs ~100 MB of RSS in that process.
+    return PocketsphinxStt(decoders=s.sip.max_calls)
 
 
 def _piper(s: Settings) -> TtsProvider:
