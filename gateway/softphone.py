@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+import wave
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,10 +199,8 @@ class Softphone:
         return (t_first or now), (t_last or now)
 
     # -- the script -------------------------------------------------------------------------
-    def run(self, dialer: Any) -> int:
+    def run(self, dialer: Any, clips: list[bytes]) -> int:
         s = self.script
-        audio = _Audio()
-        clips = [audio.speech(kind, value) for kind, value in s.steps]
         self.call = dialer.dial(self.uri, s.headers)
         if not self.call.confirmed.wait(15) or self.call.ended.is_set():
             self.call.ended.wait(5)
@@ -372,6 +371,12 @@ def run_softphone(uri: str, script: CallScript) -> int:
     from gateway.sip.dialer import Dialer
     from gateway.sip.endpoint import SipError
 
+    audio = _Audio()
+    try:
+        clips = [audio.speech(kind, value) for kind, value in script.steps]
+    except (OSError, EOFError, wave.Error, ValueError) as exc:
+        print(f"sipagent call: cannot use that audio: {exc}", file=sys.stderr)
+        return 2
     dialer = Dialer(codecs=script.codecs)
     try:
         dialer.start()
@@ -380,7 +385,7 @@ def run_softphone(uri: str, script: CallScript) -> int:
         return 1
     phone = Softphone(uri, script)
     try:
-        rc = phone.run(dialer)
+        rc = phone.run(dialer, clips)
         if phone.call is not None and not phone.call.confirmed_at:
             phone.report()
         return rc

@@ -204,3 +204,13 @@ def test_serve_listen_overrides_reach_the_agent(monkeypatch: pytest.MonkeyPatch)
     assert isinstance(settings, Settings)
     assert settings.sip.listen_host == "127.0.0.2"
     assert settings.sip.listen_port == 5099
+
+
+def test_call_with_an_unreadable_wav_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "not-audio.wav"
+    bad.write_bytes(b"this is not a wav file")
+    assert main(["call", "sip:agent@127.0.0.1:9", "--play", str(bad)]) == 2
+    assert "cannot use that audio" in capsys.readouterr().err
+    assert main(["call", "sip:agent@127.0.0.1:9", "--play", str(tmp_path / "missing.wav")]) == 2
