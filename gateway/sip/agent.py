@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import pjsua2 as pj
 
 from gateway.sip.calls import CallHandle, parse_sip_headers
-from gateway.sip.endpoint import EndpointOptions, MediaBridgePort, PjThread, create_bridge_port
+from gateway.sip.endpoint import BridgePortPool, EndpointOptions, MediaBridgePort, PjThread
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +75,7 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
                 continue
             audio = self.getAudioMedia(mi.index)
             if self.port is None:
-                self.port = create_bridge_port(
-                    f"call{self.handle.call_id}", self.handle.inbound, self.handle.playout
-                )
+                self.port = self.ua.ports.acquire(self.handle.inbound, self.handle.playout)
             self.audio_index = mi.index
             audio.startTransmit(self.port)
             self.port.startTransmit(audio)
@@ -106,6 +104,7 @@ class AgentUA:
         self.pj = PjThread(endpoint, name="pj-agent")
         self.account: _AgentAccount | None = None
         self.calls: dict[int, _AgentCall] = {}
+        self.ports = BridgePortPool()
         self.port = endpoint.port
         self.uri = f"sip:{options.user}@{endpoint.host}:{endpoint.port}"
         self.pj.on_started(self._create_account)
@@ -207,8 +206,10 @@ class AgentUA:
             self.events.call_ended(handle)
         port, call.port = call.port, None
         call.handle = None
+        if port is not None:
+            self.ports.release(port)
         # Deleted after this callback returns, on this thread.
-        self.pj.dispose(call, port)
+        self.pj.dispose(call)
 
     def _hangup(self, call_id: int, code: int) -> None:
         call = self.calls.get(call_id)
@@ -226,6 +227,7 @@ class AgentUA:
         for call in self.calls.values():
             call.port = None
         self.calls.clear()
+        self.ports.clear()
         self.account = None
 
     def _hangup_all(self) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pjsua2 as pj
 
 from gateway.audio.ring import InboundRing, PlayoutRing
-from gateway.sip.endpoint import EndpointOptions, MediaBridgePort, PjThread, create_bridge_port
+from gateway.sip.endpoint import BridgePortPool, EndpointOptions, MediaBridgePort, PjThread
 
 
 @dataclass
@@ -49,8 +49,10 @@ class _DialCall(pj.Call):  # type: ignore[misc]
                 self.state.status_code = int(info.lastStatusCode)
             self.state.reason = str(info.lastReason)
             self.state.ended_at = time.monotonic()
-            self.dialer.pj.dispose(self, self.port)
-            self.port = None
+            if self.port is not None:
+                self.dialer.ports.release(self.port)
+                self.port = None
+            self.dialer.pj.dispose(self)
             self.dialer.call = None
             self.state.ended.set()
 
@@ -60,7 +62,7 @@ class _DialCall(pj.Call):  # type: ignore[misc]
             if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                 audio = self.getAudioMedia(mi.index)
                 if self.port is None:
-                    self.port = create_bridge_port("dial", self.state.inbound, self.state.playout)
+                    self.port = self.dialer.ports.acquire(self.state.inbound, self.state.playout)
                 audio.startTransmit(self.port)
                 self.port.startTransmit(audio)
                 self.state.media_up.set()
@@ -82,12 +84,14 @@ class Dialer:
         )
         self.account: Any = None
         self.call: _DialCall | None = None
+        self.ports = BridgePortPool()
         self.pj.on_started(self._create_account)
         self.pj.on_destroy(self._drop_objects)
 
     def _drop_objects(self) -> None:
         """Delete pjsua2 objects on the pj thread, before libDestroy."""
         self.call = None
+        self.ports.clear()
         self.account = None
 
     def _create_account(self) -> None:

@@ -85,6 +85,43 @@ def create_bridge_port(name: str, inbound: InboundRing, playout: PlayoutRing) ->
     return port
 
 
+class BridgePortPool:
+    """Media ports, created on demand and reused; none is destroyed while calls run.
+
+    pjmedia's conference bridge may still touch a port during the clock tick after it was
+    removed, and a destroyed `AudioMediaPort` frees the memory it would touch: deleting a
+    port right after its call ended crashed a process now and then. A released port is
+    idle (its call's conference slot is gone) and waits for the next call; `clear()` drops
+    them all just before libDestroy. Pj thread only.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[MediaBridgePort] = []
+        self._all: list[MediaBridgePort] = []
+
+    def acquire(self, inbound: InboundRing, playout: PlayoutRing) -> MediaBridgePort:
+        """A port wired to these rings."""
+        if self._free:
+            port = self._free.pop()
+        else:
+            port = create_bridge_port(f"bridge{len(self._all)}", InboundRing(1), PlayoutRing())
+            self._all.append(port)
+        port.inbound = inbound
+        port.playout = playout
+        return port
+
+    def release(self, port: MediaBridgePort) -> None:
+        """Unwire a port from its call's rings and keep it for the next call."""
+        port.inbound = InboundRing(1)
+        port.playout = PlayoutRing()
+        self._free.append(port)
+
+    def clear(self) -> None:
+        """Forget every port (before libDestroy, on the pj thread)."""
+        self._free.clear()
+        self._all.clear()
+
+
 class PjThread:
     """Owns the Endpoint; runs pjsua2 work from a queue between `libHandleEvents` polls."""
 
