@@ -11,7 +11,7 @@ import sys
 
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
 from gateway.providers.registry import Providers, build_providers
-from gateway.sip.agent import AgentOptions, AgentUA
+from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
 from gateway.sip.endpoint import EndpointOptions, SipError
 from sip_config import Settings
@@ -33,16 +33,40 @@ def conversation_options(s: Settings) -> ConversationOptions:
     )
 
 
+def registration_options(settings: Settings, account_index: int) -> RegistrationOptions | None:
+    """The registration of worker ``account_index`` (None in direct mode)."""
+    if settings.sip.mode != "register":
+        return None
+    reg = settings.registration
+    if account_index >= len(reg.accounts):
+        raise SipError(
+            f"register mode: worker {account_index} has no account"
+            f" (registration.accounts lists {len(reg.accounts)})"
+        )
+    acc = reg.accounts[account_index]
+    return RegistrationOptions(
+        registrar=reg.registrar,
+        domain=reg.uri_domain,
+        username=acc.username,
+        password=acc.password,
+        auth_user=acc.auth_user,
+        expires_s=reg.expires_s,
+        first_retry_s=reg.first_retry_s,
+        max_retry_s=reg.max_retry_s,
+    )
+
+
 class AgentWorker:
     """Starts a conversation for each answered call and ends it when the call ends."""
 
-    def __init__(self, settings: Settings, providers: Providers) -> None:
+    def __init__(self, settings: Settings, providers: Providers, account_index: int = 0) -> None:
         self.settings = settings
         self.providers = providers
         self.options = conversation_options(settings)
         self.loop = asyncio.get_running_loop()
         self.sessions: dict[int, asyncio.Task[None]] = {}
         sip = settings.sip
+        registration = registration_options(settings, account_index)
         self.ua = AgentUA(
             EndpointOptions(
                 host=sip.listen_host,
@@ -58,6 +82,8 @@ class AgentWorker:
                 rtp_port_range=sip.rtp_port_range,
                 rtp_timeout_s=sip.rtp_timeout_s,
                 max_call_s=settings.conversation.max_call_s,
+                allow_networks=tuple(sip.allow_networks),
+                registration=registration,
             ),
             self,
         )
@@ -71,6 +97,13 @@ class AgentWorker:
     def call_ended(self, handle: CallHandle) -> None:
         """The call is gone."""
         self.loop.call_soon_threadsafe(self._end, handle)
+
+    def registration_changed(self, registered: bool, status: str) -> None:
+        """Registration state changed (pj thread)."""
+        if registered:
+            log.info("registered as %s: %s", self.ua.uri, status)
+        else:
+            log.warning("not registered as %s: %s", self.ua.uri, status)
 
     def _start(self, handle: CallHandle) -> None:
         self.calls_total += 1

@@ -43,12 +43,21 @@ __all__ = [
     "KNOWN_BRAINS",
     "KNOWN_STT",
     "KNOWN_TTS",
+    "AppSettings",
+    "BusinessHours",
     "Codec",
     "ConfigError",
     "ConversationSettings",
     "LogLevel",
+    "PoolSettings",
     "ProviderSettings",
+    "RecordsSettings",
+    "RegistrationSettings",
+    "Route",
+    "RoutingSettings",
     "Settings",
+    "SipAccount",
+    "SipMode",
     "SipSettings",
     "VadSettings",
     "bundled_playbook_path",
@@ -155,6 +164,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+SipMode = Literal["direct", "register"]
+"""``direct``: take INVITEs on the workers' addresses (softphone, Dial to a SIP URI, BYOC
+trunk); ``register``: each worker registers its own endpoint with a registrar."""
+
+_DEFAULT_ALLOW: Final[tuple[str, ...]] = ("127.0.0.0/8", "::1/128")
+
+
+def _parse_list(value: object) -> object:
+    """Accept a JSON list or a comma-separated string (for environment variables)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                _invalid("is neither a JSON list nor a comma-separated list")
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
 class SipSettings(_Section):
     """SIP user-agent settings (``[sip]`` table, ``SIPAGENT_SIP__*`` variables)."""
 
@@ -181,6 +210,32 @@ class SipSettings(_Section):
         default=30.0, gt=0, le=3600, description="Hang up a call whose RTP stopped this long."
     )
     user_agent: str = Field(default="sipagent", description="User-Agent header value.")
+    mode: SipMode = Field(
+        default="direct", description="'direct' (take INVITEs) or 'register' (registrar)."
+    )
+    allow_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(_DEFAULT_ALLOW),
+        description=(
+            "Source networks whose INVITEs are taken; others get 403. Add your trunk's or"
+            " Plivo's signalling ranges. An empty list allows everyone."
+        ),
+    )
+
+    @field_validator("allow_networks", mode="before")
+    @classmethod
+    def _parse_allow(cls, value: object) -> object:
+        return _parse_list(value)
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _validate_allow(cls, value: list[str]) -> list[str]:
+        out: list[str] = []
+        for item in value:
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                _invalid(f"{item!r} is not an IP network (e.g. 10.0.0.0/8 or 192.0.2.7)")
+        return out
 
     @field_validator("listen_host")
     @classmethod
@@ -359,6 +414,303 @@ class ProviderSettings(_Section):
         return _check_provider(value, KNOWN_BRAINS, "brain")
 
 
+class SipAccount(_Section):
+    """Credentials of one registered endpoint (one per worker in ``register`` mode)."""
+
+    username: str = Field(description="Endpoint user name, e.g. Plivo's 'agent12345678'.")
+    password: str = Field(default="", description="Digest password.", repr=False)
+    auth_user: str | None = Field(
+        default=None, description="Digest user name when it differs from ``username``."
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _validate_username(cls, value: str) -> str:
+        if not _SIP_USER.match(value):
+            _invalid("must be non-empty and contain only letters, digits, '-', '.' or '_'")
+        return value
+
+
+class RegistrationSettings(_Section):
+    """Registration with a registrar (``[registration]``, ``SIPAGENT_REGISTRATION__*``)."""
+
+    registrar: str = Field(
+        default="phone.plivo.com",
+        description="Registrar host[:port]; Dial XML rings sip:<username>@<domain>.",
+    )
+    domain: str | None = Field(
+        default=None, description="Domain of the registered URIs; None uses the registrar host."
+    )
+    expires_s: int = Field(default=300, ge=30, le=86400, description="Requested expiry.")
+    first_retry_s: float = Field(
+        default=5.0, gt=0, le=60, description="Retry this soon after a failed registration."
+    )
+    max_retry_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Backoff between retries is capped here."
+    )
+    accounts: list[SipAccount] = Field(
+        default_factory=list, description="One account per worker, in worker order."
+    )
+
+    @field_validator("registrar")
+    @classmethod
+    def _validate_registrar(cls, value: str) -> str:
+        host, _, port = value.strip().removeprefix("sip:").rpartition(":")
+        if not host or "]" in port:
+            host, port = value.strip().removeprefix("sip:"), ""
+        try:
+            _check_host(host)
+        except ValueError as exc:
+            _invalid(f"host {exc}")
+        if port and (not port.isdigit() or not 1 <= int(port) <= 65535):
+            _invalid("port must be between 1 and 65535")
+        return value.strip().removeprefix("sip:")
+
+    def host(self) -> str:
+        """The registrar's host without the port (the default domain)."""
+        text = self.registrar
+        if text.startswith("["):
+            return text[1 : text.index("]")]
+        return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+    @property
+    def uri_domain(self) -> str:
+        """Domain of the registered address-of-record."""
+        return self.domain or self.host()
+
+
+class PoolSettings(_Section):
+    """Worker processes of ``sipagent serve`` (``[pool]``, ``SIPAGENT_POOL__*``).
+
+    Worker ``i`` listens on ``sip.listen_port + i`` and takes RTP ports from
+    ``sip.rtp_port_start + i * rtp_ports_per_worker``.
+    """
+
+    workers: int = Field(
+        default=0,
+        ge=0,
+        le=250,
+        description="Worker processes (4 calls each); 0 sizes the pool to the machine.",
+    )
+    rtp_ports_per_worker: int = Field(
+        default=40, ge=8, le=2000, description="RTP/RTCP ports given to each worker."
+    )
+    drain_timeout_s: float = Field(
+        default=60.0, ge=0, le=86400, description="On SIGTERM, let calls finish this long."
+    )
+    spare: bool = Field(
+        default=True,
+        description="Keep one started spare worker so a dead worker is replaced at once.",
+    )
+    reserve_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="A slot routed by the answer_url app is held this long for the INVITE.",
+    )
+
+
+class AppSettings(_Section):
+    """The answer_url app (``[app]``, ``SIPAGENT_APP__*``)."""
+
+    enabled: bool = Field(default=True, description="Serve the answer_url app.")
+    listen_host: str = Field(default=_DEFAULT_LISTEN_HOST, description="HTTP bind address.")
+    listen_port: int = Field(default=8080, ge=0, le=65535, description="HTTP port (0: any).")
+    public_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL Plivo calls (e.g. https://bot.example.com behind a TLS proxy); it is the"
+            " URL signatures are computed over. None uses the request's own URL."
+        ),
+    )
+    auth_token: str = Field(
+        default="", repr=False, description="Plivo (sub)account auth token for signatures."
+    )
+    verify_signatures: bool = Field(
+        default=True, description="Reject requests without a valid X-Plivo-Signature-V3."
+    )
+    nonce_ttl_s: float = Field(
+        default=300.0, ge=1, le=86400, description="A nonce seen this recently is a replay."
+    )
+    dial_timeout_s: int = Field(
+        default=20, ge=5, le=120, description="Dial timeout: ring the target this long."
+    )
+    caller_id: str | None = Field(
+        default=None, description="callerId on Dial; None passes the caller's number on."
+    )
+    threads: int = Field(default=8, ge=1, le=128, description="WSGI server threads.")
+
+    @field_validator("listen_host")
+    @classmethod
+    def _validate_app_host(cls, value: str) -> str:
+        try:
+            return _check_host(value)
+        except ValueError as exc:
+            _invalid(str(exc))
+
+    @field_validator("public_url")
+    @classmethod
+    def _validate_public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        text = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+            _invalid("must be an http:// or https:// URL")
+        return text
+
+
+_WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class BusinessHours(_Section):
+    """Opening hours of a route; outside them the route's ``after_hours_*`` apply."""
+
+    timezone: str = Field(default="UTC", description="IANA time zone, e.g. Europe/London.")
+    days: list[str] = Field(
+        default_factory=lambda: ["mon", "tue", "wed", "thu", "fri"], description="Open days."
+    )
+    open: str = Field(default="09:00", description="Opening time, HH:MM.")
+    close: str = Field(default="17:00", description="Closing time, HH:MM (after open).")
+
+    @field_validator("timezone")
+    @classmethod
+    def _validate_tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            _invalid("unknown time zone")
+        return value
+
+    @field_validator("days", mode="before")
+    @classmethod
+    def _parse_days(cls, value: object) -> object:
+        value = _parse_list(value)
+        if isinstance(value, list):
+            return [v.strip().lower()[:3] if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("days")
+    @classmethod
+    def _validate_days(cls, value: list[str]) -> list[str]:
+        bad = [d for d in value if d not in _WEEKDAYS]
+        if bad or not value:
+            _invalid(f"days must be among {', '.join(_WEEKDAYS)}")
+        return value
+
+    @field_validator("open", "close")
+    @classmethod
+    def _validate_time(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            _invalid("must be HH:MM (24-hour clock)")
+        return value
+
+    @model_validator(mode="after")
+    def _open_before_close(self) -> BusinessHours:
+        if self.open >= self.close:
+            raise ValueError(f"open ({self.open}) must be before close ({self.close})")
+        return self
+
+
+_E164ISH = re.compile(r"^\+?[0-9]{3,15}$")
+
+
+def _check_target(value: str, *, allow_hangup: bool) -> str:
+    text = value.strip()
+    if text == "agent" or (allow_hangup and text == "hangup"):
+        return text
+    if text.startswith(("sip:", "sips:")) and "@" in text:
+        return text
+    if _E164ISH.match(text):
+        return text
+    extra = ", 'hangup'" if allow_hangup else ""
+    _invalid(f"must be 'agent'{extra}, a sip: URI (user@host) or a phone number")
+
+
+class Route(_Section):
+    """Where a called number's calls go."""
+
+    target: str = Field(
+        default="agent", description="'agent' (the pool), a sip: URI, or a phone number."
+    )
+    hours: BusinessHours | None = Field(default=None, description="Open hours; None: always.")
+    after_hours_target: str = Field(
+        default="hangup", description="Outside hours: 'hangup', 'agent', a sip: URI or number."
+    )
+    after_hours_say: str | None = Field(
+        default="We are closed right now. Please call again during our opening hours.",
+        description="Spoken outside hours before the after-hours target.",
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _validate_target(cls, value: str) -> str:
+        return _check_target(value, allow_hangup=False)
+
+    @field_validator("after_hours_target")
+    @classmethod
+    def _validate_after_target(cls, value: str) -> str:
+        return _check_target(value, allow_hangup=True)
+
+
+class RoutingSettings(_Section):
+    """Per-number routing for the answer_url app (``[routing]``)."""
+
+    default: Route = Field(default_factory=Route, description="Route for unlisted numbers.")
+    numbers: dict[str, Route] = Field(
+        default_factory=dict, description="Routes keyed by called number (digits, '+' optional)."
+    )
+    fallback_say: str = Field(
+        default="Sorry, all of our agents are busy right now. Please try again later.",
+        description="Spoken when no worker can take the call.",
+    )
+    fallback_target: str = Field(
+        default="hangup", description="After the apology: 'hangup', a sip: URI or a number."
+    )
+
+    @field_validator("numbers")
+    @classmethod
+    def _validate_numbers(cls, value: dict[str, Route]) -> dict[str, Route]:
+        out: dict[str, Route] = {}
+        for key, route in value.items():
+            digits = key.strip().lstrip("+")
+            if not digits.isdigit():
+                _invalid(f"routing number {key!r} must be digits with an optional '+'")
+            out[digits] = route
+        return out
+
+    @field_validator("fallback_target")
+    @classmethod
+    def _validate_fallback(cls, value: str) -> str:
+        text = _check_target(value, allow_hangup=True)
+        if text == "agent":
+            _invalid("the fallback cannot be the agent pool (it is what failed)")
+        return text
+
+
+class RecordsSettings(_Section):
+    """Call records (``[records]``, ``SIPAGENT_RECORDS__*``)."""
+
+    url: str = Field(
+        default="sqlite:///sipagent-records.db",
+        description="Call-record store: sqlite:///relative/path or sqlite:////absolute/path.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _validate_url(cls, value: str) -> str:
+        if not value.startswith("sqlite:///") or value == "sqlite:///":
+            _invalid("must be sqlite:///PATH")
+        return value
+
+    @property
+    def sqlite_path(self) -> Path:
+        """The SQLite file the URL names."""
+        return Path(self.url.removeprefix("sqlite:///"))
+
+
 # The TOML file for the Settings instance being built; set only inside load_settings().
 _toml_file: ContextVar[Path | None] = ContextVar("sipagent_toml_file", default=None)
 
@@ -409,6 +761,11 @@ class Settings(BaseSettings):
     vad: VadSettings = Field(default_factory=VadSettings)
     conversation: ConversationSettings = Field(default_factory=ConversationSettings)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    app: AppSettings = Field(default_factory=AppSettings)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    records: RecordsSettings = Field(default_factory=RecordsSettings)
     playbook: Path = Field(
         default_factory=bundled_playbook_path,
         description="Playbook TOML file; unset means the bundled demo playbook.",

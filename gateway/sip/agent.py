@@ -30,6 +30,24 @@ class CallEvents(Protocol):
     def call_ended(self, handle: CallHandle) -> None:
         """The call is over (any side, any reason)."""
 
+    def registration_changed(self, registered: bool, status: str) -> None:
+        """Registration state changed (register mode only); ``status`` says why, e.g.
+        ``"200 OK"`` or ``"403 Forbidden: wrong password for agent1"``."""
+
+
+@dataclass(frozen=True)
+class RegistrationOptions:
+    """Register the agent's account with a registrar (digest auth)."""
+
+    registrar: str  # host[:port]
+    domain: str  # the address-of-record is sip:<username>@<domain>
+    username: str
+    password: str
+    auth_user: str | None = None
+    expires_s: int = 300
+    first_retry_s: float = 5.0
+    max_retry_s: float = 60.0
+
 
 @dataclass
 class AgentOptions:
@@ -40,6 +58,10 @@ class AgentOptions:
     rtp_port_range: int = 200
     rtp_timeout_s: float = 30.0
     max_call_s: float = 3600.0
+    # INVITEs from other source addresses get 403 before any media or AI work; empty
+    # allows every source.
+    allow_networks: tuple[str, ...] = ()
+    registration: RegistrationOptions | None = None
 
 
 class _AgentCall(pj.Call):  # type: ignore[misc]

@@ -1,0 +1,193 @@
+"""What the supervisor knows about its workers, shared with the answer_url app.
+
+Pure bookkeeping (no processes, no pjsua2): the supervisor updates it from the workers'
+status messages; the app asks it for a worker with a free slot.  A slot handed to the app
+is *reserved* until the INVITE for that call reaches the worker (matched by the Plivo
+CallUUID carried in ``X-PH-CallUUID``) or until the reservation expires, so a burst of
+answer requests cannot send more calls to a worker than it can take.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DialTarget:
+    """Where the answer_url app should send a call."""
+
+    worker: int
+    uri: str
+
+
+@dataclass
+class WorkerInfo:
+    """One worker slot of the pool (the process in it may be restarted)."""
+
+    index: int
+    max_calls: int
+    uri: str = ""
+    pid: int | None = None
+    up: bool = False
+    registered: bool | None = None  # None: not a registering worker
+    registration: str = ""  # last registration status text
+    accepting: bool = True
+    calls: set[str] = field(default_factory=set)  # SIP Call-IDs in progress
+    reservations: dict[str, float] = field(default_factory=dict)  # CallUUID -> expiry
+    restarts: int = 0
+    started_at: float = 0.0
+
+    def free_slots(self, now: float) -> int:
+        """Calls this worker could still take, counting unexpired reservations."""
+        live = sum(1 for exp in self.reservations.values() if exp > now)
+        return self.max_calls - len(self.calls) - live
+
+    def routable(self) -> bool:
+        """Up, accepting, and registered when it registers."""
+        return self.up and self.accepting and self.registered is not False and bool(self.uri)
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """JSON-friendly view."""
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "uri": self.uri,
+            "up": self.up,
+            "registered": self.registered,
+            "registration": self.registration,
+            "accepting": self.accepting,
+            "calls": len(self.calls),
+            "reserved": sum(1 for exp in self.reservations.values() if exp > now),
+            "free": max(0, self.free_slots(now)) if self.routable() else 0,
+            "restarts": self.restarts,
+        }
+
+
+class PoolState:
+    """Thread-safe worker table.  All methods may be called from any thread."""
+
+    def __init__(
+        self,
+        workers: int,
+        max_calls: int,
+        *,
+        reserve_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self.reserve_s = reserve_s
+        self.draining = False
+        self.workers = [WorkerInfo(index=i, max_calls=max_calls) for i in range(workers)]
+
+    # --- queries (answer_url app) -------------------------------------------------------
+    def reserve(self, call_uuid: str) -> DialTarget | None:
+        """Pick the routable worker with the most free slots and hold one slot for
+        ``call_uuid``.  Returns None when no worker can take a call (or while draining)."""
+        with self._lock:
+            now = self._clock()
+            if self.draining:
+                return None
+            for w in self.workers:
+                if call_uuid in w.reservations and w.routable():
+                    w.reservations[call_uuid] = now + self.reserve_s
+                    return DialTarget(w.index, w.uri)
+            best: WorkerInfo | None = None
+            best_free = 0
+            for w in self.workers:
+                if not w.routable():
+                    continue
+                free = w.free_slots(now)
+                if free > best_free:
+                    best, best_free = w, free
+            if best is None:
+                return None
+            self._expire(best, now)
+            best.reservations[call_uuid] = now + self.reserve_s
+            return DialTarget(best.index, best.uri)
+
+    def release(self, call_uuid: str) -> None:
+        """Drop a reservation (e.g. the dial failed before the INVITE arrived)."""
+        with self._lock:
+            for w in self.workers:
+                w.reservations.pop(call_uuid, None)
+
+    def ready(self) -> bool:
+        """True when at least one worker can take a call now."""
+        with self._lock:
+            now = self._clock()
+            return not self.draining and any(
+                w.routable() and w.free_slots(now) > 0 for w in self.workers
+            )
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every worker's state, for status pages and logs."""
+        with self._lock:
+            now = self._clock()
+            return [w.as_dict(now) for w in self.workers]
+
+    def total_calls(self) -> int:
+        """Calls in progress across the pool."""
+        with self._lock:
+            return sum(len(w.calls) for w in self.workers)
+
+    # --- updates (supervisor) -----------------------------------------------------------
+    def worker_up(self, index: int, pid: int, uri: str, registers: bool) -> None:
+        """A worker process is listening at ``uri``."""
+        with self._lock:
+            w = self.workers[index]
+            w.pid, w.uri, w.up = pid, uri, True
+            w.registered = False if registers else None
+            w.registration = "registering" if registers else ""
+            w.accepting = not self.draining
+            w.started_at = self._clock()
+
+    def worker_down(self, index: int) -> set[str]:
+        """The worker's process is gone; returns the calls it had in progress."""
+        with self._lock:
+            w = self.workers[index]
+            calls = set(w.calls)
+            w.up, w.pid = False, None
+            w.calls.clear()
+            w.reservations.clear()
+            if w.registered is not None:
+                w.registered = False
+                w.registration = "worker restarting"
+            return calls
+
+    def set_registration(self, index: int, registered: bool, status: str) -> None:
+        """Registration state reported by a worker."""
+        with self._lock:
+            w = self.workers[index]
+            w.registered, w.registration = registered, status
+
+    def call_started(self, index: int, sip_call_id: str, call_uuid: str | None) -> None:
+        """A worker took a call; its reservation (if any) becomes a call."""
+        with self._lock:
+            w = self.workers[index]
+            w.calls.add(sip_call_id)
+            if call_uuid:
+                for other in self.workers:
+                    other.reservations.pop(call_uuid, None)
+
+    def call_ended(self, index: int, sip_call_id: str) -> None:
+        """A worker's call ended."""
+        with self._lock:
+            self.workers[index].calls.discard(sip_call_id)
+
+    def start_draining(self) -> None:
+        """Route no new calls."""
+        with self._lock:
+            self.draining = True
+            for w in self.workers:
+                w.accepting = False
+                w.reservations.clear()
+
+    @staticmethod
+    def _expire(w: WorkerInfo, now: float) -> None:
+        for uuid in [u for u, exp in w.reservations.items() if exp <= now]:
+            del w.reservations[uuid]
