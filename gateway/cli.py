@@ -19,6 +19,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(args.config, overrides=overrides or None)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(f"expected NAME:VALUE (got {text!r})")
+    if any(not (ch.isalnum() or ch in "-_.!%*+`'~") for ch in name):
+        raise argparse.ArgumentTypeError(f"not a header name: {name!r}")
+    if any(ord(ch) < 32 for ch in value):
+        raise argparse.ArgumentTypeError("header values cannot hold control characters")
+    return name, value
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
@@ -31,9 +53,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the agent."""
     settings = _settings(args)
     _setup_logging(settings.log_level)
-    from gateway.worker import run_agent
+    from gateway.pool.supervisor import run_supervisor
 
-    return run_agent(settings)
+    return run_supervisor(settings, args.workers)
 
 
 def cmd_call(args: argparse.Namespace) -> int:
@@ -59,7 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the agent")
     s.add_argument("--config", type=Path, help="TOML settings file")
-    s.add_argument("--listen", metavar="HOST:PORT", help="SIP UDP address to listen on")
+    s.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        help="SIP UDP address of the first worker (worker i listens on PORT+i)",
+    )
+    s.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes, 4 calls each (default: pool.workers, or sized to the machine)",
+    )
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("call", help="call a SIP URI as a test softphone")
@@ -115,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument(
         "--vanish", action="store_true", help="at the end stop sending RTP and exit without BYE"
+    )
+    c.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        type=_header,
+        metavar="NAME:VALUE",
+        help="add a header to the INVITE, e.g. X-PH-CallUUID:1234 (repeatable)",
     )
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_call, steps=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,6 +23,11 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+_WORKER_LINE = re.compile(
+    r"^sipagent: worker (?P<index>\d+) \(pid (?P<pid>\d+)\) listening on udp \S+:(?P<port>\d+)"
+)
+
+
 class AgentProcess:
     """`sipagent serve` as a child process; its log lines are collected."""
 
@@ -31,14 +37,21 @@ class AgentProcess:
         config: Path | None = None,
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
+        workers: int | None = None,
     ) -> None:
         """Start the agent; `env` replaces the environment when given."""
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", f"127.0.0.1:{port}"]
         if config is not None:
             cmd += ["--config", str(config)]
+        if workers is not None:
+            cmd += ["--workers", str(workers)]
         self.port = port
         self.lines: list[str] = []
         self.listening = threading.Event()
+        self.ready = threading.Event()
+        # worker index -> (pid, SIP port) of its current process, from the supervisor's lines
+        self.workers: dict[int, tuple[int, int]] = {}
+        self.app_url: str | None = None
         self.proc = subprocess.Popen(
             cmd,
             stdout=subprocess.DEVNULL,
@@ -54,8 +67,15 @@ class AgentProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line.rstrip("\n"))
+            m = _WORKER_LINE.search(line)
+            if m is not None:
+                self.workers[int(m["index"])] = (int(m["pid"]), int(m["port"]))
             if "listening on udp" in line:
                 self.listening.set()
+            if line.startswith("sipagent: ready:"):
+                self.ready.set()
+            if line.startswith("sipagent: answer_url app listening on "):
+                self.app_url = line.rsplit(" ", 1)[1].strip()
 
     def wait_listening(self, timeout: float = 90.0) -> bool:
         """Wait for the "listening" line; False if the process died or timed out."""
@@ -66,6 +86,20 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 return False
         return False
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        """Wait until every worker is up; False if the process died or timed out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready.wait(0.2):
+                return True
+            if self.proc.poll() is not None:
+                return False
+        return False
+
+    def worker_uri(self, index: int) -> str:
+        """The SIP URI of worker ``index``."""
+        return f"sip:agent@127.0.0.1:{self.workers[index][1]}"
 
     def turns(self) -> list[dict[str, object]]:
         """The TURN records the agent logged."""

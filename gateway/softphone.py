@@ -59,6 +59,7 @@ class CallScript:
             hold_s=args.hold,
             no_hangup=args.no_hangup,
             vanish=args.vanish,
+            headers=dict(args.headers or []),
         )
 
 

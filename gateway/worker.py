@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import sys
+from typing import Protocol
 
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
 from gateway.providers.registry import Providers, build_providers
@@ -59,7 +60,13 @@ def registration_options(settings: Settings, account_index: int) -> Registration
 class AgentWorker:
     """Starts a conversation for each answered call and ends it when the call ends."""
 
-    def __init__(self, settings: Settings, providers: Providers, account_index: int = 0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        providers: Providers,
+        account_index: int = 0,
+        listener: WorkerListener | None = None,
+    ) -> None:
         self.settings = settings
         self.providers = providers
         self.options = conversation_options(settings)
@@ -88,6 +95,7 @@ class AgentWorker:
             self,
         )
         self.calls_total = 0
+        self.listener = listener
 
     # CallEvents, called on the pj thread: hop to the loop.
     def call_started(self, handle: CallHandle) -> None:
@@ -104,9 +112,13 @@ class AgentWorker:
             log.info("registered as %s: %s", self.ua.uri, status)
         else:
             log.warning("not registered as %s: %s", self.ua.uri, status)
+        if self.listener is not None:
+            self.loop.call_soon_threadsafe(self.listener.registration_changed, registered, status)
 
     def _start(self, handle: CallHandle) -> None:
         self.calls_total += 1
+        if self.listener is not None:
+            self.listener.call_started(handle)
         session = CallSession(
             handle,
             stt=self.providers.stt,
@@ -124,6 +136,8 @@ class AgentWorker:
         task = self.sessions.get(handle.call_id)
         if task is not None:
             task.cancel()
+        if self.listener is not None:
+            self.listener.call_ended(handle)
 
     def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
         if self.sessions.get(handle.call_id) is task:
@@ -132,9 +146,20 @@ class AgentWorker:
             log.error("call %s: conversation crashed: %r", handle.sip_call_id, task.exception())
             self.ua.hangup(handle.call_id, 500, "conversation error")
 
+    async def start(self) -> None:
+        """Start SIP (raises `SipError` when it cannot listen)."""
+        await asyncio.to_thread(self.ua.start)
+
+    async def stop(self) -> None:
+        """End every conversation, hang up and stop SIP."""
+        for task in list(self.sessions.values()):
+            task.cancel()
+        await asyncio.gather(*self.sessions.values(), return_exceptions=True)
+        await asyncio.to_thread(self.ua.stop)
+
     async def serve(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set or the SIP thread dies."""
-        await asyncio.to_thread(self.ua.start)
+        await self.start()
         print(
             f"sipagent: listening on udp {self.settings.sip.listen_host}:{self.ua.port}"
             f" as {self.ua.uri}",
@@ -146,10 +171,20 @@ class AgentWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
-            for task in list(self.sessions.values()):
-                task.cancel()
-            await asyncio.gather(*self.sessions.values(), return_exceptions=True)
-            await asyncio.to_thread(self.ua.stop)
+            await self.stop()
+
+
+class WorkerListener(Protocol):
+    """Told about calls and registration on the worker's event loop (pool reporting)."""
+
+    def call_started(self, handle: CallHandle) -> None:
+        """A call's conversation starts."""
+
+    def call_ended(self, handle: CallHandle) -> None:
+        """A call ended."""
+
+    def registration_changed(self, registered: bool, status: str) -> None:
+        """Registration state changed."""
 
 
 def _log_turn(rec: TurnRecord) -> None:

@@ -397,6 +397,29 @@ class ProviderSettings(_Section):
     piper_length_scale: float = Field(
         default=1.0, ge=0.5, le=2.0, description="Piper speaking-rate factor (>1 is slower)."
     )
+    # Latencies of the "fake" providers (benchmarks model a cloud vendor with them).
+    fake_stt_final_ms: int = Field(
+        default=0, ge=0, le=10000, description='"fake" STT: end of audio → final transcript.'
+    )
+    fake_llm_first_token_ms: int = Field(
+        default=0, ge=0, le=10000, description='"fake" brain: caller text → reply.'
+    )
+    fake_tts_first_byte_ms: int = Field(
+        default=0, ge=0, le=10000, description='"fake" TTS: text → first audio chunk.'
+    )
+    fake_tts_speed: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description='"fake" TTS: stream N× faster than real time (0: all audio at once).',
+    )
+
+    @field_validator("fake_tts_speed")
+    @classmethod
+    def _validate_fake_tts_speed(cls, value: float) -> float:
+        if value != 0.0 and value < 1.0:
+            _invalid("must be 0 (unpaced) or at least 1 (real time); slower would underrun")
+        return value
 
     @field_validator("stt")
     @classmethod

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import gateway.worker
+import gateway.pool.supervisor
 from gateway import cli
 from gateway.cli import build_parser, main
 from sip_config import Settings
@@ -22,10 +22,10 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
-    def no_sip(settings: Settings) -> int:
-        raise AssertionError("the agent would have started")
+    def no_sip(settings: Settings, workers: int | None = None) -> int:
+        raise AssertionError("the pool would have started")
 
-    monkeypatch.setattr(gateway.worker, "run_agent", no_sip)
+    monkeypatch.setattr(gateway.pool.supervisor, "run_supervisor", no_sip)
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -188,22 +188,32 @@ def test_serve_invalid_config_file_value_returns_2(
     assert "vad.aggressiveness" in capsys.readouterr().err
 
 
-def test_serve_listen_overrides_reach_the_agent(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With valid settings `serve` hands them to run_agent (stubbed here: no SIP)."""
+def test_serve_listen_overrides_reach_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With valid settings `serve` hands them to the supervisor (stubbed here: no SIP)."""
     seen: dict[str, Any] = {}
 
-    def fake_run_agent(settings: Settings) -> int:
+    def fake_run_supervisor(settings: Settings, workers: int | None) -> int:
         seen["settings"] = settings
+        seen["workers"] = workers
         return 7
 
-    monkeypatch.setattr(gateway.worker, "run_agent", fake_run_agent)
+    monkeypatch.setattr(gateway.pool.supervisor, "run_supervisor", fake_run_supervisor)
     monkeypatch.setattr(cli, "_setup_logging", lambda level: None)
     monkeypatch.setenv("SIPAGENT_SIP__LISTEN_PORT", "5080")  # --listen beats the environment
-    assert main(["serve", "--listen", "127.0.0.2:5099"]) == 7
+    assert main(["serve", "--listen", "127.0.0.2:5099", "--workers", "3"]) == 7
     settings = seen["settings"]
     assert isinstance(settings, Settings)
     assert settings.sip.listen_host == "127.0.0.2"
     assert settings.sip.listen_port == 5099
+    assert seen["workers"] == 3
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "many"])
+def test_serve_bad_workers_exits_2(workers: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--workers", workers])
+    assert exc.value.code == 2
+    assert "--workers" in capsys.readouterr().err
 
 
 def test_call_with_an_unreadable_wav_exits_2(

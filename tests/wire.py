@@ -31,6 +31,9 @@ def running_agent(tmp: Path, **settings: str) -> Iterator[AgentProcess]:
     port = free_udp_port()
     # Each agent gets its own RTP range so parallel test agents never collide.
     env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(20000 + (port % 400) * 100))
+    # One worker, as before the pool: no spare process, a short drain on stop.
+    env.setdefault("SIPAGENT_POOL__SPARE", "false")
+    env.setdefault("SIPAGENT_POOL__DRAIN_TIMEOUT_S", "5")
     # cwd=tmp: no stray .env file is read.
     agent = AgentProcess(port, env=clean_env(**env), cwd=tmp)
     try:

@@ -152,6 +152,7 @@ class PoolState:
             w = self.workers[index]
             calls = set(w.calls)
             w.up, w.pid = False, None
+            w.restarts += 1
             w.calls.clear()
             w.reservations.clear()
             if w.registered is not None:

@@ -38,19 +38,20 @@ def _scripted(s: Settings) -> Brain:
 def _fake_stt(s: Settings) -> SttProvider:
     from gateway.providers.fake import FakeStt
 
-    return FakeStt()
+    return FakeStt(final_delay_s=s.providers.fake_stt_final_ms / 1000.0)
 
 
 def _fake_tts(s: Settings) -> TtsProvider:
     from gateway.providers.fake import FakeTts
 
-    return FakeTts()
+    p = s.providers
+    return FakeTts(first_byte_delay_s=p.fake_tts_first_byte_ms / 1000.0, speed=p.fake_tts_speed)
 
 
 def _fake_brain(s: Settings) -> Brain:
     from gateway.providers.fake import FakeBrain
 
-    return FakeBrain()
+    return FakeBrain(first_token_delay_s=s.providers.fake_llm_first_token_ms / 1000.0)
 
 
 STT: dict[str, Callable[[Settings], SttProvider]] = {

@@ -8,15 +8,23 @@ asks for hang-ups with `AgentUA.hangup(call_id)`.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import pjsua2 as pj
 
 from gateway.sip.calls import CallHandle, parse_sip_headers
-from gateway.sip.endpoint import BridgePortPool, EndpointOptions, MediaBridgePort, PjThread
+from gateway.sip.endpoint import (
+    BridgePortPool,
+    EndpointOptions,
+    MediaBridgePort,
+    PjThread,
+    SipError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,148 @@ class AgentOptions:
     # allows every source.
     allow_networks: tuple[str, ...] = ()
     registration: RegistrationOptions | None = None
+    # While draining, new INVITEs get 503 with this Retry-After (seconds).
+    drain_retry_after_s: int = 30
+
+
+# -- pure helpers (no pjsua2) -------------------------------------------------------------------
+IpNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+IpAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(items: Iterable[str]) -> tuple[IpNetwork, ...]:
+    """Parse allow-list entries ("10.0.0.0/8", "192.0.2.7", "2001:db8::/32").
+
+    Host bits are ignored ("10.1.2.3/8" is 10.0.0.0/8), as the settings validator does.
+    Raises ValueError naming the bad entry.
+    """
+    out: list[IpNetwork] = []
+    for item in items:
+        try:
+            out.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network") from None
+    return tuple(out)
+
+
+def source_ip(source: str) -> IpAddress | None:
+    """The IP address of a source as pjsip prints it: "ip:port", "[v6]:port" or a bare
+    address; None when it is not an IP address."""
+    text = source.strip()
+    if text.startswith("["):
+        host = text[1 : text.find("]")] if "]" in text else ""
+    elif text.count(":") == 1:
+        host = text.split(":", 1)[0]
+    else:
+        host = text  # a bare IPv4 or IPv6 address
+    host = host.split("%", 1)[0]  # drop an IPv6 zone id
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def source_allowed(source: str, networks: tuple[IpNetwork, ...]) -> bool:
+    """Whether a request from `source` ("ip:port") may pass the allow-list.
+
+    An empty list allows everything; an unparsable source is refused. An IPv4-mapped IPv6
+    source (::ffff:192.0.2.7) is matched against the IPv4 networks too.
+    """
+    if not networks:
+        return True
+    addr = source_ip(source)
+    if addr is None:
+        return False
+    candidates: list[IpAddress] = [addr]
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        candidates.append(addr.ipv4_mapped)
+    return any(a in net for a in candidates for net in networks if a.version == net.version)
+
+
+class RetryBackoff:
+    """Delays between registration attempts: `first`, then doubling, capped at `cap`."""
+
+    def __init__(self, first: float, cap: float) -> None:
+        self.first = first
+        self.cap = cap
+        self._next = first
+
+    def next_delay(self) -> float:
+        """The delay before the next attempt (advances the backoff)."""
+        delay = min(self._next, self.cap)
+        self._next = min(self._next * 2, self.cap)
+        return delay
+
+    def reset(self) -> None:
+        """After a success: the next failure is retried after `first` again."""
+        self._next = self.first
+
+
+def _secs(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
+def registration_status(
+    code: int,
+    reason: str,
+    *,
+    registrar: str,
+    username: str,
+    expires: int = 0,
+    retry_in: float | None = None,
+) -> str:
+    """A one-line account of a REGISTER outcome for logs and `registration_changed`.
+
+    >>> registration_status(200, "OK", registrar="r", username="a", expires=300)
+    '200 OK, expires in 300 s'
+    """
+    head = f"{code} {reason.strip()}".strip() if code > 0 else (reason.strip() or "error")
+    if 200 <= code < 300:
+        if expires > 0:
+            return f"{head}, expires in {expires} s"
+        return f"{head}, unregistered"
+    if code in (401, 403, 407):
+        why = (
+            f"the registrar rejected the credentials of {username}"
+            " (check registration.accounts password)"
+        )
+    elif code == 404:
+        why = (
+            f"the registrar does not know {username}"
+            " (check registration.accounts username and registration.domain)"
+        )
+    elif code == 408:
+        why = f"registrar {registrar} did not answer"
+    elif code <= 0:
+        why = f"cannot send REGISTER to registrar {registrar}"
+    elif code in (502, 503, 504):
+        why = f"registrar {registrar} is unreachable or unavailable"
+    else:
+        why = f"registrar {registrar} refused the registration"
+    text = f"{head}: {why}"
+    if retry_in is not None:
+        text += f", retrying in {_secs(retry_in)} s"
+    return text
+
+
+class _RefusalLog:
+    """One WARNING per refused source per `window_s`; repeats are counted, not logged."""
+
+    def __init__(self, window_s: float = 60.0, max_sources: int = 1024) -> None:
+        self.window_s = window_s
+        self.max_sources = max_sources
+        self._seen: dict[str, tuple[float, int]] = {}
+
+    def note(self, key: str, now: float) -> int | None:
+        """None: stay quiet; otherwise log now (returns how many were suppressed before)."""
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window_s:
+            self._seen[key] = (last[0], last[1] + 1)
+            return None
+        if len(self._seen) >= self.max_sources:
+            self._seen.clear()  # a scan from many sources: forget, stay bounded
+        self._seen[key] = (now, 0)
+        return last[1] if last is not None else 0
 
 
 class _AgentCall(pj.Call):  # type: ignore[misc]
@@ -115,9 +265,19 @@ class _AgentAccount(pj.Account):  # type: ignore[misc]
     def onIncomingCall(self, prm: Any) -> None:
         self.ua._incoming(self, prm)
 
+    def onRegState(self, prm: Any) -> None:
+        self.ua._reg_state(prm)
+
 
 class AgentUA:
-    """Answers calls and connects each to a media bridge port; owns the pj thread."""
+    """Answers calls and connects each to a media bridge port; owns the pj thread.
+
+    In register mode (``options.registration``) the account registers
+    ``sip:<username>@<domain>`` with digest credentials, pjsua refreshes it before it
+    expires, and failures are retried by this class with exponential backoff (pjsua's own
+    retry has a fixed interval and is switched off). Calls in progress are never dropped
+    because of a registration failure.
+    """
 
     def __init__(self, endpoint: EndpointOptions, options: AgentOptions, events: CallEvents):
         self.endpoint = endpoint
@@ -129,7 +289,25 @@ class AgentUA:
         self.ports = BridgePortPool()
         self.port = endpoint.port
         self.uri = f"sip:{options.user}@{endpoint.host}:{endpoint.port}"
+        try:
+            self._networks = parse_networks(options.allow_networks)
+        except ValueError as exc:
+            raise SipError(f"sip.allow_networks: {exc}") from None
+        self._refusals = _RefusalLog()
+        self._accepting = True
+        # Registration state: written on the pj thread, read anywhere (snapshots).
+        self.registered = False
+        self.registration_status = "" if options.registration is None else "not registered yet"
+        reg = options.registration
+        self._backoff = RetryBackoff(
+            reg.first_retry_s if reg else 5.0, reg.max_retry_s if reg else 60.0
+        )
+        self._retry_at: float | None = None
+        self._stopping = False
+        if reg is not None:
+            self.uri = f"sip:{reg.username}@{reg.domain}"
         self.pj.on_started(self._create_account)
+        self.pj.on_stopping(self._stop_registration)
         self.pj.on_stopping(self._hangup_all)
         self.pj.on_destroy(self._drop_objects)
 
@@ -139,7 +317,7 @@ class AgentUA:
         self.pj.start()
 
     def stop(self) -> None:
-        """Hang up all calls and stop SIP."""
+        """Unregister (best effort, bounded), hang up all calls and stop SIP."""
         self.pj.stop()
 
     def hangup(self, call_id: int, code: int = 200, reason: str = "") -> None:
@@ -152,6 +330,33 @@ class AgentUA:
             self._hangup(call_id, code)
 
         self.pj.post(job)
+
+    def set_accepting(self, accepting: bool) -> None:
+        """Take new calls (True) or refuse them with 503 + Retry-After (False: draining).
+
+        Calls in progress are not touched. Safe from any thread and from signal handlers
+        running in an event loop; takes effect on the pj thread.
+        """
+
+        def job() -> None:
+            if accepting == self._accepting:
+                return
+            self._accepting = accepting
+            if accepting:
+                log.info("accepting new calls again")
+            else:
+                log.info(
+                    "draining: new calls get 503 (Retry-After %d s), %d in progress continue",
+                    self.options.drain_retry_after_s,
+                    len(self.calls),
+                )
+
+        self.pj.post(job)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new calls are taken (False while draining)."""
+        return self._accepting
 
     @property
     def active_calls(self) -> int:
@@ -166,8 +371,12 @@ class AgentUA:
             # Bound to every interface: advertise the address pjsip chose for the transport.
             info = self.pj.ep.transportGetInfo(self.pj.transport_id)
             host = str(info.localName).rsplit(":", 1)[0]
-        self.uri = f"sip:{self.options.user}@{host}:{self.port}"
         cfg = pj.AccountConfig()
+        reg = self.options.registration
+        if reg is None:
+            self.uri = f"sip:{self.options.user}@{host}:{self.port}"
+        else:
+            self._configure_registration(cfg, reg)
         cfg.idUri = self.uri
         mcfg = cfg.mediaConfig.transportConfig
         mcfg.port = self.options.rtp_port_start
@@ -180,20 +389,154 @@ class AgentUA:
         acc.create(cfg, True)
         self.account = acc
         self.pj.every(1.0, self._watch_calls)
+        if reg is not None:
+            self.pj.every(0.1, self._registration_timer)
+            log.info("registering %s with %s", self.uri, reg.registrar)
+            self._register_now()
+
+    def _configure_registration(self, cfg: Any, reg: RegistrationOptions) -> None:
+        self.uri = f"sip:{reg.username}@{reg.domain}"
+        rc = cfg.regConfig
+        rc.registrarUri = f"sip:{reg.registrar}"
+        rc.timeoutSec = reg.expires_s
+        # Refresh a tenth of the expiry early (5..30 s), so a refresh that needs a few
+        # retransmissions still lands before the binding expires. pjsua never refreshes
+        # sooner than 5 s, also when the registrar grants less than we asked for.
+        rc.delayBeforeRefreshSec = max(5, min(30, reg.expires_s // 10))
+        # pjsua's retry uses one fixed interval: off; `_reg_state` retries with backoff.
+        rc.retryIntervalSec = 0
+        rc.firstRetryIntervalSec = 0
+        rc.randomRetryIntervalSec = 0
+        rc.dropCallsOnFail = False  # a registrar outage must not cut calls in progress
+        rc.registerOnAdd = False  # `_register_now` sends it and handles a synchronous error
+        rc.unregWaitMsec = 1000  # bounds libDestroy's wait for an un-REGISTER answer
+        cred = pj.AuthCredInfo("digest", "*", reg.auth_user or reg.username, 0, reg.password)
+        cfg.sipConfig.authCreds.append(cred)
+
+    def _register_now(self) -> None:
+        acc = self.account
+        reg = self.options.registration
+        if acc is None or reg is None or self._stopping:
+            return
+        try:
+            acc.setRegistration(True)
+        except pj.Error as exc:
+            self._registration_failed(0, exc.reason.strip() or "cannot send REGISTER", reg)
+
+    def _registration_timer(self) -> None:
+        """Ten times a second: send the scheduled retry when it is due."""
+        if self._retry_at is not None and time.monotonic() >= self._retry_at:
+            self._retry_at = None
+            self._register_now()
+
+    def _reg_state(self, prm: Any) -> None:
+        """`onRegState`: a REGISTER (or refresh, or un-REGISTER) completed."""
+        reg = self.options.registration
+        if reg is None:
+            return
+        code = int(prm.code)
+        reason = str(prm.reason)
+        if 200 <= code < 300:
+            expires = int(prm.expiration)
+            status = registration_status(
+                code, reason, registrar=reg.registrar, username=reg.username, expires=expires
+            )
+            if expires > 0:
+                self._backoff.reset()
+                self._retry_at = None
+                if self.registered:
+                    log.debug("registration of %s refreshed: %s", self.uri, status)
+                    self.registration_status = status
+                    return
+                self._set_registration(True, status)
+            else:
+                self._set_registration(False, status, asked=True)
+            return
+        if self._stopping:
+            self._set_registration(False, f"{code} {reason}".strip(), asked=True)
+            return
+        self._registration_failed(code, reason, reg)
+
+    def _registration_failed(self, code: int, reason: str, reg: RegistrationOptions) -> None:
+        delay = self._backoff.next_delay()
+        self._retry_at = time.monotonic() + delay
+        status = registration_status(
+            code, reason, registrar=reg.registrar, username=reg.username, retry_in=delay
+        )
+        self._set_registration(False, status)
+
+    def _set_registration(self, registered: bool, status: str, asked: bool = False) -> None:
+        self.registered = registered
+        self.registration_status = status
+        if registered:
+            log.info("registered %s: %s", self.uri, status)
+        elif asked:
+            log.info("unregistered %s: %s", self.uri, status)
+        else:
+            log.warning("not registered %s: %s", self.uri, status)
+        try:
+            self.events.registration_changed(registered, status)
+        except Exception:
+            log.exception("registration_changed handler failed")
+
+    def _stop_registration(self) -> None:
+        """Before shutdown: un-REGISTER if registered. Best effort: the pj thread gives it
+        about a second (`PjThread` stop loop) and libDestroy waits at most unregWaitMsec."""
+        self._stopping = True
+        self._retry_at = None
+        acc = self.account
+        if acc is None or self.options.registration is None:
+            return
+        try:
+            if acc.getInfo().regIsActive:
+                acc.setRegistration(False)
+        except pj.Error as exc:
+            log.debug("un-REGISTER of %s not sent: %s", self.uri, exc.reason.strip())
+
+    def _refuse(self, call: _AgentCall, code: int, reason: str, headers: dict[str, str]) -> None:
+        op = pj.CallOpParam()
+        op.statusCode = code
+        op.reason = reason
+        for name, value in headers.items():
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            op.txOption.headers.append(h)
+        try:
+            call.answer(op)
+        except pj.Error as exc:
+            log.debug("refusing a call with %d failed: %s", code, exc.reason.strip())
+        self.pj.dispose(call)
 
     def _incoming(self, acc: _AgentAccount, prm: Any) -> None:
         call = _AgentCall(self, acc, prm.callId)
-        op = pj.CallOpParam()
+        source = str(prm.rdata.srcAddress)
+        if not source_allowed(source, self._networks):
+            # Before any handle exists: no conversation, no AI work for a stranger.
+            suppressed = self._refusals.note(str(source_ip(source) or source), time.monotonic())
+            if suppressed is not None:
+                more = f" ({suppressed} more refused since the last warning)" if suppressed else ""
+                log.warning(
+                    "INVITE from %s refused with 403: source not in sip.allow_networks%s",
+                    source,
+                    more,
+                )
+            self._refuse(call, 403, "Forbidden", {})
+            return
+        if not self._accepting:
+            log.info("INVITE from %s refused with 503: draining", source)
+            retry = {"Retry-After": str(self.options.drain_retry_after_s)}
+            self._refuse(call, 503, "Service Unavailable", retry)
+            return
         if len(self.calls) >= self.endpoint.max_calls:
             log.warning(
                 "call refused: %d calls in progress (max %d)",
                 len(self.calls),
                 self.endpoint.max_calls,
             )
-            op.statusCode = 486
-            call.answer(op)
-            self.pj.dispose(call)
+            self._refuse(call, 486, "Busy Here", {})
             return
+        op = pj.CallOpParam()
         info = call.getInfo()
         try:
             headers = parse_sip_headers(str(prm.rdata.wholeMsg))

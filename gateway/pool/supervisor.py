@@ -1,0 +1,497 @@
+"""`sipagent serve`: a pool of worker processes plus the answer_url app.
+
+One pjsua2 process holds at most 4 calls and can be aborted by an INVITE flood (DESIGN.md),
+so calls are spread over worker processes (`gateway.pool.child`), each with its own SIP
+port and RTP port range.  The supervisor:
+
+* starts the workers and one loaded spare, and restarts a worker that dies by handing its
+  port to the spare (a fresh spare is then loaded in the background);
+* keeps `PoolState` up to date from the workers' reports, which the answer_url app reads to
+  route each call to a worker with a free slot;
+* records each worker's calls in the call-record store;
+* on SIGTERM drains: no new calls are routed or accepted, calls in progress may finish for
+  ``pool.drain_timeout_s``, then the workers stop and the supervisor exits 0.  SIGINT
+  stops at once (calls are hung up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.pool import protocol
+from gateway.pool.state import PoolState
+from sip_config import ConfigError, Settings
+
+log = logging.getLogger("sipagent.pool")
+
+_OFFLINE_STT = ("pocketsphinx",)
+_OFFLINE_TTS = ("piper",)
+_START_TIMEOUT_S = 120.0  # loading offline models on a busy machine
+_STOP_TIMEOUT_S = 15.0
+
+
+def auto_workers(settings: Settings, cpus: int | None = None) -> int:
+    """Pool size for ``pool.workers = 0``.
+
+    Register mode: one worker per configured account.  Offline speech models (pocketsphinx,
+    Piper) cost about a core per 4 busy calls, so one worker per 2 cores; with cloud or
+    fake providers a core carries about 8 workers (32 calls), as the capacity benchmark
+    measures.
+    """
+    if settings.sip.mode == "register":
+        return max(1, len(settings.registration.accounts))
+    n = cpus if cpus is not None else (os.cpu_count() or 1)
+    p = settings.providers
+    if p.stt in _OFFLINE_STT or p.tts in _OFFLINE_TTS:
+        return max(1, n // 2)
+    return max(1, n * 8)
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """Addresses of worker ``index``."""
+
+    index: int
+    sip_port: int
+    rtp_port_start: int
+    rtp_port_range: int
+
+
+def plan_workers(settings: Settings, workers: int) -> list[WorkerPlan]:
+    """Ports for each worker; raises ConfigError when they do not fit."""
+    if workers < 1:
+        raise ConfigError("pool.workers: at least one worker is needed")
+    if settings.sip.mode == "register" and workers > len(settings.registration.accounts):
+        raise ConfigError(
+            f"pool.workers: {workers} workers in register mode need {workers} accounts in"
+            f" registration.accounts (each worker registers its own endpoint);"
+            f" {len(settings.registration.accounts)} configured"
+        )
+    sip, per = settings.sip, settings.pool.rtp_ports_per_worker
+    if workers == 1:
+        per = sip.rtp_port_range
+    if sip.listen_port + workers - 1 > 65535:
+        raise ConfigError(
+            f"pool.workers: {workers} SIP ports from sip.listen_port {sip.listen_port}"
+            " go past 65535"
+        )
+    if sip.rtp_port_start + workers * per > 65535:
+        raise ConfigError(
+            f"pool.workers: {workers} workers x {per} RTP ports from sip.rtp_port_start"
+            f" {sip.rtp_port_start} go past 65535"
+        )
+    rtp_end = sip.rtp_port_start + workers * per
+    if sip.rtp_port_start <= sip.listen_port < rtp_end:
+        raise ConfigError(
+            f"sip.listen_port {sip.listen_port} lies inside the workers' RTP ports"
+            f" {sip.rtp_port_start}-{rtp_end - 1}"
+        )
+    return [
+        WorkerPlan(i, sip.listen_port + i, sip.rtp_port_start + i * per, per)
+        for i in range(workers)
+    ]
+
+
+@dataclass
+class _Child:
+    """One worker process (a spare until it is given an index)."""
+
+    proc: asyncio.subprocess.Process
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    index: int | None = None
+    loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    up: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str = ""
+    started_at: float = field(default_factory=time.monotonic)
+    reading: asyncio.Task[None] | None = None
+
+    async def drained(self) -> None:
+        """Wait (briefly) until every message the process sent has been handled."""
+        if self.reading is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.reading), 2.0)
+
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
+
+
+class Supervisor:
+    """Runs the worker pool; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        workers: int,
+        *,
+        records: Any | None = None,
+        out: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.plans = plan_workers(settings, workers)
+        self.state = PoolState(
+            len(self.plans), settings.sip.max_calls, reserve_s=settings.pool.reserve_s
+        )
+        self.records = records
+        self.out = out if out is not None else sys.stderr
+        self.children: list[_Child] = []
+        self.by_index: dict[int, _Child] = {}
+        self.spare: _Child | None = None
+        self.stopping = False
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.deaths: dict[int, list[float]] = {}
+        self.registers = settings.sip.mode == "register"
+
+    # -- output ---------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        """A line for the operator (stderr), prefixed like the rest of sipagent's output."""
+        print(f"sipagent: {text}", file=self.out, flush=True)
+
+    # -- children -------------------------------------------------------------------------
+    async def _spawn(self) -> _Child:
+        parent, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "gateway.pool.child",
+                str(child_sock.fileno()),
+                pass_fds=(child_sock.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            child_sock.close()
+        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_LINE)
+        child = _Child(proc, reader, writer)
+        self.children.append(child)
+        await protocol.send(
+            writer, {"cmd": "config", "settings": self.settings.model_dump(mode="json")}
+        )
+        child.reading = self._own(self._read(child))
+        self._own(self._watch(child))
+        return child
+
+    def _own(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _read(self, child: _Child) -> None:
+        while True:
+            try:
+                msg = await protocol.receive(child.reader)
+            except (ValueError, ConnectionError) as exc:
+                log.error("worker pid %d: bad control message: %s", child.pid, exc)
+                continue
+            if msg is None:
+                return
+            self._handle(child, msg)
+
+    def _handle(self, child: _Child, msg: dict[str, Any]) -> None:
+        event = msg.get("event")
+        index = child.index
+        if event == "loaded":
+            child.loaded.set()
+        elif event == "error":
+            child.error = str(msg.get("message", "worker failed"))
+        elif event == "up" and index is not None:
+            uri = str(msg.get("uri", ""))
+            self.state.worker_up(index, child.pid, uri, self.registers)
+            child.up.set()
+            self.say(
+                f"worker {index} (pid {child.pid}) listening on udp"
+                f" {self._host()}:{msg.get('port')} as {uri}"
+            )
+        elif event == "reg" and index is not None:
+            registered, status = bool(msg.get("registered")), str(msg.get("status", ""))
+            self.state.set_registration(index, registered, status)
+        elif event == "call_start" and index is not None:
+            sip_call_id = str(msg.get("sip_call_id", ""))
+            uuid = msg.get("call_uuid") or None
+            self.state.call_started(index, sip_call_id, uuid)
+            self._record(
+                "sip_started",
+                uuid,
+                sip_call_id,
+                index,
+                str(msg.get("from", "")),
+                str(msg.get("to", "")),
+                float(msg.get("at", time.time())),
+            )
+        elif event == "call_end" and index is not None:
+            sip_call_id = str(msg.get("sip_call_id", ""))
+            self.state.call_ended(index, sip_call_id)
+            self._record(
+                "sip_ended",
+                msg.get("call_uuid") or None,
+                sip_call_id,
+                index,
+                str(msg.get("reason", "")),
+                float(msg.get("at", time.time())),
+            )
+
+    def _record(self, method: str, *args: Any) -> None:
+        if self.records is None:
+            return
+        try:
+            getattr(self.records, method)(*args)
+        except Exception:
+            log.exception("call records: %s failed", method)
+
+    async def _watch(self, child: _Child) -> None:
+        code = await child.proc.wait()
+        with contextlib.suppress(Exception):
+            child.writer.close()
+        if child in self.children:
+            self.children.remove(child)
+        if self.spare is child:
+            self.spare = None
+        index = child.index
+        if index is not None and self.by_index.get(index) is child:
+            del self.by_index[index]
+            lost = self.state.worker_down(index)
+            for sip_call_id in lost:
+                self._record("sip_ended", None, sip_call_id, index, "worker died", time.time())
+        if self.stopping:
+            return
+        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        if index is None:
+            log.warning("spare worker pid %d ended (%s)", child.pid, how)
+            self._own(self._replace_spare(delay=self._backoff(-1)))
+            return
+        if not child.up.is_set():
+            # It never came up: the start failure is reported by _start_worker.
+            return
+        self.say(f"worker {index} (pid {child.pid}) died ({how}); restarting it")
+        self._own(self._restart(index))
+
+    def _backoff(self, key: int) -> float:
+        """Delay before restarting ``key`` again: none for the first death in a minute,
+        then doubling up to 30 s, so a crash loop cannot spin the machine."""
+        now = time.monotonic()
+        recent = [t for t in self.deaths.get(key, []) if now - t < 60.0]
+        recent.append(now)
+        self.deaths[key] = recent
+        return 0.0 if len(recent) <= 2 else min(30.0, 0.5 * 2 ** (len(recent) - 2))
+
+    async def _replace_spare(self, delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self.stopping or not self.settings.pool.spare or self.spare is not None:
+            return
+        self.spare = await self._spawn()
+
+    async def _restart(self, index: int) -> None:
+        delay = self._backoff(index)
+        if delay:
+            log.warning("worker %d died repeatedly; restarting in %.1f s", index, delay)
+            await asyncio.sleep(delay)
+        while not self.stopping:
+            child = self.spare if self.spare is not None and self.spare.loaded.is_set() else None
+            if child is not None:
+                self.spare = None
+                self._own(self._replace_spare())
+            else:
+                child = await self._spawn()
+            error = await self._start_worker(child, index)
+            if error is None:
+                return
+            log.error("worker %d failed to restart: %s; retrying in 1 s", index, error)
+            await asyncio.sleep(1.0)
+
+    async def _start_worker(self, child: _Child, index: int) -> str | None:
+        """Give ``child`` the addresses of worker ``index``; None once it is up, else why
+        it is not."""
+        waiter = asyncio.ensure_future(child.loaded.wait())
+        died = asyncio.ensure_future(child.proc.wait())
+        try:
+            await asyncio.wait(
+                {waiter, died}, timeout=_START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not child.loaded.is_set():
+                await child.drained()
+                return (
+                    child.error or "worker process ended while loading"
+                    if died.done()
+                    else "timed out loading"
+                )
+            plan = self.plans[index]
+            child.index = index
+            self.by_index[index] = child
+            await protocol.send(
+                child.writer,
+                {
+                    "cmd": "start",
+                    "index": index,
+                    "sip_port": plan.sip_port,
+                    "rtp_port_start": plan.rtp_port_start,
+                    "rtp_port_range": plan.rtp_port_range,
+                },
+            )
+            up = asyncio.ensure_future(child.up.wait())
+            try:
+                await asyncio.wait({up, died}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                up.cancel()
+            if child.up.is_set():
+                if self.state.draining:
+                    await self._send(child, {"cmd": "drain"})
+                return None
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+            await child.drained()
+            return child.error or "worker process ended while starting"
+        except ConnectionError as exc:
+            return f"lost the worker's control socket: {exc}"
+        finally:
+            waiter.cancel()
+            died.cancel()
+
+    async def _send(self, child: _Child, message: dict[str, Any]) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await protocol.send(child.writer, message)
+
+    def _host(self) -> str:
+        return self.settings.sip.public_host or self.settings.sip.listen_host
+
+    # -- life cycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every worker (and the spare); raises RuntimeError if one cannot start."""
+        fresh = [await self._spawn() for _ in self.plans]
+        if self.settings.pool.spare:
+            self.spare = await self._spawn()
+        results = await asyncio.gather(
+            *(
+                self._start_worker(child, plan.index)
+                for child, plan in zip(fresh, self.plans, strict=True)
+            )
+        )
+        errors = [f"worker {i}: {e}" for i, e in enumerate(results) if e is not None]
+        if errors:
+            raise RuntimeError("; ".join(errors))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Route and accept no new calls; wait up to ``timeout_s`` for calls to end."""
+        self.state.start_draining()
+        for child in list(self.by_index.values()):
+            await self._send(child, {"cmd": "drain"})
+        calls = self.state.total_calls()
+        self.say(f"draining: {calls} call(s) in progress, waiting up to {timeout_s:g} s")
+        deadline = time.monotonic() + timeout_s
+        while self.state.total_calls() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        left = self.state.total_calls()
+        if left:
+            self.say(f"drain timeout: hanging up {left} call(s)")
+
+    async def stop(self) -> None:
+        """Stop every worker (calls still up are hung up) and wait for them."""
+        self.stopping = True
+        for child in list(self.children):
+            await self._send(child, {"cmd": "stop"})
+        for child in list(self.children):
+            try:
+                await asyncio.wait_for(child.proc.wait(), _STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("worker pid %d did not stop; killing it", child.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.kill()
+                await child.proc.wait()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _print_routing(sup: Supervisor, app_url: str | None) -> None:
+    s = sup.settings
+    snapshot = sup.state.snapshot()
+    if s.sip.mode == "register":
+        users = [f"sip:{a.username}@{s.registration.uri_domain}" for a in s.registration.accounts]
+        xml = "".join(f"<User>{u}</User>" for u in users[: len(snapshot)])
+        sup.say(f"Dial XML for the registered endpoints: <Dial>{xml}</Dial>")
+    else:
+        origin = ", ".join(f"sip:{sup._host()}:{p.sip_port}" for p in sup.plans)
+        sup.say(f"trunk origination URIs (equal weight): {origin}")
+        sup.say(f"Dial XML for one worker: <Dial><User>{snapshot[0]['uri']}</User></Dial>")
+    if app_url:
+        sup.say(f"answer_url: {app_url}/answer  hangup_url: {app_url}/hangup")
+
+
+async def _serve(settings: Settings, workers: int) -> int:
+    from gateway.records import CallRecords
+
+    loop = asyncio.get_running_loop()
+    drain, stop = asyncio.Event(), asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, drain.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    sup = Supervisor(settings, workers)  # checks the port plan first (ConfigError)
+    try:
+        records = CallRecords.open(settings.records.sqlite_path)
+    except Exception as exc:
+        raise ConfigError(f"records.url: cannot open {settings.records.url}: {exc}") from None
+    sup.records = records
+    server = None
+    try:
+        try:
+            await sup.start()
+        except RuntimeError as exc:
+            sup.say(f"cannot start: {exc}")
+            return 1
+        app_url = None
+        if settings.app.enabled:
+            server, app_url = _start_app(sup, settings, records)
+        _print_routing(sup, app_url)
+        sup.say(
+            f"ready: {len(sup.plans)} workers,"
+            f" up to {len(sup.plans) * settings.sip.max_calls} calls"
+        )
+        waiters = {asyncio.ensure_future(drain.wait()), asyncio.ensure_future(stop.wait())}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+        if drain.is_set() and not stop.is_set():
+            draining = asyncio.ensure_future(sup.drain(settings.pool.drain_timeout_s))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({draining, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            draining.cancel()
+            stopped.cancel()
+        return 0
+    finally:
+        await sup.stop()
+        if server is not None:
+            server.close()
+        records.close()
+        sup.say("stopped")
+
+
+def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, str | None]:
+    from xml_app import create_app
+    from xml_app.server import serve_app
+
+    try:
+        app = create_app(settings, sup.state, records)
+    except ConfigError as exc:
+        sup.say(f"answer_url app not started: {exc}")
+        return None, None
+    a = settings.app
+    server = serve_app(app, a.listen_host, a.listen_port, a.threads)
+    url = a.public_url or server.url
+    sup.say(f"answer_url app listening on {server.url}")
+    return server, url
+
+
+def run_supervisor(settings: Settings, workers: int | None = None) -> int:
+    """Run the pool until SIGTERM (drain) or SIGINT; returns the exit status."""
+    n = workers if workers is not None else (settings.pool.workers or auto_workers(settings))
+    return asyncio.run(_serve(settings, n))

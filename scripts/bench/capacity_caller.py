@@ -1,0 +1,465 @@
+#!/usr/bin/env python3
+"""Load-generator process for `capacity.py`: up to 4 conversing calls from one pjsua2 UA.
+
+A pjsua2 process holds at most 4 calls, so the capacity benchmark runs several of these.
+Each process dials one URI per call (same `Dialer` pj thread and account as the test
+softphone), then on every call: waits for the greeting, and `--turns` times speaks a clip
+(real speech, 8 kHz WAV), waits for the agent's reply to end and thinks a moment.
+
+Protocol with the parent: the process prints ``ready`` once SIP is up, waits for ``go``
+on stdin, prints ``answered I`` / ``hangup I`` as calls progress and, at the end, one line
+``call {json}`` per call.
+
+What a call reports, per agent reply (times are CLOCK_MONOTONIC, comparable across local
+processes):
+
+- ``latency_ms``: end of our last voiced frame on the wire → first agent frame (same
+  convention as `sipagent call`: the first agent frame is back-dated by one frame);
+- ``gaps_ms``: silent stretches between the reply's first and last tone frame. The agent's
+  fake TTS is one continuous tone, so each is an underrun somewhere between the agent's
+  TTS stream and our ear. PLC is switched off in this UA so a late or missing RTP packet
+  is heard as silence instead of being papered over;
+- ``max_interarrival_ms``: longest interval between two frames handed to us by our own
+  media clock inside the reply (> 20 ms means this load-generator process was late).
+
+Per call it also reports our jitter buffer's counters and RTP loss from pjmedia.
+
+Usage: python scripts/bench/capacity_caller.py --clip a.wav [--clip b.wav] URI [URI ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, read_wav_8k, split_frames
+from gateway.audio.ring import InboundRing, PlayoutRing
+from gateway.sip import dialer as sipdialer
+from gateway.sip.dialer import Dialer, OutboundCall
+
+FRAME_S = FRAME_MS / 1000.0
+ACTIVE_PEAK = 1000  # |sample| above this is agent audio (the tone peaks at 8000; silence is 0)
+VOICED_PEAK = 100  # our clip: a frame peaking above this (-50 dBFS) is speech, a faint final /s/ too
+
+
+class TimedInbound(InboundRing):
+    """Keeps every received frame with its arrival time (media clock thread: append only)."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=1)
+        self.arrivals: collections.deque[tuple[float, bytes]] = collections.deque()
+
+    def push(self, frame: bytes) -> None:
+        """Clock thread: stamp and keep the frame."""
+        self.arrivals.append((time.monotonic(), frame))
+
+
+class TimedPlayout(PlayoutRing):
+    """Our speech: notes when chosen frames (by play index) went to the bridge."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=1 << 30)
+        self.watch: set[int] = set()
+        self.seen: dict[int, float] = {}
+
+    def pop(self) -> bytes | None:
+        """Clock thread: next frame, stamping watched ones."""
+        frame = super().pop()
+        if frame is not None and self.frames_played in self.watch:
+            self.seen[self.frames_played] = time.monotonic()
+        return frame
+
+
+@dataclass
+class Clip:
+    """A question: its frames and the span of voiced frames."""
+
+    frames: list[bytes]
+    first_voiced: int
+    last_voiced: int  # inclusive
+
+    @classmethod
+    def load(cls, path: Path) -> Clip:
+        """Read an 8 kHz WAV (any rate is resampled)."""
+        frames = split_frames(read_wav_8k(path))
+        frames = [f + bytes(FRAME_BYTES - len(f)) if len(f) < FRAME_BYTES else f for f in frames]
+        peaks = _peaks(frames)
+        voiced = np.flatnonzero(peaks > VOICED_PEAK)
+        if voiced.size == 0:
+            raise ValueError(f"{path}: no speech in the clip")
+        return cls(frames, int(voiced[0]), int(voiced[-1]))
+
+
+def _peaks(frames: list[bytes]) -> np.ndarray:
+    """Peak |sample| of each 20 ms frame."""
+    if not frames:
+        return np.zeros(0, dtype=np.int32)
+    a = np.frombuffer(b"".join(frames), dtype="<i2").reshape(len(frames), -1)
+    return np.abs(a.astype(np.int32)).max(axis=1)
+
+
+@dataclass
+class Turn:
+    """One of our utterances."""
+
+    start_at: float = 0.0  # first voiced frame to the bridge
+    end_at: float = 0.0  # end of the last voiced frame
+    answered: bool = False
+
+
+@dataclass
+class CallRun:
+    """One call's script and what it heard."""
+
+    index: int
+    uri: str
+    state: OutboundCall
+    turns_wanted: int
+    rng: random.Random
+    phase: str = "dialing"
+    deadline: float = 0.0
+    think_until: float = 0.0
+    turns: list[Turn] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    active: list[bool] = field(default_factory=list)
+    last_active_at: float = 0.0
+    heard_since: float = 0.0  # first tone frame after the current turn's end (0: none yet)
+    watch: tuple[int, int, int] = (0, 0, 0)
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    hangup_sent: bool = False
+
+    @property
+    def inbound(self) -> TimedInbound:
+        ring = self.state.inbound
+        assert isinstance(ring, TimedInbound)
+        return ring
+
+    @property
+    def playout(self) -> TimedPlayout:
+        ring = self.state.playout
+        assert isinstance(ring, TimedPlayout)
+        return ring
+
+    def take_frames(self) -> None:
+        """Move received frames into the call's arrays."""
+        q = self.inbound.arrivals
+        batch: list[tuple[float, bytes]] = []
+        while q:
+            batch.append(q.popleft())
+        if not batch:
+            return
+        peaks = _peaks([f if len(f) == FRAME_BYTES else bytes(FRAME_BYTES) for _, f in batch])
+        for (t, _), peak in zip(batch, peaks, strict=True):
+            self.arrivals.append(t)
+            on = bool(peak > ACTIVE_PEAK)
+            self.active.append(on)
+            if on:
+                self.last_active_at = t
+                if not self.heard_since and self.turns and t - FRAME_S >= self.turns[-1].end_at:
+                    self.heard_since = t
+
+
+class Caller:
+    """Runs every call of this process from the main thread."""
+
+    def __init__(self, args: argparse.Namespace, clips: list[Clip]) -> None:
+        self.args = args
+        self.clips = clips
+        self.rng = random.Random(args.seed)
+        self.dialer = Dialer()
+        # pjsua2 objects of live calls; touched on the pj thread only.
+        self._objects: dict[int, Any] = {}
+        self.runs: list[CallRun] = []
+        self._out = threading.Lock()
+
+    def say(self, line: str) -> None:
+        with self._out:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    # -- pj thread jobs ---------------------------------------------------------------------
+    def _setup(self) -> None:
+        ep = self.dialer.pj.ep
+        for cid in ("PCMU/8000/1", "PCMA/8000/1"):
+            prm = ep.codecGetParam(cid)
+            prm.setting.plc = False  # a lost frame must be heard as a gap, not concealed
+            ep.codecSetParam(cid, prm)
+
+    def _dial(self, run: CallRun) -> None:
+        objects = self._objects
+
+        class BenchCall(sipdialer._DialCall):  # type: ignore[misc]
+            def onCallState(self, prm: Any) -> None:
+                super().onCallState(prm)
+                if run.state.ended.is_set():
+                    objects.pop(run.index, None)  # _DialCall disposed of it on this thread
+
+        call = BenchCall(self.dialer.account, run.state, self.dialer)
+        objects[run.index] = call
+        call.makeCall(run.uri, sipdialer.pj.CallOpParam(True))
+
+    def _hangup(self, index: int) -> dict[str, Any]:
+        call = self._objects.get(index)
+        if call is None:
+            return {}
+        stats: dict[str, Any] = {}
+        try:
+            for mi in call.getInfo().media:
+                if mi.type == sipdialer.pj.PJMEDIA_TYPE_AUDIO:
+                    st = call.getStreamStat(mi.index)
+                    jb, rx = st.jbuf, st.rtcp.rxStat
+                    stats = {
+                        "jb_empty": int(jb.empty),
+                        "jb_lost": int(jb.lost),
+                        "jb_discard": int(jb.discard),
+                        "jb_avg_delay_ms": int(jb.avgDelayMsec),
+                        "jb_max_delay_ms": int(jb.maxDelayMsec),
+                        "rx_pkt": int(rx.pkt),
+                        "rx_loss": int(rx.loss),
+                        "rx_jitter_max_ms": round(int(rx.jitterUsec.max) / 1000.0, 1),
+                        "rx_ipdv_max_ms": round(int(st.rtcp.rxIpdvUsec.max) / 1000.0, 1),
+                    }
+                    break
+        except Exception as exc:  # stats are a diagnostic; the call result still counts
+            stats = {"error": str(exc)}
+        call.state.hung_up_locally = True
+        op = sipdialer.pj.CallOpParam()
+        op.statusCode = 200 if call.state.confirmed_at else 603
+        call.hangup(op)
+        return stats
+
+    # -- main thread ------------------------------------------------------------------------
+    def start(self) -> None:
+        self.dialer.start()
+        self.dialer.pj.on_destroy(self._objects.clear)
+        self.dialer.pj.submit(self._setup).result(10)
+
+    def run(self, uris: list[str], stagger_s: float) -> None:
+        a = self.args
+        for i, uri in enumerate(uris):
+            state = OutboundCall(uri, inbound=TimedInbound(), playout=TimedPlayout())
+            run = CallRun(i, uri, state, a.turns, random.Random(self.rng.random()))
+            self.runs.append(run)
+            if i and stagger_s:
+                time.sleep(stagger_s)
+            run.deadline = time.monotonic() + 15.0
+            self.dialer.pj.submit(lambda run=run: self._dial(run)).result(10)
+        end_by = time.monotonic() + a.max_s
+        while any(r.phase != "done" for r in self.runs):
+            now = time.monotonic()
+            for r in self.runs:
+                self._step(r, now, force_end=now > end_by)
+            time.sleep(0.01)
+        for r in self.runs:
+            r.take_frames()
+            self.say("call " + json.dumps(report(r), separators=(",", ":")))
+
+    def _step(self, r: CallRun, now: float, force_end: bool) -> None:
+        a = self.args
+        r.take_frames()
+        st = r.state
+        if r.phase == "done":
+            return
+        if st.ended.is_set() and r.phase != "ending":
+            r.notes.append(f"call ended in phase {r.phase}: {st.status_code} {st.reason}")
+            r.phase = "done"
+            return
+        if force_end and r.phase not in ("ending",):
+            r.notes.append(f"ended by the time limit in phase {r.phase}")
+            self._end(r)
+            return
+        quiet = r.last_active_at and now - r.last_active_at >= a.quiet_s
+        if r.phase == "dialing":
+            if st.confirmed.is_set():
+                r.phase = "greeting"
+                r.deadline = now + a.turn_timeout_s
+                self.say(f"answered {r.index}")
+            elif now > r.deadline:
+                r.notes.append("not answered in 15 s")
+                self._end(r)
+        elif r.phase == "greeting":
+            if quiet:
+                self._think(r, now)
+            elif now > r.deadline:
+                r.notes.append("no greeting")
+                self._think(r, now)
+        elif r.phase == "think":
+            if now >= r.think_until:
+                self._speak(r)
+        elif r.phase == "speaking":
+            pl = r.playout
+            first, last, final = r.watch
+            if final in pl.seen and len(pl) == 0:
+                turn = r.turns[-1]
+                turn.start_at = pl.seen.get(first, 0.0)
+                turn.end_at = pl.seen.get(last, now) + FRAME_S
+                pl.seen.clear()
+                r.heard_since = 0.0
+                r.phase = "reply"
+                r.deadline = now + a.turn_timeout_s
+        elif r.phase == "reply":
+            if r.heard_since and quiet and r.last_active_at > r.heard_since - FRAME_S:
+                r.turns[-1].answered = True
+                if len(r.turns) >= r.turns_wanted:
+                    self._end(r)
+                else:
+                    self._think(r, now)
+            elif now > r.deadline and not r.heard_since:
+                r.notes.append(f"turn {len(r.turns)}: no reply")
+                if len(r.turns) >= r.turns_wanted:
+                    self._end(r)
+                else:
+                    self._think(r, now)
+        elif r.phase == "ending" and (st.ended.is_set() or now > r.deadline):
+            if not st.ended.is_set():
+                r.notes.append("no end of call 5 s after hangup")
+            r.phase = "done"
+
+    def _think(self, r: CallRun, now: float) -> None:
+        r.phase = "think"
+        r.think_until = now + r.rng.uniform(self.args.think_min_s, self.args.think_max_s)
+
+    def _speak(self, r: CallRun) -> None:
+        clip = self.clips[(r.index + len(r.turns)) % len(self.clips)]
+        pl = r.playout
+        base = pl.frames_played + len(pl)  # play index of the clip's first frame, minus 1
+        r.watch = (
+            base + clip.first_voiced + 1,
+            base + clip.last_voiced + 1,
+            base + len(clip.frames),
+        )
+        pl.seen.clear()
+        pl.watch = set(r.watch)
+        r.turns.append(Turn())
+        for f in clip.frames:
+            pl.put(f)
+        r.phase = "speaking"
+
+    def _end(self, r: CallRun) -> None:
+        self.say(f"hangup {r.index}")
+        if not r.state.ended.is_set():
+            r.stats = self.dialer.pj.submit(lambda: self._hangup(r.index)).result(10)
+        r.phase = "ending"
+        r.deadline = time.monotonic() + 5.0
+
+    def stop(self) -> None:
+        self.dialer.stop()
+
+
+def _gaps(active: list[bool], lo: int, hi: int) -> list[int]:
+    """Lengths (ms) of silent runs in active[lo:hi+1] (lo and hi are tone frames)."""
+    gaps: list[int] = []
+    run = 0
+    for on in active[lo : hi + 1]:
+        if on:
+            if run:
+                gaps.append(run * FRAME_MS)
+            run = 0
+        else:
+            run += 1
+    return gaps
+
+
+def _reply(r: CallRun, t0: float, t1: float) -> dict[str, Any] | None:
+    """The agent's reply heard between t0 and t1, or None."""
+    times = r.arrivals
+    idx = [i for i in range(len(times)) if t0 <= times[i] - FRAME_S < t1 and r.active[i]]
+    if not idx:
+        return None
+    lo, hi = idx[0], idx[-1]
+    inter = np.diff(np.asarray(times[lo : hi + 1])) if hi > lo else np.zeros(1)
+    return {
+        "first_audio_at": round(times[lo] - FRAME_S, 4),
+        "reply_ms": (hi - lo + 1) * FRAME_MS,
+        "gaps_ms": _gaps(r.active, lo, hi),
+        "max_interarrival_ms": round(float(inter.max()) * 1000.0, 1),
+    }
+
+
+def report(r: CallRun) -> dict[str, Any]:
+    """The call's JSON report."""
+    st = r.state
+    bounds = [t.start_at for t in r.turns if t.start_at] + [float("inf")]
+    out_turns: list[dict[str, Any]] = []
+    greeting = _reply(r, st.confirmed_at, bounds[0]) if st.confirmed_at else None
+    for k, t in enumerate(r.turns):
+        if not t.end_at:
+            continue
+        nxt = r.turns[k + 1].start_at if k + 1 < len(r.turns) else float("inf")
+        rep = _reply(r, t.end_at, nxt or float("inf"))
+        item: dict[str, Any] = {"end_of_speech_at": round(t.end_at, 4)}
+        if rep is not None:
+            item.update(rep)
+            item["latency_ms"] = round((rep["first_audio_at"] - t.end_at) * 1000.0, 1)
+        out_turns.append(item)
+    # Tone heard while we were talking: a reply split by a long underrun, or a late tail.
+    stray = 0
+    for t in r.turns:
+        if t.start_at and t.end_at:
+            stray += sum(
+                1
+                for i, at in enumerate(r.arrivals)
+                if t.start_at <= at - FRAME_S < t.end_at and r.active[i]
+            )
+    answered = sum(1 for t in out_turns if "latency_ms" in t)
+    return {
+        "uri": r.uri,
+        "answered": bool(st.confirmed_at),
+        "status_code": st.status_code,
+        "greeting": greeting,
+        "turns": out_turns,
+        "turns_wanted": r.turns_wanted,
+        "ok": bool(st.confirmed_at) and greeting is not None and answered == r.turns_wanted,
+        "stray_frames": stray,
+        "frames_received": len(r.arrivals),
+        "stats": r.stats,
+        "notes": r.notes,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("uris", nargs="+", help="one SIP URI per call (at most 4)")
+    ap.add_argument("--clip", type=Path, action="append", required=True, help="speech WAV")
+    ap.add_argument("--turns", type=int, default=4, help="utterances per call")
+    ap.add_argument("--quiet-s", type=float, default=0.5, help="silence that ends a reply")
+    ap.add_argument("--think-min-s", type=float, default=0.2)
+    ap.add_argument("--think-max-s", type=float, default=0.6)
+    ap.add_argument("--turn-timeout-s", type=float, default=10.0)
+    ap.add_argument("--max-s", type=float, default=180.0, help="hang up everything after")
+    ap.add_argument("--stagger-ms", type=float, default=0.0, help="between this process' calls")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-wait", action="store_true", help="dial at once, without 'go'")
+    args = ap.parse_args()
+    if len(args.uris) > 4:
+        ap.error("a pjsua2 process holds at most 4 calls")
+    clips = [Clip.load(p) for p in args.clip]
+    caller = Caller(args, clips)
+    try:
+        caller.start()
+        caller.say("ready")
+        if not args.no_wait:
+            line = sys.stdin.readline()
+            if not line.startswith("go"):
+                return 2
+        caller.run(args.uris, args.stagger_ms / 1000.0)
+    finally:
+        caller.stop()
+    return 0 if all(report(r)["ok"] for r in caller.runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

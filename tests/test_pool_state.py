@@ -1,0 +1,137 @@
+"""Pool bookkeeping: slot reservations, routing choices, worker loss, drain, port plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.pool.state import PoolState
+from gateway.pool.supervisor import auto_workers, plan_workers
+from sip_config import ConfigError, Settings, load_settings
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pool(workers: int = 3, clock: Clock | None = None) -> PoolState:
+    state = PoolState(workers, 4, reserve_s=10.0, clock=clock or Clock())
+    for i in range(workers):
+        state.worker_up(i, 1000 + i, f"sip:agent@127.0.0.1:{5060 + i}", registers=False)
+    return state
+
+
+def test_reservations_spread_calls_and_never_exceed_four_per_worker() -> None:
+    state = pool(3)
+    targets = [state.reserve(f"uuid-{i}") for i in range(12)]
+    assert all(t is not None for t in targets)
+    per = [sum(1 for t in targets if t is not None and t.worker == w) for w in range(3)]
+    assert per == [4, 4, 4]
+    assert state.reserve("uuid-13") is None
+    assert not state.ready()
+
+
+def test_same_call_uuid_gets_the_same_worker_again() -> None:
+    state = pool(2)
+    first = state.reserve("retry")
+    assert first is not None
+    assert state.reserve("retry") == first
+    assert state.snapshot()[first.worker]["reserved"] == 1
+
+
+def test_reservation_expires_and_becomes_a_call_when_the_invite_arrives() -> None:
+    clock = Clock()
+    state = pool(1, clock)
+    for i in range(4):
+        assert state.reserve(f"u{i}") is not None
+    assert state.reserve("late") is None
+    state.call_started(0, "sip-call-0", "u0")  # u0's INVITE arrived: a call, not a hold
+    assert state.snapshot()[0]["calls"] == 1 and state.snapshot()[0]["reserved"] == 3
+    clock.now += 11  # the other three never dialled in
+    assert state.reserve("late") is not None
+    assert state.snapshot()[0]["free"] == 2
+
+
+def test_dead_worker_is_not_routed_and_loses_its_calls() -> None:
+    state = pool(2)
+    state.call_started(0, "a", None)
+    state.call_started(0, "b", None)
+    assert state.worker_down(0) == {"a", "b"}
+    targets = {state.reserve(f"x{i}").worker for i in range(4)}  # type: ignore[union-attr]
+    assert targets == {1}
+    assert state.snapshot()[0]["restarts"] == 1
+    state.worker_up(0, 2000, "sip:agent@127.0.0.1:5060", registers=False)
+    assert state.reserve("after") is not None
+
+
+def test_unregistered_worker_is_not_routed() -> None:
+    state = PoolState(2, 4, clock=Clock())
+    state.worker_up(0, 1, "sip:agent1@phone.plivo.com", registers=True)
+    state.worker_up(1, 2, "sip:agent2@phone.plivo.com", registers=True)
+    assert state.reserve("a") is None and not state.ready()
+    state.set_registration(1, True, "200 OK")
+    target = state.reserve("a")
+    assert target is not None and target.uri == "sip:agent2@phone.plivo.com"
+
+
+def test_draining_routes_nothing() -> None:
+    state = pool(2)
+    state.call_started(1, "c", None)
+    state.start_draining()
+    assert state.reserve("new") is None and not state.ready()
+    assert state.total_calls() == 1
+    state.call_ended(1, "c")
+    assert state.total_calls() == 0
+
+
+def _settings(**overrides: object) -> Settings:
+    return load_settings(None, env_file=None, overrides=overrides)
+
+
+def test_worker_ports_are_consecutive_with_separate_rtp_ranges() -> None:
+    s = _settings(
+        sip={"listen_port": 5060, "rtp_port_start": 20000}, pool={"rtp_ports_per_worker": 40}
+    )
+    plans = plan_workers(s, 3)
+    assert [p.sip_port for p in plans] == [5060, 5061, 5062]
+    assert [(p.rtp_port_start, p.rtp_port_range) for p in plans] == [
+        (20000, 40),
+        (20040, 40),
+        (20080, 40),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "workers", "needle"),
+    [
+        ({"sip": {"listen_port": 65534}}, 4, "past 65535"),
+        ({"sip": {"rtp_port_start": 65000}, "pool": {"rtp_ports_per_worker": 400}}, 3, "RTP"),
+        ({"sip": {"listen_port": 20010}}, 2, "inside the workers' RTP ports"),
+        (
+            {"sip": {"mode": "register"}, "registration": {"accounts": [{"username": "a"}]}},
+            2,
+            "need 2 accounts",
+        ),
+    ],
+)
+def test_impossible_port_plans_are_config_errors(
+    overrides: dict[str, object], workers: int, needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        plan_workers(_settings(**overrides), workers)
+
+
+def test_auto_pool_size() -> None:
+    offline = _settings()
+    assert auto_workers(offline, cpus=2) == 1
+    assert auto_workers(offline, cpus=8) == 4
+    cloud = _settings(providers={"stt": "fake", "tts": "fake", "brain": "fake"})
+    assert auto_workers(cloud, cpus=2) == 16
+    reg = _settings(
+        sip={"mode": "register"},
+        registration={"accounts": [{"username": "a1"}, {"username": "a2"}]},
+    )
+    assert auto_workers(reg, cpus=2) == 2

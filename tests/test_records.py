@@ -1,0 +1,225 @@
+"""Tests for gateway.records: the SQLite call-record store."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.records import SCHEMA_VERSION, CallRecords, RecordsError, sip_key
+
+UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
+UUID2 = "11111111-2222-4333-8444-555555555555"
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Iterator[CallRecords]:
+    store = CallRecords.open(tmp_path / "sub" / "dir" / "records.db")
+    yield store
+    store.close()
+
+
+def test_open_creates_parent_dirs_wal_and_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "calls.db"
+    with CallRecords.open(path):
+        pass
+    assert path.exists()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    finally:
+        conn.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RecordsError, match="schema version"):
+        CallRecords.open(path)
+
+
+def test_unopenable_path_is_a_records_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RecordsError, match="cannot open"):
+        CallRecords.open(blocker / "calls.db")
+
+
+def test_answer_dial_status_and_hangup_merge_into_one_row(records: CallRecords) -> None:
+    # Events out of order: the hangup first, then /answer, then the dial status.
+    records.hung_up(
+        UUID,
+        {
+            "CallUUID": UUID,
+            "HangupCause": "NORMAL_CLEARING",
+            "Duration": "42",
+            "BillDuration": "60",
+            "EndTime": "2025-01-01 10:00:42",
+        },
+        at=1042.0,
+    )
+    records.answered(UUID, "+14155550100", "+14155550199", "inbound", "agent", 2, at=1000.0)
+    records.dial_status(
+        UUID,
+        {"DialStatus": "completed", "DialHangupCause": "NORMAL_CLEARING", "DialBLegUUID": UUID2},
+        at=1043.0,
+    )
+    row = records.get(UUID)
+    assert row is not None
+    assert row["from_number"] == "+14155550100"
+    assert row["to_number"] == "+14155550199"
+    assert row["direction"] == "inbound"
+    assert row["route"] == "agent"
+    assert row["worker"] == 2
+    assert row["answer_at"] == 1000.0
+    assert row["end_at"] == 1042.0
+    assert row["duration_s"] == 42.0
+    assert row["hangup_cause"] == "NORMAL_CLEARING"
+    assert row["dial_status"] == "completed"
+    assert row["dial_hangup_cause"] == "NORMAL_CLEARING"
+    assert row["dial_b_leg_uuid"] == UUID2
+    assert row["raw_hangup"]["EndTime"] == "2025-01-01 10:00:42"
+    assert row["updated_at"] == 1043.0
+    assert len(records.recent()) == 1
+
+
+def test_a_later_event_never_blanks_an_earlier_field(records: CallRecords) -> None:
+    records.answered(UUID, "+1555", "+1666", "inbound", "agent", 1, at=10.0)
+    records.hung_up(UUID, {"HangupCause": "NORMAL_CLEARING"}, at=20.0)  # no From/To/Duration
+    records.dial_status(UUID, {}, at=21.0)
+    row = records.get(UUID)
+    assert row is not None
+    assert (row["from_number"], row["to_number"], row["worker"]) == ("+1555", "+1666", 1)
+    assert row["duration_s"] is None
+    # BillDuration stands in when Duration is missing or junk.
+    records.hung_up(UUID, {"Duration": "junk", "BillDuration": "7"}, at=22.0)
+    row = records.get(UUID)
+    assert row is not None
+    assert row["duration_s"] == 7.0
+    assert row["hangup_cause"] == "NORMAL_CLEARING"
+
+
+def test_sip_events_merge_with_the_plivo_row(records: CallRecords) -> None:
+    records.answered(UUID, "+1555", "+1666", "inbound", "agent", 0, at=100.0)
+    records.sip_started(UUID, "cid-1@host", 0, "sip:+1555@plivo", "sip:agent@w0", at=101.0)
+    # The supervisor may not know the CallUUID at the end: matched by the SIP Call-ID.
+    records.sip_ended(None, "cid-1@host", 0, "remote hung up (BYE)", at=130.0)
+    records.hung_up(UUID, {"HangupCause": "NORMAL_CLEARING", "Duration": "30"}, at=131.0)
+    assert len(records.recent()) == 1
+    row = records.get(UUID)
+    assert row is not None
+    assert row["sip_call_id"] == "cid-1@host"
+    assert row["start_at"] == 101.0
+    assert row["sip_end_at"] == 130.0
+    assert row["end_at"] == 131.0  # Plivo's hangup wins over the SIP side's
+    assert row["end_reason"] == "remote hung up (BYE)"
+    assert row["duration_s"] == 30.0
+    assert row["sip_from"] == "sip:+1555@plivo"
+    assert records.get("cid-1@host") == row
+
+
+def test_sip_only_call_is_keyed_by_call_id(records: CallRecords) -> None:
+    records.sip_started(None, "softphone-7", 3, "sip:dev@lan", "sip:agent@lan", at=5.0)
+    records.sip_ended(None, "softphone-7", 3, "local hangup", at=9.5)
+    row = records.get("softphone-7")
+    assert row is not None
+    assert row["call_uuid"] == sip_key("softphone-7")
+    assert records.get(sip_key("softphone-7")) == row
+    assert row["worker"] == 3
+    assert row["end_at"] == 9.5
+    assert row["duration_s"] == 4.5
+    assert records.get("nope") is None
+
+
+def test_sip_row_is_adopted_when_its_call_uuid_turns_up(records: CallRecords) -> None:
+    records.sip_started(None, "cid-2", 1, None, None, at=1.0)
+    records.sip_ended(UUID, "cid-2", 1, "bye", at=2.0)
+    records.answered(UUID, "+1", "+2", "inbound", "agent", 1, at=3.0)
+    rows = records.recent()
+    assert len(rows) == 1
+    assert rows[0]["call_uuid"] == UUID
+    assert rows[0]["start_at"] == 1.0
+    assert rows[0]["route"] == "agent"
+
+
+def test_recent_is_newest_first_and_limited(records: CallRecords) -> None:
+    for i in range(5):
+        records.sip_started(None, f"c{i}", 0, None, None, at=float(i))
+    recent = records.recent(limit=3)
+    assert [r["sip_call_id"] for r in recent] == ["c4", "c3", "c2"]
+    assert records.recent(limit=0) == []
+
+
+def test_rows_survive_close_and_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "calls.db"
+    store = CallRecords.open(path)
+    store.answered(UUID, "+1", "+2", "inbound", "fallback", None, at=1.0)
+    store.close()
+    store.close()  # idempotent
+    with CallRecords.open(path) as again:
+        row = again.get(UUID)
+        assert row is not None
+        assert row["route"] == "fallback"
+        assert row["worker"] is None
+
+
+def test_concurrent_writers_lose_nothing(records: CallRecords) -> None:
+    def writer(n: int) -> None:
+        for i in range(25):
+            records.sip_started(None, f"w{n}-{i}", n, None, None, at=float(i))
+            records.sip_ended(None, f"w{n}-{i}", n, "done", at=float(i) + 1)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    rows = records.recent(limit=1000)
+    assert len(rows) == 100
+    assert all(r["end_reason"] == "done" and r["duration_s"] == 1.0 for r in rows)
+
+
+def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "killed.db"
+    child = textwrap.dedent(
+        f"""
+        import sys, time
+        from gateway.records import CallRecords
+        store = CallRecords.open({str(path)!r})
+        for i in range(20):
+            store.answered(f"{UUID[:-2]}{{i:02d}}", "+1", "+2", "inbound", "agent", i % 3, 1.0)
+        print("committed", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "committed"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    with CallRecords.open(path) as store:
+        rows = store.recent(limit=100)
+        assert len(rows) == 20
+        assert {r["worker"] for r in rows} == {0, 1, 2}

@@ -1,0 +1,221 @@
+"""The worker pool on the wire: calls routed by the answer_url app over several workers, a
+worker killed mid-call and replaced, and a SIGTERM drain.
+
+The test plays Plivo: it POSTs a signed /answer request (signature computed with the plivo
+SDK's own functions), reads the Dial XML, and places the call the XML asks for with the
+test softphone, carrying the `sipHeaders` as X-PH- headers as Plivo does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+
+from gateway.audio.pcm import write_wav
+from gateway.demo import AgentProcess, free_udp_port
+from tests.wire import clean_env, finish_call, start_call, wait_for
+
+pytestmark = pytest.mark.wire
+
+TOKEN = "pool-test-auth-token"
+
+
+@contextmanager
+def running_pool(tmp: Path, workers: int, **settings: str) -> Iterator[AgentProcess]:
+    """`sipagent serve --workers N` with the app on a free port; stopped (SIGTERM) after."""
+    env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
+    port = free_udp_port()
+    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(20000 + (port % 200) * 200))
+    env.setdefault("SIPAGENT_APP__LISTEN_PORT", "0")
+    env.setdefault("SIPAGENT_APP__AUTH_TOKEN", TOKEN)
+    env.setdefault("SIPAGENT_RECORDS__URL", f"sqlite:///{tmp / 'records.db'}")
+    env.setdefault("SIPAGENT_POOL__DRAIN_TIMEOUT_S", "30")
+    pool = AgentProcess(port, env=clean_env(**env), cwd=tmp, workers=workers)
+    try:
+        assert pool.wait_ready(180), "pool did not start:\n" + "\n".join(pool.lines[-40:])
+        yield pool
+    finally:
+        pool.stop(timeout=60)
+
+
+def plivo_post(url: str, params: dict[str, str], token: str = TOKEN) -> tuple[int, str]:
+    """POST form parameters signed the way Plivo signs them (V3 signature)."""
+    nonce = uuid.uuid4().hex
+    base = construct_post_url(url, dict(params)).decode()
+    signature = get_signature_v3(token.encode(), base, nonce.encode()).decode()
+    req = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(params).encode(),
+        headers={"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
+    """Ask the app where an inbound call goes; returns (CallUUID, SIP URI, header args)."""
+    assert pool.app_url is not None
+    call_uuid = str(uuid.uuid4())
+    params = {
+        "CallUUID": call_uuid,
+        "From": caller,
+        "To": "+14155550100",
+        "Direction": "inbound",
+        "CallStatus": "ringing",
+    }
+    status, body = plivo_post(pool.app_url + "/answer", params)
+    assert status == 200, body
+    dial = ET.fromstring(body).find("Dial")
+    assert dial is not None, body
+    user = dial.find("User")
+    assert user is not None and user.text, body
+    headers: list[str] = []
+    for pair in (dial.get("sipHeaders") or "").split(","):
+        if pair:
+            name, _, value = pair.partition("=")
+            headers += ["--header", f"X-PH-{name}:{value}"]
+    return call_uuid, user.text.strip(), headers
+
+
+@pytest.fixture(scope="module")
+def question_wav(
+    tmp_path_factory: pytest.TempPathFactory, speech_8k: Callable[[str], bytes]
+) -> Path:
+    path = tmp_path_factory.mktemp("speech") / "hours.wav"
+    write_wav(path, speech_8k("What are your opening hours?"))
+    return path
+
+
+def records(pool_tmp: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(pool_tmp / "records.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM calls")]
+
+
+def test_twelve_calls_through_the_app_spread_over_workers(
+    tmp_path: Path, question_wav: Path
+) -> None:
+    with running_pool(tmp_path, 3, pool__spare="false") as pool:
+        routed = [answer(pool, f"+1415555{1000 + i}") for i in range(12)]
+        ports = [urllib.parse.urlparse(uri.replace("sip:", "sip://")).port for _, uri, _ in routed]
+        per_worker = {p: ports.count(p) for p in set(ports)}
+        assert len(per_worker) >= 3 and max(per_worker.values()) <= 4, per_worker
+        # The pool is full now: the next call gets the apology, not an HTTP error.
+        assert pool.app_url is not None
+        status, body = plivo_post(
+            pool.app_url + "/answer",
+            {"CallUUID": str(uuid.uuid4()), "From": "+14155559999", "To": "+14155550100"},
+        )
+        assert status == 200 and ET.fromstring(body).find("Speak") is not None, body
+
+        procs = []
+        for _, uri, headers in routed:
+            procs.append(start_call(uri, "--play", str(question_wav), "--timeout", "60", *headers))
+            time.sleep(0.15)
+        peak: dict[int, int] = {}
+
+        def all_up() -> bool:
+            _, ready = get_json(pool.app_url + "/readyz")  # type: ignore[operator]
+            for w in ready.get("workers", []):
+                peak[w["index"]] = max(peak.get(w["index"], 0), w["calls"])
+            return sum(peak.values()) >= 12
+
+        wait_for(all_up, 60, "12 calls in progress")
+        reports = [finish_call(p, timeout=240) for p in procs]
+    for r in reports:
+        assert r["returncode"] == 0, r["stderr"][-2000:]
+        assert r["answered"] and r["greeting_ms"] is not None, r
+        assert r["steps"][0]["reply_latency_ms"] is not None, r  # the agent answered
+    assert max(peak.values()) <= 4 and len([n for n in peak.values() if n]) >= 3, peak
+    rows = {r["call_uuid"]: r for r in records(tmp_path)}
+    for call_uuid, _uri, _ in routed:
+        row = rows[call_uuid]
+        assert row["sip_call_id"] and row["worker"] is not None, row
+        assert row["end_at"] is not None, row
+
+
+def test_killed_worker_is_replaced_and_other_calls_go_on(
+    tmp_path: Path, question_wav: Path
+) -> None:
+    with running_pool(tmp_path, 2, app__enabled="false") as pool:
+        doomed_pid, _ = pool.workers[0]
+        survivors = [
+            start_call(pool.worker_uri(1), *["--play", str(question_wav)] * 3, "--timeout", "60")
+            for _ in range(2)
+        ]
+        victims = [
+            start_call(pool.worker_uri(0), *["--play", str(question_wav)] * 3, "--timeout", "8")
+            for _ in range(2)
+        ]
+        time.sleep(4.0)  # greetings done, first questions under way
+        killed_at = time.monotonic()
+        os.kill(doomed_pid, signal.SIGKILL)
+        wait_for(lambda: pool.workers[0][0] != doomed_pid, 10, "worker 0 replaced by a new process")
+        back_s = time.monotonic() - killed_at
+        assert back_s < 2.0, f"worker 0 took {back_s:.2f} s to come back"
+        fresh = finish_call(start_call(pool.worker_uri(0), "--play", str(question_wav)), 120)
+        assert fresh["returncode"] == 0 and fresh["steps"][0]["reply_latency_ms"] is not None
+        kept = [finish_call(p, timeout=180) for p in survivors]
+        lost = [finish_call(p, timeout=120) for p in victims]
+    for r in kept:
+        assert r["returncode"] == 0, r["stderr"][-2000:]
+        assert all(s["reply_latency_ms"] is not None for s in r["steps"]), r["steps"]
+    for r in lost:
+        assert any(s["reply_latency_ms"] is None for s in r["steps"]), r["steps"]
+    ended = [r for r in records(tmp_path) if r["end_reason"] == "worker died"]
+    assert len(ended) == 2, records(tmp_path)
+    assert any(f"worker 0 (pid {doomed_pid}) died" in line for line in pool.lines)
+
+
+def test_sigterm_drains_calls_in_progress_then_exits_0(tmp_path: Path, question_wav: Path) -> None:
+    with running_pool(tmp_path, 1) as pool:
+        assert pool.app_url is not None
+        call_uuid, uri, headers = answer(pool, "+14155551234")
+        talking = start_call(uri, *["--play", str(question_wav)] * 3, "--timeout", "60", *headers)
+        time.sleep(4.0)
+        pool.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: any("draining" in line for line in pool.lines), 10, "drain")
+        status, ready = get_json(pool.app_url + "/readyz")
+        assert status == 503, ready
+        # Routed elsewhere by the app (apology), refused by the worker if dialled directly.
+        status, body = plivo_post(
+            pool.app_url + "/answer",
+            {"CallUUID": str(uuid.uuid4()), "From": "+14155550001", "To": "+14155550100"},
+        )
+        assert status == 200 and ET.fromstring(body).find("Dial") is None, body
+        refused = finish_call(start_call(pool.worker_uri(0), "--play", str(question_wav)), 60)
+        assert refused["status_code"] == 503 and not refused["answered"], refused
+        report = finish_call(talking, timeout=180)
+        assert pool.proc.wait(60) == 0
+    assert report["returncode"] == 0, report["stderr"][-2000:]
+    assert all(s["reply_latency_ms"] is not None for s in report["steps"]), report["steps"]
+    row = next(r for r in records(tmp_path) if r["call_uuid"] == call_uuid)
+    assert row["end_at"] is not None and row["worker"] == 0, row
+    assert any("sipagent: stopped" in line for line in pool.lines)

@@ -1,0 +1,649 @@
+"""Tests for the answer_url app (xml_app): signatures, routing, callbacks, health, server."""
+
+from __future__ import annotations
+
+import logging
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from plivo.utils import signature_v3, validate_v3_signature
+from werkzeug.test import TestResponse
+
+from gateway.callcontext import decode_call_context
+from gateway.pool.state import DialTarget, PoolState
+from gateway.records import CallRecords
+from sip_config import ConfigError, Settings, load_settings
+from xml_app import create_app, serve_app
+from xml_app.signature import NONCE_HEADER, SIGNATURE_HEADER, NonceCache
+
+TOKEN = "MjQ5NzE2ZTg0ZWE5YjU5ZGFhMjk1ZjQ0NmIxNDE2"
+BASE = "http://localhost"
+CALLER = "+14155550100"
+CALLED = "+14155550199"
+# Monday 2025-01-06 15:00 UTC: 10:00 in New York, 00:00 (Tuesday) in Tokyo.
+MONDAY_15_UTC = datetime(2025, 1, 6, 15, 0, tzinfo=UTC).timestamp()
+APP_LOGGER = "xml_app.app"
+
+
+class FakeClock:
+    """A settable clock shared by the app and the pool."""
+
+    def __init__(self, now: float = MONDAY_15_UTC) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings with signatures on (the test token) plus ``overrides`` merged per section."""
+    base: dict[str, Any] = {"app": {"auth_token": TOKEN}}
+    for section, values in overrides.items():
+        base.setdefault(section, {}).update(values)
+    return load_settings(None, env_file=None, overrides=base)
+
+
+def make_pool(clock: FakeClock, workers: int = 3, up: int | None = None) -> PoolState:
+    pool = PoolState(workers, 4, clock=clock)
+    for i in range(workers if up is None else up):
+        pool.worker_up(i, 1000 + i, f"sip:agent@127.0.0.1:{5070 + i}", registers=False)
+    return pool
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+def plivo_signature(
+    method: str, url: str, params: Mapping[str, str], nonce: str, token: str
+) -> str:
+    """Sign as Plivo does (plivo SDK functions), cross-checked with the SDK's validator."""
+    if method == "GET":
+        base = signature_v3.construct_get_url(url, {})
+    else:
+        base = signature_v3.construct_post_url(url, dict(params))
+    sig = signature_v3.get_signature_v3(token.encode(), base.decode(), nonce.encode()).decode()
+    assert validate_v3_signature(
+        method, url, nonce, token, sig, dict(params) if method == "POST" else {}
+    )
+    return str(sig)
+
+
+class Plivo:
+    """Sends callbacks to an app through Flask's test client, signed like Plivo."""
+
+    def __init__(self, client: FlaskClient, token: str = TOKEN, public: str = BASE) -> None:
+        self.client = client
+        self.token = token
+        self.public = public
+        self.nonces = 0
+
+    def headers(self, method: str, path: str, params: Mapping[str, str]) -> dict[str, str]:
+        self.nonces += 1
+        nonce = f"nonce{self.nonces:06d}"
+        sig = plivo_signature(method, self.public + path, params, nonce, self.token)
+        return {SIGNATURE_HEADER: sig, NONCE_HEADER: nonce}
+
+    def post(self, path: str, params: Mapping[str, str], **kw: Any) -> TestResponse:
+        headers = kw.pop("headers", None) or self.headers("POST", path, params)
+        return self.client.post(path, data=dict(params), headers=headers, **kw)
+
+    def get(self, path: str, params: Mapping[str, str]) -> TestResponse:
+        full = f"{path}?{urllib.parse.urlencode(params)}"
+        return self.client.get(full, headers=self.headers("GET", full, {}))
+
+
+class Env:
+    """One app with its pool, records and clock."""
+
+    def __init__(
+        self, tmp_path: Path, settings: Settings, workers: int = 3, up: int | None = None
+    ) -> None:
+        self.clock = FakeClock()
+        self.pool = make_pool(self.clock, workers, up)
+        self.records = CallRecords.open(tmp_path / "records.db")
+        self.app = create_app(settings, self.pool, self.records, clock=self.clock)
+        self.app_settings_fallback_say = settings.routing.fallback_say
+        self.plivo = Plivo(self.app.test_client())
+
+    def answer(self, call_uuid: str | None = None, **params: str) -> TestResponse:
+        body = {"CallUUID": call_uuid or new_uuid(), "From": CALLER, "To": CALLED}
+        body.update({"Direction": "inbound", "CallStatus": "in-progress"})
+        body.update(params)
+        return self.plivo.post("/answer", body)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path, make_settings())
+    yield e
+    e.records.close()
+
+
+def parse(response: TestResponse) -> ET.Element:
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "text/xml"
+    root = ET.fromstring(response.get_data())
+    assert root.tag == "Response"
+    return root
+
+
+def shape(root: ET.Element) -> list[str]:
+    """Tags of the document: children of Response, Dial's child as 'Dial/User'."""
+    out = []
+    for child in root:
+        out.append(f"Dial/{child[0].tag}" if child.tag == "Dial" else child.tag)
+    return out
+
+
+def reserved(pool: PoolState) -> int:
+    return sum(w["reserved"] for w in pool.snapshot())
+
+
+# --- signatures -------------------------------------------------------------------------
+
+
+def test_signed_request_passes(env: Env) -> None:
+    root = parse(env.answer())
+    assert shape(root) == ["Dial/User"]
+
+
+def test_missing_signature_is_rejected_as_unsigned(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=APP_LOGGER)
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+    r = env.plivo.client.post("/answer", data=body)
+    assert r.status_code == 403
+    only_nonce = env.plivo.client.post("/answer", data=body, headers={NONCE_HEADER: "n"})
+    assert only_nonce.status_code == 403
+    lines = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert len(lines) == 2
+    assert all("unsigned" in line and "/answer" in line and "127.0.0.1" in line for line in lines)
+    assert reserved(env.pool) == 0
+
+
+def test_wrong_token_is_rejected_as_forged(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=APP_LOGGER)
+    env.plivo.token = "some-other-token"
+    r = env.answer()
+    assert r.status_code == 403
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert "forged" in line and "/answer" in line
+    assert TOKEN not in line and "some-other-token" not in line
+
+
+def test_altered_parameter_is_rejected_as_forged(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger=APP_LOGGER)
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+    headers = env.plivo.headers("POST", "/answer", body)
+    r = env.plivo.post("/answer", {**body, "To": "+19995550000"}, headers=headers)
+    assert r.status_code == 403
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert "forged" in line
+    assert headers[SIGNATURE_HEADER] not in line
+
+
+def test_replayed_nonce_is_rejected(env: Env, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=APP_LOGGER)
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+    headers = env.plivo.headers("POST", "/answer", body)
+    assert env.plivo.post("/answer", body, headers=headers).status_code == 200
+    assert env.plivo.post("/answer", body, headers=headers).status_code == 403
+    (line,) = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
+    assert "replayed" in line
+
+
+def test_failed_check_does_not_burn_the_nonce(env: Env) -> None:
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+    headers = env.plivo.headers("POST", "/answer", body)
+    forged = {**headers, SIGNATURE_HEADER: "AAAA" + headers[SIGNATURE_HEADER][4:]}
+    assert env.plivo.post("/answer", body, headers=forged).status_code == 403
+    assert env.plivo.post("/answer", body, headers=headers).status_code == 200
+
+
+def test_one_valid_signature_among_several_passes(env: Env) -> None:
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+    headers = env.plivo.headers("POST", "/answer", body)
+    bogus = "bm90IGEgcmVhbCBzaWduYXR1cmUgYXQgYWxsIGhlcmU="
+    headers[SIGNATURE_HEADER] = f"{bogus}, {headers[SIGNATURE_HEADER]},{bogus}"
+    assert env.plivo.post("/answer", body, headers=headers).status_code == 200
+
+
+def test_signed_get_with_query(env: Env) -> None:
+    params = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED, "Direction": "inbound"}
+    assert shape(parse(env.plivo.get("/answer", params))) == ["Dial/User"]
+    # The signature covers the query: change a parameter and it no longer matches.
+    full = f"/answer?{urllib.parse.urlencode(params)}"
+    headers = env.plivo.headers("GET", full, {})
+    tampered = full.replace("inbound", "outbound")
+    assert env.plivo.client.get(tampered, headers=headers).status_code == 403
+
+
+def test_public_url_is_what_is_signed(tmp_path: Path) -> None:
+    public = "https://bot.example.com/plivo"
+    e = Env(tmp_path, make_settings(app={"public_url": public + "/"}))
+    try:
+        e.plivo.public = public
+        root = parse(e.answer())
+        assert root[0].get("action") == public + "/dial-status?target=agent"
+        # Signed over the internal URL the request arrived at: not what Plivo signs.
+        e.plivo.public = BASE
+        assert e.answer().status_code == 403
+    finally:
+        e.records.close()
+
+
+def test_forged_malformed_request_is_403_not_400(env: Env) -> None:
+    body = {"CallUUID": "nonsense", "From": CALLER}
+    assert env.plivo.client.post("/answer", data=body).status_code == 403
+    env.plivo.token = "wrong"
+    assert env.plivo.post("/hangup", body).status_code == 403
+
+
+def test_every_plivo_route_is_signed(env: Env) -> None:
+    body = {"CallUUID": new_uuid(), "DialStatus": "busy", "HangupCause": "NORMAL_CLEARING"}
+    for path in ("/dial-status?target=agent", "/hangup"):
+        assert env.plivo.client.post(path, data=body).status_code == 403
+        assert env.plivo.post(path, body).status_code == 200
+
+
+def test_verification_needs_a_token(tmp_path: Path) -> None:
+    settings = make_settings(app={"auth_token": ""})
+    with CallRecords.open(tmp_path / "r.db") as records:
+        with pytest.raises(ConfigError) as info:
+            create_app(settings, make_pool(FakeClock()), records)
+        assert "app.auth_token" in str(info.value) and "app.verify_signatures" in str(info.value)
+        off = make_settings(app={"auth_token": "", "verify_signatures": False})
+        app = create_app(off, make_pool(FakeClock()), records)
+        body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+        assert app.test_client().post("/answer", data=body).status_code == 200
+
+
+def test_nonce_cache_expires_and_is_bounded() -> None:
+    clock = FakeClock(1000.0)
+    cache = NonceCache(60.0, clock=clock, max_entries=3)
+    assert cache.add_if_new("a")
+    assert not cache.add_if_new("a")
+    clock.now += 59.9
+    assert not cache.add_if_new("a")
+    clock.now += 0.2
+    assert cache.add_if_new("a")  # expired: remembered afresh
+    for nonce in ("b", "c", "d"):
+        assert cache.add_if_new(nonce)
+    assert len(cache) == 3  # "a", the oldest, made room
+
+
+# --- routing ----------------------------------------------------------------------------
+
+
+def test_default_route_dials_a_worker_with_the_call_context(env: Env) -> None:
+    call_uuid = new_uuid()
+    root = parse(env.answer(call_uuid))
+    assert shape(root) == ["Dial/User"]
+    dial = root[0]
+    assert dial.get("action") == BASE + "/dial-status?target=agent"
+    assert dial.get("method") == "POST"
+    assert dial.get("timeout") == "20"
+    assert dial.get("callerId") == CALLER
+    user = dial[0].text or ""
+    assert user in {f"sip:agent@127.0.0.1:{5070 + i}" for i in range(3)}
+    sip_headers = dial.get("sipHeaders") or ""
+    invite = {f"X-PH-{k}": v for k, v in (p.split("=", 1) for p in sip_headers.split(","))}
+    assert decode_call_context(invite) == {"call_uuid": call_uuid, "from": CALLER, "to": CALLED}
+    assert reserved(env.pool) == 1
+    row = env.records.get(call_uuid)
+    assert row is not None
+    assert (row["route"], row["from_number"], row["direction"]) == ("agent", CALLER, "inbound")
+    assert row["worker"] == int(user.rsplit(":", 1)[1]) - 5070
+
+
+def test_configured_caller_id_and_sip_caller(tmp_path: Path) -> None:
+    e = Env(tmp_path, make_settings(app={"caller_id": "+18005550123", "dial_timeout_s": 30}))
+    try:
+        dial = parse(e.answer())[0]
+        assert (dial.get("callerId"), dial.get("timeout")) == ("+18005550123", "30")
+    finally:
+        e.records.close()
+    e = Env(tmp_path / "2", make_settings())
+    try:
+        # A SIP-endpoint caller has no number to show: no callerId, but it is in sipHeaders.
+        dial = parse(e.answer(From="sip:alice@phone.plivo.com"))[0]
+        assert dial.get("callerId") is None
+        assert "From=x" in (dial.get("sipHeaders") or "")
+    finally:
+        e.records.close()
+
+
+def test_per_number_routes_to_sip_uri_and_to_phone_number(tmp_path: Path) -> None:
+    numbers = {
+        "+14155550199": {"target": "sip:desk@pbx.example.com"},
+        "442071234567": {"target": "+442079460000"},
+    }
+    e = Env(tmp_path, make_settings(routing={"numbers": numbers}))
+    try:
+        for to in ("+14155550199", "14155550199", "sip:+14155550199@phone.plivo.com"):
+            call_uuid = new_uuid()
+            root = parse(e.answer(call_uuid, To=to))
+            assert shape(root) == ["Dial/User"]
+            assert root[0][0].text == "sip:desk@pbx.example.com"
+            assert root[0].get("action") == BASE + "/dial-status?target=sip"
+            assert root[0].get("sipHeaders") is None
+            row = e.records.get(call_uuid)
+            assert row is not None and row["route"] == "sip" and row["worker"] is None
+        call_uuid = new_uuid()
+        root = parse(e.answer(call_uuid, To="+442071234567"))
+        assert shape(root) == ["Dial/Number"]
+        assert root[0][0].text == "+442079460000"
+        row = e.records.get(call_uuid)
+        assert row is not None and row["route"] == "number"
+        assert reserved(e.pool) == 0
+        # Unlisted numbers take the default route (the agent pool).
+        assert shape(parse(e.answer(To="+15550001111"))) == ["Dial/User"]
+    finally:
+        e.records.close()
+
+
+def test_business_hours_across_time_zones(tmp_path: Path) -> None:
+    numbers = {
+        "15550000001": {
+            "hours": {"timezone": "America/New_York", "open": "09:00", "close": "17:00"},
+            "after_hours_target": "hangup",
+            "after_hours_say": "We are closed.",
+        },
+        "15550000002": {
+            "hours": {"timezone": "Asia/Tokyo", "days": ["mon", "tue"], "open": "08:00"},
+            "after_hours_target": "+15550009999",
+        },
+    }
+    e = Env(tmp_path, make_settings(routing={"numbers": numbers}))
+    try:
+        # Monday 15:00 UTC: 10:00 Monday in New York (open), 00:00 Tuesday in Tokyo (closed).
+        assert shape(parse(e.answer(To="+15550000001"))) == ["Dial/User"]
+        call_uuid = new_uuid()
+        root = parse(e.answer(call_uuid, To="+15550000002"))
+        assert shape(root) == ["Speak", "Dial/Number"]
+        assert root[1][0].text == "+15550009999"
+        row = e.records.get(call_uuid)
+        assert row is not None and row["route"] == "after-hours"
+        # Monday 23:30 UTC: 18:30 in New York (closed), 08:30 Tuesday in Tokyo (open).
+        e.clock.now = MONDAY_15_UTC + 8.5 * 3600
+        root = parse(e.answer(To="+15550000001"))
+        assert shape(root) == ["Speak", "Hangup"]
+        assert root[0].text == "We are closed."
+        assert shape(parse(e.answer(To="+15550000002"))) == ["Dial/User"]
+        # Saturday noon in New York: closed all day.
+        e.clock.now = datetime(2025, 1, 11, 17, 0, tzinfo=UTC).timestamp()
+        assert shape(parse(e.answer(To="+15550000001"))) == ["Speak", "Hangup"]
+        # Closing time itself is closed; opening time is open (New York, Monday).
+        e.clock.now = datetime(2025, 1, 6, 22, 0, tzinfo=UTC).timestamp()
+        assert shape(parse(e.answer(To="+15550000001"))) == ["Speak", "Hangup"]
+        e.clock.now = datetime(2025, 1, 6, 14, 0, tzinfo=UTC).timestamp()
+        assert shape(parse(e.answer(To="+15550000001"))) == ["Dial/User"]
+    finally:
+        e.records.close()
+
+
+def test_no_worker_up_plays_fallback_and_hangs_up(tmp_path: Path) -> None:
+    e = Env(tmp_path, make_settings(), up=0)
+    try:
+        call_uuid = new_uuid()
+        root = parse(e.answer(call_uuid))
+        assert shape(root) == ["Speak", "Hangup"]
+        assert root[0].text == e.app_settings_fallback_say
+        row = e.records.get(call_uuid)
+        assert row is not None and row["route"] == "fallback" and row["worker"] is None
+    finally:
+        e.records.close()
+
+
+def test_fallback_can_dial_a_number_or_a_sip_uri(tmp_path: Path) -> None:
+    for target, tag in (("+15550001234", "Number"), ("sip:ops@pbx.example.com", "User")):
+        e = Env(
+            tmp_path / tag,
+            make_settings(routing={"fallback_target": target, "fallback_say": "One moment."}),
+            up=0,
+        )
+        try:
+            root = parse(e.answer())
+            assert shape(root) == ["Speak", f"Dial/{tag}"]
+            assert root[0].text == "One moment."
+            assert root[1][0].text == target
+            assert root[1].get("action") == BASE + "/dial-status?target=fallback"
+        finally:
+            e.records.close()
+
+
+def test_one_worker_is_full_after_four_calls(tmp_path: Path) -> None:
+    e = Env(tmp_path, make_settings(), workers=1)
+    try:
+        for _ in range(4):
+            assert shape(parse(e.answer())) == ["Dial/User"]
+        assert shape(parse(e.answer())) == ["Speak", "Hangup"]
+        assert e.pool.ready() is False
+    finally:
+        e.records.close()
+
+
+def test_twelve_calls_spread_over_three_workers(env: Env) -> None:
+    users = Counter(parse(env.answer())[0][0].text for _ in range(12))
+    assert len(users) == 3
+    assert sum(users.values()) == 12
+    assert max(users.values()) <= 4
+    assert shape(parse(env.answer())) == ["Speak", "Hangup"]
+
+
+def test_pool_error_still_answers_with_the_fallback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenPool(PoolState):
+        def reserve(self, call_uuid: str) -> DialTarget | None:
+            raise RuntimeError("pool bookkeeping bug")
+
+    caplog.set_level(logging.ERROR, logger=APP_LOGGER)
+    clock = FakeClock()
+    with CallRecords.open(tmp_path / "r.db") as records:
+        app = create_app(make_settings(), BrokenPool(1, 4, clock=clock), records, clock=clock)
+        plivo = Plivo(app.test_client())
+        body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+        assert shape(parse(plivo.post("/answer", body))) == ["Speak", "Hangup"]
+    assert any("routing call" in rec.getMessage() for rec in caplog.records)
+
+
+def test_records_failure_is_logged_and_the_call_still_routed(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger=APP_LOGGER)
+    env.records.close()  # every write now raises
+    assert shape(parse(env.answer())) == ["Dial/User"]
+    body = {"CallUUID": new_uuid(), "HangupCause": "NORMAL_CLEARING"}
+    assert env.plivo.post("/hangup", body).status_code == 200
+    assert env.plivo.post("/dial-status?target=agent", body).status_code == 200
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert sum("could not record" in m for m in messages) == 3
+
+
+# --- parameters -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "name"),
+    [
+        ({"CallUUID": ""}, "CallUUID"),
+        ({"CallUUID": "not-a-uuid"}, "CallUUID"),
+        ({"CallUUID": "3f2a9c1e7b4d4e8a9f0123456789abcd"}, "CallUUID"),
+        ({"From": ""}, "From"),
+        ({"From": "+1 415 555"}, "From"),
+        ({"From": "+" + "1" * 300}, "From"),
+        ({"To": ""}, "To"),
+        ({"To": "<script>"}, "To"),
+        ({"To": "sip:" + "a" * 300 + "@x"}, "To"),
+    ],
+)
+def test_bad_answer_parameter_is_400_naming_it(env: Env, change: dict[str, str], name: str) -> None:
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED, **change}
+    body = {k: v for k, v in body.items() if v}
+    r = env.plivo.post("/answer", body)
+    assert r.status_code == 400
+    assert name in r.get_data(as_text=True)
+    assert reserved(env.pool) == 0
+
+
+def test_callbacks_need_a_call_uuid(env: Env) -> None:
+    for path in ("/dial-status?target=agent", "/hangup"):
+        r = env.plivo.post(path, {"DialStatus": "busy"})
+        assert r.status_code == 400 and "CallUUID" in r.get_data(as_text=True)
+        r = env.plivo.post(path, {"CallUUID": "x"})
+        assert r.status_code == 400 and "CallUUID" in r.get_data(as_text=True)
+
+
+# --- dial status and hangup -------------------------------------------------------------
+
+
+def test_failed_dial_to_worker_releases_slot_and_plays_fallback(env: Env) -> None:
+    call_uuid = new_uuid()
+    action = parse(env.answer(call_uuid))[0].get("action") or ""
+    assert reserved(env.pool) == 1
+    path = action.removeprefix(BASE)
+    params = {
+        "CallUUID": call_uuid,
+        "DialALegUUID": call_uuid,
+        "DialBLegUUID": "",
+        "DialStatus": "busy",
+        "DialHangupCause": "USER_BUSY",
+        "CallStatus": "in-progress",
+    }
+    root = parse(env.plivo.post(path, params))
+    assert shape(root) == ["Speak", "Hangup"]
+    assert reserved(env.pool) == 0
+    row = env.records.get(call_uuid)
+    assert row is not None
+    assert (row["dial_status"], row["dial_hangup_cause"]) == ("busy", "USER_BUSY")
+
+
+def test_dial_status_without_fallback_cases(env: Env) -> None:
+    call_uuid = new_uuid()
+    parse(env.answer(call_uuid))
+    # Completed dial: nothing more to do.
+    done = {"CallUUID": call_uuid, "DialStatus": "completed", "CallStatus": "in-progress"}
+    assert shape(parse(env.plivo.post("/dial-status?target=agent", done))) == []
+    assert reserved(env.pool) == 0
+    # Failed dial, but the caller already hung up: release, no XML to play.
+    call_uuid = new_uuid()
+    parse(env.answer(call_uuid))
+    gone = {"CallUUID": call_uuid, "DialStatus": "no-answer", "CallStatus": "completed"}
+    assert shape(parse(env.plivo.post("/dial-status?target=agent", gone))) == []
+    assert reserved(env.pool) == 0
+    # A failed dial to a SIP URI or number is recorded but gets no apology.
+    other = {"CallUUID": new_uuid(), "DialStatus": "failed", "CallStatus": "in-progress"}
+    assert shape(parse(env.plivo.post("/dial-status?target=sip", other))) == []
+
+
+def test_hangup_records_and_releases(env: Env) -> None:
+    call_uuid = new_uuid()
+    parse(env.answer(call_uuid))
+    assert reserved(env.pool) == 1
+    params = {
+        "CallUUID": call_uuid,
+        "HangupCause": "NORMAL_CLEARING",
+        "Duration": "12",
+        "BillDuration": "60",
+        "StartTime": "2025-01-06 15:00:00",
+        "EndTime": "2025-01-06 15:00:12",
+        "CallStatus": "completed",
+    }
+    env.clock.now += 12
+    r = env.plivo.post("/hangup", params)
+    assert shape(parse(r)) == []
+    assert reserved(env.pool) == 0
+    row = env.records.get(call_uuid)
+    assert row is not None
+    assert row["route"] == "agent"
+    assert row["hangup_cause"] == "NORMAL_CLEARING"
+    assert row["duration_s"] == 12.0
+    assert row["end_at"] == env.clock.now
+    assert row["raw_hangup"]["StartTime"] == "2025-01-06 15:00:00"
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+def test_healthz_and_readyz(tmp_path: Path) -> None:
+    e = Env(tmp_path, make_settings(), workers=2, up=0)
+    try:
+        client = e.plivo.client
+        r = client.get("/healthz")
+        assert r.status_code == 200 and r.get_json() == {"status": "ok"}
+        r = client.get("/readyz")
+        assert r.status_code == 503
+        body = r.get_json()
+        assert body["ready"] is False and len(body["workers"]) == 2
+        e.pool.worker_up(1, 4242, "sip:agent@127.0.0.1:5071", registers=False)
+        r = client.get("/readyz")
+        assert r.status_code == 200
+        assert r.get_json()["workers"][1]["pid"] == 4242
+    finally:
+        e.records.close()
+
+
+# --- a real server ------------------------------------------------------------------------
+
+
+def post_over_http(
+    url: str, params: Mapping[str, str], headers: dict[str, str]
+) -> tuple[int, bytes]:
+    data = urllib.parse.urlencode(params).encode()
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.read()
+
+
+def test_waitress_server_end_to_end(tmp_path: Path) -> None:
+    clock = FakeClock()
+    pool = make_pool(clock)
+    with CallRecords.open(tmp_path / "r.db") as records:
+        app: Flask = create_app(make_settings(), pool, records, clock=clock)
+        server = serve_app(app, "127.0.0.1", 0, threads=2)
+        try:
+            assert server.port > 0 and server.running
+            assert server.url == f"http://127.0.0.1:{server.port}"
+            with urllib.request.urlopen(server.url + "/healthz", timeout=5) as resp:
+                assert resp.status == 200
+            call_uuid = new_uuid()
+            params = {"CallUUID": call_uuid, "From": CALLER, "To": CALLED}
+            url = server.url + "/answer"
+            nonce = "waitress-nonce-1"
+            sig = plivo_signature("POST", url, params, nonce, TOKEN)
+            headers = {SIGNATURE_HEADER: sig, NONCE_HEADER: nonce}
+            status, body = post_over_http(url, params, headers)
+            assert status == 200
+            root = ET.fromstring(body)
+            assert root[0].tag == "Dial"
+            assert root[0].get("action") == server.url + "/dial-status?target=agent"
+            status, _ = post_over_http(url, params, headers)  # the same nonce again
+            assert status == 403
+            row = records.get(call_uuid)
+            assert row is not None and row["route"] == "agent"
+        finally:
+            server.close()
+        assert not server.running
+        server.close()  # idempotent
+        with pytest.raises(OSError):
+            urllib.request.urlopen(server.url + "/healthz", timeout=2)

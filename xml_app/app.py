@@ -1,0 +1,365 @@
+"""The Flask answer_url app: Plivo asks it where each call goes and tells it how calls end.
+
+Routes (the three Plivo-facing ones are signature-checked when ``app.verify_signatures``):
+
+``/answer`` (POST or GET)
+    Routes the call by its called number and opening hours: to the worker pool (a
+    ``<Dial><User>`` to a worker with a free slot, carrying the call context in
+    ``sipHeaders``), to a SIP URI, to a phone number, or to the fallback when no worker
+    can take it.  Routing problems never fail the request: Plivo always gets XML.
+``/dial-status`` (POST)
+    The Dial's ``action``: records the outcome; a failed dial to a worker frees its slot
+    and, if the caller is still there, plays the fallback.
+``/hangup`` (POST)
+    Plivo's hangup callback: records it and frees any slot still held for the call.
+``/healthz``, ``/readyz`` (GET, unsigned)
+    Liveness, and readiness (503 while no worker can take a call) with the pool's state.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+from flask import Flask, Response, jsonify, request
+
+from gateway.callcontext import encode_sip_headers
+from gateway.pool.state import PoolState
+from gateway.records import CallRecords
+from sip_config import ConfigError, Settings
+from xml_app import plivo_xml
+from xml_app.plivo_xml import Element
+from xml_app.routing import (
+    is_open,
+    select_route,
+    target_kind,
+    valid_call_uuid,
+    valid_party,
+)
+from xml_app.signature import NONCE_HEADER, SIGNATURE_HEADER, SignatureVerifier
+
+__all__ = ["MAX_BODY_BYTES", "create_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES: Final = 64 * 1024
+"""Largest request body accepted (Plivo's callbacks are a few hundred bytes)."""
+
+_DIAL_OK: Final = frozenset({"completed", "answer", "in-progress"})
+# CallStatus values meaning the caller's leg is over (no XML will be executed).
+_CALL_ENDED: Final = frozenset(
+    {"completed", "busy", "failed", "timeout", "no-answer", "cancel", "canceled"}
+)
+_NUMBER_CHARS: Final = frozenset("+0123456789")
+
+View = Callable[[dict[str, str]], Response]
+
+
+def _xml(body: str) -> Response:
+    return Response(body, status=200, mimetype="text/xml")
+
+
+def _bad_request(name: str, problem: str) -> Response:
+    return Response(f"{problem} parameter: {name}\n", status=400, mimetype="text/plain")
+
+
+class _CallRouter:
+    """The routing and callback logic behind the routes (one per app)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: PoolState,
+        records: CallRecords,
+        clock: Callable[[], float],
+    ) -> None:
+        self.app_settings = settings.app
+        self.routing = settings.routing
+        self.pool = pool
+        self.records = records
+        self.clock = clock
+
+    # --- helpers ----------------------------------------------------------------------
+    def base_url(self) -> str:
+        """URL under which Plivo reaches this app (for the Dial action)."""
+        if self.app_settings.public_url:
+            return self.app_settings.public_url
+        return request.host_url.rstrip("/") + request.script_root
+
+    def action_url(self, kind: str) -> str:
+        """The Dial action URL; ``target`` tells /dial-status what was dialled."""
+        return f"{self.base_url()}/dial-status?target={kind}"
+
+    def record(self, event: str, call_uuid: str, write: Callable[[], None]) -> None:
+        """Run a record write; a failing store is logged and never fails the request."""
+        try:
+            write()
+        except Exception:
+            log.exception("records: could not record %s of call %s", event, call_uuid)
+
+    def release(self, call_uuid: str) -> None:
+        """Free a reservation; never raises."""
+        try:
+            self.pool.release(call_uuid)
+        except Exception:
+            log.exception("pool: could not release the slot of call %s", call_uuid)
+
+    def fallback_elements(self, prefix: Sequence[Element]) -> list[Element]:
+        """Apology, then the fallback target or a hangup."""
+        elements = list(prefix)
+        if self.routing.fallback_say:
+            elements.append(plivo_xml.speak(self.routing.fallback_say))
+        target = self.routing.fallback_target
+        if target == "hangup":
+            elements.append(plivo_xml.hangup())
+        else:
+            elements.append(
+                plivo_xml.dial(
+                    target,
+                    timeout=self.app_settings.dial_timeout_s,
+                    action=self.action_url("fallback"),
+                    caller_id=self.app_settings.caller_id,
+                )
+            )
+        return elements
+
+    # --- /answer ----------------------------------------------------------------------
+    def decide(
+        self, call_uuid: str, caller: str, called: str, now: float
+    ) -> tuple[str, int | None, str]:
+        """Route one call: (record route, worker index or None, XML)."""
+        route = select_route(self.routing, called)
+        prefix: list[Element] = []
+        after_hours = not is_open(route.hours, now)
+        if after_hours:
+            target = route.after_hours_target
+            if route.after_hours_say:
+                prefix.append(plivo_xml.speak(route.after_hours_say))
+        else:
+            target = route.target
+        kind = target_kind(target)
+        label = "after-hours" if after_hours else kind
+        if kind == "hangup":
+            return label, None, plivo_xml.render(*prefix, plivo_xml.hangup())
+        if kind != "agent":
+            dial = plivo_xml.dial(
+                target,
+                timeout=self.app_settings.dial_timeout_s,
+                action=self.action_url(kind),
+                caller_id=self.app_settings.caller_id,
+            )
+            return label, None, plivo_xml.render(*prefix, dial)
+        slot = self.pool.reserve(call_uuid)
+        if slot is None:
+            log.warning("answer: no worker can take call %s; playing the fallback", call_uuid)
+            return "fallback", None, plivo_xml.render(*self.fallback_elements(prefix))
+        try:
+            # callerId must be a number for Plivo; a SIP-URI caller is passed in sipHeaders.
+            caller_id = self.app_settings.caller_id or (
+                caller if set(caller) <= _NUMBER_CHARS else None
+            )
+            uri = slot.uri if slot.uri.startswith(("sip:", "sips:")) else f"sip:{slot.uri}"
+            dial = plivo_xml.dial(
+                uri,
+                timeout=self.app_settings.dial_timeout_s,
+                action=self.action_url("agent"),
+                caller_id=caller_id,
+                sip_headers=encode_sip_headers(call_uuid, caller, called),
+                user=True,
+            )
+            return label, slot.worker, plivo_xml.render(*prefix, dial)
+        except BaseException:
+            self.release(call_uuid)
+            raise
+
+    def answer(self, params: dict[str, str]) -> Response:
+        """``/answer``: validate, route, record, answer XML."""
+        call_uuid = params.get("CallUUID", "")
+        if not call_uuid:
+            return _bad_request("CallUUID", "missing")
+        if not valid_call_uuid(call_uuid):
+            return _bad_request("CallUUID", "malformed")
+        for name in ("From", "To"):
+            value = params.get(name, "")
+            if not value:
+                return _bad_request(name, "missing")
+            if not valid_party(value):
+                return _bad_request(name, "malformed")
+        caller, called = params["From"], params["To"]
+        now = self.clock()
+        try:
+            label, worker, body = self.decide(call_uuid, caller, called, now)
+        except Exception:
+            log.exception("answer: routing call %s failed; playing the fallback", call_uuid)
+            label, worker = "fallback", None
+            body = plivo_xml.render(*self.fallback_elements(()))
+        log.info("answer: call %s to %s -> %s (worker %s)", call_uuid, called, label, worker)
+        self.record(
+            "answer",
+            call_uuid,
+            lambda: self.records.answered(
+                call_uuid, caller, called, params.get("Direction"), label, worker, now
+            ),
+        )
+        return _xml(body)
+
+    # --- /dial-status -----------------------------------------------------------------
+    def dial_status(self, params: dict[str, str]) -> Response:
+        """``/dial-status``: record; after a failed dial to a worker, free the slot and
+        play the fallback if the caller is still on the line."""
+        call_uuid = params.get("CallUUID") or params.get("DialALegUUID") or ""
+        if not call_uuid:
+            return _bad_request("CallUUID", "missing")
+        if not valid_call_uuid(call_uuid):
+            return _bad_request("CallUUID", "malformed")
+        now = self.clock()
+        self.record(
+            "dial status", call_uuid, lambda: self.records.dial_status(call_uuid, params, now)
+        )
+        target = request.args.get("target", "")
+        if target != "agent":
+            return _xml(plivo_xml.render())
+        # Whatever happened, the slot is no longer pending: an answered call is counted
+        # by the supervisor as a call on the worker.
+        self.release(call_uuid)
+        status = params.get("DialStatus", "").strip().lower()
+        call_status = params.get("CallStatus", "").strip().lower()
+        if status in _DIAL_OK or call_status in _CALL_ENDED:
+            return _xml(plivo_xml.render())
+        log.warning(
+            "dial-status: dial of call %s to a worker failed (%s, %s); playing the fallback",
+            call_uuid,
+            status or "no DialStatus",
+            params.get("DialHangupCause", "no cause"),
+        )
+        try:
+            body = plivo_xml.render(*self.fallback_elements(()))
+        except Exception:
+            log.exception("dial-status: cannot build the fallback for call %s", call_uuid)
+            body = plivo_xml.render(plivo_xml.hangup())
+        return _xml(body)
+
+    # --- /hangup ----------------------------------------------------------------------
+    def hangup(self, params: dict[str, str]) -> Response:
+        """``/hangup``: record the end of the call and free any slot still held for it."""
+        call_uuid = params.get("CallUUID", "")
+        if not call_uuid:
+            return _bad_request("CallUUID", "missing")
+        if not valid_call_uuid(call_uuid):
+            return _bad_request("CallUUID", "malformed")
+        now = self.clock()
+        self.release(call_uuid)
+        self.record("hangup", call_uuid, lambda: self.records.hung_up(call_uuid, params, now))
+        return _xml(plivo_xml.render())
+
+
+def _request_params() -> dict[str, str]:
+    """Plivo's parameters: the query string, overridden by the form body (first values)."""
+    params = request.args.to_dict()
+    params.update(request.form.to_dict())
+    return params
+
+
+def _signed_url(public_url: str | None) -> str:
+    """The URL Plivo signed: the public base (when configured) + path + raw query.
+
+    A ``#fragment`` in the configured callback URL is never sent, so never signed.
+    """
+    base = public_url if public_url else request.host_url.rstrip("/") + request.script_root
+    query = request.query_string.decode("utf-8", "replace")
+    return base + request.path + (f"?{query}" if query else "")
+
+
+def create_app(
+    settings: Settings,
+    pool: PoolState,
+    records: CallRecords,
+    *,
+    clock: Callable[[], float] = time.time,
+) -> Flask:
+    """Build the answer_url app.
+
+    Args:
+        settings: gateway settings (``app`` and ``routing`` are used).
+        pool: the worker pool's state; ``/answer`` reserves slots in it.
+        records: where call events are recorded.
+        clock: unix time source for opening hours, nonce expiry and records.
+
+    Raises:
+        ConfigError: signatures are to be verified but ``app.auth_token`` is empty.
+    """
+    app_settings = settings.app
+    verifier: SignatureVerifier | None = None
+    if app_settings.verify_signatures:
+        if not app_settings.auth_token:
+            raise ConfigError(
+                "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
+                " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
+            )
+        verifier = SignatureVerifier(
+            app_settings.auth_token, nonce_ttl_s=app_settings.nonce_ttl_s, clock=clock
+        )
+    router = _CallRouter(settings, pool, records, clock)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    def plivo_facing(view: View) -> Callable[[], Response]:
+        """Check the signature first (a forged malformed request is 403, not 400)."""
+
+        @functools.wraps(view)
+        def checked() -> Response:
+            if verifier is not None:
+                form = {k: v[0] if len(v) == 1 else v for k, v in request.form.lists()}
+                try:
+                    verdict = verifier.check(
+                        request.method,
+                        _signed_url(app_settings.public_url),
+                        form,
+                        request.headers.get(SIGNATURE_HEADER),
+                        request.headers.get(NONCE_HEADER),
+                    )
+                except Exception:
+                    # An unverifiable request is refused, never answered with a stack trace.
+                    log.exception("signature check of a request to %s failed", request.path)
+                    return Response("forbidden\n", status=403, mimetype="text/plain")
+                if verdict != "ok":
+                    # Never log the token or the signature itself.
+                    log.warning(
+                        "rejected %s request to %s from %s: %s",
+                        verdict,
+                        request.path,
+                        request.remote_addr or "unknown address",
+                        {
+                            "unsigned": "no Plivo signature headers",
+                            "forged": "signature does not match",
+                            "replayed": "nonce already used",
+                        }[verdict],
+                    )
+                    return Response("forbidden\n", status=403, mimetype="text/plain")
+            return view(_request_params())
+
+        return checked
+
+    app.add_url_rule("/answer", "answer", plivo_facing(router.answer), methods=["GET", "POST"])
+    app.add_url_rule(
+        "/dial-status", "dial_status", plivo_facing(router.dial_status), methods=["POST"]
+    )
+    app.add_url_rule("/hangup", "hangup", plivo_facing(router.hangup), methods=["POST"])
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        ready = pool.ready()
+        response = jsonify(
+            status="ready" if ready else "not ready", ready=ready, workers=pool.snapshot()
+        )
+        response.status_code = 200 if ready else 503
+        return response
+
+    return app
