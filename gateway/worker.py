@@ -108,10 +108,7 @@ class AgentWorker:
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed (pj thread)."""
-        if registered:
-            log.info("registered as %s: %s", self.ua.uri, status)
-        else:
-            log.warning("not registered as %s: %s", self.ua.uri, status)
+        # AgentUA logs the change itself; only pass it on.
         if self.listener is not None:
             self.loop.call_soon_threadsafe(self.listener.registration_changed, registered, status)
 

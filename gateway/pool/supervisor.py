@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -426,6 +427,16 @@ def _print_routing(sup: Supervisor, app_url: str | None) -> None:
         sup.say(f"Dial XML for one worker: <Dial><User>{snapshot[0]['uri']}</User></Dial>")
     if app_url:
         sup.say(f"answer_url: {app_url}/answer  hangup_url: {app_url}/hangup")
+    loopback_only = all(_is_loopback(n) for n in s.sip.allow_networks)
+    if s.sip.allow_networks and loopback_only and s.sip.listen_host not in ("127.0.0.1", "::1"):
+        sup.say(
+            "warning: sip.allow_networks lets in loopback only, so INVITEs from Plivo or"
+            " a trunk get 403; add their signalling ranges to sip.allow_networks"
+        )
+
+
+def _is_loopback(network: str) -> bool:
+    return ipaddress.ip_network(network, strict=False).is_loopback
 
 
 async def _serve(settings: Settings, workers: int) -> int:

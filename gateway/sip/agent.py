@@ -303,6 +303,7 @@ class AgentUA:
             reg.first_retry_s if reg else 5.0, reg.max_retry_s if reg else 60.0
         )
         self._retry_at: float | None = None
+        self._reg_results = 0  # onRegState calls so far
         self._stopping = False
         if reg is not None:
             self.uri = f"sip:{reg.username}@{reg.domain}"
@@ -418,10 +419,14 @@ class AgentUA:
         reg = self.options.registration
         if acc is None or reg is None or self._stopping:
             return
+        seen = self._reg_results
         try:
             acc.setRegistration(True)
         except pj.Error as exc:
-            self._registration_failed(0, exc.reason.strip() or "cannot send REGISTER", reg)
+            # pjsip may already have reported this failure through onRegState (a send
+            # that fails at once); count and report it once.
+            if self._reg_results == seen:
+                self._registration_failed(0, exc.reason.strip() or "cannot send REGISTER", reg)
 
     def _registration_timer(self) -> None:
         """Ten times a second: send the scheduled retry when it is due."""
@@ -434,6 +439,7 @@ class AgentUA:
         reg = self.options.registration
         if reg is None:
             return
+        self._reg_results += 1
         code = int(prm.code)
         reason = str(prm.reason)
         if 200 <= code < 300:
