@@ -36,7 +36,9 @@ TOKEN = "pool-test-auth-token"
 
 
 @contextmanager
-def running_pool(tmp: Path, workers: int, **settings: str) -> Iterator[AgentProcess]:
+def running_pool(
+    tmp: Path, workers: int, config: Path | None = None, **settings: str
+) -> Iterator[AgentProcess]:
     """`sipagent serve --workers N` with the app on a free port; stopped (SIGTERM) after."""
     env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
     port = free_udp_port()
@@ -45,7 +47,7 @@ def running_pool(tmp: Path, workers: int, **settings: str) -> Iterator[AgentProc
     env.setdefault("SIPAGENT_APP__AUTH_TOKEN", TOKEN)
     env.setdefault("SIPAGENT_RECORDS__URL", f"sqlite:///{tmp / 'records.db'}")
     env.setdefault("SIPAGENT_POOL__DRAIN_TIMEOUT_S", "30")
-    pool = AgentProcess(port, env=clean_env(**env), cwd=tmp, workers=workers)
+    pool = AgentProcess(port, config, env=clean_env(**env), cwd=tmp, workers=workers)
     try:
         assert pool.wait_ready(180), "pool did not start:\n" + "\n".join(pool.lines[-40:])
         yield pool
