@@ -172,7 +172,14 @@ def make_handle() -> CallHandle:
         sip_call_id="test-call@127.0.0.1",
         remote_uri="sip:caller@127.0.0.1",
         local_uri="sip:agent@127.0.0.1",
-        headers={"X-PH-Calluuid": "uuid-1", "To": "<sip:agent@127.0.0.1>"},
+        headers={
+            # As Plivo delivers the answer_url app's sipHeaders (gateway.callcontext).
+            "X-PH-Calluuid": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+            "X-PH-From": "p14155550123",
+            "X-PH-To": "14155550100",
+            "X-PH-Campaign": "spring",
+            "To": "<sip:agent@127.0.0.1>",
+        },
     )
 
 
@@ -251,7 +258,11 @@ def test_greeting_is_played_first_and_reported() -> None:
             assert greeting.first_audio_at > 0.0
             assert greeting.first_audio_at >= greeting.end_of_speech_at
             assert call.session.records == [greeting]
-            assert call.session.ctx.headers == {"X-PH-Calluuid": "uuid-1"}
+            ctx = call.session.ctx
+            assert set(ctx.headers) == {"X-PH-Calluuid", "X-PH-From", "X-PH-To", "X-PH-Campaign"}
+            assert ctx.call_uuid == "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+            assert (ctx.from_number, ctx.to_number) == ("+14155550123", "14155550100")
+            assert ctx.plivo == {"campaign": "spring"}
             assert call.hangups == []
             assert call.session.barge_ins == 0
             await call.hang_up()

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from gateway.audio.pcm import FRAME_MS, split_frames
+from gateway.callcontext import decode_call_context
 from gateway.pipeline.turns import TurnDetector
 from gateway.providers.base import (
     Brain,
@@ -96,11 +97,16 @@ class CallSession:
         self.opt = options
         self._hangup_cb = hangup
         self._on_turn = on_turn
+        plivo = decode_call_context(handle.headers)
         self.ctx = CallContext(
             call_id=handle.sip_call_id,
             from_uri=handle.remote_uri,
             to_uri=handle.local_uri,
             headers=handle.context_headers(),
+            call_uuid=plivo.pop("call_uuid", ""),
+            from_number=plivo.pop("from", ""),
+            to_number=plivo.pop("to", ""),
+            plivo=plivo,
         )
         self.detector = TurnDetector(
             aggressiveness=options.aggressiveness,

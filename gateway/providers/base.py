@@ -21,6 +21,12 @@ class CallContext:
     from_uri: str = ""
     to_uri: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # From Plivo's Dial sipHeaders (X-PH-*), decoded: the A leg's CallUUID, the caller's and
+    # the called number as Plivo saw them, and any other X-PH- values by lowercase name.
+    call_uuid: str = ""
+    from_number: str = ""
+    to_number: str = ""
+    plivo: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
