@@ -411,7 +411,7 @@ class ProviderSettings(_Section):
         default=0.0,
         ge=0.0,
         le=100.0,
-        description='"fake" TTS: stream N× faster than real time (0: all audio at once).',
+        description='"fake" TTS: stream N times faster than real time (0: all at once).',
     )
 
     @field_validator("fake_tts_speed")

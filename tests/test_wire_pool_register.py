@@ -61,8 +61,8 @@ brain = "fake"
             assert not kam.contacts("agent3")
 
             routed = [answer(pool, f"+1415555{2000 + i}") for i in range(8)]
-            users = sorted(urllib.parse.urlparse(uri).path.split("@")[0] for _, uri, _ in routed)
-            assert users == ["agent1"] * 4 + ["agent2"] * 4, routed
+            dialled = sorted(urllib.parse.urlparse(uri).path.split("@")[0] for _, uri, _ in routed)
+            assert dialled == ["agent1"] * 4 + ["agent2"] * 4, routed
             status, xml = plivo_post(
                 pool.app_url + "/answer",
                 {"CallUUID": str(uuid.uuid4()), "From": "+14155550002", "To": "+14155550100"},

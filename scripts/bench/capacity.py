@@ -4,20 +4,30 @@
 For each step K it starts `sipagent serve --workers ceil(K/4)` with the "fake" providers
 given the latencies of a published peer benchmark (STT final 200 ms, LLM first token 150 ms,
 TTS first byte 80 ms; the TTS streams a continuous tone `--tts-speed` times faster than real
-time), then drives K concurrent calls from ceil(K/4) load-generator processes
-(`capacity_caller.py`, 4 pjsua2 calls each) that speak real speech (questions rendered once
-with Piper) for `--turns` turns per call. It stops the server (SIGTERM: drain) and prints:
+time), then drives K concurrent calls that speak real speech (questions rendered once with
+Piper) for `--turns` turns per call, from load-generator processes (`capacity_caller.py`, a
+pjsua2 UA with up to 4 calls). `--probes-per-worker` calls on every worker are measured:
+closed-loop (speak, wait for the reply to end, think, speak again) with Python media ports
+that time every frame. The others are background calls: the same speech on the same rhythm,
+open-loop, with pjmedia's C WAV player and no Python per frame, so the load generator takes
+less of the machine it is measuring. It stops the server (SIGTERM: drain) and prints:
 
-- calls completed (answered, greeted, every turn answered);
-- underrun gaps: silent frames inside the agent's replies as the callers hear them (count,
-  p99 and max length; PLC is off in the callers, so a late RTP packet is a gap too);
-- turn overhead = wire latency (caller's end of speech → first agent audio) − end-of-turn
-  wait − mocked provider time, p50/p95; also the agent's own view from its TURN records;
+- calls completed (measured: answered, greeted, every turn answered; background: answered
+  and the agent's TURN records show every turn answered);
+- underrun gaps: silent frames inside the agent's replies as the measured calls hear them
+  (count, p99 and max length; PLC is off in the callers, so a late RTP packet is a gap too),
+  and from the agent's TURN records of every call, replies whose frames left > 40 ms apart;
+- turn overhead = wire latency (caller's end of speech → first agent audio) - end-of-turn
+  wait - mocked provider time, p50/p95; also the agent's own view from its TURN records;
 - CPU % of the whole machine in the steady part (all calls up, none ended yet), split into
   the server's processes and the load generators;
-- RSS (and PSS, which counts shared pages once) of the server's processes per call.
+- RSS (and PSS, which counts shared pages once) of the server's processes per call;
+- where the time goes: CPU by thread role, and how long the server's media clock threads
+  waited for a CPU (run queue) or blocked (the GIL).
 
-Usage: python scripts/bench/capacity.py [--steps 8,16,32,48,64] [--turns 4]
+`--experiment` patches the server processes for what-if runs (see its help).
+
+Usage: python scripts/bench/capacity.py [--steps 8,16,32,48,64] [--turns 4] [--json FILE]
 """
 
 from __future__ import annotations
@@ -68,9 +78,7 @@ def pct(values: list[float], q: float) -> float:
 def render_clips(directory: Path, questions: list[str]) -> list[Path]:
     """8 kHz WAVs of the questions, rendered with Piper once and cached in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    paths = [
-        directory / f"q-{hashlib.sha1(q.encode()).hexdigest()[:12]}.wav" for q in questions
-    ]
+    paths = [directory / f"q-{hashlib.sha1(q.encode()).hexdigest()[:12]}.wav" for q in questions]
     missing = [(q, p) for q, p in zip(questions, paths, strict=True) if not p.exists()]
     if missing:
         from gateway.audio.pcm import write_wav
@@ -86,13 +94,13 @@ def render_clips(directory: Path, questions: list[str]) -> list[Path]:
 
 
 # -- /proc sampling -------------------------------------------------------------------------
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs."""
+def _machine_ticks() -> tuple[int, int, int]:
+    """(busy, total, steal) jiffies of all CPUs."""
     with open("/proc/stat") as f:
         parts = [int(x) for x in f.readline().split()[1:]]
     idle = parts[3] + parts[4]  # idle + iowait
     total = sum(parts[:8])  # guest time is already inside user/nice
-    return total - idle, total
+    return total - idle, total, parts[7]
 
 
 def _proc_ticks(pid: int) -> int:
@@ -138,6 +146,58 @@ def memory_kb(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
+def _clock_thread_stats(task: Path) -> tuple[int, int]:
+    """(ns spent runnable but waiting for a CPU, voluntary context switches) of a thread."""
+    rq = vcsw = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        rq = int((task / "schedstat").read_text().split()[1])
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in (task / "status").read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                vcsw = int(line.split()[1])
+    return rq, vcsw
+
+
+def thread_roles(pids: list[int], supervisor: int | None = None) -> dict[str, int]:
+    """CPU jiffies of the processes' threads, summed by role.
+
+    pjlib names its threads ("clock": the conference bridge tick that runs the
+    AudioMediaPort callbacks; "media": the RTP socket poller); Python threads are all
+    "python": the main thread (TID = PID) runs the asyncio loop (the caller's script loop
+    in a load generator); the others are the pj thread (`libHandleEvents`) and idle executor
+    threads. For the clock threads it also sums the run-queue wait (ns, "clock.rq"), the
+    voluntary context switches ("clock.vcsw": it sleeps between ticks, and blocks when it
+    waits for the GIL in a callback) and counts them ("clock.n").
+    """
+    roles: dict[str, int] = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                comm = (task / "comm").read_text().strip()
+                text = (task / "stat").read_text()
+            except OSError:
+                continue
+            fields = text.rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])
+            if pid == supervisor:
+                role = "supervisor"
+            elif task.name == str(pid):
+                role = "main"
+            elif comm == "python":
+                role = "pj"
+            elif comm in ("clock", "media"):
+                role = comm
+            else:
+                role = "other"
+            roles[role] = roles.get(role, 0) + ticks
+            if role == "clock":
+                rq, vcsw = _clock_thread_stats(task)
+                roles["clock.rq"] = roles.get("clock.rq", 0) + rq
+                roles["clock.vcsw"] = roles.get("clock.vcsw", 0) + vcsw
+                roles["clock.n"] = roles.get("clock.n", 0) + 1
+    return roles
+
+
 @dataclass
 class Sample:
     """CPU counters at one moment."""
@@ -145,8 +205,11 @@ class Sample:
     at: float
     busy: int
     total: int
+    steal: int
     agent: int
     callers: int
+    agent_roles: dict[str, int] = field(default_factory=dict)
+    caller_roles: dict[str, int] = field(default_factory=dict)
 
 
 class Sampler:
@@ -162,10 +225,20 @@ class Sampler:
         self._thread.start()
 
     def _take(self) -> Sample:
-        busy, total = _machine_ticks()
-        agent = sum(_proc_ticks(p) for p in process_tree(self.agent_pid))
+        busy, total, steal = _machine_ticks()
+        tree = process_tree(self.agent_pid)
+        agent = sum(_proc_ticks(p) for p in tree)
         callers = sum(_proc_ticks(p) for p in self.caller_pids)
-        return Sample(time.monotonic(), busy, total, agent, callers)
+        return Sample(
+            time.monotonic(),
+            busy,
+            total,
+            steal,
+            agent,
+            callers,
+            thread_roles(tree, supervisor=self.agent_pid),
+            thread_roles(self.caller_pids),
+        )
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -185,12 +258,27 @@ class Sampler:
         a, b = inside[0], inside[-1]
         dt = b.at - a.at
         cap = dt * CLK_TCK * NCPU
-        return {
+        out = {
             "seconds": dt,
             "machine": 100.0 * (b.busy - a.busy) / max(1, b.total - a.total),
+            "steal": 100.0 * (b.steal - a.steal) / max(1, b.total - a.total),
             "agent": 100.0 * (b.agent - a.agent) / cap,
             "callers": 100.0 * (b.callers - a.callers) / cap,
         }
+        for prefix, ra, rb in (
+            ("agent.", a.agent_roles, b.agent_roles),
+            ("callers.", a.caller_roles, b.caller_roles),
+        ):
+            for role, ticks in rb.items():
+                if role.startswith("clock."):
+                    continue
+                out[prefix + role] = 100.0 * (ticks - ra.get(role, 0)) / cap
+            n = rb.get("clock.n", 0)
+            if n and n == ra.get("clock.n", 0):
+                # per clock thread and second of the window
+                out[prefix + "clock.rq_ms"] = (rb["clock.rq"] - ra["clock.rq"]) / 1e6 / n / dt
+                out[prefix + "clock.vcsw"] = (rb["clock.vcsw"] - ra["clock.vcsw"]) / n / dt
+        return out
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -298,8 +386,17 @@ class Server:
 class CallerProc:
     """One `capacity_caller.py` process (up to 4 calls)."""
 
-    def __init__(self, uris: list[str], clips: list[Path], args: argparse.Namespace, seed: int):
+    def __init__(
+        self,
+        uris: list[str],
+        clips: list[Path],
+        args: argparse.Namespace,
+        seed: int,
+        background: bool = False,
+    ) -> None:
         cmd = [sys.executable, str(CALLER), *uris, "--turns", str(args.turns)]
+        if background:
+            cmd.append("--background")
         cmd += ["--seed", str(seed), "--stagger-ms", str(args.stagger_ms)]
         cmd += ["--max-s", str(args.max_call_s)]
         for c in clips:
@@ -367,8 +464,10 @@ class StepResult:
 
     calls: int
     workers: int
+    measured: int = 0
     completed: int = 0
     gaps: list[float] = field(default_factory=list)
+    gap_events: list[tuple[float, str]] = field(default_factory=list)  # (time, worker URI)
     replies: int = 0
     overhead: list[float] = field(default_factory=list)
     agent_overhead: list[float] = field(default_factory=list)
@@ -379,7 +478,7 @@ class StepResult:
     interarrival: list[float] = field(default_factory=list)
     jb_empty: int = 0
     rx_loss: int = 0
-    ipdv_max: list[float] = field(default_factory=list)
+    jitter_max: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     raw_calls: list[dict[str, Any]] = field(default_factory=list)
     raw_turns: list[dict[str, Any]] = field(default_factory=list)
@@ -414,7 +513,71 @@ def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     )
     if args.no_spare:
         env["SIPAGENT_POOL__SPARE"] = "false"
+    code = experiment_code(args)
+    if code:
+        # Experiments, not product settings: a sitecustomize module on the server's path
+        # changes every server process before gateway code is imported.
+        site = workdir / "site"
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(code)
+        env["PYTHONPATH"] = os.pathsep.join(x for x in (str(site), env.get("PYTHONPATH", "")) if x)
     return env
+
+
+# Cheaper frame level for the VAD's energy floor: audioop.rms is C (3.11-3.12; the
+# audioop-lts package on 3.13+); same result as rms_dbfs within float rounding.
+_FAST_RMS = """
+import math, warnings
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+import gateway.audio.pcm as _pcm
+def _rms_dbfs(pcm, _rms=audioop.rms, _log10=math.log10):
+    n = len(pcm) & ~1
+    if n == 0:
+        return -120.0
+    ms = _rms(pcm[:n], 2) ** 2
+    if ms <= 0:
+        return -120.0
+    return max(10.0 * _log10(ms / 1073741824.0), -120.0)
+_pcm.rms_dbfs = _rms_dbfs
+"""
+
+
+# The conversation polls its inbound ring every 20 ms instead of being woken per frame by
+# the media clock thread (call_soon_threadsafe: a self-pipe write and a GIL hand-off on
+# the clock thread for every frame of every call).
+_POLL_INBOUND = """
+import asyncio
+from gateway.audio import ring as _ring
+def _push(self, frame):
+    if len(self._frames) == self.capacity:
+        self.dropped += 1
+    self._frames.append(frame)
+    self.pushed += 1
+async def _get(self):
+    while True:
+        frame = self.pop()
+        if frame is not None:
+            return frame
+        await asyncio.sleep(0.02)
+_ring.InboundRing.push = _push
+_ring.InboundRing.get = _get
+"""
+
+
+def experiment_code(args: argparse.Namespace) -> str:
+    """sitecustomize source for the requested `--experiment`s ("" for none)."""
+    code = ""
+    for name in args.experiment:
+        if name == "fast-rms":
+            code += _FAST_RMS
+        elif name == "poll-inbound":
+            code += _POLL_INBOUND
+        elif name.startswith("switch-interval="):
+            ms = float(name.split("=", 1)[1])
+            code += f"import sys\nsys.setswitchinterval({ms / 1000.0!r})\n"
+    return code
 
 
 def mocked_ms(args: argparse.Namespace) -> float:
@@ -424,7 +587,7 @@ def mocked_ms(args: argparse.Namespace) -> float:
         stt_end = max(0.0, args.early_final_ms + args.stt_ms - args.eot_ms)
     else:
         stt_end = float(args.stt_ms)
-    return stt_end + args.llm_ms + args.tts_ms
+    return float(stt_end + args.llm_ms + args.tts_ms)
 
 
 def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StepResult:
@@ -440,9 +603,21 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StepResult:
             if not server.wait_ready(120):
                 res.notes.append("server did not start: " + " | ".join(server.lines[-5:]))
                 return res
+            # Measured calls first on every worker, the rest are cheap background calls;
+            # a process holds 4 calls, a measuring process spreads over 4 workers.
+            probes: list[str] = []
+            loads: list[str] = []
             for j in range(workers):
                 n = min(4, k - 4 * j)
-                callers.append(CallerProc([server.uri(j)] * n, clips, args, seed=1000 * k + j))
+                p = min(args.probes_per_worker, n)
+                probes += [server.uri(j)] * p
+                loads += [server.uri(j)] * (n - p)
+            res.measured = len(probes)
+            for i in range(0, len(probes), 4):
+                callers.append(CallerProc(probes[i : i + 4], clips, args, seed=1000 * k + i))
+            for i in range(0, len(loads), 4):
+                seed = 1000 * k + 500 + i
+                callers.append(CallerProc(loads[i : i + 4], clips, args, seed, background=True))
             deadline = time.monotonic() + 60
             for c in callers:
                 if not c.ready.wait(max(0.1, deadline - time.monotonic())):
@@ -477,10 +652,11 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StepResult:
         for c in callers:
             if c.proc.returncode not in (0, 1):
                 res.notes.append(f"caller exit {c.proc.returncode}: " + " | ".join(c.err[-3:]))
-        _score_callers(res, reports, fixed)
-        _score_agent(res, server.turns(), fixed)
+        turns = server.turns()
+        _score_callers(res, reports, fixed, turns, args.turns)
+        _score_agent(res, turns, fixed)
         if args.json:
-            res.raw_calls, res.raw_turns = reports, server.turns()
+            res.raw_calls, res.raw_turns = reports, turns
     return res
 
 
@@ -497,16 +673,38 @@ def _wait_events(callers: list[CallerProc], kind: str, n: int, timeout: float) -
     return None
 
 
-def _score_callers(res: StepResult, reports: list[dict[str, Any]], fixed_ms: float) -> None:
+def _score_callers(
+    res: StepResult,
+    reports: list[dict[str, Any]],
+    fixed_ms: float,
+    turns: list[dict[str, Any]],
+    turns_wanted: int,
+) -> None:
+    answered: dict[str, int] = {}
+    for t in turns:
+        if t["kind"] == "reply" and not t["interrupted"]:
+            answered[t["call_id"]] = answered.get(t["call_id"], 0) + 1
     for rep in reports:
-        res.completed += bool(rep["ok"])
         for note in rep["notes"]:
             res.notes.append(f"{rep['uri']}: {note}")
+        if rep.get("background"):
+            # open-loop: the agent's records say whether it answered every turn
+            done = rep["ok"] and answered.get(rep["sip_call_id"], 0) >= turns_wanted
+            res.completed += bool(done)
+            if rep["ok"] and not done:
+                res.notes.append(
+                    f"{rep['uri']}: background call: the agent answered only"
+                    f" {answered.get(rep['sip_call_id'], 0)} turns"
+                )
+            continue
+        res.completed += bool(rep["ok"])
         replies = [rep["greeting"]] if rep["greeting"] else []
         replies += [t for t in rep["turns"] if "latency_ms" in t]
         for r in replies:
             res.replies += 1
-            res.gaps += r["gaps_ms"]
+            for at, ms in r["gaps"]:
+                res.gaps.append(ms)
+                res.gap_events.append((at, rep["uri"]))
             res.interarrival.append(r["max_interarrival_ms"])
         for t in rep["turns"]:
             if "latency_ms" in t:
@@ -514,11 +712,32 @@ def _score_callers(res: StepResult, reports: list[dict[str, Any]], fixed_ms: flo
         st = rep.get("stats") or {}
         res.jb_empty += int(st.get("jb_empty", 0))
         res.rx_loss += int(st.get("rx_loss", 0))
-        if "rx_ipdv_max_ms" in st:
-            res.ipdv_max.append(float(st["rx_ipdv_max_ms"]))
+        if "rx_jitter_max_ms" in st:
+            res.jitter_max.append(float(st["rx_jitter_max_ms"]))
     missing = res.calls - len(reports)
     if missing:
         res.notes.append(f"{missing} call(s) sent no report")
+
+
+def gap_bursts(events: list[tuple[float, str]], window_s: float = 0.1) -> tuple[int, int]:
+    """(bursts, bursts that hit calls on two or more workers at once): gaps closer than
+    `window_s` belong to one burst. A burst across workers (separate processes) points at
+    the machine (CPU run queue, the hypervisor), one within a worker at that process."""
+    bursts = multi = 0
+    last = -1e9
+    uris: set[str] = set()
+    for at, uri in sorted(events):
+        if at - last > window_s:
+            if uris:
+                bursts += 1
+                multi += len(uris) > 1
+            uris = set()
+        uris.add(uri)
+        last = at
+    if uris:
+        bursts += 1
+        multi += len(uris) > 1
+    return bursts, multi
 
 
 def _score_agent(res: StepResult, turns: list[dict[str, Any]], fixed_ms: float) -> None:
@@ -527,13 +746,13 @@ def _score_agent(res: StepResult, turns: list[dict[str, Any]], fixed_ms: float) 
             # total_ms runs from the VAD's end of speech; subtract what was mocked and waited.
             res.agent_overhead.append(float(t["total_ms"]) - fixed_ms)
         if not t["interrupted"] and t["max_gap_ms"]:
-            res.agent_gap.append(float(t["max_gap_ms"]))
+            res.agent_gap.append(float(t["max_gap_ms"]))  # every call, background ones too
 
 
 # -- output ---------------------------------------------------------------------------------
 HEADER = (
-    f"{'calls':>5} {'wrk':>3} {'done':>7} {'gaps':>5} {'gap p99':>7} {'gap max':>7}"
-    f" {'ovh p50':>7} {'ovh p95':>7} {'agt p50':>7} {'agt p95':>7}"
+    f"{'calls':>5} {'wrk':>3} {'meas':>4} {'done':>7} {'gaps':>5} {'gap p99':>7} {'gap max':>7}"
+    f" {'ovh p50':>7} {'ovh p95':>7} {'agt p50':>7} {'agt p95':>7} {'late':>4}"
     f" {'CPU %':>5} {'agent':>5} {'callr':>5} {'RSS/call':>8} {'PSS/call':>8}"
 )
 
@@ -543,10 +762,12 @@ def fmt_row(r: StepResult) -> str:
     gap_p99 = pct(r.gaps, 99) if r.gaps else 0.0
     gap_max = max(r.gaps) if r.gaps else 0.0
     return (
-        f"{r.calls:5d} {r.workers:3d} {r.completed:3d}/{r.calls:<3d} {len(r.gaps):5d}"
+        f"{r.calls:5d} {r.workers:3d} {r.measured:4d} {r.completed:3d}/{r.calls:<3d}"
+        f" {len(r.gaps):5d}"
         f" {gap_p99:7.0f} {gap_max:7.0f}"
         f" {pct(r.overhead, 50):7.0f} {pct(r.overhead, 95):7.0f}"
         f" {pct(r.agent_overhead, 50):7.0f} {pct(r.agent_overhead, 95):7.0f}"
+        f" {sum(g > 40 for g in r.agent_gap):4d}"
         f" {cpu['machine']:5.0f} {cpu['agent']:5.0f} {cpu['callers']:5.0f}"
         f" {r.rss_kb / 1024 / max(1, r.calls):6.1f}MB {r.pss_kb / 1024 / max(1, r.calls):6.1f}MB"
     )
@@ -554,15 +775,55 @@ def fmt_row(r: StepResult) -> str:
 
 def fmt_detail(r: StepResult) -> str:
     secs = r.cpu["seconds"] if r.cpu else 0.0
+    bursts, multi = gap_bursts(r.gap_events)
+    steal = r.cpu.get("steal", 0.0) if r.cpu else 0.0
+    others = max(0.0, r.cpu["machine"] - r.cpu["agent"] - r.cpu["callers"]) if r.cpu else 0.0
     return (
-        f"  K={r.calls}: {r.replies} replies heard, {len(r.overhead)} turns timed;"
-        f" caller clock inter-arrival p99 {pct(r.interarrival, 99):.0f} ms"
-        f" max {max(r.interarrival, default=0):.0f} ms;"
-        f" caller jitter-buffer empty {r.jb_empty}, RTP loss {r.rx_loss},"
-        f" IPDV max p95 {pct(r.ipdv_max, 95):.0f} ms;"
-        f" agent pop-to-pop gap p99 {pct(r.agent_gap, 99):.0f} ms;"
-        f" CPU window {secs:.0f} s"
+        f"  K={r.calls}: {r.replies} replies heard by {r.measured} measured calls,"
+        f" {len(r.overhead)} turns timed; gaps in {bursts} bursts, {multi} of them on several"
+        " workers at once"
+        f"\n    wire: callers' jitter buffers ran empty {r.jb_empty} times (once per call at"
+        f" its start is normal), RTP loss {r.rx_loss}, RTP jitter max"
+        f" {max(r.jitter_max, default=0):.0f} ms; callers' own media clock: frame"
+        f" inter-arrival p99 {pct(r.interarrival, 99):.0f} ms, max"
+        f" {max(r.interarrival, default=0):.0f} ms"
+        f"\n    agent: media clock sent two frames of a reply > 40 ms apart in"
+        f" {sum(g > 40 for g in r.agent_gap)} of {len(r.agent_gap)} replies (p99 of the"
+        f" longest interval {pct(r.agent_gap, 99):.0f} ms); CPU window {secs:.0f} s, other"
+        f" processes {others:.0f}% of the machine, hypervisor steal {steal:.1f}%"
+        f"\n    CPU by thread, % of machine: server {_roles(r.cpu, 'agent.')};"
+        f" load generators {_roles(r.cpu, 'callers.')}"
+        f"\n    server clock threads, each: {_clock(r.cpu, 'agent.')};"
+        f" load generators' {_clock(r.cpu, 'callers.')}"
     )
+
+
+def _clock(cpu: dict[str, float] | None, prefix: str) -> str:
+    if not cpu or prefix + "clock.rq_ms" not in cpu:
+        return "-"
+    return (
+        f"waited {cpu[prefix + 'clock.rq_ms']:.1f} ms/s for a CPU,"
+        f" blocked {cpu[prefix + 'clock.vcsw']:.0f}/s (50/s is the tick sleep; more = GIL waits)"
+    )
+
+
+def _roles(cpu: dict[str, float] | None, prefix: str) -> str:
+    if not cpu:
+        return "-"
+    names = {
+        "main": "asyncio loop" if prefix == "agent." else "script loop",
+        "pj": "pj thread",
+        "clock": "bridge clock+callbacks",
+        "media": "RTP",
+        "supervisor": "supervisor",
+        "other": "other",
+    }
+    parts = [
+        f"{label} {cpu[prefix + key]:.1f}"
+        for key, label in names.items()
+        if prefix + key in cpu and cpu[prefix + key] >= 0.05
+    ]
+    return ", ".join(parts)
 
 
 def main() -> int:
@@ -573,7 +834,10 @@ def main() -> int:
     ap.add_argument("--llm-ms", type=int, default=150, help="mocked LLM first token")
     ap.add_argument("--tts-ms", type=int, default=80, help="mocked TTS first byte")
     ap.add_argument(
-        "--tts-speed", type=float, default=2.0, help="fake TTS streams N× real time (0: at once)"
+        "--tts-speed",
+        type=float,
+        default=2.0,
+        help="fake TTS streams N times real time (0: at once)",
     )
     ap.add_argument("--eot-ms", type=int, default=400, help="vad.end_of_turn_ms")
     ap.add_argument(
@@ -584,18 +848,44 @@ def main() -> int:
     )
     ap.add_argument("--stagger-ms", type=float, default=5.0, help="between call starts")
     ap.add_argument("--max-call-s", type=float, default=120.0, help="callers give up after")
+    ap.add_argument(
+        "--probes-per-worker",
+        type=int,
+        choices=range(0, 5),
+        default=1,
+        metavar="0-4",
+        help="measured (closed-loop) calls per worker (default 1); the others are open-loop"
+        " background calls whose media is pjmedia's C only: a lighter load generator"
+        " (4 = every call measured, ~1.6x the load generator's CPU)",
+    )
     ap.add_argument("--no-spare", action="store_true", help="pool.spare = false")
+    ap.add_argument(
+        "--experiment",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="patch the server processes for a what-if run (not product settings):"
+        " 'fast-rms' (the VAD's frame level with audioop instead of numpy),"
+        " 'poll-inbound' (the conversation polls its inbound audio every 20 ms instead of"
+        " being woken per frame by the media clock thread),"
+        " 'switch-interval=MS' (sys.setswitchinterval)",
+    )
     ap.add_argument("--gap-goal-ms", type=float, default=40.0)
     ap.add_argument("--overhead-goal-ms", type=float, default=60.0)
-    ap.add_argument("--clips-dir", type=Path, default=Path(tempfile.gettempdir()) / "sipagent-bench")
+    ap.add_argument(
+        "--clips-dir", type=Path, default=Path(tempfile.gettempdir()) / "sipagent-bench"
+    )
     ap.add_argument("--json", type=Path, help="also write the raw step results here")
     args = ap.parse_args()
+    for name in args.experiment:
+        if name not in ("fast-rms", "poll-inbound") and not name.startswith("switch-interval="):
+            ap.error(f"unknown experiment {name!r}")
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
     clips = render_clips(args.clips_dir, QUESTIONS)
     print(
         f"capacity: {NCPU} CPUs; mocked STT {args.stt_ms} + LLM {args.llm_ms} + TTS"
         f" {args.tts_ms} ms, end of turn {args.eot_ms} ms, early final {args.early_final_ms} ms,"
-        f" TTS {args.tts_speed:g}× real time; {args.turns} turns per call",
+        f" TTS {args.tts_speed:g}x real time; {args.turns} turns per call",
         flush=True,
     )
     results: list[StepResult] = []
@@ -609,8 +899,10 @@ def main() -> int:
             print(f"  note: {note}", file=sys.stderr)
     print(
         "\ngaps = silent stretches inside agent replies heard by the callers;"
-        " ovh = wire latency − end-of-turn wait − mocked provider time (ms);"
-        " agt = the same from the agent's TURN records; CPU = % of the whole machine"
+        " ovh = wire latency - end-of-turn wait - mocked provider time (ms);"
+        " agt = the same from the agent's TURN records; late = replies of any call (measured"
+        " or not) in which the agent's media clock sent two frames > 40 ms apart;"
+        " CPU = % of the whole machine"
         f" ({NCPU} cores) in the steady part, agent = server processes, callr = load generators"
     )
     print(HEADER)

@@ -15,14 +15,19 @@ processes):
 
 - ``latency_ms``: end of our last voiced frame on the wire → first agent frame (same
   convention as `sipagent call`: the first agent frame is back-dated by one frame);
-- ``gaps_ms``: silent stretches between the reply's first and last tone frame. The agent's
-  fake TTS is one continuous tone, so each is an underrun somewhere between the agent's
-  TTS stream and our ear. PLC is switched off in this UA so a late or missing RTP packet
-  is heard as silence instead of being papered over;
+- ``gaps``: [arrival time, ms] of each silent stretch between the reply's first and last
+  tone frame. The agent's fake TTS is one continuous tone, so each is an underrun somewhere
+  between the agent's TTS stream and our ear. PLC is switched off in this UA so a late or
+  missing RTP packet is heard as silence instead of being papered over;
 - ``max_interarrival_ms``: longest interval between two frames handed to us by our own
   media clock inside the reply (> 20 ms means this load-generator process was late).
 
 Per call it also reports our jitter buffer's counters and RTP loss from pjmedia.
+
+``--background`` calls are load only, and cheap: no Python runs per frame (pjmedia's WAV
+player sends the speech, received audio is dropped by the conference bridge). They talk
+open-loop on the rhythm of a measured call (greeting, then clip, pause for the reply, ...)
+and report only whether they were answered.
 
 Usage: python scripts/bench/capacity_caller.py --clip a.wav [--clip b.wav] URI [URI ...]
 """
@@ -36,22 +41,27 @@ import random
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pjsua2 as pj  # beyond the Dialer's API: call options, WAV players, codec params
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, read_wav_8k, split_frames
+from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, read_wav_8k, rms_dbfs, split_frames
 from gateway.audio.ring import InboundRing, PlayoutRing
 from gateway.sip import dialer as sipdialer
 from gateway.sip.dialer import Dialer, OutboundCall
 
 FRAME_S = FRAME_MS / 1000.0
 ACTIVE_PEAK = 1000  # |sample| above this is agent audio (the tone peaks at 8000; silence is 0)
-VOICED_PEAK = 100  # our clip: a frame peaking above this (-50 dBFS) is speech, a faint final /s/ too
+# A clip frame is speech when louder than the agent's VAD energy floor (TurnDetector's
+# energy_floor_dbfs): our end of speech is then the one the agent's turn detection sees.
+VOICED_DBFS = -50.0
 
 
 class TimedInbound(InboundRing):
@@ -95,8 +105,7 @@ class Clip:
         """Read an 8 kHz WAV (any rate is resampled)."""
         frames = split_frames(read_wav_8k(path))
         frames = [f + bytes(FRAME_BYTES - len(f)) if len(f) < FRAME_BYTES else f for f in frames]
-        peaks = _peaks(frames)
-        voiced = np.flatnonzero(peaks > VOICED_PEAK)
+        voiced = np.flatnonzero([rms_dbfs(f) > VOICED_DBFS for f in frames])
         if voiced.size == 0:
             raise ValueError(f"{path}: no speech in the clip")
         return cls(frames, int(voiced[0]), int(voiced[-1]))
@@ -107,7 +116,8 @@ def _peaks(frames: list[bytes]) -> np.ndarray:
     if not frames:
         return np.zeros(0, dtype=np.int32)
     a = np.frombuffer(b"".join(frames), dtype="<i2").reshape(len(frames), -1)
-    return np.abs(a.astype(np.int32)).max(axis=1)
+    peaks: np.ndarray = np.abs(a.astype(np.int32)).max(axis=1)
+    return peaks
 
 
 @dataclass
@@ -139,7 +149,7 @@ class CallRun:
     watch: tuple[int, int, int] = (0, 0, 0)
     stats: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    hangup_sent: bool = False
+    sip_call_id: str = ""
 
     @property
     def inbound(self) -> TimedInbound:
@@ -172,6 +182,43 @@ class CallRun:
                     self.heard_since = t
 
 
+class BenchCall(sipdialer._DialCall):
+    """The softphone's call; drops the process' reference to it when it ends (pj thread).
+
+    pjsua2 objects must die on the pj thread before libDestroy: `_DialCall` hands itself
+    to `PjThread.dispose` on DISCONNECTED, and `forget` removes the only other reference.
+    """
+
+    forget: Callable[[], object] | None = None
+
+    def onCallState(self, prm: Any) -> None:
+        super().onCallState(prm)
+        if self.state.ended.is_set() and self.forget is not None:
+            self.forget()
+            self.forget = None
+
+
+class LoadCall(BenchCall):
+    """A background call: speech from pjmedia WAV players, received audio ignored."""
+
+    audio: Any = None
+    players: list[Any]
+
+    def onCallState(self, prm: Any) -> None:
+        super().onCallState(prm)
+        if self.state.ended.is_set():
+            self.dialer.pj.dispose(*self.players)
+            self.players = []
+            self.audio = None
+
+    def onCallMediaState(self, prm: Any) -> None:
+        info = self.getInfo()
+        for mi in info.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self.audio = self.getAudioMedia(mi.index)
+                self.state.media_up.set()
+
+
 class Caller:
     """Runs every call of this process from the main thread."""
 
@@ -199,17 +246,11 @@ class Caller:
             ep.codecSetParam(cid, prm)
 
     def _dial(self, run: CallRun) -> None:
-        objects = self._objects
-
-        class BenchCall(sipdialer._DialCall):  # type: ignore[misc]
-            def onCallState(self, prm: Any) -> None:
-                super().onCallState(prm)
-                if run.state.ended.is_set():
-                    objects.pop(run.index, None)  # _DialCall disposed of it on this thread
-
         call = BenchCall(self.dialer.account, run.state, self.dialer)
-        objects[run.index] = call
-        call.makeCall(run.uri, sipdialer.pj.CallOpParam(True))
+        call.forget = lambda: self._objects.pop(run.index, None)
+        self._objects[run.index] = call
+        call.makeCall(run.uri, pj.CallOpParam(True))
+        run.sip_call_id = str(call.getInfo().callIdString)
 
     def _hangup(self, index: int) -> dict[str, Any]:
         call = self._objects.get(index)
@@ -217,8 +258,9 @@ class Caller:
             return {}
         stats: dict[str, Any] = {}
         try:
-            for mi in call.getInfo().media:
-                if mi.type == sipdialer.pj.PJMEDIA_TYPE_AUDIO:
+            info = call.getInfo()  # keep it alive: .media points into it
+            for mi in info.media:
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO:
                     st = call.getStreamStat(mi.index)
                     jb, rx = st.jbuf, st.rtcp.rxStat
                     stats = {
@@ -230,13 +272,12 @@ class Caller:
                         "rx_pkt": int(rx.pkt),
                         "rx_loss": int(rx.loss),
                         "rx_jitter_max_ms": round(int(rx.jitterUsec.max) / 1000.0, 1),
-                        "rx_ipdv_max_ms": round(int(st.rtcp.rxIpdvUsec.max) / 1000.0, 1),
                     }
                     break
         except Exception as exc:  # stats are a diagnostic; the call result still counts
             stats = {"error": str(exc)}
         call.state.hung_up_locally = True
-        op = sipdialer.pj.CallOpParam()
+        op = pj.CallOpParam()
         op.statusCode = 200 if call.state.confirmed_at else 603
         call.hangup(op)
         return stats
@@ -256,13 +297,13 @@ class Caller:
             if i and stagger_s:
                 time.sleep(stagger_s)
             run.deadline = time.monotonic() + 15.0
-            self.dialer.pj.submit(lambda run=run: self._dial(run)).result(10)
+            self.dialer.pj.submit(partial(self._dial, run)).result(10)
         end_by = time.monotonic() + a.max_s
         while any(r.phase != "done" for r in self.runs):
             now = time.monotonic()
             for r in self.runs:
                 self._step(r, now, force_end=now > end_by)
-            time.sleep(0.01)
+            time.sleep(0.02)  # the timestamps come from the media clock, not this loop
         for r in self.runs:
             r.take_frames()
             self.say("call " + json.dumps(report(r), separators=(",", ":")))
@@ -351,7 +392,7 @@ class Caller:
     def _end(self, r: CallRun) -> None:
         self.say(f"hangup {r.index}")
         if not r.state.ended.is_set():
-            r.stats = self.dialer.pj.submit(lambda: self._hangup(r.index)).result(10)
+            r.stats = self.dialer.pj.submit(partial(self._hangup, r.index)).result(10)
         r.phase = "ending"
         r.deadline = time.monotonic() + 5.0
 
@@ -359,14 +400,140 @@ class Caller:
         self.dialer.stop()
 
 
-def _gaps(active: list[bool], lo: int, hi: int) -> list[int]:
-    """Lengths (ms) of silent runs in active[lo:hi+1] (lo and hi are tone frames)."""
-    gaps: list[int] = []
-    run = 0
-    for on in active[lo : hi + 1]:
+class BackgroundCaller:
+    """Open-loop load calls with C-only media (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.clips: list[tuple[Path, float]] = [
+            (p, len(read_wav_8k(p)) / (2 * 8000.0)) for p in args.clip
+        ]
+        self.rng = random.Random(args.seed)
+        self.dialer = Dialer()
+        self._objects: dict[int, Any] = {}  # pj thread only
+        self.states: list[OutboundCall] = []
+        self.call_ids: dict[int, str] = {}
+
+    def start(self) -> None:
+        self.dialer.start()
+        self.dialer.pj.on_destroy(self._objects.clear)
+
+    def _dial(self, index: int, state: OutboundCall) -> None:
+        call = LoadCall(self.dialer.account, state, self.dialer)
+        call.players = [self._player(path) for path, _ in self.clips]
+        call.forget = lambda: self._objects.pop(index, None)
+        self._objects[index] = call
+        call.makeCall(state.uri, pj.CallOpParam(True))
+        self.call_ids[index] = str(call.getInfo().callIdString)
+
+    @staticmethod
+    def _player(path: Path) -> Any:
+        player = pj.AudioMediaPlayer()
+        player.createPlayer(str(path), pj.PJMEDIA_FILE_NO_LOOP)
+        return player
+
+    def _play(self, index: int, clip: int, on: bool) -> None:
+        call = self._objects.get(index)
+        if call is None or call.audio is None:
+            return
+        player = call.players[clip]
         if on:
+            player.setPos(0)
+            player.startTransmit(call.audio)
+        else:
+            player.stopTransmit(call.audio)
+
+    def _hangup(self, index: int) -> None:
+        call = self._objects.get(index)
+        if call is not None:
+            op = pj.CallOpParam()
+            op.statusCode = 200
+            call.hangup(op)
+
+    def run(self, uris: list[str]) -> list[dict[str, Any]]:
+        a = self.args
+        pjt = self.dialer.pj
+        for i, uri in enumerate(uris):
+            state = OutboundCall(uri)
+            self.states.append(state)
+            if i and a.stagger_ms:
+                time.sleep(a.stagger_ms / 1000.0)
+            pjt.submit(partial(self._dial, i, state)).result(10)
+        # (time, call, action, clip): an event list drives every call of the process
+        events: list[tuple[float, int, str, int]] = []
+        answered: set[int] = set()
+        turns = [0] * len(uris)
+        end_by = time.monotonic() + a.max_s
+        while time.monotonic() < end_by:
+            now = time.monotonic()
+            for i, st in enumerate(self.states):
+                if i not in answered and st.confirmed.is_set():
+                    answered.add(i)
+                    self.say(f"answered {i}")
+                    # the greeting (~1.7 s of tone) plays first
+                    events.append((now + 2.2 + self.rng.uniform(0.2, 0.6), i, "speak", 0))
+            due = sorted(e for e in events if e[0] <= now)
+            events = [e for e in events if e[0] > now]
+            for _, i, action, clip in due:
+                if action == "speak":
+                    clip = (i + turns[i]) % len(self.clips)
+                    turns[i] += 1
+                    pjt.submit(partial(self._play, i, clip, True)).result(10)
+                    dur = self.clips[clip][1]
+                    events.append((now + dur, i, "quiet", clip))
+                elif action == "quiet":
+                    pjt.submit(partial(self._play, i, clip, False)).result(10)
+                    if turns[i] >= a.turns:
+                        # wait for the last reply, then hang up
+                        events.append((now + a.reply_s, i, "hangup", 0))
+                    else:
+                        pause = a.reply_s + self.rng.uniform(a.think_min_s, a.think_max_s)
+                        events.append((now + pause, i, "speak", 0))
+                elif action == "hangup":
+                    self.say(f"hangup {i}")
+                    pjt.submit(partial(self._hangup, i)).result(10)
+            if len(answered) == len(uris) and not events:
+                break
+            if all(st.ended.is_set() for st in self.states):
+                break
+            time.sleep(0.05)
+        for i, st in enumerate(self.states):
+            if not st.ended.is_set():
+                pjt.submit(partial(self._hangup, i)).result(10)
+        for st in self.states:
+            st.ended.wait(5)
+        return [
+            {
+                "uri": st.uri,
+                "sip_call_id": self.call_ids.get(i, ""),
+                "background": True,
+                "answered": bool(st.confirmed_at),
+                "status_code": st.status_code,
+                "turns_spoken": turns[i],
+                "ok": bool(st.confirmed_at)
+                and turns[i] >= a.turns,  # the agent's side: capacity.py
+                "notes": [] if st.confirmed_at else [f"not answered: {st.status_code}"],
+            }
+            for i, st in enumerate(self.states)
+        ]
+
+    def say(self, line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    def stop(self) -> None:
+        self.dialer.stop()
+
+
+def _gaps(times: list[float], active: list[bool], lo: int, hi: int) -> list[tuple[float, int]]:
+    """Silent runs in frames lo..hi (both tone frames): (arrival of the first silent frame,
+    length in ms)."""
+    gaps: list[tuple[float, int]] = []
+    run = 0
+    for i in range(lo, hi + 1):
+        if active[i]:
             if run:
-                gaps.append(run * FRAME_MS)
+                gaps.append((round(times[i - run], 4), run * FRAME_MS))
             run = 0
         else:
             run += 1
@@ -384,7 +551,7 @@ def _reply(r: CallRun, t0: float, t1: float) -> dict[str, Any] | None:
     return {
         "first_audio_at": round(times[lo] - FRAME_S, 4),
         "reply_ms": (hi - lo + 1) * FRAME_MS,
-        "gaps_ms": _gaps(r.active, lo, hi),
+        "gaps": _gaps(times, r.active, lo, hi),
         "max_interarrival_ms": round(float(inter.max()) * 1000.0, 1),
     }
 
@@ -417,6 +584,7 @@ def report(r: CallRun) -> dict[str, Any]:
     answered = sum(1 for t in out_turns if "latency_ms" in t)
     return {
         "uri": r.uri,
+        "sip_call_id": r.sip_call_id,
         "answered": bool(st.confirmed_at),
         "status_code": st.status_code,
         "greeting": greeting,
@@ -443,9 +611,15 @@ def main() -> int:
     ap.add_argument("--stagger-ms", type=float, default=0.0, help="between this process' calls")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-wait", action="store_true", help="dial at once, without 'go'")
+    ap.add_argument("--background", action="store_true", help="open-loop load calls")
+    ap.add_argument(
+        "--reply-s", type=float, default=3.6, help="background: pause for the agent's reply"
+    )
     args = ap.parse_args()
     if len(args.uris) > 4:
         ap.error("a pjsua2 process holds at most 4 calls")
+    if args.background:
+        return _run_background(args)
     clips = [Clip.load(p) for p in args.clip]
     caller = Caller(args, clips)
     try:
@@ -459,6 +633,21 @@ def main() -> int:
     finally:
         caller.stop()
     return 0 if all(report(r)["ok"] for r in caller.runs) else 1
+
+
+def _run_background(args: argparse.Namespace) -> int:
+    bg = BackgroundCaller(args)
+    try:
+        bg.start()
+        bg.say("ready")
+        if not args.no_wait and not sys.stdin.readline().startswith("go"):
+            return 2
+        reports = bg.run(args.uris)
+    finally:
+        bg.stop()
+    for rep in reports:
+        bg.say("call " + json.dumps(rep, separators=(",", ":")))
+    return 0 if all(r["ok"] for r in reports) else 1
 
 
 if __name__ == "__main__":
