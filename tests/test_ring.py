@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gateway.audio.pcm import FRAME_BYTES
-from gateway.audio.ring import InboundRing, PlayoutRing
+from gateway.audio.ring import InboundRing, PlayoutRing, waker_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -277,6 +277,32 @@ def test_inbound_no_lost_wakeup_in_lockstep() -> None:
     assert asyncio.run(consume()) == list(range(rounds))
     assert not failed.is_set()
     assert ring.dropped == 0
+
+
+def test_frames_of_one_clock_tick_share_one_wakeup() -> None:
+    """Four calls' consumers wait; one tick pushes a frame to each from another thread:
+    one hand-over to the loop wakes all four (not four `call_soon_threadsafe`)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        rings = [InboundRing() for _ in range(4)]
+        for ring in rings:
+            ring.bind(loop)
+        waker = waker_for(loop)
+        getters = [asyncio.ensure_future(ring.get()) for ring in rings]
+        await asyncio.sleep(0.01)  # every consumer is waiting now
+        before = waker.scheduled
+
+        def tick() -> None:
+            for i, ring in enumerate(rings):
+                ring.push(bytes([i]) * FRAME_BYTES)
+
+        await asyncio.to_thread(tick)
+        frames = await asyncio.wait_for(asyncio.gather(*getters), 2.0)
+        assert [f[0] for f in frames] == [0, 1, 2, 3]
+        assert waker.scheduled - before == 1
+
+    asyncio.run(scenario())
 
 
 def test_inbound_push_after_loop_closed_does_not_raise() -> None:

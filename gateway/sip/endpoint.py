@@ -294,7 +294,10 @@ class PjThread:
         self._ready.set()
         try:
             while not self._stop.is_set():
-                self.ep.libHandleEvents(10)
+                # SIP and timer events end the wait at once; only jobs posted from other
+                # threads (hang-ups, drain) wait for it. 40 ms instead of 10 saves ~7 ms of
+                # CPU per second per idle worker (measured by scripts/bench/capacity.py).
+                self.ep.libHandleEvents(40)
                 self._drain()
                 self._tick()
                 if self._garbage:
