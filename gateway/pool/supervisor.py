@@ -44,9 +44,10 @@ def auto_workers(settings: Settings, cpus: int | None = None) -> int:
     """Pool size for ``pool.workers = 0``.
 
     Register mode: one worker per configured account.  Offline speech models (pocketsphinx,
-    Piper) cost about a core per 4 busy calls, so one worker per 2 cores; with cloud or
-    fake providers a core carries about 8 workers (32 calls), as the capacity benchmark
-    measures.
+    Piper) cost about a core per 4 busy calls, so one worker per 2 cores.  With cloud or
+    fake providers a call costs ~13 ms of CPU per second and audio starts to break up above
+    ~75 % machine load (`scripts/bench/capacity.py`: 64 calls on 2 vCPUs held with no gap),
+    so 8 workers (32 calls) per core.
     """
     if settings.sip.mode == "register":
         return max(1, len(settings.registration.accounts))
