@@ -30,7 +30,7 @@ from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess, free_udp_port
 from tests.wire import clean_env, finish_call, start_call, wait_for
 
-pytestmark = pytest.mark.wire
+pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
 
 TOKEN = "pool-test-auth-token"
 
