@@ -9,7 +9,7 @@ per-call state (`SttProvider.open_stream`).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 
 
@@ -36,6 +36,58 @@ class BrainReply:
     text: str
     actions: tuple[str, ...] = ()
     intent: str | None = None
+
+
+class ProviderError(Exception):
+    """A vendor failed: the failover layer retries, switches provider or apologises.
+
+    ``kind`` is one of ``"timeout"``, ``"auth"`` (401/403), ``"http"`` (other HTTP
+    errors, ``status`` set), ``"disconnect"`` (the connection dropped mid-stream),
+    ``"malformed"`` (a payload that does not parse) or ``"config"``.  ``provider`` names
+    the provider ("deepgram", "openai", "elevenlabs", ...).  The message never contains
+    an API key.
+    """
+
+    def __init__(
+        self, provider: str, kind: str, message: str, *, status: int | None = None
+    ) -> None:
+        super().__init__(f"{provider}: {kind}: {message}")
+        self.provider = provider
+        self.kind = kind
+        self.status = status
+
+
+class ReplyStream(abc.ABC):
+    """A reply as it is generated: iterate for text pieces, then read `reply`.
+
+    Iterating yields the reply's text in pieces (LLM deltas) in order; once iteration has
+    ended, `reply` holds the whole reply with its actions (e.g. ``("hangup",)``) and
+    intent.  `aclose()` stops generation early (barge-in) and must be safe to call twice.
+    """
+
+    reply: BrainReply | None = None
+
+    @abc.abstractmethod
+    def __aiter__(self) -> AsyncIterator[str]:
+        """The text pieces."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Stop generating (release the HTTP stream)."""
+
+
+class _WholeReply(ReplyStream):
+    """A `ReplyStream` over a brain that answers in one piece."""
+
+    def __init__(self, pending: Awaitable[BrainReply]) -> None:
+        self._pending = pending
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        self.reply = await self._pending
+        if self.reply.text:
+            yield self.reply.text
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
 
 
 class SttStream(abc.ABC):
@@ -92,6 +144,10 @@ class Brain(abc.ABC):
     @abc.abstractmethod
     async def respond(self, text: str, ctx: CallContext) -> BrainReply:
         """Reply to one caller turn (`text` is the transcript, maybe empty)."""
+
+    def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
+        """Like `respond`, streamed; brains that generate text progressively override it."""
+        return _WholeReply(self.respond(text, ctx))
 
     @abc.abstractmethod
     async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
