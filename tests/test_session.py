@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ import pytest
 from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, rms_dbfs, split_frames
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
 from gateway.pipeline.turns import TurnDetector, TurnEvent
-from gateway.providers.base import BrainReply, CallContext
+from gateway.providers.base import BrainReply, CallContext, ReplyStream
 from gateway.providers.fake import FakeBrain, FakeStt, FakeSttStream, FakeTts
 from gateway.sip.calls import CallHandle
 
@@ -586,6 +587,114 @@ def test_unrecognised_sound_is_ignored_unless_it_cut_the_agent_off(
             await asyncio.sleep(1.0)
             assert brain.heard == [""]
             assert len(call.turns) == 2
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+# -- 6. streamed replies (an LLM brain) -------------------------------------------------------
+
+
+class _Stream(ReplyStream):
+    def __init__(self, owner: StreamingBrain, deltas: Sequence[str], reply: BrainReply) -> None:
+        self.owner = owner
+        self.deltas = deltas
+        self.final = reply
+
+    async def _gen(self) -> AsyncIterator[str]:
+        for i, delta in enumerate(self.deltas):
+            if i:
+                await asyncio.sleep(self.owner.delta_s)
+            self.owner.sent_at.append(time.monotonic())
+            yield delta
+        self.reply = self.final
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._gen()
+
+    async def aclose(self) -> None:
+        self.owner.closed += 1
+
+
+class StreamingBrain(QuickBrain):
+    """Streams its replies word by word, `delta_s` apart, like an LLM."""
+
+    streams = True
+
+    def __init__(self, replies: Sequence[str], delta_s: float, actions: tuple[str, ...] = ()):
+        super().__init__(replies)
+        self.delta_s = delta_s
+        self.actions = actions
+        self.sent_at: list[float] = []
+        self.closed = 0
+
+    def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
+        self.heard.append(text)
+        reply = self.replies[min(len(self.heard), len(self.replies)) - 1]
+        deltas = [w + " " for w in reply.split()]
+        return _Stream(self, deltas, BrainReply(reply, self.actions, "llm"))
+
+
+def test_streamed_reply_is_spoken_before_the_brain_has_finished(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300, early_final_ms=0)
+    reply_text = "Sure. We open at seven. We close at six. Goodbye now."
+
+    async def scenario() -> None:
+        brain = StreamingBrain([reply_text], delta_s=0.15, actions=("hangup",))
+        call = start_call(brain, options)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            asked = clock.say(speech(speech_8k, "when are you open"))
+            rec = await call.turn(1, timeout=10.0)
+            loud_after = clock.agent_loud_ticks(asked)
+            # "Sure." went on the wire while the brain was still generating the rest.
+            assert clock.times[loud_after[0]] < brain.sent_at[-1] - 0.5
+            assert rec.agent_text == reply_text and rec.intent == "llm"
+            assert rec.actions == ["hangup"]
+            assert 0 < rec.brain_ms < 100  # the first word came at once
+            assert rec.total_ms > 0 and rec.first_audio_at > rec.end_of_speech_at
+            # Every piece was spoken: the whole text's worth of tone, in order.
+            assert len(loud_after) == TONE_FRAMES_PER_CHAR * sum(
+                len(p) for p in ["Sure.", "We open at seven.", "We close at six.", "Goodbye now."]
+            )
+            await call.until("the agent hangs up", lambda: call.hangups == ["agent hangup"])
+            assert brain.closed == 0
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+def test_barge_in_during_a_streamed_reply_stops_the_brain(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300, barge_in_min_speech_ms=60)
+    long_reply = " ".join(["This goes on and on."] * 12)
+
+    async def scenario() -> None:
+        brain = StreamingBrain([long_reply, "Okay."], delta_s=0.1)
+        call = start_call(brain, options)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            asked = clock.say(speech(speech_8k, "hello there"))
+            await call.until(
+                "the streamed reply to play for 300 ms",
+                lambda: len(clock.agent_loud_ticks(asked)) >= 15,
+            )
+            generated = len(brain.sent_at)
+            assert generated < len(long_reply.split())  # still generating
+            clock.say(speech(speech_8k, "wait a moment"))
+            interrupted = await call.turn(1, timeout=5.0)
+            assert interrupted.interrupted is True
+            assert brain.closed == 1  # the LLM stream was closed, not left running
+            await asyncio.sleep(0.3)
+            words_after = len(brain.sent_at)
+            await asyncio.sleep(0.5)
+            assert len(brain.sent_at) == words_after  # nothing generated any more
+            answer = await call.turn(2, timeout=5.0)
+            assert answer.agent_text == "Okay." and not answer.interrupted
             await call.hang_up()
         finally:
             await call.stop()

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from gateway.providers.scripted import DEMO_PLAYBOOK, load_playbook
-from gateway.providers.textchunks import speech_chunks
+from gateway.providers.textchunks import SentenceCutter, speech_chunks
 
 
 def normalised(text: str) -> str:
@@ -221,3 +221,40 @@ def test_demo_playbook_replies() -> None:
         "right next to the public library.",
         "There is free parking behind the building.",
     ]
+
+
+def _cut_stream(deltas: list[str]) -> list[str]:
+    cutter = SentenceCutter()
+    out: list[str] = []
+    for d in deltas:
+        out += cutter.push(d)
+    return out + cutter.flush()
+
+
+def test_cutter_hands_out_each_sentence_when_it_is_complete() -> None:
+    cutter = SentenceCutter()
+    assert cutter.push("We open") == []
+    assert cutter.push(" at seven. We") == ["We open at seven."]
+    assert cutter.push(" close at six!") == []  # no space after yet: maybe "six!!" or "6.5"
+    assert cutter.push(" Bye") == ["We close at six!"]
+    assert cutter.flush() == ["Bye"]
+    assert cutter.flush() == []
+
+
+def test_cutter_cuts_a_long_first_sentence_at_a_clause() -> None:
+    words = "Well, we are open every weekday from seven, until six in the evening. Thanks."
+    pieces = _cut_stream([w + " " for w in words.split()])
+    assert pieces == [
+        "Well, we are open every weekday from seven,",
+        "until six in the evening.",
+        "Thanks.",
+    ]
+
+
+def test_cutter_never_cuts_inside_numbers_and_keeps_all_text() -> None:
+    text = "It costs 3.50 dollars, plus tax; that is all. Really"
+    for size in (1, 2, 5, 100):
+        deltas = [text[i : i + size] for i in range(0, len(text), size)]
+        pieces = _cut_stream(deltas)
+        assert " ".join(pieces) == text
+        assert all("3.50" in p or "3." not in p for p in pieces)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 from gateway.audio.pcm import FRAME_MS, split_frames
@@ -21,10 +21,12 @@ from gateway.providers.base import (
     Brain,
     BrainReply,
     CallContext,
+    ReplyStream,
     SttProvider,
     SttStream,
     TtsProvider,
 )
+from gateway.providers.textchunks import SentenceCutter
 from gateway.sip.calls import CallHandle
 
 log = logging.getLogger(__name__)
@@ -298,6 +300,11 @@ class CallSession:
         # includes these words.
         self._carry_text = text
         rec.user_text = text
+        if self.brain.streams:
+            await self._deliver_stream(
+                self.brain.respond_stream(text, self.ctx), rec, end_of_speech, t_stt
+            )
+            return
         try:
             reply = await self.brain.respond(text, self.ctx)
         except asyncio.CancelledError:
@@ -309,6 +316,66 @@ class CallSession:
         rec.brain_ms = _ms(t_brain - t_stt)
         self._carry_text = ""
         await self._deliver(reply, rec, end_of_speech, t_brain)
+
+    async def _deliver_stream(
+        self, stream: ReplyStream, rec: TurnRecord, t_ref: float, t_stt: float
+    ) -> None:
+        """Speak a streamed reply sentence by sentence while the brain is still generating,
+        then run its actions.  Cancelling (barge-in) stops the brain's stream too."""
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        first_token_at = 0.0
+        first_piece_at = 0.0
+
+        async def produce() -> None:
+            nonlocal first_token_at, first_piece_at
+            cutter = SentenceCutter()
+            try:
+                async for delta in stream:
+                    if not first_token_at and delta:
+                        first_token_at = time.monotonic()
+                    for piece in cutter.push(delta):
+                        first_piece_at = first_piece_at or time.monotonic()
+                        pieces.put_nowait(piece)
+                for piece in cutter.flush():
+                    first_piece_at = first_piece_at or time.monotonic()
+                    pieces.put_nowait(piece)
+            finally:
+                pieces.put_nowait(None)
+
+        async def texts() -> AsyncIterator[str]:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            if producer.done() and not producer.cancelled():
+                producer.result()  # the brain's error, if it failed
+
+        self._turns += 1
+        rec.turn = self._turns
+        producer = asyncio.ensure_future(produce())
+        try:
+            first_chunk_at, first_wire_at = await self._speak(texts())
+            await producer
+        except BaseException as exc:
+            producer.cancel()
+            with contextlib.suppress(BaseException):
+                await producer
+            await stream.aclose()
+            self._carry_text = ""
+            if isinstance(exc, asyncio.CancelledError):
+                rec.interrupted = True
+                rec.first_audio_at = round(self.handle.playout.marked_at, 4)
+                self._record(rec)
+            raise
+        self._carry_text = ""
+        reply = stream.reply or BrainReply("")
+        rec.agent_text = reply.text
+        rec.intent = reply.intent
+        rec.actions = list(reply.actions)
+        if first_token_at:
+            rec.brain_ms = _ms(first_token_at - t_stt)
+        if first_chunk_at and first_piece_at:
+            rec.tts_first_ms = _ms(first_chunk_at - first_piece_at)
+        self._finish_record(rec, t_ref, first_chunk_at, first_wire_at)
+        await self._run_actions(reply)
 
     async def _deliver(
         self, reply: BrainReply, rec: TurnRecord, t_ref: float, t_brain: float
@@ -328,6 +395,12 @@ class CallSession:
             raise
         if first_chunk_at:
             rec.tts_first_ms = _ms(first_chunk_at - t_brain)
+        self._finish_record(rec, t_ref, first_chunk_at, first_wire_at)
+        await self._run_actions(reply)
+
+    def _finish_record(
+        self, rec: TurnRecord, t_ref: float, first_chunk_at: float, first_wire_at: float
+    ) -> None:
         rec.max_gap_ms = self._last_gap_ms
         rec.end_of_speech_at = round(t_ref, 4)
         rec.first_audio_at = round(first_wire_at, 4)
@@ -335,6 +408,8 @@ class CallSession:
             rec.playout_ms = _ms(first_wire_at - first_chunk_at)
             rec.total_ms = _ms(first_wire_at - t_ref)
         self._record(rec)
+
+    async def _run_actions(self, reply: BrainReply) -> None:
         if "hangup" in reply.actions:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("agent hangup")
@@ -344,33 +419,39 @@ class CallSession:
         if self._on_turn is not None:
             self._on_turn(rec)
 
-    async def _speak(self, text: str) -> tuple[float, float]:
-        """Stream TTS into the playout ring; return (first chunk time, first on-wire time)."""
+    async def _speak(self, text: str | AsyncIterator[str]) -> tuple[float, float]:
+        """Stream TTS of `text` (or of each piece, in order, as the pieces arrive) into the
+        playout ring; return (first chunk time, first on-wire time)."""
         playout = self.handle.playout
         first_chunk_at = 0.0
         first_wire_at = 0.0
-        self._speaking = True
-        playout.mark()  # the ring is empty here: the next frame out is this reply's first
         try:
-            chunks = self.tts.synthesize(text)
-            try:
-                async for pcm in chunks:
-                    if not first_chunk_at:
-                        first_chunk_at = time.monotonic()
-                        playout.max_gap = 0.0
-                    for frame in split_frames(pcm):
-                        while playout.free == 0:
-                            await asyncio.sleep(FRAME_MS / 1000.0)
-                        playout.put(frame)
-            finally:
-                # Stop the synthesis now, not when the generator is garbage-collected.
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+            async for piece in _pieces(text):
+                if not self._speaking:
+                    # Speaking from the first piece on (a streamed reply may take a while
+                    # to start; until then the caller's speech is a new turn, not a
+                    # barge-in).  The ring is empty: the next frame out is this reply's.
+                    self._speaking = True
+                    playout.mark()
+                chunks = self.tts.synthesize(piece)
+                try:
+                    async for pcm in chunks:
+                        if not first_chunk_at:
+                            first_chunk_at = time.monotonic()
+                            playout.max_gap = 0.0
+                        for frame in split_frames(pcm):
+                            while playout.free == 0:
+                                await asyncio.sleep(FRAME_MS / 1000.0)
+                            playout.put(frame)
+                finally:
+                    # Stop the synthesis now, not when the generator is garbage-collected.
+                    aclose = getattr(chunks, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
             # Let the queued audio play out; barge-in cancels us here too.
             while len(playout) > 0:
                 await asyncio.sleep(FRAME_MS / 1000.0)
-            first_wire_at = playout.marked_at
+            first_wire_at = playout.marked_at if first_chunk_at else 0.0
             self._last_gap_ms = _ms(playout.max_gap)
         finally:
             self._speaking = False
@@ -404,6 +485,14 @@ class CallSession:
         self._hanging_up = True
         log.info("call %s: hanging up (%s)", self.handle.sip_call_id, reason)
         self._hangup_cb(reason)
+
+
+async def _pieces(text: str | AsyncIterator[str]) -> AsyncIterator[str]:
+    if isinstance(text, str):
+        yield text
+    else:
+        async for piece in text:
+            yield piece
 
 
 def _ms(seconds: float) -> float:

@@ -136,6 +136,9 @@ class Brain(abc.ABC):
     """Turns what the caller said into what the agent says next."""
 
     name: str = ""
+    # True for brains whose `respond_stream` yields text as it is generated (an LLM): the
+    # conversation then speaks each sentence as soon as it is complete.
+    streams: bool = False
 
     @abc.abstractmethod
     async def greeting(self, ctx: CallContext) -> BrainReply:

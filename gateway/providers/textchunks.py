@@ -69,3 +69,50 @@ def speech_chunks(text: str, first_max_words: int = 6, phrase_max_words: int = 1
     if rest:
         pieces.append(" ".join(rest))
     return pieces
+
+
+class SentenceCutter:
+    """Cuts a reply that arrives in pieces (LLM deltas) into speakable pieces, each handed
+    out as soon as it is complete, so speech starts before the reply is finished.
+
+    A piece ends at a sentence end (``. ! ? ;`` followed by a space).  The first piece may
+    end earlier, at a clause break (``, :``) with at least three words before it once more
+    than `first_max_words` words have arrived: the time to first audio depends on it.
+    `flush()` returns what is left when the reply ends.
+    """
+
+    def __init__(self, first_max_words: int = 6) -> None:
+        self.first_max_words = first_max_words
+        self._buffer = ""
+        self._emitted = 0
+
+    def push(self, delta: str) -> list[str]:
+        """Add text; return the pieces completed by it (maybe none)."""
+        self._buffer += delta
+        pieces: list[str] = []
+        while True:
+            cut = self._next_cut()
+            if cut is None:
+                return pieces
+            piece, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
+            if piece:
+                pieces.append(" ".join(piece.split()))
+                self._emitted += 1
+
+    def flush(self) -> list[str]:
+        """The rest of the reply (the last piece, if any)."""
+        piece, self._buffer = " ".join(self._buffer.split()), ""
+        if piece:
+            self._emitted += 1
+            return [piece]
+        return []
+
+    def _next_cut(self) -> int | None:
+        m = _SENTENCE_END.search(self._buffer)
+        if m is not None:
+            return m.start()
+        if self._emitted == 0 and len(self._buffer.split()) > self.first_max_words:
+            for c in _CLAUSE_BREAK.finditer(self._buffer):
+                if len(self._buffer[: c.start()].split()) >= 3:
+                    return c.start()
+        return None
