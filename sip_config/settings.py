@@ -437,6 +437,117 @@ class ProviderSettings(_Section):
         return _check_provider(value, KNOWN_BRAINS, "brain")
 
 
+def _check_base_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
+    if value is None or not value.strip():
+        return None
+    text = value.strip().rstrip("/")
+    if not re.match(r"^(" + "|".join(schemes) + r")://[^/\s]+(/\S*)?$", text):
+        _invalid(f"must be a {' or '.join(s + '://' for s in schemes)} URL")
+    return text
+
+
+class DeepgramSettings(_Section):
+    """Deepgram live speech-to-text (``[deepgram]``; the key may also come from
+    ``DEEPGRAM_API_KEY``)."""
+
+    api_key: str = Field(default="", repr=False, description="Deepgram API key.")
+    base_url: str | None = Field(
+        default=None, description="WebSocket base URL (wss://...); None: Deepgram's."
+    )
+    model: str = Field(default="nova-3", description="Recognition model.")
+    language: str = Field(default="en-US", description="Language code.")
+    endpointing_ms: int = Field(
+        default=300, ge=10, le=5000, description="Deepgram's own end-of-speech silence."
+    )
+    utterance_end_ms: int = Field(
+        default=1000, ge=1000, le=5000, description="UtteranceEnd after this much silence."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _validate_base_url(cls, value: str | None) -> str | None:
+        return _check_base_url(value, ("ws", "wss", "http", "https"))
+
+
+class HttpToolSettings(_Section):
+    """A tool the LLM may call: the gateway POSTs its JSON arguments to ``url``."""
+
+    name: str = Field(description="Tool name the model sees ([A-Za-z0-9_-], ≤ 64).")
+    description: str = Field(description="What the tool does, for the model.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON schema of the arguments.",
+    )
+    url: str = Field(description="http(s) URL the arguments are POSTed to.")
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Request timeout.")
+
+    @field_validator("name")
+    @classmethod
+    def _validate_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+            _invalid("must be 1-64 letters, digits, '_' or '-'")
+        if value in ("end_call", "transfer_call"):
+            _invalid("is a built-in tool name")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _validate_url(cls, value: str) -> str:
+        checked = _check_base_url(value, ("http", "https"))
+        if checked is None:
+            _invalid("is required")
+        return checked
+
+
+class OpenAiSettings(_Section):
+    """OpenAI (or any OpenAI-compatible server) as the brain (``[openai]``; the key may
+    also come from ``OPENAI_API_KEY``)."""
+
+    api_key: str = Field(default="", repr=False, description="API key.")
+    base_url: str | None = Field(
+        default=None, description="API base URL, e.g. http://127.0.0.1:8000/v1; None: OpenAI."
+    )
+    model: str = Field(default="gpt-4o-mini", description="Chat model.")
+    system_prompt: str = Field(
+        default=(
+            "You are a friendly phone agent. Answer in one or two short spoken sentences,"
+            " without lists or markdown. The caller is {from_number}."
+        ),
+        description="System prompt; {from_number}, {to_number}, {call_uuid} are filled in.",
+    )
+    greeting: str = Field(
+        default="Hello, thanks for calling. How can I help you today?",
+        description="First thing the agent says (not generated).",
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling.")
+    transfer_target: str | None = Field(
+        default=None, description="Where transfer_call sends the caller (number or sip: URI)."
+    )
+    transfer_line: str = Field(
+        default="Let me transfer you to a colleague now.", description="Said on transfer."
+    )
+    tools: list[HttpToolSettings] = Field(default_factory=list, description="HTTP tools.")
+
+
+class ElevenLabsSettings(_Section):
+    """ElevenLabs streaming text-to-speech (``[elevenlabs]``; the key may also come from
+    ``ELEVENLABS_API_KEY``)."""
+
+    api_key: str = Field(default="", repr=False, description="API key.")
+    base_url: str | None = Field(default=None, description="API base URL; None: ElevenLabs.")
+    voice_id: str = Field(default="21m00Tcm4TlvDq8ikWAM", description="Voice id.")
+    model_id: str = Field(default="eleven_flash_v2_5", description="Model (Flash: low latency).")
+    stability: float | None = Field(default=None, ge=0, le=1)
+    similarity_boost: float | None = Field(default=None, ge=0, le=1)
+    style: float | None = Field(default=None, ge=0, le=1)
+    speed: float | None = Field(default=None, ge=0.7, le=1.2)
+
+    @field_validator("base_url")
+    @classmethod
+    def _validate_base_url(cls, value: str | None) -> str | None:
+        return _check_base_url(value, ("http", "https"))
+
+
 class SipAccount(_Section):
     """Credentials of one registered endpoint (one per worker in ``register`` mode)."""
 
@@ -789,6 +900,9 @@ class Settings(BaseSettings):
     app: AppSettings = Field(default_factory=AppSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     records: RecordsSettings = Field(default_factory=RecordsSettings)
+    deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
+    openai: OpenAiSettings = Field(default_factory=OpenAiSettings)
+    elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
     playbook: Path = Field(
         default_factory=bundled_playbook_path,
         description="Playbook TOML file; unset means the bundled demo playbook.",

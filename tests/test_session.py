@@ -24,10 +24,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, rms_dbfs, split_frames
-from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.pipeline.turns import TurnDetector, TurnEvent
 from gateway.providers.base import BrainReply, CallContext, ReplyStream
 from gateway.providers.fake import FakeBrain, FakeStt, FakeSttStream, FakeTts
@@ -184,7 +185,12 @@ def make_handle() -> CallHandle:
     )
 
 
-def start_call(brain: FakeBrain, options: ConversationOptions, stt: FakeStt | None = None) -> Call:
+def start_call(
+    brain: FakeBrain,
+    options: ConversationOptions,
+    stt: FakeStt | None = None,
+    prompts: Prompts | None = None,
+) -> Call:
     handle = make_handle()
     turns: list[TurnRecord] = []
     hangups: list[str] = []
@@ -196,6 +202,7 @@ def start_call(brain: FakeBrain, options: ConversationOptions, stt: FakeStt | No
         options=options,
         hangup=hangups.append,
         on_turn=turns.append,
+        prompts=prompts,
     )
     clock = MediaClock(handle)
     task = asyncio.ensure_future(session.run())
@@ -700,3 +707,45 @@ def test_barge_in_during_a_streamed_reply_stops_the_brain(speech_8k: Speak) -> N
             await call.stop()
 
     run(scenario)
+
+
+# -- 7. vendor failures -----------------------------------------------------------------------
+
+
+def test_failed_turns_get_the_apology_then_a_polite_goodbye(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300, max_failures=3)
+    tone = square_wave(600)
+    prompts = Prompts("Sorry, say that again?", tone, "Sorry, goodbye.", tone[: 320 * 10])
+    utterance = speech(speech_8k, "hello there")
+
+    async def body() -> None:
+        brain = QuickBrain(replies=["Okay."], fail=frozenset({1, 2, 3}))
+        call = start_call(brain, options, prompts=prompts)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            for n in (1, 2, 3):
+                asked = clock.say(utterance)
+                rec = await call.turn(n, timeout=5.0)
+                loud = clock.agent_loud_ticks(asked)
+                assert loud, f"no audio after failure {n}"
+                end = expected_turn(clock.caller[asked:], options)[1]
+                # Well within 2 s of the end of the caller's speech (no dead air).
+                assert (loud[0] - asked - end.frame_index) * 20 < 2000
+                assert rec.kind == ("failure-goodbye" if n == 3 else "apology")
+            await call.until("the agent hangs up", lambda: call.hangups == ["vendor failures"])
+            assert [t.agent_text for t in call.turns[1:]] == [
+                "Sorry, say that again?",
+                "Sorry, say that again?",
+                "Sorry, goodbye.",
+            ]
+        finally:
+            await call.stop()
+
+    run(body)
+
+
+def square_wave(ms: int) -> bytes:
+    """Loud audio (a 444 Hz square wave) of `ms` milliseconds."""
+    n = np.arange(ms * 8)
+    return (np.where((n // 9) % 2 == 0, 8000, -8000)).astype("<i2").tobytes()

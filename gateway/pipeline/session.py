@@ -21,6 +21,7 @@ from gateway.providers.base import (
     Brain,
     BrainReply,
     CallContext,
+    ProviderError,
     ReplyStream,
     SttProvider,
     SttStream,
@@ -46,6 +47,18 @@ class ConversationOptions:
     no_input_timeout_s: float = 8.0
     min_unrecognised_ms: int = 400
     hangup_delay_s: float = 0.3
+    max_failures: int = 3  # consecutive failed turns before the call is ended politely
+
+
+@dataclass(frozen=True)
+class Prompts:
+    """Audio rendered at start-up, so it plays even when every vendor is down: the
+    apology after a failed turn, and the goodbye after `max_failures` in a row."""
+
+    apology_text: str
+    apology: bytes  # 8 kHz 16-bit mono PCM
+    goodbye_text: str
+    goodbye: bytes
 
 
 @dataclass
@@ -91,8 +104,11 @@ class CallSession:
         options: ConversationOptions,
         hangup: Callable[[str], None],
         on_turn: Callable[[TurnRecord], None] | None = None,
+        prompts: Prompts | None = None,
     ) -> None:
         self.handle = handle
+        self.prompts = prompts
+        self._failures = 0  # consecutive failed agent turns
         self.stt = stt
         self.tts = tts
         self.brain = brain
@@ -251,9 +267,40 @@ class CallSession:
             await coro
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("call %s: agent turn failed", self.handle.sip_call_id)
+        except Exception as exc:
+            self._failures += 1
             self._speaking = False
+            log.error(
+                "call %s: agent turn failed (%d in a row): %s",
+                self.handle.sip_call_id,
+                self._failures,
+                exc if isinstance(exc, ProviderError) else repr(exc),
+                exc_info=not isinstance(exc, ProviderError),
+            )
+            if self.prompts is not None:
+                await self._fallback()
+
+    async def _fallback(self) -> None:
+        """After a failed turn: the apology, or after too many the goodbye and a hang-up.
+        Runs as the reply task, so barge-in cuts it like any agent turn."""
+        assert self.prompts is not None
+        final = self._failures >= self.opt.max_failures
+        text = self.prompts.goodbye_text if final else self.prompts.apology_text
+        pcm = self.prompts.goodbye if final else self.prompts.apology
+        self._turns += 1
+        rec = TurnRecord(
+            call_id=self.handle.sip_call_id,
+            turn=self._turns,
+            kind="failure-goodbye" if final else "apology",
+            agent_text=text,
+            actions=["hangup"] if final else [],
+        )
+        t0 = time.monotonic()
+        first_chunk_at, first_wire_at = await self._speak_pcm(pcm)
+        self._finish_record(rec, t0, first_chunk_at, first_wire_at)
+        if final:
+            await asyncio.sleep(self.opt.hangup_delay_s)
+            self.hangup("vendor failures")
 
     # -- agent turns ------------------------------------------------------------------------
     async def _greet(self) -> None:
@@ -410,6 +457,7 @@ class CallSession:
         self._record(rec)
 
     async def _run_actions(self, reply: BrainReply) -> None:
+        self._failures = 0
         if "hangup" in reply.actions:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("agent hangup")
@@ -419,7 +467,19 @@ class CallSession:
         if self._on_turn is not None:
             self._on_turn(rec)
 
-    async def _speak(self, text: str | AsyncIterator[str]) -> tuple[float, float]:
+    async def _speak_pcm(self, pcm: bytes) -> tuple[float, float]:
+        """Play ready-made audio like a reply (barge-in, timings, gap measurement)."""
+
+        async def chunks(_: str) -> AsyncIterator[bytes]:
+            yield pcm
+
+        return await self._speak(" ", synthesize=chunks)
+
+    async def _speak(
+        self,
+        text: str | AsyncIterator[str],
+        synthesize: Callable[[str], AsyncIterator[bytes]] | None = None,
+    ) -> tuple[float, float]:
         """Stream TTS of `text` (or of each piece, in order, as the pieces arrive) into the
         playout ring; return (first chunk time, first on-wire time)."""
         playout = self.handle.playout
@@ -433,7 +493,7 @@ class CallSession:
                     # barge-in).  The ring is empty: the next frame out is this reply's.
                     self._speaking = True
                     playout.mark()
-                chunks = self.tts.synthesize(piece)
+                chunks = (synthesize or self.tts.synthesize)(piece)
                 try:
                     async for pcm in chunks:
                         if not first_chunk_at:

@@ -1,0 +1,288 @@
+"""Per-stage timeouts, one retry and a secondary provider for each kind.
+
+Each wrapper implements the same interface as what it wraps, so the conversation does not
+know about failover.  A stage that fails *before* it produced anything (no transcript, no
+first token, no first audio) is retried once on the primary, then handed to the secondary
+(e.g. offline Piper when ElevenLabs is down).  A stage that fails after it started (a TTS
+stream cut halfway, an LLM stream dropped after its first words) is not replayed — the
+caller already heard part of it — and the error goes up to the conversation, which plays
+its apology.  Every failure is logged with the provider and the kind of error; keys never
+appear in messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from gateway.providers.base import (
+    Brain,
+    BrainReply,
+    CallContext,
+    ProviderError,
+    ReplyStream,
+    SttProvider,
+    SttStream,
+    TtsProvider,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _why(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no attempt"
+    if isinstance(exc, ProviderError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _attempts(chain: Sequence[object], retries: int) -> list[int]:
+    """Indexes into ``chain``: the primary 1 + retries times, then each secondary once."""
+    return [0] * (1 + retries) + list(range(1, len(chain)))
+
+
+# -- text to speech --------------------------------------------------------------------------
+
+
+class ResilientTts(TtsProvider):
+    """TTS with a first-audio timeout, a retry and secondaries."""
+
+    def __init__(
+        self, chain: Sequence[TtsProvider], *, first_audio_timeout_s: float, retries: int = 1
+    ) -> None:
+        if not chain:
+            raise ValueError("at least one TTS provider")
+        self.chain = list(chain)
+        self.timeout_s = first_audio_timeout_s
+        self.retries = retries
+        self.name = "+".join(p.name for p in chain)
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        """Audio of the first provider that starts speaking in time."""
+        last: BaseException | None = None
+        for i in _attempts(self.chain, self.retries):
+            provider = self.chain[i]
+            chunks = provider.synthesize(text)
+            try:
+                first = await asyncio.wait_for(anext(chunks), self.timeout_s)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                await _aclose(chunks)
+                raise
+            except Exception as exc:
+                last = exc
+                log.warning("TTS %s failed before any audio: %s", provider.name, _why(exc))
+                await _aclose(chunks)
+                continue
+            try:
+                yield first
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                await _aclose(chunks)
+            return
+        raise ProviderError("tts", "failed", f"every TTS provider failed (last: {_why(last)})")
+
+    async def close(self) -> None:
+        """Close every provider of the chain."""
+        for provider in self.chain:
+            await provider.close()
+
+
+async def _aclose(gen: object) -> None:
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
+# -- speech to text --------------------------------------------------------------------------
+
+
+class _ResilientSttStream(SttStream):
+    """Keeps the utterance's audio so a failed recogniser can be replaced without losing
+    the caller's words: the next provider gets everything fed so far."""
+
+    def __init__(self, owner: ResilientStt) -> None:
+        self.owner = owner
+        self.audio: list[bytes] = []
+        self.index = 0  # position in the attempt list
+        self.attempts = _attempts(owner.chain, owner.retries)
+        self.stream: SttStream | None = None
+        self.failed_feed = False
+
+    async def _open(self) -> None:
+        while self.index < len(self.attempts):
+            provider = self.owner.chain[self.attempts[self.index]]
+            try:
+                stream = await asyncio.wait_for(provider.open_stream(), self.owner.timeout_s)
+                for pcm in self.audio:
+                    await stream.feed(pcm)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("STT %s failed to start: %s", provider.name, _why(exc))
+                self.index += 1
+                continue
+            self.stream = stream
+            return
+        self.stream = None
+
+    async def feed(self, pcm: bytes) -> None:
+        """Keep and forward the audio; a failing recogniser is replaced at `finish`."""
+        self.audio.append(pcm)
+        if self.stream is None:
+            if not self.failed_feed and self.index == 0:
+                await self._open()  # replays the buffer, this frame included
+            return
+        try:
+            await self.stream.feed(pcm)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            provider = self.owner.chain[self.attempts[self.index]]
+            log.warning("STT %s failed while listening: %s", provider.name, _why(exc))
+            with contextlib.suppress(Exception):
+                await self.stream.cancel()
+            self.stream = None
+            self.failed_feed = True
+            self.index += 1
+
+    async def finish(self) -> str:
+        """The transcript of the first recogniser that finishes in time."""
+        last: BaseException | None = None
+        while True:
+            if self.stream is None:
+                await self._open()
+                if self.stream is None:
+                    raise ProviderError(
+                        "stt", "failed", f"every STT provider failed (last: {_why(last)})"
+                    )
+            provider = self.owner.chain[self.attempts[self.index]]
+            stream, self.stream = self.stream, None
+            try:
+                return await asyncio.wait_for(stream.finish(), self.owner.timeout_s)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                raise
+            except Exception as exc:
+                last = exc
+                log.warning("STT %s failed to finish: %s", provider.name, _why(exc))
+                with contextlib.suppress(Exception):
+                    await stream.cancel()
+                self.index += 1
+
+    async def cancel(self) -> None:
+        """Drop the utterance."""
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                await stream.cancel()
+
+
+class ResilientStt(SttProvider):
+    """STT with a final-transcript timeout, a retry and secondaries."""
+
+    def __init__(
+        self, chain: Sequence[SttProvider], *, final_timeout_s: float, retries: int = 1
+    ) -> None:
+        if not chain:
+            raise ValueError("at least one STT provider")
+        self.chain = list(chain)
+        self.timeout_s = final_timeout_s
+        self.retries = retries
+        self.name = "+".join(p.name for p in chain)
+
+    async def open_stream(self) -> SttStream:
+        """A stream that fails over inside itself."""
+        return _ResilientSttStream(self)
+
+    async def close(self) -> None:
+        """Close every provider of the chain."""
+        for provider in self.chain:
+            await provider.close()
+
+
+# -- brain -----------------------------------------------------------------------------------
+
+
+class _ResilientReply(ReplyStream):
+    def __init__(self, owner: ResilientBrain, text: str, ctx: CallContext) -> None:
+        self.owner = owner
+        self.text = text
+        self.ctx = ctx
+        self.current: ReplyStream | None = None
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        last: BaseException | None = None
+        for i in _attempts(self.owner.chain, self.owner.retries):
+            brain = self.owner.chain[i]
+            stream = brain.respond_stream(self.text, self.ctx)
+            self.current = stream
+            pieces = aiter(stream)
+            try:
+                first = await asyncio.wait_for(anext(pieces), self.owner.timeout_s)
+            except StopAsyncIteration:
+                self.reply = stream.reply
+                return
+            except asyncio.CancelledError:
+                await stream.aclose()
+                raise
+            except Exception as exc:
+                last = exc
+                log.warning("brain %s failed before its first words: %s", brain.name, _why(exc))
+                await stream.aclose()
+                continue
+            yield first
+            async for piece in pieces:
+                yield piece
+            self.reply = stream.reply
+            return
+        raise ProviderError("brain", "failed", f"every brain failed (last: {_why(last)})")
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    async def aclose(self) -> None:
+        if self.current is not None:
+            await self.current.aclose()
+
+
+class ResilientBrain(Brain):
+    """Brain with a first-words timeout, a retry and secondaries."""
+
+    def __init__(
+        self, chain: Sequence[Brain], *, first_token_timeout_s: float, retries: int = 1
+    ) -> None:
+        if not chain:
+            raise ValueError("at least one brain")
+        self.chain = list(chain)
+        self.timeout_s = first_token_timeout_s
+        self.retries = retries
+        self.name = "+".join(b.name for b in chain)
+        self.streams = chain[0].streams
+
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        """The primary's greeting (greetings are local in every brain)."""
+        return await self.chain[0].greeting(ctx)
+
+    async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
+        """The primary's re-prompt."""
+        return await self.chain[0].no_input(ctx, attempt)
+
+    def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
+        """Stream of the first brain that starts answering in time."""
+        return _ResilientReply(self, text, ctx)
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        """Collected `respond_stream`."""
+        stream = self.respond_stream(text, ctx)
+        parts = [piece async for piece in stream]
+        return stream.reply or BrainReply("".join(parts))

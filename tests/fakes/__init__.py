@@ -1,0 +1,1 @@
+"""Loopback fakes of vendor wire protocols for tests."""

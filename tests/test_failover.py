@@ -1,0 +1,226 @@
+"""Failover wrappers: timeouts, one retry, secondaries, and nothing of the caller lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import pytest
+
+from gateway.providers.base import (
+    Brain,
+    BrainReply,
+    CallContext,
+    ProviderError,
+    SttProvider,
+    SttStream,
+    TtsProvider,
+)
+from gateway.providers.failover import ResilientBrain, ResilientStt, ResilientTts
+
+CTX = CallContext(call_id="c1")
+
+
+def run(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(asyncio.wait_for(coro, 20))
+
+
+class Tts(TtsProvider):
+    def __init__(self, name: str, mode: str = "ok", audio: bytes = b"\x01\x00" * 80) -> None:
+        self.name = name
+        self.mode = mode
+        self.audio = audio
+        self.calls = 0
+        self.closed = 0
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        self.calls += 1
+        try:
+            if self.mode == "error":
+                raise ProviderError(self.name, "http", "500", status=500)
+            if self.mode == "stall":
+                await asyncio.sleep(30)
+            yield self.audio
+            if self.mode == "cut":
+                raise ProviderError(self.name, "disconnect", "stream cut")
+            yield self.audio
+        finally:
+            self.closed += 1
+
+
+async def collect(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([c async for c in chunks])
+
+
+def test_tts_primary_error_is_retried_once_then_the_secondary_speaks() -> None:
+    async def body() -> None:
+        primary, secondary = Tts("eleven", "error"), Tts("piper", audio=b"\x02\x00" * 80)
+        tts = ResilientTts([primary, secondary], first_audio_timeout_s=1.0)
+        assert await collect(tts.synthesize("hi")) == b"\x02\x00" * 160
+        assert (primary.calls, secondary.calls) == (2, 1)
+
+    run(body())
+
+
+def test_tts_stall_times_out_within_the_budget() -> None:
+    async def body() -> None:
+        primary, secondary = Tts("eleven", "stall"), Tts("piper")
+        tts = ResilientTts([primary, secondary], first_audio_timeout_s=0.2, retries=1)
+        t0 = time.monotonic()
+        assert await collect(tts.synthesize("hi"))
+        assert time.monotonic() - t0 < 0.2 * 2 + 0.3
+        assert primary.closed == 2  # both stalled attempts were closed
+
+    run(body())
+
+
+def test_tts_failure_after_audio_started_is_not_replayed() -> None:
+    async def body() -> None:
+        primary, secondary = Tts("eleven", "cut"), Tts("piper")
+        tts = ResilientTts([primary, secondary], first_audio_timeout_s=1.0)
+        got: list[bytes] = []
+        with pytest.raises(ProviderError, match="disconnect"):
+            async for chunk in tts.synthesize("hi"):
+                got.append(chunk)
+        assert len(got) == 1 and secondary.calls == 0
+
+    run(body())
+
+
+def test_tts_all_failing_raises_one_clear_error() -> None:
+    async def body() -> None:
+        tts = ResilientTts([Tts("a", "error"), Tts("b", "error")], first_audio_timeout_s=1.0)
+        with pytest.raises(ProviderError, match="every TTS provider failed"):
+            await collect(tts.synthesize("hi"))
+
+    run(body())
+
+
+class Stt(SttProvider):
+    def __init__(self, name: str, mode: str = "ok") -> None:
+        self.name = name
+        self.mode = mode
+        self.streams: list[_SttStream] = []
+
+    async def open_stream(self) -> SttStream:
+        if self.mode == "no-connect":
+            raise ProviderError(self.name, "timeout", "connect")
+        stream = _SttStream(self)
+        self.streams.append(stream)
+        return stream
+
+
+class _SttStream(SttStream):
+    def __init__(self, owner: Stt) -> None:
+        self.owner = owner
+        self.audio = b""
+        self.cancelled = False
+
+    async def feed(self, pcm: bytes) -> None:
+        if self.owner.mode == "drop" and len(self.audio) >= 640:
+            raise ProviderError(self.owner.name, "disconnect", "socket closed")
+        self.audio += pcm
+
+    async def finish(self) -> str:
+        if self.owner.mode == "stall":
+            await asyncio.sleep(30)
+        if self.owner.mode == "error":
+            raise ProviderError(self.owner.name, "http", "500", status=500)
+        return f"{self.owner.name} heard {len(self.audio)} bytes"
+
+    async def cancel(self) -> None:
+        self.cancelled = True
+
+
+FRAMES = [bytes([i]) * 320 for i in range(10)]
+
+
+async def utterance(stt: SttProvider) -> str:
+    stream = await stt.open_stream()
+    for frame in FRAMES:
+        await stream.feed(frame)
+    return await stream.finish()
+
+
+def test_stt_secondary_gets_the_whole_utterance_when_the_primary_fails_to_finish() -> None:
+    async def body() -> None:
+        primary, secondary = Stt("deepgram", "error"), Stt("sphinx")
+        stt = ResilientStt([primary, secondary], final_timeout_s=1.0)
+        assert await utterance(stt) == "sphinx heard 3200 bytes"
+        # The retry on the primary also got every frame (replayed from the buffer).
+        assert [len(s.audio) for s in primary.streams] == [3200, 3200]
+
+    run(body())
+
+
+def test_stt_dropped_socket_mid_utterance_loses_no_words() -> None:
+    async def body() -> None:
+        primary, secondary = Stt("deepgram", "drop"), Stt("sphinx")
+        stt = ResilientStt([primary, secondary], final_timeout_s=1.0, retries=0)
+        assert await utterance(stt) == "sphinx heard 3200 bytes"
+        assert primary.streams[0].cancelled
+
+    run(body())
+
+
+def test_stt_stall_and_connect_failures_fall_through_in_time() -> None:
+    async def body() -> None:
+        stt = ResilientStt(
+            [Stt("a", "stall"), Stt("b", "no-connect"), Stt("c")], final_timeout_s=0.2
+        )
+        t0 = time.monotonic()
+        assert await utterance(stt) == "c heard 3200 bytes"
+        assert time.monotonic() - t0 < 1.0
+
+    run(body())
+
+
+class StreamBrain(Brain):
+    streams = True
+
+    def __init__(self, name: str, mode: str = "ok") -> None:
+        self.name = name
+        self.mode = mode
+        self.calls = 0
+
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        return BrainReply("hello")
+
+    async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
+        return BrainReply("still there?")
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        self.calls += 1
+        if self.mode == "stall":
+            await asyncio.sleep(30)
+        if self.mode == "error":
+            raise ProviderError(self.name, "auth", "401", status=401)
+        return BrainReply(f"{self.name}: {text}", ("hangup",), "x")
+
+
+def test_brain_falls_back_to_the_secondary_and_keeps_its_actions() -> None:
+    async def body() -> None:
+        primary, secondary = StreamBrain("openai", "error"), StreamBrain("scripted")
+        brain = ResilientBrain([primary, secondary], first_token_timeout_s=1.0)
+        assert brain.streams
+        reply = await brain.respond("hours?", CTX)
+        assert reply == BrainReply("scripted: hours?", ("hangup",), "x")
+        assert primary.calls == 2
+
+    run(body())
+
+
+def test_brain_first_token_timeout() -> None:
+    async def body() -> None:
+        brain = ResilientBrain(
+            [StreamBrain("openai", "stall"), StreamBrain("scripted")],
+            first_token_timeout_s=0.2,
+            retries=0,
+        )
+        t0 = time.monotonic()
+        assert (await brain.respond("x", CTX)).text == "scripted: x"
+        assert time.monotonic() - t0 < 0.5
+
+    run(body())
