@@ -10,7 +10,11 @@ import signal
 import sys
 from typing import Protocol
 
-from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+import numpy as np
+
+from gateway.audio.pcm import SAMPLE_RATE
+from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
+from gateway.providers.base import TtsProvider
 from gateway.providers.registry import Providers, build_providers
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
@@ -31,7 +35,37 @@ def conversation_options(s: Settings) -> ConversationOptions:
         early_final_ms=s.vad.early_final_ms,
         max_utterance_ms=int(s.vad.max_utterance_s * 1000),
         no_input_timeout_s=s.conversation.no_input_timeout_s,
+        max_failures=s.conversation.max_failures,
     )
+
+
+async def render_prompts(tts: TtsProvider, settings: Settings) -> Prompts:
+    """Render the failure prompts once, at start-up, with the configured TTS chain; a TTS
+    that cannot render them leaves a short beep, so a failed turn is never silent."""
+    c = settings.conversation
+
+    async def render(text: str) -> bytes:
+        async def collect() -> bytes:
+            return b"".join([chunk async for chunk in tts.synthesize(text)])
+
+        try:
+            pcm = await asyncio.wait_for(collect(), 30.0)
+        except Exception as exc:
+            log.warning("could not render the prompt %r (%s); a beep stands in", text, exc)
+            pcm = b""
+        return pcm or _beep()
+
+    return Prompts(
+        apology_text=c.apology_text,
+        apology=await render(c.apology_text),
+        goodbye_text=c.failure_goodbye_text,
+        goodbye=await render(c.failure_goodbye_text),
+    )
+
+
+def _beep(ms: int = 300, hz: float = 600.0) -> bytes:
+    t = np.arange(SAMPLE_RATE * ms // 1000) / SAMPLE_RATE
+    return (np.sin(2 * np.pi * hz * t) * 6000).astype("<i2").tobytes()
 
 
 def registration_options(settings: Settings, account_index: int) -> RegistrationOptions | None:
@@ -96,6 +130,7 @@ class AgentWorker:
         )
         self.calls_total = 0
         self.listener = listener
+        self.prompts: Prompts | None = None
 
     # CallEvents, called on the pj thread: hop to the loop.
     def call_started(self, handle: CallHandle) -> None:
@@ -124,6 +159,7 @@ class AgentWorker:
             options=self.options,
             hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
             on_turn=_log_turn,
+            prompts=self.prompts,
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
@@ -144,7 +180,10 @@ class AgentWorker:
             self.ua.hangup(handle.call_id, 500, "conversation error")
 
     async def start(self) -> None:
-        """Start SIP (raises `SipError` when it cannot listen)."""
+        """Render the failure prompts, then start SIP (raises `SipError` when it cannot
+        listen)."""
+        if self.prompts is None:
+            self.prompts = await render_prompts(self.providers.tts, self.settings)
         await asyncio.to_thread(self.ua.start)
 
     async def stop(self) -> None:

@@ -24,6 +24,7 @@ from sip_config.settings import (
     bundled_playbook_path,
     load_settings,
     parse_listen,
+    vendor_key,
 )
 
 __all__ = [
@@ -50,4 +51,5 @@ __all__ = [
     "bundled_playbook_path",
     "load_settings",
     "parse_listen",
+    "vendor_key",
 ]

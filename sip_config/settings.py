@@ -63,15 +63,16 @@ __all__ = [
     "bundled_playbook_path",
     "load_settings",
     "parse_listen",
+    "vendor_key",
 ]
 
 KNOWN_STT: Final[tuple[str, ...]] = ("pocketsphinx",)
 """Speech-to-text providers shipped with the gateway (``"fake"`` is accepted as well)."""
 
-KNOWN_TTS: Final[tuple[str, ...]] = ("piper",)
+KNOWN_TTS: Final[tuple[str, ...]] = ("piper", "elevenlabs")
 """Text-to-speech providers shipped with the gateway (``"fake"`` is accepted as well)."""
 
-KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted",)
+KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted", "openai")
 """Conversation brains shipped with the gateway (``"fake"`` is accepted as well)."""
 
 _TEST_PROVIDER: Final = "fake"
@@ -378,6 +379,17 @@ class ConversationSettings(_Section):
     max_call_s: float = Field(
         default=3600, ge=10, le=86400, description="Hard limit on a call's duration."
     )
+    apology_text: str = Field(
+        default="Sorry, I'm having a little trouble right now. Could you say that again?",
+        description="Said when a turn fails (rendered at start-up, so it plays offline).",
+    )
+    failure_goodbye_text: str = Field(
+        default="Sorry, I'm having technical difficulties. Please call back later. Goodbye.",
+        description="Said before hanging up after max_failures failed turns in a row.",
+    )
+    max_failures: int = Field(
+        default=3, ge=1, le=20, description="Failed turns in a row before the call ends."
+    )
 
 
 def _check_provider(value: str, known: tuple[str, ...], kind: str) -> str:
@@ -394,6 +406,25 @@ class ProviderSettings(_Section):
     stt: str = Field(default="pocketsphinx", description="Speech-to-text provider name.")
     tts: str = Field(default="piper", description="Text-to-speech provider name.")
     brain: str = Field(default="scripted", description="Conversation brain name.")
+    stt_fallback: str | None = Field(
+        default=None, description="Secondary STT when the primary fails (e.g. pocketsphinx)."
+    )
+    tts_fallback: str | None = Field(
+        default=None, description="Secondary TTS when the primary fails (e.g. piper)."
+    )
+    brain_fallback: str | None = Field(
+        default=None, description="Secondary brain when the primary fails (e.g. scripted)."
+    )
+    stt_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, description="Wait for a final transcript at most this long."
+    )
+    brain_timeout_s: float = Field(
+        default=3.0, gt=0, le=30, description="Wait for the brain's first words this long."
+    )
+    tts_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, description="Wait for the first audio this long."
+    )
+    retries: int = Field(default=1, ge=0, le=3, description="Retries on the primary.")
     piper_length_scale: float = Field(
         default=1.0, ge=0.5, le=2.0, description="Piper speaking-rate factor (>1 is slower)."
     )
@@ -425,6 +456,21 @@ class ProviderSettings(_Section):
     @classmethod
     def _validate_stt(cls, value: str) -> str:
         return _check_provider(value, KNOWN_STT, "STT")
+
+    @field_validator("stt_fallback")
+    @classmethod
+    def _validate_stt_fallback(cls, value: str | None) -> str | None:
+        return _check_provider(value, KNOWN_STT, "STT") if value else None
+
+    @field_validator("tts_fallback")
+    @classmethod
+    def _validate_tts_fallback(cls, value: str | None) -> str | None:
+        return _check_provider(value, KNOWN_TTS, "TTS") if value else None
+
+    @field_validator("brain_fallback")
+    @classmethod
+    def _validate_brain_fallback(cls, value: str | None) -> str | None:
+        return _check_provider(value, KNOWN_BRAINS, "brain") if value else None
 
     @field_validator("tts")
     @classmethod
@@ -926,6 +972,25 @@ class Settings(BaseSettings):
             _invalid(f"file not readable: {path}", show_input=False)
         return path
 
+    @model_validator(mode="after")
+    def _vendor_keys(self) -> Settings:
+        """A cloud provider in use needs its key (from the settings or the vendor's usual
+        environment variable)."""
+        p = self.providers
+        needed = [
+            ("deepgram", "DEEPGRAM_API_KEY", {p.stt, p.stt_fallback}),
+            ("openai", "OPENAI_API_KEY", {p.brain, p.brain_fallback}),
+            ("elevenlabs", "ELEVENLABS_API_KEY", {p.tts, p.tts_fallback}),
+        ]
+        missing = [
+            f"{vendor}.api_key: required when a provider is '{vendor}' (or set {env})"
+            for vendor, env, used in needed
+            if vendor in used and not vendor_key(self, vendor)
+        ]
+        if missing:
+            _invalid("; ".join(missing), show_input=False)
+        return self
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -947,6 +1012,14 @@ class Settings(BaseSettings):
             dotenv_settings,
             _RelativePlaybookTomlSource(settings_cls, toml_file=_toml_file.get()),
         )
+
+
+def vendor_key(settings: Settings, vendor: str) -> str:
+    """The API key of ``vendor`` ("deepgram", "openai", "elevenlabs"): the setting, else
+    the vendor's usual environment variable, else ""."""
+    section = getattr(settings, vendor)
+    key = str(section.api_key)
+    return key or os.environ.get(f"{vendor.upper()}_API_KEY", "")
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -976,7 +1049,8 @@ def _format_error(error: ErrorDetails) -> str:
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
     if kind == _ERR_VERBATIM:
-        return f"{where}: {message}"
+        # Whole-settings checks name their fields in the message themselves.
+        return message if where == "<settings>" else f"{where}: {message}"
     return f"{where}: {message} (got {_format_value(error['input'])})"
 
 

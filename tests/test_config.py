@@ -19,6 +19,7 @@ from sip_config import (
     bundled_playbook_path,
     load_settings,
     parse_listen,
+    vendor_key,
 )
 
 
@@ -79,8 +80,8 @@ def test_bundled_playbook_path_is_inside_gateway_package() -> None:
 
 def test_known_provider_constants() -> None:
     assert KNOWN_STT == ("pocketsphinx",)
-    assert KNOWN_TTS == ("piper",)
-    assert KNOWN_BRAINS == ("scripted",)
+    assert KNOWN_TTS == ("piper", "elevenlabs")
+    assert KNOWN_BRAINS == ("scripted", "openai")
 
 
 def test_toml_file_values(tmp_path: Path) -> None:
@@ -265,7 +266,9 @@ def test_unknown_tts_and_brain_reported_together() -> None:
         load_settings(overrides={"providers": {"tts": "espeak", "brain": "gpt"}})
     error = info.value
     assert len(error.problems) == 2
-    assert error.problems[0].startswith("providers.tts: unknown TTS provider; known: piper, fake")
+    assert error.problems[0].startswith(
+        "providers.tts: unknown TTS provider; known: piper, elevenlabs, fake"
+    )
     assert "'espeak'" in error.problems[0]
     assert error.problems[1].startswith("providers.brain: unknown brain provider")
     assert "scripted" in error.problems[1] and "'gpt'" in error.problems[1]
@@ -439,3 +442,25 @@ def test_parse_listen_result_feeds_overrides() -> None:
     host, port = parse_listen("[::1]:5072")
     settings = load_settings(overrides={"sip": {"listen_host": host, "listen_port": port}})
     assert (settings.sip.listen_host, settings.sip.listen_port) == ("::1", 5072)
+
+
+def test_cloud_provider_needs_its_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ELEVENLABS_API_KEY", raising=False)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(None, env_file=None, overrides={"providers": {"tts": "elevenlabs"}})
+    assert str(exc.value) == (
+        "elevenlabs.api_key: required when a provider is 'elevenlabs' (or set ELEVENLABS_API_KEY)"
+    )
+    monkeypatch.setenv("ELEVENLABS_API_KEY", "from-env")
+    s = load_settings(None, env_file=None, overrides={"providers": {"tts": "elevenlabs"}})
+    assert vendor_key(s, "elevenlabs") == "from-env"
+    assert "from-env" not in repr(s)
+
+
+def test_fallback_providers_are_checked_by_name() -> None:
+    with pytest.raises(ConfigError, match=r"providers\.tts_fallback: unknown TTS provider"):
+        load_settings(None, env_file=None, overrides={"providers": {"tts_fallback": "espeak"}})
+    s = load_settings(
+        None, env_file=None, overrides={"providers": {"tts_fallback": "Piper", "stt_fallback": ""}}
+    )
+    assert (s.providers.tts_fallback, s.providers.stt_fallback) == ("piper", None)

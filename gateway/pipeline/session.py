@@ -169,6 +169,10 @@ class CallSession:
         with contextlib.suppress(Exception):
             await self._drop_stt()
         self.handle.playout.clear()
+        try:
+            self.brain.forget(self.ctx.call_id)
+        except Exception:
+            log.exception("call %s: brain.forget failed", self.handle.sip_call_id)
 
     # -- listening --------------------------------------------------------------------------
     def agent_speaking(self) -> bool:

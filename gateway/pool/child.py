@@ -23,7 +23,7 @@ from gateway.pool import protocol
 from gateway.providers.registry import Providers, build_providers
 from gateway.sip.calls import CallHandle
 from gateway.sip.endpoint import SipError
-from gateway.worker import AgentWorker
+from gateway.worker import AgentWorker, render_prompts
 from sip_config import Settings
 
 log = logging.getLogger("sipagent.worker")
@@ -115,6 +115,8 @@ async def _run(fd: int) -> int:
     providers: Providers = await asyncio.to_thread(build_providers, settings)
     worker: AgentWorker | None = None
     try:
+        # Rendered before "loaded": a spare that takes over must not spend time on it.
+        prompts = await render_prompts(providers.tts, settings)
         await protocol.send(writer, {"event": "loaded"})
         command = await _next_command(reader, stop)
         if command is None or command.get("cmd") != "start":
@@ -125,6 +127,7 @@ async def _run(fd: int) -> int:
         worker = AgentWorker(
             worker_settings(settings, command), providers, account_index=index, listener=reporter
         )
+        worker.prompts = prompts
         try:
             await worker.start()
         except SipError as exc:

@@ -152,6 +152,12 @@ class Brain(abc.ABC):
         """Like `respond`, streamed; brains that generate text progressively override it."""
         return _WholeReply(self.respond(text, ctx))
 
+    def forget(self, call_id: str) -> None:  # noqa: B027 - optional hook
+        """The call is over: drop what was kept for it (e.g. an LLM's history)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release process-wide resources (HTTP connection pools)."""
+
     @abc.abstractmethod
     async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
         """What to say after the caller was silent; `attempt` counts from 1.

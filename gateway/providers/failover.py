@@ -281,6 +281,16 @@ class ResilientBrain(Brain):
         """Stream of the first brain that starts answering in time."""
         return _ResilientReply(self, text, ctx)
 
+    def forget(self, call_id: str) -> None:
+        """Forget the call in every brain of the chain."""
+        for brain in self.chain:
+            brain.forget(call_id)
+
+    async def close(self) -> None:
+        """Close every brain of the chain."""
+        for brain in self.chain:
+            await brain.close()
+
     async def respond(self, text: str, ctx: CallContext) -> BrainReply:
         """Collected `respond_stream`."""
         stream = self.respond_stream(text, ctx)

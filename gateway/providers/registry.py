@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.providers.base import Brain, SttProvider, TtsProvider
-from sip_config import Settings
+from gateway.providers.failover import ResilientBrain, ResilientStt, ResilientTts
+from sip_config import Settings, vendor_key
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,57 @@ def _fake_brain(s: Settings) -> Brain:
     return FakeBrain(first_token_delay_s=s.providers.fake_llm_first_token_ms / 1000.0)
 
 
+def _elevenlabs(s: Settings) -> TtsProvider:
+    from gateway.providers.elevenlabs_tts import ElevenLabsTts
+
+    e = s.elevenlabs
+    return ElevenLabsTts(
+        api_key=vendor_key(s, "elevenlabs"),
+        voice_id=e.voice_id,
+        model_id=e.model_id,
+        base_url=e.base_url,
+        stability=e.stability,
+        similarity_boost=e.similarity_boost,
+        style=e.style,
+        speed=e.speed,
+        first_byte_timeout_s=s.providers.tts_timeout_s,
+    )
+
+
+def _openai(s: Settings) -> Brain:
+    from gateway.providers.openai_brain import HttpTool, OpenAiBrain
+
+    o = s.openai
+    return OpenAiBrain(
+        api_key=vendor_key(s, "openai"),
+        system_prompt=o.system_prompt,
+        greeting=o.greeting,
+        model=o.model,
+        base_url=o.base_url,
+        temperature=o.temperature,
+        first_token_timeout_s=s.providers.brain_timeout_s,
+        transfer_target=o.transfer_target,
+        transfer_line=o.transfer_line,
+        http_tools=[
+            HttpTool(t.name, t.description, dict(t.parameters), t.url, t.timeout_s) for t in o.tools
+        ],
+    )
+
+
 STT: dict[str, Callable[[Settings], SttProvider]] = {
     "pocketsphinx": _pocketsphinx,
     "fake": _fake_stt,
 }
-TTS: dict[str, Callable[[Settings], TtsProvider]] = {"piper": _piper, "fake": _fake_tts}
-BRAINS: dict[str, Callable[[Settings], Brain]] = {"scripted": _scripted, "fake": _fake_brain}
+TTS: dict[str, Callable[[Settings], TtsProvider]] = {
+    "piper": _piper,
+    "elevenlabs": _elevenlabs,
+    "fake": _fake_tts,
+}
+BRAINS: dict[str, Callable[[Settings], Brain]] = {
+    "scripted": _scripted,
+    "openai": _openai,
+    "fake": _fake_brain,
+}
 
 
 @dataclass
@@ -74,20 +120,39 @@ class Providers:
         """Release process-wide resources."""
         await self.stt.close()
         await self.tts.close()
+        await self.brain.close()
 
 
 def build_providers(settings: Settings) -> Providers:
-    """Create (and load the models of) the configured providers."""
+    """Create (and load the models of) the configured providers.
+
+    A kind with a fallback (``providers.*_fallback``) or a cloud primary is wrapped in its
+    failover layer (timeouts, ``providers.retries`` retries, then the fallback); the
+    offline providers alone are used as they are.
+    """
     t0 = time.monotonic()
     p = settings.providers
-    providers = Providers(
-        stt=STT[p.stt](settings), tts=TTS[p.tts](settings), brain=BRAINS[p.brain](settings)
-    )
+    stt: SttProvider = STT[p.stt](settings)
+    tts: TtsProvider = TTS[p.tts](settings)
+    brain: Brain = BRAINS[p.brain](settings)
+    if p.stt_fallback or p.stt in _CLOUD:
+        chain = [stt] + ([STT[p.stt_fallback](settings)] if p.stt_fallback else [])
+        stt = ResilientStt(chain, final_timeout_s=p.stt_timeout_s, retries=p.retries)
+    if p.tts_fallback or p.tts in _CLOUD:
+        tts_chain = [tts] + ([TTS[p.tts_fallback](settings)] if p.tts_fallback else [])
+        tts = ResilientTts(tts_chain, first_audio_timeout_s=p.tts_timeout_s, retries=p.retries)
+    if p.brain_fallback or p.brain in _CLOUD:
+        chain_b = [brain] + ([BRAINS[p.brain_fallback](settings)] if p.brain_fallback else [])
+        brain = ResilientBrain(chain_b, first_token_timeout_s=p.brain_timeout_s, retries=p.retries)
+    providers = Providers(stt=stt, tts=tts, brain=brain)
     log.info(
         "providers ready in %.1f s: stt=%s tts=%s brain=%s",
         time.monotonic() - t0,
-        p.stt,
-        p.tts,
-        p.brain,
+        stt.name or p.stt,
+        tts.name or p.tts,
+        brain.name or p.brain,
     )
     return providers
+
+
+_CLOUD = frozenset({"deepgram", "openai", "elevenlabs"})
