@@ -66,7 +66,7 @@ __all__ = [
     "vendor_key",
 ]
 
-KNOWN_STT: Final[tuple[str, ...]] = ("pocketsphinx",)
+KNOWN_STT: Final[tuple[str, ...]] = ("pocketsphinx", "deepgram")
 """Speech-to-text providers shipped with the gateway (``"fake"`` is accepted as well)."""
 
 KNOWN_TTS: Final[tuple[str, ...]] = ("piper", "elevenlabs")

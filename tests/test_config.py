@@ -79,7 +79,7 @@ def test_bundled_playbook_path_is_inside_gateway_package() -> None:
 
 
 def test_known_provider_constants() -> None:
-    assert KNOWN_STT == ("pocketsphinx",)
+    assert KNOWN_STT == ("pocketsphinx", "deepgram")
     assert KNOWN_TTS == ("piper", "elevenlabs")
     assert KNOWN_BRAINS == ("scripted", "openai")
 

@@ -55,6 +55,22 @@ def _fake_brain(s: Settings) -> Brain:
     return FakeBrain(first_token_delay_s=s.providers.fake_llm_first_token_ms / 1000.0)
 
 
+def _deepgram(s: Settings) -> SttProvider:
+    from gateway.providers.deepgram_stt import DeepgramStt
+
+    d = s.deepgram
+    return DeepgramStt(
+        api_key=vendor_key(s, "deepgram"),
+        base_url=d.base_url,
+        model=d.model,
+        language=d.language,
+        endpointing_ms=d.endpointing_ms,
+        utterance_end_ms=d.utterance_end_ms,
+        final_timeout_s=s.providers.stt_timeout_s,
+        warm_sockets=s.sip.max_calls,
+    )
+
+
 def _elevenlabs(s: Settings) -> TtsProvider:
     from gateway.providers.elevenlabs_tts import ElevenLabsTts
 
@@ -94,6 +110,7 @@ def _openai(s: Settings) -> Brain:
 
 STT: dict[str, Callable[[Settings], SttProvider]] = {
     "pocketsphinx": _pocketsphinx,
+    "deepgram": _deepgram,
     "fake": _fake_stt,
 }
 TTS: dict[str, Callable[[Settings], TtsProvider]] = {

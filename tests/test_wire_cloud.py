@@ -1,0 +1,171 @@
+"""A SIP call through the cloud pipeline: Deepgram + OpenAI + ElevenLabs (and pocketsphinx +
+OpenAI + ElevenLabs), the vendors being loopback fakes that speak their WebSocket and HTTP
+APIs, reached through the official SDKs.
+
+Shows on the wire: the first sentence is heard while the LLM is still streaming the rest,
+an HTTP tool call round-trips, `end_call` hangs up, and a vendor outage is covered by the
+fallback voice and by the apology instead of silence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.demo import AgentProcess
+from tests.fakes.deepgram import FakeDeepgram
+from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
+from tests.fakes.openai_chat import FakeOpenAi, HttpError, Text, ToolCall, ToolCalls
+from tests.wire import place_call, running_agent, uri
+
+pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
+
+FIRST = "Sure. We open at seven in the morning. We close at six in the evening. Anything else?"
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[FakeOpenAi]:
+    with FakeOpenAi("sk-wire-test") as fake:
+        yield fake
+
+
+@pytest.fixture
+def deepgram_fake() -> Iterator[FakeDeepgram]:
+    with FakeDeepgram("dg-wire-test") as fake:
+        yield fake
+
+
+@pytest.fixture
+def eleven_fake() -> Iterator[FakeElevenLabs]:
+    with serve_elevenlabs(api_key="xi-wire-test") as fake:
+        yield fake
+
+
+def cloud_settings(openai: FakeOpenAi, eleven: FakeElevenLabs, **extra: str) -> dict[str, str]:
+    settings = {
+        "providers__brain": "openai",
+        "providers__tts": "elevenlabs",
+        "openai__api_key": openai.api_key,
+        "openai__base_url": openai.base_url,
+        "openai__greeting": "Hello, cloud agent here.",
+        "openai__tools": json.dumps(
+            [
+                {
+                    "name": "order_status",
+                    "description": "Look up an order",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"order": {"type": "string"}},
+                    },
+                    "url": openai.tool_url("order_status"),
+                }
+            ]
+        ),
+        "elevenlabs__api_key": eleven.api_key,
+        "elevenlabs__base_url": eleven.base_url,
+    }
+    settings.update(extra)
+    return settings
+
+
+def turns_of(agent: AgentProcess) -> list[dict[str, object]]:
+    return [t for t in agent.turns() if t["kind"] != "greeting"]
+
+
+def test_cloud_call_streams_uses_a_tool_and_ends_by_end_call(
+    tmp_path: Path,
+    deepgram_fake: FakeDeepgram,
+    openai_fake: FakeOpenAi,
+    eleven_fake: FakeElevenLabs,
+) -> None:
+    openai_fake.add(
+        # Slow deltas: the whole reply takes ~2 s to generate.
+        Text(FIRST, chunk_chars=6, first_delay_s=0.05, delay_s=0.12),
+        ToolCalls((ToolCall("order_status", '{"order": "42"}'),)),
+        Text("Your order ships tomorrow."),
+        ToolCalls((ToolCall("end_call"),), text="Thanks for calling, goodbye!"),
+    )
+    openai_fake.tool_results["order_status"] = {"order": "42", "status": "ships tomorrow"}
+    settings = cloud_settings(
+        openai_fake,
+        eleven_fake,
+        providers__stt="deepgram",
+        deepgram__api_key=deepgram_fake.api_key,
+        deepgram__base_url=deepgram_fake.url,
+    )
+    with running_agent(tmp_path, **settings) as agent:
+        report = place_call(
+            uri(agent),
+            "--say",
+            "When are you open?",
+            "--say",
+            "Where is my order forty two?",
+            "--say",
+            "That is all, thank you.",
+            "--no-hangup",
+        )
+        turns = turns_of(agent)
+    assert report["returncode"] == 0, report["stderr"][-2000:]
+    assert report["ended_by"] == "agent"
+    assert all(s["reply_latency_ms"] is not None for s in report["steps"]), report["steps"]
+    first = turns[0]
+    # Heard while the LLM was still streaming the reply.
+    stream = openai_fake.streams[0]
+    assert stream.finished_at > 0
+    assert float(str(first["first_audio_at"])) < stream.finished_at - 0.5, (first, stream)
+    assert first["agent_text"] == FIRST
+    # One ElevenLabs request per sentence, in order, pcm_8000.
+    texts = [r.body["text"] for r in eleven_fake.requests]
+    sentences = [
+        "Sure.",
+        "We open at seven in the morning.",
+        "We close at six in the evening.",
+        "Anything else?",
+    ]
+    start = texts.index("Sure.")
+    assert texts[start : start + 4] == sentences, texts
+    assert {r.query.get("output_format") for r in eleven_fake.requests} == {"pcm_8000"}
+    # The HTTP tool got the model's arguments and its result went back to the model.
+    assert openai_fake.tool_posts == [("order_status", {"order": "42"})]
+    follow_up = openai_fake.chat_requests()[2]["messages"]
+    assert any(m["role"] == "tool" and "ships tomorrow" in m["content"] for m in follow_up), (
+        follow_up
+    )
+    assert turns[1]["agent_text"] == "Your order ships tomorrow."
+    assert turns[2]["actions"] == ["hangup"]
+    # Deepgram heard every caller turn: linear16 at 8 kHz, its transcripts reached the LLM.
+    queries = [c.query for c in deepgram_fake.connections]
+    assert queries and all(q["encoding"] == "linear16" for q in queries)
+    assert all(q["sample_rate"] == "8000" for q in queries)
+    users = [
+        m["content"] for m in openai_fake.chat_requests()[0]["messages"] if m["role"] == "user"
+    ]
+    assert users and users[-1].endswith(" bytes"), users
+
+
+def test_vendor_outage_gets_the_fallback_voice_and_the_apology(
+    tmp_path: Path, openai_fake: FakeOpenAi, eleven_fake: FakeElevenLabs
+) -> None:
+    eleven_fake.mode = "500"
+    openai_fake.add(HttpError(500), HttpError(500), Text("Fine, thanks."))
+    settings = cloud_settings(
+        openai_fake,
+        eleven_fake,
+        providers__tts_fallback="piper",
+        providers__brain_timeout_s="1",
+    )
+    with running_agent(tmp_path, **settings) as agent:
+        report = place_call(
+            uri(agent), "--say", "Hello, are you there?", "--say", "How are you today?"
+        )
+        turns = turns_of(agent)
+    assert report["returncode"] == 0, report["stderr"][-2000:]
+    # ElevenLabs is down: Piper speaks the greeting and every reply.
+    assert report["greeting_ms"] is not None and report["greeting_ms"] < 2000
+    # The brain failed twice (try + retry) on the first question: the apology, in time.
+    assert turns[0]["kind"] == "apology", turns
+    assert report["steps"][0]["reply_latency_ms"] < 2000, report["steps"]
+    assert turns[1]["agent_text"] == "Fine, thanks."
