@@ -36,6 +36,16 @@ def conversation_options(s: Settings) -> ConversationOptions:
         max_utterance_ms=int(s.vad.max_utterance_s * 1000),
         no_input_timeout_s=s.conversation.no_input_timeout_s,
         max_failures=s.conversation.max_failures,
+        reply_deadline_s=s.conversation.max_vendor_silence_s if _uses_vendors(s) else None,
+    )
+
+
+def _uses_vendors(s: Settings) -> bool:
+    """True when a cloud provider (or a failover chain) is in use."""
+    p = s.providers
+    cloud = {"deepgram", "openai", "elevenlabs"}
+    return bool({p.stt, p.tts, p.brain} & cloud) or any(
+        (p.stt_fallback, p.tts_fallback, p.brain_fallback)
     )
 
 

@@ -390,6 +390,15 @@ class ConversationSettings(_Section):
     max_failures: int = Field(
         default=3, ge=1, le=20, description="Failed turns in a row before the call ends."
     )
+    max_vendor_silence_s: float = Field(
+        default=2.5,
+        ge=0.5,
+        le=10,
+        description=(
+            "With a cloud provider, a reply with no audio this long after the caller stopped"
+            " fails and the apology plays (the caller never waits longer in silence)."
+        ),
+    )
 
 
 def _check_provider(value: str, known: tuple[str, ...], kind: str) -> str:

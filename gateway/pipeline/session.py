@@ -48,6 +48,10 @@ class ConversationOptions:
     min_unrecognised_ms: int = 400
     hangup_delay_s: float = 0.3
     max_failures: int = 3  # consecutive failed turns before the call is ended politely
+    # A reply (or greeting) with no audio this long after it was due counts as failed: the
+    # apology plays, so a slow or dead vendor never leaves the caller in silence. None: no
+    # limit (the offline pipeline, whose delays are CPU, not vendors).
+    reply_deadline_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class CallSession:
         # Transcripts of earlier pieces of the turn in progress, finalised early (in pauses).
         self._parts: list[asyncio.Future[str]] = []
         self._reply: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Timeout | None = None  # of the reply being prepared
         self._speaking = False
         self._carry_text = ""
         self._last_activity = time.monotonic()
@@ -156,7 +161,7 @@ class CallSession:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._listen(), name="listen")
                 tg.create_task(self._watchdog(), name="watchdog")
-                self._start_reply(self._greet())
+                self._start_reply(self._greet(), deadline=True)
         finally:
             await self._shutdown()
 
@@ -219,7 +224,7 @@ class CallSession:
                     eot_wait_ms=float(event.trailing_silence_ms),
                     barge_in=self._turn_barged,
                 )
-                self._start_reply(self._respond(parts, stt, rec, end_of_speech, now))
+                self._start_reply(self._respond(parts, stt, rec, end_of_speech, now), deadline=True)
 
     async def _feed_speech(self, frame: bytes) -> None:
         """Stream a frame of the turn in progress to STT; finalise early in a pause.
@@ -260,29 +265,45 @@ class CallSession:
             dropped * FRAME_MS,
         )
 
-    def _start_reply(self, coro: Awaitable[None]) -> None:
+    def _start_reply(self, coro: Awaitable[None], deadline: bool = False) -> None:
         old = self._reply
         if old is not None and not old.done():
             old.cancel()
-        self._reply = asyncio.ensure_future(self._guard(coro))
+        limit = self.opt.reply_deadline_s if deadline else None
+        self._reply = asyncio.ensure_future(self._guard(coro, limit))
 
-    async def _guard(self, coro: Awaitable[None]) -> None:
+    async def _guard(self, coro: Awaitable[None], limit: float | None = None) -> None:
+        deadline: asyncio.Timeout | None = None
         try:
-            await coro
+            if limit is None:
+                await coro
+            else:
+                # Lifted by `_speak` when the first audio is queued.
+                async with asyncio.timeout(limit) as deadline:
+                    self._deadline = deadline
+                    await coro
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._failures += 1
-            self._speaking = False
-            log.error(
-                "call %s: agent turn failed (%d in a row): %s",
-                self.handle.sip_call_id,
-                self._failures,
-                exc if isinstance(exc, ProviderError) else repr(exc),
-                exc_info=not isinstance(exc, ProviderError),
-            )
-            if self.prompts is not None:
-                await self._fallback()
+            self._deadline = None
+            late = deadline is not None and deadline.expired()
+            await self._failed(exc, f"no agent audio within {limit:g} s" if late else "")
+        finally:
+            self._deadline = None
+
+    async def _failed(self, exc: BaseException, why: str) -> None:
+        """A reply failed: count it, log it, and say the apology (or the goodbye)."""
+        self._failures += 1
+        self._speaking = False
+        log.error(
+            "call %s: agent turn failed (%d in a row): %s",
+            self.handle.sip_call_id,
+            self._failures,
+            why or (exc if isinstance(exc, ProviderError) else repr(exc)),
+            exc_info=not why and not isinstance(exc, ProviderError),
+        )
+        if self.prompts is not None:
+            await self._fallback()
 
     async def _fallback(self) -> None:
         """After a failed turn: the apology, or after too many the goodbye and a hang-up.
@@ -503,6 +524,8 @@ class CallSession:
                         if not first_chunk_at:
                             first_chunk_at = time.monotonic()
                             playout.max_gap = 0.0
+                            if self._deadline is not None:
+                                self._deadline.reschedule(None)  # audio is flowing
                         for frame in split_frames(pcm):
                             while playout.free == 0:
                                 await asyncio.sleep(FRAME_MS / 1000.0)
