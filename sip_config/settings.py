@@ -72,7 +72,7 @@ KNOWN_STT: Final[tuple[str, ...]] = ("pocketsphinx", "deepgram")
 KNOWN_TTS: Final[tuple[str, ...]] = ("piper", "elevenlabs")
 """Text-to-speech providers shipped with the gateway (``"fake"`` is accepted as well)."""
 
-KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted", "openai")
+KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted", "openai", "external")
 """Conversation brains shipped with the gateway (``"fake"`` is accepted as well)."""
 
 _TEST_PROVIDER: Final = "fake"
@@ -603,6 +603,40 @@ class ElevenLabsSettings(_Section):
         return _check_base_url(value, ("http", "https"))
 
 
+class ExternalBrainSettings(_Section):
+    """The customer's own bot as the brain (``[external]``; ``DCS_URL``,
+    ``DCS_RESPONSE_URL`` and ``AI_TTS_URL`` are accepted as environment variables too)."""
+
+    dcs_url: str | None = Field(
+        default=None, description="Call-initiation endpoint (its reply is the greeting)."
+    )
+    dcs_response_url: str | None = Field(
+        default=None, description="Endpoint that gets each caller turn and returns the reply."
+    )
+    ai_tts_url: str | None = Field(
+        default=None, description="HTTP TTS for text replies; None: the configured TTS."
+    )
+    greeting: str = Field(default="Hello.", description="Greeting when dcs_url is unset.")
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers sent to the bot, e.g. Authorization."
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Per-request timeout.")
+    pending_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="Wait this long for an asynchronous reply."
+    )
+
+    @field_validator("dcs_url", "dcs_response_url", "ai_tts_url")
+    @classmethod
+    def _validate_urls(cls, value: str | None) -> str | None:
+        return _check_base_url(value, ("http", "https"))
+
+    def url(self, name: str) -> str | None:
+        """``name`` ("dcs_url", ...) from the settings, else its upper-case environment
+        variable."""
+        value: str | None = getattr(self, name)
+        return value or os.environ.get(name.upper()) or None
+
+
 class SipAccount(_Section):
     """Credentials of one registered endpoint (one per worker in ``register`` mode)."""
 
@@ -958,6 +992,7 @@ class Settings(BaseSettings):
     deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
     openai: OpenAiSettings = Field(default_factory=OpenAiSettings)
     elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
+    external: ExternalBrainSettings = Field(default_factory=ExternalBrainSettings)
     playbook: Path = Field(
         default_factory=bundled_playbook_path,
         description="Playbook TOML file; unset means the bundled demo playbook.",
@@ -996,6 +1031,11 @@ class Settings(BaseSettings):
             for vendor, env, used in needed
             if vendor in used and not vendor_key(self, vendor)
         ]
+        if "external" in (p.brain, p.brain_fallback) and not self.external.url("dcs_response_url"):
+            missing.append(
+                "external.dcs_response_url: required when the brain is 'external'"
+                " (or set DCS_RESPONSE_URL)"
+            )
         if missing:
             _invalid("; ".join(missing), show_input=False)
         return self

@@ -81,7 +81,7 @@ def test_bundled_playbook_path_is_inside_gateway_package() -> None:
 def test_known_provider_constants() -> None:
     assert KNOWN_STT == ("pocketsphinx", "deepgram")
     assert KNOWN_TTS == ("piper", "elevenlabs")
-    assert KNOWN_BRAINS == ("scripted", "openai")
+    assert KNOWN_BRAINS == ("scripted", "openai", "external")
 
 
 def test_toml_file_values(tmp_path: Path) -> None:
@@ -464,3 +464,13 @@ def test_fallback_providers_are_checked_by_name() -> None:
         None, env_file=None, overrides={"providers": {"tts_fallback": "Piper", "stt_fallback": ""}}
     )
     assert (s.providers.tts_fallback, s.providers.stt_fallback) == ("piper", None)
+
+
+def test_external_brain_needs_a_response_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DCS_RESPONSE_URL", raising=False)
+    with pytest.raises(ConfigError, match=r"external\.dcs_response_url: required"):
+        load_settings(None, env_file=None, overrides={"providers": {"brain": "external"}})
+    monkeypatch.setenv("DCS_RESPONSE_URL", "http://127.0.0.1:9/dcs/response")
+    s = load_settings(None, env_file=None, overrides={"providers": {"brain": "external"}})
+    assert s.external.url("dcs_response_url") == "http://127.0.0.1:9/dcs/response"
+    assert s.external.url("dcs_url") is None

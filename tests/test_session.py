@@ -785,3 +785,32 @@ def test_a_silent_vendor_is_covered_by_the_apology_within_the_deadline(
             await call.stop()
 
     run(body)
+
+
+class AudioBrain(QuickBrain):
+    """Answers with recorded audio (like the external bot's audio_url replies)."""
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        from gateway.providers.external_brain import AudioReply
+
+        self.heard.append(text)
+        return AudioReply("(recording)", intent="bot", audio=square_wave(400))
+
+
+def test_an_audio_reply_is_played_as_is(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300)
+
+    async def body() -> None:
+        call = start_call(AudioBrain(), options)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            asked = clock.say(speech(speech_8k, "hello there"))
+            rec = await call.turn(1, timeout=5.0)
+            assert rec.agent_text == "(recording)" and rec.intent == "bot"
+            assert len(clock.agent_loud_ticks(asked)) == 20  # 400 ms of it, not TTS of the text
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(body)

@@ -459,7 +459,11 @@ class CallSession:
         rec.intent = reply.intent
         rec.actions = list(reply.actions)
         try:
-            first_chunk_at, first_wire_at = await self._speak(reply.text)
+            audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
+            if audio:
+                first_chunk_at, first_wire_at = await self._speak_pcm(audio)
+            else:
+                first_chunk_at, first_wire_at = await self._speak(reply.text)
         except asyncio.CancelledError:
             rec.interrupted = True
             rec.first_audio_at = round(self.handle.playout.marked_at, 4)

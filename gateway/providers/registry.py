@@ -108,6 +108,23 @@ def _openai(s: Settings) -> Brain:
     )
 
 
+def _external(s: Settings) -> Brain:
+    from gateway.providers.external_brain import ExternalBrain
+
+    e = s.external
+    response_url = e.url("dcs_response_url")
+    assert response_url is not None  # checked when the settings were loaded
+    return ExternalBrain(
+        dcs_url=e.url("dcs_url"),
+        dcs_response_url=response_url,
+        ai_tts_url=e.url("ai_tts_url"),
+        greeting=e.greeting,
+        headers=dict(e.headers),
+        timeout_s=e.timeout_s,
+        pending_timeout_s=e.pending_timeout_s,
+    )
+
+
 STT: dict[str, Callable[[Settings], SttProvider]] = {
     "pocketsphinx": _pocketsphinx,
     "deepgram": _deepgram,
@@ -121,6 +138,7 @@ TTS: dict[str, Callable[[Settings], TtsProvider]] = {
 BRAINS: dict[str, Callable[[Settings], Brain]] = {
     "scripted": _scripted,
     "openai": _openai,
+    "external": _external,
     "fake": _fake_brain,
 }
 

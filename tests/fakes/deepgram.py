@@ -83,6 +83,7 @@ class FakeDeepgram:
         self.drops = 1
         self.malformed = False
         self.malformed_results = False
+        self.final_delay_s = 0.0
         self.connections: list[FakeConnection] = []
         self.rejected: list[int] = []
         self.port = 0
@@ -233,6 +234,8 @@ class FakeDeepgram:
                 if self.malformed:
                     await ws.send("{this is not json")
                     continue
+                if self.final_delay_s:
+                    await asyncio.sleep(self.final_delay_s)  # the vendor's finalize latency
                 msg = self._results(
                     request_id, start_bytes, segment_bytes, final=True, from_finalize=True
                 )

@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Turn overhead of the cloud path: Deepgram + OpenAI + ElevenLabs through their official
+SDKs, against loopback fakes that add a published peer benchmark's latencies (STT final
+200 ms, LLM first token 150 ms, TTS first byte 80 ms).
+
+It runs `sipagent serve` with those providers, places calls with the test softphone (real
+SIP and RTP on 127.0.0.1), and prints p50/p95 of each part of a turn and of the overhead:
+what a turn costs beyond the end-of-turn wait and the fakes' own delays. The agent's early
+STT final is off (`vad.early_final_ms = 0`), so the three delays add up as in the peer
+benchmark.
+
+Usage: python scripts/bench/cloud_overhead.py [--calls 3] [--turns 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from gateway.demo import AgentProcess, free_udp_port
+from tests.fakes.deepgram import FakeDeepgram
+from tests.fakes.elevenlabs import serve_elevenlabs
+from tests.fakes.openai_chat import FakeOpenAi, Text
+
+STT_MS, LLM_MS, TTS_MS = 200.0, 150.0, 80.0
+QUESTIONS = [
+    "What are your opening hours?",
+    "Where are you located?",
+    "Do you sell croissants?",
+    "Is there parking near the shop?",
+]
+REPLY = "Sure, I can help with that. We are open from seven until six. Anything else?"
+
+
+def pct(values: list[float], q: float) -> float:
+    """Percentile (linear interpolation)."""
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def run(calls: int, turns: int) -> dict[str, Any]:
+    """Place the calls one after another; return the caller-side and agent-side samples."""
+    wire: list[float] = []
+    unanswered = 0
+    with (
+        FakeDeepgram("dg-bench") as dg,
+        FakeOpenAi("sk-bench") as oa,
+        serve_elevenlabs(api_key="xi-bench", first_byte_delay_s=TTS_MS / 1000) as el,
+    ):
+        dg.final_delay_s = STT_MS / 1000
+        oa.add(*[Text(REPLY, chunk_chars=6, first_delay_s=LLM_MS / 1000)] * (calls * turns + 4))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAGENT_")}
+        env.update(
+            {
+                "SIPAGENT_PROVIDERS__STT": "deepgram",
+                "SIPAGENT_PROVIDERS__BRAIN": "openai",
+                "SIPAGENT_PROVIDERS__TTS": "elevenlabs",
+                "SIPAGENT_DEEPGRAM__API_KEY": dg.api_key,
+                "SIPAGENT_DEEPGRAM__BASE_URL": dg.url,
+                "SIPAGENT_OPENAI__API_KEY": oa.api_key,
+                "SIPAGENT_OPENAI__BASE_URL": oa.base_url,
+                "SIPAGENT_ELEVENLABS__API_KEY": el.api_key,
+                "SIPAGENT_ELEVENLABS__BASE_URL": el.base_url,
+                "SIPAGENT_VAD__EARLY_FINAL_MS": "0",
+                "SIPAGENT_POOL__SPARE": "false",
+                "SIPAGENT_APP__ENABLED": "false",
+            }
+        )
+        port = free_udp_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            env["SIPAGENT_RECORDS__URL"] = f"sqlite:///{tmp}/records.db"
+            agent = AgentProcess(port, env=env, cwd=Path(tmp), workers=1)
+            try:
+                if not agent.wait_listening(120):
+                    raise SystemExit("agent did not start:\n" + "\n".join(agent.lines[-20:]))
+                for n in range(calls):
+                    cmd = [sys.executable, "-m", "gateway.cli", "call"]
+                    cmd += [f"sip:agent@127.0.0.1:{port}", "--json"]
+                    for q in QUESTIONS[:turns]:
+                        cmd += ["--say", q]
+                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                    line = next(
+                        (x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None
+                    )
+                    if line is None:
+                        unanswered += turns
+                        print(f"call {n + 1}: no report\n{out.stderr[-500:]}", file=sys.stderr)
+                        continue
+                    for step in json.loads(line)["steps"]:
+                        if step["reply_latency_ms"] is None:
+                            unanswered += 1
+                        else:
+                            wire.append(float(step["reply_latency_ms"]))
+                    print(f"call {n + 1}/{calls} done", file=sys.stderr)
+                    time.sleep(0.5)
+            finally:
+                agent.stop()
+    replies = [t for t in agent.turns() if t["kind"] == "reply" and not t["interrupted"]]
+    return {"wire": wire, "turns": replies, "unanswered": unanswered}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=3, help="calls to place, one at a time")
+    ap.add_argument("--turns", type=int, default=4, choices=range(1, 5), help="questions/call")
+    args = ap.parse_args()
+    data = run(args.calls, args.turns)
+    turns = data["turns"]
+    mocked = STT_MS + LLM_MS + TTS_MS
+    eot = [float(t["eot_wait_ms"]) for t in turns]
+    rows: list[tuple[str, list[float]]] = [
+        ("agent: end-of-turn wait", eot),
+        ("agent: STT final (fake: 200)", [float(t["stt_ms"]) for t in turns]),
+        ("agent: LLM first token (fake: 150)", [float(t["brain_ms"]) for t in turns]),
+        ("agent: TTS first audio (fake: 80)", [float(t["tts_first_ms"]) for t in turns]),
+        ("agent: playout to the wire", [float(t["playout_ms"]) for t in turns]),
+        ("agent: total", [float(t["total_ms"]) for t in turns]),
+        (
+            "agent: overhead beyond the fakes",
+            [float(t["total_ms"]) - float(t["eot_wait_ms"]) - mocked for t in turns],
+        ),
+        ("wire: caller's end of speech → audio", data["wire"]),
+    ]
+    if data["wire"] and eot:
+        wait = float(np.median(eot))
+        rows.append(("wire: overhead beyond the fakes", [w - wait - mocked for w in data["wire"]]))
+    print(
+        f"\ncloud turn latency, {len(turns)} agent turns, {len(data['wire'])} heard,"
+        f" {data['unanswered']} unanswered (fakes: STT {STT_MS:.0f}, LLM {LLM_MS:.0f},"
+        f" TTS {TTS_MS:.0f} ms)"
+    )
+    print(f"{'metric':40} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    for label, values in rows:
+        if values:
+            print(
+                f"{label:40} {len(values):4d} {pct(values, 50):8.0f} {pct(values, 95):8.0f}"
+                f" {max(values):8.0f}"
+            )
+    return 0 if data["wire"] and not data["unanswered"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
