@@ -61,6 +61,52 @@ _MIGRATIONS: Final[Sequence[str]] = (
     CREATE INDEX calls_sip_call_id ON calls (sip_call_id);
     CREATE INDEX calls_created_at ON calls (created_at);
     """,
+    # 2: the agent's turns of each call, with their latency parts (milliseconds).
+    """
+    CREATE TABLE turns (
+        id               INTEGER PRIMARY KEY,
+        call_id          INTEGER NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+        turn             INTEGER NOT NULL,
+        kind             TEXT NOT NULL,
+        user_text        TEXT,
+        agent_text       TEXT,
+        intent           TEXT,
+        actions          TEXT,
+        interrupted      INTEGER NOT NULL DEFAULT 0,
+        barge_in         INTEGER NOT NULL DEFAULT 0,
+        speech_ms        REAL,
+        eot_wait_ms      REAL,
+        stt_ms           REAL,
+        brain_ms         REAL,
+        tts_first_ms     REAL,
+        playout_ms       REAL,
+        total_ms         REAL,
+        max_gap_ms       REAL,
+        end_of_speech_at REAL,
+        first_audio_at   REAL,
+        at               REAL NOT NULL,
+        UNIQUE (call_id, turn)
+    );
+    """,
+)
+
+_TURN_FIELDS: Final = (
+    "kind",
+    "user_text",
+    "agent_text",
+    "intent",
+    "interrupted",
+    "barge_in",
+    "speech_ms",
+    "eot_wait_ms",
+    "stt_ms",
+    "brain_ms",
+    "tts_first_ms",
+    "playout_ms",
+    "total_ms",
+    "max_gap_ms",
+    "end_of_speech_at",
+    "first_audio_at",
 )
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -337,6 +383,54 @@ class CallRecords:
             at,
             ended=True,
         )
+
+    def add_turn(
+        self,
+        call_uuid: str | None,
+        sip_call_id: str,
+        turn: Mapping[str, Any],
+        at: float,
+    ) -> None:
+        """Store one agent turn of a call (a `TurnRecord.as_dict()`); the same turn number
+        stored again replaces the earlier version."""
+        values = [turn.get(name) for name in _TURN_FIELDS]
+        actions = json.dumps(list(turn.get("actions") or []))
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                key = self._sip_row_key(call_uuid, sip_call_id)
+                self._upsert(key, {"sip_call_id": sip_call_id}, at)
+                row = self._conn.execute(
+                    "SELECT id FROM calls WHERE call_uuid = ?", (key,)
+                ).fetchone()
+                columns = ", ".join(["call_id", "turn", *_TURN_FIELDS, "actions", "at"])
+                marks = ", ".join("?" for _ in range(len(_TURN_FIELDS) + 4))
+                self._conn.execute(
+                    f"INSERT OR REPLACE INTO turns ({columns}) VALUES ({marks})",
+                    [row["id"], int(turn.get("turn") or 0), *values, actions, at],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def turns(self, call_id: str) -> list[dict[str, Any]]:
+        """The stored turns of a call (looked up like `get`), in order."""
+        record = self.get(call_id)
+        if record is None:
+            return []
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT * FROM turns WHERE call_id = ? ORDER BY turn", (record["id"],)
+            ).fetchall()
+        out = []
+        for row in rows:
+            item: dict[str, Any] = dict(zip(row.keys(), tuple(row), strict=True))
+            item["actions"] = json.loads(item["actions"] or "[]")
+            item["interrupted"] = bool(item["interrupted"])
+            item["barge_in"] = bool(item["barge_in"])
+            out.append(item)
+        return out
 
     # --- reads ------------------------------------------------------------------------
     @staticmethod

@@ -168,12 +168,17 @@ class AgentWorker:
             brain=self.providers.brain,
             options=self.options,
             hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
-            on_turn=_log_turn,
+            on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
         task.add_done_callback(lambda t: self._finished(handle, t))
+
+    def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
+        _log_turn(rec)
+        if self.listener is not None:
+            self.listener.turn_recorded(handle, rec)
 
     def _end(self, handle: CallHandle) -> None:
         task = self.sessions.get(handle.call_id)
@@ -231,6 +236,9 @@ class WorkerListener(Protocol):
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed."""
+
+    def turn_recorded(self, handle: CallHandle, rec: TurnRecord) -> None:
+        """An agent turn of a call is over (with its timings)."""
 
 
 def _log_turn(rec: TurnRecord) -> None:

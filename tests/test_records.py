@@ -223,3 +223,63 @@ def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
         rows = store.recent(limit=100)
         assert len(rows) == 20
         assert {r["worker"] for r in rows} == {0, 1, 2}
+
+
+def _turn(n: int, kind: str = "reply", **extra: object) -> dict[str, object]:
+    return {
+        "turn": n,
+        "kind": kind,
+        "user_text": f"question {n}",
+        "agent_text": f"answer {n}",
+        "intent": "hours",
+        "eot_wait_ms": 400.0,
+        "stt_ms": 12.0,
+        "brain_ms": 150.0,
+        "tts_first_ms": 80.0,
+        "playout_ms": 9.0,
+        "total_ms": 651.0,
+        "actions": ["hangup"] if kind == "goodbye" else [],
+        "interrupted": False,
+        **extra,
+    }
+
+
+def test_turns_are_stored_with_their_call_in_order(records: CallRecords) -> None:
+    records.sip_started("uuid-t", "sip-t", 1, "sip:a@x", "sip:b@y", 10.0)
+    records.add_turn("uuid-t", "sip-t", _turn(2), 12.0)
+    records.add_turn("uuid-t", "sip-t", _turn(1, "greeting"), 11.0)
+    records.add_turn(None, "sip-t", _turn(3, "goodbye", interrupted=True), 13.0)
+    turns = records.turns("uuid-t")
+    assert [t["turn"] for t in turns] == [1, 2, 3]
+    assert turns[1]["user_text"] == "question 2" and turns[1]["brain_ms"] == 150.0
+    assert turns[2]["actions"] == ["hangup"] and turns[2]["interrupted"] is True
+    assert records.turns("sip-t") == turns  # by SIP Call-ID too
+    records.add_turn("uuid-t", "sip-t", _turn(2, agent_text="answer 2, again"), 14.0)
+    assert records.turns("uuid-t")[1]["agent_text"] == "answer 2, again"
+    assert records.turns("nobody") == []
+
+
+def test_turns_before_the_call_row_create_it(records: CallRecords) -> None:
+    records.add_turn(None, "sip-early", _turn(1, "greeting"), 5.0)
+    row = records.get("sip-early")
+    assert row is not None and row["call_uuid"] == sip_key("sip-early")
+    records.sip_started("uuid-late", "sip-early", 0, None, None, 6.0)
+    assert [t["turn"] for t in records.turns("uuid-late")] == [1]
+
+
+def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with sqlite3.connect(path) as db:
+        from gateway.records import _MIGRATIONS
+
+        for statement in _MIGRATIONS[0].split(";"):
+            if statement.strip():
+                db.execute(statement)
+        db.execute("INSERT INTO calls (call_uuid, created_at, updated_at) VALUES ('old', 1.0, 1.0)")
+        db.execute("PRAGMA user_version = 1")
+    with CallRecords.open(path) as records:
+        assert records.get("old") is not None
+        records.add_turn("old", "sip-old", _turn(1), 2.0)
+        assert len(records.turns("old")) == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

@@ -220,4 +220,16 @@ def test_sigterm_drains_calls_in_progress_then_exits_0(tmp_path: Path, question_
     assert all(s["reply_latency_ms"] is not None for s in report["steps"]), report["steps"]
     row = next(r for r in records(tmp_path) if r["call_uuid"] == call_uuid)
     assert row["end_at"] is not None and row["worker"] == 0, row
+    # Its turns, with their latency parts, were stored with it before the pool stopped.
+    with sqlite3.connect(tmp_path / "records.db") as db:
+        kinds = [k for (k,) in db.execute("SELECT kind FROM turns WHERE call_id = ?", (row["id"],))]
+        totals = [
+            t
+            for (t,) in db.execute(
+                "SELECT total_ms FROM turns WHERE kind = 'reply' AND NOT interrupted"
+            )
+        ]
+    assert kinds[0] == "greeting" and kinds.count("reply") == 3, kinds
+    # (the last reply may be cut short by the caller's hang-up: interrupted, no total)
+    assert len(totals) >= 2 and all(t > 0 for t in totals), totals
     assert any("sipagent: stopped" in line for line in pool.lines)

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from gateway.callcontext import decode_call_context
+from gateway.pipeline.session import TurnRecord
 from gateway.pool import protocol
 from gateway.providers.registry import Providers, build_providers
 from gateway.sip.calls import CallHandle
@@ -93,6 +94,10 @@ class _Reporter:
                 "at": time.time(),
             }
         )
+
+    def turn_recorded(self, handle: CallHandle, rec: TurnRecord) -> None:
+        """Report an agent turn, to be stored with the call."""
+        self._send({"event": "turn", **self._ids(handle), "turn": rec.as_dict(), "at": time.time()})
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Report the registration state."""

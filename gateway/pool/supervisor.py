@@ -231,6 +231,14 @@ class Supervisor:
                 str(msg.get("to", "")),
                 float(msg.get("at", time.time())),
             )
+        elif event == "turn" and index is not None and isinstance(msg.get("turn"), dict):
+            self._record(
+                "add_turn",
+                msg.get("call_uuid") or None,
+                str(msg.get("sip_call_id", "")),
+                msg["turn"],
+                float(msg.get("at", time.time())),
+            )
         elif event == "call_end" and index is not None:
             sip_call_id = str(msg.get("sip_call_id", ""))
             self.state.call_ended(index, sip_call_id)
