@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -38,8 +39,11 @@ class AgentProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         workers: int | None = None,
+        new_session: bool = False,
     ) -> None:
-        """Start the agent; `env` replaces the environment when given."""
+        """Start the agent; `env` replaces the environment when given.  With
+        ``new_session`` it leads its own session, and `stop` also kills any worker process
+        left in it."""
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", f"127.0.0.1:{port}"]
         if config is not None:
             cmd += ["--config", str(config)]
@@ -59,7 +63,10 @@ class AgentProcess:
             text=True,
             env=env if env is not None else dict(os.environ),
             cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            start_new_session=new_session,
         )
+        self.new_session = new_session
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -111,15 +118,33 @@ class AgentProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_process(self.proc, timeout)
+        if self.new_session:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind, if any
         self._reader.join(2)
-        return int(self.proc.returncode)
+        return rc
+
+
+def stop_process(proc: subprocess.Popen[str], timeout: float) -> int:
+    """SIGTERM ``proc``, SIGKILL it (its whole session when it leads one) if it has not
+    exited after ``timeout`` seconds; returns its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                leads_session = os.getsid(proc.pid) == proc.pid
+            except ProcessLookupError:
+                leads_session = False
+            with contextlib.suppress(ProcessLookupError):
+                if leads_session:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.kill()
+            proc.wait()
+    return int(proc.returncode)
 
 
 def _fmt_turn(t: dict[str, object]) -> str:

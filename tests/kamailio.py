@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import free_udp_port
+from gateway.demo import free_udp_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 EVENT_TAG = "KAMEV|"
@@ -554,15 +554,9 @@ class WorkerProcess:
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in time; returns the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        rc = stop_process(self.proc, timeout)
         self._reader.join(2)
-        return int(self.proc.returncode)
+        return rc
 
 
 @contextmanager

@@ -54,6 +54,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from gateway.demo import AgentProcess  # noqa: E402 - after the path is set
+
 CALLER = Path(__file__).resolve().parent / "capacity_caller.py"
 QUESTIONS = [
     "What are your opening hours?",
@@ -301,85 +303,22 @@ def free_port_block(n: int, start: int = 15000, end: int = 19900) -> int:
     raise RuntimeError("no block of free UDP ports")
 
 
-class Server:
-    """`sipagent serve` with fake providers; its stderr lines are collected."""
+class Server(AgentProcess):
+    """`sipagent serve --workers N` on a block of free ports, in its own session (so `stop`
+    also kills workers a failed drain leaves behind)."""
 
     def __init__(self, workers: int, env: dict[str, str], workdir: Path) -> None:
         self.base = free_port_block(workers + 1)
-        cmd = [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{self.base}",
-            "--workers",
-            str(workers),
-        ]
-        self.lines: list[str] = []
-        self.ready = threading.Event()
-        self.ports: dict[int, int] = {}
-        self.proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=workdir,  # no stray .env
-            start_new_session=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            if line.startswith("sipagent: worker ") and " listening on udp " in line:
-                words = line.split()
-                with contextlib.suppress(ValueError, IndexError):
-                    index = int(words[2])
-                    addr = words[words.index("udp") + 1]
-                    self.ports[index] = int(addr.rsplit(":", 1)[1])
-            elif line.startswith("sipagent: ready:"):
-                self.ready.set()
-
-    def wait_ready(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready.wait(0.2):
-                return True
-            if self.proc.poll() is not None:
-                return False
-        return False
+        # cwd=workdir: no stray .env
+        super().__init__(self.base, env=env, cwd=workdir, workers=workers, new_session=True)
 
     def uri(self, index: int) -> str:
-        return f"sip:agent@127.0.0.1:{self.ports.get(index, self.base + index)}"
-
-    def turns(self) -> list[dict[str, Any]]:
-        out = []
-        for line in list(self.lines):
-            if " TURN {" in line:
-                with contextlib.suppress(ValueError):
-                    out.append(json.loads(line.split(" TURN ", 1)[1]))
-        return out
+        port = self.workers.get(index, (0, self.base + index))[1]
+        return f"sip:agent@127.0.0.1:{port}"
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM (drain), SIGKILL the whole group if it does not end in time."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind, if any
-        self._reader.join(2)
-        return int(self.proc.returncode)
+        return super().stop(timeout)
 
 
 # -- the load generators --------------------------------------------------------------------
