@@ -24,6 +24,22 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+# Linux hands out ephemeral ports from 32768 up, so `free_udp_port` never returns a port
+# below this; RTP ranges placed under it cannot hold another process's SIP port.
+_EPHEMERAL_LOW = 32768
+_RTP_LOW = 10000
+
+
+def rtp_base_for(sip_port: int, span: int) -> int:
+    """A start for `span` RTP ports, below the ephemeral range and spread by `sip_port`, so
+    agents started on different free ports get disjoint ranges and no range covers a SIP
+    port that `free_udp_port` handed out."""
+    slots = (_EPHEMERAL_LOW - _RTP_LOW) // span
+    if slots < 1:
+        raise ValueError(f"{span} RTP ports do not fit below {_EPHEMERAL_LOW}")
+    return _RTP_LOW + (sip_port % slots) * span
+
+
 _WORKER_LINE = re.compile(
     r"^sipagent: worker (?P<index>\d+) \(pid (?P<pid>\d+)\) listening on udp \S+:(?P<port>\d+)"
 )

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import free_udp_port, stop_process
+from gateway.demo import free_udp_port, rtp_base_for, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 EVENT_TAG = "KAMEV|"
@@ -464,7 +464,7 @@ def worker_settings(port: int, **sections: Mapping[str, Any]) -> dict[str, Any]:
             "listen_host": "127.0.0.1",
             "listen_port": port,
             # Each worker gets its own RTP range so parallel test agents never collide.
-            "rtp_port_start": 20000 + (port % 400) * 100,
+            "rtp_port_start": rtp_base_for(port, 40),
             "rtp_port_range": 40,
         },
         "providers": {"stt": "fake", "tts": "fake", "brain": "fake"},

@@ -27,7 +27,7 @@ import pytest
 from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 
 from gateway.audio.pcm import write_wav
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.wire import clean_env, finish_call, start_call, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
@@ -42,7 +42,7 @@ def running_pool(
     """`sipagent serve --workers N` with the app on a free port; stopped (SIGTERM) after."""
     env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
     port = free_udp_port()
-    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(20000 + (port % 200) * 200))
+    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 40 * 8)))
     env.setdefault("SIPAGENT_APP__LISTEN_PORT", "0")
     env.setdefault("SIPAGENT_APP__AUTH_TOKEN", TOKEN)
     env.setdefault("SIPAGENT_RECORDS__URL", f"sqlite:///{tmp / 'records.db'}")

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
 
 CALL_TIMEOUT_S = 120
 
@@ -30,8 +30,9 @@ def running_agent(tmp: Path, **settings: str) -> Iterator[AgentProcess]:
     env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
     port = free_udp_port()
     # Each agent gets its own RTP range so parallel test agents never collide.
-    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(20000 + (port % 400) * 100))
+    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 400)))
     # One worker, as before the pool: no spare process, a short drain on stop.
+    env.setdefault("SIPAGENT_POOL__WORKERS", "1")
     env.setdefault("SIPAGENT_POOL__SPARE", "false")
     env.setdefault("SIPAGENT_POOL__DRAIN_TIMEOUT_S", "5")
     # cwd=tmp: no stray .env file is read.
