@@ -14,7 +14,7 @@ import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
-from gateway.providers.base import TtsProvider
+from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
@@ -116,6 +116,7 @@ class AgentWorker:
         self.options = conversation_options(settings)
         self.loop = asyncio.get_running_loop()
         self.sessions: dict[int, asyncio.Task[None]] = {}
+        self.conversations: dict[str, CallSession] = {}  # by SIP Call-ID
         sip = settings.sip
         registration = registration_options(settings, account_index)
         self.ua = AgentUA(
@@ -173,6 +174,7 @@ class AgentWorker:
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
+        self.conversations[handle.sip_call_id] = session
         task.add_done_callback(lambda t: self._finished(handle, t))
 
     def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
@@ -187,7 +189,25 @@ class AgentWorker:
         if self.listener is not None:
             self.listener.call_ended(handle)
 
+    def push(self, sip_call_id: str, payload: object) -> tuple[int, str]:
+        """Hand a reply the bot pushed to the brain of call `sip_call_id`; returns an HTTP
+        status (202, or 400/404/409) and why."""
+        if sip_call_id not in self.conversations:
+            return 404, "no call with that id is in progress"
+        if not isinstance(payload, dict):
+            return 400, "the reply is not a JSON object"
+        try:
+            accepted = self.providers.brain.deliver(sip_call_id, payload)
+        except ProviderError as exc:
+            if exc.kind == "malformed":
+                return 400, str(exc)
+            return 409, str(exc)
+        if not accepted:
+            return 404, "the call is over"
+        return 202, "accepted"
+
     def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
+        self.conversations.pop(handle.sip_call_id, None)
         if self.sessions.get(handle.call_id) is task:
             del self.sessions[handle.call_id]
         if not task.cancelled() and task.exception() is not None:

@@ -624,6 +624,29 @@ class ExternalBrainSettings(_Section):
     pending_timeout_s: float = Field(
         default=10.0, gt=0, le=120, description="Wait this long for an asynchronous reply."
     )
+    push_token: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Bearer token the bot sends when it pushes a reply to the app's"
+            " /bot/calls/<call_id>/reply; empty: pushed replies are refused."
+        ),
+    )
+    reply_url: str | None = Field(
+        default=None,
+        description=(
+            "URL sent to the bot for pushing replies, '{call_id}' replaced; None: the app's"
+            " own /bot/calls/{call_id}/reply under app.public_url (or its listen address)."
+        ),
+    )
+
+    @field_validator("reply_url")
+    @classmethod
+    def _validate_reply_url(cls, value: str | None) -> str | None:
+        value = _check_base_url(value, ("http", "https"))
+        if value is not None and "{call_id}" not in value:
+            _invalid("must contain '{call_id}' where the call's id goes")
+        return value
 
     @field_validator("dcs_url", "dcs_response_url", "ai_tts_url")
     @classmethod

@@ -224,3 +224,38 @@ def test_brain_first_token_timeout() -> None:
         assert time.monotonic() - t0 < 0.5
 
     run(body())
+
+
+def test_pending_replies_and_pushes_pass_through_to_the_primary() -> None:
+    class Pending(StreamBrain):
+        pushes = True
+        streams = False
+
+        def __init__(self) -> None:
+            super().__init__("external")
+            self.delivered: list[tuple[str, Any]] = []
+
+        async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+            return BrainReply("", pending_s=9.0)
+
+        def deliver(self, call_id: str, payload: Any) -> bool:
+            self.delivered.append((call_id, payload))
+            return True
+
+        async def wait_pushed(
+            self, call_id: str, timeout_s: float | None = None
+        ) -> BrainReply | None:
+            return BrainReply(f"pushed for {call_id}")
+
+    async def body() -> None:
+        primary = Pending()
+        brain = ResilientBrain([primary, StreamBrain("scripted")], first_token_timeout_s=0.2)
+        assert brain.pushes and not brain.streams
+        # An empty pending reply is an answer (not a brain that failed to start talking).
+        assert await brain.respond("balance?", CTX) == BrainReply("", pending_s=9.0)
+        assert brain.deliver("c1", {"text": "ten"}) is True
+        assert primary.delivered == [("c1", {"text": "ten"})]
+        assert await brain.wait_pushed("c1") == BrainReply("pushed for c1")
+        assert not ResilientBrain([StreamBrain("a")], first_token_timeout_s=1).pushes
+
+    run(body())

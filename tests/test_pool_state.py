@@ -67,6 +67,21 @@ def test_dead_worker_is_not_routed_and_loses_its_calls() -> None:
     assert state.reserve("after") is not None
 
 
+def test_calls_are_found_by_sip_call_id_or_call_uuid_while_in_progress() -> None:
+    state = pool(2)
+    state.call_started(1, "sip-a", "uuid-a")
+    state.call_started(0, "sip-b", None)
+    assert state.find_call("sip-a") == (1, "sip-a")
+    assert state.find_call("uuid-a") == (1, "sip-a")
+    assert state.find_call("sip-b") == (0, "sip-b")
+    assert state.find_call("uuid-b") is None
+    state.call_ended(1, "sip-a")
+    assert state.find_call("uuid-a") is None and state.find_call("sip-a") is None
+    state.call_started(0, "sip-c", "uuid-c")
+    state.worker_down(0)
+    assert state.find_call("uuid-c") is None and state.find_call("sip-b") is None
+
+
 def test_unregistered_worker_is_not_routed() -> None:
     state = PoolState(2, 4, clock=Clock())
     state.worker_up(0, 1, "sip:agent1@phone.plivo.com", registers=True)

@@ -814,3 +814,117 @@ def test_an_audio_reply_is_played_as_is(speech_8k: Speak) -> None:
             await call.stop()
 
     run(body)
+
+
+# -- 8. pushed replies (an external bot answering later) -----------------------------------------
+
+
+class PushingBrain(QuickBrain):
+    """Answers every turn with "pending" (optionally with a holding line); the test pushes the
+    real answers with `push` (a reply, or an exception for one that could not be prepared)."""
+
+    pushes = True
+
+    def __init__(self, pending_s: float, holding: str = "") -> None:
+        super().__init__()
+        self.pending_s = pending_s
+        self.holding = holding
+        self.inbox: asyncio.Queue[BrainReply | Exception | None] = asyncio.Queue()
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        self.heard.append(text)
+        return BrainReply(self.holding, pending_s=self.pending_s)
+
+    def push(self, item: BrainReply | Exception) -> None:
+        self.inbox.put_nowait(item)
+
+    async def wait_pushed(self, call_id: str, timeout_s: float | None = None) -> BrainReply | None:
+        item = await self.inbox.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def forget(self, call_id: str) -> None:
+        self.inbox.put_nowait(None)
+
+
+def test_a_pushed_reply_is_played_and_the_silence_before_it_is_not_no_input(
+    speech_8k: Speak,
+) -> None:
+    options = ConversationOptions(end_of_turn_ms=300, no_input_timeout_s=0.4)
+    prompts = Prompts("Sorry?", square_wave(300), "Bye.", square_wave(200))
+
+    async def body() -> None:
+        brain = PushingBrain(pending_s=5.0)
+        call = start_call(brain, options, prompts=prompts)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            asked = clock.say(speech(speech_8k, "what is my balance"))
+            pending = await call.turn(1, timeout=5.0)
+            assert pending.kind == "reply" and pending.agent_text == ""
+            assert clock.agent_loud_ticks(asked) == []
+            await asyncio.sleep(1.0)  # over twice the no-input timeout: no re-prompt
+            assert len(call.turns) == 2
+            pushed_at = clock.ticks
+            brain.push(BrainReply("Ten.", ("hangup",), intent="balance"))
+            pushed = await call.turn(2, timeout=5.0)
+            assert (pushed.kind, pushed.agent_text, pushed.intent) == ("pushed", "Ten.", "balance")
+            loud = clock.agent_loud_ticks(pushed_at)
+            assert len(loud) == 4 * TONE_FRAMES_PER_CHAR and loud[0] - pushed_at <= 10
+            await call.until("the pushed hangup", lambda: call.hangups == ["agent hangup"])
+        finally:
+            await call.stop()
+
+    run(body)
+
+
+def test_a_push_that_never_comes_gets_the_apology_when_due(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300, no_input_timeout_s=30)
+    prompts = Prompts("Sorry?", square_wave(300), "Bye.", square_wave(200))
+
+    async def body() -> None:
+        brain = PushingBrain(pending_s=0.8, holding="One moment.")
+        call = start_call(brain, options, prompts=prompts)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "what is my balance"))
+            holding = await call.turn(1, timeout=5.0)
+            assert holding.agent_text == "One moment."
+            started = time.monotonic()
+            apology = await call.turn(2, timeout=5.0)
+            assert apology.kind == "apology"
+            assert 0.5 <= time.monotonic() - started <= 1.5
+            # A push that cannot be prepared (its audio did not download) is apologised for.
+            brain.push(RuntimeError("audio_url: HTTP 404"))
+            assert (await call.turn(3, timeout=5.0)).kind == "apology"
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(body)
+
+
+def test_a_reply_pushed_while_the_agent_speaks_waits_its_turn(speech_8k: Speak) -> None:
+    options = ConversationOptions(end_of_turn_ms=300)
+
+    async def body() -> None:
+        brain = PushingBrain(pending_s=5.0, holding="Please hold while I look that up.")
+        call = start_call(brain, options)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            clock.say(speech(speech_8k, "what is my balance"))
+            await call.until("the holding line starts", lambda: call.session.agent_speaking())
+            brain.push(BrainReply("Ten."))
+            holding = await call.turn(1, timeout=10.0)
+            pushed = await call.turn(2, timeout=5.0)
+            assert holding.agent_text.startswith("Please hold") and not holding.interrupted
+            assert pushed.agent_text == "Ten." and pushed.first_audio_at > holding.first_audio_at
+            # Both whole: the holding line was not cut, the pushed reply followed it.
+            assert len(clock.agent_loud_ticks(0)) >= (3 + 32 + 4) * TONE_FRAMES_PER_CHAR
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(body)

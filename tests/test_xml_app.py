@@ -647,3 +647,91 @@ def test_waitress_server_end_to_end(tmp_path: Path) -> None:
         server.close()  # idempotent
         with pytest.raises(OSError):
             urllib.request.urlopen(server.url + "/healthz", timeout=2)
+
+
+# -- pushed bot replies ---------------------------------------------------------------------
+
+PUSH_TOKEN = "bot-push-secret"
+
+
+class Pushes:
+    """Stands in for the supervisor: records pushes, answers with a scripted status."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.answer = (202, "accepted")
+
+    def __call__(self, call_id: str, payload: dict[str, Any]) -> tuple[int, str]:
+        self.calls.append((call_id, payload))
+        return self.answer
+
+
+def push_client(tmp_path: Path, pushes: Pushes | None, **app: Any) -> tuple[FlaskClient, Any]:
+    settings = make_settings(external={"push_token": PUSH_TOKEN}, app=app)
+    records = CallRecords.open(tmp_path / "records.db")
+    flask_app = create_app(settings, make_pool(FakeClock()), records, push=pushes)
+    return flask_app.test_client(), records
+
+
+def test_a_pushed_reply_reaches_the_pool_with_the_bearer_token(tmp_path: Path) -> None:
+    pushes = Pushes()
+    client, records = push_client(tmp_path, pushes)
+    auth = {"Authorization": f"Bearer {PUSH_TOKEN}"}
+    try:
+        ok = client.post("/bot/calls/abc%2F1@host/reply", json={"text": "Ten."}, headers=auth)
+        assert ok.status_code == 202 and ok.get_json() == {"status": "accepted"}
+        assert pushes.calls == [("abc/1@host", {"text": "Ten."})]
+        for answer in ((404, "no call with that id is in progress"), (400, "bad 'text'")):
+            pushes.answer = answer
+            r = client.post("/bot/calls/x/reply", json={"text": 5}, headers=auth)
+            assert (r.status_code, r.get_json()) == (answer[0], {"error": answer[1]})
+        # Refused before the pool is asked: bad tokens, a body that is not a JSON object.
+        before = len(pushes.calls)
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": PUSH_TOKEN}):
+            r = client.post("/bot/calls/x/reply", json={"text": "a"}, headers=headers)
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        for body in ({"data": b"not json"}, {"json": ["a list"]}):
+            r = client.post("/bot/calls/x/reply", headers=auth, **body)
+            assert r.status_code == 400, r.get_data(as_text=True)
+        r = client.post("/bot/calls/x/reply", headers=auth, data=b"{" + b" " * 70_000 + b"}")
+        assert r.status_code == 413
+        assert len(pushes.calls) == before
+    finally:
+        records.close()
+
+
+def test_pushes_are_off_without_a_token_and_503_without_a_pool(tmp_path: Path) -> None:
+    records = CallRecords.open(tmp_path / "records.db")
+    try:
+        app = create_app(make_settings(), make_pool(FakeClock()), records, push=Pushes())
+        r = app.test_client().post(
+            "/bot/calls/x/reply", json={"text": "a"}, headers={"Authorization": "Bearer "}
+        )
+        assert r.status_code == 404 and "external.push_token" in r.get_json()["error"]
+    finally:
+        records.close()
+    client, records = push_client(tmp_path, None)
+    try:
+        r = client.post(
+            "/bot/calls/x/reply",
+            json={"text": "a"},
+            headers={"Authorization": f"Bearer {PUSH_TOKEN}"},
+        )
+        assert r.status_code == 503
+    finally:
+        records.close()
+
+
+def test_a_push_token_alone_starts_the_app_without_the_plivo_routes(tmp_path: Path) -> None:
+    client, records = push_client(tmp_path, Pushes(), auth_token="")
+    try:
+        assert client.post("/answer", data={"CallUUID": new_uuid()}).status_code == 404
+        assert client.get("/healthz").status_code == 200
+        r = client.post(
+            "/bot/calls/x/reply",
+            json={"text": "a"},
+            headers={"Authorization": f"Bearer {PUSH_TOKEN}"},
+        )
+        assert r.status_code == 202
+    finally:
+        records.close()

@@ -12,6 +12,12 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
     and, if the caller is still there, plays the fallback.
 ``/hangup`` (POST)
     Plivo's hangup callback: records it and frees any slot still held for the call.
+``/bot/calls/<call_id>/reply`` (POST, ``Authorization: Bearer <external.push_token>``)
+    A reply the customer's bot pushes for a call in progress (``call_id``: its SIP Call-ID
+    or Plivo CallUUID), in the external brain's JSON contract; handed to the worker that
+    holds the call, which plays it as the agent's next turn.  202 accepted, 400 malformed,
+    401 bad token, 404 no such call (or pushes are off: no token configured), 409 the
+    agent's brain takes no pushed replies, 503 the worker did not answer.
 ``/healthz``, ``/readyz`` (GET, unsigned)
     Liveness, and readiness (503 while no worker can take a call) with the pool's state.
 """
@@ -19,10 +25,11 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
 from __future__ import annotations
 
 import functools
+import hmac
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 from flask import Flask, Response, jsonify, request
 
@@ -56,6 +63,7 @@ _CALL_ENDED: Final = frozenset(
 _NUMBER_CHARS: Final = frozenset("+0123456789")
 
 View = Callable[[dict[str, str]], Response]
+Push = Callable[[str, dict[str, Any]], tuple[int, str]]
 
 
 def _xml(body: str) -> Response:
@@ -256,6 +264,46 @@ class _CallRouter:
         return _xml(plivo_xml.render())
 
 
+def _json_error(status: int, message: str) -> Response:
+    response = jsonify(error=message)
+    response.status_code = status
+    return response
+
+
+def _pushed_reply(call_id: str, token: str, push: Push | None) -> Response:
+    """The bot's pushed reply for `call_id`: authenticate, parse, hand to the pool."""
+    if not token:
+        return _json_error(404, "pushed replies are off: external.push_token is not set")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        log.warning(
+            "rejected a pushed reply from %s: %s",
+            request.remote_addr or "unknown address",
+            "no bearer token" if not given else "wrong bearer token",
+        )
+        response = _json_error(401, "a valid bearer token is required")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="sipagent"'
+        return response
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        return _json_error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+    # Parsed whatever the Content-Type says: bots often send JSON as text/plain.
+    payload = request.get_json(force=True, silent=True)
+    if not isinstance(payload, dict):
+        return _json_error(400, "the body is not a JSON object")
+    if push is None:
+        return _json_error(503, "this app is not connected to a worker pool")
+    status, message = push(call_id, payload)
+    if status == 202:
+        log.info("pushed reply for call %s accepted", call_id)
+        response = jsonify(status="accepted")
+        response.status_code = 202
+        return response
+    log.warning("pushed reply for call %s refused (%d): %s", call_id, status, message)
+    return _json_error(status, message)
+
+
 def _request_params() -> dict[str, str]:
     """Plivo's parameters: the query string, overridden by the form body (first values)."""
     params = request.args.to_dict()
@@ -279,26 +327,36 @@ def create_app(
     records: CallRecords,
     *,
     clock: Callable[[], float] = time.time,
+    push: Push | None = None,
 ) -> Flask:
     """Build the answer_url app.
 
     Args:
-        settings: gateway settings (``app`` and ``routing`` are used).
+        settings: gateway settings (``app``, ``routing`` and ``external.push_token``).
         pool: the worker pool's state; ``/answer`` reserves slots in it.
         records: where call events are recorded.
         clock: unix time source for opening hours, nonce expiry and records.
+        push: hands a pushed bot reply to the worker holding the call; returns an HTTP
+            status and a reason.  None: the pool cannot take pushed replies (503).
 
     Raises:
-        ConfigError: signatures are to be verified but ``app.auth_token`` is empty.
+        ConfigError: signatures are to be verified but ``app.auth_token`` is empty (and
+            there is no ``external.push_token`` that would make the app useful anyway).
     """
     app_settings = settings.app
+    push_token = settings.external.push_token
     verifier: SignatureVerifier | None = None
-    if app_settings.verify_signatures:
-        if not app_settings.auth_token:
-            raise ConfigError(
-                "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
-                " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
-            )
+    plivo_routes = True
+    if app_settings.verify_signatures and not app_settings.auth_token:
+        problem = (
+            "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
+            " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
+        )
+        if not push_token:
+            raise ConfigError(problem)
+        log.warning("Plivo routes (/answer, /dial-status, /hangup) are off: %s", problem)
+        plivo_routes = False
+    elif app_settings.verify_signatures:
         verifier = SignatureVerifier(
             app_settings.auth_token, nonce_ttl_s=app_settings.nonce_ttl_s, clock=clock
         )
@@ -343,11 +401,16 @@ def create_app(
 
         return checked
 
-    app.add_url_rule("/answer", "answer", plivo_facing(router.answer), methods=["GET", "POST"])
-    app.add_url_rule(
-        "/dial-status", "dial_status", plivo_facing(router.dial_status), methods=["POST"]
-    )
-    app.add_url_rule("/hangup", "hangup", plivo_facing(router.hangup), methods=["POST"])
+    if plivo_routes:
+        app.add_url_rule("/answer", "answer", plivo_facing(router.answer), methods=["GET", "POST"])
+        app.add_url_rule(
+            "/dial-status", "dial_status", plivo_facing(router.dial_status), methods=["POST"]
+        )
+        app.add_url_rule("/hangup", "hangup", plivo_facing(router.hangup), methods=["POST"])
+
+    @app.post("/bot/calls/<path:call_id>/reply")
+    def bot_reply(call_id: str) -> Response:
+        return _pushed_reply(call_id, push_token, push)
 
     @app.get("/healthz")
     def healthz() -> Response:

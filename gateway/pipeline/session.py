@@ -1,8 +1,10 @@
 """One call's conversation on the asyncio loop: listen, detect turns, answer, barge-in.
 
-Task ownership: `CallSession.run()` owns a TaskGroup with the listener and the watchdog;
-the current agent turn (STT final → brain → TTS → playout → actions) is one task,
-`_reply`, that barge-in cancels. Cancelling `run()` (the call ended) cancels everything.
+Task ownership: `CallSession.run()` owns a TaskGroup with the listener, the watchdog and,
+for brains whose replies can arrive unprompted (an external bot answering later), the
+pushed-reply player; the current agent turn (STT final → brain → TTS → playout → actions)
+is one task, `_reply`, that barge-in cancels. Cancelling `run()` (the call ended) cancels
+everything.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ class TurnRecord:
 
     call_id: str
     turn: int
-    kind: str  # greeting | reply | reprompt | goodbye
+    kind: str  # greeting | reply | pushed | reprompt | goodbye | apology | failure-goodbye
     user_text: str = ""
     agent_text: str = ""
     intent: str | None = None
@@ -149,6 +151,8 @@ class CallSession:
         self._turns = 0
         self._turn_barged = False
         self._hanging_up = False
+        # Monotonic time by which the brain promised a pushed reply (BrainReply.pending_s).
+        self._push_due: float | None = None
         self.records: list[TurnRecord] = []
         self.barge_ins = 0
         self._last_gap_ms = 0.0
@@ -161,6 +165,8 @@ class CallSession:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._listen(), name="listen")
                 tg.create_task(self._watchdog(), name="watchdog")
+                if self.brain.pushes:
+                    tg.create_task(self._play_pushed(), name="pushed")
                 self._start_reply(self._greet(), deadline=True)
         finally:
             await self._shutdown()
@@ -462,8 +468,10 @@ class CallSession:
             audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
             if audio:
                 first_chunk_at, first_wire_at = await self._speak_pcm(audio)
-            else:
+            elif reply.text:
                 first_chunk_at, first_wire_at = await self._speak(reply.text)
+            else:  # nothing to say yet (a pending reply)
+                first_chunk_at = first_wire_at = 0.0
         except asyncio.CancelledError:
             rec.interrupted = True
             rec.first_audio_at = round(self.handle.playout.marked_at, 4)
@@ -487,6 +495,10 @@ class CallSession:
 
     async def _run_actions(self, reply: BrainReply) -> None:
         self._failures = 0
+        if reply.pending_s is not None:
+            self._push_due = time.monotonic() + reply.pending_s
+        elif reply.text or getattr(reply, "audio", None):
+            self._push_due = None  # answered: nothing is owed any more
         if "hangup" in reply.actions:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("agent hangup")
@@ -549,13 +561,53 @@ class CallSession:
             self._last_activity = time.monotonic()
         return first_chunk_at, first_wire_at
 
+    # -- pushed replies ---------------------------------------------------------------------
+    def _busy(self) -> bool:
+        """The caller or the agent has the floor (or a reply is being prepared)."""
+        return (
+            self._hanging_up
+            or self.agent_speaking()
+            or self.detector.in_speech
+            or (self._reply is not None and not self._reply.done())
+        )
+
+    async def _play_pushed(self) -> None:
+        """Play each reply the brain's owner pushes as an agent turn, once the turn in
+        progress is over; one that could not be prepared gets the apology."""
+        while True:
+            error: Exception | None = None
+            try:
+                reply = await self.brain.wait_pushed(self.ctx.call_id)
+            except Exception as exc:
+                reply, error = None, exc
+            if reply is None and error is None:
+                return  # the brain forgot the call: nothing more will come
+            while self._busy():
+                await asyncio.sleep(FRAME_MS / 1000.0)
+            self._push_due = None
+            self._last_activity = time.monotonic()
+            if error is not None:
+                self._start_reply(_raise(error))
+                continue
+            assert reply is not None
+            now = time.monotonic()
+            rec = TurnRecord(call_id=self.handle.sip_call_id, turn=0, kind="pushed")
+            self._start_reply(self._deliver(reply, rec, now, now))
+
     # -- no input and hang-up ---------------------------------------------------------------
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            if self._hanging_up or self.agent_speaking() or self.detector.in_speech:
+            if self._busy():
                 continue
-            if self._reply is not None and not self._reply.done():
+            if self._push_due is not None:
+                # A pushed reply is owed: silence is expected until it is due.
+                if time.monotonic() < self._push_due:
+                    continue
+                self._push_due = None
+                self._start_reply(
+                    _raise(ProviderError(self.brain.name, "timeout", "no pushed reply in time"))
+                )
                 continue
             if time.monotonic() - self._last_activity < self.opt.no_input_timeout_s:
                 continue
@@ -576,6 +628,11 @@ class CallSession:
         self._hanging_up = True
         log.info("call %s: hanging up (%s)", self.handle.sip_call_id, reason)
         self._hangup_cb(reason)
+
+
+async def _raise(exc: Exception) -> None:
+    """A reply that fails with `exc` (so `_guard` apologises for it like any failed turn)."""
+    raise exc
 
 
 async def _pieces(text: str | AsyncIterator[str]) -> AsyncIterator[str]:

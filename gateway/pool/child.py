@@ -148,6 +148,19 @@ async def _run(fd: int) -> int:
                 break
             if command.get("cmd") == "drain":
                 worker.ua.set_accepting(False)
+            elif command.get("cmd") == "push":
+                status, message = worker.push(
+                    str(command.get("call_id", "")), command.get("payload")
+                )
+                await protocol.send(
+                    writer,
+                    {
+                        "event": "push_result",
+                        "id": command.get("id"),
+                        "status": status,
+                        "message": message,
+                    },
+                )
             elif command.get("cmd") == "stop":
                 break
         return 0

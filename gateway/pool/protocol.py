@@ -2,11 +2,13 @@
 
 Supervisor → worker: ``{"cmd": "config", "settings": {...}}`` (first), then
 ``{"cmd": "start", "index": i, "sip_port": p, "rtp_port_start": r, "rtp_port_range": n}``,
-``{"cmd": "drain"}``, ``{"cmd": "stop"}``.  End of file means "stop".
+``{"cmd": "drain"}``, ``{"cmd": "stop"}``, ``{"cmd": "push", "id": n, "call_id": ...,
+"payload": {...}}`` (a reply the bot pushed).  End of file means "stop".
 
 Worker → supervisor: ``loaded`` (providers ready), ``up`` (uri, port), ``error`` (message,
 fatal), ``call_start`` / ``call_end`` (sip_call_id, call_uuid, from, to, reason),
-``reg`` (registered, status).
+``turn`` (a turn record), ``reg`` (registered, status), ``push_result`` (id, status,
+message: the answer to ``push``).
 """
 
 from __future__ import annotations

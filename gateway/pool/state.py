@@ -37,6 +37,7 @@ class WorkerInfo:
     registration: str = ""  # last registration status text
     accepting: bool = True
     calls: set[str] = field(default_factory=set)  # SIP Call-IDs in progress
+    uuids: dict[str, str] = field(default_factory=dict)  # CallUUID -> SIP Call-ID, in progress
     reservations: dict[str, float] = field(default_factory=dict)  # CallUUID -> expiry
     restarts: int = 0
     started_at: float = 0.0
@@ -154,6 +155,7 @@ class PoolState:
             w.up, w.pid = False, None
             w.restarts += 1
             w.calls.clear()
+            w.uuids.clear()
             w.reservations.clear()
             if w.registered is not None:
                 w.registered = False
@@ -172,13 +174,28 @@ class PoolState:
             w = self.workers[index]
             w.calls.add(sip_call_id)
             if call_uuid:
+                w.uuids[call_uuid] = sip_call_id
                 for other in self.workers:
                     other.reservations.pop(call_uuid, None)
 
     def call_ended(self, index: int, sip_call_id: str) -> None:
         """A worker's call ended."""
         with self._lock:
-            self.workers[index].calls.discard(sip_call_id)
+            w = self.workers[index]
+            w.calls.discard(sip_call_id)
+            for uuid in [u for u, c in w.uuids.items() if c == sip_call_id]:
+                del w.uuids[uuid]
+
+    def find_call(self, key: str) -> tuple[int, str] | None:
+        """(worker index, SIP Call-ID) of the call in progress whose SIP Call-ID or Plivo
+        CallUUID is `key`; None when no worker has it."""
+        with self._lock:
+            for w in self.workers:
+                if key in w.calls:
+                    return w.index, key
+                if key in w.uuids:
+                    return w.index, w.uuids[key]
+        return None
 
     def start_draining(self) -> None:
         """Route no new calls."""

@@ -38,6 +38,7 @@ _OFFLINE_STT = ("pocketsphinx",)
 _OFFLINE_TTS = ("piper",)
 _START_TIMEOUT_S = 120.0  # loading offline models on a busy machine
 _STOP_TIMEOUT_S = 15.0
+_PUSH_TIMEOUT_S = 3.0  # a worker answers a pushed reply at once (rendering happens later)
 
 
 def auto_workers(settings: Settings, cpus: int | None = None) -> int:
@@ -153,6 +154,9 @@ class Supervisor:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.deaths: dict[int, list[float]] = {}
         self.registers = settings.sip.mode == "register"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._last_request = 0
 
     # -- output ---------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -239,6 +243,10 @@ class Supervisor:
                 msg["turn"],
                 float(msg.get("at", time.time())),
             )
+        elif event == "push_result":
+            waiter = self._requests.get(int(msg.get("id", -1)))
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg)
         elif event == "call_end" and index is not None:
             sip_call_id = str(msg.get("sip_call_id", ""))
             self.state.call_ended(index, sip_call_id)
@@ -375,9 +383,50 @@ class Supervisor:
     def _host(self) -> str:
         return self.settings.sip.public_host or self.settings.sip.listen_host
 
+    # -- pushed bot replies ---------------------------------------------------------------
+    async def push(self, key: str, payload: Any) -> tuple[int, str]:
+        """Hand a reply the bot pushed to the worker holding call `key` (SIP Call-ID or
+        CallUUID); returns an HTTP status (202 accepted, 400 malformed, 404 no such call,
+        409 the brain takes no pushed replies, 503 the worker did not answer) and why."""
+        found = self.state.find_call(key)
+        child = self.by_index.get(found[0]) if found is not None else None
+        if found is None or child is None or not child.up.is_set():
+            return 404, "no call with that id is in progress"
+        self._last_request += 1
+        request_id = self._last_request
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = waiter
+        try:
+            await protocol.send(
+                child.writer,
+                {"cmd": "push", "id": request_id, "call_id": found[1], "payload": payload},
+            )
+            answer = await asyncio.wait_for(waiter, _PUSH_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            return 503, "the worker holding the call did not answer"
+        finally:
+            self._requests.pop(request_id, None)
+        return int(answer.get("status", 500)), str(answer.get("message", ""))
+
+    def push_threadsafe(self, key: str, payload: Any) -> tuple[int, str]:
+        """`push` from another thread (the app's request threads)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return 503, "the worker pool is not running"
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.push(key, payload), loop)
+        except RuntimeError:
+            return 503, "the worker pool is not running"
+        try:
+            return future.result(_PUSH_TIMEOUT_S + 1.0)
+        except Exception:
+            future.cancel()
+            return 503, "the worker pool did not answer"
+
     # -- life cycle -----------------------------------------------------------------------
     async def start(self) -> None:
         """Start every worker (and the spare); raises RuntimeError if one cannot start."""
+        self.loop = asyncio.get_running_loop()
         fresh = [await self._spawn() for _ in self.plans]
         if self.settings.pool.spare:
             self.spare = await self._spawn()
@@ -463,14 +512,20 @@ async def _serve(settings: Settings, workers: int) -> int:
     sup.records = records
     server = None
     try:
+        app_url = None
+        if settings.app.enabled:
+            # Before the workers: they are told the app's URL for the bot's pushed replies.
+            server, app_url = _start_app(sup, settings, records)
+        if app_url and settings.external.push_token and not settings.external.reply_url:
+            external = settings.external.model_copy(
+                update={"reply_url": f"{app_url}/bot/calls/{{call_id}}/reply"}
+            )
+            sup.settings = settings.model_copy(update={"external": external})
         try:
             await sup.start()
         except RuntimeError as exc:
             sup.say(f"cannot start: {exc}")
             return 1
-        app_url = None
-        if settings.app.enabled:
-            server, app_url = _start_app(sup, settings, records)
         _print_routing(sup, app_url)
         sup.say(
             f"ready: {len(sup.plans)} workers,"
@@ -500,7 +555,7 @@ def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, 
     from xml_app.server import serve_app
 
     try:
-        app = create_app(settings, sup.state, records)
+        app = create_app(settings, sup.state, records, push=sup.push_threadsafe)
     except ConfigError as exc:
         sup.say(f"answer_url app not started: {exc}")
         return None, None

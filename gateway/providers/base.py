@@ -9,8 +9,9 @@ per-call state (`SttProvider.open_stream`).
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class BrainReply:
     text: str
     actions: tuple[str, ...] = ()
     intent: str | None = None
+    # Set when the real answer comes later, pushed by the brain's owner (an external bot
+    # answering asynchronously): the conversation waits this many seconds for it (see
+    # `Brain.wait_pushed`) and apologises if it never comes.  `text` may be a holding line.
+    pending_s: float | None = None
 
 
 class ProviderError(Exception):
@@ -139,6 +144,8 @@ class Brain(abc.ABC):
     # True for brains whose `respond_stream` yields text as it is generated (an LLM): the
     # conversation then speaks each sentence as soon as it is complete.
     streams: bool = False
+    # True for brains whose replies can also arrive unprompted (`deliver`/`wait_pushed`).
+    pushes: bool = False
 
     @abc.abstractmethod
     async def greeting(self, ctx: CallContext) -> BrainReply:
@@ -157,6 +164,18 @@ class Brain(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release process-wide resources (HTTP connection pools)."""
+
+    def deliver(self, call_id: str, payload: Mapping[str, Any]) -> bool:
+        """Accept a reply pushed for `call_id` from any thread; False when the call is
+        unknown.  Raises ``ProviderError(kind="malformed")`` for a payload it cannot use,
+        and ``ProviderError(kind="config")`` when this brain takes no pushed replies."""
+        raise ProviderError(self.name or "brain", "config", "this brain takes no pushed replies")
+
+    async def wait_pushed(self, call_id: str, timeout_s: float | None = None) -> BrainReply | None:
+        """The next reply pushed for `call_id`, or None (none will come: the call is
+        unknown or forgotten, or `timeout_s` passed).  Raises the `ProviderError` of a
+        pushed reply that could not be prepared."""
+        return None
 
     @abc.abstractmethod
     async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:

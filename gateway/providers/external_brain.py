@@ -10,7 +10,8 @@ configured ``headers``, e.g. an auth header, sent as they are):
 
       {"call_id": "<SIP Call-ID>", "call_uuid": "<Plivo CallUUID>",
        "from": "+14155550100", "to": "+442071234567",
-       "headers": {"X-PH-Customer": "gold", ...}}
+       "headers": {"X-PH-Customer": "gold", ...},
+       "reply_url": "https://agent.example/bot/calls/<call_id>/reply"}
 
   ``from``/``to`` are the numbers Plivo saw (the SIP URIs when unknown); ``headers`` holds
   the call's ``X-PH-*`` headers.  The reply (below) is the greeting.  Without a
@@ -18,9 +19,10 @@ configured ``headers``, e.g. an auth header, sent as they are):
 
 * Each caller turn - ``POST dcs_response_url`` (``DCS_RESPONSE_URL``)::
 
-      {"call_id": "...", "call_uuid": "...", "text": "<transcript, maybe empty>", "turn": 1}
+      {"call_id": "...", "call_uuid": "...", "text": "<transcript, maybe empty>", "turn": 1,
+       "reply_url": "..."}
 
-  ``turn`` counts the caller's turns from 1.
+  ``turn`` counts the caller's turns from 1; ``reply_url`` is only sent when configured.
 
 * Reply (the answer to either request, and the body of an asynchronous push)::
 
@@ -39,20 +41,20 @@ configured ``headers``, e.g. an auth header, sent as they are):
   ``;endianness=little-endian`` for little-endian; ``channels=N`` allowed).  Audio replies
   are `AudioReply` objects: ``text`` is kept for the records, ``audio`` is what to play.
 
-* Asynchronous replies - ``"pending": true`` with neither text nor audio means "the answer
-  comes later": the turn waits up to ``pending_timeout_s`` for a reply pushed to
-  `ExternalBrain.deliver` (the gateway's HTTP app routes the bot's push there) and returns
-  it; without one it fails with ``ProviderError(kind="timeout")``.  ``"pending": true``
-  *with* text or audio returns that content at once (a "one moment, please") and the real
-  answer arrives as a pushed reply.  A reply pushed while no turn waits for it is kept in a
-  small per-call queue (the newest `MAX_PUSHED`), to be taken by `ExternalBrain.take_pushed`
-  or awaited with `ExternalBrain.wait_pushed`.  A pushed reply may not itself be pending.
+* Asynchronous replies - a bot that needs time answers ``"pending": true``, alone (the
+  caller hears nothing yet) or with a holding line in ``text``/``audio_url`` ("one moment,
+  please"), and later POSTs the real reply - the same JSON, not pending - to the gateway's
+  app at ``reply_url`` (sent in every request when configured: ``POST
+  /bot/calls/<call_id>/reply``), which hands it to `ExternalBrain.deliver`.  The pending
+  reply comes back at once as a `BrainReply` with ``pending_s = pending_timeout_s``; the
+  conversation plays pushed replies as agent turns (`ExternalBrain.wait_pushed`, after the
+  turn in progress) and apologises when none comes in time.  Pushed replies are kept in a
+  small per-call queue (the newest `MAX_PUSHED`) until taken.
 
 Errors are ``ProviderError("external", kind, ...)``: ``auth`` (401/403), ``http`` (other
 non-2xx statuses, ``status`` set), ``timeout`` (no answer within ``timeout_s``, audio not
-fetched within ``audio_timeout_s``, or no pushed reply within ``pending_timeout_s``),
-``disconnect`` (cannot connect, or the connection dropped; also a pending turn of a call
-that was forgotten), ``malformed`` (not JSON, not the contract above, audio that does not
+fetched within ``audio_timeout_s``), ``disconnect`` (cannot connect, or the connection
+dropped), ``malformed`` (not JSON, not the contract above, audio that does not
 decode or is larger than ``max_audio_bytes``).  Nothing is retried here: that is the
 failover layer's job.  Messages never contain the configured header values.
 """
@@ -68,9 +70,9 @@ import re
 import wave
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 import miniaudio  # type: ignore[import-untyped]
@@ -264,18 +266,10 @@ def decode_audio(data: bytes, content_type: str = "") -> bytes:
 # -- per-call state -----------------------------------------------------------------------------
 
 
-class _Turn:
-    """A request in flight: replies pushed meanwhile belong to it."""
-
-    def __init__(self) -> None:
-        self.inbox: deque[asyncio.Task[BrainReply]] = deque()
-
-
 @dataclass
 class _Call:
     loop: asyncio.AbstractEventLoop
     turns: int = 0
-    current: _Turn | None = None
     pushed: deque[asyncio.Task[BrainReply]] = field(default_factory=deque)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -291,6 +285,7 @@ class ExternalBrain(Brain):
 
     name = "external"
     streams = False
+    pushes = True
 
     def __init__(
         self,
@@ -309,8 +304,12 @@ class ExternalBrain(Brain):
             "I can't hear you, so I'll hang up now. Goodbye.",
         ),
         max_calls: int = 1024,
+        reply_url: str | None = None,
     ) -> None:
         """Configure the brain; nothing connects until the first request.
+
+        `reply_url` is where the bot pushes asynchronous replies (``{call_id}`` is replaced
+        by the call's id); it is sent to the bot in every request when set.
 
         Raises ``ProviderError(kind="config")`` for unusable settings.
         """
@@ -338,6 +337,7 @@ class ExternalBrain(Brain):
         self.audio_timeout_s = audio_timeout_s
         self.no_input_prompts = no_input_prompts
         self.max_calls = max_calls
+        self.reply_url = reply_url or None
         self._origins = {_origin(u) for u in (self.dcs_url, dcs_response_url, self.ai_tts_url) if u}
         self._calls: OrderedDict[str, _Call] = OrderedDict()
         self._http: httpx.AsyncClient | None = None
@@ -465,33 +465,18 @@ class ExternalBrain(Brain):
     async def _exchange(
         self, ctx: CallContext, url: str, body: Mapping[str, Any], what: str
     ) -> BrainReply:
-        """POST `body`, wait for a pending answer if need be, render the reply."""
-        state = self._call(ctx.call_id)
-        turn = _Turn()
-        state.current = turn
-        try:
-            bot = await self._post_json(url, body, what)
-            if not bot.pending or bot.has_content:
-                return await self.render(bot)
-            try:
-                async with asyncio.timeout(self.pending_timeout_s):
-                    while not turn.inbox:
-                        if self._calls.get(ctx.call_id) is not state:
-                            raise ProviderError(PROVIDER, "disconnect", "the call was forgotten")
-                        state.changed.clear()
-                        await state.changed.wait()
-            except TimeoutError:
-                raise ProviderError(
-                    PROVIDER, "timeout", f"{what}: no pushed reply in {self.pending_timeout_s} s"
-                ) from None
-            return await _result(turn.inbox.popleft())
-        finally:
-            if state.current is turn:
-                state.current = None
-            if turn.inbox and self._calls.get(ctx.call_id) is state:
-                for task in turn.inbox:
-                    self._push(state, task)
-                state.changed.set()
+        """POST `body` and render the reply (a pending one says how long to wait)."""
+        self._call(ctx.call_id)
+        if self.reply_url:
+            body = {
+                **body,
+                "reply_url": self.reply_url.replace("{call_id}", quote(ctx.call_id, safe="")),
+            }
+        bot = await self._post_json(url, body, what)
+        reply = await self.render(bot) if bot.has_content else BrainReply("", bot.actions)
+        if bot.pending:
+            reply = replace(reply, pending_s=self.pending_timeout_s)
+        return reply
 
     async def greeting(self, ctx: CallContext) -> BrainReply:
         """The bot's answer to the call start, or the configured greeting without a DCS URL."""
@@ -537,7 +522,7 @@ class ExternalBrain(Brain):
         state = self._calls.pop(call_id, None)
         if state is None:
             return
-        tasks = list(state.pushed) + (list(state.current.inbox) if state.current else [])
+        tasks = list(state.pushed)
         state.pushed.clear()
 
         def wake() -> None:
@@ -570,10 +555,7 @@ class ExternalBrain(Brain):
             return
         task = state.loop.create_task(self.render(bot))
         task.add_done_callback(_retrieve)
-        if state.current is not None:
-            state.current.inbox.append(task)
-        else:
-            self._push(state, task)
+        self._push(state, task)
         state.changed.set()
 
     def _push(self, state: _Call, task: asyncio.Task[BrainReply]) -> None:
@@ -599,13 +581,13 @@ class ExternalBrain(Brain):
         return task.result()
 
     async def wait_pushed(self, call_id: str, timeout_s: float | None = None) -> BrainReply | None:
-        """Wait for the next pushed reply of `call_id` (None: forgotten, unknown or timed out).
+        """Wait for the next pushed reply of `call_id` (None: the call was forgotten, or
+        `timeout_s` passed).  An unknown call becomes known: a conversation starts waiting
+        before its greeting has been asked for.
 
         Raises like `take_pushed`.
         """
-        state = self._calls.get(call_id)
-        if state is None:
-            return None
+        state = self._call(call_id)
         try:
             async with asyncio.timeout(timeout_s):
                 while True:
@@ -625,19 +607,8 @@ class ExternalBrain(Brain):
             return None
 
 
-async def _result(task: asyncio.Task[BrainReply]) -> BrainReply:
-    """The reply a render task prepared; its cancellation (the call was forgotten) is an error
-    of the turn, not a cancellation of the caller."""
-    await asyncio.wait({task})
-    if task.cancelled():
-        raise ProviderError(PROVIDER, "disconnect", "the call was forgotten")
-    return task.result()
-
-
 def _with_intent(reply: BrainReply, intent: str) -> BrainReply:
-    if isinstance(reply, AudioReply):
-        return AudioReply(reply.text, reply.actions, intent, audio=reply.audio)
-    return BrainReply(reply.text, reply.actions, intent)
+    return replace(reply, intent=intent)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
 
 from gateway.providers.base import (
     Brain,
@@ -268,6 +269,7 @@ class ResilientBrain(Brain):
         self.retries = retries
         self.name = "+".join(b.name for b in chain)
         self.streams = chain[0].streams
+        self.pushes = chain[0].pushes
 
     async def greeting(self, ctx: CallContext) -> BrainReply:
         """The primary's greeting (greetings are local in every brain)."""
@@ -280,6 +282,14 @@ class ResilientBrain(Brain):
     def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
         """Stream of the first brain that starts answering in time."""
         return _ResilientReply(self, text, ctx)
+
+    def deliver(self, call_id: str, payload: Mapping[str, Any]) -> bool:
+        """Pushed replies belong to the primary (the brain the bot talks to)."""
+        return self.chain[0].deliver(call_id, payload)
+
+    async def wait_pushed(self, call_id: str, timeout_s: float | None = None) -> BrainReply | None:
+        """The primary's next pushed reply."""
+        return await self.chain[0].wait_pushed(call_id, timeout_s)
 
     def forget(self, call_id: str) -> None:
         """Forget the call in every brain of the chain."""

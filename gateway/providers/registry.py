@@ -122,6 +122,7 @@ def _external(s: Settings) -> Brain:
         headers=dict(e.headers),
         timeout_s=e.timeout_s,
         pending_timeout_s=e.pending_timeout_s,
+        reply_url=e.reply_url if e.push_token else None,
     )
 
 
