@@ -560,7 +560,13 @@ def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, 
         sup.say(f"answer_url app not started: {exc}")
         return None, None
     a = settings.app
-    server = serve_app(app, a.listen_host, a.listen_port, a.threads)
+    try:
+        server = serve_app(app, a.listen_host, a.listen_port, a.threads)
+    except OSError as exc:
+        raise ConfigError(
+            f"app.listen_port: the answer_url app cannot listen on"
+            f" {a.listen_host}:{a.listen_port}: {exc.strerror or exc}"
+        ) from None
     url = a.public_url or server.url
     sup.say(f"answer_url app listening on {server.url}")
     return server, url
