@@ -1,8 +1,9 @@
-"""`sipagent` command line: serve, call, demo."""
+"""`sipagent` command line: serve, call, demo, calls."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -72,6 +73,66 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
     return run_demo(config=args.config, port=args.port)
+
+
+def _open_records(args: argparse.Namespace) -> Any:
+    """The call-record store named by ``records.url`` (same configuration as `serve`)."""
+    from gateway.records import CallRecords
+
+    settings = load_settings(args.config)
+    # An SQLite file that is not there is an error here, not a new empty store.
+    return CallRecords.open(settings.records.url, create=False)
+
+
+def _records_error(exc: Exception) -> int:
+    text = " ".join(str(exc).split()).removeprefix("records: ")
+    print(f"sipagent: call records: {text}", file=sys.stderr)
+    return 1
+
+
+def cmd_calls_list(args: argparse.Namespace) -> int:
+    """Print the most recent calls."""
+    from gateway.callreport import format_calls
+    from gateway.records import RecordsError
+
+    try:
+        with _open_records(args) as records:
+            calls = records.recent(args.limit)
+    except RecordsError as exc:
+        return _records_error(exc)
+    if args.json:
+        print(json.dumps(calls, indent=2, sort_keys=True))
+    else:
+        print(format_calls(calls))
+    return 0
+
+
+def cmd_calls_show(args: argparse.Namespace) -> int:
+    """Print one call and its transcript."""
+    from gateway.callreport import format_call
+    from gateway.records import RecordsError
+
+    try:
+        with _open_records(args) as records:
+            call = records.find(args.id)
+            turns = [] if call is None else records.turns(str(call["call_uuid"]))
+    except RecordsError as exc:
+        return _records_error(exc)
+    if call is None:
+        print(f"sipagent: no call {args.id!r} in the call records", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"call": call, "turns": turns}, indent=2, sort_keys=True))
+    else:
+        print(format_call(call, turns))
+    return 0
+
+
+def _limit(text: str) -> int:
+    value = _positive_int(text)
+    if value > 100_000:
+        raise argparse.ArgumentTypeError(f"at most 100000 (got {value})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", type=Path, help="TOML settings file")
     d.add_argument("--port", type=int, default=0, help="SIP port for the agent (free one)")
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("calls", help="call records and transcripts (records.url)")
+    rsub = r.add_subparsers(dest="calls_command", required=True)
+    rl = rsub.add_parser("list", help="the most recent calls, newest first")
+    rl.add_argument("--config", type=Path, help="TOML settings file")
+    rl.add_argument("--limit", type=_limit, default=20, metavar="N", help="calls to list (20)")
+    rl.add_argument("--json", action="store_true", help="print the records as JSON")
+    rl.set_defaults(func=cmd_calls_list)
+    rs = rsub.add_parser("show", help="one call with its transcript")
+    rs.add_argument("id", help="CallUUID or SIP Call-ID, or a unique prefix of either")
+    rs.add_argument("--config", type=Path, help="TOML settings file")
+    rs.add_argument("--json", action="store_true", help="print the record as JSON")
+    rs.set_defaults(func=cmd_calls_show)
     return p
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -16,6 +17,7 @@ from gateway.audio.pcm import SAMPLE_RATE
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers
+from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
 from gateway.sip.endpoint import EndpointOptions, SipError
@@ -178,6 +180,10 @@ class AgentWorker:
         task.add_done_callback(lambda t: self._finished(handle, t))
 
     def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
+        # The one place a turn's words leave the conversation (log line, and the supervisor
+        # that stores it): redacted here when configured, before either.
+        if self.settings.records.redact_pii:
+            rec = redact_turn(rec)
         _log_turn(rec)
         if self.listener is not None:
             self.listener.turn_recorded(handle, rec)
@@ -259,6 +265,14 @@ class WorkerListener(Protocol):
 
     def turn_recorded(self, handle: CallHandle, rec: TurnRecord) -> None:
         """An agent turn of a call is over (with its timings)."""
+
+
+def redact_turn(rec: TurnRecord) -> TurnRecord:
+    """A copy of ``rec`` with PII in the caller's and the agent's words replaced
+    (see :mod:`gateway.redact`)."""
+    return dataclasses.replace(
+        rec, user_text=redact(rec.user_text), agent_text=redact(rec.agent_text)
+    )
 
 
 def _log_turn(rec: TurnRecord) -> None:

@@ -941,20 +941,34 @@ class RecordsSettings(_Section):
 
     url: str = Field(
         default="sqlite:///sipagent-records.db",
-        description="Call-record store: sqlite:///relative/path or sqlite:////absolute/path.",
+        description=(
+            "Call-record store: sqlite:///relative/path, sqlite:////absolute/path or"
+            " postgresql://user:password@host:port/dbname."
+        ),
+    )
+    redact_pii: bool = Field(
+        default=False,
+        description=(
+            "Replace card and phone numbers, other long digit runs and e-mail addresses in"
+            " the caller's and the agent's words before they are stored or logged."
+        ),
     )
 
     @field_validator("url")
     @classmethod
     def _validate_url(cls, value: str) -> str:
+        scheme = value.partition("://")[0].lower()
+        if scheme in ("postgresql", "postgres"):
+            if len(value) <= len(scheme) + 3:
+                _invalid("postgresql:// URL without a server or database", show_input=False)
+            return value
         if not value.startswith("sqlite:///") or value == "sqlite:///":
-            _invalid("must be sqlite:///PATH")
+            # The input is not echoed: it may be a URL with a password.
+            _invalid(
+                "must be sqlite:///PATH or postgresql://user:password@host:port/dbname",
+                show_input=False,
+            )
         return value
-
-    @property
-    def sqlite_path(self) -> Path:
-        """The SQLite file the URL names."""
-        return Path(self.url.removeprefix("sqlite:///"))
 
 
 # The TOML file for the Settings instance being built; set only inside load_settings().

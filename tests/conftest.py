@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from gateway.audio.pcm import SAMPLE_RATE, resample
+from tests.postgres import PostgresServer, postgres_bindir, postgres_required, running_postgres
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +26,17 @@ def speech_8k() -> Callable[[str], bytes]:
         return resample(pcm, rate, SAMPLE_RATE)
 
     return speak
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server for the session (skipped when PostgreSQL is not
+    installed, unless .ci/run requires it: then the tests fail)."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        message = "PostgreSQL (initdb, pg_ctl: Debian package postgresql) missing"
+        if postgres_required():
+            pytest.fail(message)
+        pytest.skip(message)
+    with running_postgres(bindir) as server:
+        yield server

@@ -1,8 +1,10 @@
-"""Tests for gateway.records: the SQLite call-record store."""
+"""Tests for gateway.records: the call-record store, on SQLite and on a real PostgreSQL
+server (tests/postgres.py: initdb in a temporary directory, one schema per test)."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,15 +15,37 @@ from pathlib import Path
 
 import pytest
 
-from gateway.records import SCHEMA_VERSION, CallRecords, RecordsError, sip_key
+from gateway.records import (
+    _MIGRATIONS,
+    _POSTGRES_TYPES,
+    _SQLITE_TYPES,
+    SCHEMA_VERSION,
+    AmbiguousCallId,
+    CallRecords,
+    RecordsError,
+    _statements,
+    redact_url,
+    sip_key,
+)
+from sip_config import ConfigError, RecordsSettings, load_settings
+from tests.postgres import PostgresServer
 
 UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
 UUID2 = "11111111-2222-4333-8444-555555555555"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a new, empty store lives: an SQLite path or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'sub' / 'dir' / 'records.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.fresh_url()
+
+
 @pytest.fixture
-def records(tmp_path: Path) -> Iterator[CallRecords]:
-    store = CallRecords.open(tmp_path / "sub" / "dir" / "records.db")
+def records(target: str) -> Iterator[CallRecords]:
+    store = CallRecords.open(target)
     yield store
     store.close()
 
@@ -160,13 +184,14 @@ def test_recent_is_newest_first_and_limited(records: CallRecords) -> None:
     assert records.recent(limit=0) == []
 
 
-def test_rows_survive_close_and_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "calls.db"
-    store = CallRecords.open(path)
+def test_rows_survive_close_and_reopen(target: str) -> None:
+    store = CallRecords.open(target)
     store.answered(UUID, "+1", "+2", "inbound", "fallback", None, at=1.0)
     store.close()
     store.close()  # idempotent
-    with CallRecords.open(path) as again:
+    with pytest.raises(RecordsError, match="closed"):
+        store.get(UUID)
+    with CallRecords.open(target) as again:
         row = again.get(UUID)
         assert row is not None
         assert row["route"] == "fallback"
@@ -189,13 +214,12 @@ def test_concurrent_writers_lose_nothing(records: CallRecords) -> None:
     assert all(r["end_reason"] == "done" and r["duration_s"] == 1.0 for r in rows)
 
 
-def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
-    path = tmp_path / "killed.db"
+def test_committed_rows_survive_sigkill(target: str) -> None:
     child = textwrap.dedent(
         f"""
         import sys, time
         from gateway.records import CallRecords
-        store = CallRecords.open({str(path)!r})
+        store = CallRecords.open({target!r})
         for i in range(20):
             store.answered(f"{UUID[:-2]}{{i:02d}}", "+1", "+2", "inbound", "agent", i % 3, 1.0)
         print("committed", flush=True)
@@ -219,7 +243,7 @@ def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
             proc.wait(timeout=10)
         if proc.stdout is not None:
             proc.stdout.close()
-    with CallRecords.open(path) as store:
+    with CallRecords.open(target) as store:
         rows = store.recent(limit=100)
         assert len(rows) == 20
         assert {r["worker"] for r in rows} == {0, 1, 2}
@@ -270,11 +294,8 @@ def test_turns_before_the_call_row_create_it(records: CallRecords) -> None:
 def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None:
     path = tmp_path / "v1.db"
     with sqlite3.connect(path) as db:
-        from gateway.records import _MIGRATIONS
-
-        for statement in _MIGRATIONS[0].split(";"):
-            if statement.strip():
-                db.execute(statement)
+        for statement in _sqlite_migration(0):
+            db.execute(statement)
         db.execute("INSERT INTO calls (call_uuid, created_at, updated_at) VALUES ('old', 1.0, 1.0)")
         db.execute("PRAGMA user_version = 1")
     with CallRecords.open(path) as records:
@@ -283,3 +304,189 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
         assert len(records.turns("old")) == 1
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
+def _sqlite_migration(number: int) -> list[str]:
+    return _statements(_MIGRATIONS[number], **_SQLITE_TYPES)
+
+
+def test_unix_times_keep_their_precision(records: CallRecords) -> None:
+    at = 1_700_000_000.123456
+    records.sip_started(None, "precise", 0, None, None, at)
+    row = records.get("precise")
+    assert row is not None and row["start_at"] == at and row["created_at"] == at
+
+
+def test_find_takes_an_exact_id_or_a_unique_prefix(records: CallRecords) -> None:
+    records.answered(UUID, "+1", "+2", "inbound", "agent", 0, at=1.0)
+    records.sip_started(UUID, "a1b2c3@10.0.0.1", 0, None, None, at=2.0)
+    records.answered(UUID2, "+3", "+4", "inbound", "agent", 1, at=3.0)
+    records.sip_started(None, "softphone-9", 2, None, None, at=4.0)
+    records.add_turn(None, "softphone-9", _turn(1, "greeting"), 4.5)
+
+    def key(call_id: str) -> str | None:
+        row = records.find(call_id)
+        return None if row is None else str(row["call_uuid"])
+
+    assert key(UUID) == UUID
+    assert key("3f2a") == UUID  # CallUUID prefix
+    assert key("a1b2") == UUID  # SIP Call-ID prefix
+    assert key("a1b2c3@10.0.0.1") == UUID
+    assert key("soft") == sip_key("softphone-9")  # a SIP-only call, without its "sip:"
+    assert key("sip:soft") == sip_key("softphone-9")
+    found = records.find("softphone-9")
+    assert found is not None and found["turn_count"] == 1
+    assert key("ffff") is None
+    assert key("3f2a%") is None and key("_") is None  # no wildcards
+    records.sip_started(None, "11-other", 3, None, None, at=5.0)
+    with pytest.raises(AmbiguousCallId) as info:
+        records.find("11")  # UUID2 and the SIP-only call "11-other"
+    assert sorted(info.value.matches) == sorted([UUID2, sip_key("11-other")])
+
+
+def test_recent_and_get_count_the_turns(records: CallRecords) -> None:
+    records.add_turn(UUID, "cid-n", _turn(1, "greeting"), 1.0)
+    records.add_turn(UUID, "cid-n", _turn(2), 2.0)
+    records.add_turn(UUID, "cid-n", _turn(2), 3.0)  # replaced, not added
+    records.answered(UUID2, None, None, None, "hangup", None, at=4.0)
+    counts = {r["call_uuid"]: r["turn_count"] for r in records.recent()}
+    assert counts == {UUID: 2, UUID2: 0}
+
+
+def test_two_stores_on_one_database_lose_and_duplicate_nothing(target: str) -> None:
+    calls = [f"{UUID[:-4]}{i:04d}" for i in range(30)]
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+
+        def plivo() -> None:
+            for i, uuid in enumerate(calls):
+                one.answered(uuid, "+1", "+2", "inbound", "agent", i % 4, at=float(i))
+                one.hung_up(uuid, {"HangupCause": "NORMAL_CLEARING", "Duration": "5"}, i + 9.0)
+
+        def workers() -> None:
+            for i, uuid in enumerate(calls):
+                two.sip_started(uuid, f"cid-{i}", i % 4, None, None, at=i + 1.0)
+                two.add_turn(uuid, f"cid-{i}", _turn(1, "greeting"), i + 2.0)
+                two.sip_ended(None, f"cid-{i}", i % 4, "bye", at=i + 8.0)
+
+        threads = [threading.Thread(target=plivo), threading.Thread(target=workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        rows = one.recent(limit=1000)
+    assert sorted(r["call_uuid"] for r in rows) == sorted(calls)
+    for row in rows:
+        assert row["hangup_cause"] == "NORMAL_CLEARING" and row["end_reason"] == "bye"
+        assert row["route"] == "agent" and row["sip_call_id"].startswith("cid-")
+        assert row["duration_s"] == 5.0 and row["turn_count"] == 1
+
+
+def test_a_missing_sqlite_store_is_not_created_when_asked(tmp_path: Path) -> None:
+    path = tmp_path / "none.db"
+    with pytest.raises(RecordsError, match="no call records"):
+        CallRecords.open(f"sqlite:///{path}", create=False)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "url", ["mysql://u:secret@h/db", "sqlite:///", "http://u:secret@example.com/"]
+)
+def test_unsupported_urls_are_records_errors(url: str) -> None:
+    with pytest.raises(RecordsError) as info:
+        CallRecords.open(url)
+    assert "secret" not in str(info.value)
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert (
+        redact_url("postgresql://me:s3cr%40t@db:5432/calls") == "postgresql://me:***@db:5432/calls"
+    )
+    assert redact_url("postgresql://me@db/calls") == "postgresql://me@db/calls"
+    assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+# --- PostgreSQL only --------------------------------------------------------------------------
+
+
+def test_postgres_schema_version_table(postgres: PostgresServer) -> None:
+    url = postgres.fresh_url()
+    with CallRecords.open(url) as store:
+        assert store.backend == "postgresql"
+        assert "***" in store.label and postgres.password not in store.label
+    with CallRecords.open(url):  # opening again migrates nothing
+        pass
+    schema = url.rpartition("search_path%3D")[2]
+    with postgres.admin() as conn:
+        rows = conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchall()
+    assert rows == [(SCHEMA_VERSION,)]
+
+
+def test_postgres_newer_schema_is_refused(postgres: PostgresServer) -> None:
+    url = postgres.fresh_url()
+    schema = url.rpartition("search_path%3D")[2]
+    with postgres.admin() as conn:
+        conn.execute(f"CREATE TABLE {schema}.sipagent_schema (version INTEGER NOT NULL)")
+        conn.execute(f"INSERT INTO {schema}.sipagent_schema VALUES ({SCHEMA_VERSION + 1})")
+    with pytest.raises(RecordsError, match="schema version") as info:
+        CallRecords.open(url)
+    assert postgres.password not in str(info.value)
+
+
+def test_postgres_version_1_store_is_migrated(postgres: PostgresServer) -> None:
+    url = postgres.fresh_url()
+    schema = url.rpartition("search_path%3D")[2]
+    with postgres.admin() as conn:
+        conn.execute(f"SET search_path = {schema}")
+        for statement in _statements(_MIGRATIONS[0], **_POSTGRES_TYPES):
+            conn.execute(statement)
+        conn.execute("INSERT INTO calls (call_uuid, created_at, updated_at) VALUES ('old', 1, 1)")
+        conn.execute("CREATE TABLE sipagent_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO sipagent_schema VALUES (1)")
+    with CallRecords.open(url) as records:
+        assert records.get("old") is not None
+        records.add_turn("old", "sip-old", _turn(1), 2.0)
+        assert len(records.turns("old")) == 1
+    with postgres.admin() as conn:
+        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (2,)
+
+
+def test_postgres_connection_errors_are_one_line_without_the_password(
+    postgres: PostgresServer,
+) -> None:
+    wrong = postgres.url(password="not-the-password")
+    with pytest.raises(RecordsError, match="cannot connect") as info:
+        CallRecords.open(wrong)
+    assert "not-the-password" not in str(info.value) and "\n" not in str(info.value)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    down = f"postgresql://u:hunter2@127.0.0.1:{closed_port}/db"
+    with pytest.raises(RecordsError, match="cannot connect") as info:
+        CallRecords.open(down)
+    assert "hunter2" not in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(RecordsError, match="invalid URL") as info:
+        CallRecords.open(f"{postgres.url()}?bogus=1")
+    assert postgres.password not in str(info.value)
+
+
+def test_postgres_store_reconnects_after_a_server_crash(postgres: PostgresServer) -> None:
+    with CallRecords.open(postgres.fresh_url()) as records:
+        records.answered(UUID, "+1", "+2", "inbound", "agent", 0, at=1.0)
+        postgres.restart()  # immediate shutdown: crash recovery on start
+        records.hung_up(UUID, {"HangupCause": "NORMAL_CLEARING"}, at=2.0)
+        row = records.get(UUID)
+    assert row is not None
+    assert row["route"] == "agent" and row["hangup_cause"] == "NORMAL_CLEARING"
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_records_url_setting_takes_sqlite_and_postgresql_urls() -> None:
+    for url in ("sqlite:///a.db", "postgresql://u:p@h:5432/db", "postgres://h/db"):
+        assert RecordsSettings(url=url).url == url
+    assert RecordsSettings().redact_pii is False
+    for bad in ("mysql://u:secret@h/db", "postgresql://", "records.db"):
+        with pytest.raises(ConfigError, match=r"records\.url") as info:
+            load_settings(env_file=None, overrides={"records": {"url": bad}})
+        assert "secret" not in str(info.value)

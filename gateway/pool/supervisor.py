@@ -498,7 +498,7 @@ def _is_loopback(network: str) -> bool:
 
 
 async def _serve(settings: Settings, workers: int) -> int:
-    from gateway.records import CallRecords
+    from gateway.records import CallRecords, RecordsError
 
     loop = asyncio.get_running_loop()
     drain, stop = asyncio.Event(), asyncio.Event()
@@ -506,9 +506,11 @@ async def _serve(settings: Settings, workers: int) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     sup = Supervisor(settings, workers)  # checks the port plan first (ConfigError)
     try:
-        records = CallRecords.open(settings.records.sqlite_path)
+        records = CallRecords.open(settings.records.url)
     except Exception as exc:
-        raise ConfigError(f"records.url: cannot open {settings.records.url}: {exc}") from None
+        # One line, and never the password of a postgresql:// URL (RecordsError has none).
+        text = " ".join(str(exc).split()) if isinstance(exc, RecordsError) else repr(exc)
+        raise ConfigError(f"records.url: {text.removeprefix('records: ')}") from None
     sup.records = records
     server = None
     try:
