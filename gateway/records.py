@@ -114,6 +114,10 @@ _MIGRATIONS: Final[Sequence[str]] = (
         UNIQUE (call_id, turn)
     );
     """,
+    # 3: the path of the call's stereo recording (records.recording_dir).
+    """
+    ALTER TABLE calls ADD COLUMN recording TEXT;
+    """,
 )
 
 _SQLITE_TYPES: Final = {"pk": "INTEGER PRIMARY KEY", "ref": "INTEGER", "real": "REAL"}
@@ -623,8 +627,10 @@ class CallRecords:
         from_uri: str | None,
         to_uri: str | None,
         at: float,
+        recording: str | None = None,
     ) -> None:
-        """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid)."""
+        """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid);
+        ``recording`` is the path its recording is being written to."""
         self._write_sip(
             call_uuid,
             sip_call_id,
@@ -633,6 +639,7 @@ class CallRecords:
                 "sip_from": _text_or_none(from_uri),
                 "sip_to": _text_or_none(to_uri),
                 "start_at": at,
+                "recording": _text_or_none(recording),
             },
             at,
             ended=False,

@@ -14,9 +14,11 @@ from typing import Protocol
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
+from gateway.callcontext import decode_call_context
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers
+from gateway.recording import CallRecorder, recording_path
 from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
@@ -119,6 +121,7 @@ class AgentWorker:
         self.loop = asyncio.get_running_loop()
         self.sessions: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[str, CallSession] = {}  # by SIP Call-ID
+        self.recorders: dict[int, tuple[CallRecorder, asyncio.Task[None]]] = {}
         sip = settings.sip
         registration = registration_options(settings, account_index)
         self.ua = AgentUA(
@@ -162,6 +165,7 @@ class AgentWorker:
 
     def _start(self, handle: CallHandle) -> None:
         self.calls_total += 1
+        self._start_recording(handle)
         if self.listener is not None:
             self.listener.call_started(handle)
         session = CallSession(
@@ -195,6 +199,27 @@ class AgentWorker:
         if self.listener is not None:
             self.listener.call_ended(handle)
 
+    def _start_recording(self, handle: CallHandle) -> None:
+        directory = self.settings.records.recording_dir
+        if directory is None:
+            return
+        uuid = decode_call_context(handle.headers).get("call_uuid", "")
+        recorder = CallRecorder(handle, recording_path(directory.resolve(), handle, uuid))
+        try:
+            recorder.start()
+        except OSError as exc:
+            log.error("call %s: cannot record to %s: %s", handle.sip_call_id, recorder.path, exc)
+            return
+        handle.recording = str(recorder.path)
+        self.recorders[handle.call_id] = (recorder, self.loop.create_task(recorder.run()))
+
+    def _stop_recording(self, handle: CallHandle) -> None:
+        entry = self.recorders.pop(handle.call_id, None)
+        if entry is not None:
+            recorder, task = entry
+            task.cancel()
+            recorder.close()
+
     def push(self, sip_call_id: str, payload: object) -> tuple[int, str]:
         """Hand a reply the bot pushed to the brain of call `sip_call_id`; returns an HTTP
         status (202, or 400/404/409) and why."""
@@ -213,6 +238,7 @@ class AgentWorker:
         return 202, "accepted"
 
     def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
+        self._stop_recording(handle)
         self.conversations.pop(handle.sip_call_id, None)
         if self.sessions.get(handle.call_id) is task:
             del self.sessions[handle.call_id]

@@ -953,6 +953,13 @@ class RecordsSettings(_Section):
             " the caller's and the agent's words before they are stored or logged."
         ),
     )
+    recording_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Record every call as a stereo WAV (left: caller, right: agent) in this"
+            " directory, named by CallUUID (or SIP Call-ID); None: no recordings."
+        ),
+    )
 
     @field_validator("url")
     @classmethod

@@ -303,7 +303,7 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
 
 
 def _sqlite_migration(number: int) -> list[str]:
@@ -447,7 +447,7 @@ def test_postgres_version_1_store_is_migrated(postgres: PostgresServer) -> None:
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with postgres.admin() as conn:
-        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (2,)
+        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (SCHEMA_VERSION,)
 
 
 def test_postgres_connection_errors_are_one_line_without_the_password(

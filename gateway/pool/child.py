@@ -80,6 +80,7 @@ class _Reporter:
                 **self._ids(handle),
                 "from": handle.remote_uri,
                 "to": handle.local_uri,
+                "recording": handle.recording or None,
                 "at": time.time(),
             }
         )

@@ -234,6 +234,7 @@ class Supervisor:
                 str(msg.get("from", "")),
                 str(msg.get("to", "")),
                 float(msg.get("at", time.time())),
+                msg.get("recording") or None,
             )
         elif event == "turn" and index is not None and isinstance(msg.get("turn"), dict):
             self._record(

@@ -78,6 +78,7 @@ class CallHandle:
     answered_at: float = 0.0
     ended_at: float = 0.0
     end_reason: str = ""
+    recording: str = ""  # path of the call's recording, when it is recorded
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
