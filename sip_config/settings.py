@@ -961,6 +961,11 @@ class RecordsSettings(_Section):
         ),
     )
 
+    @field_validator("recording_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("url")
     @classmethod
     def _validate_url(cls, value: str) -> str:
