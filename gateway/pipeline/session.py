@@ -150,6 +150,8 @@ class CallSession:
         self._no_input_attempts = 0
         self._turns = 0
         self._turn_barged = False
+        # The recogniser ended a turn while the detector stayed in speech (a noisy line).
+        self._stt_ended = False
         self._hanging_up = False
         # Monotonic time by which the brain promised a pushed reply (BrainReply.pending_s).
         self._push_due: float | None = None
@@ -202,10 +204,12 @@ class CallSession:
             if event is None:
                 if det.in_speech:
                     await self._feed_speech(frame)
+                    self._check_stt_end()
                 continue
             now = time.monotonic()
             self._last_activity = now
             if event.kind == "start":
+                self._stt_ended = False
                 self._no_input_attempts = 0
                 self._turn_barged = self.agent_speaking()
                 if self._turn_barged:
@@ -219,34 +223,89 @@ class CallSession:
             else:
                 stt, self._stt = self._stt, None
                 parts, self._parts = self._parts, []
+                if self._stt_ended:
+                    # The recogniser ended this run's last turn: what came after is a turn
+                    # only if it heard words in it, else it was the noise.
+                    self._stt_ended = False
+                    if stt is not None and not stt.heard_words():
+                        await stt.cancel()
+                        continue
                 if stt is None and not parts:
                     continue
-                end_of_speech = now - event.trailing_silence_ms / 1000.0
-                rec = TurnRecord(
-                    call_id=self.handle.sip_call_id,
-                    turn=0,
-                    kind="reply",
+                self._answer(
+                    stt,
+                    parts,
                     speech_ms=event.speech_ms,
-                    eot_wait_ms=float(event.trailing_silence_ms),
+                    wait_ms=float(event.trailing_silence_ms),
+                    now=now,
                     barge_in=self._turn_barged,
                 )
-                self._start_reply(self._respond(parts, stt, rec, end_of_speech, now), deadline=True)
+
+    def _check_stt_end(self) -> None:
+        """End the turn on the recogniser's end of utterance (Deepgram's endpointing or
+        UtteranceEnd), which it reports only after words.  The stream in progress exists
+        only while the local VAD hears sound (from `early_final_ms` of silence on the local
+        path ends the turn), so this is the noisy line: without it the turn would last until
+        the noise stops or `max_utterance_ms`.  The detector stays in speech (a reset would
+        start a new turn on the noise at once); the next words are a new turn, and what the
+        run ends with is answered only if the recogniser heard words in it."""
+        stt = self._stt
+        wait_ms = None if stt is None else stt.utterance_end()
+        if stt is None or wait_ms is None:
+            return
+        self._stt = None
+        parts, self._parts = self._parts, []
+        now = time.monotonic()
+        self._last_activity = now
+        barge_in = self._turn_barged
+        if self._stt_ended:  # a further turn on the noisy line
+            barge_in = self.agent_speaking()
+            if barge_in:
+                self._barge_in()
+        self._stt_ended = True
+        speech_ms = self.detector.split()
+        log.debug("call %s: the recogniser ended the turn", self.handle.sip_call_id)
+        self._answer(stt, parts, speech_ms=speech_ms, wait_ms=wait_ms, now=now, barge_in=barge_in)
+
+    def _answer(
+        self,
+        stt: SttStream | None,
+        parts: list[asyncio.Future[str]],
+        *,
+        speech_ms: int,
+        wait_ms: float,
+        now: float,
+        barge_in: bool,
+    ) -> None:
+        """Start the reply to the caller turn that just ended (`wait_ms` after its speech)."""
+        rec = TurnRecord(
+            call_id=self.handle.sip_call_id,
+            turn=0,
+            kind="reply",
+            speech_ms=speech_ms,
+            eot_wait_ms=wait_ms,
+            barge_in=barge_in,
+        )
+        end_of_speech = now - wait_ms / 1000.0
+        self._start_reply(self._respond(parts, stt, rec, end_of_speech, now), deadline=True)
 
     async def _feed_speech(self, frame: bytes) -> None:
         """Stream a frame of the turn in progress to STT; finalise early in a pause.
 
         At `early_final_ms` of trailing silence the recogniser finalises what it has, so the
         transcript is ready by the time the pause becomes an end of turn. If the caller goes
-        on, the rest is recognised as a new piece and the pieces are joined.
+        on, the rest is recognised as a new piece and the pieces are joined.  After the
+        recogniser ended a turn (`_check_stt_end`) the rest of the run is one stream, never
+        finalised early: the recogniser is what watches it.
         """
         trailing = self.detector.trailing_silence_ms
         early = self.opt.early_final_ms
         if self._stt is not None:
             await self._stt.feed(frame)
-            if early and trailing >= early:
+            if early and trailing >= early and not self._stt_ended:
                 stt, self._stt = self._stt, None
                 self._parts.append(asyncio.ensure_future(stt.finish()))
-        elif trailing == 0:  # speech resumed after an early final
+        elif trailing == 0 or self._stt_ended:  # speech resumed, or after the recogniser's end
             self._stt = await self.stt.open_stream()
             await self._stt.feed(frame)
 

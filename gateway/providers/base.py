@@ -110,6 +110,19 @@ class SttStream(abc.ABC):
     async def cancel(self) -> None:
         """Drop the utterance without a result; must be safe to call more than once."""
 
+    def utterance_end(self) -> float | None:
+        """The recogniser's own end of the utterance, for recognisers that tell (Deepgram's
+        endpointing / UtteranceEnd): None until it heard words and then their end (and again
+        None when more words follow); then how many milliseconds of the audio fed so far
+        follow the last word.  The session ends the turn on it when its own VAD still hears
+        sound (a noisy line); `finish` is still called for the transcript."""
+        return None
+
+    def heard_words(self) -> bool | None:
+        """Whether the recogniser has reported any word of the utterance yet; None when it
+        cannot tell before `finish`."""
+        return None
+
 
 class SttProvider(abc.ABC):
     """Creates one `SttStream` per caller utterance."""

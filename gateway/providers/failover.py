@@ -180,6 +180,14 @@ class _ResilientSttStream(SttStream):
                     await stream.cancel()
                 self.index += 1
 
+    def utterance_end(self) -> float | None:
+        """The current recogniser's end of the utterance (see `SttStream.utterance_end`)."""
+        return None if self.stream is None else self.stream.utterance_end()
+
+    def heard_words(self) -> bool | None:
+        """Whether the current recogniser has reported words (None: cannot tell)."""
+        return None if self.stream is None else self.stream.heard_words()
+
     async def cancel(self) -> None:
         """Drop the utterance."""
         stream, self.stream = self.stream, None
