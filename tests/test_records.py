@@ -447,7 +447,9 @@ def test_postgres_version_1_store_is_migrated(postgres: PostgresServer) -> None:
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with postgres.admin() as conn:
-        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (SCHEMA_VERSION,)
+        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (
+            SCHEMA_VERSION,
+        )
 
 
 def test_postgres_connection_errors_are_one_line_without_the_password(
