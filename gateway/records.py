@@ -114,9 +114,11 @@ _MIGRATIONS: Final[Sequence[str]] = (
         UNIQUE (call_id, turn)
     );
     """,
-    # 3: the path of the call's stereo recording (records.recording_dir).
+    # 3: the path of the call's stereo recording (records.recording_dir), and the X- headers
+    # of its INVITE (Plivo's X-PH-* among them) as a JSON object.
     """
     ALTER TABLE calls ADD COLUMN recording TEXT;
+    ALTER TABLE calls ADD COLUMN sip_headers TEXT;
     """,
 )
 
@@ -628,9 +630,11 @@ class CallRecords:
         to_uri: str | None,
         at: float,
         recording: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid);
-        ``recording`` is the path its recording is being written to."""
+        ``recording`` is the path its recording is being written to, ``headers`` the X-
+        headers of its INVITE."""
         self._write_sip(
             call_uuid,
             sip_call_id,
@@ -640,6 +644,7 @@ class CallRecords:
                 "sip_to": _text_or_none(to_uri),
                 "start_at": at,
                 "recording": _text_or_none(recording),
+                "sip_headers": json.dumps(dict(headers), sort_keys=True) if headers else None,
             },
             at,
             ended=False,

@@ -3,6 +3,7 @@ server (tests/postgres.py: initdb in a temporary directory, one schema per test)
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import sqlite3
@@ -163,6 +164,17 @@ def test_sip_only_call_is_keyed_by_call_id(records: CallRecords) -> None:
     assert row["end_at"] == 9.5
     assert row["duration_s"] == 4.5
     assert records.get("nope") is None
+
+
+def test_headers_and_recording_are_stored_with_the_call(records: CallRecords) -> None:
+    headers = {"X-PH-Calluuid": "abc", "X-Campaign": "spring"}
+    records.sip_started(
+        None, "c-9", 0, None, None, at=1.0, recording="/rec/c-9.wav", headers=headers
+    )
+    records.sip_ended(None, "c-9", 0, "local hangup", at=2.0)  # erases neither
+    row = records.get("c-9")
+    assert row is not None and row["recording"] == "/rec/c-9.wav"
+    assert json.loads(row["sip_headers"]) == headers
 
 
 def test_sip_row_is_adopted_when_its_call_uuid_turns_up(records: CallRecords) -> None:

@@ -81,6 +81,7 @@ class _Reporter:
                 "from": handle.remote_uri,
                 "to": handle.local_uri,
                 "recording": handle.recording or None,
+                "headers": handle.context_headers(),
                 "at": time.time(),
             }
         )

@@ -235,6 +235,7 @@ class Supervisor:
                 str(msg.get("to", "")),
                 float(msg.get("at", time.time())),
                 msg.get("recording") or None,
+                _string_map(msg.get("headers")),
             )
         elif event == "turn" and index is not None and isinstance(msg.get("turn"), dict):
             self._record(
@@ -471,6 +472,13 @@ class Supervisor:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _string_map(value: Any) -> dict[str, str] | None:
+    """A worker's ``{name: value}`` message field, or None when it is not one."""
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _print_routing(sup: Supervisor, app_url: str | None) -> None:
