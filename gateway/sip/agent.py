@@ -198,7 +198,7 @@ _KEYS = frozenset("0123456789*#ABCD")
 
 
 def dtmf_method_name(method: int) -> str:
-    """"rfc4733" or "info" for a pjsua DTMF method number."""
+    """ "rfc4733" or "info" for a pjsua DTMF method number."""
     return "info" if method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
 from collections import deque
@@ -99,10 +100,8 @@ class KeyQueue:
             if loop is None or queue is None:
                 self._early.append((key, method))
                 return
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: the call is over
             loop.call_soon_threadsafe(_put_bounded, queue, (key, method))
-        except RuntimeError:
-            pass  # the loop is closed: the call is over
 
     async def get(self) -> tuple[str, str]:
         """The next key and its method; waits for one."""
