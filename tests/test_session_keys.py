@@ -132,6 +132,25 @@ def test_an_entry_ends_at_max_digits() -> None:
     run(scenario)
 
 
+def test_the_terminator_right_after_a_full_entry_is_swallowed() -> None:
+    async def scenario() -> None:
+        brain = KeyBrain(collect=DigitCollect(min_digits=3, max_digits=3, timeout_s=1))
+        call = start_call(brain, ConversationOptions())
+        try:
+            await greeted(call)
+            press(call, "123#")
+            await call.turn(1)
+            await call.until("agent quiet", lambda: not call.session.agent_speaking())
+            await asyncio.sleep(0.2)
+            press(call, "#")  # not swallowed: only the one right after the entry
+            await call.turn(2)
+            assert brain.keys == [KeyInput("123", "max"), KeyInput("#", "key")]
+        finally:
+            await call.hang_up()
+
+    run(scenario)
+
+
 def test_an_entry_ends_after_the_inter_digit_timeout() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -225,9 +244,7 @@ def test_a_reply_can_send_dtmf_after_it_is_spoken() -> None:
         sent: list[tuple[str, bool]] = []
         brain = KeyBrain(send_dtmf="12#")
         call = start_call(brain, ConversationOptions())
-        call.session._send_dtmf_cb = lambda keys: sent.append(
-            (keys, call.session.agent_speaking())
-        )
+        call.session._send_dtmf_cb = lambda keys: sent.append((keys, call.session.agent_speaking()))
         try:
             await greeted(call)
             assert sent == []

@@ -176,6 +176,9 @@ class CallSession:
         self._keys_barged = False
         # The caller's utterance in progress lost to a key: ignore it until it ends.
         self._ignore_speech = False
+        # After an entry ended at max_digits: its terminator, pressed right after out of
+        # habit ("123456#"), is swallowed until this monotonic time.
+        self._late_terminator: tuple[str, float] | None = None
         self.keys_pressed = 0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -636,6 +639,9 @@ class CallSession:
         self._last_activity = now
         self._no_input_attempts = 0
         log.info("call %s: caller pressed %s (%s)", self.handle.sip_call_id, key, method)
+        late, self._late_terminator = self._late_terminator, None
+        if late is not None and key == late[0] and now < late[1]:
+            return  # the terminator of the entry that just ended at max_digits
         first = not self._keys_buf
         if first:
             self._keys_barged = self.agent_speaking()
@@ -658,6 +664,8 @@ class CallSession:
         self._keys_buf += key
         self._keys_due = now + spec.timeout_s
         if len(self._keys_buf) >= spec.max_digits:
+            if spec.terminator:
+                self._late_terminator = (spec.terminator, now + spec.timeout_s)
             self._end_entry("max")
 
     def _end_entry(self, ended_by: str) -> None:
