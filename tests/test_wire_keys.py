@@ -15,11 +15,14 @@ from tests.wire import place_call, running_agent, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 
+GREETING = (
+    "Welcome. Press one for hours, two for the address, four to check an order,"
+    " or nine to reach the operator desk."
+)
 PLAYBOOK = """
 [agent]
 name = "Keypad Test"
-greeting = """Welcome. Press one for hours, two for the address, four to check an order, \
-or nine to reach the operator desk."""
+greeting = "GREETING"
 fallback = "Sorry, I did not get that."
 reprompt = "Are you there?"
 goodbye = "Goodbye."
@@ -57,7 +60,7 @@ key = "9"
 keywords = ["operator"]
 reply = "Connecting."
 send_dtmf = "42#"
-"""
+""".replace("GREETING", GREETING)
 
 
 @pytest.fixture(scope="module")
