@@ -42,6 +42,13 @@ def _header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _dtmf_digits(text: str) -> str:
+    keys = text.strip().upper()
+    if not keys or any(ch not in "0123456789*#ABCD" for ch in keys):
+        raise argparse.ArgumentTypeError(f"keypad keys are 0-9, *, # and A-D (got {text!r})")
+    return keys
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
@@ -180,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda t: ("barge", t),
         metavar="TEXT",
         help="speak TEXT while the agent's next turn is playing",
+    )
+    c.add_argument(
+        "--dtmf",
+        dest="steps",
+        action="append",
+        type=lambda t: ("dtmf", _dtmf_digits(t)),
+        metavar="KEYS",
+        help="press keypad KEYS (e.g. 1 or 123456#) after the agent stops talking",
+    )
+    c.add_argument(
+        "--barge-dtmf",
+        dest="steps",
+        action="append",
+        type=lambda t: ("barge-dtmf", _dtmf_digits(t)),
+        metavar="KEYS",
+        help="press KEYS while the agent's next turn is playing",
+    )
+    c.add_argument(
+        "--dtmf-method",
+        choices=("rfc4733", "info"),
+        default="rfc4733",
+        help="how keys are sent: RFC 4733 telephone-events (default) or SIP INFO",
     )
     c.add_argument(
         "--barge-after",

@@ -175,6 +175,7 @@ class AgentWorker:
             brain=self.providers.brain,
             options=self.options,
             hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
+            send_dtmf=lambda keys: self.ua.send_dtmf(handle.call_id, keys),
             on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
         )

@@ -1,10 +1,17 @@
 """One call's conversation on the asyncio loop: listen, detect turns, answer, barge-in.
 
-Task ownership: `CallSession.run()` owns a TaskGroup with the listener, the watchdog and,
+Task ownership: `CallSession.run()` owns a TaskGroup with the listener, the keypad
+listener, the watchdog and,
 for brains whose replies can arrive unprompted (an external bot answering later), the
 pushed-reply player; the current agent turn (STT final → brain → TTS → playout → actions)
 is one task, `_reply`, that barge-in cancels. Cancelling `run()` (the call ended) cancels
 everything.
+
+Keypad keys (DTMF) are caller input like speech: a key stops the agent (barge-in) and,
+alone or collected into an entry as the brain asked (`BrainReply.collect`: min/max digits,
+terminator, inter-digit timeout), becomes a caller turn the brain answers
+(`Brain.respond_keys`). Speech or keys, whichever comes first: a key drops the speech in
+progress; once an entry has begun, speech is ignored until it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from gateway.providers.base import (
     Brain,
     BrainReply,
     CallContext,
+    DigitCollect,
+    KeyInput,
     ProviderError,
     ReplyStream,
     SttProvider,
@@ -73,7 +82,8 @@ class TurnRecord:
 
     call_id: str
     turn: int
-    kind: str  # greeting | reply | pushed | reprompt | goodbye | apology | failure-goodbye
+    # greeting | reply | keys | pushed | reprompt | goodbye | apology | failure-goodbye
+    kind: str
     user_text: str = ""
     agent_text: str = ""
     intent: str | None = None
@@ -109,6 +119,7 @@ class CallSession:
         brain: Brain,
         options: ConversationOptions,
         hangup: Callable[[str], None],
+        send_dtmf: Callable[[str], None] | None = None,
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
     ) -> None:
@@ -120,6 +131,7 @@ class CallSession:
         self.brain = brain
         self.opt = options
         self._hangup_cb = hangup
+        self._send_dtmf_cb = send_dtmf
         self._on_turn = on_turn
         plivo = decode_call_context(handle.headers)
         self.ctx = CallContext(
@@ -158,14 +170,29 @@ class CallSession:
         self.records: list[TurnRecord] = []
         self.barge_ins = 0
         self._last_gap_ms = 0.0
+        # Keypad entry: what the brain asked to collect, the keys so far, when the entry
+        # times out, and whether its first key cut the agent off.
+        self._collect: DigitCollect | None = None
+        self._keys_buf = ""
+        self._keys_due = 0.0
+        self._keys_barged = False
+        # The caller's utterance in progress lost to a key: ignore it until it ends.
+        self._ignore_speech = False
+        # After an entry ended at max_digits: its terminator, pressed right after out of
+        # habit ("123456#"), is swallowed until this monotonic time.
+        self._late_terminator: tuple[str, float] | None = None
+        self.keys_pressed = 0
 
     # -- life cycle -------------------------------------------------------------------------
     async def run(self) -> None:
         """Converse until cancelled (the call ended)."""
-        self.handle.inbound.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.handle.inbound.bind(loop)
+        self.handle.keys.bind(loop)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._listen(), name="listen")
+                tg.create_task(self._keys(), name="keys")
                 tg.create_task(self._watchdog(), name="watchdog")
                 if self.brain.pushes:
                     tg.create_task(self._play_pushed(), name="pushed")
@@ -208,6 +235,13 @@ class CallSession:
                 continue
             now = time.monotonic()
             self._last_activity = now
+            if event.kind == "start" and self._keys_buf:
+                # A keypad entry is under way: keys came first, this speech is ignored.
+                self._ignore_speech = True
+                continue
+            if self._ignore_speech:
+                self._ignore_speech = event.kind == "start"
+                continue
             if event.kind == "start":
                 self._stt_ended = False
                 self._no_input_attempts = 0
@@ -298,6 +332,8 @@ class CallSession:
         recogniser ended a turn (`_check_stt_end`) the rest of the run is one stream, never
         finalised early: the recogniser is what watches it.
         """
+        if self._ignore_speech:
+            return
         trailing = self.detector.trailing_silence_ms
         early = self.opt.early_final_ms
         if self._stt is not None:
@@ -433,6 +469,8 @@ class CallSession:
                 rec.speech_ms,
             )
             return
+        # Speech came before any key: the keypad entry asked for is over.
+        self._collect = None
         # Kept until the brain has answered: if the caller talks on first, the next turn
         # includes these words.
         self._carry_text = text
@@ -506,7 +544,8 @@ class CallSession:
         reply = stream.reply or BrainReply("")
         rec.agent_text = reply.text
         rec.intent = reply.intent
-        rec.actions = list(reply.actions)
+        rec.actions = _actions_of(reply)
+        self._arm_collect(reply, rec)
         if first_token_at:
             rec.brain_ms = _ms(first_token_at - t_stt)
         if first_chunk_at and first_piece_at:
@@ -522,7 +561,9 @@ class CallSession:
         rec.turn = self._turns
         rec.agent_text = reply.text
         rec.intent = reply.intent
-        rec.actions = list(reply.actions)
+        rec.actions = _actions_of(reply)
+        # Armed before the reply is spoken: the caller may key ahead (and cut it short).
+        self._arm_collect(reply, rec)
         try:
             audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
             if audio:
@@ -552,8 +593,17 @@ class CallSession:
             rec.total_ms = _ms(first_wire_at - t_ref)
         self._record(rec)
 
+    def _arm_collect(self, reply: BrainReply, rec: TurnRecord) -> None:
+        """Take the reply's keypad-entry request; a re-prompt without one keeps the
+        entry asked for before (the caller is reminded, the question stands)."""
+        if reply.collect is not None or rec.kind != "reprompt":
+            self._collect = reply.collect
+
     async def _run_actions(self, reply: BrainReply) -> None:
         self._failures = 0
+        if reply.send_dtmf and self._send_dtmf_cb is not None:
+            log.info("call %s: sending DTMF %s", self.handle.sip_call_id, reply.send_dtmf)
+            self._send_dtmf_cb(reply.send_dtmf)
         if reply.pending_s is not None:
             self._push_due = time.monotonic() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
@@ -620,11 +670,99 @@ class CallSession:
             self._last_activity = time.monotonic()
         return first_chunk_at, first_wire_at
 
+    # -- keypad -----------------------------------------------------------------------------
+    async def _keys(self) -> None:
+        """Take the caller's keys; end a keypad entry when its inter-digit timeout passes."""
+        queue = self.handle.keys
+        while True:
+            if self._keys_buf and self._collect is not None:
+                try:
+                    async with asyncio.timeout_at(self._loop_time(self._keys_due)):
+                        key, method = await queue.get()
+                except TimeoutError:
+                    self._end_entry("timeout")
+                    continue
+            else:
+                key, method = await queue.get()
+            await self._on_key(key, method)
+
+    def _loop_time(self, monotonic_at: float) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + (monotonic_at - time.monotonic())
+
+    async def _on_key(self, key: str, method: str) -> None:
+        """One key: it stops the agent and drops speech in progress, then is delivered
+        alone or added to the keypad entry the brain asked for."""
+        now = time.monotonic()
+        self.keys_pressed += 1
+        self._last_activity = now
+        self._no_input_attempts = 0
+        log.info("call %s: caller pressed %s (%s)", self.handle.sip_call_id, key, method)
+        late, self._late_terminator = self._late_terminator, None
+        if late is not None and key == late[0] and now < late[1]:
+            return  # the terminator of the entry that just ended at max_digits
+        first = not self._keys_buf
+        if first:
+            self._keys_barged = self.agent_speaking()
+        if self.agent_speaking():
+            self._barge_in()
+        elif first and self._reply is not None and not self._reply.done():
+            self._reply.cancel()  # a reply still being prepared: the key supersedes it
+        if self._stt is not None or self._parts or self.detector.in_speech:
+            # Keys came first: the caller's words in progress are dropped.
+            await self._drop_stt()
+            self._ignore_speech = self.detector.in_speech
+        self._carry_text = ""
+        spec = self._collect
+        if spec is None:
+            self._submit_keys(KeyInput(key, "key"))
+            return
+        if spec.terminator and key == spec.terminator:
+            self._end_entry("terminator")
+            return
+        self._keys_buf += key
+        self._keys_due = now + spec.timeout_s
+        if len(self._keys_buf) >= spec.max_digits:
+            if spec.terminator:
+                self._late_terminator = (spec.terminator, now + spec.timeout_s)
+            self._end_entry("max")
+
+    def _end_entry(self, ended_by: str) -> None:
+        keys, self._keys_buf = self._keys_buf, ""
+        self._collect = None
+        self._submit_keys(KeyInput(keys, ended_by))
+
+    def _submit_keys(self, keys: KeyInput) -> None:
+        now = time.monotonic()
+        rec = TurnRecord(
+            call_id=self.handle.sip_call_id,
+            turn=0,
+            kind="keys",
+            user_text=f"[keys] {keys.digits}"
+            + ("" if keys.ended_by == "key" else f" ({keys.ended_by})"),
+            barge_in=self._keys_barged,
+        )
+        self._keys_barged = False
+        self._start_reply(self._respond_keys(keys, rec, now), deadline=True)
+
+    async def _respond_keys(self, keys: KeyInput, rec: TurnRecord, t_ref: float) -> None:
+        t0 = time.monotonic()
+        if self.brain.streams:
+            await self._deliver_stream(
+                self.brain.respond_keys_stream(keys, self.ctx), rec, t_ref, t0
+            )
+            return
+        reply = await self.brain.respond_keys(keys, self.ctx)
+        t_brain = time.monotonic()
+        rec.brain_ms = _ms(t_brain - t0)
+        await self._deliver(reply, rec, t_ref, t_brain)
+
     # -- pushed replies ---------------------------------------------------------------------
     def _busy(self) -> bool:
         """The caller or the agent has the floor (or a reply is being prepared)."""
         return (
             self._hanging_up
+            or bool(self._keys_buf)  # a keypad entry is under way
             or self.agent_speaking()
             or self.detector.in_speech
             or (self._reply is not None and not self._reply.done())
@@ -687,6 +825,11 @@ class CallSession:
         self._hanging_up = True
         log.info("call %s: hanging up (%s)", self.handle.sip_call_id, reason)
         self._hangup_cb(reason)
+
+
+def _actions_of(reply: BrainReply) -> list[str]:
+    """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
+    return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
 
 
 async def _raise(exc: Exception) -> None:

@@ -22,6 +22,7 @@ from gateway.providers.base import (
     Brain,
     BrainReply,
     CallContext,
+    KeyInput,
     ProviderError,
     ReplyStream,
     SttProvider,
@@ -290,6 +291,13 @@ class ResilientBrain(Brain):
     def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
         """Stream of the first brain that starts answering in time."""
         return _ResilientReply(self, text, ctx)
+
+    async def respond_keys(self, keys: KeyInput, ctx: CallContext) -> BrainReply:
+        """A local primary's own answer to keys (a scripted menu); a streaming primary is
+        told in words through the failover stream."""
+        if self.streams:
+            return await super().respond_keys(keys, ctx)
+        return await self.chain[0].respond_keys(keys, ctx)
 
     def deliver(self, call_id: str, payload: Mapping[str, Any]) -> bool:
         """Pushed replies belong to the primary (the brain the bot talks to)."""

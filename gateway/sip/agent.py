@@ -194,6 +194,14 @@ def registration_status(
     return text
 
 
+_KEYS = frozenset("0123456789*#ABCD")
+
+
+def dtmf_method_name(method: int) -> str:
+    """ "rfc4733" or "info" for a pjsua DTMF method number."""
+    return "info" if method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
+
+
 class _RefusalLog:
     """One WARNING per refused source per `window_s`; repeats are counted, not logged."""
 
@@ -235,6 +243,16 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             if not self.handle.end_reason:
                 self.handle.end_reason = f"{info.lastStatusCode} {info.lastReason}".strip()
             self.ua._call_disconnected(self)
+
+    def onDtmfDigit(self, prm: Any) -> None:
+        # RFC 4733 telephone-events (once per key, at its start) and SIP INFO
+        # application/dtmf-relay (answered 200 by pjsua). Only queue the key here: never
+        # hang up or call into pjsua from a DTMF callback.
+        if self.handle is None:
+            return
+        key = str(prm.digit).strip().upper()
+        if len(key) == 1 and key in _KEYS:
+            self.handle.keys.push(key, dtmf_method_name(int(prm.method)))
 
     def onCallMediaState(self, prm: Any) -> None:
         if self.handle is None:
@@ -329,6 +347,18 @@ class AgentUA:
             if call is not None and call.handle is not None and reason:
                 call.handle.end_reason = reason
             self._hangup(call_id, code)
+
+        self.pj.post(job)
+
+    def send_dtmf(self, call_id: int, digits: str, duration_ms: int = 160) -> None:
+        """Send keypad keys on a call (no-op if it is gone): RFC 4733 telephone-events,
+        or SIP INFO (application/dtmf-relay) when the call negotiated no telephone-event."""
+
+        def job() -> None:
+            call = self.calls.get(call_id)
+            if call is None or call.handle is None:
+                return
+            self._send_dtmf(call, digits, duration_ms)
 
         self.pj.post(job)
 
@@ -592,6 +622,30 @@ class AgentUA:
             call.hangup(op)
         except pj.Error as exc:
             log.debug("hangup %d: %s", call_id, exc.reason)
+
+    def _send_dtmf(self, call: _AgentCall, digits: str, duration_ms: int) -> None:
+        assert call.handle is not None
+        prm = pj.CallSendDtmfParam()
+        prm.digits = digits
+        prm.duration = duration_ms
+        prm.method = pj.PJSUA_DTMF_METHOD_RFC2833
+        try:
+            call.sendDtmf(prm)
+            log.info("call %s: sent DTMF %s (rfc4733)", call.handle.sip_call_id, digits)
+            return
+        except pj.Error as exc:
+            log.debug("RFC 4733 DTMF not possible: %s", exc.reason.strip())
+        prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+        try:
+            call.sendDtmf(prm)
+            log.info("call %s: sent DTMF %s (info)", call.handle.sip_call_id, digits)
+        except pj.Error as exc:
+            log.warning(
+                "call %s: sending DTMF %s failed: %s",
+                call.handle.sip_call_id,
+                digits,
+                exc.reason.strip(),
+            )
 
     def _drop_objects(self) -> None:
         """Delete pjsua2 objects on this thread, before libDestroy (never after it)."""
