@@ -88,6 +88,12 @@ _MIGRATIONS: Final[Sequence[str]] = (
         UNIQUE (call_id, turn)
     );
     """,
+    # 3: outbound calls: how they were placed, how they ended, why one was refused.
+    """
+    ALTER TABLE calls ADD COLUMN via TEXT;
+    ALTER TABLE calls ADD COLUMN outcome TEXT;
+    ALTER TABLE calls ADD COLUMN refusal TEXT;
+    """,
 )
 
 _TURN_FIELDS: Final = (
@@ -374,15 +380,54 @@ class CallRecords:
         worker: int | None,
         reason: str | None,
         at: float,
+        outcome: str | None = None,
     ) -> None:
-        """A worker's SIP call ended (``reason``: the SIP side's end reason)."""
+        """A worker's SIP call ended (``reason``: the SIP side's end reason; ``outcome``:
+        an outbound call's answered | busy | no-answer | failed)."""
         self._write_sip(
             call_uuid,
             sip_call_id,
-            {"worker": worker, "end_reason": _text_or_none(reason), "sip_end_at": at},
+            {
+                "worker": worker,
+                "end_reason": _text_or_none(reason),
+                "sip_end_at": at,
+                "outcome": outcome,
+            },
             at,
             ended=True,
         )
+
+    def outbound_requested(
+        self,
+        call_id: str,
+        from_number: str | None,
+        to_number: str,
+        via: str,
+        at: float,
+        *,
+        refusal: str | None = None,
+    ) -> None:
+        """An outbound call was asked for (``via``: sip | plivo).  With ``refusal`` it was
+        not placed: its outcome is ``refused`` and the reason is kept."""
+        fields: dict[str, object] = {
+            "from_number": _text_or_none(from_number),
+            "to_number": to_number,
+            "direction": "outbound",
+            "via": via,
+        }
+        if refusal is not None:
+            fields.update(outcome="refused", refusal=refusal, end_at=at)
+        self._write(call_id, fields, at)
+
+    def outbound_failed(self, call_id: str, reason: str, at: float) -> None:
+        """An outbound call could not be placed (no worker, the SIP stack or Plivo's API
+        refused it)."""
+        self._write(call_id, {"outcome": "failed", "end_reason": reason, "end_at": at}, at)
+
+    def outbound_answered(self, call_id: str | None, at: float) -> None:
+        """The callee answered an outbound call (the outcome until it ends)."""
+        if call_id:
+            self._write(call_id, {"outcome": "answered", "answer_at": at}, at)
 
     def add_turn(
         self,

@@ -18,6 +18,9 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
     holds the call, which plays it as the agent's next turn.  202 accepted, 400 malformed,
     401 bad token, 404 no such call (or pushes are off: no token configured), 409 the
     agent's brain takes no pushed replies, 503 the worker did not answer.
+``/calls`` (POST, ``Authorization: Bearer <outbound.api_key>``)
+    Places an outbound call (by a worker's SIP INVITE or Plivo's Call API) after the
+    do-not-call, calling-hours and calls-per-second checks; see `xml_app.calls_api`.
 ``/healthz``, ``/readyz`` (GET, unsigned)
     Liveness, and readiness (503 while no worker can take a call) with the pool's state.
 """
@@ -38,6 +41,7 @@ from gateway.pool.state import PoolState
 from gateway.records import CallRecords
 from sip_config import ConfigError, Settings
 from xml_app import plivo_xml
+from xml_app.calls_api import CallsApi, Dial
 from xml_app.plivo_xml import Element
 from xml_app.routing import (
     is_open,
@@ -328,6 +332,8 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     push: Push | None = None,
+    dial: Dial | None = None,
+    calls_api: Callable[[Settings, Callable[[], str]], CallsApi] | None = None,
 ) -> Flask:
     """Build the answer_url app.
 
@@ -338,6 +344,10 @@ def create_app(
         clock: unix time source for opening hours, nonce expiry and records.
         push: hands a pushed bot reply to the worker holding the call; returns an HTTP
             status and a reason.  None: the pool cannot take pushed replies (503).
+        dial: places an outbound SIP call from a worker (``POST /calls`` via=sip); None:
+            503.
+        calls_api: builds the ``POST /calls`` handler from the settings and the app's base
+            URL (tests pass a fake Plivo client or clock through it); None: the default.
 
     Raises:
         ConfigError: signatures are to be verified but ``app.auth_token`` is empty (and
@@ -347,12 +357,13 @@ def create_app(
     push_token = settings.external.push_token
     verifier: SignatureVerifier | None = None
     plivo_routes = True
+    outbound_key = settings.outbound.api_key
     if app_settings.verify_signatures and not app_settings.auth_token:
         problem = (
             "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
             " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
         )
-        if not push_token:
+        if not push_token and not outbound_key:
             raise ConfigError(problem)
         log.warning("Plivo routes (/answer, /dial-status, /hangup) are off: %s", problem)
         plivo_routes = False
@@ -411,6 +422,13 @@ def create_app(
     @app.post("/bot/calls/<path:call_id>/reply")
     def bot_reply(call_id: str) -> Response:
         return _pushed_reply(call_id, push_token, push)
+
+    calls = (
+        calls_api(settings, router.base_url)
+        if calls_api is not None
+        else CallsApi(settings, records, dial, router.base_url, clock=clock)
+    )
+    app.add_url_rule("/calls", "calls", calls.handle, methods=["POST"])
 
     @app.get("/healthz")
     def healthz() -> Response:
