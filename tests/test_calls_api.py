@@ -200,7 +200,7 @@ def test_a_malformed_dnc_file_is_a_config_error(tmp_path: Path, records: CallRec
     settings = outbound_settings(tmp_path)
     assert settings.outbound.dnc_file is not None
     settings.outbound.dnc_file.write_text("+12125550100\nnope\n")
-    with pytest.raises(ConfigError, match="outbound.dnc_file: .*line 2"):
+    with pytest.raises(ConfigError, match=r"outbound\.dnc_file: .*line 2"):
         create_app(settings, make_pool(FakeClock()), records)
 
 
