@@ -21,9 +21,9 @@ from gateway.outbound import (
 from gateway.sip.calls import outbound_outcome
 
 
-def ts(zone: str, *parts: int) -> float:
-    """Unix time of a local wall-clock time in ``zone``."""
-    return datetime(*parts, tzinfo=ZoneInfo(zone)).timestamp()  # type: ignore[misc]
+def ts(zone: str, year: int, month: int, day: int, hour: int, minute: int) -> float:
+    """Unix time of a local wall-clock time in ``zone`` (the first one, if repeated)."""
+    return datetime(year, month, day, hour, minute, tzinfo=ZoneInfo(zone)).timestamp()
 
 
 @pytest.mark.parametrize(
