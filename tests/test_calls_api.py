@@ -260,3 +260,40 @@ def test_via_plivo_refused_by_plivo_is_502(tmp_path: Path, records: CallRecords)
         assert api.calls == []
         record = records.get(body["call_id"])
         assert record is not None and record["outcome"] == "failed"
+
+
+def test_sipagent_dial_posts_to_the_app(
+    tmp_path: Path, records: CallRecords, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    dial = FakeDial()
+    settings = outbound_settings(tmp_path)
+    clock = FakeClock()
+
+    def calls_api(s: Settings, base_url: Any) -> CallsApi:
+        return CallsApi(s, records, dial, base_url, clock=clock)
+
+    app = create_app(settings, make_pool(clock), records, clock=clock, calls_api=calls_api)
+    server = serve_app(app, "127.0.0.1", 0)
+    config = tmp_path / "dial.toml"
+    config.write_text(f'[outbound]\napi_key = "{KEY}"\napp_url = "{server.url}"\n')
+    try:
+        code = main(["dial", "+12125550111", "--config", str(config), "--header", "X-Lead:7"])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        assert "placed via sip" in out.out
+        assert dial.requests[0][1:] == (
+            "sip:+12125550111@trunk.example:5060",
+            {"X-Campaign": "spring", "X-Lead": "7"},
+        )
+        # Refused (do-not-call): exit 1 with the reason.
+        code = main(["dial", "+12125550100", "--config", str(config)])
+        out = capsys.readouterr()
+        assert code == 1 and "refused (403)" in out.err and "do-not-call" in out.err
+        assert len(dial.requests) == 1
+    finally:
+        server.close()
+    # Nothing listening any more: exit 3, saying where it tried.
+    code = main(["dial", "+12125550111", "--config", str(config), "--timeout", "2"])
+    assert code == 3 and "cannot reach the app" in capsys.readouterr().err
