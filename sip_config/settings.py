@@ -1019,7 +1019,13 @@ class OutboundSettings(_Section):
     cps: float = Field(default=2.0, gt=0, le=1000, description="Calls per second, pool-wide.")
     burst: int = Field(default=1, ge=1, le=1000, description="Calls that may start at once.")
     max_queue: int = Field(
-        default=20, ge=0, le=10000, description="Requests waiting for a CPS slot; beyond: 429."
+        default=4,
+        ge=0,
+        le=1000,
+        description=(
+            "Requests waiting for a CPS slot (each holds an app thread; below app.threads);"
+            " beyond: 429."
+        ),
     )
     ring_timeout_s: float = Field(
         default=30.0, gt=0, le=300, description="Unanswered this long: no-answer (SIP)."
@@ -1222,6 +1228,19 @@ class Settings(BaseSettings):
             )
         if missing:
             _invalid("; ".join(missing), show_input=False)
+        return self
+
+    @model_validator(mode="after")
+    def _outbound_queue(self) -> Settings:
+        """Requests waiting for a CPS slot each hold an app thread; Plivo's callbacks must
+        always find a free one."""
+        o = self.outbound
+        if o.api_key and o.max_queue >= self.app.threads:
+            _invalid(
+                f"outbound.max_queue: {o.max_queue} waiting calls would hold every one of"
+                f" app.threads ({self.app.threads}); keep it below app.threads",
+                show_input=False,
+            )
         return self
 
     @field_validator("log_level", mode="before")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -198,3 +199,26 @@ def test_cps_limiter_is_thread_safe() -> None:
 )
 def test_outbound_outcomes(answered: bool, code: int, outcome: str) -> None:
     assert outbound_outcome(answered, code) == outcome
+
+
+def test_outbound_settings_are_validated() -> None:
+    from sip_config import ConfigError, load_settings
+
+    def load(**outbound: object) -> object:
+        return load_settings(None, env_file=None, overrides={"outbound": outbound})
+
+    s = load(zones={"+1212": "America/New_York"}, headers={"X-A": "b"})
+    assert s.outbound.zones == {"1212": "America/New_York"}  # type: ignore[attr-defined]
+    for bad, problem in [
+        ({"timezone": "Mars/Base"}, "outbound.timezone"),
+        ({"zones": {"12x": "UTC"}}, "must be digits"),
+        ({"zones": {"1": "Nowhere/City"}}, "unknown time zone"),
+        ({"window_start": "20:00", "window_end": "09:00"}, "window_start"),
+        ({"window_end": "25:00"}, "HH:MM"),
+        ({"headers": {"Call-ID": "x"}}, "written by the SIP stack"),
+        ({"cps": 0}, "outbound.cps"),
+        ({"api_key": "k", "max_queue": 8}, "below app.threads"),
+        ({"dnc_file": "/nonexistent/dnc.txt"}, "outbound.dnc_file"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(problem)):
+            load(**bad)

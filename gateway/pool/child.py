@@ -87,8 +87,9 @@ class _Reporter:
             {
                 "event": "call_start",
                 **self._ids(handle),
-                "from": handle.remote_uri,
-                "to": handle.local_uri,
+                # An outbound call's remote party is the callee.
+                "from": handle.local_uri if handle.outbound else handle.remote_uri,
+                "to": handle.remote_uri if handle.outbound else handle.local_uri,
                 "direction": "outbound" if handle.outbound else "inbound",
                 "at": time.time(),
             }

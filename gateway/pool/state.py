@@ -86,16 +86,18 @@ class PoolState:
         self.workers = [WorkerInfo(index=i, max_calls=max_calls) for i in range(workers)]
 
     # --- queries (answer_url app) -------------------------------------------------------
-    def reserve(self, call_uuid: str) -> DialTarget | None:
+    def reserve(self, call_uuid: str, hold_s: float | None = None) -> DialTarget | None:
         """Pick the routable worker with the most free slots and hold one slot for
-        ``call_uuid``.  Returns None when no worker can take a call (or while draining)."""
+        ``call_uuid`` for ``hold_s`` (default ``reserve_s``).  Returns None when no worker
+        can take a call (or while draining).  Reserving again refreshes the hold."""
+        hold = self.reserve_s if hold_s is None else hold_s
         with self._lock:
             now = self._clock()
             if self.draining:
                 return None
             for w in self.workers:
                 if call_uuid in w.reservations and w.routable():
-                    w.reservations[call_uuid] = now + self.reserve_s
+                    w.reservations[call_uuid] = now + hold
                     return DialTarget(w.index, w.uri)
             best: WorkerInfo | None = None
             best_free = 0
@@ -108,7 +110,7 @@ class PoolState:
             if best is None:
                 return None
             self._expire(best, now)
-            best.reservations[call_uuid] = now + self.reserve_s
+            best.reservations[call_uuid] = now + hold
             return DialTarget(best.index, best.uri)
 
     def release(self, call_uuid: str) -> None:

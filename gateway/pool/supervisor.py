@@ -429,7 +429,9 @@ class Supervisor:
         `PoolState` until the call starts or ends).  Returns (201, SIP Call-ID) once the
         INVITE is sent, else (400 bad URI / 503 no worker free or it did not answer, why).
         The outcome arrives later with the worker's ``call_end``."""
-        target = self.state.reserve(call_id)
+        # Held while the callee's phone rings (the call counts once it is answered).
+        hold = self.settings.outbound.ring_timeout_s + _DIAL_TIMEOUT_S
+        target = self.state.reserve(call_id, hold)
         child = self.by_index.get(target.worker) if target is not None else None
         if target is None or child is None or not child.up.is_set():
             self.state.release(call_id)
