@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -204,12 +205,12 @@ def test_outbound_outcomes(answered: bool, code: int, outcome: str) -> None:
 def test_outbound_settings_are_validated() -> None:
     from sip_config import ConfigError, load_settings
 
-    def load(**outbound: object) -> object:
+    def load(**outbound: Any) -> Any:
         return load_settings(None, env_file=None, overrides={"outbound": outbound})
 
     s = load(zones={"+1212": "America/New_York"}, headers={"X-A": "b"})
-    assert s.outbound.zones == {"1212": "America/New_York"}  # type: ignore[attr-defined]
-    for bad, problem in [
+    assert s.outbound.zones == {"1212": "America/New_York"}
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"timezone": "Mars/Base"}, "outbound.timezone"),
         ({"zones": {"12x": "UTC"}}, "must be digits"),
         ({"zones": {"1": "Nowhere/City"}}, "unknown time zone"),
@@ -219,6 +220,7 @@ def test_outbound_settings_are_validated() -> None:
         ({"cps": 0}, "outbound.cps"),
         ({"api_key": "k", "max_queue": 8}, "below app.threads"),
         ({"dnc_file": "/nonexistent/dnc.txt"}, "outbound.dnc_file"),
-    ]:
+    ]
+    for bad, problem in cases:
         with pytest.raises(ConfigError, match=re.escape(problem)):
             load(**bad)

@@ -86,11 +86,15 @@ class PoolState:
         self.workers = [WorkerInfo(index=i, max_calls=max_calls) for i in range(workers)]
 
     # --- queries (answer_url app) -------------------------------------------------------
-    def reserve(self, call_uuid: str, hold_s: float | None = None) -> DialTarget | None:
+    def reserve(self, call_uuid: str) -> DialTarget | None:
         """Pick the routable worker with the most free slots and hold one slot for
-        ``call_uuid`` for ``hold_s`` (default ``reserve_s``).  Returns None when no worker
-        can take a call (or while draining).  Reserving again refreshes the hold."""
-        hold = self.reserve_s if hold_s is None else hold_s
+        ``call_uuid`` (``reserve_s``).  Returns None when no worker can take a call (or
+        while draining)."""
+        return self.reserve_for(call_uuid, self.reserve_s)
+
+    def reserve_for(self, call_uuid: str, hold: float) -> DialTarget | None:
+        """`reserve` with a hold of ``hold`` seconds (an outbound call holds its slot while
+        the callee's phone rings).  Reserving again refreshes the hold."""
         with self._lock:
             now = self._clock()
             if self.draining:

@@ -431,7 +431,7 @@ class Supervisor:
         The outcome arrives later with the worker's ``call_end``."""
         # Held while the callee's phone rings (the call counts once it is answered).
         hold = self.settings.outbound.ring_timeout_s + _DIAL_TIMEOUT_S
-        target = self.state.reserve(call_id, hold)
+        target = self.state.reserve_for(call_id, hold)
         child = self.by_index.get(target.worker) if target is not None else None
         if target is None or child is None or not child.up.is_set():
             self.state.release(call_id)
