@@ -93,6 +93,7 @@ _MIGRATIONS: Final[Sequence[str]] = (
     ALTER TABLE calls ADD COLUMN via TEXT;
     ALTER TABLE calls ADD COLUMN outcome TEXT;
     ALTER TABLE calls ADD COLUMN refusal TEXT;
+    ALTER TABLE calls ADD COLUMN plivo_call_uuid TEXT;
     """,
 )
 
@@ -114,6 +115,17 @@ _TURN_FIELDS: Final = (
     "end_of_speech_at",
     "first_audio_at",
 )
+
+# Plivo's CallStatus of an outbound call that was not answered -> outcome ("completed"
+# leaves the outcome "answered" that /answer recorded).
+_PLIVO_OUTCOMES: Final = {
+    "busy": "busy",
+    "no-answer": "no-answer",
+    "timeout": "no-answer",
+    "failed": "failed",
+    "cancel": "failed",
+    "canceled": "failed",
+}
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 """Schema version this code writes (``PRAGMA user_version``)."""
@@ -424,10 +436,28 @@ class CallRecords:
         refused it)."""
         self._write(call_id, {"outcome": "failed", "end_reason": reason, "end_at": at}, at)
 
-    def outbound_answered(self, call_id: str | None, at: float) -> None:
-        """The callee answered an outbound call (the outcome until it ends)."""
+    def outbound_answered(
+        self, call_id: str | None, at: float, plivo_call_uuid: str | None = None
+    ) -> None:
+        """The callee answered an outbound call (the outcome until it ends); a call placed
+        through Plivo's Call API keeps Plivo's CallUUID too."""
         if call_id:
-            self._write(call_id, {"outcome": "answered", "answer_at": at}, at)
+            self._write(
+                call_id,
+                {"outcome": "answered", "answer_at": at, "plivo_call_uuid": plivo_call_uuid},
+                at,
+            )
+
+    def outbound_hung_up(self, call_id: str, params: Mapping[str, str], at: float) -> None:
+        """Plivo's hangup callback of an outbound call placed through its Call API: an
+        unanswered call's ``CallStatus`` becomes the outcome (busy, no-answer, failed)."""
+        status = params.get("CallStatus", "").strip().lower()
+        outcome = _PLIVO_OUTCOMES.get(status)
+        self._write(
+            call_id,
+            {"outcome": outcome, "plivo_call_uuid": _text_or_none(params.get("CallUUID"))},
+            at,
+        )
 
     def add_turn(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from flask.testing import FlaskClient
 
 from gateway.outbound import CpsLimiter
 from gateway.records import CallRecords
-from sip_config import ConfigError, Settings
+from sip_config import ConfigError, Route, Settings
 from tests.fakes.plivo_api import FakePlivoApi
 from tests.test_xml_app import TOKEN, FakeClock, make_pool, make_settings
 from xml_app import create_app, serve_app
@@ -224,6 +225,8 @@ def test_via_plivo_uses_the_call_api_and_the_answer_reaches_a_worker(
         settings = outbound_settings(
             tmp_path, plivo_auth_id=AUTH_ID, plivo_api_url=api.url, caller_id="+14155550100"
         )
+        # A routing rule for the callee's number applies to calls *from* it, not to ours.
+        settings.routing.numbers["12125550111"] = Route(target="+14155550999")
         clock = FakeClock()
         app = create_app(settings, make_pool(clock), records, clock=clock)
         server = serve_app(app, "127.0.0.1", 0)
@@ -234,16 +237,40 @@ def test_via_plivo_uses_the_call_api_and_the_answer_reaches_a_worker(
             call = api.calls[0]
             assert body["request_uuid"] == call["request_uuid"]
             assert (call["from"], call["to"]) == ("+14155550100", "+12125550111")
-            assert call["answer_url"] == f"{server.url}/answer"
-            assert call["hangup_url"] == f"{server.url}/hangup"
-            record = records.get(body["call_id"])
+            call_id = body["call_id"]
+            assert call["answer_url"] == f"{server.url}/answer?outbound_id={call_id}"
+            assert call["hangup_url"] == f"{server.url}/hangup?outbound_id={call_id}"
+            record = records.get(call_id)
             assert record is not None and record["via"] == "plivo"
 
-            status, xml = api.answer(call)
+            plivo_uuid = str(uuid.uuid4())
+            status, xml = api.answer(call, plivo_uuid)
             assert status == 200, xml
-            user = ET.fromstring(xml).find("./Dial/User")
+            dial = ET.fromstring(xml).find("./Dial")
+            assert dial is not None
+            user = dial.find("User")
             assert user is not None and user.text is not None
             assert user.text.startswith("sip:agent@127.0.0.1:")
+            # The worker will know the call by our id (X-PH-Calluuid), so one record.
+            assert call_id.replace("-", "") in dial.get("sipHeaders", "")
+            assert f"outbound_id={call_id}" in dial.get("action", "")
+            assert api.hang_up(call, plivo_uuid, "completed")[0] == 200
+            record = records.get(call_id)
+            assert record is not None
+            assert (record["outcome"], record["route"], record["plivo_call_uuid"]) == (
+                "answered",
+                "agent",
+                plivo_uuid,
+            )
+            assert record["hangup_cause"] == "NORMAL_CLEARING"
+            assert records.get(plivo_uuid) is None
+
+            # Unanswered: Plivo's hangup callback says busy.
+            status, body = _post_http(f"{server.url}/calls", {"to": "+12125550112", "via": "plivo"})
+            assert status == 201, body
+            assert api.hang_up(api.calls[1], str(uuid.uuid4()), "busy")[0] == 200
+            record = records.get(body["call_id"])
+            assert record is not None and record["outcome"] == "busy"
         finally:
             server.close()
 

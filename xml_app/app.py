@@ -39,7 +39,7 @@ from flask import Flask, Response, jsonify, request
 from gateway.callcontext import encode_sip_headers
 from gateway.pool.state import PoolState
 from gateway.records import CallRecords
-from sip_config import ConfigError, Settings
+from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi, Dial
 from xml_app.plivo_xml import Element
@@ -102,8 +102,19 @@ class _CallRouter:
         return request.host_url.rstrip("/") + request.script_root
 
     def action_url(self, kind: str) -> str:
-        """The Dial action URL; ``target`` tells /dial-status what was dialled."""
-        return f"{self.base_url()}/dial-status?target={kind}"
+        """The Dial action URL; ``target`` tells /dial-status what was dialled (and
+        ``outbound_id`` which outbound call it was, when it is one)."""
+        url = f"{self.base_url()}/dial-status?target={kind}"
+        outbound_id = self.outbound_id()
+        return f"{url}&outbound_id={outbound_id}" if outbound_id else url
+
+    @staticmethod
+    def outbound_id() -> str | None:
+        """The app's own id of an outbound call placed through Plivo's Call API (``POST
+        /calls`` via=plivo puts it in the answer, hangup and action URLs, which Plivo
+        signs): the call's record, slot and SIP context use it instead of the CallUUID."""
+        value = request.args.get("outbound_id", "")
+        return value if valid_call_uuid(value) else None
 
     def record(self, event: str, call_uuid: str, write: Callable[[], None]) -> None:
         """Run a record write; a failing store is logged and never fails the request."""
@@ -142,8 +153,9 @@ class _CallRouter:
     def decide(
         self, call_uuid: str, caller: str, called: str, now: float
     ) -> tuple[str, int | None, str]:
-        """Route one call: (record route, worker index or None, XML)."""
-        route = select_route(self.routing, called)
+        """Route one call: (record route, worker index or None, XML).  An outbound call
+        (``outbound_id``) goes to the agent pool: its checks were made before dialling."""
+        route = Route() if self.outbound_id() else select_route(self.routing, called)
         prefix: list[Element] = []
         after_hours = not is_open(route.hours, now)
         if after_hours:
@@ -202,6 +214,14 @@ class _CallRouter:
                 return _bad_request(name, "malformed")
         caller, called = params["From"], params["To"]
         now = self.clock()
+        plivo_uuid, outbound_id = call_uuid, self.outbound_id()
+        if outbound_id:
+            call_uuid = outbound_id
+            self.record(
+                "answer",
+                call_uuid,
+                lambda: self.records.outbound_answered(call_uuid, now, plivo_uuid),
+            )
         try:
             label, worker, body = self.decide(call_uuid, caller, called, now)
         except Exception:
@@ -227,6 +247,7 @@ class _CallRouter:
             return _bad_request("CallUUID", "missing")
         if not valid_call_uuid(call_uuid):
             return _bad_request("CallUUID", "malformed")
+        call_uuid = self.outbound_id() or call_uuid
         now = self.clock()
         self.record(
             "dial status", call_uuid, lambda: self.records.dial_status(call_uuid, params, now)
@@ -263,6 +284,12 @@ class _CallRouter:
         if not valid_call_uuid(call_uuid):
             return _bad_request("CallUUID", "malformed")
         now = self.clock()
+        outbound_id = self.outbound_id()
+        if outbound_id:
+            call_uuid = outbound_id
+            self.record(
+                "hangup", call_uuid, lambda: self.records.outbound_hung_up(call_uuid, params, now)
+            )
         self.release(call_uuid)
         self.record("hangup", call_uuid, lambda: self.records.hung_up(call_uuid, params, now))
         return _xml(plivo_xml.render())

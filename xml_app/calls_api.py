@@ -246,9 +246,10 @@ class CallsApi:
             result = self.plivo_factory().calls.create(
                 from_=from_,
                 to_=to,
-                answer_url=f"{base}/answer",
+                # Plivo signs these URLs with the query: the app knows the call by its id.
+                answer_url=f"{base}/answer?outbound_id={call_id}",
                 answer_method="POST",
-                hangup_url=f"{base}/hangup",
+                hangup_url=f"{base}/hangup?outbound_id={call_id}",
                 hangup_method="POST",
             )
         except Exception as exc:

@@ -96,18 +96,33 @@ class FakePlivoApi:
         self.server.server_close()
         self.thread.join(5)
 
-    def answer(self, call: dict[str, Any], call_uuid: str | None = None) -> tuple[int, str]:
+    def answer(self, call: dict[str, Any], call_uuid: str) -> tuple[int, str]:
         """The callee of ``call`` answered: POST its answer_url as Plivo does (signed);
         returns the HTTP status and body (the XML)."""
-        params = {
-            "CallUUID": call_uuid or str(uuid.uuid4()),
-            "RequestUUID": call["request_uuid"],
+        return self.callback(str(call["answer_url"]), self._params(call, call_uuid, "in-progress"))
+
+    def hang_up(self, call: dict[str, Any], call_uuid: str, status: str) -> tuple[int, str]:
+        """The call is over with CallStatus ``status`` (completed, busy, no-answer, ...):
+        POST its hangup_url (signed)."""
+        params = self._params(call, call_uuid, status)
+        params["HangupCause"] = {"busy": "USER_BUSY", "no-answer": "NO_ANSWER"}.get(
+            status, "NORMAL_CLEARING"
+        )
+        return self.callback(str(call["hangup_url"]), params)
+
+    @staticmethod
+    def _params(call: dict[str, Any], call_uuid: str, status: str) -> dict[str, str]:
+        return {
+            "CallUUID": call_uuid,
+            "RequestUUID": str(call["request_uuid"]),
             "From": str(call["from"]),
             "To": str(call["to"]),
             "Direction": "outbound",
-            "CallStatus": "in-progress",
+            "CallStatus": status,
         }
-        url = str(call["answer_url"])
+
+    def callback(self, url: str, params: dict[str, str]) -> tuple[int, str]:
+        """POST ``params`` to ``url`` signed with the account's token (V3)."""
         nonce = uuid.uuid4().hex
         base = construct_post_url(url, dict(params)).decode()
         signature = get_signature_v3(self.auth_token.encode(), base, nonce.encode()).decode()
