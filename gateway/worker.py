@@ -141,6 +141,7 @@ class AgentWorker:
                 max_call_s=settings.conversation.max_call_s,
                 allow_networks=tuple(sip.allow_networks),
                 registration=registration,
+                ring_timeout_s=settings.outbound.ring_timeout_s,
             ),
             self,
         )
@@ -237,6 +238,19 @@ class AgentWorker:
         if not accepted:
             return 404, "the call is over"
         return 202, "accepted"
+
+    async def dial(self, uri: str, headers: dict[str, str], ref: str | None) -> tuple[int, str]:
+        """Place an outbound call; returns (201, SIP Call-ID) once the INVITE is sent, or
+        (400 bad URI / 503 no slot or not running, why).  Its outcome is reported later
+        through `call_ended` (handle.outcome)."""
+        if not uri.startswith(("sip:", "sips:")):
+            return 400, f"not a SIP URI: {uri!r}"
+        try:
+            sip_call_id = await asyncio.wrap_future(self.ua.make_call(uri, headers, ref))
+        except SipError as exc:
+            text = str(exc)
+            return (400 if text.startswith("cannot call") else 503), text
+        return 201, sip_call_id
 
     def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
         self._stop_recording(handle)

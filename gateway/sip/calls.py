@@ -131,7 +131,26 @@ class CallHandle:
     ended_at: float = 0.0
     end_reason: str = ""
     recording: str = ""  # path of the call's recording, when it is recorded
+    # Outbound calls (placed by the agent): the caller's id for the call, when the INVITE
+    # went out, and how it ended: answered | busy | no-answer | failed.
+    outbound: bool = False
+    ref: str | None = None
+    dialed_at: float = 0.0
+    outcome: str = ""
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
         return {k: v for k, v in self.headers.items() if k.lower().startswith("x-")}
+
+
+def outbound_outcome(answered: bool, status_code: int) -> str:
+    """How an outbound call ended: ``answered`` once it was answered, else by the final
+    SIP status: ``busy`` (486, 600, 603), ``no-answer`` (408, 480, 487: the ring timeout's
+    CANCEL), else ``failed``."""
+    if answered:
+        return "answered"
+    if status_code in (486, 600, 603):
+        return "busy"
+    if status_code in (408, 480, 487):
+        return "no-answer"
+    return "failed"
