@@ -16,6 +16,9 @@ response from the queue (`script`): `Text`, `ToolCalls`, `HttpError`, `Stall`, `
 `Malformed`.  ``POST /tools/<name>`` is the HTTP tool server: it records the posted JSON in
 `tool_posts` and answers with ``tool_results[name]`` (JSON; default ``{"ok": true}``).
 
+`fault`, while set, answers every chat request instead of the queue (a vendor outage a test
+switches on and off between turns); `default`, when set, answers once the queue is empty.
+
 While it waits between deltas the server watches the socket, so it notices a client that
 goes away (`disconnects` counts them, `disconnected` is set) without writing to it.
 """
@@ -139,6 +142,8 @@ class FakeOpenAi:
     def __init__(self, api_key: str = "sk-test-fake-key") -> None:
         self.api_key = api_key
         self.script: deque[Scripted] = deque()
+        self.fault: Scripted | None = None
+        self.default: Scripted | None = None
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamLog] = []
         self.tool_posts: list[tuple[str, Any]] = []
@@ -219,7 +224,9 @@ class FakeOpenAi:
 
     def _next(self) -> Scripted | None:
         with self._lock:
-            return self.script.popleft() if self.script else None
+            if self.fault is not None:
+                return self.fault
+            return self.script.popleft() if self.script else self.default
 
     def _new_id(self, prefix: str) -> str:
         with self._lock:
