@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -179,7 +180,7 @@ class FakeOpenAi:
         class Handler(_Handler):
             owner = fake
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -243,6 +244,14 @@ class FakeOpenAi:
             if log is not None:
                 log.client_left = True
         self.disconnected.set()
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection is normal here (barge-in, timeouts)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
