@@ -3,12 +3,13 @@
 A real `sipagent serve` runs Deepgram + OpenAI + ElevenLabs through their official SDKs,
 pointed at loopback fakes that speak the vendors' wire protocols.  One call per vendor walks
 through that vendor's faults: timeout, HTTP 500, HTTP 401 (a refused WebSocket upgrade for
-Deepgram), a disconnect mid-stream and a malformed payload.  A fault is switched on before a
-question and off once the apology was heard, so the next question must be answered; the
-last fault (401: a revoked key does not come back) stays on until the agent says its failure
-goodbye and hangs up.  For every fault the caller must hear the agent within 2 s of the end
-of their speech, measured by the softphone on the wire, and the agent's log must name the
-vendor's error (not the reply deadline, which is only the safety net).
+Deepgram), a disconnect mid-stream, a malformed payload, and for the streaming HTTP vendors a
+stall after the first words or audio.  A fault is switched on before a question and off once
+the apology was heard, so the next question must be answered; the last fault (401: a revoked
+key does not come back) stays on until the agent says its failure goodbye and hangs up.  For
+every fault the caller must hear the agent within 2 s of the end of their speech and never
+wait 2 s in silence inside the turn, measured by the softphone on the wire, and the agent's
+log must name the vendor's error (not the reply deadline, which is only the safety net).
 
 Barge-in: while the LLM is still streaming its reply and ElevenLabs is still streaming the
 first sentence, the caller talks over the agent; both HTTP streams must be closed by the
@@ -354,13 +355,18 @@ def test_barge_in_cancels_the_llm_and_tts_streams(tmp_path: Path, vendors: Vendo
     assert report["returncode"] == 0, (report["notes"], report["stderr"][-2000:])
     assert not noise(lines), "\n".join(noise(lines))
     _story, barge, last = report["steps"]
+    stream = vendors.openai.streams[0]
+    first = next(r for r in vendors.eleven.requests if r.body.get("text", "").startswith("Once"))
+    print(
+        f"barge-in: agent audio stopped {barge['barge_stop_ms']} ms after the caller started;"
+        f" LLM deltas sent {len(stream.delta_times)}, first sentence's audio sent"
+        f" {first.bytes_sent} of {len(FakeElevenLabs.audio_for(first.body['text']))} bytes"
+    )
     assert barge["barge_stop_ms"] is not None and barge["barge_stop_ms"] < 1000, barge
     # The LLM stream: the client closed it before the fake sent its end.
-    stream = vendors.openai.streams[0]
     assert stream.client_left and stream.finished_at == 0.0, stream
     assert len(stream.delta_times) < len(BARGE_REPLY) // 8, stream
     # The first sentence's ElevenLabs response: the client closed it mid-stream.
-    first = next(r for r in vendors.eleven.requests if r.body.get("text", "").startswith("Once"))
     assert vendors.eleven.wait_for(lambda: first.outcome == "aborted"), first
     assert first.bytes_sent < len(FakeElevenLabs.audio_for(first.body["text"])), first
     # The agent's turn was cut; the barge-in turn and the next one were answered.
