@@ -428,10 +428,16 @@ class ProviderSettings(_Section):
         default=2.0, gt=0, le=30, description="Wait for a final transcript at most this long."
     )
     brain_timeout_s: float = Field(
-        default=3.0, gt=0, le=30, description="Wait for the brain's first words this long."
+        default=3.0,
+        gt=0,
+        le=30,
+        description="Wait for the brain's first words, and for each next piece, this long.",
     )
     tts_timeout_s: float = Field(
-        default=2.0, gt=0, le=30, description="Wait for the first audio this long."
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Wait for the first audio, and for each next piece, this long.",
     )
     retries: int = Field(default=1, ge=0, le=3, description="Retries on the primary.")
     piper_length_scale: float = Field(

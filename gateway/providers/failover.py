@@ -43,6 +43,17 @@ def _why(exc: BaseException | None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _failure(name: str, exc: Exception, timeout_s: float, waiting_for: str) -> ProviderError:
+    """`exc` as a `ProviderError` that names the provider: the failover layer's own
+    timeout becomes kind ``"timeout"``, anything that is not a `ProviderError` (a provider
+    bug) kind ``"failed"``."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProviderError(name, "timeout", f"no {waiting_for} within {timeout_s:g} s")
+    return ProviderError(name, "failed", f"{type(exc).__name__}: {exc}")
+
+
 def _attempts(chain: Sequence[object], retries: int) -> list[int]:
     """Indexes into ``chain``: the primary 1 + retries times, then each secondary once."""
     return [0] * (1 + retries) + list(range(1, len(chain)))
@@ -78,8 +89,8 @@ class ResilientTts(TtsProvider):
                 await _aclose(chunks)
                 raise
             except Exception as exc:
-                last = exc
-                log.warning("TTS %s failed before any audio: %s", provider.name, _why(exc))
+                last = _failure(provider.name, exc, self.timeout_s, "first audio")
+                log.warning("TTS %s failed before any audio: %s", provider.name, last)
                 await _aclose(chunks)
                 continue
             try:
@@ -118,6 +129,7 @@ class _ResilientSttStream(SttStream):
         self.attempts = _attempts(owner.chain, owner.retries)
         self.stream: SttStream | None = None
         self.failed_feed = False
+        self.last: ProviderError | None = None  # the latest failure, for the final error
 
     async def _open(self) -> None:
         while self.index < len(self.attempts):
@@ -129,7 +141,8 @@ class _ResilientSttStream(SttStream):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("STT %s failed to start: %s", provider.name, _why(exc))
+                self.last = _failure(provider.name, exc, self.owner.timeout_s, "connection")
+                log.warning("STT %s failed to start: %s", provider.name, self.last)
                 self.index += 1
                 continue
             self.stream = stream
@@ -149,7 +162,8 @@ class _ResilientSttStream(SttStream):
             raise
         except Exception as exc:
             provider = self.owner.chain[self.attempts[self.index]]
-            log.warning("STT %s failed while listening: %s", provider.name, _why(exc))
+            self.last = _failure(provider.name, exc, self.owner.timeout_s, "audio accepted")
+            log.warning("STT %s failed while listening: %s", provider.name, self.last)
             with contextlib.suppress(Exception):
                 await self.stream.cancel()
             self.stream = None
@@ -158,13 +172,12 @@ class _ResilientSttStream(SttStream):
 
     async def finish(self) -> str:
         """The transcript of the first recogniser that finishes in time."""
-        last: BaseException | None = None
         while True:
             if self.stream is None:
                 await self._open()
                 if self.stream is None:
                     raise ProviderError(
-                        "stt", "failed", f"every STT provider failed (last: {_why(last)})"
+                        "stt", "failed", f"every STT provider failed (last: {_why(self.last)})"
                     )
             provider = self.owner.chain[self.attempts[self.index]]
             stream, self.stream = self.stream, None
@@ -175,8 +188,8 @@ class _ResilientSttStream(SttStream):
                     await stream.cancel()
                 raise
             except Exception as exc:
-                last = exc
-                log.warning("STT %s failed to finish: %s", provider.name, _why(exc))
+                self.last = _failure(provider.name, exc, self.owner.timeout_s, "final transcript")
+                log.warning("STT %s failed to finish: %s", provider.name, self.last)
                 with contextlib.suppress(Exception):
                     await stream.cancel()
                 self.index += 1
@@ -246,8 +259,8 @@ class _ResilientReply(ReplyStream):
                 await stream.aclose()
                 raise
             except Exception as exc:
-                last = exc
-                log.warning("brain %s failed before its first words: %s", brain.name, _why(exc))
+                last = _failure(brain.name, exc, self.owner.timeout_s, "first words")
+                log.warning("brain %s failed before its first words: %s", brain.name, last)
                 await stream.aclose()
                 continue
             yield first

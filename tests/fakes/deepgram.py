@@ -30,8 +30,12 @@ The transcript text is ``transcript(n)`` for the n bytes of audio in the segment
 ``"<n> bytes"``).  Failure modes, switchable per test through attributes: `reject_status`
 (answer the upgrade with that HTTP status), `hang_handshake_s` (answer the upgrade that late),
 `silent` (accept, record, never answer), `drop_after` (abort the TCP connection after that
-many audio messages, for the first `drops` connections), `malformed` (answer Finalize with
-text that is not JSON) and `malformed_results` (a ``Results`` without ``channel``).
+many audio messages, for the first `drops` connections), `drop_mid_utterance` (while set,
+abort any connection once it got that many audio messages since its last Finalize),
+`malformed` (answer Finalize with text that is not JSON) and `malformed_results` (a
+``Results`` without ``channel``).  `outage(status)` is a vendor outage: every open socket
+is aborted and every upgrade refused with `status` until `outage(None)`.  All of these are
+read when they apply, so a test can switch them between a call's turns.
 
 Everything the fake saw is in `connections` (one `FakeConnection` per accepted upgrade).
 """
@@ -78,6 +82,7 @@ class FakeConnection:
     finalizes: int = 0
     close_streams: int = 0
     utterance_ends: int = 0
+    dropped: bool = False  # aborted by drop_mid_utterance
     open: bool = True
     sent: list[dict[str, Any]] = field(default_factory=list)
 
@@ -96,6 +101,7 @@ class FakeDeepgram:
         self.silent = False
         self.drop_after: int | None = None
         self.drops = 1
+        self.drop_mid_utterance: int | None = None
         self.malformed = False
         self.malformed_results = False
         self.final_delay_s = 0.0
@@ -110,6 +116,7 @@ class FakeDeepgram:
         self._server: Server | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
+        self._sockets: set[ServerConnection] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -160,6 +167,24 @@ class FakeDeepgram:
         with self._lock:
             return sum(1 for c in self.connections if c.open)
 
+    def outage(self, status: int | None) -> None:
+        """Refuse every upgrade with `status` (None: accept again) and, when starting an
+        outage, abort every open connection, as a vendor's failing front end would."""
+        self.reject_status = status
+        loop = self._loop
+        if status is None or loop is None:
+            return
+        done = threading.Event()
+
+        def abort_all() -> None:
+            for ws in list(self._sockets):
+                ws.transport.abort()
+            done.set()
+
+        loop.call_soon_threadsafe(abort_all)
+        if not done.wait(5.0):
+            raise RuntimeError("fake Deepgram did not abort its connections")
+
     def total_keepalives(self) -> int:
         with self._lock:
             return sum(c.keepalives for c in self.connections)
@@ -193,11 +218,13 @@ class FakeDeepgram:
             drop = self.drop_after is not None and self.drops > 0
             if drop:
                 self.drops -= 1
+        self._sockets.add(ws)
         try:
             await self._serve(ws, conn, drop)
         except ConnectionClosed:
             pass
         finally:
+            self._sockets.discard(ws)
             conn.open = False
 
     async def _send(self, ws: ServerConnection, conn: FakeConnection, msg: dict[str, Any]) -> None:
@@ -209,6 +236,7 @@ class FakeDeepgram:
         listener = _Listener(self, conn, request_id) if self.word_dbfs is not None else None
         segment_bytes = 0  # audio since the last final
         start_bytes = 0  # where the current segment starts, in bytes of this connection
+        utterance_messages = 0  # audio messages since the last Finalize
         while True:
             try:
                 message = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
@@ -220,6 +248,12 @@ class FakeDeepgram:
                 conn.audio_messages += 1
                 segment_bytes += len(message)
                 if drop and self.drop_after is not None and conn.audio_messages >= self.drop_after:
+                    ws.transport.abort()
+                    return
+                utterance_messages += 1
+                mid = self.drop_mid_utterance
+                if mid is not None and utterance_messages >= mid:
+                    conn.dropped = True
                     ws.transport.abort()
                     return
                 if self.silent:
@@ -248,6 +282,7 @@ class FakeDeepgram:
                 conn.keepalives += 1
             elif kind == "Finalize":
                 conn.finalizes += 1
+                utterance_messages = 0
                 if self.silent:
                     continue
                 if listener is not None:
