@@ -297,7 +297,12 @@ def test_frames_of_one_clock_tick_share_one_wakeup() -> None:
             for i, ring in enumerate(rings):
                 ring.push(bytes([i]) * FRAME_BYTES)
 
-        await asyncio.to_thread(tick)
+        # The loop is held (a blocking join) while the clock thread pushes, as it is busy
+        # while pjmedia's tick runs: otherwise a loop that grabs the GIL between two pushes
+        # would fire the first wake-up early and the count would depend on the scheduler.
+        clock = threading.Thread(target=tick)
+        clock.start()
+        clock.join()
         frames = await asyncio.wait_for(asyncio.gather(*getters), 2.0)
         assert [f[0] for f in frames] == [0, 1, 2, 3]
         assert waker.scheduled - before == 1
