@@ -31,6 +31,7 @@ from gateway.providers.base import (
 )
 from gateway.providers.textchunks import SentenceCutter
 from gateway.sip.calls import CallHandle
+from gateway.transfer import TransferOutcome, Transferrer, transfer_target
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,10 @@ class ConversationOptions:
     # apology plays, so a slow or dead vendor never leaves the caller in silence. None: no
     # limit (the offline pipeline, whose delays are CPU, not vendors).
     reply_deadline_s: float | None = None
+    # Transfer (a "transfer[:target]" action): the longest wait for its outcome, and what
+    # the agent says when it fails before the conversation carries on.
+    transfer_timeout_s: float = 30.0
+    transfer_failed_text: str = "Sorry, I couldn't transfer you right now. How else can I help?"
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,9 @@ class TurnRecord:
 
     call_id: str
     turn: int
-    kind: str  # greeting | reply | pushed | reprompt | goodbye | apology | failure-goodbye
+    # greeting | reply | pushed | reprompt | goodbye | apology | failure-goodbye
+    # | transfer-failed
+    kind: str
     user_text: str = ""
     agent_text: str = ""
     intent: str | None = None
@@ -111,8 +118,12 @@ class CallSession:
         hangup: Callable[[str], None],
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
+        transfer: Transferrer | None = None,
     ) -> None:
         self.handle = handle
+        self._transfer_cb = transfer
+        self._transferring = False
+        self.transfers: list[TransferOutcome] = []
         self.prompts = prompts
         self._failures = 0  # consecutive failed agent turns
         self.stt = stt
@@ -199,6 +210,10 @@ class CallSession:
                 self.opt.barge_in_min_speech_ms if self.agent_speaking() else self.opt.min_speech_ms
             )
             event = det.push(frame)
+            if self._transferring:
+                # The caller is being handed over: their words start no turn (and do not
+                # cancel the transfer waiting in the reply task).
+                continue
             if event is None:
                 if det.in_speech:
                     await self._feed_speech(frame)
@@ -499,9 +514,62 @@ class CallSession:
             self._push_due = time.monotonic() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
             self._push_due = None  # answered: nothing is owed any more
+        for action in reply.actions:
+            target = transfer_target(action)
+            if target is not None:
+                # Done here whatever the outcome: a transfer that worked ends the call, one
+                # that failed was apologised for and the conversation carries on (a
+                # "hangup" that came with it is not run).
+                await self._transfer(target)
+                return
         if "hangup" in reply.actions:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("agent hangup")
+
+    async def _transfer(self, target: str) -> None:
+        """Hand the caller to a human (after the handover line was spoken). Success ends
+        the call ("transferred to <uri>"); failure says `transfer_failed_text` and the
+        conversation goes on."""
+        sip_call_id = self.handle.sip_call_id
+        self._transferring = True
+        try:
+            if self._transfer_cb is None:
+                outcome = TransferOutcome(False, detail="transfer is not configured")
+            else:
+                try:
+                    async with asyncio.timeout(self.opt.transfer_timeout_s):
+                        outcome = await self._transfer_cb(target)
+                except TimeoutError:
+                    outcome = TransferOutcome(
+                        False, detail=f"no outcome within {self.opt.transfer_timeout_s:g} s"
+                    )
+                except (ValueError, ProviderError) as exc:  # a bad target, a REST failure
+                    outcome = TransferOutcome(False, detail=str(exc))
+            self.transfers.append(outcome)
+            where = outcome.target or target or "the default target"
+            if outcome.ok:
+                log.info("call %s: transferred to %s (%s)", sip_call_id, where, outcome.detail)
+                if outcome.hangup_after_s:
+                    # The far end normally ends our leg itself; this bounds the wait.
+                    await asyncio.sleep(outcome.hangup_after_s)
+                self.hangup(f"transferred to {where}")
+                return
+            log.warning("call %s: transfer to %s failed: %s", sip_call_id, where, outcome.detail)
+        finally:
+            self._transferring = False
+        self._turns += 1
+        rec = TurnRecord(
+            call_id=sip_call_id,
+            turn=self._turns,
+            kind="transfer-failed",
+            agent_text=self.opt.transfer_failed_text,
+            intent="transfer_failed",
+        )
+        t0 = time.monotonic()
+        first_chunk_at, first_wire_at = await self._speak(self.opt.transfer_failed_text)
+        if first_chunk_at:
+            rec.tts_first_ms = _ms(first_chunk_at - t0)
+        self._finish_record(rec, t0, first_chunk_at, first_wire_at)
 
     def _record(self, rec: TurnRecord) -> None:
         self.records.append(rec)
@@ -566,6 +634,7 @@ class CallSession:
         """The caller or the agent has the floor (or a reply is being prepared)."""
         return (
             self._hanging_up
+            or self._transferring
             or self.agent_speaking()
             or self.detector.in_speech
             or (self._reply is not None and not self._reply.done())

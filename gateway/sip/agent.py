@@ -2,11 +2,13 @@
 
 Everything here runs on the pj thread. The conversation learns about calls through a
 `CallEvents` sink (called on the pj thread; implementations hop to their own loop) and
-asks for hang-ups with `AgentUA.hangup(call_id)`.
+asks for hang-ups with `AgentUA.hangup(call_id)` and blind transfers (REFER) with
+`AgentUA.transfer(call_id, uri)`.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -224,6 +226,27 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
         self.rx_packets = -1
         self.rx_seen_at = time.monotonic()
         self.audio_index = -1
+        # The REFER in progress: resolved with the final NOTIFY's (status, reason).
+        self.xfer_result: concurrent.futures.Future[tuple[int, str]] | None = None
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        # NOTIFY sipfrag progress of our REFER (the REFER's own 202 comes as a non-final
+        # 202 too): only the final one decides.
+        code = int(prm.statusCode)
+        reason = str(prm.reason).strip()
+        sip_call_id = self.handle.sip_call_id if self.handle is not None else "?"
+        log.info(
+            "call %s: transfer status %d %s%s",
+            sip_call_id,
+            code,
+            reason,
+            " (final)" if prm.finalNotify else "",
+        )
+        if not prm.finalNotify:
+            return
+        fut, self.xfer_result = self.xfer_result, None
+        if fut is not None and not fut.done():
+            fut.set_result((code, reason))
 
     def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
@@ -331,6 +354,32 @@ class AgentUA:
             self._hangup(call_id, code)
 
         self.pj.post(job)
+
+    def transfer(self, call_id: int, uri: str) -> concurrent.futures.Future[tuple[int, str]]:
+        """Blind-transfer a call: send REFER to `uri` and resolve the Future with the final
+        NOTIFY's (SIP status, reason) from the transferee, e.g. ``(200, "OK")`` when the
+        target answered. Status 0 means no NOTIFY decided it: the REFER could not be sent,
+        the call is gone or ended first. Does not hang up: the caller decides."""
+        fut: concurrent.futures.Future[tuple[int, str]] = concurrent.futures.Future()
+
+        def job() -> None:
+            call = self.calls.get(call_id)
+            if call is None or call.handle is None:
+                fut.set_result((0, "the call is over"))
+                return
+            if call.xfer_result is not None and not call.xfer_result.done():
+                fut.set_result((0, "a transfer is already in progress"))
+                return
+            call.xfer_result = fut
+            log.info("call %s: REFER to %s", call.handle.sip_call_id, uri)
+            try:
+                call.xfer(uri, pj.CallOpParam(True))
+            except pj.Error as exc:
+                call.xfer_result = None
+                fut.set_result((0, f"REFER not sent: {exc.reason.strip()}"))
+
+        self.pj.post(job)
+        return fut
 
     def set_accepting(self, accepting: bool) -> None:
         """Take new calls (True) or refuse them with 503 + Retry-After (False: draining).
@@ -572,6 +621,9 @@ class AgentUA:
         assert handle is not None
         handle.ended_at = time.monotonic()
         self.calls.pop(handle.call_id, None)
+        fut, call.xfer_result = call.xfer_result, None
+        if fut is not None and not fut.done():
+            fut.set_result((0, f"the call ended before the transfer finished ({handle.end_reason})"))
         log.info("call %s ended: %s", handle.sip_call_id, handle.end_reason)
         if call.started:
             self.events.call_ended(handle)
