@@ -29,8 +29,8 @@ def transfer_target(action: str) -> str | None:
     """The target of a transfer action: ``""`` for plain ``"transfer"`` (the configured
     default), the text after ``"transfer:"`` otherwise; None when it is not a transfer.
 
-    >>> transfer_target("transfer:+14155550100"), transfer_target("transfer"), transfer_target("hangup")
-    ('+14155550100', '', None)
+    >>> [transfer_target(a) for a in ("transfer:+14155550100", "transfer", "hangup")]
+    ['+14155550100', '', None]
     """
     if action == TRANSFER_ACTION:
         return ""

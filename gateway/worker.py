@@ -21,6 +21,7 @@ from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
 from gateway.sip.endpoint import EndpointOptions, SipError
+from gateway.transfer import TransferOutcome, Transferrer, transfer_uri, uri_host
 from sip_config import Settings
 
 log = logging.getLogger("sipagent")
@@ -39,6 +40,8 @@ def conversation_options(s: Settings) -> ConversationOptions:
         no_input_timeout_s=s.conversation.no_input_timeout_s,
         max_failures=s.conversation.max_failures,
         reply_deadline_s=s.conversation.max_vendor_silence_s if _uses_vendors(s) else None,
+        transfer_timeout_s=s.transfer.timeout_s,
+        transfer_failed_text=s.transfer.failed_text,
     )
 
 
@@ -173,11 +176,46 @@ class AgentWorker:
             hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
             on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
+            transfer=self._transferrer(handle),
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
         self.conversations[handle.sip_call_id] = session
         task.add_done_callback(lambda t: self._finished(handle, t))
+
+    def _transferrer(self, handle: CallHandle) -> Transferrer:
+        """How this call is handed to a human: SIP REFER on the call, or (``transfer.method
+        = "plivo"`` and the call came with a CallUUID) Plivo's REST API on the A leg."""
+        settings = self.settings.transfer
+        if settings.method == "plivo":
+            from gateway.callcontext import decode_call_context
+
+            call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
+            if call_uuid:
+                from gateway.providers.plivo_transfer import PlivoTransfer
+
+                return PlivoTransfer(self.settings, call_uuid).transfer
+            log.info(
+                "call %s has no CallUUID (not routed by the answer_url app): transfers use REFER",
+                handle.sip_call_id,
+            )
+
+        async def refer(target: str) -> TransferOutcome:
+            uri = transfer_uri(target or settings.target or "", self._transfer_domain(handle))
+            code, reason = await asyncio.wrap_future(self.ua.transfer(handle.call_id, uri))
+            detail = f"{code} {reason}".strip() if code else reason
+            return TransferOutcome(200 <= code < 300, code, detail, target=uri)
+
+        return refer
+
+    def _transfer_domain(self, handle: CallHandle) -> str:
+        """Where numbers are transferred: ``transfer.domain``, else the registration domain
+        (register mode), else the host the call came from."""
+        if self.settings.transfer.domain:
+            return self.settings.transfer.domain
+        if self.settings.sip.mode == "register":
+            return self.settings.registration.uri_domain
+        return uri_host(handle.remote_uri)
 
     def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
         # The one place a turn's words leave the conversation (log line, and the supervisor

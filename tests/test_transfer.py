@@ -206,7 +206,7 @@ def test_a_transfer_without_an_outcome_times_out_into_the_apology(speech_8k: Spe
     )
 
     async def scenario() -> None:
-        call, transfer = start(TransferBrain("Ok.", ["transfer:desk"]), options, None)
+        call, _ = start(TransferBrain("Ok.", ["transfer:desk"]), options, None)
         try:
             await call.turn(0)
             call.clock.say(speech(speech_8k, "let me talk to a person"))

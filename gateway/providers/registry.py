@@ -100,7 +100,7 @@ def _openai(s: Settings) -> Brain:
         base_url=o.base_url,
         temperature=o.temperature,
         first_token_timeout_s=s.providers.brain_timeout_s,
-        transfer_target=o.transfer_target,
+        transfer_target=o.transfer_target or s.transfer.target,
         transfer_line=o.transfer_line,
         http_tools=[
             HttpTool(t.name, t.description, dict(t.parameters), t.url, t.timeout_s) for t in o.tools

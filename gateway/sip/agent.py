@@ -623,7 +623,9 @@ class AgentUA:
         self.calls.pop(handle.call_id, None)
         fut, call.xfer_result = call.xfer_result, None
         if fut is not None and not fut.done():
-            fut.set_result((0, f"the call ended before the transfer finished ({handle.end_reason})"))
+            fut.set_result(
+                (0, f"the call ended before the transfer finished ({handle.end_reason})")
+            )
         log.info("call %s ended: %s", handle.sip_call_id, handle.end_reason)
         if call.started:
             self.events.call_ended(handle)
