@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
+from gateway.callcontext import decode_call_context
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers
@@ -188,8 +189,6 @@ class AgentWorker:
         = "plivo"`` and the call came with a CallUUID) Plivo's REST API on the A leg."""
         settings = self.settings.transfer
         if settings.method == "plivo":
-            from gateway.callcontext import decode_call_context
-
             call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
             if call_uuid:
                 from gateway.providers.plivo_transfer import PlivoTransfer

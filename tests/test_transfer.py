@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -291,3 +292,52 @@ def test_a_bad_target_is_a_failed_transfer(speech_8k: Speak) -> None:
             await call.stop()
 
     run(scenario)
+
+
+# -- playbook actions --------------------------------------------------------------------------
+
+
+def _playbook(actions: str) -> dict[str, object]:
+    import tomllib
+
+    text = f"""
+[agent]
+name = "T"
+greeting = "Hi."
+fallback = "Pardon?"
+reprompt = "Still there?"
+goodbye = "Bye."
+
+[[intents]]
+name = "human"
+keywords = ["person"]
+reply = "Connecting you."
+actions = {actions}
+"""
+    return tomllib.loads(text)
+
+
+def test_playbook_transfer_actions_reach_the_reply() -> None:
+    from gateway.providers.scripted import ScriptedBrain, parse_playbook
+
+    for actions in ('["transfer"]', '["transfer:+1 415 555 0100"]', '["transfer:sip:d@x.org"]'):
+        pb = parse_playbook(_playbook(actions))
+        reply = asyncio.run(ScriptedBrain(pb).respond("a person please", CallContext("c")))
+        assert reply.text == "Connecting you."
+        assert reply.actions == tuple(json.loads(actions))
+
+
+@pytest.mark.parametrize(
+    ("actions", "message"),
+    [
+        ('["transfer:bob@example.com"]', 'action "transfer:bob@example.com" in intent "human"'),
+        ('["transfer:"]', 'unknown action "transfer:"'),
+        ('["transfers"]', "allowed: hangup, transfer, transfer:<target>"),
+    ],
+)
+def test_playbook_rejects_bad_transfer_actions(actions: str, message: str) -> None:
+    from gateway.providers.scripted import PlaybookError, parse_playbook
+
+    with pytest.raises(PlaybookError) as info:
+        parse_playbook(_playbook(actions))
+    assert message in str(info.value)
