@@ -107,6 +107,16 @@ def registration_options(settings: Settings, account_index: int) -> Registration
     )
 
 
+def transfer_domain(settings: Settings, remote_uri: str) -> str:
+    """Where numbers are transferred (``sip:<number>@<domain>``): ``transfer.domain``, else
+    the registration domain (register mode), else the host the call came from."""
+    if settings.transfer.domain:
+        return settings.transfer.domain
+    if settings.sip.mode == "register":
+        return settings.registration.uri_domain
+    return uri_host(remote_uri)
+
+
 class AgentWorker:
     """Starts a conversation for each answered call and ends it when the call ends."""
 
@@ -200,21 +210,13 @@ class AgentWorker:
             )
 
         async def refer(target: str) -> TransferOutcome:
-            uri = transfer_uri(target or settings.target or "", self._transfer_domain(handle))
+            domain = transfer_domain(self.settings, handle.remote_uri)
+            uri = transfer_uri(target or settings.target or "", domain)
             code, reason = await asyncio.wrap_future(self.ua.transfer(handle.call_id, uri))
             detail = f"{code} {reason}".strip() if code else reason
             return TransferOutcome(200 <= code < 300, code, detail, target=uri)
 
         return refer
-
-    def _transfer_domain(self, handle: CallHandle) -> str:
-        """Where numbers are transferred: ``transfer.domain``, else the registration domain
-        (register mode), else the host the call came from."""
-        if self.settings.transfer.domain:
-            return self.settings.transfer.domain
-        if self.settings.sip.mode == "register":
-            return self.settings.registration.uri_domain
-        return uri_host(handle.remote_uri)
 
     def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
         # The one place a turn's words leave the conversation (log line, and the supervisor

@@ -341,3 +341,35 @@ def test_playbook_rejects_bad_transfer_actions(actions: str, message: str) -> No
     with pytest.raises(PlaybookError) as info:
         parse_playbook(_playbook(actions))
     assert message in str(info.value)
+
+
+def test_transfer_domain_for_numbers() -> None:
+    from gateway.worker import transfer_domain
+    from sip_config import load_settings
+
+    remote = "<sip:+14155550123@203.0.113.9:5060>"
+    plain = load_settings(None, env_file=None)
+    assert transfer_domain(plain, remote) == "203.0.113.9:5060"
+    zentrunk = load_settings(
+        None, env_file=None, overrides={"transfer": {"domain": "sip:acme.zt.plivo.com"}}
+    )
+    assert transfer_domain(zentrunk, remote) == "acme.zt.plivo.com"
+    registered = load_settings(
+        None,
+        env_file=None,
+        overrides={
+            "sip": {"mode": "register"},
+            "registration": {"accounts": [{"username": "agent1", "password": "x"}]},
+        },
+    )
+    assert transfer_domain(registered, remote) == "phone.plivo.com"
+    assert transfer_uri("+14155550100", transfer_domain(registered, remote)) == (
+        "sip:+14155550100@phone.plivo.com"
+    )
+
+
+def test_bad_transfer_domain_setting_is_named() -> None:
+    from sip_config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"transfer\.domain: must be a host"):
+        load_settings(None, env_file=None, overrides={"transfer": {"domain": "a b"}})
