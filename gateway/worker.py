@@ -22,7 +22,14 @@ from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
 from gateway.sip.endpoint import EndpointOptions, SipError
-from gateway.transfer import TransferOutcome, Transferrer, transfer_uri, uri_host
+from gateway.transfer import (
+    TransferError,
+    TransferOutcome,
+    Transferrer,
+    WarmLegs,
+    transfer_uri,
+    uri_host,
+)
 from sip_config import Settings
 
 log = logging.getLogger("sipagent")
@@ -43,6 +50,7 @@ def conversation_options(s: Settings) -> ConversationOptions:
         reply_deadline_s=s.conversation.max_vendor_silence_s if _uses_vendors(s) else None,
         transfer_timeout_s=s.transfer.timeout_s,
         transfer_failed_text=s.transfer.failed_text,
+        warm_intro_text=s.transfer.warm_intro_text,
     )
 
 
@@ -188,6 +196,7 @@ class AgentWorker:
             on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
             transfer=self._transferrer(handle),
+            warm=self._warm_legs(handle),
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
@@ -217,6 +226,15 @@ class AgentWorker:
             return TransferOutcome(200 <= code < 300, code, detail, target=uri)
 
         return refer
+
+    def _warm_legs(self, handle: CallHandle) -> WarmLegs | None:
+        """The SIP side of a warm transfer (``transfer.warm``; REFER method or no CallUUID)."""
+        t = self.settings.transfer
+        if not t.warm:
+            return None
+        if t.method == "plivo" and decode_call_context(handle.headers).get("call_uuid"):
+            return None  # Plivo moves the A leg itself
+        return _SipLegs(self, handle)
 
     def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
         # The one place a turn's words leave the conversation (log line, and the supervisor
@@ -288,6 +306,32 @@ class AgentWorker:
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
             await self.stop()
+
+
+class _SipLegs:
+    """`WarmLegs` over the worker's `AgentUA`: call the human, bridge, hang up."""
+
+    def __init__(self, worker: AgentWorker, caller: CallHandle) -> None:
+        self.worker = worker
+        self.caller = caller
+
+    def resolve(self, target: str) -> str:
+        settings = self.worker.settings
+        domain = transfer_domain(settings, self.caller.remote_uri)
+        return transfer_uri(target or settings.transfer.target or "", domain)
+
+    async def dial(self, uri: str) -> CallHandle:
+        try:
+            return await asyncio.wrap_future(self.worker.ua.dial(uri))
+        except SipError as exc:
+            raise TransferError(str(exc)) from None
+
+    async def bridge(self, human: CallHandle, reason: str) -> bool:
+        ua = self.worker.ua
+        return await asyncio.wrap_future(ua.bridge(self.caller.call_id, human.call_id, reason))
+
+    def hangup(self, leg: CallHandle, reason: str) -> None:
+        self.worker.ua.hangup(leg.call_id, 200, reason)
 
 
 class WorkerListener(Protocol):

@@ -836,6 +836,17 @@ class TransferSettings(_Section):
         default="Sorry, I couldn't transfer you right now. How else can I help?",
         description="Said when a transfer fails; then the conversation carries on.",
     )
+    warm: bool = Field(
+        default=False,
+        description=(
+            "Warm transfer (method refer): the agent calls the human, speaks a summary, then"
+            " connects the caller (audio bridged through the agent's process)."
+        ),
+    )
+    warm_intro_text: str = Field(
+        default="Hello, this is the virtual agent. I have a caller on the line.",
+        description="Said to the human first; the caller's last few turns follow.",
+    )
     plivo_auth_id: str = Field(
         default="",
         description="Plivo auth ID for the REST API (or PLIVO_AUTH_ID); token: app.auth_token.",

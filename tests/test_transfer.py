@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
 from gateway.providers.base import BrainReply, CallContext
 from gateway.providers.fake import FakeStt, FakeTts
+from gateway.sip.calls import CallHandle
 from gateway.transfer import TransferError, TransferOutcome, transfer_target, transfer_uri, uri_host
 from tests.test_session import (
     TONE_FRAMES_PER_CHAR,
@@ -373,3 +375,173 @@ def test_bad_transfer_domain_setting_is_named() -> None:
 
     with pytest.raises(ConfigError, match=r"transfer\.domain: must be a host"):
         load_settings(None, env_file=None, overrides={"transfer": {"domain": "a b"}})
+
+
+# -- warm transfer -------------------------------------------------------------------------
+
+
+class FakeLegs:
+    """The SIP side of a warm transfer: a human leg that answers (or ends) on cue."""
+
+    def __init__(self, answer_after_s: float | None, end_reason: str = "") -> None:
+        self.answer_after_s = answer_after_s
+        self.end_reason = end_reason
+        self.dialled: list[str] = []
+        self.bridges: list[tuple[CallHandle, str]] = []
+        self.hangups: list[tuple[CallHandle, str]] = []
+        self.human: CallHandle | None = None
+        self.clock: MediaClock | None = None
+        self.clock_task: asyncio.Task[None] | None = None
+        self.ring_task: asyncio.Task[None] | None = None
+
+    def resolve(self, target: str) -> str:
+        return transfer_uri(target or "desk", "pbx.example.com")
+
+    async def dial(self, uri: str) -> CallHandle:
+        self.dialled.append(uri)
+        human = CallHandle(2, "human-leg", uri, "sip:agent@127.0.0.1", outbound=True)
+        self.human = human
+        self.clock = MediaClock(human)  # the human's side of the media
+        self.clock_task = asyncio.ensure_future(self.clock.run())
+
+        async def ring() -> None:
+            if self.answer_after_s is None:
+                return  # rings for ever
+            await asyncio.sleep(self.answer_after_s)
+            if self.end_reason:
+                human.end_reason = self.end_reason
+                human.ended_at = time.monotonic()
+            else:
+                human.answered_at = time.monotonic()
+
+        self.ring_task = asyncio.ensure_future(ring())
+        return human
+
+    async def bridge(self, human: CallHandle, reason: str) -> bool:
+        self.bridges.append((human, reason))
+        return True
+
+    def hangup(self, leg: CallHandle, reason: str) -> None:
+        self.hangups.append((leg, reason))
+        leg.ended_at = time.monotonic()
+
+    async def close(self) -> None:
+        for task in (self.clock_task, self.ring_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+def start_warm(brain: QuickBrain, options: ConversationOptions, legs: FakeLegs) -> Call:
+    handle = make_handle()
+    turns: list[TurnRecord] = []
+    hangups: list[str] = []
+    session = CallSession(
+        handle,
+        stt=FakeStt(),
+        tts=FakeTts(),
+        brain=brain,
+        options=options,
+        hangup=hangups.append,
+        on_turn=turns.append,
+        warm=legs,
+    )
+    clock = MediaClock(handle)
+    return Call(
+        session,
+        clock,
+        asyncio.ensure_future(session.run()),
+        asyncio.ensure_future(clock.run()),
+        turns,
+        hangups,
+    )
+
+
+WARM = ConversationOptions(
+    end_of_turn_ms=300, transfer_failed_text="No.", warm_intro_text="Hi.", warm_summary_turns=1
+)
+
+
+def test_warm_transfer_briefs_the_human_then_bridges(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=0.2)
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer:+14155550100"]), WARM, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.until("the bridge", lambda: bool(legs.bridges))
+            assert legs.dialled == ["sip:+14155550100@pbx.example.com"]
+            human, reason = legs.bridges[0]
+            assert reason == "transferred to sip:+14155550100@pbx.example.com (warm)"
+            # The human heard the whole summary (FakeTts: 3 frames per character) before
+            # the bridge, and nothing is left to play.
+            summary = call.session._warm_summary()
+            assert summary.startswith("Hi. They are calling from +14155550123. They said: ")
+            assert summary.endswith(" Connecting you now.")
+            assert legs.clock is not None
+            assert len(legs.clock.agent_loud_ticks()) == len(summary) * TONE_FRAMES_PER_CHAR
+            assert len(human.playout) == 0
+            # The agent's part is over: no hang-up, and the caller's words start no turn.
+            await asyncio.sleep(0.2)
+            call.clock.say(speech(speech_8k, "what are your hours"))
+            await call.until("the caller to finish", call.clock.idle)
+            await asyncio.sleep(0.5)
+            assert call.hangups == [] and legs.hangups == []
+            assert len(call.turns) == 2
+            assert call.session.transfers[0].bridged
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
+def test_warm_transfer_to_a_busy_human_is_apologised_for(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=0.1, end_reason="486 Busy Here")
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer"]), WARM, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            apology = await call.turn(2)
+            assert apology.kind == "transfer-failed"
+            assert legs.dialled == ["sip:desk@pbx.example.com"]
+            assert legs.bridges == [] and legs.hangups == []
+            assert call.session.transfers[0].detail == "486 Busy Here"
+            assert call.hangups == []
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
+def test_warm_transfer_nobody_answers_hangs_up_the_human_leg(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=None)
+    options = ConversationOptions(
+        end_of_turn_ms=300, transfer_failed_text="No.", transfer_timeout_s=0.5
+    )
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer"]), options, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            apology = await call.turn(2, timeout=4.0)
+            assert apology.kind == "transfer-failed"
+            assert [reason for _, reason in legs.hangups] == ["warm transfer abandoned"]
+            assert legs.bridges == []
+            assert "no outcome within 0.5 s" in call.session.transfers[0].detail
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)

@@ -31,7 +31,13 @@ from gateway.providers.base import (
 )
 from gateway.providers.textchunks import SentenceCutter
 from gateway.sip.calls import CallHandle
-from gateway.transfer import TransferOutcome, Transferrer, transfer_target
+from gateway.transfer import (
+    TransferError,
+    TransferOutcome,
+    Transferrer,
+    WarmLegs,
+    transfer_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,10 @@ class ConversationOptions:
     # the agent says when it fails before the conversation carries on.
     transfer_timeout_s: float = 30.0
     transfer_failed_text: str = "Sorry, I couldn't transfer you right now. How else can I help?"
+    # Warm transfer: said to the human when they answer, before "They said: ..." (the
+    # caller's last few turns) and the connection.
+    warm_intro_text: str = "Hello, this is the virtual agent. I have a caller on the line."
+    warm_summary_turns: int = 3
 
 
 @dataclass(frozen=True)
@@ -119,10 +129,13 @@ class CallSession:
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
         transfer: Transferrer | None = None,
+        warm: WarmLegs | None = None,
     ) -> None:
         self.handle = handle
         self._transfer_cb = transfer
+        self._warm = warm
         self._transferring = False
+        self._bridged = False  # warm-transferred: the caller talks with the human now
         self.transfers: list[TransferOutcome] = []
         self.prompts = prompts
         self._failures = 0  # consecutive failed agent turns
@@ -210,9 +223,9 @@ class CallSession:
                 self.opt.barge_in_min_speech_ms if self.agent_speaking() else self.opt.min_speech_ms
             )
             event = det.push(frame)
-            if self._transferring:
-                # The caller is being handed over: their words start no turn (and do not
-                # cancel the transfer waiting in the reply task).
+            if self._transferring or self._bridged:
+                # The caller is being handed over (or talks with the human now): their
+                # words start no turn (and do not cancel the transfer in progress).
                 continue
             if event is None:
                 if det.in_speech:
@@ -533,12 +546,16 @@ class CallSession:
         sip_call_id = self.handle.sip_call_id
         self._transferring = True
         try:
-            if self._transfer_cb is None:
+            if self._transfer_cb is None and self._warm is None:
                 outcome = TransferOutcome(False, detail="transfer is not configured")
             else:
                 try:
                     async with asyncio.timeout(self.opt.transfer_timeout_s):
-                        outcome = await self._transfer_cb(target)
+                        if self._warm is not None:
+                            outcome = await self._warm_transfer(self._warm, target)
+                        else:
+                            assert self._transfer_cb is not None
+                            outcome = await self._transfer_cb(target)
                 except TimeoutError:
                     outcome = TransferOutcome(
                         False, detail=f"no outcome within {self.opt.transfer_timeout_s:g} s"
@@ -549,6 +566,10 @@ class CallSession:
             where = outcome.target or target or "the default target"
             if outcome.ok:
                 log.info("call %s: transferred to %s (%s)", sip_call_id, where, outcome.detail)
+                if outcome.bridged:
+                    # The agent's part is over; the call goes on until either side ends it.
+                    self._bridged = True
+                    return
                 if outcome.hangup_after_s:
                     # The far end normally ends our leg itself; this bounds the wait.
                     await asyncio.sleep(outcome.hangup_after_s)
@@ -570,6 +591,57 @@ class CallSession:
         if first_chunk_at:
             rec.tts_first_ms = _ms(first_chunk_at - t0)
         self._finish_record(rec, t0, first_chunk_at, first_wire_at)
+
+    async def _warm_transfer(self, legs: WarmLegs, target: str) -> TransferOutcome:
+        """Call the human, tell them who is calling and what about, then bridge the caller
+        to them. The human's leg is hung up on any failure (and on cancellation)."""
+        uri = legs.resolve(target)
+        human = await legs.dial(uri)
+        bridged = False
+        try:
+            while not human.answered_at and not human.ended_at:
+                await asyncio.sleep(FRAME_MS / 1000.0)
+            if human.ended_at:
+                return TransferOutcome(False, detail=human.end_reason or "no answer", target=uri)
+            await self._speak_to(human, self._warm_summary())
+            if human.ended_at:
+                return TransferOutcome(False, detail="the human hung up", target=uri)
+            bridged = await legs.bridge(human, f"transferred to {uri} (warm)")
+            if not bridged:
+                return TransferOutcome(False, detail="a call ended before the bridge", target=uri)
+            return TransferOutcome(True, 200, "bridged (warm)", target=uri, bridged=True)
+        finally:
+            if not bridged and not human.ended_at:
+                legs.hangup(human, "warm transfer abandoned")
+
+    def _warm_summary(self) -> str:
+        said = [r.user_text for r in self.records if r.user_text]
+        said = said[-self.opt.warm_summary_turns :] if self.opt.warm_summary_turns else []
+        text = self.opt.warm_intro_text
+        if self.ctx.from_number:
+            text += f" They are calling from {self.ctx.from_number}."
+        if said:
+            text += " They said: " + "; ".join(said) + "."
+        return text + " Connecting you now."
+
+    async def _speak_to(self, leg: CallHandle, text: str) -> None:
+        """Speak `text` on another call (the human's leg) and wait until it has played."""
+        playout = leg.playout
+        chunks = self.tts.synthesize(text)
+        try:
+            async for pcm in chunks:
+                for frame in split_frames(pcm):
+                    while playout.free == 0:
+                        if leg.ended_at:
+                            raise TransferError("the human hung up")
+                        await asyncio.sleep(FRAME_MS / 1000.0)
+                    playout.put(frame)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        while len(playout) > 0 and not leg.ended_at:
+            await asyncio.sleep(FRAME_MS / 1000.0)
 
     def _record(self, rec: TurnRecord) -> None:
         self.records.append(rec)
@@ -635,6 +707,7 @@ class CallSession:
         return (
             self._hanging_up
             or self._transferring
+            or self._bridged
             or self.agent_speaking()
             or self.detector.in_speech
             or (self._reply is not None and not self._reply.done())

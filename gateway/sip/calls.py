@@ -78,6 +78,9 @@ class CallHandle:
     answered_at: float = 0.0
     ended_at: float = 0.0
     end_reason: str = ""
+    # A call the agent placed itself (the human's leg of a warm transfer); no conversation
+    # of its own.
+    outbound: bool = False
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
