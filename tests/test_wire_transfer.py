@@ -8,11 +8,12 @@ A target that answers (sipp's built-in ``uas``) ends the agent's call ("transfer
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.audio.pcm import SAMPLE_RATE, write_wav
 from gateway.demo import AgentProcess, free_udp_port
 from tests.kamailio import sipp_available
 from tests.wire import count_lines, place_call, running_agent, uri, wait_for, word_overlap
@@ -86,9 +87,13 @@ def agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Iterator
         yield a
 
 
-def start_uas(tmp: Path, port: int, scenario: Path | None = None) -> subprocess.Popen[str]:
-    """One sipp UAS call on 127.0.0.1:`port`: the built-in ``uas`` or `scenario`."""
+def start_uas(
+    tmp: Path, port: int, scenario: Path | None = None, rtp_echo: bool = False
+) -> subprocess.Popen[str]:
+    """One sipp UAS call on 127.0.0.1:`port`: the built-in ``uas`` or `scenario`; with
+    `rtp_echo` every RTP packet is sent back."""
     cmd = ["sipp", *(["-sf", str(scenario)] if scenario else ["-sn", "uas"])]
+    cmd += ["-rtp_echo"] if rtp_echo else []
     cmd += ["-i", "127.0.0.1", "-p", str(port), "-mp", str(free_udp_port()), "-m", "1"]
     cmd += ["-nostdin", "-timeout", "90s", "-timeout_error", "-trace_err"]
     return subprocess.Popen(
@@ -165,3 +170,62 @@ def test_refer_to_a_busy_target_is_apologised_for_and_the_call_goes_on(
     assert r["ended_by"] == "caller", r
     wait_for(lambda: count_lines(agent, f"transfer to {target} failed: 486") == 1, 5, "the failure")
     assert count_lines(agent, "ended: transferred") == 1  # only the first test's call
+
+
+# -- warm transfer -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warm_agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Iterator[AgentProcess]:
+    tmp = tmp_path_factory.mktemp("warm-agent")
+    playbook = tmp / "playbook.toml"
+    playbook.write_text(PLAYBOOK.replace("{port}", str(human_port)))
+    with running_agent(
+        tmp,
+        playbook=str(playbook),
+        transfer__warm="true",
+        transfer__warm_intro_text="Hello, I have a caller for you.",
+        transfer__timeout_s="20",
+    ) as a:
+        yield a
+
+
+def test_warm_transfer_bridges_the_caller_to_the_human(
+    warm_agent: AgentProcess,
+    human_port: int,
+    tmp_path: Path,
+    speech_8k: Callable[[str], bytes],
+) -> None:
+    agent = warm_agent
+    # The human: sipp answers and echoes every RTP packet back, so once the caller is
+    # bridged to it the caller hears its own words.
+    uas = start_uas(tmp_path, human_port, rtp_echo=True)
+    question = "What are your opening hours?"
+    # The caller waits quietly while the agent rings and briefs the human (a few seconds),
+    # then asks; by then it is bridged.
+    later = tmp_path / "later.wav"
+    write_wav(later, bytes(2 * SAMPLE_RATE * 12) + speech_8k(question))
+    try:
+        r = place_call(
+            uri(agent), "--say", "Where are you located?", "--play", str(later), "--transcribe"
+        )
+    finally:
+        rc = stop_uas(uas)
+    target = f"sip:human@127.0.0.1:{human_port}"
+    log = "\n".join(agent.lines[-30:])
+    assert r["answered"] and r["steps"][0]["ok"], log  # the handover line was heard
+    assert r["transfers"] == []  # no REFER: the agent placed the call itself
+    assert count_lines(agent, "outbound call") == 1, log
+    assert count_lines(agent, "bridged call") == 1, log
+    # After the bridge the agent answers nothing: the caller's question comes back as the
+    # echo of the human's side, not as the playbook's hours reply.
+    asked = r["steps"][1]["sent_at_ms"]  # where the voiced part of the WAV began
+    after = " ".join(s["text"] for s in r["segments"] if s["start_ms"] >= asked - 100)
+    assert word_overlap(question, after) >= 0.5, (after, r["segments"])
+    assert "nine" not in after.split()
+    assert count_lines(agent, '"kind":"reply"') == 1, log
+    # The caller hung up: the agent ended the human's leg too (sipp saw its BYE).
+    assert r["ended_by"] == "caller"
+    assert rc == 0, log
+    ended = f"ended: transferred to {target} (warm)"
+    wait_for(lambda: count_lines(agent, ended) == 2, 5, "both legs to end")
