@@ -399,7 +399,7 @@ class FakeLegs:
 
     async def dial(self, uri: str) -> CallHandle:
         self.dialled.append(uri)
-        human = CallHandle(2, "human-leg", uri, "sip:agent@127.0.0.1", outbound=True)
+        human = CallHandle(2, "human-leg", uri, "sip:agent@127.0.0.1", bridge_leg=True)
         self.human = human
         self.clock = MediaClock(human)  # the human's side of the media
         self.clock_task = asyncio.ensure_future(self.clock.run())

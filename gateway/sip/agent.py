@@ -283,7 +283,7 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             self.rx_seen_at = time.monotonic()
             if not self.started:
                 self.started = True
-                if not self.handle.outbound:
+                if not self.handle.bridge_leg:
                     self.ua.events.call_started(self.handle)
 
 
@@ -393,7 +393,7 @@ class AgentUA:
     def dial(self, uri: str) -> concurrent.futures.Future[CallHandle]:
         """Place a call from the agent's account (the human's leg of a warm transfer).
 
-        The Future gets the call's `CallHandle` (``outbound=True``) as soon as the INVITE is
+        The Future gets the call's `CallHandle` (``bridge_leg=True``) as soon as the INVITE is
         sent, or `SipError` when it cannot be. Its ``answered_at`` is set when it is
         answered, ``ended_at`` and ``end_reason`` (e.g. "486 Busy Here") when it ends; frames
         put in its playout ring are sent once its media is up. The call counts against
@@ -427,7 +427,7 @@ class AgentUA:
                 sip_call_id=str(info.callIdString),
                 remote_uri=uri,
                 local_uri=str(info.localUri),
-                outbound=True,
+                bridge_leg=True,
             )
             call.handle = handle
             self.calls[handle.call_id] = call
@@ -725,7 +725,7 @@ class AgentUA:
             other.bridged_to = None
             self._hangup(other.handle.call_id, 200)
         log.info("call %s ended: %s", handle.sip_call_id, handle.end_reason)
-        if call.started and not handle.outbound:
+        if call.started and not handle.bridge_leg:
             self.events.call_ended(handle)
         port, call.port = call.port, None
         call.handle = None

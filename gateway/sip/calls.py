@@ -80,7 +80,7 @@ class CallHandle:
     end_reason: str = ""
     # A call the agent placed itself (the human's leg of a warm transfer); no conversation
     # of its own.
-    outbound: bool = False
+    bridge_leg: bool = False
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
