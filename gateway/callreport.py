@@ -37,6 +37,8 @@ _SHOW_FIELDS: Final = (
     ("Dial status", "dial_status"),
     ("Dial hang-up cause", "dial_hangup_cause"),
     ("Dial B-leg", "dial_b_leg_uuid"),
+    ("SIP headers", "sip_headers"),
+    ("Recording", "recording"),
 )
 _TIME_FIELDS: Final = frozenset({"answer_at", "start_at", "sip_end_at", "end_at"})
 

@@ -1,4 +1,4 @@
-"""`sipagent` command line: serve, call, demo, calls."""
+"""`sipagent` command line: serve, call, dial, demo, calls."""
 
 from __future__ import annotations
 
@@ -40,6 +40,13 @@ def _header(text: str) -> tuple[str, str]:
     if any(ord(ch) < 32 for ch in value):
         raise argparse.ArgumentTypeError("header values cannot hold control characters")
     return name, value
+
+
+def _dtmf_digits(text: str) -> str:
+    keys = text.strip().upper()
+    if not keys or any(ch not in "0123456789*#ABCD" for ch in keys):
+        raise argparse.ArgumentTypeError(f"keypad keys are 0-9, *, # and A-D (got {text!r})")
+    return keys
 
 
 def _setup_logging(level: str) -> None:
@@ -135,6 +142,59 @@ def _limit(text: str) -> int:
     return value
 
 
+def cmd_dial(args: argparse.Namespace) -> int:
+    """Ask a running `sipagent serve` to place an outbound call (POST /calls)."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    settings = load_settings(args.config)
+    o = settings.outbound
+    if not o.api_key:
+        raise ConfigError(
+            "outbound.api_key: required by `sipagent dial` (SIPAGENT_OUTBOUND__API_KEY)"
+        )
+    base = args.app_url or o.app_url
+    if not base:
+        host = settings.app.listen_host
+        host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        base = f"http://{host}:{settings.app.listen_port}"
+    body: dict[str, Any] = {"to": args.destination, "via": args.via}
+    if args.caller:
+        body["from"] = args.caller
+    if args.timezone:
+        body["timezone"] = args.timezone
+    if args.headers:
+        body["headers"] = dict(args.headers)
+    req = urllib.request.Request(
+        base.rstrip("/") + "/calls",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {o.api_key}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            status, text = int(resp.status), resp.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, text = int(exc.code), exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"sipagent dial: cannot reach the app at {base}: {reason}", file=sys.stderr)
+        return 3
+    try:
+        answer = json.loads(text)
+    except json.JSONDecodeError:
+        answer = {"error": text.strip()}
+    if status == 201:
+        print(f"sipagent dial: call {answer.get('call_id')} placed via {answer.get('via')}")
+        print(json.dumps(answer, sort_keys=True))
+        return 0
+    print(
+        f"sipagent dial: refused ({status}): {answer.get('error', text.strip())}", file=sys.stderr
+    )
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests and docs)."""
     p = argparse.ArgumentParser(prog="sipagent", description="SIP voice-agent gateway")
@@ -182,6 +242,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="speak TEXT while the agent's next turn is playing",
     )
     c.add_argument(
+        "--dtmf",
+        dest="steps",
+        action="append",
+        type=lambda t: ("dtmf", _dtmf_digits(t)),
+        metavar="KEYS",
+        help="press keypad KEYS (e.g. 1 or 123456#) after the agent stops talking",
+    )
+    c.add_argument(
+        "--barge-dtmf",
+        dest="steps",
+        action="append",
+        type=lambda t: ("barge-dtmf", _dtmf_digits(t)),
+        metavar="KEYS",
+        help="press KEYS while the agent's next turn is playing",
+    )
+    c.add_argument(
+        "--dtmf-method",
+        choices=("rfc4733", "info"),
+        default="rfc4733",
+        help="how keys are sent: RFC 4733 telephone-events (default) or SIP INFO",
+    )
+    c.add_argument(
         "--barge-after",
         type=float,
         default=1.5,
@@ -219,6 +301,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_call, steps=None)
+
+    o = sub.add_parser("dial", help="place an outbound call through a running serve")
+    o.add_argument("destination", metavar="NUMBER_OR_URI", help="+14155550123 or sip:user@host")
+    o.add_argument("--config", type=Path, help="TOML settings file (outbound.api_key, app)")
+    o.add_argument("--via", choices=("sip", "plivo"), default="sip", help="how to place it")
+    o.add_argument("--from", dest="caller", metavar="NUMBER", help="caller ID (via plivo)")
+    o.add_argument("--timezone", metavar="ZONE", help="the callee's IANA time zone")
+    o.add_argument("--app-url", metavar="URL", help="the app's URL (outbound.app_url)")
+    o.add_argument("--timeout", type=float, default=30.0, help="HTTP timeout in seconds (30)")
+    o.add_argument(
+        "--header",
+        dest="headers",
+        action="append",
+        type=_header,
+        metavar="NAME:VALUE",
+        help="add a header to the INVITE (repeatable)",
+    )
+    o.set_defaults(func=cmd_dial)
 
     d = sub.add_parser("demo", help="start the agent and place one local call")
     d.add_argument("--config", type=Path, help="TOML settings file")

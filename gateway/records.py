@@ -114,6 +114,19 @@ _MIGRATIONS: Final[Sequence[str]] = (
         UNIQUE (call_id, turn)
     );
     """,
+    # 3: the path of the call's stereo recording (records.recording_dir), and the X- headers
+    # of its INVITE (Plivo's X-PH-* among them) as a JSON object.
+    """
+    ALTER TABLE calls ADD COLUMN recording TEXT;
+    ALTER TABLE calls ADD COLUMN sip_headers TEXT;
+    """,
+    # 4: outbound calls: how they were placed, how they ended, why one was refused.
+    """
+    ALTER TABLE calls ADD COLUMN via TEXT;
+    ALTER TABLE calls ADD COLUMN outcome TEXT;
+    ALTER TABLE calls ADD COLUMN refusal TEXT;
+    ALTER TABLE calls ADD COLUMN plivo_call_uuid TEXT;
+    """,
 )
 
 _SQLITE_TYPES: Final = {"pk": "INTEGER PRIMARY KEY", "ref": "INTEGER", "real": "REAL"}
@@ -142,6 +155,17 @@ _TURN_FIELDS: Final = (
     "first_audio_at",
 )
 _TURN_FLAGS: Final = frozenset({"interrupted", "barge_in"})
+
+# Plivo's CallStatus of an outbound call that was not answered -> outcome ("completed"
+# leaves the outcome "answered" that /answer recorded).
+_PLIVO_OUTCOMES: Final = {
+    "busy": "busy",
+    "no-answer": "no-answer",
+    "timeout": "no-answer",
+    "failed": "failed",
+    "cancel": "failed",
+    "canceled": "failed",
+}
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 """Schema version this code writes."""
@@ -623,8 +647,12 @@ class CallRecords:
         from_uri: str | None,
         to_uri: str | None,
         at: float,
+        recording: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
-        """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid)."""
+        """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid);
+        ``recording`` is the path its recording is being written to, ``headers`` the X-
+        headers of its INVITE."""
         self._write_sip(
             call_uuid,
             sip_call_id,
@@ -633,6 +661,8 @@ class CallRecords:
                 "sip_from": _text_or_none(from_uri),
                 "sip_to": _text_or_none(to_uri),
                 "start_at": at,
+                "recording": _text_or_none(recording),
+                "sip_headers": json.dumps(dict(headers), sort_keys=True) if headers else None,
             },
             at,
             ended=False,
@@ -645,14 +675,71 @@ class CallRecords:
         worker: int | None,
         reason: str | None,
         at: float,
+        outcome: str | None = None,
     ) -> None:
-        """A worker's SIP call ended (``reason``: the SIP side's end reason)."""
+        """A worker's SIP call ended (``reason``: the SIP side's end reason; ``outcome``:
+        an outbound call's answered | busy | no-answer | failed)."""
         self._write_sip(
             call_uuid,
             sip_call_id,
-            {"worker": worker, "end_reason": _text_or_none(reason), "sip_end_at": at},
+            {
+                "worker": worker,
+                "end_reason": _text_or_none(reason),
+                "sip_end_at": at,
+                "outcome": outcome,
+            },
             at,
             ended=True,
+        )
+
+    def outbound_requested(
+        self,
+        call_id: str,
+        from_number: str | None,
+        to_number: str,
+        via: str,
+        at: float,
+        *,
+        refusal: str | None = None,
+    ) -> None:
+        """An outbound call was asked for (``via``: sip | plivo).  With ``refusal`` it was
+        not placed: its outcome is ``refused`` and the reason is kept."""
+        fields: dict[str, object] = {
+            "from_number": _text_or_none(from_number),
+            "to_number": to_number,
+            "direction": "outbound",
+            "via": via,
+        }
+        if refusal is not None:
+            fields.update(outcome="refused", refusal=refusal, end_at=at)
+        self._write(call_id, fields, at)
+
+    def outbound_failed(self, call_id: str, reason: str, at: float) -> None:
+        """An outbound call could not be placed (no worker, the SIP stack or Plivo's API
+        refused it)."""
+        self._write(call_id, {"outcome": "failed", "end_reason": reason, "end_at": at}, at)
+
+    def outbound_answered(
+        self, call_id: str | None, at: float, plivo_call_uuid: str | None = None
+    ) -> None:
+        """The callee answered an outbound call (the outcome until it ends); a call placed
+        through Plivo's Call API keeps Plivo's CallUUID too."""
+        if call_id:
+            self._write(
+                call_id,
+                {"outcome": "answered", "answer_at": at, "plivo_call_uuid": plivo_call_uuid},
+                at,
+            )
+
+    def outbound_hung_up(self, call_id: str, params: Mapping[str, str], at: float) -> None:
+        """Plivo's hangup callback of an outbound call placed through its Call API: an
+        unanswered call's ``CallStatus`` becomes the outcome (busy, no-answer, failed)."""
+        status = params.get("CallStatus", "").strip().lower()
+        outcome = _PLIVO_OUTCOMES.get(status)
+        self._write(
+            call_id,
+            {"outcome": outcome, "plivo_call_uuid": _text_or_none(params.get("CallUUID"))},
+            at,
         )
 
     def add_turn(

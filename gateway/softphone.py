@@ -1,8 +1,9 @@
 """`sipagent call`: a test softphone that talks to the agent and reports what it heard.
 
-It dials, waits for the greeting, then runs its steps: `say` (Piper speech) or `play` (a
-WAV) once the agent has stopped talking, or `barge` (speech started part-way into the
-agent's next turn). The agent's audio is segmented into turns by level (the far end is
+It dials, waits for the greeting, then runs its steps: `say` (Piper speech), `play` (a
+WAV) or `dtmf` (keypad keys, RFC 4733 or SIP INFO) once the agent has stopped talking, or
+`barge` / `barge-dtmf` (speech or keys started part-way into the agent's next turn). Keys
+the agent sends are reported too. The agent's audio is segmented into turns by level (the far end is
 clean TTS, so silence between turns is near digital silence) and timed on arrival:
 
 - greeting: answer → first agent audio;
@@ -26,6 +27,8 @@ from typing import Any
 from gateway.audio.pcm import FRAME_MS, read_wav_8k, rms_dbfs, split_frames, write_wav
 
 ACTIVE_DBFS = -45.0
+KEY_STEPS = ("dtmf", "barge-dtmf")
+DTMF_DURATION_MS = 160
 
 
 @dataclass
@@ -44,6 +47,7 @@ class CallScript:
     no_hangup: bool = False
     vanish: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    dtmf_method: str = "rfc4733"  # or "info"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CallScript:
@@ -60,6 +64,7 @@ class CallScript:
             no_hangup=args.no_hangup,
             vanish=args.vanish,
             headers=dict(args.headers or []),
+            dtmf_method="info" if getattr(args, "dtmf_method", "rfc4733") == "info" else "rfc4733",
         )
 
 
@@ -99,6 +104,8 @@ class _Audio:
         self._tts: Any = None
 
     def speech(self, kind: str, value: str) -> bytes:
+        if kind in KEY_STEPS:
+            return b""  # keys, not audio
         if kind == "play":
             return read_wav_8k(value)
         if self._tts is None:
@@ -216,19 +223,23 @@ class Softphone:
         else:
             self.greeting_ms = self._rel(self.segments[0].start)
         next_is_barge = [
-            i + 1 < len(s.steps) and s.steps[i + 1][0] == "barge" for i in range(len(s.steps))
+            i + 1 < len(s.steps) and s.steps[i + 1][0] in ("barge", "barge-dtmf")
+            for i in range(len(s.steps))
         ]
         for i, ((kind, value), clip) in enumerate(zip(s.steps, clips, strict=True)):
             if self.call.ended.is_set():
                 break
             res = StepResult(kind, value)
             self.results.append(res)
-            if kind == "barge":
-                self._barge(res, clip)
+            if kind in ("barge", "barge-dtmf"):
+                self._barge(res, clip, dialer if kind == "barge-dtmf" else None)
             else:
-                # Speak once the agent is quiet.
+                # Speak (or press) once the agent is quiet.
                 self.wait(lambda: self._open is None, s.turn_timeout_s)
-                t_first, t_end = self.send(clip)
+                if kind == "dtmf":
+                    t_first, t_end = self.press(dialer, value)
+                else:
+                    t_first, t_end = self.send(clip)
                 res.sent_at_ms, res.end_of_speech_ms = self._rel(t_first), self._rel(t_end)
                 self._await_reply(res, t_end)
             if res.reply_latency_ms is not None and not next_is_barge[i]:
@@ -252,7 +263,16 @@ class Softphone:
             res.reply_latency_ms = round((seg.start - t_end) * 1000.0, 1)
             res.ok = True
 
-    def _barge(self, res: StepResult, clip: bytes) -> None:
+    def press(self, dialer: Any, digits: str) -> tuple[float, float]:
+        """Send keys; returns (first key out, last key out).  RFC 4733 keys go out one
+        after another (DTMF_DURATION_MS each); SIP INFO requests go out at once."""
+        t_first = time.monotonic()
+        dialer.send_dtmf(digits, self.script.dtmf_method, DTMF_DURATION_MS)
+        if self.script.dtmf_method == "info":
+            return t_first, time.monotonic()
+        return t_first, t_first + (len(digits) - 1) * DTMF_DURATION_MS / 1000.0
+
+    def _barge(self, res: StepResult, clip: bytes, keys_via: Any = None) -> None:
         s = self.script
         # The agent's turn we interrupt: the one playing now, or the next one to start.
         if self._open is None:
@@ -263,7 +283,10 @@ class Softphone:
             self.note("barge: the agent did not start a turn")
             return
         self.wait(lambda: time.monotonic() - target.start >= s.barge_after_s, s.turn_timeout_s)
-        t_first, t_end = self.send(clip)
+        if keys_via is not None:
+            t_first, t_end = self.press(keys_via, res.text)
+        else:
+            t_first, t_end = self.send(clip)
         res.sent_at_ms, res.end_of_speech_ms = self._rel(t_first), self._rel(t_end)
         self.wait(lambda: target.closed, s.turn_timeout_s)
         res.barge_stop_ms = round((target.last_active - t_first) * 1000.0, 1)
@@ -320,6 +343,9 @@ class Softphone:
             if r.barge_stop_ms is not None:
                 extra += f"; agent audio stopped {r.barge_stop_ms:.0f} ms after you started"
             events.append((r.sent_at_ms, f"you ({r.kind}): {r.text}{extra}"))
+        received = list(self.call.dtmf_received)
+        for key, method, at in received:
+            events.append((self._rel(at), f"agent sent DTMF {key} ({method})"))
         for line in self.log:
             print(f"sipagent call: {line}", file=sys.stderr)
         if self.greeting_ms is not None:
@@ -344,6 +370,11 @@ class Softphone:
                         "text": seg.text,
                     }
                     for seg in self.segments
+                ],
+                "dtmf_received": "".join(key for key, _, _ in received),
+                "dtmf_events": [
+                    {"key": key, "method": method, "at_ms": self._rel(at)}
+                    for key, method, at in received
                 ],
                 "notes": self.log,
                 # REFERs the agent sent, and how the call to each target went.

@@ -18,6 +18,7 @@ from gateway.callcontext import decode_call_context
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers
+from gateway.recording import CallRecorder, recording_path
 from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
@@ -141,6 +142,7 @@ class AgentWorker:
         self.loop = asyncio.get_running_loop()
         self.sessions: dict[int, asyncio.Task[None]] = {}
         self.conversations: dict[str, CallSession] = {}  # by SIP Call-ID
+        self.recorders: dict[int, tuple[CallRecorder, asyncio.Task[None]]] = {}
         sip = settings.sip
         registration = registration_options(settings, account_index)
         self.ua = AgentUA(
@@ -160,6 +162,7 @@ class AgentWorker:
                 max_call_s=settings.conversation.max_call_s,
                 allow_networks=tuple(sip.allow_networks),
                 registration=registration,
+                ring_timeout_s=settings.outbound.ring_timeout_s,
             ),
             self,
         )
@@ -184,6 +187,7 @@ class AgentWorker:
 
     def _start(self, handle: CallHandle) -> None:
         self.calls_total += 1
+        self._start_recording(handle)
         if self.listener is not None:
             self.listener.call_started(handle)
         session = CallSession(
@@ -193,6 +197,7 @@ class AgentWorker:
             brain=self.providers.brain,
             options=self.options,
             hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
+            send_dtmf=lambda keys: self.ua.send_dtmf(handle.call_id, keys),
             on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
             transfer=self._transferrer(handle),
@@ -252,6 +257,27 @@ class AgentWorker:
         if self.listener is not None:
             self.listener.call_ended(handle)
 
+    def _start_recording(self, handle: CallHandle) -> None:
+        directory = self.settings.records.recording_dir
+        if directory is None:
+            return
+        uuid = decode_call_context(handle.headers).get("call_uuid", "")
+        recorder = CallRecorder(handle, recording_path(directory.resolve(), handle, uuid))
+        try:
+            recorder.start()
+        except OSError as exc:
+            log.error("call %s: cannot record to %s: %s", handle.sip_call_id, recorder.path, exc)
+            return
+        handle.recording = str(recorder.path)
+        self.recorders[handle.call_id] = (recorder, self.loop.create_task(recorder.run()))
+
+    def _stop_recording(self, handle: CallHandle) -> None:
+        entry = self.recorders.pop(handle.call_id, None)
+        if entry is not None:
+            recorder, task = entry
+            task.cancel()
+            recorder.close()
+
     def push(self, sip_call_id: str, payload: object) -> tuple[int, str]:
         """Hand a reply the bot pushed to the brain of call `sip_call_id`; returns an HTTP
         status (202, or 400/404/409) and why."""
@@ -269,7 +295,21 @@ class AgentWorker:
             return 404, "the call is over"
         return 202, "accepted"
 
+    async def dial(self, uri: str, headers: dict[str, str], ref: str | None) -> tuple[int, str]:
+        """Place an outbound call; returns (201, SIP Call-ID) once the INVITE is sent, or
+        (400 bad URI / 503 no slot or not running, why).  Its outcome is reported later
+        through `call_ended` (handle.outcome)."""
+        if not uri.startswith(("sip:", "sips:")):
+            return 400, f"not a SIP URI: {uri!r}"
+        try:
+            sip_call_id = await asyncio.wrap_future(self.ua.make_call(uri, headers, ref))
+        except SipError as exc:
+            text = str(exc)
+            return (400 if text.startswith("cannot call") else 503), text
+        return 201, sip_call_id
+
     def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
+        self._stop_recording(handle)
         self.conversations.pop(handle.sip_call_id, None)
         if self.sessions.get(handle.call_id) is task:
             del self.sessions[handle.call_id]

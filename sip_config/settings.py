@@ -428,10 +428,16 @@ class ProviderSettings(_Section):
         default=2.0, gt=0, le=30, description="Wait for a final transcript at most this long."
     )
     brain_timeout_s: float = Field(
-        default=3.0, gt=0, le=30, description="Wait for the brain's first words this long."
+        default=3.0,
+        gt=0,
+        le=30,
+        description="Wait for the brain's first words, and for each next piece, this long.",
     )
     tts_timeout_s: float = Field(
-        default=2.0, gt=0, le=30, description="Wait for the first audio this long."
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Wait for the first audio, and for each next piece, this long.",
     )
     retries: int = Field(default=1, ge=0, le=3, description="Retries on the primary.")
     piper_length_scale: float = Field(
@@ -849,10 +855,14 @@ class TransferSettings(_Section):
     )
     plivo_auth_id: str = Field(
         default="",
-        description="Plivo auth ID for the REST API (or PLIVO_AUTH_ID); token: app.auth_token.",
+        description=(
+            "Plivo auth ID for the REST API (else outbound.plivo_auth_id, else PLIVO_AUTH_ID);"
+            " token: app.auth_token (else outbound.plivo_auth_token)."
+        ),
     )
     plivo_api_url: str | None = Field(
-        default=None, description="Plivo REST API base URL; None: Plivo's (https://api.plivo.com)."
+        default=None,
+        description="Plivo REST API base URL; None: outbound.plivo_api_url, else Plivo's.",
     )
     plivo_hangup_after_s: float = Field(
         default=5.0,
@@ -1032,6 +1042,18 @@ class RecordsSettings(_Section):
             " the caller's and the agent's words before they are stored or logged."
         ),
     )
+    recording_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Record every call as a stereo WAV (left: caller, right: agent) in this"
+            " directory, named by CallUUID (or SIP Call-ID); None: no recordings."
+        ),
+    )
+
+    @field_validator("recording_dir", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("url")
     @classmethod
@@ -1048,6 +1070,172 @@ class RecordsSettings(_Section):
                 show_input=False,
             )
         return value
+
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!%*+`'~._-]+$")
+# Headers pjsip writes itself; configuring them would corrupt the INVITE.
+_RESERVED_HEADERS: Final = frozenset(
+    {
+        "via",
+        "from",
+        "to",
+        "call-id",
+        "cseq",
+        "contact",
+        "content-length",
+        "content-type",
+        "max-forwards",
+        "route",
+        "record-route",
+    }
+)
+
+
+def check_sip_headers(value: dict[str, str]) -> dict[str, str]:
+    """Validate extra INVITE headers (name: token characters, not one pjsip writes; value:
+    no control characters); raises ValueError naming the bad header."""
+    for name, text in value.items():
+        if not _HEADER_NAME.match(name):
+            raise ValueError(f"{name!r} is not a SIP header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ValueError(f"{name!r} is written by the SIP stack and cannot be set")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+            raise ValueError(f"the value of {name!r} holds control characters")
+    return value
+
+
+class OutboundSettings(_Section):
+    """Outbound calls (``[outbound]``, ``SIPAGENT_OUTBOUND__*``): ``sipagent dial`` and the
+    app's ``POST /calls``."""
+
+    api_key: str = Field(
+        default="",
+        repr=False,
+        description="Bearer key for POST /calls and `sipagent dial`; empty: outbound is off.",
+    )
+    app_url: str | None = Field(
+        default=None,
+        description="URL of a running serve's app for `sipagent dial`; None: app.listen_*.",
+    )
+    dnc_file: Path | None = Field(
+        default=None, description="Do-not-call list: one number per line, '#' comments."
+    )
+    timezone: str = Field(
+        default="UTC", description="Callee time zone when neither the request nor zones set it."
+    )
+    zones: dict[str, str] = Field(
+        default_factory=dict,
+        description="Number prefix -> IANA zone e.g. '+1212' = 'America/New_York'.",
+    )
+    window_start: str = Field(
+        default="09:00", description="Calls allowed from HH:MM (callee time)."
+    )
+    window_end: str = Field(default="20:00", description="... until HH:MM (callee time).")
+    cps: float = Field(default=2.0, gt=0, le=1000, description="Calls per second, pool-wide.")
+    burst: int = Field(default=1, ge=1, le=1000, description="Calls that may start at once.")
+    max_queue: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description=(
+            "Requests waiting for a CPS slot (each holds an app thread; below app.threads);"
+            " beyond: 429."
+        ),
+    )
+    ring_timeout_s: float = Field(
+        default=30.0, gt=0, le=300, description="Unanswered this long: no-answer (SIP)."
+    )
+    trunk: str | None = Field(
+        default=None,
+        description="host[:port] for numbers via SIP: sip:<number>@<trunk>; None: sip: URIs only.",
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers added to every outbound INVITE."
+    )
+    caller_id: str | None = Field(
+        default=None, description="Default 'from' number (Plivo calls need one)."
+    )
+    plivo_auth_id: str = Field(default="", description="Plivo auth ID for via=plivo.")
+    plivo_auth_token: str = Field(
+        default="",
+        repr=False,
+        description="Plivo auth token for via=plivo (default app.auth_token).",
+    )
+    plivo_api_url: str | None = Field(
+        default=None,
+        description="Send Plivo REST calls here instead of https://api.plivo.com (tests, proxies).",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _validate_tz(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            _invalid("unknown time zone")
+        return value
+
+    @field_validator("zones")
+    @classmethod
+    def _validate_zones(cls, value: dict[str, str]) -> dict[str, str]:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        out: dict[str, str] = {}
+        for prefix, zone in value.items():
+            digits = prefix.strip().lstrip("+")
+            if not digits.isdigit():
+                _invalid(f"zone prefix {prefix!r} must be digits with an optional '+'")
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                _invalid(f"unknown time zone {zone!r} for prefix {prefix!r}")
+            out[digits] = zone
+        return out
+
+    @field_validator("window_start", "window_end")
+    @classmethod
+    def _validate_time(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            _invalid("must be HH:MM (24-hour clock)")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _validate_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        try:
+            return check_sip_headers(value)
+        except ValueError as exc:
+            _invalid(str(exc))
+
+    @field_validator("app_url", "plivo_api_url")
+    @classmethod
+    def _validate_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        text = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+            _invalid("must be an http:// or https:// URL")
+        return text
+
+    @field_validator("dnc_file")
+    @classmethod
+    def _validate_dnc(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        path = value.expanduser().absolute()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            _invalid(f"not a readable file: {path}", show_input=False)
+        return path
+
+    @model_validator(mode="after")
+    def _window(self) -> OutboundSettings:
+        if self.window_start >= self.window_end:
+            raise ValueError(
+                f"window_start ({self.window_start}) must be before window_end ({self.window_end})"
+            )
+        return self
 
 
 # The TOML file for the Settings instance being built; set only inside load_settings().
@@ -1110,6 +1298,7 @@ class Settings(BaseSettings):
     openai: OpenAiSettings = Field(default_factory=OpenAiSettings)
     elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
     external: ExternalBrainSettings = Field(default_factory=ExternalBrainSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     playbook: Path = Field(
         default_factory=bundled_playbook_path,
         description="Playbook TOML file; unset means the bundled demo playbook.",
@@ -1154,12 +1343,12 @@ class Settings(BaseSettings):
                 " (or set DCS_RESPONSE_URL)"
             )
         if self.transfer.method == "plivo":
-            if not self.transfer.auth_id():
+            if not (self.transfer.auth_id() or self.outbound.plivo_auth_id):
                 missing.append(
                     "transfer.plivo_auth_id: required when transfer.method is 'plivo'"
                     " (or set PLIVO_AUTH_ID)"
                 )
-            if not self.app.auth_token:
+            if not (self.app.auth_token or self.outbound.plivo_auth_token):
                 missing.append("app.auth_token: required when transfer.method is 'plivo'")
             if not self.app.public_url:
                 missing.append(
@@ -1168,6 +1357,19 @@ class Settings(BaseSettings):
                 )
         if missing:
             _invalid("; ".join(missing), show_input=False)
+        return self
+
+    @model_validator(mode="after")
+    def _outbound_queue(self) -> Settings:
+        """Requests waiting for a CPS slot each hold an app thread; Plivo's callbacks must
+        always find a free one."""
+        o = self.outbound
+        if o.api_key and o.max_queue >= self.app.threads:
+            _invalid(
+                f"outbound.max_queue: {o.max_queue} waiting calls would hold every one of"
+                f" app.threads ({self.app.threads}); keep it below app.threads",
+                show_input=False,
+            )
         return self
 
     @field_validator("log_level", mode="before")

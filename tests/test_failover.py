@@ -259,3 +259,62 @@ def test_pending_replies_and_pushes_pass_through_to_the_primary() -> None:
         assert not ResilientBrain([StreamBrain("a")], first_token_timeout_s=1).pushes
 
     run(body())
+
+
+# -- the final error names the vendor and what went wrong -------------------------------------
+
+
+def test_tts_timeout_is_reported_as_the_vendors_timeout() -> None:
+    async def body() -> None:
+        tts = ResilientTts([Tts("elevenlabs", "stall")], first_audio_timeout_s=0.05)
+        with pytest.raises(ProviderError) as info:
+            await collect(tts.synthesize("hi"))
+        assert "last: elevenlabs: timeout: no first audio within 0.05 s" in str(info.value)
+
+    run(body())
+
+
+def test_stt_that_cannot_connect_reports_the_vendors_error() -> None:
+    async def body() -> None:
+        stt = ResilientStt([Stt("deepgram", "no-connect")], final_timeout_s=0.5)
+        with pytest.raises(ProviderError) as info:
+            await utterance(stt)
+        # Not "last: no attempt": the refused connection is what the log must show.
+        assert "last: deepgram: timeout: connect" in str(info.value)
+
+    run(body())
+
+
+def test_stt_final_timeout_is_reported_as_the_vendors_timeout() -> None:
+    async def body() -> None:
+        stt = ResilientStt([Stt("deepgram", "stall")], final_timeout_s=0.05, retries=0)
+        with pytest.raises(ProviderError) as info:
+            await utterance(stt)
+        assert "last: deepgram: timeout: no final transcript within 0.05 s" in str(info.value)
+
+    run(body())
+
+
+def test_brain_timeout_is_reported_as_the_vendors_timeout() -> None:
+    async def body() -> None:
+        brain = ResilientBrain([StreamBrain("openai", "stall")], first_token_timeout_s=0.05)
+        with pytest.raises(ProviderError) as info:
+            await brain.respond("x", CTX)
+        assert "last: openai: timeout: no first words within 0.05 s" in str(info.value)
+
+    run(body())
+
+
+def test_a_provider_bug_is_reported_with_the_providers_name() -> None:
+    class Broken(Tts):
+        async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+            raise KeyError("voice")
+            yield b""  # pragma: no cover - makes this an async generator
+
+    async def body() -> None:
+        tts = ResilientTts([Broken("elevenlabs")], first_audio_timeout_s=1.0, retries=0)
+        with pytest.raises(ProviderError) as info:
+            await collect(tts.synthesize("hi"))
+        assert "last: elevenlabs: failed: KeyError: 'voice'" in str(info.value)
+
+    run(body())

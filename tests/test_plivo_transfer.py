@@ -234,3 +234,20 @@ def test_session_hangs_up_its_leg_after_a_rest_transfer(
             await call.stop()
 
     run(scenario)
+
+
+def test_outbound_plivo_credentials_are_used_when_transfer_has_none(
+    plivo: FakePlivoRest,
+) -> None:
+    settings = load_settings(
+        None,
+        env_file=None,
+        overrides={
+            "app": {"auth_token": TOKEN, "public_url": "http://127.0.0.1:9"},
+            "outbound": {"plivo_auth_id": AUTH_ID, "plivo_api_url": plivo.url},
+            "transfer": {"method": "plivo", "target": "+14155550100"},
+        },
+    )
+    outcome = asyncio.run(PlivoTransfer(settings, CALL_UUID).transfer(""))
+    assert outcome.ok
+    assert [r.path for r in plivo.requests] == [f"/v1/Account/{AUTH_ID}/Call/{CALL_UUID}/"]

@@ -150,3 +150,14 @@ def test_auto_pool_size() -> None:
         registration={"accounts": [{"username": "a1"}, {"username": "a2"}]},
     )
     assert auto_workers(reg, cpus=2) == 2
+
+
+def test_a_reservation_can_be_held_longer_for_a_ringing_outbound_call() -> None:
+    clock = Clock()
+    state = PoolState(1, 1, reserve_s=10.0, clock=clock)
+    state.worker_up(0, 100, "sip:agent@127.0.0.1:5060", registers=False)
+    assert state.reserve_for("outbound-1", 35.0) is not None
+    clock.now += 20.0  # past reserve_s, within the hold: the one slot is still taken
+    assert state.reserve("inbound-1") is None
+    clock.now += 16.0
+    assert state.reserve("inbound-1") is not None

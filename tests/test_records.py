@@ -3,6 +3,7 @@ server (tests/postgres.py: initdb in a temporary directory, one schema per test)
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import sqlite3
@@ -165,6 +166,17 @@ def test_sip_only_call_is_keyed_by_call_id(records: CallRecords) -> None:
     assert records.get("nope") is None
 
 
+def test_headers_and_recording_are_stored_with_the_call(records: CallRecords) -> None:
+    headers = {"X-PH-Calluuid": "abc", "X-Campaign": "spring"}
+    records.sip_started(
+        None, "c-9", 0, None, None, at=1.0, recording="/rec/c-9.wav", headers=headers
+    )
+    records.sip_ended(None, "c-9", 0, "local hangup", at=2.0)  # erases neither
+    row = records.get("c-9")
+    assert row is not None and row["recording"] == "/rec/c-9.wav"
+    assert json.loads(row["sip_headers"]) == headers
+
+
 def test_sip_row_is_adopted_when_its_call_uuid_turns_up(records: CallRecords) -> None:
     records.sip_started(None, "cid-2", 1, None, None, at=1.0)
     records.sip_ended(UUID, "cid-2", 1, "bye", at=2.0)
@@ -303,7 +315,7 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def _sqlite_migration(number: int) -> list[str]:
@@ -447,7 +459,9 @@ def test_postgres_version_1_store_is_migrated(postgres: PostgresServer) -> None:
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with postgres.admin() as conn:
-        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (2,)
+        assert conn.execute(f"SELECT version FROM {schema}.sipagent_schema").fetchone() == (
+            SCHEMA_VERSION,
+        )
 
 
 def test_postgres_connection_errors_are_one_line_without_the_password(

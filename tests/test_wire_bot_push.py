@@ -121,6 +121,9 @@ def test_replies_pushed_by_the_bot_are_spoken_and_can_end_the_call(tmp_path: Pat
         assert steps[0]["reply_latency_ms"] >= 400, steps
 
         with sqlite3.connect(tmp_path / "records.db") as db:
+            (headers,) = db.execute("SELECT sip_headers FROM calls").fetchone()
+            # The call context Plivo's sipHeaders carried, as the INVITE had it.
+            assert json.loads(headers)["X-PH-Calluuid"] == call_uuid.replace("-", "")
             kinds = [
                 (kind, text)
                 for kind, text in db.execute("SELECT kind, agent_text FROM turns ORDER BY id")

@@ -21,6 +21,9 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
     holds the call, which plays it as the agent's next turn.  202 accepted, 400 malformed,
     401 bad token, 404 no such call (or pushes are off: no token configured), 409 the
     agent's brain takes no pushed replies, 503 the worker did not answer.
+``/calls`` (POST, ``Authorization: Bearer <outbound.api_key>``)
+    Places an outbound call (by a worker's SIP INVITE or Plivo's Call API) after the
+    do-not-call, calling-hours and calls-per-second checks; see `xml_app.calls_api`.
 ``/healthz``, ``/readyz`` (GET, unsigned)
     Liveness, and readiness (503 while no worker can take a call) with the pool's state.
 """
@@ -40,8 +43,9 @@ from gateway.callcontext import encode_sip_headers
 from gateway.pool.state import PoolState
 from gateway.records import CallRecords
 from gateway.transfer import TransferError, transfer_uri
-from sip_config import ConfigError, Settings
+from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
+from xml_app.calls_api import CallsApi, Dial
 from xml_app.plivo_xml import Element
 from xml_app.routing import (
     is_open,
@@ -103,8 +107,19 @@ class _CallRouter:
         return request.host_url.rstrip("/") + request.script_root
 
     def action_url(self, kind: str) -> str:
-        """The Dial action URL; ``target`` tells /dial-status what was dialled."""
-        return f"{self.base_url()}/dial-status?target={kind}"
+        """The Dial action URL; ``target`` tells /dial-status what was dialled (and
+        ``outbound_id`` which outbound call it was, when it is one)."""
+        url = f"{self.base_url()}/dial-status?target={kind}"
+        outbound_id = self.outbound_id()
+        return f"{url}&outbound_id={outbound_id}" if outbound_id else url
+
+    @staticmethod
+    def outbound_id() -> str | None:
+        """The app's own id of an outbound call placed through Plivo's Call API (``POST
+        /calls`` via=plivo puts it in the answer, hangup and action URLs, which Plivo
+        signs): the call's record, slot and SIP context use it instead of the CallUUID."""
+        value = request.args.get("outbound_id", "")
+        return value if valid_call_uuid(value) else None
 
     def record(self, event: str, call_uuid: str, write: Callable[[], None]) -> None:
         """Run a record write; a failing store is logged and never fails the request."""
@@ -143,8 +158,9 @@ class _CallRouter:
     def decide(
         self, call_uuid: str, caller: str, called: str, now: float
     ) -> tuple[str, int | None, str]:
-        """Route one call: (record route, worker index or None, XML)."""
-        route = select_route(self.routing, called)
+        """Route one call: (record route, worker index or None, XML).  An outbound call
+        (``outbound_id``) goes to the agent pool: its checks were made before dialling."""
+        route = Route() if self.outbound_id() else select_route(self.routing, called)
         prefix: list[Element] = []
         after_hours = not is_open(route.hours, now)
         if after_hours:
@@ -203,6 +219,14 @@ class _CallRouter:
                 return _bad_request(name, "malformed")
         caller, called = params["From"], params["To"]
         now = self.clock()
+        plivo_uuid, outbound_id = call_uuid, self.outbound_id()
+        if outbound_id:
+            call_uuid = outbound_id
+            self.record(
+                "answer",
+                call_uuid,
+                lambda: self.records.outbound_answered(call_uuid, now, plivo_uuid),
+            )
         try:
             label, worker, body = self.decide(call_uuid, caller, called, now)
         except Exception:
@@ -228,6 +252,7 @@ class _CallRouter:
             return _bad_request("CallUUID", "missing")
         if not valid_call_uuid(call_uuid):
             return _bad_request("CallUUID", "malformed")
+        call_uuid = self.outbound_id() or call_uuid
         now = self.clock()
         self.record(
             "dial status", call_uuid, lambda: self.records.dial_status(call_uuid, params, now)
@@ -286,6 +311,12 @@ class _CallRouter:
         if not valid_call_uuid(call_uuid):
             return _bad_request("CallUUID", "malformed")
         now = self.clock()
+        outbound_id = self.outbound_id()
+        if outbound_id:
+            call_uuid = outbound_id
+            self.record(
+                "hangup", call_uuid, lambda: self.records.outbound_hung_up(call_uuid, params, now)
+            )
         self.release(call_uuid)
         self.record("hangup", call_uuid, lambda: self.records.hung_up(call_uuid, params, now))
         return _xml(plivo_xml.render())
@@ -355,6 +386,8 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     push: Push | None = None,
+    dial: Dial | None = None,
+    calls_api: Callable[[Settings, Callable[[], str]], CallsApi] | None = None,
 ) -> Flask:
     """Build the answer_url app.
 
@@ -365,6 +398,10 @@ def create_app(
         clock: unix time source for opening hours, nonce expiry and records.
         push: hands a pushed bot reply to the worker holding the call; returns an HTTP
             status and a reason.  None: the pool cannot take pushed replies (503).
+        dial: places an outbound SIP call from a worker (``POST /calls`` via=sip); None:
+            503.
+        calls_api: builds the ``POST /calls`` handler from the settings and the app's base
+            URL (tests pass a fake Plivo client or clock through it); None: the default.
 
     Raises:
         ConfigError: signatures are to be verified but ``app.auth_token`` is empty (and
@@ -374,12 +411,13 @@ def create_app(
     push_token = settings.external.push_token
     verifier: SignatureVerifier | None = None
     plivo_routes = True
+    outbound_key = settings.outbound.api_key
     if app_settings.verify_signatures and not app_settings.auth_token:
         problem = (
             "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
             " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
         )
-        if not push_token:
+        if not push_token and not outbound_key:
             raise ConfigError(problem)
         log.warning("Plivo routes (/answer, /dial-status, /hangup) are off: %s", problem)
         plivo_routes = False
@@ -444,6 +482,13 @@ def create_app(
     @app.post("/bot/calls/<path:call_id>/reply")
     def bot_reply(call_id: str) -> Response:
         return _pushed_reply(call_id, push_token, push)
+
+    calls = (
+        calls_api(settings, router.base_url)
+        if calls_api is not None
+        else CallsApi(settings, records, dial, router.base_url, clock=clock)
+    )
+    app.add_url_rule("/calls", "calls", calls.handle, methods=["POST"])
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -16,7 +16,7 @@ import collections
 import time
 import weakref
 
-from gateway.audio.pcm import FRAME_BYTES
+from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME
 
 
 class LoopWaker:
@@ -80,6 +80,8 @@ class InboundRing:
         self.capacity = capacity
         self.pushed = 0
         self.dropped = 0
+        # When set, every frame pushed is also appended here (the call recorder drains it).
+        self.tap: collections.deque[bytes] | None = None
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach the loop whose tasks consume this ring (call on that loop)."""
@@ -92,6 +94,8 @@ class InboundRing:
             self.dropped += 1
         self._frames.append(frame)
         self.pushed += 1
+        if self.tap is not None:
+            self.tap.append(frame)
         if self._waiting and self._waker is not None and self._event is not None:
             self._waiting = False
             self._waker.wake(self._event)
@@ -141,6 +145,8 @@ class PlayoutRing:
         self.max_gap = 0.0
         self.marked_at = 0.0
         self._marked = False
+        # When set, every frame sent (silence included) is also appended here.
+        self.tap: collections.deque[bytes] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -162,7 +168,11 @@ class PlayoutRing:
             frame = self._frames.popleft()
         except IndexError:
             self.playing = False
+            if self.tap is not None:
+                self.tap.append(SILENCE_FRAME)
             return None
+        if self.tap is not None:
+            self.tap.append(frame)
         now = time.monotonic()
         if self.playing and now - self.last_frame_at > self.max_gap:
             self.max_gap = now - self.last_frame_at

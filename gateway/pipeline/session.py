@@ -1,10 +1,17 @@
 """One call's conversation on the asyncio loop: listen, detect turns, answer, barge-in.
 
-Task ownership: `CallSession.run()` owns a TaskGroup with the listener, the watchdog and,
+Task ownership: `CallSession.run()` owns a TaskGroup with the listener, the keypad
+listener, the watchdog and,
 for brains whose replies can arrive unprompted (an external bot answering later), the
 pushed-reply player; the current agent turn (STT final → brain → TTS → playout → actions)
 is one task, `_reply`, that barge-in cancels. Cancelling `run()` (the call ended) cancels
 everything.
+
+Keypad keys (DTMF) are caller input like speech: a key stops the agent (barge-in) and,
+alone or collected into an entry as the brain asked (`BrainReply.collect`: min/max digits,
+terminator, inter-digit timeout), becomes a caller turn the brain answers
+(`Brain.respond_keys`). Speech or keys, whichever comes first: a key drops the speech in
+progress; once an entry has begun, speech is ignored until it ends.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from gateway.providers.base import (
     Brain,
     BrainReply,
     CallContext,
+    DigitCollect,
+    KeyInput,
     ProviderError,
     ReplyStream,
     SttProvider,
@@ -88,7 +97,7 @@ class TurnRecord:
 
     call_id: str
     turn: int
-    # greeting | reply | pushed | reprompt | goodbye | apology | failure-goodbye
+    # greeting | reply | keys | pushed | reprompt | goodbye | apology | failure-goodbye
     # | transfer-failed
     kind: str
     user_text: str = ""
@@ -126,6 +135,7 @@ class CallSession:
         brain: Brain,
         options: ConversationOptions,
         hangup: Callable[[str], None],
+        send_dtmf: Callable[[str], None] | None = None,
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
         transfer: Transferrer | None = None,
@@ -144,6 +154,7 @@ class CallSession:
         self.brain = brain
         self.opt = options
         self._hangup_cb = hangup
+        self._send_dtmf_cb = send_dtmf
         self._on_turn = on_turn
         plivo = decode_call_context(handle.headers)
         self.ctx = CallContext(
@@ -174,20 +185,37 @@ class CallSession:
         self._no_input_attempts = 0
         self._turns = 0
         self._turn_barged = False
+        # The recogniser ended a turn while the detector stayed in speech (a noisy line).
+        self._stt_ended = False
         self._hanging_up = False
         # Monotonic time by which the brain promised a pushed reply (BrainReply.pending_s).
         self._push_due: float | None = None
         self.records: list[TurnRecord] = []
         self.barge_ins = 0
         self._last_gap_ms = 0.0
+        # Keypad entry: what the brain asked to collect, the keys so far, when the entry
+        # times out, and whether its first key cut the agent off.
+        self._collect: DigitCollect | None = None
+        self._keys_buf = ""
+        self._keys_due = 0.0
+        self._keys_barged = False
+        # The caller's utterance in progress lost to a key: ignore it until it ends.
+        self._ignore_speech = False
+        # After an entry ended at max_digits: its terminator, pressed right after out of
+        # habit ("123456#"), is swallowed until this monotonic time.
+        self._late_terminator: tuple[str, float] | None = None
+        self.keys_pressed = 0
 
     # -- life cycle -------------------------------------------------------------------------
     async def run(self) -> None:
         """Converse until cancelled (the call ended)."""
-        self.handle.inbound.bind(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.handle.inbound.bind(loop)
+        self.handle.keys.bind(loop)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._listen(), name="listen")
+                tg.create_task(self._keys(), name="keys")
                 tg.create_task(self._watchdog(), name="watchdog")
                 if self.brain.pushes:
                     tg.create_task(self._play_pushed(), name="pushed")
@@ -230,10 +258,19 @@ class CallSession:
             if event is None:
                 if det.in_speech:
                     await self._feed_speech(frame)
+                    self._check_stt_end()
                 continue
             now = time.monotonic()
             self._last_activity = now
+            if event.kind == "start" and self._keys_buf:
+                # A keypad entry is under way: keys came first, this speech is ignored.
+                self._ignore_speech = True
+                continue
+            if self._ignore_speech:
+                self._ignore_speech = event.kind == "start"
+                continue
             if event.kind == "start":
+                self._stt_ended = False
                 self._no_input_attempts = 0
                 self._turn_barged = self.agent_speaking()
                 if self._turn_barged:
@@ -247,34 +284,91 @@ class CallSession:
             else:
                 stt, self._stt = self._stt, None
                 parts, self._parts = self._parts, []
+                if self._stt_ended:
+                    # The recogniser ended this run's last turn: what came after is a turn
+                    # only if it heard words in it, else it was the noise.
+                    self._stt_ended = False
+                    if stt is not None and not stt.heard_words():
+                        await stt.cancel()
+                        continue
                 if stt is None and not parts:
                     continue
-                end_of_speech = now - event.trailing_silence_ms / 1000.0
-                rec = TurnRecord(
-                    call_id=self.handle.sip_call_id,
-                    turn=0,
-                    kind="reply",
+                self._answer(
+                    stt,
+                    parts,
                     speech_ms=event.speech_ms,
-                    eot_wait_ms=float(event.trailing_silence_ms),
+                    wait_ms=float(event.trailing_silence_ms),
+                    now=now,
                     barge_in=self._turn_barged,
                 )
-                self._start_reply(self._respond(parts, stt, rec, end_of_speech, now), deadline=True)
+
+    def _check_stt_end(self) -> None:
+        """End the turn on the recogniser's end of utterance (Deepgram's endpointing or
+        UtteranceEnd), which it reports only after words.  The stream in progress exists
+        only while the local VAD hears sound (from `early_final_ms` of silence on the local
+        path ends the turn), so this is the noisy line: without it the turn would last until
+        the noise stops or `max_utterance_ms`.  The detector stays in speech (a reset would
+        start a new turn on the noise at once); the next words are a new turn, and what the
+        run ends with is answered only if the recogniser heard words in it."""
+        stt = self._stt
+        wait_ms = None if stt is None else stt.utterance_end()
+        if stt is None or wait_ms is None:
+            return
+        self._stt = None
+        parts, self._parts = self._parts, []
+        now = time.monotonic()
+        self._last_activity = now
+        barge_in = self._turn_barged
+        if self._stt_ended:  # a further turn on the noisy line
+            barge_in = self.agent_speaking()
+            if barge_in:
+                self._barge_in()
+        self._stt_ended = True
+        speech_ms = self.detector.split()
+        log.debug("call %s: the recogniser ended the turn", self.handle.sip_call_id)
+        self._answer(stt, parts, speech_ms=speech_ms, wait_ms=wait_ms, now=now, barge_in=barge_in)
+
+    def _answer(
+        self,
+        stt: SttStream | None,
+        parts: list[asyncio.Future[str]],
+        *,
+        speech_ms: int,
+        wait_ms: float,
+        now: float,
+        barge_in: bool,
+    ) -> None:
+        """Start the reply to the caller turn that just ended (`wait_ms` after its speech)."""
+        rec = TurnRecord(
+            call_id=self.handle.sip_call_id,
+            turn=0,
+            kind="reply",
+            speech_ms=speech_ms,
+            eot_wait_ms=wait_ms,
+            barge_in=barge_in,
+        )
+        end_of_speech = now - wait_ms / 1000.0
+        self._start_reply(self._respond(parts, stt, rec, end_of_speech, now), deadline=True)
 
     async def _feed_speech(self, frame: bytes) -> None:
         """Stream a frame of the turn in progress to STT; finalise early in a pause.
 
         At `early_final_ms` of trailing silence the recogniser finalises what it has, so the
         transcript is ready by the time the pause becomes an end of turn. If the caller goes
-        on, the rest is recognised as a new piece and the pieces are joined.
+        on, the rest is recognised as a new piece and the pieces are joined.  After the
+        recogniser ended a turn (`_check_stt_end`) the rest of the run is one stream, never
+        finalised early: the recogniser is what watches it.
         """
+        if self._ignore_speech:
+            return
         trailing = self.detector.trailing_silence_ms
         early = self.opt.early_final_ms
         if self._stt is not None:
             await self._stt.feed(frame)
-            if early and trailing >= early:
+            if early and trailing >= early and not self._stt_ended:
                 stt, self._stt = self._stt, None
                 self._parts.append(asyncio.ensure_future(stt.finish()))
-        elif trailing == 0:  # speech resumed after an early final
+        elif trailing == 0 or self._stt_ended:  # speech resumed, or after the recogniser's end
             self._stt = await self.stt.open_stream()
             await self._stt.feed(frame)
 
@@ -402,6 +496,8 @@ class CallSession:
                 rec.speech_ms,
             )
             return
+        # Speech came before any key: the keypad entry asked for is over.
+        self._collect = None
         # Kept until the brain has answered: if the caller talks on first, the next turn
         # includes these words.
         self._carry_text = text
@@ -475,7 +571,8 @@ class CallSession:
         reply = stream.reply or BrainReply("")
         rec.agent_text = reply.text
         rec.intent = reply.intent
-        rec.actions = list(reply.actions)
+        rec.actions = _actions_of(reply)
+        self._arm_collect(reply, rec)
         if first_token_at:
             rec.brain_ms = _ms(first_token_at - t_stt)
         if first_chunk_at and first_piece_at:
@@ -491,7 +588,9 @@ class CallSession:
         rec.turn = self._turns
         rec.agent_text = reply.text
         rec.intent = reply.intent
-        rec.actions = list(reply.actions)
+        rec.actions = _actions_of(reply)
+        # Armed before the reply is spoken: the caller may key ahead (and cut it short).
+        self._arm_collect(reply, rec)
         try:
             audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
             if audio:
@@ -521,8 +620,17 @@ class CallSession:
             rec.total_ms = _ms(first_wire_at - t_ref)
         self._record(rec)
 
+    def _arm_collect(self, reply: BrainReply, rec: TurnRecord) -> None:
+        """Take the reply's keypad-entry request; a re-prompt without one keeps the
+        entry asked for before (the caller is reminded, the question stands)."""
+        if reply.collect is not None or rec.kind != "reprompt":
+            self._collect = reply.collect
+
     async def _run_actions(self, reply: BrainReply) -> None:
         self._failures = 0
+        if reply.send_dtmf and self._send_dtmf_cb is not None:
+            log.info("call %s: sending DTMF %s", self.handle.sip_call_id, reply.send_dtmf)
+            self._send_dtmf_cb(reply.send_dtmf)
         if reply.pending_s is not None:
             self._push_due = time.monotonic() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
@@ -701,11 +809,99 @@ class CallSession:
             self._last_activity = time.monotonic()
         return first_chunk_at, first_wire_at
 
+    # -- keypad -----------------------------------------------------------------------------
+    async def _keys(self) -> None:
+        """Take the caller's keys; end a keypad entry when its inter-digit timeout passes."""
+        queue = self.handle.keys
+        while True:
+            if self._keys_buf and self._collect is not None:
+                try:
+                    async with asyncio.timeout_at(self._loop_time(self._keys_due)):
+                        key, method = await queue.get()
+                except TimeoutError:
+                    self._end_entry("timeout")
+                    continue
+            else:
+                key, method = await queue.get()
+            await self._on_key(key, method)
+
+    def _loop_time(self, monotonic_at: float) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + (monotonic_at - time.monotonic())
+
+    async def _on_key(self, key: str, method: str) -> None:
+        """One key: it stops the agent and drops speech in progress, then is delivered
+        alone or added to the keypad entry the brain asked for."""
+        now = time.monotonic()
+        self.keys_pressed += 1
+        self._last_activity = now
+        self._no_input_attempts = 0
+        log.info("call %s: caller pressed %s (%s)", self.handle.sip_call_id, key, method)
+        late, self._late_terminator = self._late_terminator, None
+        if late is not None and key == late[0] and now < late[1]:
+            return  # the terminator of the entry that just ended at max_digits
+        first = not self._keys_buf
+        if first:
+            self._keys_barged = self.agent_speaking()
+        if self.agent_speaking():
+            self._barge_in()
+        elif first and self._reply is not None and not self._reply.done():
+            self._reply.cancel()  # a reply still being prepared: the key supersedes it
+        if self._stt is not None or self._parts or self.detector.in_speech:
+            # Keys came first: the caller's words in progress are dropped.
+            await self._drop_stt()
+            self._ignore_speech = self.detector.in_speech
+        self._carry_text = ""
+        spec = self._collect
+        if spec is None:
+            self._submit_keys(KeyInput(key, "key"))
+            return
+        if spec.terminator and key == spec.terminator:
+            self._end_entry("terminator")
+            return
+        self._keys_buf += key
+        self._keys_due = now + spec.timeout_s
+        if len(self._keys_buf) >= spec.max_digits:
+            if spec.terminator:
+                self._late_terminator = (spec.terminator, now + spec.timeout_s)
+            self._end_entry("max")
+
+    def _end_entry(self, ended_by: str) -> None:
+        keys, self._keys_buf = self._keys_buf, ""
+        self._collect = None
+        self._submit_keys(KeyInput(keys, ended_by))
+
+    def _submit_keys(self, keys: KeyInput) -> None:
+        now = time.monotonic()
+        rec = TurnRecord(
+            call_id=self.handle.sip_call_id,
+            turn=0,
+            kind="keys",
+            user_text=f"[keys] {keys.digits}"
+            + ("" if keys.ended_by == "key" else f" ({keys.ended_by})"),
+            barge_in=self._keys_barged,
+        )
+        self._keys_barged = False
+        self._start_reply(self._respond_keys(keys, rec, now), deadline=True)
+
+    async def _respond_keys(self, keys: KeyInput, rec: TurnRecord, t_ref: float) -> None:
+        t0 = time.monotonic()
+        if self.brain.streams:
+            await self._deliver_stream(
+                self.brain.respond_keys_stream(keys, self.ctx), rec, t_ref, t0
+            )
+            return
+        reply = await self.brain.respond_keys(keys, self.ctx)
+        t_brain = time.monotonic()
+        rec.brain_ms = _ms(t_brain - t0)
+        await self._deliver(reply, rec, t_ref, t_brain)
+
     # -- pushed replies ---------------------------------------------------------------------
     def _busy(self) -> bool:
         """The caller or the agent has the floor (or a reply is being prepared)."""
         return (
             self._hanging_up
+            or bool(self._keys_buf)  # a keypad entry is under way
             or self._transferring
             or self._bridged
             or self.agent_speaking()
@@ -770,6 +966,11 @@ class CallSession:
         self._hanging_up = True
         log.info("call %s: hanging up (%s)", self.handle.sip_call_id, reason)
         self._hangup_cb(reason)
+
+
+def _actions_of(reply: BrainReply) -> list[str]:
+    """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
+    return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
 
 
 async def _raise(exc: Exception) -> None:

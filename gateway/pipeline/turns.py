@@ -145,6 +145,18 @@ class TurnDetector:
         self._last_voiced = 0
         self._trailing = 0
 
+    def split(self) -> int:
+        """End the utterance in progress here without leaving speech, for an end of turn
+        decided elsewhere (the recogniser's) while this detector still hears sound: what
+        follows counts as a new utterance (its length, its `max_utterance_ms`).  Returns the
+        ended utterance's length up to its last voiced frame, in ms (0 when idle)."""
+        if not self._in_speech:
+            return 0
+        speech_ms = self._last_voiced * self.frame_ms
+        self._utterance_frames = self._trailing
+        self._last_voiced = 0
+        return speech_ms
+
     @property
     def noise_dbfs(self) -> float:
         """Running background-level estimate used by ``noise_margin_db`` (in dBFS)."""

@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from gateway.callcontext import decode_call_context
@@ -58,6 +59,12 @@ class _Reporter:
         self.writer = writer
         self.tasks: set[asyncio.Task[None]] = set()
 
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task this reporter keeps alive until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     def _send(self, message: dict[str, Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._write(message))
         self.tasks.add(task)
@@ -69,6 +76,8 @@ class _Reporter:
 
     @staticmethod
     def _ids(handle: CallHandle) -> dict[str, Any]:
+        if handle.outbound:
+            return {"sip_call_id": handle.sip_call_id, "call_uuid": handle.ref}
         ctx = decode_call_context(handle.headers)
         return {"sip_call_id": handle.sip_call_id, "call_uuid": ctx.get("call_uuid")}
 
@@ -78,8 +87,12 @@ class _Reporter:
             {
                 "event": "call_start",
                 **self._ids(handle),
-                "from": handle.remote_uri,
-                "to": handle.local_uri,
+                # An outbound call's remote party is the callee.
+                "from": handle.local_uri if handle.outbound else handle.remote_uri,
+                "to": handle.remote_uri if handle.outbound else handle.local_uri,
+                "direction": "outbound" if handle.outbound else "inbound",
+                "recording": handle.recording or None,
+                "headers": handle.context_headers(),
                 "at": time.time(),
             }
         )
@@ -91,6 +104,7 @@ class _Reporter:
                 "event": "call_end",
                 **self._ids(handle),
                 "reason": handle.end_reason,
+                "outcome": handle.outcome or None,
                 "at": time.time(),
             }
         )
@@ -161,6 +175,10 @@ async def _run(fd: int) -> int:
                         "message": message,
                     },
                 )
+            elif command.get("cmd") == "dial":
+                # Answered from a task: the INVITE goes out on the pj thread meanwhile,
+                # and the loop keeps reading commands.
+                reporter.spawn(_dial(worker, writer, command))
             elif command.get("cmd") == "stop":
                 break
         return 0
@@ -170,6 +188,28 @@ async def _run(fd: int) -> int:
         await providers.close()
         with contextlib.suppress(Exception):
             writer.close()
+
+
+async def _dial(worker: AgentWorker, writer: asyncio.StreamWriter, command: dict[str, Any]) -> None:
+    """Handle ``dial``: place the call, answer ``dial_result`` (id, status, message,
+    sip_call_id)."""
+    raw = command.get("headers")
+    headers = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    ref = command.get("call_id")
+    status, message = await worker.dial(
+        str(command.get("uri", "")), headers, str(ref) if ref else None
+    )
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await protocol.send(
+            writer,
+            {
+                "event": "dial_result",
+                "id": command.get("id"),
+                "status": status,
+                "message": message,
+                "sip_call_id": message if status == 201 else None,
+            },
+        )
 
 
 async def _next_command(

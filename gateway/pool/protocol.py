@@ -3,12 +3,15 @@
 Supervisor → worker: ``{"cmd": "config", "settings": {...}}`` (first), then
 ``{"cmd": "start", "index": i, "sip_port": p, "rtp_port_start": r, "rtp_port_range": n}``,
 ``{"cmd": "drain"}``, ``{"cmd": "stop"}``, ``{"cmd": "push", "id": n, "call_id": ...,
-"payload": {...}}`` (a reply the bot pushed).  End of file means "stop".
+"payload": {...}}`` (a reply the bot pushed), ``{"cmd": "dial", "id": n, "call_id": ...,
+"uri": ..., "headers": {...}}`` (place an outbound call).  End of file means "stop".
 
 Worker → supervisor: ``loaded`` (providers ready), ``up`` (uri, port), ``error`` (message,
 fatal), ``call_start`` / ``call_end`` (sip_call_id, call_uuid, from, to, reason),
 ``turn`` (a turn record), ``reg`` (registered, status), ``push_result`` (id, status,
-message: the answer to ``push``).
+message: the answer to ``push``), ``dial_result`` (id, status 201/400/503, message,
+sip_call_id: the answer to ``dial``); ``call_start`` carries ``direction`` and
+``call_end`` an outbound call's ``outcome`` (answered, busy, no-answer, failed).
 """
 
 from __future__ import annotations

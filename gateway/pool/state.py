@@ -88,14 +88,20 @@ class PoolState:
     # --- queries (answer_url app) -------------------------------------------------------
     def reserve(self, call_uuid: str) -> DialTarget | None:
         """Pick the routable worker with the most free slots and hold one slot for
-        ``call_uuid``.  Returns None when no worker can take a call (or while draining)."""
+        ``call_uuid`` (``reserve_s``).  Returns None when no worker can take a call (or
+        while draining)."""
+        return self.reserve_for(call_uuid, self.reserve_s)
+
+    def reserve_for(self, call_uuid: str, hold: float) -> DialTarget | None:
+        """`reserve` with a hold of ``hold`` seconds (an outbound call holds its slot while
+        the callee's phone rings).  Reserving again refreshes the hold."""
         with self._lock:
             now = self._clock()
             if self.draining:
                 return None
             for w in self.workers:
                 if call_uuid in w.reservations and w.routable():
-                    w.reservations[call_uuid] = now + self.reserve_s
+                    w.reservations[call_uuid] = now + hold
                     return DialTarget(w.index, w.uri)
             best: WorkerInfo | None = None
             best_free = 0
@@ -108,7 +114,7 @@ class PoolState:
             if best is None:
                 return None
             self._expire(best, now)
-            best.reservations[call_uuid] = now + self.reserve_s
+            best.reservations[call_uuid] = now + hold
             return DialTarget(best.index, best.uri)
 
     def release(self, call_uuid: str) -> None:

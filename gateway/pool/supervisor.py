@@ -39,6 +39,7 @@ _OFFLINE_TTS = ("piper",)
 _START_TIMEOUT_S = 120.0  # loading offline models on a busy machine
 _STOP_TIMEOUT_S = 15.0
 _PUSH_TIMEOUT_S = 3.0  # a worker answers a pushed reply at once (rendering happens later)
+_DIAL_TIMEOUT_S = 5.0  # a worker answers "dial" once its INVITE is sent
 
 
 def auto_workers(settings: Settings, cpus: int | None = None) -> int:
@@ -234,7 +235,11 @@ class Supervisor:
                 str(msg.get("from", "")),
                 str(msg.get("to", "")),
                 float(msg.get("at", time.time())),
+                msg.get("recording") or None,
+                _string_map(msg.get("headers")),
             )
+            if msg.get("direction") == "outbound":
+                self._record("outbound_answered", uuid, float(msg.get("at", time.time())))
         elif event == "turn" and index is not None and isinstance(msg.get("turn"), dict):
             self._record(
                 "add_turn",
@@ -243,20 +248,26 @@ class Supervisor:
                 msg["turn"],
                 float(msg.get("at", time.time())),
             )
-        elif event == "push_result":
+        elif event in ("push_result", "dial_result"):
             waiter = self._requests.get(int(msg.get("id", -1)))
             if waiter is not None and not waiter.done():
                 waiter.set_result(msg)
         elif event == "call_end" and index is not None:
             sip_call_id = str(msg.get("sip_call_id", ""))
+            uuid = msg.get("call_uuid") or None
             self.state.call_ended(index, sip_call_id)
+            if uuid:
+                # An outbound call that was never answered still holds its reservation.
+                self.state.release(uuid)
+            outcome = msg.get("outcome")
             self._record(
                 "sip_ended",
-                msg.get("call_uuid") or None,
+                uuid,
                 sip_call_id,
                 index,
                 str(msg.get("reason", "")),
                 float(msg.get("at", time.time())),
+                str(outcome) if outcome else None,
             )
 
     def _record(self, method: str, *args: Any) -> None:
@@ -383,6 +394,20 @@ class Supervisor:
     def _host(self) -> str:
         return self.settings.sip.public_host or self.settings.sip.listen_host
 
+    # -- requests to a worker (push, dial) ----------------------------------------------
+    async def _ask(self, child: _Child, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a request to a worker and wait for its ``*_result`` with the same id;
+        raises TimeoutError, ConnectionError or RuntimeError when there is none."""
+        self._last_request += 1
+        request_id = self._last_request
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = waiter
+        try:
+            await protocol.send(child.writer, {**message, "id": request_id})
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._requests.pop(request_id, None)
+
     # -- pushed bot replies ---------------------------------------------------------------
     async def push(self, key: str, payload: Any) -> tuple[int, str]:
         """Hand a reply the bot pushed to the worker holding call `key` (SIP Call-ID or
@@ -392,21 +417,57 @@ class Supervisor:
         child = self.by_index.get(found[0]) if found is not None else None
         if found is None or child is None or not child.up.is_set():
             return 404, "no call with that id is in progress"
-        self._last_request += 1
-        request_id = self._last_request
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._requests[request_id] = waiter
         try:
-            await protocol.send(
-                child.writer,
-                {"cmd": "push", "id": request_id, "call_id": found[1], "payload": payload},
+            answer = await self._ask(
+                child, {"cmd": "push", "call_id": found[1], "payload": payload}, _PUSH_TIMEOUT_S
             )
-            answer = await asyncio.wait_for(waiter, _PUSH_TIMEOUT_S)
         except (TimeoutError, ConnectionError, RuntimeError):
             return 503, "the worker holding the call did not answer"
-        finally:
-            self._requests.pop(request_id, None)
         return int(answer.get("status", 500)), str(answer.get("message", ""))
+
+    # -- outbound calls -------------------------------------------------------------------
+    async def dial(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
+        """Place an outbound call from a worker with a free slot (held for ``call_id`` in
+        `PoolState` until the call starts or ends).  Returns (201, SIP Call-ID) once the
+        INVITE is sent, else (400 bad URI / 503 no worker free or it did not answer, why).
+        The outcome arrives later with the worker's ``call_end``."""
+        # Held while the callee's phone rings (the call counts once it is answered).
+        hold = self.settings.outbound.ring_timeout_s + _DIAL_TIMEOUT_S
+        target = self.state.reserve_for(call_id, hold)
+        child = self.by_index.get(target.worker) if target is not None else None
+        if target is None or child is None or not child.up.is_set():
+            self.state.release(call_id)
+            return 503, "no worker can place a call now"
+        try:
+            answer = await self._ask(
+                child,
+                {"cmd": "dial", "call_id": call_id, "uri": uri, "headers": headers},
+                _DIAL_TIMEOUT_S,
+            )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            self.state.release(call_id)
+            return 503, "the worker did not answer"
+        status = int(answer.get("status", 500))
+        if status != 201:
+            self.state.release(call_id)
+        else:
+            log.info("outbound call %s to %s placed by worker %d", call_id, uri, target.worker)
+        return status, str(answer.get("message", ""))
+
+    def dial_threadsafe(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
+        """`dial` from another thread (the app's request threads)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return 503, "the worker pool is not running"
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.dial(call_id, uri, headers), loop)
+        except RuntimeError:
+            return 503, "the worker pool is not running"
+        try:
+            return future.result(_DIAL_TIMEOUT_S + 1.0)
+        except Exception:
+            future.cancel()
+            return 503, "the worker pool did not answer"
 
     def push_threadsafe(self, key: str, payload: Any) -> tuple[int, str]:
         """`push` from another thread (the app's request threads)."""
@@ -470,6 +531,13 @@ class Supervisor:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _string_map(value: Any) -> dict[str, str] | None:
+    """A worker's ``{name: value}`` message field, or None when it is not one."""
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
 
 
 def _print_routing(sup: Supervisor, app_url: str | None) -> None:
@@ -557,7 +625,9 @@ def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, 
     from xml_app.server import serve_app
 
     try:
-        app = create_app(settings, sup.state, records, push=sup.push_threadsafe)
+        app = create_app(
+            settings, sup.state, records, push=sup.push_threadsafe, dial=sup.dial_threadsafe
+        )
     except ConfigError as exc:
         sup.say(f"answer_url app not started: {exc}")
         return None, None

@@ -30,6 +30,61 @@ class CallContext:
     plivo: dict[str, str] = field(default_factory=dict)
 
 
+DTMF_KEYS: frozenset[str] = frozenset("0123456789*#ABCD")
+"""The telephone keypad (RFC 4733 events 0-15)."""
+
+
+@dataclass(frozen=True)
+class DigitCollect:
+    """A brain's request to collect keypad digits after its reply (Plivo ``GetInput``-style).
+
+    The caller's keys are gathered until the `terminator` is pressed (not included),
+    `max_digits` were entered, or no key came for `timeout_s` after the last one; then they
+    reach the brain as one `KeyInput`. Speech before the first key wins instead (the brain
+    gets the transcript); once a key was pressed, speech is ignored until the entry ends.
+    """
+
+    min_digits: int = 1
+    max_digits: int = 1
+    terminator: str = "#"  # "" for none
+    timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_digits <= self.max_digits <= 64:
+            raise ValueError(
+                f"digit collection needs 1 <= min_digits <= max_digits <= 64, got "
+                f"min_digits={self.min_digits}, max_digits={self.max_digits}"
+            )
+        if self.terminator and (len(self.terminator) != 1 or self.terminator not in DTMF_KEYS):
+            raise ValueError(f"terminator must be one keypad key or empty, not {self.terminator!r}")
+        if not 0.5 <= self.timeout_s <= 60.0:
+            raise ValueError(f"timeout_s must be between 0.5 and 60 seconds, got {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class KeyInput:
+    """Keys the caller pressed, as one caller turn.
+
+    ``ended_by`` is ``"key"`` (a single key, no collection asked for), ``"terminator"``,
+    ``"max"`` (`DigitCollect.max_digits` reached) or ``"timeout"``.
+    """
+
+    digits: str
+    ended_by: str = "key"
+
+    def describe(self) -> str:
+        """What a text brain (an LLM) is told, e.g. ``"The caller pressed 1."``."""
+        if self.ended_by == "key":
+            return f"The caller pressed {self.digits or 'nothing'} on the keypad."
+        how = {
+            "terminator": "and then the terminator key",
+            "max": "",
+            "timeout": "and then stopped (timed out)",
+        }.get(self.ended_by, "")
+        entered = " ".join(self.digits) if self.digits else "no digits"
+        return " ".join(f"The caller entered {entered} on the keypad {how}".split()) + "."
+
+
 @dataclass(frozen=True)
 class BrainReply:
     """The agent's answer to one caller turn: text to speak, then actions to run."""
@@ -41,6 +96,12 @@ class BrainReply:
     # answering asynchronously): the conversation waits this many seconds for it (see
     # `Brain.wait_pushed`) and apologises if it never comes.  `text` may be a holding line.
     pending_s: float | None = None
+    # Collect keypad digits after (and while) this reply is spoken; None: each key the
+    # caller presses is delivered on its own.
+    collect: DigitCollect | None = None
+    # Keys the agent sends (RFC 4733, or SIP INFO when the call has no telephone-event)
+    # after the reply was spoken, e.g. to navigate another IVR.
+    send_dtmf: str = ""
 
 
 class ProviderError(Exception):
@@ -110,6 +171,19 @@ class SttStream(abc.ABC):
     async def cancel(self) -> None:
         """Drop the utterance without a result; must be safe to call more than once."""
 
+    def utterance_end(self) -> float | None:
+        """The recogniser's own end of the utterance, for recognisers that tell (Deepgram's
+        endpointing / UtteranceEnd): None until it heard words and then their end (and again
+        None when more words follow); then how many milliseconds of the audio fed so far
+        follow the last word.  The session ends the turn on it when its own VAD still hears
+        sound (a noisy line); `finish` is still called for the transcript."""
+        return None
+
+    def heard_words(self) -> bool | None:
+        """Whether the recogniser has reported any word of the utterance yet; None when it
+        cannot tell before `finish`."""
+        return None
+
 
 class SttProvider(abc.ABC):
     """Creates one `SttStream` per caller utterance."""
@@ -158,6 +232,15 @@ class Brain(abc.ABC):
     def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
         """Like `respond`, streamed; brains that generate text progressively override it."""
         return _WholeReply(self.respond(text, ctx))
+
+    async def respond_keys(self, keys: KeyInput, ctx: CallContext) -> BrainReply:
+        """Reply to keys the caller pressed.  By default the brain is told in words
+        (`KeyInput.describe`, e.g. "The caller pressed 1 on the keypad.") as a caller turn."""
+        return await self.respond(keys.describe(), ctx)
+
+    def respond_keys_stream(self, keys: KeyInput, ctx: CallContext) -> ReplyStream:
+        """Like `respond_keys`, streamed (used when `streams` is True)."""
+        return self.respond_stream(keys.describe(), ctx)
 
     def forget(self, call_id: str) -> None:  # noqa: B027 - optional hook
         """The call is over: drop what was kept for it (e.g. an LLM's history)."""

@@ -30,11 +30,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from typing import Any
 
 from deepgram import AsyncDeepgramClient, DeepgramClientEnvironment
 from deepgram.core.api_error import ApiError
-from deepgram.listen.v1 import ListenV1Error, ListenV1Results
+from deepgram.listen.v1 import ListenV1Error, ListenV1Results, ListenV1UtteranceEnd
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient
 
 from gateway.providers.base import ProviderError, SttProvider, SttStream
@@ -49,6 +50,10 @@ RESEND_CHUNK_BYTES = 3200  # 100 ms of 8 kHz 16-bit audio per message when resen
 CLOSE_TIMEOUT_S = 2.0  # CloseStream + close handshake, then give up waiting
 WARM_RETRY_S = 5.0
 FINALIZE_GRACE_S = 0.5  # wait for from_finalize this long when every result was final
+BYTES_PER_S = SAMPLE_RATE * 2
+# finish() trusts an end of utterance (no Finalize) only if at most this much audio was fed
+# after it arrived: later audio may hold words whose results are still on their way.
+END_FRESH_BYTES = BYTES_PER_S // 10  # 100 ms
 
 
 def _error(kind: str, message: str, status: int | None = None) -> ProviderError:
@@ -71,8 +76,20 @@ def _environment(base_url: str | None) -> DeepgramClientEnvironment:
     return DeepgramClientEnvironment(base=http, production=ws, agent=ws, agent_rest=http)
 
 
-def _parse_results(msg: Any) -> tuple[str, bool, bool]:
-    """(transcript, is_final, from_finalize) of a ``Results`` message, or ProviderError."""
+@dataclass(frozen=True)
+class _Results:
+    """What the stream needs of a ``Results`` message."""
+
+    text: str
+    is_final: bool
+    speech_final: bool
+    from_finalize: bool
+    last_word_end: float | None  # socket audio time (s) of the last word's end, if any
+    end: float | None  # socket audio time (s) where the transcribed audio ends, if given
+
+
+def _parse_results(msg: Any) -> _Results:
+    """The parts of a ``Results`` message the stream uses, or ProviderError."""
     channel = getattr(msg, "channel", None)
     alternatives = getattr(channel, "alternatives", None)
     if not isinstance(alternatives, list) or not alternatives:
@@ -80,11 +97,23 @@ def _parse_results(msg: Any) -> tuple[str, bool, bool]:
     transcript = getattr(alternatives[0], "transcript", None)
     if not isinstance(transcript, str):
         raise _error("malformed", "Results message without channel.alternatives[0].transcript")
-    return (
+    ends = [getattr(w, "end", None) for w in getattr(alternatives[0], "words", None) or []]
+    word_ends = [float(e) for e in ends if isinstance(e, int | float)]
+    return _Results(
         transcript.strip(),
         bool(getattr(msg, "is_final", False)),
+        bool(getattr(msg, "speech_final", False)),
         bool(getattr(msg, "from_finalize", False)),
+        max(word_ends) if word_ends else None,
+        _seconds(msg, "start") + _seconds(msg, "duration")
+        if isinstance(getattr(msg, "start", None), int | float)
+        else None,
     )
+
+
+def _seconds(msg: Any, name: str) -> float:
+    value = getattr(msg, name, 0.0)
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 class _Conn:
@@ -106,6 +135,7 @@ class _Conn:
         self.closing = False
         self.last_sent = loop.time()
         self.idle_since = loop.time()
+        self.audio_bytes = 0  # audio sent on this socket: Deepgram's times count from its start
         self.reader = asyncio.create_task(self._read(), name="deepgram-reader")
         self.keeper = asyncio.create_task(self._keep_alive(), name="deepgram-keepalive")
 
@@ -126,6 +156,7 @@ class _Conn:
     async def send_audio(self, pcm: bytes) -> None:
         self.last_sent = asyncio.get_running_loop().time()
         await self.sock.send_media(pcm)
+        self.audio_bytes += len(pcm)
 
     async def send_finalize(self) -> None:
         self.last_sent = asyncio.get_running_loop().time()
@@ -136,15 +167,20 @@ class _Conn:
         try:
             while True:
                 msg = await self.sock.recv()
-                if isinstance(msg, ListenV1Results) or getattr(msg, "type", None) == "Results":
-                    text, is_final, from_finalize = _parse_results(msg)
+                kind = getattr(msg, "type", None)
+                if isinstance(msg, ListenV1Results) or kind == "Results":
+                    results = _parse_results(msg)
                     if self.stream is not None:
-                        self.stream._on_results(text, is_final, from_finalize)
+                        self.stream._on_results(results)
+                elif isinstance(msg, ListenV1UtteranceEnd) or kind == "UtteranceEnd":
+                    last = getattr(msg, "last_word_end", None)
+                    if self.stream is not None and isinstance(last, int | float):
+                        self.stream._on_utterance_end(float(last))
                 elif isinstance(msg, ListenV1Error):
                     error = _error("disconnect", f"server error: {msg.variant}: {msg.description}")
                     log.warning("deepgram: %s", error)
                 else:
-                    # Metadata, UtteranceEnd, SpeechStarted, unknown types: nothing to do.
+                    # Metadata, SpeechStarted, unknown types: nothing to do.
                     log.debug("deepgram: ignoring %s message", type(msg).__name__)
         except ProviderError as exc:
             error = exc
@@ -211,6 +247,10 @@ class DeepgramSttStream(SttStream):
         self._final_seen = False
         self._heard = False  # a Results arrived on the current socket
         self._pending_interim = False  # an interim arrived after the last final
+        self._interim_text = ""  # words of that interim
+        self._base_s = conn.audio_bytes / BYTES_PER_S  # socket time of our first byte
+        self._last_word_s: float | None = None  # our time of the last word's end
+        self._ended_at: int | None = None  # len(_audio) when Deepgram ended the utterance
         self._reconnected = False
         self._failed: ProviderError | None = None
         self._done = False
@@ -222,22 +262,56 @@ class DeepgramSttStream(SttStream):
         """True when the socket dropped and the utterance went on over a new one."""
         return self._reconnected
 
-    def _on_results(self, text: str, is_final: bool, from_finalize: bool) -> None:
+    def heard_words(self) -> bool:
+        """True once a transcript of this utterance (interim or final) had words."""
+        return bool(self._segments or self._interim_text)
+
+    def utterance_end(self) -> float | None:
+        """Deepgram's end of the utterance: ``speech_final`` (endpointing) or ``UtteranceEnd``
+        after words, and no word since.  The value is how many milliseconds of the audio fed
+        so far follow the last word (Deepgram's own wait); None until then."""
+        if self._ended_at is None:
+            return None
+        if self._last_word_s is None:
+            return 0.0
+        return max(0.0, len(self._audio) * 1000 / BYTES_PER_S - self._last_word_s * 1000)
+
+    def _ended(self) -> None:
+        if self.heard_words() and self._ended_at is None:
+            self._ended_at = len(self._audio)
+
+    def _on_results(self, r: _Results) -> None:
+        if r.end is not None and r.end <= self._base_s and self._base_s > 0:
+            return  # the tail of an earlier utterance on this socket, flushed late
         self._heard = True
-        self._pending_interim = not is_final
+        self._pending_interim = not r.is_final
+        if r.text:
+            self._ended_at = None  # words after an end: the caller went on
+            if r.last_word_end is not None:
+                self._last_word_s = r.last_word_end - self._base_s
         if self._finalizing:
             self._wake.set()  # finish() re-checks whether the transcript is complete
-        if is_final:
-            if text:
-                self._segments.append(text)
-            if from_finalize and self._finalizing:
+        if r.is_final:
+            self._interim_text = ""
+            if r.text:
+                self._segments.append(r.text)
+            if r.from_finalize and self._finalizing:
                 self._final_seen = True
                 self._wake.set()
-        elif self.on_interim is not None:
-            try:
-                self.on_interim(" ".join([*self._segments, text]).strip())
-            except Exception:
-                log.exception("deepgram: on_interim callback failed")
+            elif r.speech_final:
+                self._ended()
+        else:
+            self._interim_text = r.text
+            if self.on_interim is not None:
+                try:
+                    self.on_interim(" ".join([*self._segments, r.text]).strip())
+                except Exception:
+                    log.exception("deepgram: on_interim callback failed")
+
+    def _on_utterance_end(self, last_word_end: float) -> None:
+        if last_word_end < self._base_s:
+            return  # about words of an earlier utterance on this socket
+        self._ended()
 
     async def feed(self, pcm: bytes) -> None:
         """Send a piece of the utterance (and keep it for a resend after a drop)."""
@@ -271,6 +345,8 @@ class DeepgramSttStream(SttStream):
             self._owner._schedule_close(old)
         self._segments.clear()  # the resent audio will produce them again
         self._heard = self._pending_interim = False
+        self._interim_text = ""
+        self._last_word_s = self._ended_at = None
         log.info("deepgram: connection dropped mid-utterance; reconnecting")
         try:
             conn = await self._owner._acquire()
@@ -282,6 +358,7 @@ class DeepgramSttStream(SttStream):
             return
         conn.stream = self
         self._conn = conn
+        self._base_s = conn.audio_bytes / BYTES_PER_S
         self._wake.clear()
         try:
             data = bytes(self._audio)
@@ -311,6 +388,19 @@ class DeepgramSttStream(SttStream):
         loop = asyncio.get_running_loop()
         if not self._audio:
             return ""  # nothing to finalize; Deepgram would not answer
+        if (
+            self._ended_at is not None
+            and not self._interim_text
+            and len(self._audio) - self._ended_at <= END_FRESH_BYTES
+        ):
+            # Deepgram ended the utterance just now and every word is final: no Finalize
+            # round trip.  One is still sent, not awaited, so the audio fed after the end
+            # is cut off before the socket serves the next utterance.
+            conn = self._conn
+            if conn is not None and conn.usable:
+                with contextlib.suppress(Exception):
+                    await conn.send_finalize()
+            return " ".join(self._segments)
         self._finalizing = True
         if self._failed is None:
             conn = self._conn

@@ -22,6 +22,7 @@ from gateway.providers.base import (
     Brain,
     BrainReply,
     CallContext,
+    KeyInput,
     ProviderError,
     ReplyStream,
     SttProvider,
@@ -40,6 +41,17 @@ def _why(exc: BaseException | None) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _failure(name: str, exc: Exception, timeout_s: float, waiting_for: str) -> ProviderError:
+    """`exc` as a `ProviderError` that names the provider: the failover layer's own
+    timeout becomes kind ``"timeout"``, anything that is not a `ProviderError` (a provider
+    bug) kind ``"failed"``."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProviderError(name, "timeout", f"no {waiting_for} within {timeout_s:g} s")
+    return ProviderError(name, "failed", f"{type(exc).__name__}: {exc}")
 
 
 def _attempts(chain: Sequence[object], retries: int) -> list[int]:
@@ -77,8 +89,8 @@ class ResilientTts(TtsProvider):
                 await _aclose(chunks)
                 raise
             except Exception as exc:
-                last = exc
-                log.warning("TTS %s failed before any audio: %s", provider.name, _why(exc))
+                last = _failure(provider.name, exc, self.timeout_s, "first audio")
+                log.warning("TTS %s failed before any audio: %s", provider.name, last)
                 await _aclose(chunks)
                 continue
             try:
@@ -117,6 +129,7 @@ class _ResilientSttStream(SttStream):
         self.attempts = _attempts(owner.chain, owner.retries)
         self.stream: SttStream | None = None
         self.failed_feed = False
+        self.last: ProviderError | None = None  # the latest failure, for the final error
 
     async def _open(self) -> None:
         while self.index < len(self.attempts):
@@ -128,7 +141,8 @@ class _ResilientSttStream(SttStream):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("STT %s failed to start: %s", provider.name, _why(exc))
+                self.last = _failure(provider.name, exc, self.owner.timeout_s, "connection")
+                log.warning("STT %s failed to start: %s", provider.name, self.last)
                 self.index += 1
                 continue
             self.stream = stream
@@ -148,7 +162,8 @@ class _ResilientSttStream(SttStream):
             raise
         except Exception as exc:
             provider = self.owner.chain[self.attempts[self.index]]
-            log.warning("STT %s failed while listening: %s", provider.name, _why(exc))
+            self.last = _failure(provider.name, exc, self.owner.timeout_s, "audio accepted")
+            log.warning("STT %s failed while listening: %s", provider.name, self.last)
             with contextlib.suppress(Exception):
                 await self.stream.cancel()
             self.stream = None
@@ -157,13 +172,12 @@ class _ResilientSttStream(SttStream):
 
     async def finish(self) -> str:
         """The transcript of the first recogniser that finishes in time."""
-        last: BaseException | None = None
         while True:
             if self.stream is None:
                 await self._open()
                 if self.stream is None:
                     raise ProviderError(
-                        "stt", "failed", f"every STT provider failed (last: {_why(last)})"
+                        "stt", "failed", f"every STT provider failed (last: {_why(self.last)})"
                     )
             provider = self.owner.chain[self.attempts[self.index]]
             stream, self.stream = self.stream, None
@@ -174,11 +188,19 @@ class _ResilientSttStream(SttStream):
                     await stream.cancel()
                 raise
             except Exception as exc:
-                last = exc
-                log.warning("STT %s failed to finish: %s", provider.name, _why(exc))
+                self.last = _failure(provider.name, exc, self.owner.timeout_s, "final transcript")
+                log.warning("STT %s failed to finish: %s", provider.name, self.last)
                 with contextlib.suppress(Exception):
                     await stream.cancel()
                 self.index += 1
+
+    def utterance_end(self) -> float | None:
+        """The current recogniser's end of the utterance (see `SttStream.utterance_end`)."""
+        return None if self.stream is None else self.stream.utterance_end()
+
+    def heard_words(self) -> bool | None:
+        """Whether the current recogniser has reported words (None: cannot tell)."""
+        return None if self.stream is None else self.stream.heard_words()
 
     async def cancel(self) -> None:
         """Drop the utterance."""
@@ -237,8 +259,8 @@ class _ResilientReply(ReplyStream):
                 await stream.aclose()
                 raise
             except Exception as exc:
-                last = exc
-                log.warning("brain %s failed before its first words: %s", brain.name, _why(exc))
+                last = _failure(brain.name, exc, self.owner.timeout_s, "first words")
+                log.warning("brain %s failed before its first words: %s", brain.name, last)
                 await stream.aclose()
                 continue
             yield first
@@ -282,6 +304,13 @@ class ResilientBrain(Brain):
     def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
         """Stream of the first brain that starts answering in time."""
         return _ResilientReply(self, text, ctx)
+
+    async def respond_keys(self, keys: KeyInput, ctx: CallContext) -> BrainReply:
+        """A local primary's own answer to keys (a scripted menu); a streaming primary is
+        told in words through the failover stream."""
+        if self.streams:
+            return await super().respond_keys(keys, ctx)
+        return await self.chain[0].respond_keys(keys, ctx)
 
     def deliver(self, call_id: str, payload: Mapping[str, Any]) -> bool:
         """Pushed replies belong to the primary (the brain the bot talks to)."""

@@ -45,12 +45,16 @@ class _Client(RestClient):  # type: ignore[misc]
 
 
 def rest_client(settings: Settings, timeout: float = 10.0) -> Any:
-    """A plivo SDK client for ``transfer.plivo_auth_id`` / ``app.auth_token``, pointed at
-    ``transfer.plivo_api_url`` when set."""
-    t = settings.transfer
-    if t.plivo_api_url:
-        return _Client(t.auth_id(), settings.app.auth_token, t.plivo_api_url, timeout)
-    return plivo.RestClient(t.auth_id(), settings.app.auth_token, timeout=timeout)
+    """A plivo SDK client with the transfer's credentials (``transfer.plivo_auth_id`` and
+    ``app.auth_token``, else the ``outbound.plivo_*`` ones), pointed at
+    ``transfer.plivo_api_url`` (else ``outbound.plivo_api_url``) when set."""
+    t, o = settings.transfer, settings.outbound
+    auth_id = t.auth_id() or o.plivo_auth_id
+    token = settings.app.auth_token or o.plivo_auth_token
+    api_url = t.plivo_api_url or o.plivo_api_url
+    if api_url:
+        return _Client(auth_id, token, api_url, timeout)
+    return plivo.RestClient(auth_id, token, timeout=timeout)
 
 
 def transfer_xml_url(public_url: str, target: str) -> str:

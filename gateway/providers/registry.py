@@ -85,6 +85,9 @@ def _elevenlabs(s: Settings) -> TtsProvider:
         style=e.style,
         speed=e.speed,
         first_byte_timeout_s=s.providers.tts_timeout_s,
+        # A stream that stops mid-reply is dead air on the call: give up as soon as on a
+        # first audio that does not come (the apology follows).
+        chunk_timeout_s=s.providers.tts_timeout_s,
     )
 
 
@@ -100,6 +103,8 @@ def _openai(s: Settings) -> Brain:
         base_url=o.base_url,
         temperature=o.temperature,
         first_token_timeout_s=s.providers.brain_timeout_s,
+        # Likewise a stream that stalls after its first words (was a fixed 10 s).
+        stream_timeout_s=s.providers.brain_timeout_s,
         transfer_target=o.transfer_target or s.transfer.target,
         transfer_line=o.transfer_line,
         http_tools=[

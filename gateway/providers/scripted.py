@@ -14,6 +14,22 @@ Playbook format::
     keywords = ["hours", "open", "opening hours"]   # words or multi-word phrases
     reply = "..."
     actions = []                   # optional: "hangup", "transfer", "transfer:<target>"
+    key = "1"                      # optional: pressing this keypad key picks the intent
+    send_dtmf = "1#"               # optional: keys the agent sends after the reply
+
+    # optional: after the reply, collect keypad digits (speech before the first key
+    # wins and is matched as usual)
+    [intents.collect]
+    min_digits = 6
+    max_digits = 6
+    terminator = "#"               # "" for none
+    timeout_s = 5                  # after the last key
+    reply = "Order {digits} is ready."   # {digits}: the keys, spoken one by one
+    invalid = "..."                # too few digits: said, and the entry is asked again
+    actions = []
+
+The optional ``[agent] invalid_key`` is said for a key that picks no intent (default: the
+fallback).
 
 Actions run after the reply is spoken. ``"hangup"`` ends the call. ``"transfer"`` hands the
 caller to a human at ``transfer.target``, ``"transfer:<target>"`` to ``<target>``: a SIP
@@ -37,7 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.providers.base import Brain, BrainReply, CallContext
+from gateway.providers.base import (
+    DTMF_KEYS,
+    Brain,
+    BrainReply,
+    CallContext,
+    DigitCollect,
+    KeyInput,
+)
 from gateway.transfer import TransferError, transfer_target, transfer_uri
 
 ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup", "transfer"})
@@ -47,7 +70,17 @@ DEMO_PLAYBOOK: Path = Path(__file__).resolve().parent.parent / "playbooks" / "de
 """Path of the bundled demo playbook (Maple Street Bakery)."""
 
 _AGENT_FIELDS = ("name", "greeting", "fallback", "reprompt", "goodbye")
-_INTENT_FIELDS = ("name", "keywords", "reply", "actions")
+_AGENT_OPTIONAL = ("invalid_key",)
+_INTENT_FIELDS = ("name", "keywords", "reply", "actions", "key", "send_dtmf", "collect")
+_COLLECT_FIELDS = (
+    "min_digits",
+    "max_digits",
+    "terminator",
+    "timeout_s",
+    "reply",
+    "invalid",
+    "actions",
+)
 _APOSTROPHES = re.compile(r"(?<=[a-z0-9])['\u2019\u2018`](?=[a-z0-9])")
 _NON_WORD = re.compile(r"[^a-z0-9]+")
 
@@ -110,6 +143,20 @@ def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
 
 
 @dataclass(frozen=True)
+class KeyEntry:
+    """Digits an intent collects after its reply, and what is said with them."""
+
+    spec: DigitCollect
+    reply: str  # "{digits}" is replaced by the keys, spaced so they are spoken one by one
+    invalid: str
+    actions: tuple[str, ...] = ()
+
+    def accepts(self, digits: str) -> bool:
+        """Whether an entry of `digits` has an allowed length."""
+        return self.spec.min_digits <= len(digits) <= self.spec.max_digits
+
+
+@dataclass(frozen=True)
 class Intent:
     """One thing a caller may ask for: trigger keywords, the reply and follow-up actions."""
 
@@ -117,6 +164,9 @@ class Intent:
     keywords: tuple[str, ...]
     reply: str
     actions: tuple[str, ...] = ()
+    key: str = ""
+    send_dtmf: str = ""
+    collect: KeyEntry | None = None
     _patterns: tuple[tuple[str, ...], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
@@ -140,6 +190,11 @@ class Playbook:
     reprompt: str
     goodbye: str
     intents: tuple[Intent, ...] = ()
+    invalid_key: str = ""
+
+    def by_key(self, key: str) -> Intent | None:
+        """The intent a keypad key picks, or None."""
+        return next((i for i in self.intents if i.key and i.key == key), None)
 
     def match(self, text: str) -> Intent | None:
         """Return the intent whose keywords best match ``text``, or None if none match."""
@@ -207,6 +262,24 @@ def _parse_intent(raw: object, number: int) -> Intent:
         if not normalize_words(keyword):
             raise PlaybookError(f"{where}: keyword {keyword!r} has no words in it")
     reply = _require_str(raw, "reply", where)
+    actions = _actions(raw, where, name)
+    key = _keys(raw, "key", where)
+    if len(key) > 1:
+        raise PlaybookError(f'{where}: "key" must be one keypad key, not {key!r}')
+    send_dtmf = _keys(raw, "send_dtmf", where)
+    collect = _parse_collect(raw["collect"], where, name) if "collect" in raw else None
+    return Intent(
+        name=name,
+        keywords=tuple(keywords),
+        reply=reply,
+        actions=tuple(actions),
+        key=key,
+        send_dtmf=send_dtmf,
+        collect=collect,
+    )
+
+
+def _actions(raw: Mapping[str, Any], where: str, name: str) -> list[str]:
     actions = _string_list(raw, "actions", where)
     for action in actions:
         target = transfer_target(action)
@@ -220,7 +293,51 @@ def _parse_intent(raw: object, number: int) -> Intent:
             raise PlaybookError(
                 f'unknown action "{action}" in intent "{name}" (allowed: {allowed})'
             )
-    return Intent(name=name, keywords=tuple(keywords), reply=reply, actions=tuple(actions))
+    return actions
+
+
+def _keys(raw: Mapping[str, Any], field_name: str, where: str) -> str:
+    """An optional string of keypad keys ("" when absent)."""
+    value = raw.get(field_name, "")
+    if not isinstance(value, str):
+        raise PlaybookError(f'{where}: "{field_name}" must be a string of keypad keys')
+    value = value.strip().upper()
+    if field_name in raw and (not value or any(ch not in DTMF_KEYS for ch in value)):
+        raise PlaybookError(
+            f'{where}: "{field_name}" must be keypad keys (0-9, *, #, A-D), not {raw[field_name]!r}'
+        )
+    return value
+
+
+def _parse_collect(raw: object, where: str, name: str) -> KeyEntry:
+    where = f"{where} collect"
+    if not isinstance(raw, dict):
+        raise PlaybookError(f"{where}: must be a table ([intents.collect])")
+    _reject_unknown(raw, _COLLECT_FIELDS, where)
+    numbers: dict[str, Any] = {}
+    for key, kind in (("min_digits", int), ("max_digits", int), ("timeout_s", float)):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PlaybookError(f'{where}: "{key}" must be a number')
+            if kind is int and not isinstance(value, int):
+                raise PlaybookError(f'{where}: "{key}" must be a whole number')
+            numbers[key] = kind(value)
+    numbers.setdefault("min_digits", 1)
+    numbers.setdefault("max_digits", max(numbers["min_digits"], 1))
+    terminator = raw.get("terminator", "#")
+    if not isinstance(terminator, str):
+        raise PlaybookError(f'{where}: "terminator" must be a string')
+    try:
+        spec = DigitCollect(terminator=terminator.strip(), **numbers)
+    except ValueError as exc:
+        raise PlaybookError(f"{where}: {exc}") from None
+    return KeyEntry(
+        spec=spec,
+        reply=_require_str(raw, "reply", where),
+        invalid=_require_str(raw, "invalid", where),
+        actions=tuple(_actions(raw, where, name)),
+    )
 
 
 def parse_playbook(data: Mapping[str, Any]) -> Playbook:
@@ -231,8 +348,9 @@ def parse_playbook(data: Mapping[str, Any]) -> Playbook:
         raise PlaybookError("missing [agent] table")
     if not isinstance(agent, dict):
         raise PlaybookError("[agent] must be a table")
-    _reject_unknown(agent, _AGENT_FIELDS, "[agent]")
+    _reject_unknown(agent, _AGENT_FIELDS + _AGENT_OPTIONAL, "[agent]")
     fields = {key: _agent_str(agent, key) for key in _AGENT_FIELDS}
+    fields.update({key: _agent_str(agent, key) for key in _AGENT_OPTIONAL if key in agent})
     raw_intents = data.get("intents", [])
     if not isinstance(raw_intents, list):
         raise PlaybookError('"intents" must be an array of tables ([[intents]])')
@@ -242,6 +360,14 @@ def parse_playbook(data: Mapping[str, Any]) -> Playbook:
         if intent.name in seen:
             raise PlaybookError(f'duplicate intent name "{intent.name}"')
         seen.add(intent.name)
+    keys: dict[str, str] = {}
+    for intent in intents:
+        if intent.key and intent.key in keys:
+            raise PlaybookError(
+                f'key "{intent.key}" picks both intent "{keys[intent.key]}" and "{intent.name}"'
+            )
+        if intent.key:
+            keys[intent.key] = intent.name
     return Playbook(intents=intents, **fields)
 
 
@@ -278,6 +404,8 @@ class ScriptedBrain(Brain):
     def __init__(self, playbook: Playbook) -> None:
         """Answer calls with ``playbook``."""
         self.playbook = playbook
+        # Per call: the intent whose digit entry is awaited.
+        self._entries: dict[str, Intent] = {}
 
     async def greeting(self, ctx: CallContext) -> BrainReply:
         """Say the playbook's greeting."""
@@ -285,10 +413,49 @@ class ScriptedBrain(Brain):
 
     async def respond(self, text: str, ctx: CallContext) -> BrainReply:
         """Reply with the best-matching intent, or the fallback when nothing matches."""
+        self._entries.pop(ctx.call_id, None)  # speech came first: the entry is over
         intent = self.playbook.match(text)
         if intent is None:
             return BrainReply(text=self.playbook.fallback)
-        return BrainReply(text=intent.reply, actions=intent.actions, intent=intent.name)
+        return self._reply(intent, ctx)
+
+    async def respond_keys(self, keys: KeyInput, ctx: CallContext) -> BrainReply:
+        """A digit entry the playbook asked for, or a menu key picking an intent."""
+        pending = self._entries.pop(ctx.call_id, None)
+        if pending is not None and pending.collect is not None:
+            entry = pending.collect
+            if not entry.accepts(keys.digits):
+                self._entries[ctx.call_id] = pending
+                return BrainReply(
+                    text=entry.invalid, intent=f"{pending.name}:invalid", collect=entry.spec
+                )
+            spoken = " ".join(keys.digits)
+            return BrainReply(
+                text=entry.reply.replace("{digits}", spoken),
+                actions=entry.actions,
+                intent=f"{pending.name}:entered",
+            )
+        intent = self.playbook.by_key(keys.digits)
+        if intent is None:
+            return BrainReply(
+                text=self.playbook.invalid_key or self.playbook.fallback, intent="invalid_key"
+            )
+        return self._reply(intent, ctx)
+
+    def _reply(self, intent: Intent, ctx: CallContext) -> BrainReply:
+        if intent.collect is not None:
+            self._entries[ctx.call_id] = intent
+        return BrainReply(
+            text=intent.reply,
+            actions=intent.actions,
+            intent=intent.name,
+            collect=intent.collect.spec if intent.collect is not None else None,
+            send_dtmf=intent.send_dtmf,
+        )
+
+    def forget(self, call_id: str) -> None:
+        """Drop the call's awaited digit entry."""
+        self._entries.pop(call_id, None)
 
     async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
         """Re-prompt on the first silence; say goodbye and hang up from the second on."""

@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeAlias
 
 import pjsua2 as pj
 
-from gateway.sip.calls import CallHandle, parse_sip_headers
+from gateway.sip.calls import CallHandle, outbound_outcome, parse_sip_headers
 from gateway.sip.endpoint import (
     BridgePortPool,
     EndpointOptions,
@@ -74,6 +74,8 @@ class AgentOptions:
     registration: RegistrationOptions | None = None
     # While draining, new INVITEs get 503 with this Retry-After (seconds).
     drain_retry_after_s: int = 30
+    # An outbound call not answered this long is cancelled (outcome "no-answer").
+    ring_timeout_s: float = 30.0
 
 
 # -- pure helpers (no pjsua2) -------------------------------------------------------------------
@@ -196,6 +198,14 @@ def registration_status(
     return text
 
 
+_KEYS = frozenset("0123456789*#ABCD")
+
+
+def dtmf_method_name(method: int) -> str:
+    """ "rfc4733" or "info" for a pjsua DTMF method number."""
+    return "info" if method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
+
+
 class _RefusalLog:
     """One WARNING per refused source per `window_s`; repeats are counted, not logged."""
 
@@ -256,10 +266,37 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             return
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not self.handle.answered_at:
             self.handle.answered_at = time.monotonic()
+            self._maybe_start()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             if not self.handle.end_reason:
                 self.handle.end_reason = f"{info.lastStatusCode} {info.lastReason}".strip()
+            if self.handle.outbound and not self.handle.outcome:
+                self.handle.outcome = outbound_outcome(
+                    bool(self.handle.answered_at), int(info.lastStatusCode)
+                )
             self.ua._call_disconnected(self)
+
+    def onDtmfDigit(self, prm: Any) -> None:
+        # RFC 4733 telephone-events (once per key, at its start) and SIP INFO
+        # application/dtmf-relay (answered 200 by pjsua). Only queue the key here: never
+        # hang up or call into pjsua from a DTMF callback.
+        if self.handle is None:
+            return
+        key = str(prm.digit).strip().upper()
+        if len(key) == 1 and key in _KEYS:
+            self.handle.keys.push(key, dtmf_method_name(int(prm.method)))
+
+    def _maybe_start(self) -> None:
+        """Start the conversation once media is connected and, for a call we placed, the
+        callee has answered (early media must not get the greeting)."""
+        handle = self.handle
+        if handle is None or self.started or self.port is None:
+            return
+        if handle.outbound and not handle.answered_at:
+            return
+        self.started = True
+        if not handle.bridge_leg:  # the human's leg of a warm transfer has no conversation
+            self.ua.events.call_started(handle)
 
     def onCallMediaState(self, prm: Any) -> None:
         if self.handle is None:
@@ -281,10 +318,7 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             audio.startTransmit(self.port)
             self.port.startTransmit(audio)
             self.rx_seen_at = time.monotonic()
-            if not self.started:
-                self.started = True
-                if not self.handle.bridge_leg:
-                    self.ua.events.call_started(self.handle)
+            self._maybe_start()
 
 
 class _AgentAccount(pj.Account):  # type: ignore[misc]
@@ -361,6 +395,31 @@ class AgentUA:
             self._hangup(call_id, code)
 
         self.pj.post(job)
+
+    def send_dtmf(self, call_id: int, digits: str, duration_ms: int = 160) -> None:
+        """Send keypad keys on a call (no-op if it is gone): RFC 4733 telephone-events,
+        or SIP INFO (application/dtmf-relay) when the call negotiated no telephone-event."""
+
+        def job() -> None:
+            call = self.calls.get(call_id)
+            if call is None or call.handle is None:
+                return
+            self._send_dtmf(call, digits, duration_ms)
+
+        self.pj.post(job)
+
+    def make_call(
+        self, uri: str, headers: dict[str, str], ref: str | None = None
+    ) -> concurrent.futures.Future[str]:
+        """Place a call to ``uri`` with extra INVITE ``headers`` (queued to the pj thread).
+
+        The Future holds the call's SIP Call-ID once the INVITE is sent, or a `SipError`
+        saying why it was not (no free call slot, draining, a bad URI).  Once answered the
+        call takes the inbound path: `CallEvents.call_started` when media is up (the
+        conversation greets first), and `CallEvents.call_ended` in every case, answered or
+        not, with ``handle.outcome`` set.  ``ref`` is the requester's id for the call.
+        """
+        return self.pj.submit(lambda: self._make_call(uri, dict(headers), ref))
 
     def transfer(self, call_id: int, uri: str) -> concurrent.futures.Future[tuple[int, str]]:
         """Blind-transfer a call: send REFER to `uri` and resolve the Future with the final
@@ -709,6 +768,42 @@ class AgentUA:
             with contextlib.suppress(pj.Error):
                 call.hangup(op)
 
+    def _make_call(self, uri: str, headers: dict[str, str], ref: str | None) -> str:
+        acc = self.account
+        if acc is None or self._stopping:
+            raise SipError("the SIP user agent is not running")
+        if not self._accepting:
+            raise SipError("draining: no new calls")
+        if len(self.calls) >= self.endpoint.max_calls:
+            raise SipError(f"no free call slot ({len(self.calls)} calls in progress)")
+        call = _AgentCall(self, acc, pj.PJSUA_INVALID_ID)
+        op = pj.CallOpParam(True)
+        for name, value in headers.items():
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            op.txOption.headers.append(h)
+        try:
+            call.makeCall(uri, op)
+        except pj.Error as exc:
+            self.pj.dispose(call)
+            raise SipError(f"cannot call {uri}: {exc.reason.strip()}") from None
+        info = call.getInfo()
+        handle = CallHandle(
+            call_id=int(info.id),
+            sip_call_id=str(info.callIdString),
+            remote_uri=str(info.remoteUri),
+            local_uri=str(info.localUri),
+            headers=dict(headers),
+            outbound=True,
+            ref=ref,
+            dialed_at=time.monotonic(),
+        )
+        call.handle = handle
+        self.calls[handle.call_id] = call
+        log.info("outbound call %s to %s", handle.sip_call_id, uri)
+        return handle.sip_call_id
+
     def _call_disconnected(self, call: _AgentCall) -> None:
         handle = call.handle
         assert handle is not None
@@ -725,7 +820,7 @@ class AgentUA:
             other.bridged_to = None
             self._hangup(other.handle.call_id, 200)
         log.info("call %s ended: %s", handle.sip_call_id, handle.end_reason)
-        if call.started and not handle.bridge_leg:
+        if (call.started or handle.outbound) and not handle.bridge_leg:
             self.events.call_ended(handle)
         port, call.port = call.port, None
         call.handle = None
@@ -745,6 +840,30 @@ class AgentUA:
         except pj.Error as exc:
             log.debug("hangup %d: %s", call_id, exc.reason)
 
+    def _send_dtmf(self, call: _AgentCall, digits: str, duration_ms: int) -> None:
+        assert call.handle is not None
+        prm = pj.CallSendDtmfParam()
+        prm.digits = digits
+        prm.duration = duration_ms
+        prm.method = pj.PJSUA_DTMF_METHOD_RFC2833
+        try:
+            call.sendDtmf(prm)
+            log.info("call %s: sent DTMF %s (rfc4733)", call.handle.sip_call_id, digits)
+            return
+        except pj.Error as exc:
+            log.debug("RFC 4733 DTMF not possible: %s", exc.reason.strip())
+        prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+        try:
+            call.sendDtmf(prm)
+            log.info("call %s: sent DTMF %s (info)", call.handle.sip_call_id, digits)
+        except pj.Error as exc:
+            log.warning(
+                "call %s: sending DTMF %s failed: %s",
+                call.handle.sip_call_id,
+                digits,
+                exc.reason.strip(),
+            )
+
     def _drop_objects(self) -> None:
         """Delete pjsua2 objects on this thread, before libDestroy (never after it)."""
         for call in self.calls.values():
@@ -762,6 +881,17 @@ class AgentUA:
         now = time.monotonic()
         for call_id, call in list(self.calls.items()):
             handle = call.handle
+            if (
+                handle is not None
+                and handle.outbound
+                and not handle.answered_at
+                and now - handle.dialed_at >= self.options.ring_timeout_s
+            ):
+                log.info("outbound call %s: no answer, cancelling", handle.sip_call_id)
+                handle.outcome = "no-answer"
+                handle.end_reason = f"no answer in {self.options.ring_timeout_s:g} s"
+                self._hangup(call_id, 487)
+                continue
             if handle is None or call.audio_index < 0:
                 continue
             try:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import threading
+from collections import deque
 from dataclasses import dataclass, field
 
 from gateway.audio.ring import InboundRing, PlayoutRing
@@ -64,6 +68,53 @@ def parse_sip_headers(message: str) -> dict[str, str]:
     return headers
 
 
+class KeyQueue:
+    """Keypad keys (DTMF) the caller pressed: pushed on the pj thread, awaited on the loop.
+
+    Keys pushed before `bind` are kept (at most `capacity`, the oldest dropped) and
+    delivered once the conversation starts.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._early: deque[tuple[str, str]] = deque(maxlen=capacity)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[str, str]] | None = None
+        self.pushed = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the loop whose task consumes the keys (call on that loop)."""
+        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=self.capacity)
+        with self._lock:
+            while self._early:
+                queue.put_nowait(self._early.popleft())
+            self._queue = queue
+            self._loop = loop
+
+    def push(self, key: str, method: str) -> None:
+        """Any thread: the caller pressed `key` (sent by `method`: "rfc4733" or "info")."""
+        self.pushed += 1
+        with self._lock:
+            loop, queue = self._loop, self._queue
+            if loop is None or queue is None:
+                self._early.append((key, method))
+                return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the call is over
+            loop.call_soon_threadsafe(_put_bounded, queue, (key, method))
+
+    async def get(self) -> tuple[str, str]:
+        """The next key and its method; waits for one."""
+        assert self._queue is not None, "bind() first"
+        return await self._queue.get()
+
+
+def _put_bounded(queue: asyncio.Queue[tuple[str, str]], item: tuple[str, str]) -> None:
+    if queue.full():
+        queue.get_nowait()  # a stuck consumer must not grow memory: keep the newest keys
+    queue.put_nowait(item)
+
+
 @dataclass
 class CallHandle:
     """One call as the conversation sees it: ids, context and the two audio rings."""
@@ -75,9 +126,17 @@ class CallHandle:
     headers: dict[str, str] = field(default_factory=dict)
     inbound: InboundRing = field(default_factory=InboundRing)
     playout: PlayoutRing = field(default_factory=PlayoutRing)
+    keys: KeyQueue = field(default_factory=KeyQueue)
     answered_at: float = 0.0
     ended_at: float = 0.0
     end_reason: str = ""
+    recording: str = ""  # path of the call's recording, when it is recorded
+    # Outbound calls (placed by the agent): the caller's id for the call, when the INVITE
+    # went out, and how it ended: answered | busy | no-answer | failed.
+    outbound: bool = False
+    ref: str | None = None
+    dialed_at: float = 0.0
+    outcome: str = ""
     # A call the agent placed itself (the human's leg of a warm transfer); no conversation
     # of its own.
     bridge_leg: bool = False
@@ -85,3 +144,16 @@ class CallHandle:
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
         return {k: v for k, v in self.headers.items() if k.lower().startswith("x-")}
+
+
+def outbound_outcome(answered: bool, status_code: int) -> str:
+    """How an outbound call ended: ``answered`` once it was answered, else by the final
+    SIP status: ``busy`` (486, 600, 603), ``no-answer`` (408, 480, 487: the ring timeout's
+    CANCEL), else ``failed``."""
+    if answered:
+        return "answered"
+    if status_code in (486, 600, 603):
+        return "busy"
+    if status_code in (408, 480, 487):
+        return "no-answer"
+    return "failed"

@@ -11,7 +11,13 @@ from typing import Any
 import pjsua2 as pj
 
 from gateway.audio.ring import InboundRing, PlayoutRing
-from gateway.sip.endpoint import BridgePortPool, EndpointOptions, MediaBridgePort, PjThread
+from gateway.sip.endpoint import (
+    BridgePortPool,
+    EndpointOptions,
+    MediaBridgePort,
+    PjThread,
+    SipError,
+)
 
 
 @dataclass
@@ -29,6 +35,9 @@ class OutboundCall:
     status_code: int = 0
     reason: str = ""
     hung_up_locally: bool = False
+    # Keys the far end sent: (key, "rfc4733" | "info", CLOCK_MONOTONIC seconds); appended
+    # on the pj thread, read anywhere.
+    dtmf_received: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -67,6 +76,10 @@ class _DialCall(pj.Call):  # type: ignore[misc]
             if self in self.dialer.followed:
                 self.dialer.followed.remove(self)
             self.state.ended.set()
+
+    def onDtmfDigit(self, prm: Any) -> None:
+        method = "info" if int(prm.method) == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
+        self.state.dtmf_received.append((str(prm.digit), method, time.monotonic()))
 
     def onCallTransferRequest(self, prm: Any) -> None:
         # Accept (pjsua's default 202) and follow it with a call object of our own, so the
@@ -175,6 +188,26 @@ class Dialer:
                 op = pj.CallOpParam()
                 op.statusCode = 603 if not self.call.state.confirmed_at else 200
                 self.call.hangup(op)
+
+        self.pj.submit(job).result(10)
+
+    def send_dtmf(self, digits: str, method: str = "rfc4733", duration_ms: int = 160) -> None:
+        """Send keypad keys on the current call: RFC 4733 telephone-events ("rfc4733") or
+        one SIP INFO per key ("info"). Raises `SipError` when pjsua refuses."""
+
+        def job() -> None:
+            if self.call is None:
+                raise SipError("no call to send DTMF on")
+            prm = pj.CallSendDtmfParam()
+            prm.digits = digits
+            prm.duration = duration_ms
+            prm.method = (
+                pj.PJSUA_DTMF_METHOD_SIP_INFO if method == "info" else pj.PJSUA_DTMF_METHOD_RFC2833
+            )
+            try:
+                self.call.sendDtmf(prm)
+            except pj.Error as exc:
+                raise SipError(f"sending DTMF {digits}: {exc.reason.strip()}") from None
 
         self.pj.submit(job).result(10)
 

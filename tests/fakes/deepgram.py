@@ -15,12 +15,27 @@ the official SDK expects:
 - ``{"type": "CloseStream"}`` → a ``Metadata`` message, then a normal close;
 - no audio and no KeepAlive for `idle_timeout_s` (10 s like Deepgram) → close code 1011.
 
+Listening mode (`word_dbfs` set; off by default): the fake then hears the audio like a
+recogniser, 20 ms frame by 20 ms frame.  A frame louder than `word_dbfs` is part of a word;
+a frame louder than `vad_dbfs` is sound to its endpointing VAD (so background noise between
+the two levels holds endpointing off, as Deepgram documents).  With the connection's
+``endpointing`` query parameter, that many ms without sound after words closes the segment
+with ``is_final``/``speech_final: true``; with ``utterance_end_ms`` (and
+``interim_results=true``) a gap that long after the last word's end sends any unfinalised
+words as a final (``speech_final: false``) and then ``{"type": "UtteranceEnd",
+"last_word_end": ...}``.  Interims come every `interim_every` frames while the segment has
+words; a segment without word frames transcribes as "" (noise); word timings are real.
+
 The transcript text is ``transcript(n)`` for the n bytes of audio in the segment (default
 ``"<n> bytes"``).  Failure modes, switchable per test through attributes: `reject_status`
 (answer the upgrade with that HTTP status), `hang_handshake_s` (answer the upgrade that late),
 `silent` (accept, record, never answer), `drop_after` (abort the TCP connection after that
-many audio messages, for the first `drops` connections), `malformed` (answer Finalize with
-text that is not JSON) and `malformed_results` (a ``Results`` without ``channel``).
+many audio messages, for the first `drops` connections), `drop_mid_utterance` (while set,
+abort any connection once it got that many audio messages since its last Finalize),
+`malformed` (answer Finalize with text that is not JSON) and `malformed_results` (a
+``Results`` without ``channel``).  `outage(status)` is a vendor outage: every open socket
+is aborted and every upgrade refused with `status` until `outage(None)`.  All of these are
+read when they apply, so a test can switch them between a call's turns.
 
 Everything the fake saw is in `connections` (one `FakeConnection` per accepted upgrade).
 """
@@ -29,6 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import struct
 import threading
 import uuid
 from collections.abc import Callable
@@ -44,6 +61,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 BYTES_PER_SECOND = 16000  # 8 kHz 16-bit mono
+FRAME_BYTES = 320  # 20 ms
 
 
 def bytes_transcript(n: int) -> str:
@@ -63,6 +81,8 @@ class FakeConnection:
     keepalives: int = 0
     finalizes: int = 0
     close_streams: int = 0
+    utterance_ends: int = 0
+    dropped: bool = False  # aborted by drop_mid_utterance
     open: bool = True
     sent: list[dict[str, Any]] = field(default_factory=list)
 
@@ -81,9 +101,12 @@ class FakeDeepgram:
         self.silent = False
         self.drop_after: int | None = None
         self.drops = 1
+        self.drop_mid_utterance: int | None = None
         self.malformed = False
         self.malformed_results = False
         self.final_delay_s = 0.0
+        self.word_dbfs: float | None = None  # listening mode (see the module docstring)
+        self.vad_dbfs = -45.0
         self.connections: list[FakeConnection] = []
         self.rejected: list[int] = []
         self.port = 0
@@ -93,6 +116,7 @@ class FakeDeepgram:
         self._server: Server | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
+        self._sockets: set[ServerConnection] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -143,6 +167,24 @@ class FakeDeepgram:
         with self._lock:
             return sum(1 for c in self.connections if c.open)
 
+    def outage(self, status: int | None) -> None:
+        """Refuse every upgrade with `status` (None: accept again) and, when starting an
+        outage, abort every open connection, as a vendor's failing front end would."""
+        self.reject_status = status
+        loop = self._loop
+        if status is None or loop is None:
+            return
+        done = threading.Event()
+
+        def abort_all() -> None:
+            for ws in list(self._sockets):
+                ws.transport.abort()
+            done.set()
+
+        loop.call_soon_threadsafe(abort_all)
+        if not done.wait(5.0):
+            raise RuntimeError("fake Deepgram did not abort its connections")
+
     def total_keepalives(self) -> int:
         with self._lock:
             return sum(c.keepalives for c in self.connections)
@@ -176,11 +218,13 @@ class FakeDeepgram:
             drop = self.drop_after is not None and self.drops > 0
             if drop:
                 self.drops -= 1
+        self._sockets.add(ws)
         try:
             await self._serve(ws, conn, drop)
         except ConnectionClosed:
             pass
         finally:
+            self._sockets.discard(ws)
             conn.open = False
 
     async def _send(self, ws: ServerConnection, conn: FakeConnection, msg: dict[str, Any]) -> None:
@@ -189,8 +233,10 @@ class FakeDeepgram:
 
     async def _serve(self, ws: ServerConnection, conn: FakeConnection, drop: bool) -> None:
         request_id = str(uuid.uuid4())
+        listener = _Listener(self, conn, request_id) if self.word_dbfs is not None else None
         segment_bytes = 0  # audio since the last final
         start_bytes = 0  # where the current segment starts, in bytes of this connection
+        utterance_messages = 0  # audio messages since the last Finalize
         while True:
             try:
                 message = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
@@ -204,9 +250,18 @@ class FakeDeepgram:
                 if drop and self.drop_after is not None and conn.audio_messages >= self.drop_after:
                     ws.transport.abort()
                     return
+                utterance_messages += 1
+                mid = self.drop_mid_utterance
+                if mid is not None and utterance_messages >= mid:
+                    conn.dropped = True
+                    ws.transport.abort()
+                    return
                 if self.silent:
                     continue
-                if self.final_every and conn.audio_messages % self.final_every == 0:
+                if listener is not None:
+                    for msg in listener.audio(message):
+                        await self._send(ws, conn, msg)
+                elif self.final_every and conn.audio_messages % self.final_every == 0:
                     await self._send(
                         ws, conn, self._results(request_id, start_bytes, segment_bytes, final=True)
                     )
@@ -227,8 +282,11 @@ class FakeDeepgram:
                 conn.keepalives += 1
             elif kind == "Finalize":
                 conn.finalizes += 1
+                utterance_messages = 0
                 if self.silent:
                     continue
+                if listener is not None:
+                    segment_bytes = listener.pending_bytes()
                 if segment_bytes == 0:
                     continue  # like Deepgram: no from_finalize answer when nothing is buffered
                 if self.malformed:
@@ -236,14 +294,17 @@ class FakeDeepgram:
                     continue
                 if self.final_delay_s:
                     await asyncio.sleep(self.final_delay_s)  # the vendor's finalize latency
-                msg = self._results(
-                    request_id, start_bytes, segment_bytes, final=True, from_finalize=True
-                )
+                if listener is not None:
+                    msg = listener.close_segment(final=True, speech_final=False, from_finalize=True)
+                else:
+                    msg = self._results(
+                        request_id, start_bytes, segment_bytes, final=True, from_finalize=True
+                    )
+                    start_bytes += segment_bytes
+                    segment_bytes = 0
                 if self.malformed_results:
                     del msg["channel"]
                 await self._send(ws, conn, msg)
-                start_bytes += segment_bytes
-                segment_bytes = 0
             elif kind == "CloseStream":
                 conn.close_streams += 1
                 duration = conn.audio_bytes / BYTES_PER_SECOND
@@ -259,13 +320,22 @@ class FakeDeepgram:
         *,
         final: bool,
         from_finalize: bool = False,
+        speech_final: bool | None = None,
+        words_span: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        text = self.transcript(n) if n else ""
+        """A ``Results`` for the `n` bytes from `start_bytes`; in listening mode the words
+        are in `words_span` (byte offsets of the first word's start, the last word's end)."""
         start = start_bytes / BYTES_PER_SECOND
         duration = n / BYTES_PER_SECOND
+        if self.word_dbfs is None:
+            text = self.transcript(n) if n else ""
+            w_start, w_end = start, start + duration
+        else:
+            text = self.transcript(n) if words_span is not None else ""
+            first, last = words_span or (start_bytes, start_bytes)
+            w_start, w_end = first / BYTES_PER_SECOND, last / BYTES_PER_SECOND
         words = [
-            {"word": w, "start": start, "end": start + duration, "confidence": 0.99}
-            for w in text.split()
+            {"word": w, "start": w_start, "end": w_end, "confidence": 0.99} for w in text.split()
         ]
         msg: dict[str, Any] = {
             "type": "Results",
@@ -273,7 +343,7 @@ class FakeDeepgram:
             "duration": duration,
             "start": start,
             "is_final": final,
-            "speech_final": final,
+            "speech_final": final if speech_final is None else speech_final,
             "channel": {"alternatives": [{"transcript": text, "confidence": 0.99, "words": words}]},
             "metadata": {
                 "request_id": request_id,
@@ -298,3 +368,110 @@ class FakeDeepgram:
             "models": ["00000000-0000-0000-0000-000000000000"],
             "model_info": {},
         }
+
+
+def _frame_dbfs(frame: bytes) -> float:
+    """RMS level of 16-bit little-endian PCM in dBFS (-inf for digital silence)."""
+    n = len(frame) // 2
+    if n == 0:
+        return -math.inf
+    total = sum(v * v for (v,) in struct.iter_unpack("<h", frame[: n * 2]))
+    rms = math.sqrt(total / n)
+    return 20 * math.log10(rms / 32768) if rms else -math.inf
+
+
+class _Listener:
+    """Listening mode of one connection: words, endpointing and UtteranceEnd from levels."""
+
+    def __init__(self, fake: FakeDeepgram, conn: FakeConnection, request_id: str) -> None:
+        self.fake = fake
+        self.request_id = request_id
+        q = conn.query
+        self.endpointing_frames = _ms_frames(q.get("endpointing"))
+        interim = q.get("interim_results") == "true"
+        self.utterance_end_frames = _ms_frames(q.get("utterance_end_ms")) if interim else None
+        self.conn = conn
+        self.buf = b""
+        self.frames = 0  # whole frames heard on this connection
+        self.seg_start = 0  # frame where the current segment starts
+        self.seg_first_word: int | None = None  # frame of its first word frame
+        self.last_word_end = 0  # frame after the last word frame of the connection
+        self.quiet = 0  # frames without sound since the last sound
+        self.since_interim = 0
+        self.words_since_end = False  # words since the last UtteranceEnd
+
+    def pending_bytes(self) -> int:
+        """Audio not yet in a final (whole frames)."""
+        return (self.frames - self.seg_start) * FRAME_BYTES
+
+    def close_segment(
+        self, *, final: bool, speech_final: bool, from_finalize: bool = False
+    ) -> dict[str, Any]:
+        """The Results of the current segment; a final starts a new segment."""
+        span = None
+        if self.seg_first_word is not None:
+            span = (self.seg_first_word * FRAME_BYTES, self.last_word_end * FRAME_BYTES)
+        msg = self.fake._results(
+            self.request_id,
+            self.seg_start * FRAME_BYTES,
+            self.pending_bytes(),
+            final=final,
+            from_finalize=from_finalize,
+            speech_final=speech_final,
+            words_span=span,
+        )
+        if final:
+            self.seg_start = self.frames
+            self.seg_first_word = None
+        return msg
+
+    def audio(self, data: bytes) -> list[dict[str, Any]]:
+        """Hear `data`; the messages Deepgram would send by the end of it."""
+        out: list[dict[str, Any]] = []
+        self.buf += data
+        word_dbfs = self.fake.word_dbfs
+        assert word_dbfs is not None
+        while len(self.buf) >= FRAME_BYTES:
+            frame, self.buf = self.buf[:FRAME_BYTES], self.buf[FRAME_BYTES:]
+            level = _frame_dbfs(frame)
+            self.frames += 1
+            if level > word_dbfs:
+                if self.seg_first_word is None:
+                    self.seg_first_word = self.frames - 1
+                self.last_word_end = self.frames
+                self.words_since_end = True
+            self.quiet = 0 if level > self.fake.vad_dbfs else self.quiet + 1
+            has_words = self.seg_first_word is not None
+            if has_words and self.endpointing_frames and self.quiet == self.endpointing_frames:
+                out.append(self.close_segment(final=True, speech_final=True))
+                self.since_interim = 0
+            gap = self.frames - self.last_word_end
+            if (
+                self.words_since_end
+                and self.utterance_end_frames
+                and gap >= self.utterance_end_frames
+            ):
+                if self.seg_first_word is not None:
+                    out.append(self.close_segment(final=True, speech_final=False))
+                out.append(
+                    {
+                        "type": "UtteranceEnd",
+                        "channel": [0, 1],
+                        "last_word_end": self.last_word_end * FRAME_BYTES / BYTES_PER_SECOND,
+                    }
+                )
+                self.conn.utterance_ends += 1
+                self.words_since_end = False
+            self.since_interim += 1
+            every = self.fake.interim_every
+            if every and self.since_interim >= every and self.seg_first_word is not None:
+                out.append(self.close_segment(final=False, speech_final=False))
+                self.since_interim = 0
+        return out
+
+
+def _ms_frames(value: str | None) -> int | None:
+    """A ms query parameter as whole 20 ms frames (None when absent or "false")."""
+    if value is None or not value.isdigit():
+        return None
+    return max(1, math.ceil(int(value) / 20))

@@ -28,6 +28,7 @@ import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -268,6 +269,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, fake: FakeElevenLabs) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.fake = fake
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection is normal here (barge-in, timeouts)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,9 @@ response from the queue (`script`): `Text`, `ToolCalls`, `HttpError`, `Stall`, `
 `Malformed`.  ``POST /tools/<name>`` is the HTTP tool server: it records the posted JSON in
 `tool_posts` and answers with ``tool_results[name]`` (JSON; default ``{"ok": true}``).
 
+`fault`, while set, answers every chat request instead of the queue (a vendor outage a test
+switches on and off between turns); `default`, when set, answers once the queue is empty.
+
 While it waits between deltas the server watches the socket, so it notices a client that
 goes away (`disconnects` counts them, `disconnected` is set) without writing to it.
 """
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import select
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -139,6 +143,8 @@ class FakeOpenAi:
     def __init__(self, api_key: str = "sk-test-fake-key") -> None:
         self.api_key = api_key
         self.script: deque[Scripted] = deque()
+        self.fault: Scripted | None = None
+        self.default: Scripted | None = None
         self.requests: list[RecordedRequest] = []
         self.streams: list[StreamLog] = []
         self.tool_posts: list[tuple[str, Any]] = []
@@ -174,7 +180,7 @@ class FakeOpenAi:
         class Handler(_Handler):
             owner = fake
 
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server = _Server(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
         self._server = server
         self._thread = threading.Thread(
@@ -219,7 +225,9 @@ class FakeOpenAi:
 
     def _next(self) -> Scripted | None:
         with self._lock:
-            return self.script.popleft() if self.script else None
+            if self.fault is not None:
+                return self.fault
+            return self.script.popleft() if self.script else self.default
 
     def _new_id(self, prefix: str) -> str:
         with self._lock:
@@ -236,6 +244,14 @@ class FakeOpenAi:
             if log is not None:
                 log.client_left = True
         self.disconnected.set()
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that resets its connection is normal here (barge-in, timeouts)."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

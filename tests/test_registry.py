@@ -1,0 +1,55 @@
+"""The registry wires the settings' timeouts into the cloud providers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.providers.elevenlabs_tts import ElevenLabsTts
+from gateway.providers.failover import ResilientBrain, ResilientTts
+from gateway.providers.openai_brain import OpenAiBrain
+from gateway.providers.registry import build_providers
+from sip_config import load_settings
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No SIPAGENT_* variables or vendor keys, and no stray .env."""
+    for name in list(os.environ):
+        if name.upper().startswith("SIPAGENT_") or name.endswith("_API_KEY"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def test_a_stall_mid_stream_is_bounded_by_the_stage_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stalled stream after the first audio or words is dead air on the call: the
+    # per-stage timeout bounds it, not a fixed 10 s.
+    for key, value in {
+        "PROVIDERS__STT": "fake",
+        "PROVIDERS__TTS": "elevenlabs",
+        "PROVIDERS__BRAIN": "openai",
+        "PROVIDERS__TTS_TIMEOUT_S": "0.7",
+        "PROVIDERS__BRAIN_TIMEOUT_S": "0.9",
+        "ELEVENLABS__API_KEY": "xi-test",
+        "OPENAI__API_KEY": "sk-test",
+    }.items():
+        monkeypatch.setenv(f"SIPAGENT_{key}", value)
+    providers = build_providers(load_settings(env_file=None))
+    try:
+        assert isinstance(providers.tts, ResilientTts)
+        tts = providers.tts.chain[0]
+        assert isinstance(tts, ElevenLabsTts)
+        assert (tts.first_byte_timeout_s, tts.chunk_timeout_s) == (0.7, 0.7)
+        assert isinstance(providers.brain, ResilientBrain)
+        brain = providers.brain.chain[0]
+        assert isinstance(brain, OpenAiBrain)
+        assert (brain.first_token_timeout_s, brain.stream_timeout_s) == (0.9, 0.9)
+    finally:
+        asyncio.run(providers.close())

@@ -1,0 +1,283 @@
+"""On the wire: ``POST /calls`` via=sip makes a real `sipagent serve` worker call out.
+
+The callee is sipp as a UAS (scenarios written by the test).  Answering, its SDP points
+the agent's RTP at a UDP socket of the test, so the test hears what the agent sends: the
+agent must speak first (a non-silent packet soon after the first one).  The INVITE must
+carry the configured and the request's headers (sipp's message log), and the call record
+must say how the call went: answered, busy when sipp answers 486, no-answer when it only
+rings past ``outbound.ring_timeout_s`` (the agent CANCELs).  The answered call
+ends by the agent's RTP timeout (the test never sends audio back), set to 3 s.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.demo import free_udp_port
+from tests.test_wire_bot_push import post_json
+from tests.test_wire_pool import running_pool
+
+pytestmark = [
+    pytest.mark.wire,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (sip-tester) is not installed"),
+]
+
+KEY = "wire-outbound-key"
+
+_REPLY_HEAD = """[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>"""
+
+
+def answer_scenario(rtp_port: int) -> str:
+    """Ring, answer with media to ``rtp_port``, wait for the agent's BYE."""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="answer">
+  <recv request="INVITE" crlf="true"/>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+{_REPLY_HEAD}
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+{_REPLY_HEAD}
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=callee 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio {rtp_port} RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+a=sendrecv
+]]></send>
+  <recv request="ACK"/>
+  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+{_REPLY_HEAD}
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+
+BUSY_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="busy">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 486 Busy Here
+{_REPLY_HEAD}
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+
+NO_ANSWER_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="no-answer">
+  <recv request="INVITE">
+    <action>
+      <ereg regexp="[0-9]+" search_in="hdr" header="CSeq:" assign_to="cseq"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+{_REPLY_HEAD}
+Content-Length: 0
+
+]]></send>
+  <recv request="CANCEL"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+{_REPLY_HEAD}
+Content-Length: 0
+
+]]></send>
+  <send><![CDATA[
+SIP/2.0 487 Request Terminated
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+CSeq: [$cseq] INVITE
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+
+@contextmanager
+def sipp_uas(tmp: Path, scenario: str, name: str) -> Iterator[tuple[int, Path, Callable[[], int]]]:
+    """sipp as a UAS for one call: (its SIP port, its message log, wait-for-exit)."""
+    path = tmp / f"{name}.xml"
+    path.write_text(scenario)
+    log = tmp / f"{name}-messages.log"
+    port = free_udp_port()
+    proc = subprocess.Popen(
+        [
+            "sipp",
+            "-sf",
+            str(path),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "1",
+            "-nostdin",
+            "-trace_msg",
+            "-message_file",
+            str(log),
+            "-timeout",
+            "60s",
+            "-timeout_error",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=tmp,
+    )
+
+    def wait() -> int:
+        return proc.wait(60)
+
+    try:
+        yield port, log, wait
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def record(tmp: Path, call_id: str) -> dict[str, Any]:
+    with sqlite3.connect(tmp / "records.db") as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM calls WHERE call_uuid = ?", (call_id,)).fetchone()
+        return dict(row) if row is not None else {}
+
+
+def wait_for_record(tmp: Path, call_id: str, key: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rec = record(tmp, call_id)
+        if rec.get(key):
+            return rec
+        assert time.monotonic() < deadline, f"no {key} recorded for {call_id}: {rec}"
+        time.sleep(0.1)
+
+
+def test_outbound_sip_calls_answered_busy_and_unanswered(tmp_path: Path) -> None:
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    rtp.settimeout(0.2)
+    settings = {
+        "providers__stt": "fake",
+        "providers__tts": "fake",
+        "pool__spare": "false",
+        "sip__rtp_timeout_s": "3",
+        "outbound__ring_timeout_s": "2",
+        "outbound__api_key": KEY,
+        "outbound__headers": '{"X-Campaign": "spring"}',
+        # Every hour of the day is inside the calling window.
+        "outbound__window_start": "00:00",
+        "outbound__window_end": "23:59",
+    }
+    try:
+        with running_pool(tmp_path, 1, None, **settings) as pool:
+            assert pool.app_url is not None
+            calls = f"{pool.app_url}/calls"
+
+            # 1. Answered: the agent speaks first, the record says answered.
+            with sipp_uas(tmp_path, answer_scenario(rtp.getsockname()[1]), "answer") as (
+                port,
+                log,
+                wait,
+            ):
+                status, body = post_json(
+                    calls,
+                    {"to": f"sip:callee@127.0.0.1:{port}", "headers": {"X-Lead": "42"}},
+                    token=KEY,
+                )
+                assert status == 201, body
+                call_id = body["call_id"]
+                first: float | None = None
+                voiced: float | None = None
+                deadline = time.monotonic() + 20
+                while voiced is None and time.monotonic() < deadline:
+                    try:
+                        packet = rtp.recv(2048)
+                    except TimeoutError:
+                        continue
+                    now = time.monotonic()
+                    first = first if first is not None else now
+                    payload = packet[12:]
+                    if any(b not in (0xFF, 0x7F) for b in payload):
+                        voiced = now
+                assert first is not None, "no RTP from the agent after answering"
+                assert voiced is not None, "the agent sent only silence"
+                assert voiced - first < 3.0, f"greeting {voiced - first:.2f} s after answer"
+                assert wait() == 0, "sipp did not see the call through (BYE from the agent)"
+                invite = log.read_text(errors="replace")
+                assert "INVITE sip:callee@127.0.0.1" in invite
+                assert "X-Campaign: spring" in invite and "X-Lead: 42" in invite
+
+            rec = wait_for_record(tmp_path, call_id, "sip_end_at")
+            assert rec["direction"] == "outbound" and rec["via"] == "sip"
+            assert rec["outcome"] == "answered", rec
+            assert rec["start_at"] and rec["answer_at"], rec
+            assert rec["end_reason"] == "rtp timeout", rec
+            with sqlite3.connect(tmp_path / "records.db") as db:
+                kinds = [
+                    k
+                    for (k,) in db.execute("SELECT kind FROM turns WHERE call_id = ?", (rec["id"],))
+                ]
+            assert kinds[:1] == ["greeting"], kinds
+
+            # 2. Busy: 486 from the callee is recorded as busy.
+            with sipp_uas(tmp_path, BUSY_SCENARIO, "busy") as (port, _log, wait):
+                status, body = post_json(calls, {"to": f"sip:callee@127.0.0.1:{port}"}, token=KEY)
+                assert status == 201, body
+                assert wait() == 0
+            rec = wait_for_record(tmp_path, body["call_id"], "outcome")
+            assert rec["outcome"] == "busy", rec
+            assert rec["end_reason"].startswith("486"), rec
+            assert not rec["start_at"], rec  # never answered: no conversation
+
+            # 3. No answer: ringing past outbound.ring_timeout_s is cancelled, no-answer.
+            with sipp_uas(tmp_path, NO_ANSWER_SCENARIO, "no-answer") as (port, _log, wait):
+                started = time.monotonic()
+                status, body = post_json(calls, {"to": f"sip:callee@127.0.0.1:{port}"}, token=KEY)
+                assert status == 201, body
+                assert wait() == 0
+                assert 1.5 < time.monotonic() - started < 6.0
+            rec = wait_for_record(tmp_path, body["call_id"], "outcome")
+            assert rec["outcome"] == "no-answer", rec
+            assert rec["end_reason"] == "no answer in 2 s", rec
+    finally:
+        rtp.close()
