@@ -138,6 +138,7 @@ class Softphone:
         self.call: Any = None
         self.t0 = 0.0
         self.log: list[str] = []
+        self.transfers: list[Any] = []  # the Dialer's TransferRequests
 
     # -- receive side -----------------------------------------------------------------------
     def pump(self) -> None:
@@ -302,6 +303,9 @@ class Softphone:
         if not self.call.ended.is_set():
             dialer.hangup()
             self.call.ended.wait(5)
+        self.transfers = list(dialer.transfers)
+        for t in self.transfers:
+            self.note(f"transfer requested to {t.to}: {t.call.status_code} {t.call.reason}")
         self.pump()
         for seg in self.segments:
             seg.closed = True
@@ -373,6 +377,15 @@ class Softphone:
                     for key, method, at in received
                 ],
                 "notes": self.log,
+                # REFERs the agent sent, and how the call to each target went.
+                "transfers": [
+                    {
+                        "to": t.to,
+                        "status_code": t.call.status_code,
+                        "answered": bool(t.call.confirmed_at),
+                    }
+                    for t in self.transfers
+                ],
                 "ok": self.success(),
             }
             print(json.dumps(out))

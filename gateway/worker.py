@@ -23,6 +23,14 @@ from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
 from gateway.sip.endpoint import EndpointOptions, SipError
+from gateway.transfer import (
+    TransferError,
+    TransferOutcome,
+    Transferrer,
+    WarmLegs,
+    transfer_uri,
+    uri_host,
+)
 from sip_config import Settings
 
 log = logging.getLogger("sipagent")
@@ -41,6 +49,9 @@ def conversation_options(s: Settings) -> ConversationOptions:
         no_input_timeout_s=s.conversation.no_input_timeout_s,
         max_failures=s.conversation.max_failures,
         reply_deadline_s=s.conversation.max_vendor_silence_s if _uses_vendors(s) else None,
+        transfer_timeout_s=s.transfer.timeout_s,
+        transfer_failed_text=s.transfer.failed_text,
+        warm_intro_text=s.transfer.warm_intro_text,
     )
 
 
@@ -103,6 +114,16 @@ def registration_options(settings: Settings, account_index: int) -> Registration
         first_retry_s=reg.first_retry_s,
         max_retry_s=reg.max_retry_s,
     )
+
+
+def transfer_domain(settings: Settings, remote_uri: str) -> str:
+    """Where numbers are transferred (``sip:<number>@<domain>``): ``transfer.domain``, else
+    the registration domain (register mode), else the host the call came from."""
+    if settings.transfer.domain:
+        return settings.transfer.domain
+    if settings.sip.mode == "register":
+        return settings.registration.uri_domain
+    return uri_host(remote_uri)
 
 
 class AgentWorker:
@@ -179,11 +200,46 @@ class AgentWorker:
             send_dtmf=lambda keys: self.ua.send_dtmf(handle.call_id, keys),
             on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
+            transfer=self._transferrer(handle),
+            warm=self._warm_legs(handle),
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
         self.conversations[handle.sip_call_id] = session
         task.add_done_callback(lambda t: self._finished(handle, t))
+
+    def _transferrer(self, handle: CallHandle) -> Transferrer:
+        """How this call is handed to a human: SIP REFER on the call, or (``transfer.method
+        = "plivo"`` and the call came with a CallUUID) Plivo's REST API on the A leg."""
+        settings = self.settings.transfer
+        if settings.method == "plivo":
+            call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
+            if call_uuid:
+                from gateway.providers.plivo_transfer import PlivoTransfer
+
+                return PlivoTransfer(self.settings, call_uuid).transfer
+            log.info(
+                "call %s has no CallUUID (not routed by the answer_url app): transfers use REFER",
+                handle.sip_call_id,
+            )
+
+        async def refer(target: str) -> TransferOutcome:
+            domain = transfer_domain(self.settings, handle.remote_uri)
+            uri = transfer_uri(target or settings.target or "", domain)
+            code, reason = await asyncio.wrap_future(self.ua.transfer(handle.call_id, uri))
+            detail = f"{code} {reason}".strip() if code else reason
+            return TransferOutcome(200 <= code < 300, code, detail, target=uri)
+
+        return refer
+
+    def _warm_legs(self, handle: CallHandle) -> WarmLegs | None:
+        """The SIP side of a warm transfer (``transfer.warm``; REFER method or no CallUUID)."""
+        t = self.settings.transfer
+        if not t.warm:
+            return None
+        if t.method == "plivo" and decode_call_context(handle.headers).get("call_uuid"):
+            return None  # Plivo moves the A leg itself
+        return _SipLegs(self, handle)
 
     def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
         # The one place a turn's words leave the conversation (log line, and the supervisor
@@ -290,6 +346,32 @@ class AgentWorker:
                     await asyncio.wait_for(stop.wait(), 0.5)
         finally:
             await self.stop()
+
+
+class _SipLegs:
+    """`WarmLegs` over the worker's `AgentUA`: call the human, bridge, hang up."""
+
+    def __init__(self, worker: AgentWorker, caller: CallHandle) -> None:
+        self.worker = worker
+        self.caller = caller
+
+    def resolve(self, target: str) -> str:
+        settings = self.worker.settings
+        domain = transfer_domain(settings, self.caller.remote_uri)
+        return transfer_uri(target or settings.transfer.target or "", domain)
+
+    async def dial(self, uri: str) -> CallHandle:
+        try:
+            return await asyncio.wrap_future(self.worker.ua.dial(uri))
+        except SipError as exc:
+            raise TransferError(str(exc)) from None
+
+    async def bridge(self, human: CallHandle, reason: str) -> bool:
+        ua = self.worker.ua
+        return await asyncio.wrap_future(ua.bridge(self.caller.call_id, human.call_id, reason))
+
+    def hangup(self, leg: CallHandle, reason: str) -> None:
+        self.worker.ua.hangup(leg.call_id, 200, reason)
 
 
 class WorkerListener(Protocol):

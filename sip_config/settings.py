@@ -811,6 +811,89 @@ class AppSettings(_Section):
         return text
 
 
+_TRANSFER_DOMAIN = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+class TransferSettings(_Section):
+    """Transfer of a call to a human (``[transfer]``, ``SIPAGENT_TRANSFER__*``): the
+    playbook's ``transfer`` / ``transfer:<target>`` action and the LLM's ``transfer_call``."""
+
+    method: Literal["refer", "plivo"] = Field(
+        default="refer",
+        description=(
+            "refer: blind SIP REFER on the call; plivo: Plivo's REST API moves the A leg"
+            " (needs the CallUUID from the answer_url app; REFER otherwise)."
+        ),
+    )
+    target: str | None = Field(
+        default=None, description="Default target: a sip: URI or a number (or user name)."
+    )
+    domain: str | None = Field(
+        default=None,
+        description=(
+            "Domain for numbers: sip:<number>@<domain>. Zentrunk needs its <name>.zt.plivo.com"
+            " domain. None: the registration domain in register mode, else the caller's host."
+        ),
+    )
+    timeout_s: float = Field(
+        default=30.0, ge=1, le=300, description="Longest wait for a transfer's outcome."
+    )
+    failed_text: str = Field(
+        default="Sorry, I couldn't transfer you right now. How else can I help?",
+        description="Said when a transfer fails; then the conversation carries on.",
+    )
+    warm: bool = Field(
+        default=False,
+        description=(
+            "Warm transfer (method refer): the agent calls the human, speaks a summary, then"
+            " connects the caller (audio bridged through the agent's process)."
+        ),
+    )
+    warm_intro_text: str = Field(
+        default="Hello, this is the virtual agent. I have a caller on the line.",
+        description="Said to the human first; the caller's last few turns follow.",
+    )
+    plivo_auth_id: str = Field(
+        default="",
+        description=(
+            "Plivo auth ID for the REST API (else outbound.plivo_auth_id, else PLIVO_AUTH_ID);"
+            " token: app.auth_token (else outbound.plivo_auth_token)."
+        ),
+    )
+    plivo_api_url: str | None = Field(
+        default=None,
+        description="Plivo REST API base URL; None: outbound.plivo_api_url, else Plivo's.",
+    )
+    plivo_hangup_after_s: float = Field(
+        default=5.0,
+        ge=0,
+        le=60,
+        description="After a REST transfer, hang up the agent's leg if Plivo has not by then.",
+    )
+    caller_id: str | None = Field(
+        default=None, description="callerId of the Dial to the human; None: the caller's number."
+    )
+
+    @field_validator("domain")
+    @classmethod
+    def _validate_domain(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        text = value.strip().removeprefix("sip:")
+        if not _TRANSFER_DOMAIN.match(text):
+            _invalid("must be a host[:port], e.g. acme.zt.plivo.com")
+        return text
+
+    @field_validator("plivo_api_url")
+    @classmethod
+    def _validate_api_url(cls, value: str | None) -> str | None:
+        return _check_base_url(value, ("http", "https"))
+
+    def auth_id(self) -> str:
+        """The Plivo auth ID: the setting, else ``PLIVO_AUTH_ID``, else ""."""
+        return self.plivo_auth_id or os.environ.get("PLIVO_AUTH_ID", "")
+
+
 _WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
@@ -1208,6 +1291,7 @@ class Settings(BaseSettings):
     registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
     pool: PoolSettings = Field(default_factory=PoolSettings)
     app: AppSettings = Field(default_factory=AppSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
@@ -1258,6 +1342,19 @@ class Settings(BaseSettings):
                 "external.dcs_response_url: required when the brain is 'external'"
                 " (or set DCS_RESPONSE_URL)"
             )
+        if self.transfer.method == "plivo":
+            if not (self.transfer.auth_id() or self.outbound.plivo_auth_id):
+                missing.append(
+                    "transfer.plivo_auth_id: required when transfer.method is 'plivo'"
+                    " (or set PLIVO_AUTH_ID)"
+                )
+            if not (self.app.auth_token or self.outbound.plivo_auth_token):
+                missing.append("app.auth_token: required when transfer.method is 'plivo'")
+            if not self.app.public_url:
+                missing.append(
+                    "app.public_url: required when transfer.method is 'plivo'"
+                    " (Plivo fetches the transfer XML from it)"
+                )
         if missing:
             _invalid("; ".join(missing), show_input=False)
         return self

@@ -223,7 +223,7 @@ def test_transfer_call(fake: FakeOpenAi) -> None:
     reply = run(collect(brain, "let me talk to a person"))
     assert reply == BrainReply(
         "One moment.",
-        actions=("transfer:sip:desk@example.com", "hangup"),
+        actions=("transfer:sip:desk@example.com",),
         intent="transfer_call",
     )
     assert tool_names(fake.chat_requests()[0]) == ["end_call", "transfer_call"]

@@ -12,6 +12,9 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
     and, if the caller is still there, plays the fallback.
 ``/hangup`` (POST)
     Plivo's hangup callback: records it and frees any slot still held for the call.
+``/transfer-xml?target=...`` (POST or GET)
+    Where a call transferred through the REST API (``transfer.method = "plivo"``) goes:
+    a ``<Dial>`` to the target, a number (``<Number>``) or a SIP URI (``<User>``).
 ``/bot/calls/<call_id>/reply`` (POST, ``Authorization: Bearer <external.push_token>``)
     A reply the customer's bot pushes for a call in progress (``call_id``: its SIP Call-ID
     or Plivo CallUUID), in the external brain's JSON contract; handed to the worker that
@@ -39,6 +42,7 @@ from flask import Flask, Response, jsonify, request
 from gateway.callcontext import encode_sip_headers
 from gateway.pool.state import PoolState
 from gateway.records import CallRecords
+from gateway.transfer import TransferError, transfer_uri
 from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi, Dial
@@ -90,6 +94,7 @@ class _CallRouter:
     ) -> None:
         self.app_settings = settings.app
         self.routing = settings.routing
+        self.transfer_caller_id = settings.transfer.caller_id
         self.pool = pool
         self.records = records
         self.clock = clock
@@ -275,6 +280,28 @@ class _CallRouter:
             body = plivo_xml.render(plivo_xml.hangup())
         return _xml(body)
 
+    # --- /transfer-xml ----------------------------------------------------------------
+    def transfer_xml(self, params: dict[str, str]) -> Response:
+        """``/transfer-xml``: the transferred A leg's XML, a ``<Dial>`` to ``target``."""
+        target = request.args.get("target", "").strip()
+        if not target:
+            return _bad_request("target", "missing")
+        if target.lower().startswith(("sip:", "sips:")):
+            try:
+                dest = transfer_uri(target, None)
+            except TransferError:
+                return _bad_request("target", "malformed")
+        else:
+            number = "".join(c for c in target if c not in " ().-")
+            if not number or set(number) - _NUMBER_CHARS or "+" in number[1:]:
+                return _bad_request("target", "malformed")
+            dest = number
+        call_uuid = params.get("CallUUID", "")
+        log.info("transfer-xml: call %s dials %s", call_uuid or "(no CallUUID)", dest)
+        caller_id = self.transfer_caller_id or self.app_settings.caller_id
+        dial = plivo_xml.dial(dest, timeout=self.app_settings.dial_timeout_s, caller_id=caller_id)
+        return _xml(plivo_xml.render(dial))
+
     # --- /hangup ----------------------------------------------------------------------
     def hangup(self, params: dict[str, str]) -> Response:
         """``/hangup``: record the end of the call and free any slot still held for it."""
@@ -445,6 +472,12 @@ def create_app(
             "/dial-status", "dial_status", plivo_facing(router.dial_status), methods=["POST"]
         )
         app.add_url_rule("/hangup", "hangup", plivo_facing(router.hangup), methods=["POST"])
+        app.add_url_rule(
+            "/transfer-xml",
+            "transfer_xml",
+            plivo_facing(router.transfer_xml),
+            methods=["GET", "POST"],
+        )
 
     @app.post("/bot/calls/<path:call_id>/reply")
     def bot_reply(call_id: str) -> Response:

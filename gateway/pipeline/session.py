@@ -40,6 +40,13 @@ from gateway.providers.base import (
 )
 from gateway.providers.textchunks import SentenceCutter
 from gateway.sip.calls import CallHandle
+from gateway.transfer import (
+    TransferError,
+    TransferOutcome,
+    Transferrer,
+    WarmLegs,
+    transfer_target,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,14 @@ class ConversationOptions:
     # apology plays, so a slow or dead vendor never leaves the caller in silence. None: no
     # limit (the offline pipeline, whose delays are CPU, not vendors).
     reply_deadline_s: float | None = None
+    # Transfer (a "transfer[:target]" action): the longest wait for its outcome, and what
+    # the agent says when it fails before the conversation carries on.
+    transfer_timeout_s: float = 30.0
+    transfer_failed_text: str = "Sorry, I couldn't transfer you right now. How else can I help?"
+    # Warm transfer: said to the human when they answer, before "They said: ..." (the
+    # caller's last few turns) and the connection.
+    warm_intro_text: str = "Hello, this is the virtual agent. I have a caller on the line."
+    warm_summary_turns: int = 3
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,7 @@ class TurnRecord:
     call_id: str
     turn: int
     # greeting | reply | keys | pushed | reprompt | goodbye | apology | failure-goodbye
+    # | transfer-failed
     kind: str
     user_text: str = ""
     agent_text: str = ""
@@ -122,8 +138,15 @@ class CallSession:
         send_dtmf: Callable[[str], None] | None = None,
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
+        transfer: Transferrer | None = None,
+        warm: WarmLegs | None = None,
     ) -> None:
         self.handle = handle
+        self._transfer_cb = transfer
+        self._warm = warm
+        self._transferring = False
+        self._bridged = False  # warm-transferred: the caller talks with the human now
+        self.transfers: list[TransferOutcome] = []
         self.prompts = prompts
         self._failures = 0  # consecutive failed agent turns
         self.stt = stt
@@ -228,6 +251,10 @@ class CallSession:
                 self.opt.barge_in_min_speech_ms if self.agent_speaking() else self.opt.min_speech_ms
             )
             event = det.push(frame)
+            if self._transferring or self._bridged:
+                # The caller is being handed over (or talks with the human now): their
+                # words start no turn (and do not cancel the transfer in progress).
+                continue
             if event is None:
                 if det.in_speech:
                     await self._feed_speech(frame)
@@ -608,9 +635,121 @@ class CallSession:
             self._push_due = time.monotonic() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
             self._push_due = None  # answered: nothing is owed any more
+        for action in reply.actions:
+            target = transfer_target(action)
+            if target is not None:
+                # Done here whatever the outcome: a transfer that worked ends the call, one
+                # that failed was apologised for and the conversation carries on (a
+                # "hangup" that came with it is not run).
+                await self._transfer(target)
+                return
         if "hangup" in reply.actions:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("agent hangup")
+
+    async def _transfer(self, target: str) -> None:
+        """Hand the caller to a human (after the handover line was spoken). Success ends
+        the call ("transferred to <uri>"); failure says `transfer_failed_text` and the
+        conversation goes on."""
+        sip_call_id = self.handle.sip_call_id
+        self._transferring = True
+        try:
+            if self._transfer_cb is None and self._warm is None:
+                outcome = TransferOutcome(False, detail="transfer is not configured")
+            else:
+                try:
+                    async with asyncio.timeout(self.opt.transfer_timeout_s):
+                        if self._warm is not None:
+                            outcome = await self._warm_transfer(self._warm, target)
+                        else:
+                            assert self._transfer_cb is not None
+                            outcome = await self._transfer_cb(target)
+                except TimeoutError:
+                    outcome = TransferOutcome(
+                        False, detail=f"no outcome within {self.opt.transfer_timeout_s:g} s"
+                    )
+                except (ValueError, ProviderError) as exc:  # a bad target, a REST failure
+                    outcome = TransferOutcome(False, detail=str(exc))
+            self.transfers.append(outcome)
+            where = outcome.target or target or "the default target"
+            if outcome.ok:
+                log.info("call %s: transferred to %s (%s)", sip_call_id, where, outcome.detail)
+                if outcome.bridged:
+                    # The agent's part is over; the call goes on until either side ends it.
+                    self._bridged = True
+                    return
+                if outcome.hangup_after_s:
+                    # The far end normally ends our leg itself; this bounds the wait.
+                    await asyncio.sleep(outcome.hangup_after_s)
+                self.hangup(f"transferred to {where}")
+                return
+            log.warning("call %s: transfer to %s failed: %s", sip_call_id, where, outcome.detail)
+        finally:
+            self._transferring = False
+        self._turns += 1
+        rec = TurnRecord(
+            call_id=sip_call_id,
+            turn=self._turns,
+            kind="transfer-failed",
+            agent_text=self.opt.transfer_failed_text,
+            intent="transfer_failed",
+        )
+        t0 = time.monotonic()
+        first_chunk_at, first_wire_at = await self._speak(self.opt.transfer_failed_text)
+        if first_chunk_at:
+            rec.tts_first_ms = _ms(first_chunk_at - t0)
+        self._finish_record(rec, t0, first_chunk_at, first_wire_at)
+
+    async def _warm_transfer(self, legs: WarmLegs, target: str) -> TransferOutcome:
+        """Call the human, tell them who is calling and what about, then bridge the caller
+        to them. The human's leg is hung up on any failure (and on cancellation)."""
+        uri = legs.resolve(target)
+        human = await legs.dial(uri)
+        bridged = False
+        try:
+            while not human.answered_at and not human.ended_at:
+                await asyncio.sleep(FRAME_MS / 1000.0)
+            if human.ended_at:
+                return TransferOutcome(False, detail=human.end_reason or "no answer", target=uri)
+            await self._speak_to(human, self._warm_summary())
+            if human.ended_at:
+                return TransferOutcome(False, detail="the human hung up", target=uri)
+            bridged = await legs.bridge(human, f"transferred to {uri} (warm)")
+            if not bridged:
+                return TransferOutcome(False, detail="a call ended before the bridge", target=uri)
+            return TransferOutcome(True, 200, "bridged (warm)", target=uri, bridged=True)
+        finally:
+            if not bridged and not human.ended_at:
+                legs.hangup(human, "warm transfer abandoned")
+
+    def _warm_summary(self) -> str:
+        said = [r.user_text for r in self.records if r.user_text]
+        said = said[-self.opt.warm_summary_turns :] if self.opt.warm_summary_turns else []
+        text = self.opt.warm_intro_text
+        if self.ctx.from_number:
+            text += f" They are calling from {self.ctx.from_number}."
+        if said:
+            text += " They said: " + "; ".join(said) + "."
+        return text + " Connecting you now."
+
+    async def _speak_to(self, leg: CallHandle, text: str) -> None:
+        """Speak `text` on another call (the human's leg) and wait until it has played."""
+        playout = leg.playout
+        chunks = self.tts.synthesize(text)
+        try:
+            async for pcm in chunks:
+                for frame in split_frames(pcm):
+                    while playout.free == 0:
+                        if leg.ended_at:
+                            raise TransferError("the human hung up")
+                        await asyncio.sleep(FRAME_MS / 1000.0)
+                    playout.put(frame)
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        while len(playout) > 0 and not leg.ended_at:
+            await asyncio.sleep(FRAME_MS / 1000.0)
 
     def _record(self, rec: TurnRecord) -> None:
         self.records.append(rec)
@@ -763,6 +902,8 @@ class CallSession:
         return (
             self._hanging_up
             or bool(self._keys_buf)  # a keypad entry is under way
+            or self._transferring
+            or self._bridged
             or self.agent_speaking()
             or self.detector.in_speech
             or (self._reply is not None and not self._reply.done())

@@ -16,8 +16,9 @@ A turn (`respond_stream`) streams the model's text deltas as they arrive.  Tools
 * ``end_call`` - the reply carries the ``hangup`` action; the text the model produced is
   spoken, or ``goodbye_line`` when it produced none;
 * ``transfer_call`` (offered only with a ``transfer_target``) - the reply speaks
-  ``transfer_line`` (after any text the model produced) and carries
-  ``("transfer:<target>", "hangup")``: SIP transfer does not exist yet, so the call ends;
+  ``transfer_line`` (after any text the model produced) and carries the action
+  ``"transfer:<target>"``: the conversation transfers the call (REFER or Plivo's REST
+  API, `gateway.transfer`); if that fails the agent says so and the call goes on;
 * every `HttpTool` - the arguments are POSTed as JSON to the tool's URL; the JSON answer
   (or ``{"error": ...}`` on failure or timeout) goes back to the model as a ``tool``
   message and the model's follow-up is streamed too, for up to ``max_tool_rounds`` rounds
@@ -513,7 +514,7 @@ class _OpenAiReplyStream(ReplyStream):
         self._partial = ""
         if tool == TRANSFER_CALL:
             line = brain.transfer_line
-            actions: tuple[str, ...] = (f"transfer:{brain.transfer_target}", "hangup")
+            actions: tuple[str, ...] = (f"transfer:{brain.transfer_target}",)
         else:
             line = "" if "".join(self._spoken).strip() else brain.goodbye_line
             actions = ("hangup",)

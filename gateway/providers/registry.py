@@ -105,7 +105,7 @@ def _openai(s: Settings) -> Brain:
         first_token_timeout_s=s.providers.brain_timeout_s,
         # Likewise a stream that stalls after its first words (was a fixed 10 s).
         stream_timeout_s=s.providers.brain_timeout_s,
-        transfer_target=o.transfer_target,
+        transfer_target=o.transfer_target or s.transfer.target,
         transfer_line=o.transfer_line,
         http_tools=[
             HttpTool(t.name, t.description, dict(t.parameters), t.url, t.timeout_s) for t in o.tools

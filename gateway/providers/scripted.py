@@ -13,7 +13,7 @@ Playbook format::
     name = "hours"
     keywords = ["hours", "open", "opening hours"]   # words or multi-word phrases
     reply = "..."
-    actions = []                   # optional; allowed: "hangup"
+    actions = []                   # optional: "hangup", "transfer", "transfer:<target>"
     key = "1"                      # optional: pressing this keypad key picks the intent
     send_dtmf = "1#"               # optional: keys the agent sends after the reply
 
@@ -30,6 +30,12 @@ Playbook format::
 
 The optional ``[agent] invalid_key`` is said for a key that picks no intent (default: the
 fallback).
+
+Actions run after the reply is spoken. ``"hangup"`` ends the call. ``"transfer"`` hands the
+caller to a human at ``transfer.target``, ``"transfer:<target>"`` to ``<target>``: a SIP
+URI (``"transfer:sip:desk@pbx.example.com"``) or a number (``"transfer:+14155550100"``,
+dialled at ``transfer.domain``). The reply is the handover line; if the transfer fails the
+agent says ``transfer.failed_text`` and the conversation carries on.
 
 Matching works on normalised words (lowercase, punctuation dropped, apostrophes inside
 words removed so "o'clock" is "oclock" and "that's" is "thats") with a light stemmer that
@@ -55,9 +61,10 @@ from gateway.providers.base import (
     DigitCollect,
     KeyInput,
 )
+from gateway.transfer import TransferError, transfer_target, transfer_uri
 
-ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup"})
-"""Actions an intent may carry."""
+ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup", "transfer"})
+"""Actions an intent may carry (besides ``"transfer:<target>"``)."""
 
 DEMO_PLAYBOOK: Path = Path(__file__).resolve().parent.parent / "playbooks" / "demo.toml"
 """Path of the bundled demo playbook (Maple Street Bakery)."""
@@ -275,8 +282,14 @@ def _parse_intent(raw: object, number: int) -> Intent:
 def _actions(raw: Mapping[str, Any], where: str, name: str) -> list[str]:
     actions = _string_list(raw, "actions", where)
     for action in actions:
-        if action not in ALLOWED_ACTIONS:
-            allowed = ", ".join(sorted(ALLOWED_ACTIONS))
+        target = transfer_target(action)
+        if target:
+            try:  # the target's form; its domain, if it needs one, is a setting
+                transfer_uri(target, "domain.invalid")
+            except TransferError as exc:
+                raise PlaybookError(f'action "{action}" in intent "{name}": {exc}') from None
+        elif action not in ALLOWED_ACTIONS:
+            allowed = ", ".join(sorted(ALLOWED_ACTIONS)) + ", transfer:<target>"
             raise PlaybookError(
                 f'unknown action "{action}" in intent "{name}" (allowed: {allowed})'
             )

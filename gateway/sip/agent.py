@@ -2,7 +2,8 @@
 
 Everything here runs on the pj thread. The conversation learns about calls through a
 `CallEvents` sink (called on the pj thread; implementations hop to their own loop) and
-asks for hang-ups with `AgentUA.hangup(call_id)`.
+asks for hang-ups with `AgentUA.hangup(call_id)` and blind transfers (REFER) with
+`AgentUA.transfer(call_id, uri)`.
 """
 
 from __future__ import annotations
@@ -235,6 +236,29 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
         self.rx_packets = -1
         self.rx_seen_at = time.monotonic()
         self.audio_index = -1
+        # The REFER in progress: resolved with the final NOTIFY's (status, reason).
+        self.xfer_result: concurrent.futures.Future[tuple[int, str]] | None = None
+        # The call whose audio this one is bridged to (warm transfer).
+        self.bridged_to: int | None = None
+
+    def onCallTransferStatus(self, prm: Any) -> None:
+        # NOTIFY sipfrag progress of our REFER (the REFER's own 202 comes as a non-final
+        # 202 too): only the final one decides.
+        code = int(prm.statusCode)
+        reason = str(prm.reason).strip()
+        sip_call_id = self.handle.sip_call_id if self.handle is not None else "?"
+        log.info(
+            "call %s: transfer status %d %s%s",
+            sip_call_id,
+            code,
+            reason,
+            " (final)" if prm.finalNotify else "",
+        )
+        if not prm.finalNotify:
+            return
+        fut, self.xfer_result = self.xfer_result, None
+        if fut is not None and not fut.done():
+            fut.set_result((code, reason))
 
     def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
@@ -271,7 +295,8 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
         if handle.outbound and not handle.answered_at:
             return
         self.started = True
-        self.ua.events.call_started(handle)
+        if not handle.bridge_leg:  # the human's leg of a warm transfer has no conversation
+            self.ua.events.call_started(handle)
 
     def onCallMediaState(self, prm: Any) -> None:
         if self.handle is None:
@@ -283,6 +308,10 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             if mi.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 continue
             audio = self.getAudioMedia(mi.index)
+            self.audio_index = mi.index
+            if self.bridged_to is not None:
+                self.ua._reconnect_bridge(self)  # media renegotiated while bridged
+                continue
             if self.port is None:
                 self.port = self.ua.ports.acquire(self.handle.inbound, self.handle.playout)
             self.audio_index = mi.index
@@ -391,6 +420,118 @@ class AgentUA:
         not, with ``handle.outcome`` set.  ``ref`` is the requester's id for the call.
         """
         return self.pj.submit(lambda: self._make_call(uri, dict(headers), ref))
+
+    def transfer(self, call_id: int, uri: str) -> concurrent.futures.Future[tuple[int, str]]:
+        """Blind-transfer a call: send REFER to `uri` and resolve the Future with the final
+        NOTIFY's (SIP status, reason) from the transferee, e.g. ``(200, "OK")`` when the
+        target answered. Status 0 means no NOTIFY decided it: the REFER could not be sent,
+        the call is gone or ended first. Does not hang up: the caller decides."""
+        fut: concurrent.futures.Future[tuple[int, str]] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            call = self.calls.get(call_id)
+            if call is None or call.handle is None:
+                fut.set_result((0, "the call is over"))
+                return
+            if call.xfer_result is not None and not call.xfer_result.done():
+                fut.set_result((0, "a transfer is already in progress"))
+                return
+            call.xfer_result = fut
+            log.info("call %s: REFER to %s", call.handle.sip_call_id, uri)
+            try:
+                call.xfer(uri, pj.CallOpParam(True))
+            except pj.Error as exc:
+                call.xfer_result = None
+                fut.set_result((0, f"REFER not sent: {exc.reason.strip()}"))
+
+        self.pj.post(job)
+        return fut
+
+    def dial(self, uri: str) -> concurrent.futures.Future[CallHandle]:
+        """Place a call from the agent's account (the human's leg of a warm transfer).
+
+        The Future gets the call's `CallHandle` (``bridge_leg=True``) as soon as the INVITE is
+        sent, or `SipError` when it cannot be. Its ``answered_at`` is set when it is
+        answered, ``ended_at`` and ``end_reason`` (e.g. "486 Busy Here") when it ends; frames
+        put in its playout ring are sent once its media is up. The call counts against
+        ``max_calls`` and has no conversation; end it with `hangup`."""
+        fut: concurrent.futures.Future[CallHandle] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return  # the asker gave up before the pj thread got to it
+            if self.account is None or self._stopping:
+                fut.set_exception(SipError("SIP is not running"))
+                return
+            if len(self.calls) >= self.endpoint.max_calls:
+                fut.set_exception(SipError(f"no call slot free (max {self.endpoint.max_calls})"))
+                return
+            call = _AgentCall(self, self.account, pj.PJSUA_INVALID_ID)
+            try:
+                call.makeCall(uri, pj.CallOpParam(True))
+            except pj.Error as exc:
+                self.pj.dispose(call)
+                fut.set_exception(SipError(f"cannot call {uri}: {exc.reason.strip()}"))
+                return
+            info = call.getInfo()
+            if not call.isActive():
+                self.pj.dispose(call)
+                reason = f"{info.lastStatusCode} {info.lastReason}".strip()
+                fut.set_exception(SipError(f"cannot call {uri}: {reason}"))
+                return
+            handle = CallHandle(
+                call_id=int(info.id),
+                sip_call_id=str(info.callIdString),
+                remote_uri=uri,
+                local_uri=str(info.localUri),
+                bridge_leg=True,
+            )
+            call.handle = handle
+            self.calls[handle.call_id] = call
+            log.info("outbound call %s to %s", handle.sip_call_id, uri)
+            fut.set_result(handle)
+
+        self.pj.post(job)
+        return fut
+
+    def bridge(self, call_a: int, call_b: int, reason: str) -> concurrent.futures.Future[bool]:
+        """Connect two calls' audio directly (the agent's media ports leave both); when one
+        ends the other is hung up. ``reason`` becomes both calls' end reason. The Future is
+        False when either call is gone or has no media."""
+        fut: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def job() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            a, b = self.calls.get(call_a), self.calls.get(call_b)
+            if a is None or b is None or a.audio_index < 0 or b.audio_index < 0:
+                fut.set_result(False)
+                return
+            assert a.handle is not None and b.handle is not None
+            a.bridged_to, b.bridged_to = call_b, call_a
+            a.handle.end_reason = b.handle.end_reason = reason
+            for call in (a, b):
+                self._reconnect_bridge(call)
+            log.info("bridged call %s with %s", a.handle.sip_call_id, b.handle.sip_call_id)
+            fut.set_result(True)
+
+        self.pj.post(job)
+        return fut
+
+    def _reconnect_bridge(self, call: _AgentCall) -> None:
+        """Route a bridged call's audio to its partner instead of its media port."""
+        other = self.calls.get(call.bridged_to) if call.bridged_to is not None else None
+        if other is None or other.audio_index < 0 or call.audio_index < 0:
+            return
+        audio = call.getAudioMedia(call.audio_index)
+        peer = other.getAudioMedia(other.audio_index)
+        if call.port is not None:
+            with contextlib.suppress(pj.Error):
+                audio.stopTransmit(call.port)
+                call.port.stopTransmit(audio)
+        audio.startTransmit(peer)
 
     def set_accepting(self, accepting: bool) -> None:
         """Take new calls (True) or refuse them with 503 + Retry-After (False: draining).
@@ -668,8 +809,18 @@ class AgentUA:
         assert handle is not None
         handle.ended_at = time.monotonic()
         self.calls.pop(handle.call_id, None)
+        fut, call.xfer_result = call.xfer_result, None
+        if fut is not None and not fut.done():
+            fut.set_result(
+                (0, f"the call ended before the transfer finished ({handle.end_reason})")
+            )
+        other = self.calls.get(call.bridged_to) if call.bridged_to is not None else None
+        if other is not None and other.handle is not None:
+            # One side of a bridge hung up: end the other (never leave half a call).
+            other.bridged_to = None
+            self._hangup(other.handle.call_id, 200)
         log.info("call %s ended: %s", handle.sip_call_id, handle.end_reason)
-        if call.started or handle.outbound:
+        if (call.started or handle.outbound) and not handle.bridge_leg:
             self.events.call_ended(handle)
         port, call.port = call.port, None
         call.handle = None

@@ -137,6 +137,9 @@ class CallHandle:
     ref: str | None = None
     dialed_at: float = 0.0
     outcome: str = ""
+    # A call the agent placed itself (the human's leg of a warm transfer); no conversation
+    # of its own.
+    bridge_leg: bool = False
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""

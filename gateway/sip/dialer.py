@@ -40,6 +40,15 @@ class OutboundCall:
     dtmf_received: list[tuple[str, str, float]] = field(default_factory=list)
 
 
+@dataclass
+class TransferRequest:
+    """A REFER the dialed call received, and the call placed to its target (pjsua follows
+    a REFER by calling the Refer-To URI and NOTIFYing the outcome back)."""
+
+    to: str
+    call: OutboundCall
+
+
 class _DialCall(pj.Call):  # type: ignore[misc]
     def __init__(self, acc: Any, state: OutboundCall, dialer: Dialer) -> None:
         super().__init__(acc)
@@ -62,12 +71,25 @@ class _DialCall(pj.Call):  # type: ignore[misc]
                 self.dialer.ports.release(self.port)
                 self.port = None
             self.dialer.pj.dispose(self)
-            self.dialer.call = None
+            if self.dialer.call is self:
+                self.dialer.call = None
+            if self in self.dialer.followed:
+                self.dialer.followed.remove(self)
             self.state.ended.set()
 
     def onDtmfDigit(self, prm: Any) -> None:
         method = "info" if int(prm.method) == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
         self.state.dtmf_received.append((str(prm.digit), method, time.monotonic()))
+
+    def onCallTransferRequest(self, prm: Any) -> None:
+        # Accept (pjsua's default 202) and follow it with a call object of our own, so the
+        # new call's state is visible and its media connected like the first call's.
+        target = str(prm.dstUri)
+        state = OutboundCall(target)
+        follow = _DialCall(self.dialer.account, state, self.dialer)
+        self.dialer.followed.append(follow)
+        self.dialer.transfers.append(TransferRequest(target, state))
+        prm.newCall = follow
 
     def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()
@@ -97,13 +119,29 @@ class Dialer:
         )
         self.account: Any = None
         self.call: _DialCall | None = None
+        # REFERs received, in order, and the calls placed to follow them (still up).
+        self.transfers: list[TransferRequest] = []
+        self.followed: list[_DialCall] = []
         self.ports = BridgePortPool()
         self.pj.on_started(self._create_account)
+        self.pj.on_stopping(self._hangup_followed)
         self.pj.on_destroy(self._drop_objects)
+
+    def _hangup_followed(self) -> None:
+        """Before shutdown: end the calls placed for REFERs, so they are disconnected (and
+        their objects disposed) before libDestroy, never deleted while still active."""
+        for call in list(self.followed):
+            op = pj.CallOpParam()
+            op.statusCode = 200
+            try:
+                call.hangup(op)
+            except pj.Error:
+                self.followed.remove(call)
 
     def _drop_objects(self) -> None:
         """Delete pjsua2 objects on the pj thread, before libDestroy."""
         self.call = None
+        self.followed.clear()
         self.ports.clear()
         self.account = None
 

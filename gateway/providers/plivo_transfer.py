@@ -1,0 +1,116 @@
+"""Transfer through Plivo's REST API: move the call's A leg to XML that dials the human.
+
+Used for calls routed by the answer_url app (their CallUUID arrives in the X-PH- headers)
+when ``transfer.method = "plivo"``. The plivo SDK's ``calls.transfer(call_uuid,
+legs="aleg", aleg_url=...)`` points the caller's leg at the app's ``/transfer-xml`` route,
+which answers with ``<Dial>`` to the target. Plivo then ends the B leg (the SIP call into
+the agent) itself; the agent hangs up its side after ``transfer.plivo_hangup_after_s`` in
+case it has not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlencode
+
+import plivo
+from plivo import exceptions as plivo_errors
+from plivo.rest.client import Client as RestClient
+
+from gateway.providers.base import ProviderError
+from gateway.transfer import TransferError, TransferOutcome
+from sip_config import Settings
+
+log = logging.getLogger(__name__)
+
+TRANSFER_XML_PATH = "/transfer-xml"
+"""The answer_url app's route that returns the ``<Dial>`` to the transfer target."""
+
+
+class _Client(RestClient):  # type: ignore[misc]
+    """The SDK's client with its API base URL replaced (for a regional or test endpoint).
+
+    The SDK re-assigns ``base_uri`` from module constants before every voice request, so
+    the base is set again where the request URL is built."""
+
+    def __init__(self, auth_id: str, auth_token: str, api_url: str, timeout: float) -> None:
+        super().__init__(auth_id, auth_token, timeout=timeout)
+        self._api_base = api_url.rstrip("/") + "/v1/Account"
+
+    def create_request(self, method: str, path: Any = None, data: Any = None, **kw: Any) -> Any:
+        self.base_uri = self._api_base
+        return super().create_request(method, path, data, **kw)
+
+
+def rest_client(settings: Settings, timeout: float = 10.0) -> Any:
+    """A plivo SDK client with the transfer's credentials (``transfer.plivo_auth_id`` and
+    ``app.auth_token``, else the ``outbound.plivo_*`` ones), pointed at
+    ``transfer.plivo_api_url`` (else ``outbound.plivo_api_url``) when set."""
+    t, o = settings.transfer, settings.outbound
+    auth_id = t.auth_id() or o.plivo_auth_id
+    token = settings.app.auth_token or o.plivo_auth_token
+    api_url = t.plivo_api_url or o.plivo_api_url
+    if api_url:
+        return _Client(auth_id, token, api_url, timeout)
+    return plivo.RestClient(auth_id, token, timeout=timeout)
+
+
+def transfer_xml_url(public_url: str, target: str) -> str:
+    """The app URL Plivo fetches for the transferred leg (the target in the query).
+
+    >>> transfer_xml_url("https://bot.example.com", "+14155550100")
+    'https://bot.example.com/transfer-xml?target=%2B14155550100'
+    """
+    return f"{public_url.rstrip('/')}{TRANSFER_XML_PATH}?{urlencode({'target': target})}"
+
+
+class PlivoTransfer:
+    """Transfers one call (its A leg, by CallUUID) through the REST API."""
+
+    def __init__(self, settings: Settings, call_uuid: str, client: Any = None) -> None:
+        self.settings = settings
+        self.call_uuid = call_uuid
+        self._client = client
+
+    def _rest(self) -> Any:
+        if self._client is None:
+            self._client = rest_client(self.settings)
+        return self._client
+
+    async def transfer(self, target: str) -> TransferOutcome:
+        """Ask Plivo to move the caller to ``target`` (``""``: ``transfer.target``).
+
+        Raises `TransferError` without a target and `ProviderError("plivo", ...)` when the
+        API refuses or cannot be reached."""
+        t = self.settings.transfer
+        dest = (target or t.target or "").strip()
+        if not dest:
+            raise TransferError("no transfer target (set transfer.target)")
+        public_url = self.settings.app.public_url
+        if not public_url:
+            raise TransferError("app.public_url is not set: Plivo cannot fetch the transfer XML")
+        url = transfer_xml_url(public_url, dest)
+
+        def call() -> Any:
+            return self._rest().calls.transfer(
+                self.call_uuid, legs="aleg", aleg_url=url, aleg_method="POST"
+            )
+
+        try:
+            response = await asyncio.to_thread(call)
+        except plivo_errors.AuthenticationError as exc:
+            raise ProviderError("plivo", "auth", f"transfer refused: {exc}") from None
+        except plivo_errors.PlivoRestError as exc:
+            raise ProviderError("plivo", "http", f"transfer of {self.call_uuid}: {exc}") from None
+        except OSError as exc:  # requests' connection errors are OSErrors
+            raise ProviderError("plivo", "disconnect", f"transfer: {exc}") from None
+        message = str(getattr(response, "message", "") or "accepted")
+        log.info("call %s: Plivo transfer to %s: %s", self.call_uuid, dest, message)
+        return TransferOutcome(
+            True,
+            detail=f"Plivo: {message}",
+            target=dest,
+            hangup_after_s=t.plivo_hangup_after_s,
+        )

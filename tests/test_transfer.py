@@ -1,0 +1,547 @@
+"""Transfer to a human: target normalisation, and the session's side of a transfer action
+(handover line, transfer, hang-up or apology and carry on), without SIP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+
+import pytest
+
+from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.providers.base import BrainReply, CallContext
+from gateway.providers.fake import FakeStt, FakeTts
+from gateway.sip.calls import CallHandle
+from gateway.transfer import TransferError, TransferOutcome, transfer_target, transfer_uri, uri_host
+from tests.test_session import (
+    TONE_FRAMES_PER_CHAR,
+    Call,
+    MediaClock,
+    QuickBrain,
+    Speak,
+    make_handle,
+    run,
+    speech,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def test_transfer_target_of_actions() -> None:
+    assert transfer_target("transfer") == ""
+    assert transfer_target("transfer:+14155550100") == "+14155550100"
+    assert transfer_target("transfer:sip:desk@example.com") == "sip:desk@example.com"
+    assert transfer_target("hangup") is None
+    assert transfer_target("transferx:1") is None
+
+
+@pytest.mark.parametrize(
+    ("target", "domain", "uri"),
+    [
+        ("sip:desk@example.com", None, "sip:desk@example.com"),
+        ("SIPS:desk@example.com:5061", None, "SIPS:desk@example.com:5061"),
+        ("+1 (415) 555-0100", "acme.zt.plivo.com", "sip:+14155550100@acme.zt.plivo.com"),
+        ("14155550100", "acme.zt.plivo.com:5060", "sip:14155550100@acme.zt.plivo.com:5060"),
+        ("tel:+14155550100;ext=1", "acme.zt.plivo.com", "sip:+14155550100@acme.zt.plivo.com"),
+        ("sales", "pbx.example.com", "sip:sales@pbx.example.com"),
+    ],
+)
+def test_transfer_uri(target: str, domain: str | None, uri: str) -> None:
+    assert transfer_uri(target, domain) == uri
+
+
+@pytest.mark.parametrize(
+    ("target", "domain", "message"),
+    [
+        ("", "d.example", "no transfer target"),
+        ("+14155550100", None, "set transfer.domain"),
+        ("+14155550100", "", "zt.plivo.com"),
+        ("bob@example.com", "d.example", "neither a SIP URI"),
+        ("sip:", None, "not a valid SIP URI"),
+        ("sip:a b@x", None, "not a valid SIP URI"),
+        ("14155550100", "bad domain", "not a host"),
+    ],
+)
+def test_bad_transfer_targets_are_named(target: str, domain: str | None, message: str) -> None:
+    with pytest.raises(TransferError, match=message.replace(".", r"\.")):
+        transfer_uri(target, domain)
+
+
+def test_uri_host() -> None:
+    assert uri_host('"Bob" <sip:bob@192.0.2.7:5070;transport=udp>') == "192.0.2.7:5070"
+    assert uri_host("sip:agent@phone.plivo.com") == "phone.plivo.com"
+    assert uri_host("sip:203.0.113.5") == "203.0.113.5"
+
+
+# -- the session -----------------------------------------------------------------------------
+
+
+class TransferBrain(QuickBrain):
+    """Answers every turn with `reply` and `actions` (the greeting is plain)."""
+
+    def __init__(self, reply: str, actions: Sequence[str]) -> None:
+        super().__init__(replies=[reply])
+        self.actions = tuple(actions)
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        base = await super().respond(text, ctx)
+        return BrainReply(base.text, self.actions, "transfer")
+
+
+class FakeTransfer:
+    """Records each transfer request; answers with `outcome` once `release` is set."""
+
+    def __init__(self, call: list[Call], outcome: TransferOutcome | None) -> None:
+        self.call = call
+        self.outcome = outcome
+        self.targets: list[str] = []
+        self.agent_was_quiet: list[bool] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def __call__(self, target: str) -> TransferOutcome:
+        self.targets.append(target)
+        # The handover line is on the wire before the transfer starts.
+        self.agent_was_quiet.append(not self.call[0].session.agent_speaking())
+        await self.release.wait()
+        if self.outcome is None:
+            await asyncio.sleep(3600)  # never answers
+        assert self.outcome is not None
+        return self.outcome
+
+
+def start(
+    brain: QuickBrain, options: ConversationOptions, outcome: TransferOutcome | None
+) -> tuple[Call, FakeTransfer]:
+    handle = make_handle()
+    turns: list[TurnRecord] = []
+    hangups: list[str] = []
+    holder: list[Call] = []
+    transfer = FakeTransfer(holder, outcome)
+    session = CallSession(
+        handle,
+        stt=FakeStt(),
+        tts=FakeTts(),
+        brain=brain,
+        options=options,
+        hangup=hangups.append,
+        on_turn=turns.append,
+        transfer=transfer,
+    )
+    clock = MediaClock(handle)
+    task = asyncio.ensure_future(session.run())
+    clock_task = asyncio.ensure_future(clock.run())
+    call = Call(session, clock, task, clock_task, turns, hangups)
+    holder.append(call)
+    return call, transfer
+
+
+OPTIONS = ConversationOptions(end_of_turn_ms=300, hangup_delay_s=0.05, transfer_failed_text="No.")
+
+
+def test_a_transfer_that_works_ends_the_call_after_the_handover_line(speech_8k: Speak) -> None:
+    ok = TransferOutcome(True, 200, "200 OK", target="sip:+14155550100@acme.zt.plivo.com")
+    brain = TransferBrain("Connecting.", ["transfer:+14155550100", "hangup"])
+
+    async def scenario() -> None:
+        call, transfer = start(brain, OPTIONS, ok)
+        try:
+            await call.turn(0)
+            asked = call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.until("the hang-up", lambda: bool(call.hangups))
+            assert transfer.targets == ["+14155550100"]
+            assert transfer.agent_was_quiet == [True]
+            assert call.hangups == ["transferred to sip:+14155550100@acme.zt.plivo.com"]
+            assert call.session.transfers == [ok]
+            reply = call.turns[1]
+            assert reply.agent_text == "Connecting."
+            assert reply.actions == ["transfer:+14155550100", "hangup"]
+            # "Connecting." was said in full: 11 characters of tone.
+            said = [t for t in call.clock.agent_loud_ticks() if t > asked]
+            assert len(said) == 11 * TONE_FRAMES_PER_CHAR
+            await asyncio.sleep(0.2)
+            assert len(call.turns) == 2 and call.hangups == [call.hangups[0]]
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+def test_a_failed_transfer_is_apologised_for_and_the_call_goes_on(speech_8k: Speak) -> None:
+    failed = TransferOutcome(False, 486, "486 Busy Here", target="sip:desk@example.com")
+    brain = TransferBrain("Connecting.", ["transfer", "hangup"])
+
+    async def scenario() -> None:
+        call, transfer = start(brain, OPTIONS, failed)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            apology = await call.turn(2)
+            assert transfer.targets == [""]  # plain "transfer": the configured target
+            assert apology.kind == "transfer-failed"
+            assert apology.agent_text == "No."
+            assert apology.first_audio_at > 0
+            assert call.hangups == []  # the "hangup" after a transfer is not run
+            assert call.session.transfers == [failed]
+            # The conversation carries on: the next question gets an answer.
+            brain.actions = ()
+            call.clock.say(speech(speech_8k, "what are your hours"))
+            nxt = await call.turn(3)
+            assert nxt.kind == "reply" and nxt.agent_text == "Connecting."
+            assert len(brain.heard) == 2
+            assert call.hangups == []
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+def test_a_transfer_without_an_outcome_times_out_into_the_apology(speech_8k: Speak) -> None:
+    options = ConversationOptions(
+        end_of_turn_ms=300, transfer_timeout_s=0.5, transfer_failed_text="No."
+    )
+
+    async def scenario() -> None:
+        call, _ = start(TransferBrain("Ok.", ["transfer:desk"]), options, None)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.turn(1)
+            loop = asyncio.get_running_loop()
+            t0 = loop.time()
+            apology = await call.turn(2, timeout=3.0)
+            assert 0.3 <= loop.time() - t0 <= 1.5
+            assert apology.kind == "transfer-failed"
+            assert call.session.transfers[0].ok is False
+            assert "no outcome within 0.5 s" in call.session.transfers[0].detail
+            assert call.hangups == []
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+def test_caller_speech_during_the_transfer_does_not_cancel_it(speech_8k: Speak) -> None:
+    ok = TransferOutcome(True, 200, "200 OK", target="sip:desk@example.com")
+
+    async def scenario() -> None:
+        call, transfer = start(TransferBrain("Ok.", ["transfer:desk"]), OPTIONS, ok)
+        transfer.release.clear()
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.until("the transfer to start", lambda: bool(transfer.targets))
+            call.clock.say(speech(speech_8k, "hello are you still there"))
+            await call.until("the caller to finish", call.clock.idle)
+            await asyncio.sleep(0.5)  # more than end_of_turn at 4x speed
+            assert len(call.session.brain.heard) == 1  # type: ignore[attr-defined]
+            assert call.hangups == []
+            transfer.release.set()
+            await call.until("the hang-up", lambda: bool(call.hangups))
+            assert call.hangups == ["transferred to sip:desk@example.com"]
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+def test_a_bad_target_is_a_failed_transfer(speech_8k: Speak) -> None:
+    async def bad(target: str) -> TransferOutcome:
+        transfer_uri(target, None)  # raises: a number needs a domain
+        raise AssertionError("unreachable")
+
+    async def scenario() -> None:
+        handle = make_handle()
+        turns: list[TurnRecord] = []
+        hangups: list[str] = []
+        session = CallSession(
+            handle,
+            stt=FakeStt(),
+            tts=FakeTts(),
+            brain=TransferBrain("Ok.", ["transfer:+14155550100"]),
+            options=OPTIONS,
+            hangup=hangups.append,
+            on_turn=turns.append,
+            transfer=bad,
+        )
+        clock = MediaClock(handle)
+        call = Call(
+            session,
+            clock,
+            asyncio.ensure_future(session.run()),
+            asyncio.ensure_future(clock.run()),
+            turns,
+            hangups,
+        )
+        try:
+            await call.turn(0)
+            clock.say(speech(speech_8k, "let me talk to a person"))
+            apology = await call.turn(2)
+            assert apology.kind == "transfer-failed"
+            assert "set transfer.domain" in session.transfers[0].detail
+            assert hangups == []
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(scenario)
+
+
+# -- playbook actions --------------------------------------------------------------------------
+
+
+def _playbook(actions: str) -> dict[str, object]:
+    import tomllib
+
+    text = f"""
+[agent]
+name = "T"
+greeting = "Hi."
+fallback = "Pardon?"
+reprompt = "Still there?"
+goodbye = "Bye."
+
+[[intents]]
+name = "human"
+keywords = ["person"]
+reply = "Connecting you."
+actions = {actions}
+"""
+    return tomllib.loads(text)
+
+
+def test_playbook_transfer_actions_reach_the_reply() -> None:
+    from gateway.providers.scripted import ScriptedBrain, parse_playbook
+
+    for actions in ('["transfer"]', '["transfer:+1 415 555 0100"]', '["transfer:sip:d@x.org"]'):
+        pb = parse_playbook(_playbook(actions))
+        reply = asyncio.run(ScriptedBrain(pb).respond("a person please", CallContext("c")))
+        assert reply.text == "Connecting you."
+        assert reply.actions == tuple(json.loads(actions))
+
+
+@pytest.mark.parametrize(
+    ("actions", "message"),
+    [
+        ('["transfer:bob@example.com"]', 'action "transfer:bob@example.com" in intent "human"'),
+        ('["transfer:"]', 'unknown action "transfer:"'),
+        ('["transfers"]', "allowed: hangup, transfer, transfer:<target>"),
+    ],
+)
+def test_playbook_rejects_bad_transfer_actions(actions: str, message: str) -> None:
+    from gateway.providers.scripted import PlaybookError, parse_playbook
+
+    with pytest.raises(PlaybookError) as info:
+        parse_playbook(_playbook(actions))
+    assert message in str(info.value)
+
+
+def test_transfer_domain_for_numbers() -> None:
+    from gateway.worker import transfer_domain
+    from sip_config import load_settings
+
+    remote = "<sip:+14155550123@203.0.113.9:5060>"
+    plain = load_settings(None, env_file=None)
+    assert transfer_domain(plain, remote) == "203.0.113.9:5060"
+    zentrunk = load_settings(
+        None, env_file=None, overrides={"transfer": {"domain": "sip:acme.zt.plivo.com"}}
+    )
+    assert transfer_domain(zentrunk, remote) == "acme.zt.plivo.com"
+    registered = load_settings(
+        None,
+        env_file=None,
+        overrides={
+            "sip": {"mode": "register"},
+            "registration": {"accounts": [{"username": "agent1", "password": "x"}]},
+        },
+    )
+    assert transfer_domain(registered, remote) == "phone.plivo.com"
+    assert transfer_uri("+14155550100", transfer_domain(registered, remote)) == (
+        "sip:+14155550100@phone.plivo.com"
+    )
+
+
+def test_bad_transfer_domain_setting_is_named() -> None:
+    from sip_config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"transfer\.domain: must be a host"):
+        load_settings(None, env_file=None, overrides={"transfer": {"domain": "a b"}})
+
+
+# -- warm transfer -------------------------------------------------------------------------
+
+
+class FakeLegs:
+    """The SIP side of a warm transfer: a human leg that answers (or ends) on cue."""
+
+    def __init__(self, answer_after_s: float | None, end_reason: str = "") -> None:
+        self.answer_after_s = answer_after_s
+        self.end_reason = end_reason
+        self.dialled: list[str] = []
+        self.bridges: list[tuple[CallHandle, str]] = []
+        self.hangups: list[tuple[CallHandle, str]] = []
+        self.human: CallHandle | None = None
+        self.clock: MediaClock | None = None
+        self.clock_task: asyncio.Task[None] | None = None
+        self.ring_task: asyncio.Task[None] | None = None
+
+    def resolve(self, target: str) -> str:
+        return transfer_uri(target or "desk", "pbx.example.com")
+
+    async def dial(self, uri: str) -> CallHandle:
+        self.dialled.append(uri)
+        human = CallHandle(2, "human-leg", uri, "sip:agent@127.0.0.1", bridge_leg=True)
+        self.human = human
+        self.clock = MediaClock(human)  # the human's side of the media
+        self.clock_task = asyncio.ensure_future(self.clock.run())
+
+        async def ring() -> None:
+            if self.answer_after_s is None:
+                return  # rings for ever
+            await asyncio.sleep(self.answer_after_s)
+            if self.end_reason:
+                human.end_reason = self.end_reason
+                human.ended_at = time.monotonic()
+            else:
+                human.answered_at = time.monotonic()
+
+        self.ring_task = asyncio.ensure_future(ring())
+        return human
+
+    async def bridge(self, human: CallHandle, reason: str) -> bool:
+        self.bridges.append((human, reason))
+        return True
+
+    def hangup(self, leg: CallHandle, reason: str) -> None:
+        self.hangups.append((leg, reason))
+        leg.ended_at = time.monotonic()
+
+    async def close(self) -> None:
+        for task in (self.clock_task, self.ring_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+
+def start_warm(brain: QuickBrain, options: ConversationOptions, legs: FakeLegs) -> Call:
+    handle = make_handle()
+    turns: list[TurnRecord] = []
+    hangups: list[str] = []
+    session = CallSession(
+        handle,
+        stt=FakeStt(),
+        tts=FakeTts(),
+        brain=brain,
+        options=options,
+        hangup=hangups.append,
+        on_turn=turns.append,
+        warm=legs,
+    )
+    clock = MediaClock(handle)
+    return Call(
+        session,
+        clock,
+        asyncio.ensure_future(session.run()),
+        asyncio.ensure_future(clock.run()),
+        turns,
+        hangups,
+    )
+
+
+WARM = ConversationOptions(
+    end_of_turn_ms=300, transfer_failed_text="No.", warm_intro_text="Hi.", warm_summary_turns=1
+)
+
+
+def test_warm_transfer_briefs_the_human_then_bridges(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=0.2)
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer:+14155550100"]), WARM, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.until("the bridge", lambda: bool(legs.bridges))
+            assert legs.dialled == ["sip:+14155550100@pbx.example.com"]
+            human, reason = legs.bridges[0]
+            assert reason == "transferred to sip:+14155550100@pbx.example.com (warm)"
+            # The human heard the whole summary (FakeTts: 3 frames per character) before
+            # the bridge, and nothing is left to play.
+            summary = call.session._warm_summary()
+            assert summary.startswith("Hi. They are calling from +14155550123. They said: ")
+            assert summary.endswith(" Connecting you now.")
+            assert legs.clock is not None
+            assert len(legs.clock.agent_loud_ticks()) == len(summary) * TONE_FRAMES_PER_CHAR
+            assert len(human.playout) == 0
+            # The agent's part is over: no hang-up, and the caller's words start no turn.
+            await asyncio.sleep(0.2)
+            call.clock.say(speech(speech_8k, "what are your hours"))
+            await call.until("the caller to finish", call.clock.idle)
+            await asyncio.sleep(0.5)
+            assert call.hangups == [] and legs.hangups == []
+            assert len(call.turns) == 2
+            assert call.session.transfers[0].bridged
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
+def test_warm_transfer_to_a_busy_human_is_apologised_for(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=0.1, end_reason="486 Busy Here")
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer"]), WARM, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            apology = await call.turn(2)
+            assert apology.kind == "transfer-failed"
+            assert legs.dialled == ["sip:desk@pbx.example.com"]
+            assert legs.bridges == [] and legs.hangups == []
+            assert call.session.transfers[0].detail == "486 Busy Here"
+            assert call.hangups == []
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
+def test_warm_transfer_nobody_answers_hangs_up_the_human_leg(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=None)
+    options = ConversationOptions(
+        end_of_turn_ms=300, transfer_failed_text="No.", transfer_timeout_s=0.5
+    )
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer"]), options, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            apology = await call.turn(2, timeout=4.0)
+            assert apology.kind == "transfer-failed"
+            assert [reason for _, reason in legs.hangups] == ["warm transfer abandoned"]
+            assert legs.bridges == []
+            assert "no outcome within 0.5 s" in call.session.transfers[0].detail
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)

@@ -1,0 +1,231 @@
+"""Blind transfer on the wire: a real `sipagent serve` REFERs the test softphone (pjsua2),
+which follows the REFER by calling a sipp UAS and NOTIFYs the outcome back.
+
+A target that answers (sipp's built-in ``uas``) ends the agent's call ("transferred to
+..."); one that answers 486 makes the agent apologise and carry on.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.audio.pcm import SAMPLE_RATE, write_wav
+from gateway.demo import AgentProcess, free_udp_port
+from tests.kamailio import sipp_available
+from tests.wire import count_lines, place_call, running_agent, uri, wait_for, word_overlap
+
+pytestmark = [
+    pytest.mark.wire,
+    pytest.mark.timeout(240),
+    pytest.mark.skipif(not sipp_available(), reason="sipp (sip-tester) is not installed"),
+]
+
+FAILED_TEXT = "Sorry, I could not transfer you. What else can I do for you?"
+
+_BUSY_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="UAS that is busy">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+      SIP/2.0 486 Busy Here
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK" />
+</scenario>
+"""
+
+PLAYBOOK = """
+[agent]
+name = "Transfer test"
+greeting = "Hello, this is the test line."
+fallback = "Sorry, I did not catch that."
+reprompt = "Are you still there?"
+goodbye = "Goodbye."
+
+# The trigger is a question the offline recogniser gets right on the wire every time
+# ("where're you located"); phrases like "speak with someone" come out garbled too often.
+[[intents]]
+name = "human"
+keywords = ["located", "location", "where"]
+reply = "Let me transfer you to a colleague."
+actions = ["transfer:sip:human@127.0.0.1:{port}"]
+
+[[intents]]
+name = "hours"
+keywords = ["hours", "opening hours", "open", "what time"]
+reply = "We are open every day from nine to five."
+"""
+
+
+@pytest.fixture(scope="module")
+def human_port() -> int:
+    return free_udp_port()
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Iterator[AgentProcess]:
+    tmp = tmp_path_factory.mktemp("transfer-agent")
+    playbook = tmp / "playbook.toml"
+    playbook.write_text(PLAYBOOK.replace("{port}", str(human_port)))
+    with running_agent(
+        tmp,
+        playbook=str(playbook),
+        transfer__failed_text=FAILED_TEXT,
+        transfer__timeout_s="20",
+    ) as a:
+        yield a
+
+
+def start_uas(
+    tmp: Path, port: int, scenario: Path | None = None, rtp_echo: bool = False
+) -> subprocess.Popen[str]:
+    """One sipp UAS call on 127.0.0.1:`port`: the built-in ``uas`` or `scenario`; with
+    `rtp_echo` every RTP packet is sent back."""
+    cmd = ["sipp", *(["-sf", str(scenario)] if scenario else ["-sn", "uas"])]
+    cmd += ["-rtp_echo"] if rtp_echo else []
+    cmd += ["-i", "127.0.0.1", "-p", str(port), "-mp", str(free_udp_port()), "-m", "1"]
+    cmd += ["-nostdin", "-timeout", "90s", "-timeout_error", "-trace_err"]
+    return subprocess.Popen(
+        cmd,
+        cwd=tmp,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_uas(proc: subprocess.Popen[str], timeout: float = 15) -> int | None:
+    """The UAS's exit status once its call is over (None: killed after `timeout`)."""
+    try:
+        proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        return None
+    return proc.returncode
+
+
+def test_refer_to_a_target_that_answers_ends_the_call(
+    agent: AgentProcess, human_port: int, tmp_path: Path
+) -> None:
+    uas = start_uas(tmp_path, human_port)
+    try:
+        r = place_call(uri(agent), "--say", "Where are you located?", "--no-hangup")
+    finally:
+        rc = stop_uas(uas)
+    target = f"sip:human@127.0.0.1:{human_port}"
+    assert r["returncode"] == 0, r
+    assert r["steps"][0]["ok"], r  # the handover line was heard
+    # The softphone got the REFER, its call to the target was answered, and the agent
+    # ended the original call after the 200 NOTIFY.
+    log = "\n".join(agent.lines[-40:])
+    assert r["transfers"] == [{"to": target, "status_code": 200, "answered": True}], log
+    assert r["ended_by"] == "agent", r
+    assert rc == 0  # the UAS's call ran to its BYE
+    wait_for(lambda: count_lines(agent, f"ended: transferred to {target}") == 1, 5, "the end")
+    assert count_lines(agent, "transfer status 200") >= 1
+
+
+def test_refer_to_a_busy_target_is_apologised_for_and_the_call_goes_on(
+    agent: AgentProcess, human_port: int, tmp_path: Path
+) -> None:
+    scenario = tmp_path / "busy.xml"
+    scenario.write_text(_BUSY_SCENARIO)
+    uas = start_uas(tmp_path, human_port, scenario)
+    try:
+        r = place_call(
+            uri(agent),
+            "--say",
+            "Where are you located?",
+            "--say",
+            "What are your opening hours?",
+            "--transcribe",
+        )
+    finally:
+        rc = stop_uas(uas)
+    target = f"sip:human@127.0.0.1:{human_port}"
+    assert r["returncode"] == 0, r
+    log = "\n".join(agent.lines[-30:])
+    assert [t["status_code"] for t in r["transfers"]] == [486], log
+    assert r["transfers"][0]["answered"] is False
+    assert rc == 0
+    # After the handover line the agent said it could not transfer, then answered the
+    # next question; the caller hung up.
+    heard = " ".join(seg["text"] for seg in r["segments"])
+    assert word_overlap(FAILED_TEXT, heard) >= 0.5, heard
+    assert count_lines(agent, '"kind":"transfer-failed"') == 1
+    assert r["steps"][1]["ok"], r
+    assert r["ended_by"] == "caller", r
+    wait_for(lambda: count_lines(agent, f"transfer to {target} failed: 486") == 1, 5, "the failure")
+    assert count_lines(agent, "ended: transferred") == 1  # only the first test's call
+
+
+# -- warm transfer -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warm_agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Iterator[AgentProcess]:
+    tmp = tmp_path_factory.mktemp("warm-agent")
+    playbook = tmp / "playbook.toml"
+    playbook.write_text(PLAYBOOK.replace("{port}", str(human_port)))
+    with running_agent(
+        tmp,
+        playbook=str(playbook),
+        transfer__warm="true",
+        transfer__warm_intro_text="Hello, I have a caller for you.",
+        transfer__timeout_s="20",
+    ) as a:
+        yield a
+
+
+def test_warm_transfer_bridges_the_caller_to_the_human(
+    warm_agent: AgentProcess,
+    human_port: int,
+    tmp_path: Path,
+    speech_8k: Callable[[str], bytes],
+) -> None:
+    agent = warm_agent
+    # The human: sipp answers and echoes every RTP packet back, so once the caller is
+    # bridged to it the caller hears its own words.
+    uas = start_uas(tmp_path, human_port, rtp_echo=True)
+    question = "What are your opening hours?"
+    # The caller waits quietly while the agent rings and briefs the human (a few seconds),
+    # then asks; by then it is bridged.
+    later = tmp_path / "later.wav"
+    write_wav(later, bytes(2 * SAMPLE_RATE * 12) + speech_8k(question))
+    try:
+        r = place_call(
+            uri(agent), "--say", "Where are you located?", "--play", str(later), "--transcribe"
+        )
+    finally:
+        rc = stop_uas(uas)
+    target = f"sip:human@127.0.0.1:{human_port}"
+    log = "\n".join(agent.lines[-30:])
+    assert r["answered"] and r["steps"][0]["ok"], log  # the handover line was heard
+    assert r["transfers"] == []  # no REFER: the agent placed the call itself
+    assert count_lines(agent, "outbound call") == 1, log
+    assert count_lines(agent, "bridged call") == 1, log
+    # After the bridge the agent answers nothing: the caller's question comes back as the
+    # echo of the human's side, not as the playbook's hours reply.
+    asked = r["steps"][1]["sent_at_ms"]  # where the voiced part of the WAV began
+    after = " ".join(s["text"] for s in r["segments"] if s["start_ms"] >= asked - 100)
+    assert word_overlap(question, after) >= 0.5, (after, r["segments"])
+    assert "nine" not in after.split()
+    assert count_lines(agent, '"kind":"reply"') == 1, log
+    # The caller hung up: the agent ended the human's leg too (sipp saw its BYE).
+    assert r["ended_by"] == "caller"
+    assert rc == 0, log
+    ended = f"ended: transferred to {target} (warm)"
+    wait_for(lambda: count_lines(agent, ended) == 2, 5, "both legs to end")
