@@ -533,8 +533,15 @@ def test_warm_transfer_nobody_answers_hangs_up_the_human_leg(speech_8k: Speak) -
         try:
             await call.turn(0)
             call.clock.say(speech(speech_8k, "let me talk to a person"))
+            reply = await call.turn(1)
+            ringing = call.clock.ticks
             apology = await call.turn(2, timeout=4.0)
             assert apology.kind == "transfer-failed"
+            # While the human was rung the caller heard ringback (2 s of tone open each
+            # cadence), not silence; the ring stopped for the apology ("No." = 9 frames).
+            assert reply.agent_text == "Ok."
+            heard = call.clock.agent_loud_ticks(ringing)
+            assert len(heard) > 3 * TONE_FRAMES_PER_CHAR + 20, len(heard)
             assert [reason for _, reason in legs.hangups] == ["warm transfer abandoned"]
             assert legs.bridges == []
             assert "no outcome within 0.5 s" in call.session.transfers[0].detail

@@ -23,7 +23,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
-from gateway.audio.pcm import FRAME_MS, split_frames
+import numpy as np
+
+from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE, split_frames
 from gateway.callcontext import decode_call_context
 from gateway.pipeline.turns import TurnDetector
 from gateway.providers.base import (
@@ -704,6 +706,27 @@ class CallSession:
         """Call the human, tell them who is calling and what about, then bridge the caller
         to them. The human's leg is hung up on any failure (and on cancellation)."""
         uri = legs.resolve(target)
+        # The caller hears ringback while the human is rung and briefed, never dead air.
+        hold = asyncio.ensure_future(self._play_loop(_ringback()))
+        try:
+            return await self._warm_legs(legs, uri)
+        finally:
+            hold.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hold
+            self.handle.playout.clear()
+
+    async def _play_loop(self, pcm: bytes) -> None:
+        """Play `pcm` to the caller over and over until cancelled."""
+        playout = self.handle.playout
+        frames = split_frames(pcm)
+        while True:
+            for frame in frames:
+                while playout.free == 0:
+                    await asyncio.sleep(FRAME_MS / 1000.0)
+                playout.put(frame)
+
+    async def _warm_legs(self, legs: WarmLegs, uri: str) -> TransferOutcome:
         human = await legs.dial(uri)
         bridged = False
         try:
@@ -971,6 +994,13 @@ class CallSession:
 def _actions_of(reply: BrainReply) -> list[str]:
     """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
     return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
+
+
+def _ringback() -> bytes:
+    """One cadence of ringback: 440 + 480 Hz for 2 s, then 4 s of silence (8 kHz PCM)."""
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    tone = (np.sin(2 * np.pi * 440 * t) + np.sin(2 * np.pi * 480 * t)) * 3000
+    return tone.astype("<i2").tobytes() + bytes(2 * 4 * SAMPLE_RATE)
 
 
 async def _raise(exc: Exception) -> None:
