@@ -229,6 +229,21 @@ def test_transfer_call(fake: FakeOpenAi) -> None:
     assert tool_names(fake.chat_requests()[0]) == ["end_call", "transfer_call"]
 
 
+def test_a_failed_transfer_is_in_the_history_of_the_next_request(fake: FakeOpenAi) -> None:
+    fake.add(ToolCalls((ToolCall("transfer_call", '{"reason": "wants a human"}'),)))
+    fake.add(Text("Sorry, nobody is free. Can I help instead?"))
+    brain = make_brain(fake, transfer_target="sip:desk@example.com", transfer_line="One moment.")
+    run(collect(brain, "let me talk to a person"))
+    brain.observe(CTX, "The transfer to sip:desk@example.com failed (486 Busy Here).")
+    run(collect(brain, "hello?"))
+    messages = fake.chat_requests()[1]["messages"]
+    notes = [m for m in messages if m["role"] == "system"][1:]  # after the system prompt
+    assert [m["content"] for m in notes] == [
+        "The transfer to sip:desk@example.com failed (486 Busy Here)."
+    ]
+    assert messages[-1] == {"role": "user", "content": "hello?"}
+
+
 def test_http_tool_round_trip(fake: FakeOpenAi) -> None:
     fake.tool_results["order_status"] = {"status": "baked", "ready_at": "15:00"}
     fake.add(

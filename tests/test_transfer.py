@@ -87,6 +87,10 @@ class TransferBrain(QuickBrain):
     def __init__(self, reply: str, actions: Sequence[str]) -> None:
         super().__init__(replies=[reply])
         self.actions = tuple(actions)
+        self.notes: list[str] = []
+
+    def observe(self, ctx: CallContext, note: str) -> None:
+        self.notes.append(note)
 
     async def respond(self, text: str, ctx: CallContext) -> BrainReply:
         base = await super().respond(text, ctx)
@@ -221,6 +225,10 @@ def test_a_transfer_without_an_outcome_times_out_into_the_apology(speech_8k: Spe
             assert apology.kind == "transfer-failed"
             assert call.session.transfers[0].ok is False
             assert "no outcome within 0.5 s" in call.session.transfers[0].detail
+            # The brain is told, so it does not go on as if the transfer had worked.
+            brain = call.session.brain
+            assert isinstance(brain, TransferBrain) and len(brain.notes) == 1
+            assert "failed (no outcome within 0.5 s)" in brain.notes[0]
             assert call.hangups == []
             await call.hang_up()
         finally:
@@ -545,6 +553,10 @@ def test_warm_transfer_nobody_answers_hangs_up_the_human_leg(speech_8k: Speak) -
             assert [reason for _, reason in legs.hangups] == ["warm transfer abandoned"]
             assert legs.bridges == []
             assert "no outcome within 0.5 s" in call.session.transfers[0].detail
+            # The brain is told, so it does not go on as if the transfer had worked.
+            brain = call.session.brain
+            assert isinstance(brain, TransferBrain) and len(brain.notes) == 1
+            assert "failed (no outcome within 0.5 s)" in brain.notes[0]
             await legs.close()
             await call.hang_up()
         finally:

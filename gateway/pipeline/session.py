@@ -686,6 +686,14 @@ class CallSession:
                 self.hangup(f"transferred to {where}")
                 return
             log.warning("call %s: transfer to %s failed: %s", sip_call_id, where, outcome.detail)
+            try:
+                self.brain.observe(
+                    self.ctx,
+                    f"The transfer to {where} failed ({outcome.detail}). The caller is still on"
+                    " the line and has been told; carry on helping them.",
+                )
+            except Exception:
+                log.exception("call %s: brain.observe failed", sip_call_id)
         finally:
             self._transferring = False
         self._turns += 1

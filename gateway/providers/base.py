@@ -242,6 +242,10 @@ class Brain(abc.ABC):
         """Like `respond_keys`, streamed (used when `streams` is True)."""
         return self.respond_stream(keys.describe(), ctx)
 
+    def observe(self, ctx: CallContext, note: str) -> None:  # noqa: B027 - optional hook
+        """Something the caller did not say happened on the call (e.g. a transfer the
+        brain asked for failed); a brain with a memory of the call keeps the note."""
+
     def forget(self, call_id: str) -> None:  # noqa: B027 - optional hook
         """The call is over: drop what was kept for it (e.g. an LLM's history)."""
 

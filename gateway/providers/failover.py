@@ -320,6 +320,11 @@ class ResilientBrain(Brain):
         """The primary's next pushed reply."""
         return await self.chain[0].wait_pushed(call_id, timeout_s)
 
+    def observe(self, ctx: CallContext, note: str) -> None:
+        """Every brain of the chain may answer the call's next turn: each gets the note."""
+        for brain in self.chain:
+            brain.observe(ctx, note)
+
     def forget(self, call_id: str) -> None:
         """Forget the call in every brain of the chain."""
         for brain in self.chain:

@@ -258,6 +258,11 @@ class OpenAiBrain(Brain):
         """A copy of the messages kept for `call_id` (empty when none)."""
         return [dict(m) for m in self._histories.get(call_id, [])]
 
+    def observe(self, ctx: CallContext, note: str) -> None:
+        """Add `note` to the call's history as a system message, so the model's next answer
+        knows it (e.g. that the transfer its tool call asked for failed)."""
+        self._commit(ctx, [{"role": "system", "content": note}])
+
     def forget(self, call_id: str) -> None:
         """Drop the conversation of `call_id` (call it when the call ends)."""
         self._histories.pop(call_id, None)
