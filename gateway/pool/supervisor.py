@@ -116,6 +116,8 @@ class _Child:
     loaded: asyncio.Event = field(default_factory=asyncio.Event)
     up: asyncio.Event = field(default_factory=asyncio.Event)
     error: str = ""
+    # A registration reported before "up" (a fast registrar): applied once the worker is up.
+    registration: tuple[bool, str] | None = None
     started_at: float = field(default_factory=time.monotonic)
     reading: asyncio.Task[None] | None = None
 
@@ -215,6 +217,8 @@ class Supervisor:
         elif event == "up" and index is not None:
             uri = str(msg.get("uri", ""))
             self.state.worker_up(index, child.pid, uri, self.registers)
+            if child.registration is not None:
+                self.state.set_registration(index, *child.registration)
             child.up.set()
             self.say(
                 f"worker {index} (pid {child.pid}) listening on udp"
@@ -222,7 +226,9 @@ class Supervisor:
             )
         elif event == "reg" and index is not None:
             registered, status = bool(msg.get("registered")), str(msg.get("status", ""))
-            self.state.set_registration(index, registered, status)
+            child.registration = (registered, status)
+            if child.up.is_set():
+                self.state.set_registration(index, registered, status)
         elif event == "call_start" and index is not None:
             sip_call_id = str(msg.get("sip_call_id", ""))
             uuid = msg.get("call_uuid") or None
