@@ -498,6 +498,17 @@ class ProviderSettings(_Section):
         return _check_provider(value, KNOWN_BRAINS, "brain")
 
 
+def is_time_zone(name: str) -> bool:
+    """True when `name` is an IANA time zone this machine knows (e.g. America/New_York)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def _check_base_url(value: str | None, schemes: tuple[str, ...]) -> str | None:
     if value is None or not value.strip():
         return None
@@ -911,11 +922,7 @@ class BusinessHours(_Section):
     @field_validator("timezone")
     @classmethod
     def _validate_tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        if not is_time_zone(value):
             _invalid("unknown time zone")
         return value
 
@@ -1169,27 +1176,19 @@ class OutboundSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _validate_tz(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        if not is_time_zone(value):
             _invalid("unknown time zone")
         return value
 
     @field_validator("zones")
     @classmethod
     def _validate_zones(cls, value: dict[str, str]) -> dict[str, str]:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
         out: dict[str, str] = {}
         for prefix, zone in value.items():
             digits = prefix.strip().lstrip("+")
             if not digits.isdigit():
                 _invalid(f"zone prefix {prefix!r} must be digits with an optional '+'")
-            try:
-                ZoneInfo(zone)
-            except (ZoneInfoNotFoundError, ValueError):
+            if not is_time_zone(zone):
                 _invalid(f"unknown time zone {zone!r} for prefix {prefix!r}")
             out[digits] = zone
         return out

@@ -32,7 +32,7 @@ from requests.adapters import HTTPAdapter
 
 from gateway.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
 from gateway.records import CallRecords
-from sip_config import ConfigError, Settings
+from sip_config import ConfigError, Settings, is_time_zone
 from sip_config.settings import check_sip_headers
 
 log = logging.getLogger(__name__)
@@ -205,13 +205,8 @@ class CallsApi:
         except ValueError as exc:
             return _error(400, f"'headers': {exc}")
         zone = body.get("timezone")
-        if zone is not None:
-            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-            try:
-                ZoneInfo(str(zone))
-            except (ZoneInfoNotFoundError, ValueError):
-                return _error(400, "'timezone' is not a known IANA time zone")
+        if zone is not None and not is_time_zone(str(zone)):
+            return _error(400, "'timezone' is not a known IANA time zone")
         return to, from_, via, {**self.settings.headers, **headers}, zone
 
     def _sip_uri(self, to: str) -> str | None:
