@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -462,30 +463,28 @@ class Supervisor:
 
     def dial_threadsafe(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
         """`dial` from another thread (the app's request threads)."""
-        loop = self.loop
-        if loop is None or loop.is_closed():
-            return 503, "the worker pool is not running"
-        try:
-            future = asyncio.run_coroutine_threadsafe(self.dial(call_id, uri, headers), loop)
-        except RuntimeError:
-            return 503, "the worker pool is not running"
-        try:
-            return future.result(_DIAL_TIMEOUT_S + 1.0)
-        except Exception:
-            future.cancel()
-            return 503, "the worker pool did not answer"
+        return self._from_thread(lambda: self.dial(call_id, uri, headers), _DIAL_TIMEOUT_S)
 
     def push_threadsafe(self, key: str, payload: Any) -> tuple[int, str]:
         """`push` from another thread (the app's request threads)."""
+        return self._from_thread(lambda: self.push(key, payload), _PUSH_TIMEOUT_S)
+
+    def _from_thread(
+        self, request: Callable[[], Coroutine[Any, Any, tuple[int, str]]], timeout_s: float
+    ) -> tuple[int, str]:
+        """Run a pool request on the supervisor's loop from another thread; 503 when the
+        pool is not running or does not answer within `timeout_s` (plus a second)."""
         loop = self.loop
         if loop is None or loop.is_closed():
             return 503, "the worker pool is not running"
+        coro = request()
         try:
-            future = asyncio.run_coroutine_threadsafe(self.push(key, payload), loop)
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError:
+            coro.close()
             return 503, "the worker pool is not running"
         try:
-            return future.result(_PUSH_TIMEOUT_S + 1.0)
+            return future.result(timeout_s + 1.0)
         except Exception:
             future.cancel()
             return 503, "the worker pool did not answer"
