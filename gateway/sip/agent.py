@@ -26,6 +26,7 @@ from gateway.sip.endpoint import (
     MediaBridgePort,
     PjThread,
     SipError,
+    add_sip_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -704,11 +705,7 @@ class AgentUA:
         op = pj.CallOpParam()
         op.statusCode = code
         op.reason = reason
-        for name, value in headers.items():
-            h = pj.SipHeader()
-            h.hName = name
-            h.hValue = value
-            op.txOption.headers.append(h)
+        add_sip_headers(op, headers)
         try:
             call.answer(op)
         except pj.Error as exc:
@@ -778,11 +775,7 @@ class AgentUA:
             raise SipError(f"no free call slot ({len(self.calls)} calls in progress)")
         call = _AgentCall(self, acc, pj.PJSUA_INVALID_ID)
         op = pj.CallOpParam(True)
-        for name, value in headers.items():
-            h = pj.SipHeader()
-            h.hName = name
-            h.hValue = value
-            op.txOption.headers.append(h)
+        add_sip_headers(op, headers)
         try:
             call.makeCall(uri, op)
         except pj.Error as exc:

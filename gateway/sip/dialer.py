@@ -17,6 +17,7 @@ from gateway.sip.endpoint import (
     MediaBridgePort,
     PjThread,
     SipError,
+    add_sip_headers,
 )
 
 
@@ -168,11 +169,7 @@ class Dialer:
         def job() -> None:
             call = _DialCall(self.account, state, self)
             op = pj.CallOpParam(True)
-            for name, value in (headers or {}).items():
-                h = pj.SipHeader()
-                h.hName = name
-                h.hValue = value
-                op.txOption.headers.append(h)
+            add_sip_headers(op, headers or {})
             self.call = call
             call.makeCall(uri, op)
 

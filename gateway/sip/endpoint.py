@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -70,6 +70,15 @@ class MediaBridgePort(pj.AudioMediaPort):  # type: ignore[misc]
     def onFrameRequested(self, frame: Any) -> None:
         data = self.playout.pop()
         write_frame(frame, data if data is not None else SILENCE_FRAME)
+
+
+def add_sip_headers(op: Any, headers: Mapping[str, str]) -> None:
+    """Put extra SIP headers on a pjsua2 operation parameter (``CallOpParam``)."""
+    for name, value in headers.items():
+        header = pj.SipHeader()
+        header.hName = name
+        header.hValue = value
+        op.txOption.headers.append(header)
 
 
 def create_bridge_port(name: str, inbound: InboundRing, playout: PlayoutRing) -> MediaBridgePort:
