@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE, split_frames
+from gateway.audio.ring import PlayoutRing
 from gateway.callcontext import decode_call_context
 from gateway.pipeline.turns import TurnDetector
 from gateway.providers.base import (
@@ -726,13 +727,8 @@ class CallSession:
 
     async def _play_loop(self, pcm: bytes) -> None:
         """Play `pcm` to the caller over and over until cancelled."""
-        playout = self.handle.playout
-        frames = split_frames(pcm)
         while True:
-            for frame in frames:
-                while playout.free == 0:
-                    await asyncio.sleep(FRAME_MS / 1000.0)
-                playout.put(frame)
+            await _queue_audio(self.handle.playout, pcm)
 
     async def _warm_legs(self, legs: WarmLegs, uri: str) -> TransferOutcome:
         human = await legs.dial(uri)
@@ -769,12 +765,8 @@ class CallSession:
         chunks = self.tts.synthesize(text)
         try:
             async for pcm in chunks:
-                for frame in split_frames(pcm):
-                    while playout.free == 0:
-                        if leg.ended_at:
-                            raise TransferError("the human hung up")
-                        await asyncio.sleep(FRAME_MS / 1000.0)
-                    playout.put(frame)
+                if not await _queue_audio(playout, pcm, gone=lambda: bool(leg.ended_at)):
+                    raise TransferError("the human hung up")
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
@@ -821,10 +813,7 @@ class CallSession:
                             playout.max_gap = 0.0
                             if self._deadline is not None:
                                 self._deadline.reschedule(None)  # audio is flowing
-                        for frame in split_frames(pcm):
-                            while playout.free == 0:
-                                await asyncio.sleep(FRAME_MS / 1000.0)
-                            playout.put(frame)
+                        await _queue_audio(playout, pcm)
                 finally:
                     # Stop the synthesis now, not when the generator is garbage-collected.
                     aclose = getattr(chunks, "aclose", None)
@@ -1002,6 +991,20 @@ class CallSession:
 def _actions_of(reply: BrainReply) -> list[str]:
     """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
     return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
+
+
+async def _queue_audio(
+    playout: PlayoutRing, pcm: bytes, gone: Callable[[], bool] | None = None
+) -> bool:
+    """Queue `pcm` frame by frame as the ring makes room (one frame time per wait); False,
+    with the rest not queued, if `gone()` turns true while waiting (the call ended)."""
+    for frame in split_frames(pcm):
+        while playout.free == 0:
+            if gone is not None and gone():
+                return False
+            await asyncio.sleep(FRAME_MS / 1000.0)
+        playout.put(frame)
+    return True
 
 
 def _ringback() -> bytes:
