@@ -29,7 +29,7 @@ import pytest
 
 from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, rms_dbfs, split_frames
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
-from gateway.pipeline.turns import TurnDetector, TurnEvent
+from gateway.pipeline.turns import TurnEvent
 from gateway.providers.base import BrainReply, CallContext, ReplyStream
 from gateway.providers.fake import FakeBrain, FakeStt, FakeSttStream, FakeTts
 from gateway.sip.calls import CallHandle
@@ -218,13 +218,7 @@ def expected_turn(
     caller: Sequence[bytes], options: ConversationOptions, min_speech_ms: int | None = None
 ) -> tuple[TurnEvent, TurnEvent]:
     """Replay the caller audio through a fresh detector: the first turn's START and END."""
-    det = TurnDetector(
-        aggressiveness=options.aggressiveness,
-        min_speech_ms=options.min_speech_ms if min_speech_ms is None else min_speech_ms,
-        end_of_turn_ms=options.end_of_turn_ms,
-        preroll_ms=options.preroll_ms,
-        max_utterance_ms=options.max_utterance_ms,
-    )
+    det = options.turn_detector(min_speech_ms)
     events = [e for e in (det.push(f) for f in caller) if e is not None]
     assert [e.kind for e in events[:2]] == ["start", "end"], events
     return events[0], events[1]
@@ -494,13 +488,7 @@ def test_brain_failure_is_not_carried_into_the_next_turn(speech_8k: Speak) -> No
 
 def early_final_texts(caller: Sequence[bytes], options: ConversationOptions) -> list[str]:
     """What FakeStt pieces hear when recognition is finalised at each early_final_ms pause."""
-    det = TurnDetector(
-        aggressiveness=options.aggressiveness,
-        min_speech_ms=options.min_speech_ms,
-        end_of_turn_ms=options.end_of_turn_ms,
-        preroll_ms=options.preroll_ms,
-        max_utterance_ms=options.max_utterance_ms,
-    )
+    det = options.turn_detector()
     pieces: list[int] = []
     fed: int | None = None
     for frame in caller:

@@ -17,7 +17,6 @@ import pytest
 
 from gateway.audio.pcm import rms_dbfs, split_frames
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
-from gateway.pipeline.turns import TurnDetector
 from gateway.providers.base import SttProvider
 from gateway.providers.deepgram_stt import DeepgramStt
 from gateway.providers.failover import ResilientStt
@@ -72,14 +71,7 @@ def noisy_caller(speak: Speak, text: str, tail_ms: int) -> tuple[list[bytes], in
 
 
 def _vad_hears_no_end(frames: list[bytes]) -> bool:
-    o = ConversationOptions()
-    det = TurnDetector(
-        aggressiveness=o.aggressiveness,
-        min_speech_ms=o.min_speech_ms,
-        end_of_turn_ms=o.end_of_turn_ms,
-        preroll_ms=o.preroll_ms,
-        max_utterance_ms=o.max_utterance_ms,
-    )
+    det = ConversationOptions().turn_detector()
     kinds = [e.kind for e in (det.push(f) for f in frames) if e is not None]
     return kinds == ["start"]
 

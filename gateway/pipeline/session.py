@@ -82,6 +82,16 @@ class ConversationOptions:
     warm_intro_text: str = "Hello, this is the virtual agent. I have a caller on the line."
     warm_summary_turns: int = 3
 
+    def turn_detector(self, min_speech_ms: int | None = None) -> TurnDetector:
+        """A turn detector with these options (`min_speech_ms` overrides its option)."""
+        return TurnDetector(
+            aggressiveness=self.aggressiveness,
+            min_speech_ms=self.min_speech_ms if min_speech_ms is None else min_speech_ms,
+            end_of_turn_ms=self.end_of_turn_ms,
+            preroll_ms=self.preroll_ms,
+            max_utterance_ms=self.max_utterance_ms,
+        )
+
 
 @dataclass(frozen=True)
 class Prompts:
@@ -170,13 +180,7 @@ class CallSession:
             to_number=plivo.pop("to", ""),
             plivo=plivo,
         )
-        self.detector = TurnDetector(
-            aggressiveness=options.aggressiveness,
-            min_speech_ms=options.min_speech_ms,
-            end_of_turn_ms=options.end_of_turn_ms,
-            preroll_ms=options.preroll_ms,
-            max_utterance_ms=options.max_utterance_ms,
-        )
+        self.detector = options.turn_detector()
         self._stt: SttStream | None = None
         # Transcripts of earlier pieces of the turn in progress, finalised early (in pauses).
         self._parts: list[asyncio.Future[str]] = []
