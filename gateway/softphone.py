@@ -72,12 +72,13 @@ class CallScript:
 class Segment:
     """One stretch of agent audio."""
 
-    start: float
+    start: float  # back-dated: its first frame began FRAME_MS before it arrived
     last_active: float
     start_frame: int
     end_frame: int
     closed: bool = False
     text: str = ""
+    heard_at: float = 0.0  # when its first frame arrived
 
 
 @dataclass
@@ -154,7 +155,7 @@ class Softphone:
             if rms_dbfs(frame) > ACTIVE_DBFS:
                 if self._open is None:
                     # Back-date to the frame's start: it arrived FRAME_MS after it began.
-                    self._open = Segment(now - FRAME_MS / 1000, now, idx, idx + 1)
+                    self._open = Segment(now - FRAME_MS / 1000, now, idx, idx + 1, heard_at=now)
                     self.segments.append(self._open)
                 self._open.last_active = now
                 self._open.end_frame = idx + 1
@@ -176,8 +177,10 @@ class Softphone:
             time.sleep(0.005)
 
     def _segment_after(self, t: float) -> Segment | None:
+        """The first agent segment heard after `t`.  (Its back-dated start can precede `t`
+        when the agent answers within a frame, as it does to a SIP INFO key.)"""
         for seg in self.segments:
-            if seg.start >= t:
+            if seg.heard_at > t:
                 return seg
         return None
 
@@ -260,7 +263,7 @@ class Softphone:
         res.end_of_speech_at = round(t_end, 4)
         if got and seg is not None:
             res.reply_at = round(seg.start, 4)
-            res.reply_latency_ms = round((seg.start - t_end) * 1000.0, 1)
+            res.reply_latency_ms = round(max(0.0, seg.start - t_end) * 1000.0, 1)
             res.ok = True
 
     def press(self, dialer: Any, digits: str) -> tuple[float, float]:
@@ -269,7 +272,8 @@ class Softphone:
         t_first = time.monotonic()
         dialer.send_dtmf(digits, self.script.dtmf_method, DTMF_DURATION_MS)
         if self.script.dtmf_method == "info":
-            return t_first, time.monotonic()
+            # The requests leave at once; the agent may be answering before this returns.
+            return t_first, t_first
         return t_first, t_first + (len(digits) - 1) * DTMF_DURATION_MS / 1000.0
 
     def _barge(self, res: StepResult, clip: bytes, keys_via: Any = None) -> None:
@@ -400,13 +404,12 @@ class Softphone:
             seg.text = transcribe(pcm, decoder)
         for r in self.results:
             r.reply_text = ""
-        # Attach each reply's text: the first segment after its end of speech.
+        # Attach each reply's text: the segment its latency was measured to.
         for r in self.results:
             if r.reply_latency_ms is None:
                 continue
-            t = r.end_of_speech_ms
             for seg in self.segments:
-                if self._rel(seg.start) >= t:
+                if round(seg.start, 4) == r.reply_at:
                     r.reply_text = seg.text
                     break
 
