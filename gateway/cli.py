@@ -49,6 +49,30 @@ def _dtmf_digits(text: str) -> str:
     return keys
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 600 seconds (got {text})")
+    return value
+
+
+def _session_interval(text: str) -> int:
+    value = _positive_int(text)
+    if value < 90:
+        raise argparse.ArgumentTypeError(f"RFC 4028 allows no less than 90 seconds (got {value})")
+    return value
+
+
+def _codec(text: str) -> str:
+    codec = text.strip().upper()
+    if codec not in ("PCMU", "PCMA"):
+        raise argparse.ArgumentTypeError(f"PCMU or PCMA (got {text!r})")
+    return codec
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),
@@ -256,6 +280,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda t: ("barge-dtmf", _dtmf_digits(t)),
         metavar="KEYS",
         help="press KEYS while the agent's next turn is playing",
+    )
+    c.add_argument(
+        "--put-on-hold",
+        dest="steps",
+        action="append",
+        type=lambda t: ("hold", str(_seconds(t))),
+        metavar="S",
+        help="put the agent on hold for S seconds (part-way into the turn it is playing, see"
+        " --barge-after, or at once when it is quiet), playing a hold announcement",
+    )
+    c.add_argument(
+        "--switch-codec",
+        dest="steps",
+        action="append",
+        type=lambda t: ("switch-codec", _codec(t)),
+        metavar="CODEC",
+        help="once the agent is quiet, re-INVITE offering only CODEC (PCMU or PCMA)",
+    )
+    c.add_argument(
+        "--refresh",
+        dest="steps",
+        action="append_const",
+        const=("refresh", ""),
+        help="once the agent is quiet, refresh the session with an UPDATE",
+    )
+    c.add_argument(
+        "--session-expires",
+        type=_session_interval,
+        default=0,
+        metavar="S",
+        help="ask for SIP session timers (RFC 4028) with this interval, at least 90",
     )
     c.add_argument(
         "--dtmf-method",

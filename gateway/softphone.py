@@ -2,8 +2,11 @@
 
 It dials, waits for the greeting, then runs its steps: `say` (Piper speech), `play` (a
 WAV) or `dtmf` (keypad keys, RFC 4733 or SIP INFO) once the agent has stopped talking, or
-`barge` / `barge-dtmf` (speech or keys started part-way into the agent's next turn). Keys
-the agent sends are reported too. The agent's audio is segmented into turns by level (the far end is
+`barge` / `barge-dtmf` (speech or keys started part-way into the agent's next turn);
+`hold` (a re-INVITE to sendonly, a hold announcement, then back to sendrecv),
+`switch-codec` (a re-INVITE offering one codec) and `refresh` (an UPDATE session refresh).
+Keys the agent sends, the codec after each offer/answer and the agent's Session-Expires
+are reported too. The agent's audio is segmented into turns by level (the far end is
 clean TTS, so silence between turns is near digital silence) and timed on arrival:
 
 - greeting: answer → first agent audio;
@@ -28,7 +31,14 @@ from gateway.audio.pcm import FRAME_MS, read_wav_8k, rms_dbfs, split_frames, wri
 
 ACTIVE_DBFS = -45.0
 KEY_STEPS = ("dtmf", "barge-dtmf")
+# Steps that change the call itself rather than say anything.
+CALL_STEPS = ("switch-codec", "refresh")
+# Steps that start part-way into the agent's next turn.
+MID_TURN_STEPS = ("barge", "barge-dtmf", "hold")
 DTMF_DURATION_MS = 160
+# What the caller's side plays while it holds the agent (a PBX's hold announcement): speech,
+# so an agent that listened on hold would take it for a turn.
+HOLD_ANNOUNCEMENT = "Please stay on the line. Your call is important to us."
 
 
 @dataclass
@@ -48,6 +58,7 @@ class CallScript:
     vanish: bool = False
     headers: dict[str, str] = field(default_factory=dict)
     dtmf_method: str = "rfc4733"  # or "info"
+    session_expires_s: int = 0  # ask for SIP session timers (RFC 4028) with this interval
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CallScript:
@@ -65,6 +76,7 @@ class CallScript:
             vanish=args.vanish,
             headers=dict(args.headers or []),
             dtmf_method="info" if getattr(args, "dtmf_method", "rfc4733") == "info" else "rfc4733",
+            session_expires_s=getattr(args, "session_expires", 0),
         )
 
 
@@ -105,8 +117,10 @@ class _Audio:
         self._tts: Any = None
 
     def speech(self, kind: str, value: str) -> bytes:
-        if kind in KEY_STEPS:
-            return b""  # keys, not audio
+        if kind in KEY_STEPS or kind in CALL_STEPS:
+            return b""  # keys or signalling, not audio
+        if kind == "hold":
+            value = HOLD_ANNOUNCEMENT
         if kind == "play":
             return read_wav_8k(value)
         if self._tts is None:
@@ -226,7 +240,7 @@ class Softphone:
         else:
             self.greeting_ms = self._rel(self.segments[0].start)
         next_is_barge = [
-            i + 1 < len(s.steps) and s.steps[i + 1][0] in ("barge", "barge-dtmf")
+            i + 1 < len(s.steps) and s.steps[i + 1][0] in MID_TURN_STEPS
             for i in range(len(s.steps))
         ]
         for i, ((kind, value), clip) in enumerate(zip(s.steps, clips, strict=True)):
@@ -236,6 +250,11 @@ class Softphone:
             self.results.append(res)
             if kind in ("barge", "barge-dtmf"):
                 self._barge(res, clip, dialer if kind == "barge-dtmf" else None)
+            elif kind == "hold":
+                self._hold(res, dialer, float(value), clip)
+            elif kind in CALL_STEPS:
+                self.wait(lambda: self._open is None, s.turn_timeout_s)
+                self._call_step(res, dialer)
             else:
                 # Speak (or press) once the agent is quiet.
                 self.wait(lambda: self._open is None, s.turn_timeout_s)
@@ -278,13 +297,8 @@ class Softphone:
 
     def _barge(self, res: StepResult, clip: bytes, keys_via: Any = None) -> None:
         s = self.script
-        # The agent's turn we interrupt: the one playing now, or the next one to start.
-        if self._open is None:
-            t = time.monotonic()
-            self.wait(lambda: self._segment_after(t) is not None, s.turn_timeout_s)
-        target = self._open
+        target = self._next_turn()  # the agent's turn we interrupt
         if target is None:
-            self.note("barge: the agent did not start a turn")
             return
         self.wait(lambda: time.monotonic() - target.start >= s.barge_after_s, s.turn_timeout_s)
         if keys_via is not None:
@@ -295,6 +309,69 @@ class Softphone:
         self.wait(lambda: target.closed, s.turn_timeout_s)
         res.barge_stop_ms = round((target.last_active - t_first) * 1000.0, 1)
         self._await_reply(res, t_end)
+
+    def _hold(self, res: StepResult, dialer: Any, seconds: float, announcement: bytes) -> None:
+        """Put the agent on hold (part-way into the turn it is playing, or at once when it
+        is quiet), play the hold announcement for `seconds`, take it off hold. The reply is
+        the agent's audio resuming, if it was talking."""
+        from gateway.sip.endpoint import SipError
+
+        s = self.script
+        target = self._open
+        if target is not None:
+            self.wait(lambda: time.monotonic() - target.start >= s.barge_after_s, s.turn_timeout_s)
+        t_hold = time.monotonic()
+        try:
+            dialer.hold()
+            for frame in split_frames(announcement):
+                self.call.playout.put(frame)
+            self.wait(lambda: False, seconds)
+            self.call.playout.clear()
+            t_back = time.monotonic()
+            dialer.unhold()
+        except SipError as exc:
+            self.note(f"hold: {exc}")
+            return
+        self.note(f"held the agent {round((t_back - t_hold) * 1000)} ms")
+        res.sent_at_ms, res.end_of_speech_ms = self._rel(t_hold), self._rel(t_back)
+        if target is not None:
+            self._await_reply(res, t_back)
+        else:
+            res.ok = True
+
+    def _call_step(self, res: StepResult, dialer: Any) -> None:
+        """Re-INVITE to another codec, or refresh the session by UPDATE; ok once the far end
+        accepted (its 2xx arrived)."""
+        from gateway.sip.endpoint import SipError
+
+        call = self.call
+        t = time.monotonic()
+        res.sent_at_ms = res.end_of_speech_ms = self._rel(t)
+        answers = len(call.session_expires)
+        try:
+            if res.kind == "switch-codec":
+                dialer.switch_codec(res.text)
+            else:
+                dialer.refresh()
+        except SipError as exc:
+            self.note(f"{res.kind}: {exc}")
+            return
+        if res.kind == "switch-codec":
+            codec = res.text.upper() + "/"
+            res.ok = self.wait(lambda: bool(call.codecs) and call.codecs[-1].startswith(codec), 5)
+        else:
+            res.ok = self.wait(lambda: len(call.session_expires) > answers, 5)
+        if not res.ok:
+            self.note(f"{res.kind} {res.text}: no answer from the far end".rstrip())
+
+    def _next_turn(self) -> Segment | None:
+        """The agent's turn playing now, or the next one to start."""
+        if self._open is None:
+            t = time.monotonic()
+            self.wait(lambda: self._segment_after(t) is not None, self.script.turn_timeout_s)
+        if self._open is None:
+            self.note("the agent did not start a turn")
+        return self._open
 
     def finish(self, dialer: Any, vanish: bool = False) -> int:
         """Hang up (unless the agent did), write outputs, return the exit status."""
@@ -381,6 +458,10 @@ class Softphone:
                     for key, method, at in received
                 ],
                 "notes": self.log,
+                # The codec after each offer/answer, and the Session-Expires of each 2xx
+                # the agent sent to our INVITEs and UPDATEs.
+                "codecs": list(self.call.codecs),
+                "session_expires": list(self.call.session_expires),
                 # REFERs the agent sent, and how the call to each target went.
                 "transfers": [
                     {
@@ -425,7 +506,7 @@ def run_softphone(uri: str, script: CallScript) -> int:
     except (OSError, EOFError, wave.Error, ValueError) as exc:
         print(f"sipagent call: cannot use that audio: {exc}", file=sys.stderr)
         return 2
-    dialer = Dialer(codecs=script.codecs)
+    dialer = Dialer(codecs=script.codecs, session_expires_s=script.session_expires_s)
     try:
         dialer.start()
     except SipError as exc:

@@ -179,6 +179,11 @@ class AgentWorker:
         """The call is gone."""
         self.loop.call_soon_threadsafe(self._end, handle)
 
+    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+        """A warm transfer's call to the human took or freed a call slot (pj thread)."""
+        if self.listener is not None:
+            self.loop.call_soon_threadsafe(self.listener.leg_changed, handle, up)
+
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed (pj thread)."""
         # AgentUA logs the change itself; only pass it on.
@@ -382,6 +387,10 @@ class WorkerListener(Protocol):
 
     def call_ended(self, handle: CallHandle) -> None:
         """A call ended."""
+
+    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+        """A call without a conversation (a warm transfer's call to the human) took a call
+        slot (``up``) or freed it."""
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed."""

@@ -135,6 +135,7 @@ request_route {{
     if (is_method("INVITE")) {{
         record_route();
     }}
+{pstn_route}
     if (!lookup("location")) {{
         xlog("L_NOTICE", "KAMEV|NOTFOUND|method=$rm|user=$rU|src=$si:$sp\\n");
         sl_send_reply("404", "Not Found");
@@ -179,6 +180,25 @@ route[REGISTRAR] {{
 """
 
 
+# Calls to numbers (an R-URI user of digits, '+' first or not) from a registered user go
+# out to the "PSTN" gateway once the caller answered a proxy digest challenge (407), the
+# way a registered Plivo endpoint's calls to numbers are authenticated.
+_PSTN_ROUTE = """    if (is_method("INVITE") && $rU =~ "^[+]?[0-9]+$") {{
+        $var(pw) = "";
+{passwords}
+        if (!pv_proxy_authenticate("$fd", "$var(pw)", "0")) {{
+            xlog("L_NOTICE", "KAMEV|CHALLENGED|user=$fU|callid=$ci|cseq=$cs|rc=$rc\\n");
+            proxy_challenge("$fd", "0");
+            exit;
+        }}
+        consume_credentials();
+        xlog("L_NOTICE", "KAMEV|PSTN|user=$rU|from=$fU|callid=$ci|src=$si:$sp\\n");
+        $du = "sip:{pstn}";
+        t_relay();
+        exit;
+    }}"""
+
+
 def kamailio_config(
     port: int,
     users: Mapping[str, str],
@@ -187,20 +207,31 @@ def kamailio_config(
     host: str = "127.0.0.1",
     min_expires: int = 5,
     max_expires: int = 10,
+    pstn: str | None = None,
 ) -> str:
-    """The Kamailio config text: registrar for `users` (name → password) on udp host:port."""
+    """The Kamailio config text: registrar for `users` (name → password) on udp host:port;
+    with `pstn` (host:port), calls to numbers are authenticated and sent there."""
     lines = []
     for name, password in users.items():
         if not (_SAFE.match(name) and _SAFE.match(password)):
             raise ValueError(f"user {name!r}: names and passwords must be [A-Za-z0-9._-]")
         lines.append(f'    if ($au == "{name}") {{ $var(pw) = "{password}"; }}')
+    passwords = "\n".join(lines)
+    pstn_route = ""
+    if pstn is not None:
+        if not re.fullmatch(r"[0-9.]+:[0-9]+", pstn):
+            raise ValueError(f"pstn must be host:port with an IPv4 address (got {pstn!r})")
+        pstn_route = _PSTN_ROUTE.format(
+            pstn=pstn, passwords="\n".join("    " + line for line in lines)
+        )
     return _CONFIG.format(
         host=host,
         port=port,
         ctl=ctl,
         min_expires=min_expires,
         max_expires=max_expires,
-        passwords="\n".join(lines),
+        passwords=passwords,
+        pstn_route=pstn_route,
     )
 
 
@@ -218,6 +249,7 @@ class Kamailio:
         port: int = 0,
         min_expires: int = 5,
         max_expires: int = 10,
+        pstn: str | None = None,
     ) -> None:
         binary = kamailio_binary()
         if binary is None:
@@ -237,6 +269,7 @@ class Kamailio:
                 host=self.host,
                 min_expires=min_expires,
                 max_expires=max_expires,
+                pstn=pstn,
             )
         )
         self.lines: list[str] = []

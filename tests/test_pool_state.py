@@ -55,6 +55,20 @@ def test_reservation_expires_and_becomes_a_call_when_the_invite_arrives() -> Non
     assert state.snapshot()[0]["free"] == 2
 
 
+def test_a_warm_transfer_leg_holds_a_call_slot_until_it_ends() -> None:
+    state = pool(1)
+    for i in range(3):
+        state.call_started(0, f"call-{i}", None)
+    state.leg_changed(0, "human-leg", True)  # call-0's agent rings the human
+    assert state.snapshot()[0]["legs"] == 1 and state.snapshot()[0]["free"] == 0
+    assert state.reserve("fifth") is None
+    state.leg_changed(0, "human-leg", False)
+    assert state.reserve("fifth") is not None
+    state.leg_changed(0, "other-leg", True)
+    state.worker_down(0)
+    assert state.snapshot()[0]["legs"] == 0
+
+
 def test_dead_worker_is_not_routed_and_loses_its_calls() -> None:
     state = pool(2)
     state.call_started(0, "a", None)

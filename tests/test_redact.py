@@ -122,6 +122,9 @@ class _Listener:
     def call_ended(self, handle: CallHandle) -> None:
         pass
 
+    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+        pass
+
     def registration_changed(self, registered: bool, status: str) -> None:
         pass
 

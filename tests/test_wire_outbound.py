@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 
 from gateway.demo import free_udp_port
+from tests.kamailio import kamailio_binary, running_kamailio
 from tests.test_wire_bot_push import post_json
-from tests.test_wire_pool import running_pool
+from tests.test_wire_pool import get_json, running_pool
+from tests.wire import wait_for
 
 pytestmark = [
     pytest.mark.wire,
@@ -192,6 +194,27 @@ def wait_for_record(tmp: Path, call_id: str, key: str, timeout: float = 30.0) ->
         time.sleep(0.1)
 
 
+def assert_agent_speaks_first(rtp: socket.socket) -> None:
+    """The agent's RTP (sent to `rtp`) turns from silence to speech within 3 s of the
+    first packet: it greets the callee without waiting for them."""
+    first: float | None = None
+    voiced: float | None = None
+    deadline = time.monotonic() + 20
+    while voiced is None and time.monotonic() < deadline:
+        try:
+            packet = rtp.recv(2048)
+        except TimeoutError:
+            continue
+        now = time.monotonic()
+        first = first if first is not None else now
+        payload = packet[12:]
+        if any(b not in (0xFF, 0x7F) for b in payload):
+            voiced = now
+    assert first is not None, "no RTP from the agent after answering"
+    assert voiced is not None, "the agent sent only silence"
+    assert voiced - first < 3.0, f"greeting {voiced - first:.2f} s after answer"
+
+
 def test_outbound_sip_calls_answered_busy_and_unanswered(tmp_path: Path) -> None:
     rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rtp.bind(("127.0.0.1", 0))
@@ -226,22 +249,7 @@ def test_outbound_sip_calls_answered_busy_and_unanswered(tmp_path: Path) -> None
                 )
                 assert status == 201, body
                 call_id = body["call_id"]
-                first: float | None = None
-                voiced: float | None = None
-                deadline = time.monotonic() + 20
-                while voiced is None and time.monotonic() < deadline:
-                    try:
-                        packet = rtp.recv(2048)
-                    except TimeoutError:
-                        continue
-                    now = time.monotonic()
-                    first = first if first is not None else now
-                    payload = packet[12:]
-                    if any(b not in (0xFF, 0x7F) for b in payload):
-                        voiced = now
-                assert first is not None, "no RTP from the agent after answering"
-                assert voiced is not None, "the agent sent only silence"
-                assert voiced - first < 3.0, f"greeting {voiced - first:.2f} s after answer"
+                assert_agent_speaks_first(rtp)
                 assert wait() == 0, "sipp did not see the call through (BYE from the agent)"
                 invite = log.read_text(errors="replace")
                 assert "INVITE sip:callee@127.0.0.1" in invite
@@ -279,5 +287,75 @@ def test_outbound_sip_calls_answered_busy_and_unanswered(tmp_path: Path) -> None
             rec = wait_for_record(tmp_path, body["call_id"], "outcome")
             assert rec["outcome"] == "no-answer", rec
             assert rec["end_reason"] == "no answer in 2 s", rec
+    finally:
+        rtp.close()
+
+
+@pytest.mark.skipif(kamailio_binary() is None, reason="kamailio (Debian package) missing")
+def test_a_number_dialled_in_register_mode_goes_through_the_registrar_with_digest(
+    tmp_path: Path,
+) -> None:
+    """Register mode, no trunk: the worker sends the INVITE for a number to its registrar,
+    answers the registrar's 407 challenge with its account, and the registrar relays the
+    call to the "PSTN" (sipp), where the agent speaks first."""
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    rtp.settimeout(0.2)
+    number = "+14155550123"
+    try:
+        with (
+            sipp_uas(tmp_path, answer_scenario(rtp.getsockname()[1]), "pstn") as (
+                pstn_port,
+                log,
+                wait,
+            ),
+            running_kamailio(
+                {"agent1": "secret1"}, max_expires=60, pstn=f"127.0.0.1:{pstn_port}"
+            ) as kam,
+        ):
+            config = tmp_path / "register.toml"
+            config.write_text(
+                f"""
+[sip]
+mode = "register"
+rtp_timeout_s = 3
+
+[registration]
+registrar = "{kam.address}"
+accounts = [{{ username = "agent1", password = "secret1" }}]
+
+[providers]
+stt = "fake"
+tts = "fake"
+
+[outbound]
+api_key = "{KEY}"
+window_start = "00:00"
+window_end = "23:59"
+"""
+            )
+            with running_pool(tmp_path, 1, config, pool__spare="false") as pool:
+                app = pool.app_url
+                assert app is not None
+                wait_for(
+                    lambda: get_json(app + "/readyz")[1]["workers"][0]["registered"],
+                    20,
+                    "agent1 to register",
+                )
+                status, body = post_json(f"{app}/calls", {"to": number}, token=KEY)
+                assert status == 201, body
+                assert body["uri"] == f"sip:{number}@{kam.address}", body
+                assert_agent_speaks_first(rtp)
+                assert wait() == 0, "sipp did not see the call through (BYE from the agent)"
+                rec = wait_for_record(tmp_path, body["call_id"], "sip_end_at")
+        assert rec["outcome"] == "answered", rec
+        # The registrar challenged the INVITE, then relayed the authenticated retry.
+        sip_call_id = body["sip_call_id"]
+        challenged = [e for e in kam.events("CHALLENGED") if e.fields.get("callid") == sip_call_id]
+        relayed = [e for e in kam.events("PSTN") if e.fields.get("callid") == sip_call_id]
+        assert challenged and challenged[0].fields["user"] == "agent1", challenged
+        assert len(relayed) == 1 and relayed[0].fields["from"] == "agent1", relayed
+        assert relayed[0].user == number
+        assert f"INVITE sip:{number}@{kam.address}" in log.read_text(errors="replace")
     finally:
         rtp.close()

@@ -7,7 +7,10 @@ A target that answers (sipp's built-in ``uas``) ends the agent's call ("transfer
 
 from __future__ import annotations
 
+import json
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +19,16 @@ import pytest
 from gateway.audio.pcm import SAMPLE_RATE, write_wav
 from gateway.demo import AgentProcess, free_udp_port
 from tests.kamailio import sipp_available
-from tests.wire import count_lines, place_call, running_agent, uri, wait_for, word_overlap
+from tests.wire import (
+    count_lines,
+    finish_call,
+    place_call,
+    running_agent,
+    start_call,
+    uri,
+    wait_for,
+    word_overlap,
+)
 
 pytestmark = [
     pytest.mark.wire,
@@ -186,8 +198,23 @@ def warm_agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Ite
         transfer__warm="true",
         transfer__warm_intro_text="Hello, I have a caller for you.",
         transfer__timeout_s="20",
+        # The app, for /readyz: the worker's call slots as the pool sees them.
+        app__listen_port="0",
+        app__auth_token="warm-transfer-test",
     ) as a:
         yield a
+
+
+def slots_in_use(agent: AgentProcess) -> tuple[int, int]:
+    """(calls, legs) of the one worker, from the app's /readyz."""
+    assert agent.app_url is not None
+    try:
+        with urllib.request.urlopen(agent.app_url + "/readyz", timeout=5) as resp:
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+    worker = body["workers"][0]
+    return int(worker["calls"]), int(worker["legs"])
 
 
 def test_warm_transfer_bridges_the_caller_to_the_human(
@@ -206,9 +233,13 @@ def test_warm_transfer_bridges_the_caller_to_the_human(
     later = tmp_path / "later.wav"
     write_wav(later, bytes(2 * SAMPLE_RATE * 12) + speech_8k(question))
     try:
-        r = place_call(
+        proc = start_call(
             uri(agent), "--say", "Where are you located?", "--play", str(later), "--transcribe"
         )
+        # While the human is rung, briefed and bridged, their leg holds a call slot of the
+        # worker's four, and the pool counts it.
+        wait_for(lambda: slots_in_use(agent) == (1, 1), 20, "the human's leg in /readyz")
+        r = finish_call(proc)
     finally:
         rc = stop_uas(uas)
     target = f"sip:human@127.0.0.1:{human_port}"
@@ -229,3 +260,4 @@ def test_warm_transfer_bridges_the_caller_to_the_human(
     assert rc == 0, log
     ended = f"ended: transferred to {target} (warm)"
     wait_for(lambda: count_lines(agent, ended) == 2, 5, "both legs to end")
+    wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "both slots to be free again")

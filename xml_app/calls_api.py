@@ -8,8 +8,11 @@ calls-per-second slot (the request waits its turn; 429 when ``outbound.max_queue
 requests already wait, recorded as refused), then:
 
 * ``via = "sip"`` (default): a worker with a free slot sends the INVITE itself, to a
-  ``sip:`` URI or to ``sip:<number>@<outbound.trunk>``, with ``outbound.headers`` and the
-  request's headers.  201 once the INVITE is out (503 when no worker can);
+  ``sip:`` URI or to ``sip:<number>@<outbound.trunk>`` (in register mode without a trunk:
+  ``sip:<number>@<registration.registrar>``, the way a registered Plivo endpoint calls a
+  number; the registrar's digest challenge is answered with the worker's account), with
+  ``outbound.headers`` and the request's headers.  201 once the INVITE is out (503 when no
+  worker can);
 * ``via = "plivo"``: Plivo's Call API (the plivo SDK's ``calls.create``) with
   ``answer_url`` = this app's ``/answer``, which routes the answered call to a worker like
   an inbound one; 201 with Plivo's request UUID (502 when Plivo refuses).
@@ -95,6 +98,10 @@ class CallsApi:
     ) -> None:
         o = settings.outbound
         self.settings = o
+        # Where numbers are sent via SIP: the trunk, else the registrar in register mode.
+        self.number_host = o.trunk or (
+            settings.registration.registrar if settings.sip.mode == "register" else None
+        )
         self.records = records
         self.dial = dial
         self.base_url = base_url
@@ -212,15 +219,19 @@ class CallsApi:
     def _sip_uri(self, to: str) -> str | None:
         if to.startswith(("sip:", "sips:")):
             return to
-        if not self.settings.trunk:
+        if not self.number_host:
             return None
-        return f"sip:{to}@{self.settings.trunk}"
+        return f"sip:{to}@{self.number_host}"
 
     def _via_sip(self, call_id: str, to: str, headers: dict[str, str]) -> Response:
         uri = self._sip_uri(to)
         if uri is None:
             self._record("a failure", lambda: self._failed(call_id, "no outbound.trunk"))
-            return _error(400, "a number needs outbound.trunk for via=sip; or pass a sip: URI")
+            return _error(
+                400,
+                "a number needs outbound.trunk (or sip.mode = register) for via=sip;"
+                " or pass a sip: URI",
+            )
         if self.dial is None:
             return _error(503, "this app is not connected to a worker pool")
         status, message = self.dial(call_id, uri, headers)

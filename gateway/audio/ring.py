@@ -186,6 +186,14 @@ class PlayoutRing:
         self.frames_played += 1
         return frame
 
+    def idle_tick(self) -> None:
+        """Clock thread: a tick on which nothing is sent although audio may be queued (the
+        call is on hold).  The queue waits; playing resumes as a new start, so the pause is
+        not counted as a gap."""
+        self.playing = False
+        if self.tap is not None:
+            self.tap.append(SILENCE_FRAME)
+
     def mark(self) -> None:
         """Note the time the next queued frame goes out, in `marked_at` (0.0 until then)."""
         self.marked_at = 0.0

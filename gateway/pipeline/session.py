@@ -960,6 +960,10 @@ class CallSession:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
+            if self.handle.on_hold:
+                # The caller put us on hold: no "are you there?" until they are back.
+                self._last_activity = time.monotonic()
+                continue
             if self._busy():
                 continue
             if self._push_due is not None:

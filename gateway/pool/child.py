@@ -113,6 +113,10 @@ class _Reporter:
         """Report an agent turn, to be stored with the call."""
         self._send({"event": "turn", **self._ids(handle), "turn": rec.as_dict(), "at": time.time()})
 
+    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+        """Report a call slot taken or freed by a call without a conversation."""
+        self._send({"event": "leg", "sip_call_id": handle.sip_call_id, "up": up})
+
     def registration_changed(self, registered: bool, status: str) -> None:
         """Report the registration state."""
         self._send({"event": "reg", "registered": registered, "status": status})

@@ -39,13 +39,16 @@ class WorkerInfo:
     calls: set[str] = field(default_factory=set)  # SIP Call-IDs in progress
     uuids: dict[str, str] = field(default_factory=dict)  # CallUUID -> SIP Call-ID, in progress
     reservations: dict[str, float] = field(default_factory=dict)  # CallUUID -> expiry
+    # Calls without a conversation holding a call slot (a warm transfer's call to the
+    # human), by SIP Call-ID.
+    legs: set[str] = field(default_factory=set)
     restarts: int = 0
     started_at: float = 0.0
 
     def free_slots(self, now: float) -> int:
         """Calls this worker could still take, counting unexpired reservations."""
         live = sum(1 for exp in self.reservations.values() if exp > now)
-        return self.max_calls - len(self.calls) - live
+        return self.max_calls - len(self.calls) - len(self.legs) - live
 
     def routable(self) -> bool:
         """Up, accepting, and registered when it registers."""
@@ -62,6 +65,7 @@ class WorkerInfo:
             "registration": self.registration,
             "accepting": self.accepting,
             "calls": len(self.calls),
+            "legs": len(self.legs),
             "reserved": sum(1 for exp in self.reservations.values() if exp > now),
             "free": max(0, self.free_slots(now)) if self.routable() else 0,
             "restarts": self.restarts,
@@ -161,6 +165,7 @@ class PoolState:
             w.up, w.pid = False, None
             w.restarts += 1
             w.calls.clear()
+            w.legs.clear()
             w.uuids.clear()
             w.reservations.clear()
             if w.registered is not None:
@@ -191,6 +196,15 @@ class PoolState:
             w.calls.discard(sip_call_id)
             for uuid in [u for u, c in w.uuids.items() if c == sip_call_id]:
                 del w.uuids[uuid]
+
+    def leg_changed(self, index: int, sip_call_id: str, up: bool) -> None:
+        """A worker's call without a conversation took (``up``) or freed a call slot."""
+        with self._lock:
+            legs = self.workers[index].legs
+            if up:
+                legs.add(sip_call_id)
+            else:
+                legs.discard(sip_call_id)
 
     def find_call(self, key: str) -> tuple[int, str] | None:
         """(worker index, SIP Call-ID) of the call in progress whose SIP Call-ID or Plivo

@@ -247,6 +247,8 @@ class Supervisor:
             )
             if msg.get("direction") == "outbound":
                 self._record("outbound_answered", uuid, float(msg.get("at", time.time())))
+        elif event == "leg" and index is not None:
+            self.state.leg_changed(index, str(msg.get("sip_call_id", "")), bool(msg.get("up")))
         elif event == "turn" and index is not None and isinstance(msg.get("turn"), dict):
             self._record(
                 "add_turn",

@@ -41,6 +41,10 @@ class CallEvents(Protocol):
     def call_ended(self, handle: CallHandle) -> None:
         """The call is over (any side, any reason)."""
 
+    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+        """A call the agent placed with `AgentUA.dial` (no conversation of its own: the
+        human's leg of a warm transfer) took a call slot (``up``) or gave it back."""
+
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed (register mode only); ``status`` says why, e.g.
         ``"200 OK"`` or ``"403 Forbidden: wrong password for agent1"``."""
@@ -300,14 +304,22 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             self.ua.events.call_started(handle)
 
     def onCallMediaState(self, prm: Any) -> None:
+        # The first offer/answer and every re-INVITE or UPDATE after it (hold, unhold, a
+        # codec change, a session refresh): pjsua may have rebuilt the stream, so the media
+        # port is connected again each time.
         if self.handle is None:
             return
         info = self.getInfo()
         for mi in info.media:
             if mi.type != pj.PJMEDIA_TYPE_AUDIO:
                 continue
+            if mi.status == pj.PJSUA_CALL_MEDIA_NONE and mi.dir == pj.PJMEDIA_DIR_NONE:
+                self._set_hold(True)  # a=inactive: no stream at all for now
+                continue
             if mi.status not in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 continue
+            self._set_hold(mi.status == pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
+            self._note_codec(mi.index)
             audio = self.getAudioMedia(mi.index)
             self.audio_index = mi.index
             if self.bridged_to is not None:
@@ -315,11 +327,33 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
                 continue
             if self.port is None:
                 self.port = self.ua.ports.acquire(self.handle.inbound, self.handle.playout)
+                self.port.held = self.handle.on_hold
             self.audio_index = mi.index
             audio.startTransmit(self.port)
             self.port.startTransmit(audio)
             self.rx_seen_at = time.monotonic()
             self._maybe_start()
+
+    def _set_hold(self, held: bool) -> None:
+        handle = self.handle
+        if handle is None or handle.on_hold == held:
+            return
+        handle.on_hold = held
+        if self.port is not None:
+            self.port.held = held
+        log.info("call %s: %s", handle.sip_call_id, "on hold" if held else "taken off hold")
+
+    def _note_codec(self, index: int) -> None:
+        handle = self.handle
+        try:
+            si = self.getStreamInfo(index)
+            codec = f"{si.codecName}/{si.codecClockRate}"
+        except pj.Error:
+            return
+        if handle is not None and codec != handle.codec:
+            if handle.codec:
+                log.info("call %s: codec %s -> %s", handle.sip_call_id, handle.codec, codec)
+            handle.codec = codec
 
 
 class _AgentAccount(pj.Account):  # type: ignore[misc]
@@ -492,6 +526,7 @@ class AgentUA:
             call.handle = handle
             self.calls[handle.call_id] = call
             log.info("outbound call %s to %s", handle.sip_call_id, uri)
+            self.events.leg_changed(handle, True)
             fut.set_result(handle)
 
         self.pj.post(job)
@@ -813,7 +848,9 @@ class AgentUA:
             other.bridged_to = None
             self._hangup(other.handle.call_id, 200)
         log.info("call %s ended: %s", handle.sip_call_id, handle.end_reason)
-        if (call.started or handle.outbound) and not handle.bridge_leg:
+        if handle.bridge_leg:
+            self.events.leg_changed(handle, False)
+        elif call.started or handle.outbound:
             self.events.call_ended(handle)
         port, call.port = call.port, None
         call.handle = None

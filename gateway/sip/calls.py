@@ -140,6 +140,11 @@ class CallHandle:
     # A call the agent placed itself (the human's leg of a warm transfer); no conversation
     # of its own.
     bridge_leg: bool = False
+    # The caller put the call on hold (a re-INVITE with sendonly or inactive): the agent's
+    # audio is paused, not lost, and what it receives (music on hold) is not listened to.
+    # Written on the pj thread, read anywhere.
+    on_hold: bool = False
+    codec: str = ""  # the audio codec in use, e.g. "PCMA/8000"
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""

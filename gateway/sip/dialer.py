@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ class OutboundCall:
     # Keys the far end sent: (key, "rfc4733" | "info", CLOCK_MONOTONIC seconds); appended
     # on the pj thread, read anywhere.
     dtmf_received: list[tuple[str, str, float]] = field(default_factory=list)
+    # The audio codec after each offer/answer ("PCMU/8000", ...), in order.
+    codecs: list[str] = field(default_factory=list)
+    # The Session-Expires header of each 2xx the far end sent to our INVITEs and UPDATEs
+    # ("" when it had none), in order.
+    session_expires: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -92,10 +98,36 @@ class _DialCall(pj.Call):  # type: ignore[misc]
         self.dialer.transfers.append(TransferRequest(target, state))
         prm.newCall = follow
 
+    def onCallTsxState(self, prm: Any) -> None:
+        # A 2xx the far end sent to our INVITE or UPDATE: note its Session-Expires.
+        ev = prm.e.body.tsxState
+        tsx = ev.tsx
+        if ev.type != pj.PJSIP_EVENT_RX_MSG or tsx.role != pj.PJSIP_ROLE_UAC:
+            return
+        if tsx.method not in ("INVITE", "UPDATE") or not 200 <= int(tsx.statusCode) < 300:
+            return
+        value = ""
+        for line in str(ev.src.rdata.wholeMsg).split("\r\n")[1:]:
+            if not line:
+                break  # end of the headers
+            name, _, rest = line.partition(":")
+            if name.strip().lower() in ("session-expires", "x"):
+                value = rest.strip()
+                break
+        self.state.session_expires.append(value)
+
     def onCallMediaState(self, prm: Any) -> None:
         info = self.getInfo()
         for mi in info.media:
-            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status in (
+                pj.PJSUA_CALL_MEDIA_ACTIVE,
+                pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
+            ):
+                try:
+                    si = self.getStreamInfo(mi.index)
+                    self.state.codecs.append(f"{si.codecName}/{si.codecClockRate}")
+                except pj.Error:
+                    pass
                 audio = self.getAudioMedia(mi.index)
                 if self.port is None:
                     self.port = self.dialer.ports.acquire(self.state.inbound, self.state.playout)
@@ -107,7 +139,11 @@ class _DialCall(pj.Call):  # type: ignore[misc]
 class Dialer:
     """Owns a pj thread with one account; places one call at a time."""
 
-    def __init__(self, codecs: tuple[str, ...] = ("PCMU", "PCMA")) -> None:
+    def __init__(
+        self, codecs: tuple[str, ...] = ("PCMU", "PCMA"), session_expires_s: int = 0
+    ) -> None:
+        # session_expires_s: ask for RFC 4028 session timers with this interval (>= 90).
+        self.session_expires_s = session_expires_s
         self.pj = PjThread(
             EndpointOptions(
                 host="127.0.0.1",
@@ -154,6 +190,10 @@ class Dialer:
         tc.port = random.randrange(30000, 60000, 2)
         tc.portRange = 200
         tc.boundAddress = "127.0.0.1"
+        if self.session_expires_s:
+            cfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_ALWAYS
+            cfg.callConfig.timerSessExpiresSec = self.session_expires_s
+            cfg.callConfig.timerMinSESec = 90
         acc = pj.Account()
         acc.create(cfg, True)
         self.account = acc
@@ -205,6 +245,50 @@ class Dialer:
                 self.call.sendDtmf(prm)
             except pj.Error as exc:
                 raise SipError(f"sending DTMF {digits}: {exc.reason.strip()}") from None
+
+        self.pj.submit(job).result(10)
+
+    def hold(self) -> None:
+        """Put the far end on hold: a re-INVITE offering a=sendonly (we may go on sending,
+        as a PBX plays music on hold)."""
+        self._call_op("hold", lambda call, op: call.setHold(op))
+
+    def unhold(self) -> None:
+        """Take the far end off hold: a re-INVITE offering a=sendrecv."""
+
+        def reinvite(call: Any, op: Any) -> None:
+            op.opt.flag = pj.PJSUA_CALL_UNHOLD
+            call.reinvite(op)
+
+        self._call_op("unhold", reinvite)
+
+    def switch_codec(self, codec: str) -> None:
+        """Re-INVITE offering only `codec` ("PCMU" or "PCMA"), so the call changes codec
+        mid-way (the offers after it keep to that codec)."""
+
+        def reinvite(call: Any, op: Any) -> None:
+            self.pj.set_codecs((codec,))
+            call.reinvite(op)
+
+        self._call_op(f"re-INVITE to {codec}", reinvite)
+
+    def refresh(self) -> None:
+        """A session refresh by UPDATE without SDP (what a carrier's session timer sends)."""
+
+        def update(call: Any, op: Any) -> None:
+            op.opt.flag = pj.PJSUA_CALL_NO_SDP_OFFER
+            call.update(op)
+
+        self._call_op("UPDATE", update)
+
+    def _call_op(self, what: str, fn: Callable[[Any, Any], None]) -> None:
+        def job() -> None:
+            if self.call is None:
+                raise SipError(f"no call to {what}")
+            try:
+                fn(self.call, pj.CallOpParam(True))
+            except pj.Error as exc:
+                raise SipError(f"{what}: {exc.reason.strip()}") from None
 
         self.pj.submit(job).result(10)
 

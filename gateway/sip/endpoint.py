@@ -61,13 +61,19 @@ class MediaBridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         super().__init__()
         self.inbound = inbound
         self.playout = playout
+        # On hold: what arrives is replaced by silence and the playout queue waits.
+        self.held = False
 
     def onFrameReceived(self, frame: Any) -> None:
         data = read_frame(frame)
         if len(data) == FRAME_BYTES:
-            self.inbound.push(data)
+            self.inbound.push(SILENCE_FRAME if self.held else data)
 
     def onFrameRequested(self, frame: Any) -> None:
+        if self.held:
+            self.playout.idle_tick()
+            write_frame(frame, SILENCE_FRAME)
+            return
         data = self.playout.pop()
         write_frame(frame, data if data is not None else SILENCE_FRAME)
 
@@ -117,12 +123,14 @@ class BridgePortPool:
             self._all.append(port)
         port.inbound = inbound
         port.playout = playout
+        port.held = False
         return port
 
     def release(self, port: MediaBridgePort) -> None:
         """Unwire a port from its call's rings and keep it for the next call."""
         port.inbound = InboundRing(1)
         port.playout = PlayoutRing()
+        port.held = False
         self._free.append(port)
 
     def clear(self) -> None:
@@ -266,10 +274,11 @@ class PjThread:
             ) from None
         ep.libStart()
         ep.audDevManager().setNullDev()
-        self._set_codecs(o.codecs)
+        self.set_codecs(o.codecs)
 
-    def _set_codecs(self, order: tuple[str, ...]) -> None:
-        """Enable exactly the named codecs, first = highest priority.
+    def set_codecs(self, order: tuple[str, ...]) -> None:
+        """Enable exactly the named codecs, first = highest priority (pj thread only; the
+        next offer or answer uses them).
 
         Names are "PCMU"/"PCMA" or a prefix of a pjsua2 codec id ("GSM", "speex/8000").
         """
