@@ -228,7 +228,7 @@ class Softphone:
     def run(self, dialer: Any, clips: list[bytes]) -> int:
         s = self.script
         self.call = dialer.dial(self.uri, s.headers)
-        if not self.call.confirmed.wait(15) or self.call.ended.is_set():
+        if not self._answered(15) or self.call.ended.is_set():
             self.call.ended.wait(5)
             self.note(f"call failed: {self.call.status_code} {self.call.reason}".strip())
             return 1
@@ -275,6 +275,16 @@ class Softphone:
         if s.no_hangup:
             self.wait(self.call.ended.is_set, s.turn_timeout_s * 3)
         return self.finish(dialer)
+
+    def _answered(self, timeout: float) -> bool:
+        """Wait for the answer; False at once when the call is refused (486, 488, ...)."""
+        call = self.call
+        deadline = time.monotonic() + timeout
+        while not call.confirmed.is_set():
+            if call.ended.is_set() or time.monotonic() >= deadline:
+                return False
+            call.ended.wait(0.01)
+        return True
 
     def _await_reply(self, res: StepResult, t_end: float) -> None:
         got = self.wait(lambda: self._segment_after(t_end) is not None, self.script.turn_timeout_s)

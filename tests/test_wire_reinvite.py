@@ -7,12 +7,15 @@ much of a reply the caller heard can be checked against the reply's text."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.demo import AgentProcess
+from gateway.demo import AgentProcess, free_udp_port
 from gateway.providers.fake import TONE_MS_PER_CHAR
 from tests.wire import count_lines, place_call, running_agent, uri, wait_for
 
@@ -97,3 +100,113 @@ def test_hold_codec_switch_and_session_refresh_keep_the_conversation(
     assert len(r["session_expires"]) == 7, r["session_expires"]
     assert all(v.startswith("90") for v in r["session_expires"]), r["session_expires"]
     assert refresh["ok"]
+
+
+def _invite(cseq: int, version: int, direction: str) -> str:
+    return f"""  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: {cseq} INVITE
+Contact: <sip:sipp@[local_ip]:[local_port]>
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=sipp 1 {version} IN IP4 [local_ip]
+s=-
+c=IN IP4 [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+a={direction}
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: {cseq} ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+
+# Answered, held with a=inactive (no media either way) for longer than the no-input
+# timeout, resumed, then hung up.
+INACTIVE_HOLD_SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="hold with a=inactive">
+{_invite(1, 1, "sendrecv")}
+  <pause milliseconds="600"/>
+{_invite(2, 2, "inactive")}
+  <pause milliseconds="{int(HOLD_S * 1000)}"/>
+{_invite(3, 3, "sendrecv")}
+  <pause milliseconds="2500"/>
+  <send retrans="500"><![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+Call-ID: [call_id]
+CSeq: 4 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp (Debian sip-tester) missing")
+def test_hold_with_inactive_media_pauses_the_agent(agent: AgentProcess, tmp_path: Path) -> None:
+    scenario = tmp_path / "inactive.xml"
+    scenario.write_text(INACTIVE_HOLD_SCENARIO)
+    turns_before = len(agent.turns())
+    proc = subprocess.run(
+        [
+            "sipp",
+            "-sf",
+            str(scenario),
+            f"127.0.0.1:{agent.port}",
+            "-s",
+            "agent",
+            "-m",
+            "1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            "0",
+            "-mp",
+            str(free_udp_port() & ~1),
+            "-nostdin",
+            "-timeout",
+            "30s",
+            "-timeout_error",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    call_id = next(
+        line.split("incoming call ")[1].split(" ")[0]
+        for line in agent.lines
+        if "incoming call" in line and "sipp" in line
+    )
+    wait_for(lambda: count_lines(agent, f"call {call_id} ended") == 1, 5, "the call to end")
+    assert count_lines(agent, f"call {call_id}: on hold") == 1
+    assert count_lines(agent, f"call {call_id}: taken off hold") == 1
+    turns = [t for t in agent.turns()[turns_before:] if t["call_id"] == call_id]
+    # The greeting was paused by the hold and finished after it; no "are you there?".
+    assert [t["kind"] for t in turns] == ["greeting"], turns
