@@ -197,6 +197,7 @@ def warm_agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Ite
         playbook=str(playbook),
         transfer__warm="true",
         transfer__warm_intro_text="Hello, I have a caller for you.",
+        transfer__failed_text=FAILED_TEXT,
         transfer__timeout_s="20",
         # The app, for /readyz: the worker's call slots as the pool sees them.
         app__listen_port="0",
@@ -261,3 +262,37 @@ def test_warm_transfer_bridges_the_caller_to_the_human(
     ended = f"ended: transferred to {target} (warm)"
     wait_for(lambda: count_lines(agent, ended) == 2, 5, "both legs to end")
     wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "both slots to be free again")
+
+
+def test_warm_transfer_to_a_human_who_declines_is_apologised_for(
+    warm_agent: AgentProcess, human_port: int, tmp_path: Path
+) -> None:
+    agent = warm_agent
+    scenario = tmp_path / "busy.xml"
+    scenario.write_text(_BUSY_SCENARIO)
+    uas = start_uas(tmp_path, human_port, scenario)  # the human's phone: 486 Busy Here
+    try:
+        r = place_call(
+            uri(agent),
+            "--say",
+            "Where are you located?",
+            "--say",
+            "What are your opening hours?",
+            "--transcribe",
+        )
+    finally:
+        rc = stop_uas(uas)
+    target = f"sip:human@127.0.0.1:{human_port}"
+    log = "\n".join(agent.lines[-30:])
+    assert r["returncode"] == 0, r
+    assert rc == 0, log  # sipp saw the INVITE it declined
+    assert r["transfers"] == []  # warm: the agent called the human itself, no REFER
+    # The caller heard the handover line, then the apology, then the answer to the next
+    # question: the conversation went on.
+    heard = " ".join(seg["text"] for seg in r["segments"])
+    assert word_overlap(FAILED_TEXT, heard) >= 0.5, heard
+    assert r["steps"][1]["ok"], r
+    assert count_lines(agent, '"kind":"transfer-failed"') == 1, log
+    wait_for(lambda: count_lines(agent, f"transfer to {target} failed") == 1, 5, "the failure")
+    # The human's leg gave its call slot back; the caller's call ended normally.
+    wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "the slots to be free")
