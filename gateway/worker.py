@@ -52,6 +52,7 @@ def conversation_options(s: Settings) -> ConversationOptions:
         transfer_timeout_s=s.transfer.timeout_s,
         transfer_failed_text=s.transfer.failed_text,
         warm_intro_text=s.transfer.warm_intro_text,
+        warm_ring_timeout_s=s.transfer.ring_timeout_s,
     )
 
 

@@ -864,6 +864,15 @@ class TransferSettings(_Section):
         default="Hello, this is the virtual agent. I have a caller on the line.",
         description="Said to the human first; the caller's last few turns follow.",
     )
+    ring_timeout_s: float = Field(
+        default=25.0,
+        ge=1,
+        le=120,
+        description=(
+            "Warm transfer: how long the human's phone rings before the agent cancels the"
+            " call, tells the caller and carries on (timeout_s still bounds the whole handover)."
+        ),
+    )
     plivo_auth_id: str = Field(
         default="",
         description=(

@@ -21,7 +21,7 @@ from gateway.providers.plivo_transfer import PlivoTransfer, transfer_xml_url
 from gateway.records import CallRecords
 from gateway.transfer import TransferError
 from sip_config import ConfigError, Settings, load_settings
-from tests.fakes.plivo_rest import FakePlivoRest
+from tests.fakes.plivo_api import FakePlivoApi
 from tests.test_session import Speak, run, speech
 from tests.test_transfer import TransferBrain, start
 from xml_app.app import create_app
@@ -71,8 +71,8 @@ class App:
 
 
 @pytest.fixture
-def plivo() -> Iterator[FakePlivoRest]:
-    with FakePlivoRest(auth_id=AUTH_ID, auth_token=TOKEN, calls={CALL_UUID}) as fake:
+def plivo() -> Iterator[FakePlivoApi]:
+    with FakePlivoApi(AUTH_ID, TOKEN, live_calls={CALL_UUID}) as fake:
         yield fake
 
 
@@ -99,7 +99,7 @@ def test_transfer_xml_url_quotes_the_target() -> None:
 
 
 def test_rest_transfer_moves_the_a_leg_to_a_dial_of_the_number(
-    tmp_path: Path, plivo: FakePlivoRest
+    tmp_path: Path, plivo: FakePlivoApi
 ) -> None:
     plivo.fetch_xml = True
     app, settings = served_app(tmp_path, plivo.url)
@@ -128,7 +128,7 @@ def test_rest_transfer_moves_the_a_leg_to_a_dial_of_the_number(
     assert dial.get("timeout") == str(settings.app.dial_timeout_s)
 
 
-def test_rest_transfer_to_a_sip_uri_dials_a_user(tmp_path: Path, plivo: FakePlivoRest) -> None:
+def test_rest_transfer_to_a_sip_uri_dials_a_user(tmp_path: Path, plivo: FakePlivoApi) -> None:
     plivo.fetch_xml = True
     app, settings = served_app(tmp_path, plivo.url, caller_id="+14155550999")
     try:
@@ -146,7 +146,7 @@ def test_rest_transfer_to_a_sip_uri_dials_a_user(tmp_path: Path, plivo: FakePliv
 
 
 def test_the_transfer_xml_route_is_signed_and_checks_its_target(
-    tmp_path: Path, plivo: FakePlivoRest
+    tmp_path: Path, plivo: FakePlivoApi
 ) -> None:
     import urllib.error
     import urllib.request
@@ -163,14 +163,14 @@ def test_the_transfer_xml_route_is_signed_and_checks_its_target(
         assert info.value.code == 403
         # Signed (the fake signs like Plivo) but a malformed or missing target: 400.
         for query in ("target=%2B1-415-abc", "target=sip%3A", "other=1"):
-            fetched = plivo._fetch(f"{base}/transfer-xml?{query}", "POST", CALL_UUID)
+            fetched = plivo.fetch(f"{base}/transfer-xml?{query}", "POST", CALL_UUID)
             assert fetched.status == 400, (query, fetched)
             assert "target" in fetched.body
     finally:
         app.close()
 
 
-def test_api_errors_are_provider_errors(tmp_path: Path, plivo: FakePlivoRest) -> None:
+def test_api_errors_are_provider_errors(tmp_path: Path, plivo: FakePlivoApi) -> None:
     public = "http://127.0.0.1:9"
     unknown = PlivoTransfer(
         settings_for(plivo.url, public), "0" * 8 + "-0000-0000-0000-" + "0" * 12
@@ -193,7 +193,7 @@ def test_api_errors_are_provider_errors(tmp_path: Path, plivo: FakePlivoRest) ->
     assert info.value.kind == "disconnect"
 
 
-def test_no_target_is_a_transfer_error(plivo: FakePlivoRest) -> None:
+def test_no_target_is_a_transfer_error(plivo: FakePlivoApi) -> None:
     t = PlivoTransfer(settings_for(plivo.url, "http://127.0.0.1:9", target=None), CALL_UUID)
     with pytest.raises(TransferError, match="no transfer target"):
         asyncio.run(t.transfer(""))
@@ -210,7 +210,7 @@ def test_plivo_method_needs_credentials_and_a_public_url() -> None:
 
 
 def test_session_hangs_up_its_leg_after_a_rest_transfer(
-    speech_8k: Speak, plivo: FakePlivoRest
+    speech_8k: Speak, plivo: FakePlivoApi
 ) -> None:
     settings = settings_for(plivo.url, "http://127.0.0.1:9", plivo_hangup_after_s=0.3)
     rest = PlivoTransfer(settings, CALL_UUID)
@@ -237,7 +237,7 @@ def test_session_hangs_up_its_leg_after_a_rest_transfer(
 
 
 def test_outbound_plivo_credentials_are_used_when_transfer_has_none(
-    plivo: FakePlivoRest,
+    plivo: FakePlivoApi,
 ) -> None:
     settings = load_settings(
         None,

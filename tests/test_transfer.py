@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -557,6 +558,32 @@ def test_warm_transfer_nobody_answers_hangs_up_the_human_leg(speech_8k: Speak) -
             brain = call.session.brain
             assert isinstance(brain, TransferBrain) and len(brain.notes) == 1
             assert "failed (no outcome within 0.5 s)" in brain.notes[0]
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
+def test_warm_transfer_rings_no_longer_than_the_ring_timeout(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=None)
+    options = dataclasses.replace(WARM, warm_ring_timeout_s=0.5, transfer_timeout_s=30)
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer"]), options, legs)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.turn(1)
+            apology = await call.turn(2, timeout=4.0)
+            assert apology.kind == "transfer-failed"
+            # The ring timeout, not the whole transfer's, ended it; the ringing leg was
+            # hung up (a CANCEL on the wire).
+            assert call.session.transfers[0].detail == "no answer within 0.5 s"
+            assert [reason for _, reason in legs.hangups] == ["warm transfer abandoned"]
+            assert legs.bridges == [] and call.hangups == []
             await legs.close()
             await call.hang_up()
         finally:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
 
 from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from tests.fakes.plivo_api import signed_request
 from tests.wire import clean_env, finish_call, start_call, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
@@ -57,20 +57,7 @@ def running_pool(
 
 def plivo_post(url: str, params: dict[str, str], token: str = TOKEN) -> tuple[int, str]:
     """POST form parameters signed the way Plivo signs them (V3 signature)."""
-    nonce = uuid.uuid4().hex
-    base = construct_post_url(url, dict(params)).decode()
-    signature = get_signature_v3(token.encode(), base, nonce.encode()).decode()
-    req = urllib.request.Request(
-        url,
-        data=urllib.parse.urlencode(params).encode(),
-        headers={"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
+    return signed_request(url, params, token)
 
 
 def get_json(url: str) -> tuple[int, dict[str, Any]]:

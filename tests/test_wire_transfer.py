@@ -28,6 +28,7 @@ from tests.wire import (
     uri,
     wait_for,
     word_overlap,
+    words,
 )
 
 pytestmark = [
@@ -57,11 +58,66 @@ _BUSY_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 """
 
+# The human's phone rings and is never picked up: 180 Ringing, then the agent's CANCEL
+# (200 to the CANCEL, 487 to the INVITE, its ACK).
+_RINGING_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="UAS that rings until cancelled">
+  <recv request="INVITE" />
+  <send>
+    <![CDATA[
+      SIP/2.0 180 Ringing
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="CANCEL" />
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send>
+    <![CDATA[
+      SIP/2.0 487 Request Terminated
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      CSeq: [last_cseq_number] INVITE
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv request="ACK" />
+</scenario>
+"""
+
+
+def heard_apology(heard: str) -> bool:
+    """Whether the caller's transcript holds FAILED_TEXT. The offline recogniser gets
+    "sorry" every time but often garbles the rest ("i cannot transfer you will connect
+    you"); without it the agent's other lines share 2 of its 11 words, and the
+    playbook's fallback does not say "sorry"."""
+    return "sorry" in words(heard) and word_overlap(FAILED_TEXT, heard) >= 0.3
+
+
 PLAYBOOK = """
 [agent]
 name = "Transfer test"
 greeting = "Hello, this is the test line."
-fallback = "Sorry, I did not catch that."
+fallback = "Pardon, I did not catch that."
 reprompt = "Are you still there?"
 goodbye = "Goodbye."
 
@@ -176,7 +232,7 @@ def test_refer_to_a_busy_target_is_apologised_for_and_the_call_goes_on(
     # After the handover line the agent said it could not transfer, then answered the
     # next question; the caller hung up.
     heard = " ".join(seg["text"] for seg in r["segments"])
-    assert word_overlap(FAILED_TEXT, heard) >= 0.5, heard
+    assert heard_apology(heard), heard
     assert count_lines(agent, '"kind":"transfer-failed"') == 1
     assert r["steps"][1]["ok"], r
     assert r["ended_by"] == "caller", r
@@ -199,6 +255,7 @@ def warm_agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Ite
         transfer__warm_intro_text="Hello, I have a caller for you.",
         transfer__failed_text=FAILED_TEXT,
         transfer__timeout_s="20",
+        transfer__ring_timeout_s="4",
         # The app, for /readyz: the worker's call slots as the pool sees them.
         app__listen_port="0",
         app__auth_token="warm-transfer-test",
@@ -290,9 +347,41 @@ def test_warm_transfer_to_a_human_who_declines_is_apologised_for(
     # The caller heard the handover line, then the apology, then the answer to the next
     # question: the conversation went on.
     heard = " ".join(seg["text"] for seg in r["segments"])
-    assert word_overlap(FAILED_TEXT, heard) >= 0.5, heard
+    assert heard_apology(heard), heard
     assert r["steps"][1]["ok"], r
     assert count_lines(agent, '"kind":"transfer-failed"') == 1, log
     wait_for(lambda: count_lines(agent, f"transfer to {target} failed") == 1, 5, "the failure")
     # The human's leg gave its call slot back; the caller's call ended normally.
+    wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "the slots to be free")
+
+
+def test_warm_transfer_to_a_human_who_does_not_answer_is_cancelled(
+    warm_agent: AgentProcess, human_port: int, tmp_path: Path
+) -> None:
+    agent = warm_agent
+    scenario = tmp_path / "ringing.xml"
+    scenario.write_text(_RINGING_SCENARIO)
+    uas = start_uas(tmp_path, human_port, scenario)  # rings until the agent gives up
+    try:
+        r = place_call(
+            uri(agent),
+            "--say",
+            "Where are you located?",
+            "--say",
+            "What are your opening hours?",
+            "--transcribe",
+        )
+    finally:
+        rc = stop_uas(uas)
+    target = f"sip:human@127.0.0.1:{human_port}"
+    log = "\n".join(agent.lines[-30:])
+    assert r["returncode"] == 0, r
+    assert rc == 0, log  # sipp saw the CANCEL and completed the 487 handshake
+    # After the 4 s ring timeout the caller heard the apology, then the answer to the
+    # next question.
+    heard = " ".join(seg["text"] for seg in r["segments"])
+    assert heard_apology(heard), heard
+    assert r["steps"][1]["ok"], r
+    failed = f"transfer to {target} failed: no answer within 4 s"
+    wait_for(lambda: count_lines(agent, failed) == 1, 5, "the failure")
     wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "the slots to be free")

@@ -29,11 +29,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import requests
 from flask import Response, jsonify, request
-from requests.adapters import HTTPAdapter
 
 from gateway.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
+from gateway.plivo_client import plivo_client
 from gateway.records import CallRecords
 from sip_config import ConfigError, Settings, is_time_zone
 from sip_config.settings import check_sip_headers
@@ -42,38 +41,6 @@ log = logging.getLogger(__name__)
 
 Dial = Callable[[str, str, dict[str, str]], tuple[int, str]]
 """(call id, SIP URI, headers) -> (201, SIP Call-ID) or (status, why)."""
-
-PLIVO_API = "https://api.plivo.com/"
-
-
-class RedirectAdapter(HTTPAdapter):
-    """A requests transport adapter that sends every request for one base URL to
-    another (``outbound.plivo_api_url``: a proxy in front of Plivo, or a test's fake)."""
-
-    def __init__(self, source: str, target: str) -> None:
-        super().__init__()
-        self.source = source
-        self.target = target.rstrip("/") + "/"
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        url = request.url or ""
-        if url.startswith(self.source):
-            request.url = self.target + url[len(self.source) :]
-        return super().send(request, **kwargs)
-
-
-def plivo_client(auth_id: str, auth_token: str, api_url: str | None) -> Any:
-    """A plivo SDK ``RestClient``.  With ``api_url`` its HTTP session (``client.session``,
-    a public ``requests.Session``) gets a transport adapter, mounted for
-    https://api.plivo.com/, that sends the requests to ``api_url`` instead: the SDK picks
-    its voice API base from module constants on every call, so its ``base_uri`` cannot be
-    overridden."""
-    import plivo
-
-    client = plivo.RestClient(auth_id, auth_token, timeout=10)
-    if api_url:
-        client.session.mount(PLIVO_API, RedirectAdapter(PLIVO_API, api_url))
-    return client
 
 
 def _error(status: int, message: str, **extra: Any) -> Response:

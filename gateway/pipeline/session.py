@@ -81,6 +81,7 @@ class ConversationOptions:
     # caller's last few turns) and the connection.
     warm_intro_text: str = "Hello, this is the virtual agent. I have a caller on the line."
     warm_summary_turns: int = 3
+    warm_ring_timeout_s: float = 25.0  # the human's phone rings this long at most
 
     def turn_detector(self, min_speech_ms: int | None = None) -> TurnDetector:
         """A turn detector with these options (`min_speech_ms` overrides its option)."""
@@ -738,7 +739,12 @@ class CallSession:
         human = await legs.dial(uri)
         bridged = False
         try:
+            ring_until = time.monotonic() + self.opt.warm_ring_timeout_s
             while not human.answered_at and not human.ended_at:
+                if time.monotonic() >= ring_until:
+                    # Cancelled by the hang-up below (CANCEL while it rings).
+                    detail = f"no answer within {self.opt.warm_ring_timeout_s:g} s"
+                    return TransferOutcome(False, detail=detail, target=uri)
                 await asyncio.sleep(FRAME_MS / 1000.0)
             if human.ended_at:
                 return TransferOutcome(False, detail=human.end_reason or "no answer", target=uri)

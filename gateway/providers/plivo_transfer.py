@@ -15,10 +15,9 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-import plivo
 from plivo import exceptions as plivo_errors
-from plivo.rest.client import Client as RestClient
 
+from gateway.plivo_client import plivo_client
 from gateway.providers.base import ProviderError
 from gateway.transfer import TransferError, TransferOutcome
 from sip_config import Settings
@@ -29,21 +28,6 @@ TRANSFER_XML_PATH = "/transfer-xml"
 """The answer_url app's route that returns the ``<Dial>`` to the transfer target."""
 
 
-class _Client(RestClient):  # type: ignore[misc]
-    """The SDK's client with its API base URL replaced (for a regional or test endpoint).
-
-    The SDK re-assigns ``base_uri`` from module constants before every voice request, so
-    the base is set again where the request URL is built."""
-
-    def __init__(self, auth_id: str, auth_token: str, api_url: str, timeout: float) -> None:
-        super().__init__(auth_id, auth_token, timeout=timeout)
-        self._api_base = api_url.rstrip("/") + "/v1/Account"
-
-    def create_request(self, method: str, path: Any = None, data: Any = None, **kw: Any) -> Any:
-        self.base_uri = self._api_base
-        return super().create_request(method, path, data, **kw)
-
-
 def rest_client(settings: Settings, timeout: float = 10.0) -> Any:
     """A plivo SDK client with the transfer's credentials (``transfer.plivo_auth_id`` and
     ``app.auth_token``, else the ``outbound.plivo_*`` ones), pointed at
@@ -52,9 +36,7 @@ def rest_client(settings: Settings, timeout: float = 10.0) -> Any:
     auth_id = t.auth_id() or o.plivo_auth_id
     token = settings.app.auth_token or o.plivo_auth_token
     api_url = t.plivo_api_url or o.plivo_api_url
-    if api_url:
-        return _Client(auth_id, token, api_url, timeout)
-    return plivo.RestClient(auth_id, token, timeout=timeout)
+    return plivo_client(auth_id, token, api_url, timeout)
 
 
 def transfer_xml_url(public_url: str, target: str) -> str:

@@ -1,10 +1,22 @@
-"""A loopback fake of Plivo's REST Call API (``POST /v1/Account/<auth_id>/Call/``).
+"""A loopback fake of Plivo's REST voice API, as the plivo SDK uses it, and Plivo's signed
+callbacks to an app.
 
-It checks HTTP Basic auth against one auth ID / token, answers like Plivo (201
-``{"api_id", "message": "call fired", "request_uuid"}``; 401 / 400 with ``{"error"}``),
-and keeps every call request.  `answer` then plays Plivo's part once the callee picks
-up: it POSTs the call's ``answer_url`` with the parameters Plivo sends and a V3
-signature computed with the plivo SDK's own functions, and returns the XML.
+`FakePlivoApi` runs a real HTTP/1.1 server on 127.0.0.1 (port 0) in a background thread.
+Every request needs HTTP Basic auth ``auth_id:auth_token`` (else 401 ``{"error"}``);
+`status` forces one HTTP status for every authenticated request (e.g. 500).
+
+* ``POST /v1/Account/<auth_id>/Call/`` (``calls.create``): needs ``from``, ``to`` and
+  ``answer_url`` (else 400); 201 ``{"api_id", "message": "call fired", "request_uuid"}``,
+  and the request is kept in `calls`.  `answer` and `hang_up` then play Plivo's part: they
+  POST the call's ``answer_url`` / ``hangup_url`` with Plivo's parameters, signed.
+* ``POST /v1/Account/<auth_id>/Call/<call_uuid>/`` (``calls.transfer``): a CallUUID not in
+  `live_calls` gets 404, bad ``legs`` or a missing ``aleg_url`` 400, otherwise 202
+  ``{"api_id", "message": "call transferred"}``.  With `fetch_xml` on, the fake first does
+  what Plivo does with ``aleg_url``: requests it (``aleg_method``, default POST) with the
+  call's parameters, signed, and keeps the answer in `fetched`.
+
+Every API request is recorded in `requests` (method, path, JSON body).  Signatures are
+X-Plivo-Signature-V3, computed with the plivo SDK's own functions (`plivo_signature`).
 """
 
 from __future__ import annotations
@@ -16,67 +28,121 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from plivo.utils.signature_v3 import construct_post_url, get_signature_v3
+from plivo.utils import signature_v3
+
+__all__ = ["FakePlivoApi", "Fetched", "RestRequest", "plivo_signature", "signed_request"]
+
+
+def plivo_signature(
+    method: str, url: str, params: Mapping[str, str], nonce: str, token: str
+) -> str:
+    """The X-Plivo-Signature-V3 Plivo sends for a request (GET: the URL; POST: the URL
+    and the form parameters)."""
+    if method == "GET":
+        base = signature_v3.construct_get_url(url, {})
+    else:
+        base = signature_v3.construct_post_url(url, dict(params))
+    return str(
+        signature_v3.get_signature_v3(token.encode(), base.decode(), nonce.encode()).decode()
+    )
+
+
+def signed_request(
+    url: str,
+    params: Mapping[str, str],
+    token: str,
+    method: str = "POST",
+    timeout: float = 10.0,
+) -> tuple[int, str]:
+    """Send a request to ``url`` the way Plivo sends its callbacks (form parameters, a
+    fresh nonce, the V3 signature); returns the HTTP status and body."""
+    nonce = uuid.uuid4().hex
+    signature = plivo_signature(method, url, params, nonce, token)
+    data = urllib.parse.urlencode(dict(params)).encode() if method == "POST" else None
+    req = urllib.request.Request(
+        url,
+        data=data,
+        headers={"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
+        method=method,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return int(resp.status), resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read().decode()
+
+
+@dataclass(frozen=True)
+class RestRequest:
+    """One API request as received."""
+
+    method: str
+    path: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A transferred leg's XML, as the app answered the fake's request for it."""
+
+    url: str
+    status: int
+    body: str
 
 
 class FakePlivoApi:
     """``with FakePlivoApi(auth_id, token) as api:`` serves on 127.0.0.1:<free port>."""
 
-    def __init__(self, auth_id: str, auth_token: str) -> None:
+    def __init__(
+        self,
+        auth_id: str,
+        auth_token: str,
+        *,
+        live_calls: Iterable[str] = (),
+        fetch_xml: bool = False,
+        status: int | None = None,
+    ) -> None:
         self.auth_id = auth_id
         self.auth_token = auth_token
-        self.calls: list[dict[str, Any]] = []
+        self.live_calls = set(live_calls)  # CallUUIDs a transfer may name
+        self.fetch_xml = fetch_xml
+        self.status = status
+        self.calls: list[dict[str, Any]] = []  # calls.create bodies (+ request_uuid)
+        self.requests: list[RestRequest] = []
+        self.fetched: list[Fetched] = []
         self.lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _reply(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else {}
+                    parsed = isinstance(body, dict)
+                except ValueError:
+                    body, parsed = {}, False
+                with fake.lock:
+                    fake.requests.append(RestRequest("POST", self.path, body))
+                status, payload = fake._answer(
+                    self.path, self.headers.get("Authorization"), body, parsed
+                )
+                data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                expected = (
-                    "Basic "
-                    + base64.b64encode(f"{fake.auth_id}:{fake.auth_token}".encode()).decode()
-                )
-                if self.headers.get("Authorization") != expected:
-                    self._reply(401, {"error": "authentication failed"})
-                    return
-                if self.path.rstrip("/") != f"/v1/Account/{fake.auth_id}/Call":
-                    self._reply(404, {"error": "not found"})
-                    return
-                try:
-                    body = json.loads(raw)
-                except json.JSONDecodeError:
-                    self._reply(400, {"error": "invalid JSON"})
-                    return
-                missing = [k for k in ("from", "to", "answer_url") if not body.get(k)]
-                if missing:
-                    self._reply(400, {"error": f"missing {', '.join(missing)}"})
-                    return
-                request_uuid = str(uuid.uuid4())
-                with fake.lock:
-                    fake.calls.append({**body, "request_uuid": request_uuid})
-                self._reply(
-                    201,
-                    {
-                        "api_id": str(uuid.uuid4()),
-                        "message": "call fired",
-                        "request_uuid": request_uuid,
-                    },
-                )
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -84,8 +150,7 @@ class FakePlivoApi:
     @property
     def url(self) -> str:
         """Base URL to give the SDK instead of https://api.plivo.com."""
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def __enter__(self) -> FakePlivoApi:
         self.thread.start()
@@ -95,6 +160,61 @@ class FakePlivoApi:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+    # -- the API ----------------------------------------------------------------------------
+    def _answer(
+        self, path: str, authorization: str | None, body: dict[str, Any], parsed: bool
+    ) -> tuple[int, dict[str, Any]]:
+        api_id = str(uuid.uuid4())
+        expected = base64.b64encode(f"{self.auth_id}:{self.auth_token}".encode()).decode()
+        if authorization != f"Basic {expected}":
+            return 401, {"api_id": api_id, "error": "authentication failed"}
+        if self.status is not None:
+            return self.status, {"api_id": api_id, "error": "forced error"}
+        parts = [p for p in path.split("?")[0].split("/") if p]
+        if parts[:3] != ["v1", "Account", self.auth_id] or parts[3:4] != ["Call"]:
+            return 404, {"api_id": api_id, "error": "not found"}
+        if not parsed:
+            return 400, {"api_id": api_id, "error": "invalid JSON"}
+        if len(parts) == 4:
+            return self._create(api_id, body)
+        if len(parts) == 5:
+            return self._transfer(api_id, parts[4], body)
+        return 404, {"api_id": api_id, "error": "not found"}
+
+    def _create(self, api_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        missing = [k for k in ("from", "to", "answer_url") if not body.get(k)]
+        if missing:
+            return 400, {"api_id": api_id, "error": f"missing {', '.join(missing)}"}
+        request_uuid = str(uuid.uuid4())
+        with self.lock:
+            self.calls.append({**body, "request_uuid": request_uuid})
+        return 201, {"api_id": api_id, "message": "call fired", "request_uuid": request_uuid}
+
+    def _transfer(
+        self, api_id: str, call_uuid: str, body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        if call_uuid not in self.live_calls:
+            return 404, {"api_id": api_id, "error": "call not found"}
+        if body.get("legs") not in ("aleg", "bleg", "both"):
+            return 400, {"api_id": api_id, "error": "legs must be aleg, bleg or both"}
+        url = body.get("aleg_url")
+        if body["legs"] in ("aleg", "both") and not url:
+            return 400, {"api_id": api_id, "error": "aleg_url is required"}
+        if self.fetch_xml and url:
+            fetched = self.fetch(str(url), str(body.get("aleg_method") or "POST"), call_uuid)
+            with self.lock:
+                self.fetched.append(fetched)
+        return 202, {"api_id": api_id, "message": "call transferred"}
+
+    # -- Plivo's requests to the app ---------------------------------------------------------
+    def fetch(self, url: str, method: str, call_uuid: str) -> Fetched:
+        """Request a transferred leg's XML as Plivo would: the call's parameters, signed."""
+        params = {"CallUUID": call_uuid, "Direction": "inbound", "CallStatus": "in-progress"}
+        status, body = signed_request(
+            url, params if method == "POST" else {}, self.auth_token, method, timeout=5
+        )
+        return Fetched(url, status, body)
 
     def answer(self, call: dict[str, Any], call_uuid: str) -> tuple[int, str]:
         """The callee of ``call`` answered: POST its answer_url as Plivo does (signed);
@@ -123,17 +243,4 @@ class FakePlivoApi:
 
     def callback(self, url: str, params: dict[str, str]) -> tuple[int, str]:
         """POST ``params`` to ``url`` signed with the account's token (V3)."""
-        nonce = uuid.uuid4().hex
-        base = construct_post_url(url, dict(params)).decode()
-        signature = get_signature_v3(self.auth_token.encode(), base, nonce.encode()).decode()
-        req = urllib.request.Request(
-            url,
-            data=urllib.parse.urlencode(params).encode(),
-            headers={"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return int(resp.status), resp.read().decode()
-        except urllib.error.HTTPError as exc:
-            return int(exc.code), exc.read().decode()
+        return signed_request(url, params, self.auth_token)
