@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hold",
         type=float,
         default=0.0,
-        help="stay on the line this many seconds after the last turn",
+        help="stay on the line this many seconds after the last turn (SIGUSR1 ends it early)",
     )
     c.add_argument(
         "--no-hangup",

@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import wave
 from collections.abc import Callable
@@ -154,6 +156,9 @@ class Softphone:
         self.t0 = 0.0
         self.log: list[str] = []
         self.transfers: list[Any] = []  # the Dialer's TransferRequests
+        # Set by SIGUSR1: the `--hold` wait ends early (a test hangs up a caller it kept on
+        # the line as soon as it has seen what it needed).
+        self.released = threading.Event()
 
     # -- receive side -----------------------------------------------------------------------
     def pump(self) -> None:
@@ -269,7 +274,7 @@ class Softphone:
         if not self.call.ended.is_set():
             self.wait(lambda: self._open is None, s.turn_timeout_s * 3)
             if s.hold_s:
-                self.wait(lambda: False, s.hold_s)
+                self.wait(self.released.is_set, s.hold_s)
         if s.vanish:
             return self.finish(dialer, vanish=True)
         if s.no_hangup:
@@ -523,10 +528,12 @@ def run_softphone(uri: str, script: CallScript) -> int:
         print(f"sipagent call: {exc}", file=sys.stderr)
         return 1
     phone = Softphone(uri, script)
+    previous = signal.signal(signal.SIGUSR1, lambda _sig, _frame: phone.released.set())
     try:
         rc = phone.run(dialer, clips)
         if phone.call is not None and not phone.call.confirmed_at:
             phone.report()
         return rc
     finally:
+        signal.signal(signal.SIGUSR1, previous)
         dialer.stop()
