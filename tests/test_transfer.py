@@ -591,3 +591,35 @@ def test_warm_transfer_rings_no_longer_than_the_ring_timeout(speech_8k: Speak) -
             await legs.close()
 
     run(scenario)
+
+
+def test_an_apology_cut_short_by_the_caller_is_still_recorded(speech_8k: Speak) -> None:
+    legs = FakeLegs(answer_after_s=0.1, end_reason="486 Busy Here")
+    # 3 s of apology (FakeTts: 3 frames a character): time for the caller to talk over it.
+    apology_text = "Sorry, nobody could take your call just now. What else can I do?"
+    options = dataclasses.replace(WARM, transfer_failed_text=apology_text)
+
+    async def scenario() -> None:
+        call = start_warm(TransferBrain("Ok.", ["transfer"]), options, legs)
+        clock = call.clock
+        try:
+            await call.turn(0)
+            clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.turn(1)
+            await call.until("the apology to play", lambda: call.session._speaking)
+            await asyncio.sleep(0.5)
+            clock.say(speech(speech_8k, "wait a moment"))
+            apology = await call.turn(2)
+            # The caller heard part of it, so it is on the record, marked as cut off.
+            assert apology.kind == "transfer-failed"
+            assert apology.interrupted is True
+            assert apology.agent_text == apology_text
+            assert apology.first_audio_at > 0
+            assert call.session.barge_ins == 1
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)

@@ -106,11 +106,13 @@ _RINGING_SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 
 def heard_apology(heard: str) -> bool:
-    """Whether the caller's transcript holds FAILED_TEXT. The offline recogniser gets
-    "sorry" every time but often garbles the rest ("i cannot transfer you will connect
-    you"); without it the agent's other lines share 2 of its 11 words, and the
-    playbook's fallback does not say "sorry"."""
-    return "sorry" in words(heard) and word_overlap(FAILED_TEXT, heard) >= 0.3
+    """Whether the caller's transcript holds FAILED_TEXT. The offline recogniser garbles
+    it in different ways: "sorry i cannot transfer you will connect you" (4 of its 11
+    words, but "sorry"), "the tory i could not kind to you what else can i do" (8 of 11).
+    Without it the agent's other lines share 2 of the 11 words, and the playbook's
+    fallback does not say "sorry"."""
+    overlap = word_overlap(FAILED_TEXT, heard)
+    return overlap >= 0.5 or ("sorry" in words(heard) and overlap >= 0.3)
 
 
 PLAYBOOK = """
@@ -255,7 +257,9 @@ def warm_agent(tmp_path_factory: pytest.TempPathFactory, human_port: int) -> Ite
         transfer__warm_intro_text="Hello, I have a caller for you.",
         transfer__failed_text=FAILED_TEXT,
         transfer__timeout_s="20",
-        transfer__ring_timeout_s="4",
+        # Shorter than ringback's first 2 s tone: the caller, who speaks again after 0.8 s
+        # of quiet, waits for the apology instead of talking over it.
+        transfer__ring_timeout_s="1.5",
         # The app, for /readyz: the worker's call slots as the pool sees them.
         app__listen_port="0",
         app__auth_token="warm-transfer-test",
@@ -321,13 +325,26 @@ def test_warm_transfer_bridges_the_caller_to_the_human(
     wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "both slots to be free again")
 
 
-def test_warm_transfer_to_a_human_who_declines_is_apologised_for(
-    warm_agent: AgentProcess, human_port: int, tmp_path: Path
+@pytest.mark.parametrize(
+    ("scenario", "why"),
+    [
+        # The human's phone declines: 486 Busy Here.
+        pytest.param(_BUSY_SCENARIO, "", id="declines"),
+        # It rings until the agent gives up after the ring timeout (1.5 s here) and cancels;
+        # sipp's scenario ends only after the CANCEL / 487 / ACK handshake.
+        pytest.param(_RINGING_SCENARIO, ": no answer within 1.5 s", id="no-answer"),
+    ],
+)
+def test_warm_transfer_to_a_human_who_does_not_take_the_call_is_apologised_for(
+    warm_agent: AgentProcess, human_port: int, tmp_path: Path, scenario: str, why: str
 ) -> None:
     agent = warm_agent
-    scenario = tmp_path / "busy.xml"
-    scenario.write_text(_BUSY_SCENARIO)
-    uas = start_uas(tmp_path, human_port, scenario)  # the human's phone: 486 Busy Here
+    target = f"sip:human@127.0.0.1:{human_port}"
+    failed = f"transfer to {target} failed{why}"
+    before = (count_lines(agent, '"kind":"transfer-failed"'), count_lines(agent, failed))
+    human = tmp_path / "human.xml"
+    human.write_text(scenario)
+    uas = start_uas(tmp_path, human_port, human)
     try:
         r = place_call(
             uri(agent),
@@ -339,49 +356,17 @@ def test_warm_transfer_to_a_human_who_declines_is_apologised_for(
         )
     finally:
         rc = stop_uas(uas)
-    target = f"sip:human@127.0.0.1:{human_port}"
     log = "\n".join(agent.lines[-30:])
     assert r["returncode"] == 0, r
-    assert rc == 0, log  # sipp saw the INVITE it declined
+    assert rc == 0, log  # sipp's scenario ran to its end
     assert r["transfers"] == []  # warm: the agent called the human itself, no REFER
     # The caller heard the handover line, then the apology, then the answer to the next
     # question: the conversation went on.
     heard = " ".join(seg["text"] for seg in r["segments"])
     assert heard_apology(heard), heard
     assert r["steps"][1]["ok"], r
-    assert count_lines(agent, '"kind":"transfer-failed"') == 1, log
-    wait_for(lambda: count_lines(agent, f"transfer to {target} failed") == 1, 5, "the failure")
+    wait_for(lambda: count_lines(agent, failed) == before[1] + 1, 5, "the failure")
+    apologies = '"kind":"transfer-failed"'
+    wait_for(lambda: count_lines(agent, apologies) == before[0] + 1, 5, "the apology's turn")
     # The human's leg gave its call slot back; the caller's call ended normally.
-    wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "the slots to be free")
-
-
-def test_warm_transfer_to_a_human_who_does_not_answer_is_cancelled(
-    warm_agent: AgentProcess, human_port: int, tmp_path: Path
-) -> None:
-    agent = warm_agent
-    scenario = tmp_path / "ringing.xml"
-    scenario.write_text(_RINGING_SCENARIO)
-    uas = start_uas(tmp_path, human_port, scenario)  # rings until the agent gives up
-    try:
-        r = place_call(
-            uri(agent),
-            "--say",
-            "Where are you located?",
-            "--say",
-            "What are your opening hours?",
-            "--transcribe",
-        )
-    finally:
-        rc = stop_uas(uas)
-    target = f"sip:human@127.0.0.1:{human_port}"
-    log = "\n".join(agent.lines[-30:])
-    assert r["returncode"] == 0, r
-    assert rc == 0, log  # sipp saw the CANCEL and completed the 487 handshake
-    # After the 4 s ring timeout the caller heard the apology, then the answer to the
-    # next question.
-    heard = " ".join(seg["text"] for seg in r["segments"])
-    assert heard_apology(heard), heard
-    assert r["steps"][1]["ok"], r
-    failed = f"transfer to {target} failed: no answer within 4 s"
-    wait_for(lambda: count_lines(agent, failed) == 1, 5, "the failure")
     wait_for(lambda: slots_in_use(agent) == (0, 0), 5, "the slots to be free")

@@ -456,9 +456,7 @@ class CallSession:
             agent_text=text,
             actions=["hangup"] if final else [],
         )
-        t0 = time.monotonic()
-        first_chunk_at, first_wire_at = await self._speak_pcm(pcm)
-        self._finish_record(rec, t0, first_chunk_at, first_wire_at)
+        await self._speak_turn(rec, time.monotonic(), self._speak_pcm(pcm))
         if final:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("vendor failures")
@@ -599,23 +597,36 @@ class CallSession:
         rec.actions = _actions_of(reply)
         # Armed before the reply is spoken: the caller may key ahead (and cut it short).
         self._arm_collect(reply, rec)
+        audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
+        if audio:
+            speech = self._speak_pcm(audio)
+        elif reply.text:
+            speech = self._speak(reply.text)
+        else:  # nothing to say yet (a pending reply)
+            speech = _said_nothing()
+        await self._speak_turn(rec, t_ref, speech, tts_from=t_brain)
+        await self._run_actions(reply)
+
+    async def _speak_turn(
+        self,
+        rec: TurnRecord,
+        t_ref: float,
+        speech: Awaitable[tuple[float, float]],
+        tts_from: float = 0.0,
+    ) -> None:
+        """Play a turn's `speech` and record the turn: with its timings once it played out
+        (TTS first audio counted from `tts_from` when given), or as interrupted when the
+        caller cut it off, so no turn the caller heard is missing from the record."""
         try:
-            audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
-            if audio:
-                first_chunk_at, first_wire_at = await self._speak_pcm(audio)
-            elif reply.text:
-                first_chunk_at, first_wire_at = await self._speak(reply.text)
-            else:  # nothing to say yet (a pending reply)
-                first_chunk_at = first_wire_at = 0.0
+            first_chunk_at, first_wire_at = await speech
         except asyncio.CancelledError:
             rec.interrupted = True
             rec.first_audio_at = round(self.handle.playout.marked_at, 4)
             self._record(rec)
             raise
-        if first_chunk_at:
-            rec.tts_first_ms = _ms(first_chunk_at - t_brain)
+        if first_chunk_at and tts_from:
+            rec.tts_first_ms = _ms(first_chunk_at - tts_from)
         self._finish_record(rec, t_ref, first_chunk_at, first_wire_at)
-        await self._run_actions(reply)
 
     def _finish_record(
         self, rec: TurnRecord, t_ref: float, first_chunk_at: float, first_wire_at: float
@@ -711,10 +722,7 @@ class CallSession:
             intent="transfer_failed",
         )
         t0 = time.monotonic()
-        first_chunk_at, first_wire_at = await self._speak(self.opt.transfer_failed_text)
-        if first_chunk_at:
-            rec.tts_first_ms = _ms(first_chunk_at - t0)
-        self._finish_record(rec, t0, first_chunk_at, first_wire_at)
+        await self._speak_turn(rec, t0, self._speak(self.opt.transfer_failed_text), tts_from=t0)
 
     async def _warm_transfer(self, legs: WarmLegs, target: str) -> TransferOutcome:
         """Call the human, tell them who is calling and what about, then bridge the caller
@@ -1019,6 +1027,11 @@ async def _queue_audio(
             await asyncio.sleep(FRAME_MS / 1000.0)
         playout.put(frame)
     return True
+
+
+async def _said_nothing() -> tuple[float, float]:
+    """The (first chunk, first on-wire) times of a turn with nothing to say yet."""
+    return 0.0, 0.0
 
 
 def _ringback() -> bytes:
