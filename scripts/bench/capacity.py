@@ -850,15 +850,18 @@ def main() -> int:
     for r in results:
         print(fmt_detail(r))
     ok = [r.calls for r in results if r.goal_met(args.gap_goal_ms, args.overhead_goal_ms)]
+    missed = [r.calls for r in results if r.calls not in ok]
     best = max(ok, default=0)
+    # A smaller step that missed the goal is named: "met up to 64" alone would hide it.
+    also = f"; missed at {', '.join(map(str, missed))}" if missed else ""
     print(
         f"goal (all calls complete, no gap over {args.gap_goal_ms:.0f} ms, overhead p95 ≤"
-        f" {args.overhead_goal_ms:.0f} ms): met up to {best} calls"
+        f" {args.overhead_goal_ms:.0f} ms): met up to {best} calls{also}"
         f" (total {time.monotonic() - t0:.0f} s)"
     )
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
-    return 0 if best >= max(steps) else 1
+    return 0 if best >= max(steps) and not missed else 1
 
 
 if __name__ == "__main__":
