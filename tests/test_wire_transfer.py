@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,6 +188,28 @@ def stop_uas(proc: subprocess.Popen[str], timeout: float = 15) -> int | None:
     return proc.returncode
 
 
+def ask_for_a_human_then_more(
+    agent: AgentProcess, tmp: Path, human_port: int, scenario: str
+) -> tuple[dict[str, Any], int | None]:
+    """A call that asks for the human (whose phone runs sipp `scenario`), then asks a
+    second question; returns the softphone's report and sipp's exit status."""
+    path = tmp / "human.xml"
+    path.write_text(scenario)
+    uas = start_uas(tmp, human_port, path)
+    try:
+        r = place_call(
+            uri(agent),
+            "--say",
+            "Where are you located?",
+            "--say",
+            "What are your opening hours?",
+            "--transcribe",
+        )
+    finally:
+        rc = stop_uas(uas)
+    return r, rc
+
+
 def test_refer_to_a_target_that_answers_ends_the_call(
     agent: AgentProcess, human_port: int, tmp_path: Path
 ) -> None:
@@ -211,20 +234,7 @@ def test_refer_to_a_target_that_answers_ends_the_call(
 def test_refer_to_a_busy_target_is_apologised_for_and_the_call_goes_on(
     agent: AgentProcess, human_port: int, tmp_path: Path
 ) -> None:
-    scenario = tmp_path / "busy.xml"
-    scenario.write_text(_BUSY_SCENARIO)
-    uas = start_uas(tmp_path, human_port, scenario)
-    try:
-        r = place_call(
-            uri(agent),
-            "--say",
-            "Where are you located?",
-            "--say",
-            "What are your opening hours?",
-            "--transcribe",
-        )
-    finally:
-        rc = stop_uas(uas)
+    r, rc = ask_for_a_human_then_more(agent, tmp_path, human_port, _BUSY_SCENARIO)
     target = f"sip:human@127.0.0.1:{human_port}"
     assert r["returncode"] == 0, r
     log = "\n".join(agent.lines[-30:])
@@ -342,20 +352,7 @@ def test_warm_transfer_to_a_human_who_does_not_take_the_call_is_apologised_for(
     target = f"sip:human@127.0.0.1:{human_port}"
     failed = f"transfer to {target} failed{why}"
     before = (count_lines(agent, '"kind":"transfer-failed"'), count_lines(agent, failed))
-    human = tmp_path / "human.xml"
-    human.write_text(scenario)
-    uas = start_uas(tmp_path, human_port, human)
-    try:
-        r = place_call(
-            uri(agent),
-            "--say",
-            "Where are you located?",
-            "--say",
-            "What are your opening hours?",
-            "--transcribe",
-        )
-    finally:
-        rc = stop_uas(uas)
+    r, rc = ask_for_a_human_then_more(agent, tmp_path, human_port, scenario)
     log = "\n".join(agent.lines[-30:])
     assert r["returncode"] == 0, r
     assert rc == 0, log  # sipp's scenario ran to its end
