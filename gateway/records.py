@@ -24,15 +24,39 @@ Schema changes are numbered migrations, applied on open: SQLite tracks the versi
 ``PRAGMA user_version``, PostgreSQL in the table ``sipagent_schema``.  ``calls.id`` is a
 stable integer key for the turns: ``call_uuid`` may change once, from ``sip:<Call-ID>`` to
 the CallUUID, when the two are first seen together.
+
+Gateways and their leases: a gateway killed with ``kill -9`` (or by the OOM killer) cannot
+end its calls, so each serve process has a row in ``gateways`` and renews its ``seen_at``
+(:meth:`CallRecords.heartbeat`, every ``lease_s / 3``); ``calls.gateway`` names the gateway
+whose worker answered the SIP call.  A gateway is *live* while it is not stopped and its
+``seen_at`` is within the larger of its own lease and the reader's, by the database's clock
+(never a machine's: clocks of gateways sharing PostgreSQL may be skewed).  Open calls
+(``start_at`` set, ``sip_end_at`` NULL) of gateways that are not live are closed with the end
+reason :data:`GATEWAY_RESTARTED`: by :meth:`CallRecords.claim_gateway` when serve starts
+(calls of its own id included: it holds that gateway's SIP port now, so the old process is
+dead) and by :meth:`CallRecords.heartbeat` while it runs.  The row times the closing writes
+(``sip_end_at``, ``end_at``) are the closer's ``time.time()``, like every other row time.
+Gateway ids must be unique among the gateways sharing a store (serve uses
+``<hostname>:<sip listen port>``): a second gateway with the same id closes the first's calls.
+
+Open calls with no gateway were written before migration 5, by a version without leases.
+:meth:`CallRecords.claim_gateway` closes them only when no other gateway is live: on a store
+that was not shared, or whose gateways were all stopped, they are dead.  A gateway of an
+older version that still runs on a shared PostgreSQL has no lease to see, so upgrade the
+gateways sharing a database together; a call closed by mistake gets its real
+``sip_end_at`` and end reason when the gateway that runs it records its end.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -42,6 +66,7 @@ if TYPE_CHECKING:
     import psycopg
 
 __all__ = [
+    "GATEWAY_RESTARTED",
     "ROUTES",
     "SCHEMA_VERSION",
     "AmbiguousCallId",
@@ -127,6 +152,22 @@ _MIGRATIONS: Final[Sequence[str]] = (
     ALTER TABLE calls ADD COLUMN refusal TEXT;
     ALTER TABLE calls ADD COLUMN plivo_call_uuid TEXT;
     """,
+    # 5: gateways and their liveness leases (times by the database's clock), and the
+    # gateway whose worker answered each SIP call; the partial index finds open calls.
+    """
+    CREATE TABLE gateways (
+        id          TEXT PRIMARY KEY,
+        host        TEXT,
+        pid         INTEGER,
+        lease_s     {real} NOT NULL,
+        started_at  {real} NOT NULL,
+        seen_at     {real} NOT NULL,
+        stopped_at  {real}
+    );
+    ALTER TABLE calls ADD COLUMN gateway TEXT;
+    CREATE INDEX calls_open_by_gateway ON calls (gateway)
+        WHERE start_at IS NOT NULL AND sip_end_at IS NULL;
+    """,
 )
 
 _SQLITE_TYPES: Final = {"pk": "INTEGER PRIMARY KEY", "ref": "INTEGER", "real": "REAL"}
@@ -169,6 +210,15 @@ _PLIVO_OUTCOMES: Final = {
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 """Schema version this code writes."""
+
+GATEWAY_RESTARTED: Final = "gateway restarted"
+"""End reason of a call closed because the gateway that answered it died."""
+
+# A gateway is live while it is not stopped and was seen within the larger of its own lease
+# and the reader's (parameters: the reader's lease twice, the database's time now).
+_LIVE: Final = "stopped_at IS NULL AND seen_at + CASE WHEN lease_s > ? THEN lease_s ELSE ? END >= ?"
+# An open call: the SIP side started and has not ended.
+_OPEN: Final = "start_at IS NOT NULL AND sip_end_at IS NULL"
 
 _SIP_PREFIX: Final = "sip:"
 _CALL_COLUMNS: Final = (
@@ -237,7 +287,8 @@ class _Backend:
     name: str
     label: str  # the store, for messages (no password)
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        """Run ``sql``; return the number of rows it changed (-1 when not a change)."""
         raise NotImplementedError
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
@@ -245,6 +296,10 @@ class _Backend:
 
     def begin(self) -> None:
         """Start a write transaction holding the database's writer lock."""
+        raise NotImplementedError
+
+    def now(self) -> float:
+        """The database's clock, as unix seconds (the one clock all gateways share)."""
         raise NotImplementedError
 
     def commit(self) -> None:
@@ -326,8 +381,8 @@ class _Sqlite(_Backend):
             self.conn.close()
             raise RecordsError(f"records: cannot use {path}: {exc}") from exc
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.conn.execute(sql, params)
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = self.conn.execute(sql, params).fetchall()
@@ -335,6 +390,11 @@ class _Sqlite(_Backend):
 
     def begin(self) -> None:
         self.execute("BEGIN IMMEDIATE")
+
+    def now(self) -> float:
+        # julianday('now') has millisecond resolution; 2440587.5 is the unix epoch.
+        row = self.query("SELECT (julianday('now') - 2440587.5) * 86400.0 AS now")[0]
+        return float(row["now"])
 
     def close(self) -> None:
         self.conn.close()
@@ -390,8 +450,8 @@ class _Postgres(_Backend):
         # None of our statements holds a literal '?' or '%'.
         return sql.replace("?", "%s")
 
-    def execute(self, sql: str, params: Sequence[object] = ()) -> None:
-        self.conn.execute(self._sql(sql), params)
+    def execute(self, sql: str, params: Sequence[object] = ()) -> int:
+        return self.conn.execute(self._sql(sql), params).rowcount
 
     def query(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
         return self.conn.execute(self._sql(sql), params).fetchall()
@@ -399,6 +459,13 @@ class _Postgres(_Backend):
     def begin(self) -> None:
         self.execute("BEGIN")
         self.execute("SELECT pg_advisory_xact_lock(?)", (_PG_LOCK,))
+
+    def now(self) -> float:
+        # clock_timestamp(), not now(): the time after the writer lock was taken.
+        row = self.query(
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION) AS now"
+        )[0]
+        return float(row["now"])
 
     def rollback(self) -> None:
         if not self.conn.closed:
@@ -462,6 +529,9 @@ class CallRecords:
         self._db = backend
         self._lock = threading.Lock()
         self._closed = False
+        self.gateway_id: str | None = None
+        """This gateway's id once :meth:`claim_gateway` ran: :meth:`sip_started` stores it."""
+        self._lease_s = 0.0
         self.backend: str = backend.name
         self.label: str = backend.label
         """The store for messages: the SQLite path or the URL without its password."""
@@ -524,6 +594,129 @@ class CallRecords:
                     if attempt == 2 or not self._db.recover(exc):
                         raise
             raise AssertionError("unreachable")
+
+    # --- gateways ---------------------------------------------------------------------
+    def _close_dead_calls(self, gateway_id: str, lease_s: float, now: float, *, claim: bool) -> int:
+        """Close the open calls of gateways that are not live (``now``: the database's
+        clock); return how many.  Inside a write transaction.
+
+        At a claim, ``gateway_id`` (ours) counts as dead, and calls with no gateway are
+        closed when no other gateway is live; at a heartbeat our own calls are left alone.
+        """
+        live = f"SELECT id FROM gateways WHERE id <> ? AND {_LIVE}"
+        live_params: list[object] = [gateway_id, lease_s, lease_s, now]
+        if claim:
+            dead = f"gateway IS NOT NULL AND gateway NOT IN ({live})"
+            params = live_params
+            if not self._db.query(f"{live} LIMIT 1", live_params):
+                dead = f"{dead} OR gateway IS NULL"
+        else:
+            dead = f"gateway <> ? AND gateway NOT IN ({live})"
+            params = [gateway_id, *live_params]
+        at = time.time()
+        # What sip_ended(..., GATEWAY_RESTARTED) writes, for every such call at once.
+        return self._db.execute(
+            "UPDATE calls SET end_reason = ?, sip_end_at = ?, end_at = COALESCE(end_at, ?),"
+            " duration_s = COALESCE(duration_s, ? - start_at), updated_at = ?"
+            f" WHERE {_OPEN} AND ({dead})",
+            [GATEWAY_RESTARTED, at, at, at, at, *params],
+        )
+
+    def _renew(self, gateway_id: str, lease_s: float, now: float, *, fresh: bool) -> None:
+        """Record the gateway ``gateway_id`` as seen ``now`` (``fresh``: started now, by this
+        process).  Inside a write transaction."""
+        updates = "seen_at = excluded.seen_at, lease_s = excluded.lease_s, stopped_at = NULL"
+        if fresh:
+            updates += (
+                ", host = excluded.host, pid = excluded.pid, started_at = excluded.started_at"
+            )
+        self._db.execute(
+            "INSERT INTO gateways (id, host, pid, lease_s, started_at, seen_at)"
+            f" VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET {updates}",
+            (gateway_id, socket.gethostname(), os.getpid(), lease_s, now, now),
+        )
+
+    def claim_gateway(self, gateway_id: str, lease_s: float) -> int:
+        """Start this process's lease as gateway ``gateway_id``: once, at start, before any
+        call.  In one transaction, close the open calls of dead gateways (ours from before,
+        gateways whose lease expired, and calls without a gateway when no other gateway is
+        live) with the end reason :data:`GATEWAY_RESTARTED`, then record our gateway as seen
+        now.  From then on :meth:`sip_started` stores ``gateway_id`` with each call, and
+        :meth:`heartbeat` must renew the lease well within ``lease_s`` seconds.
+
+        Returns:
+            How many calls were closed.
+        """
+        if not gateway_id or not gateway_id.strip():
+            raise ValueError("gateway_id must not be empty")
+        if not 0 < lease_s < float("inf"):
+            raise ValueError(f"lease_s must be a positive number of seconds (got {lease_s})")
+
+        def body() -> int:
+            now = self._db.now()
+            closed = self._close_dead_calls(gateway_id, lease_s, now, claim=True)
+            self._renew(gateway_id, lease_s, now, fresh=True)
+            return closed
+
+        closed = self._run(body, write=True)
+        self.gateway_id = gateway_id
+        self._lease_s = lease_s
+        return closed
+
+    def heartbeat(self) -> int:
+        """Renew our gateway's lease and close the open calls of gateways whose lease
+        expired (:data:`GATEWAY_RESTARTED`); return how many calls were closed.  Serve calls
+        it every ``lease_s / 3`` seconds.
+
+        Raises:
+            RecordsError: :meth:`claim_gateway` did not run (or the gateway was released).
+        """
+        gateway_id, lease_s = self.gateway_id, self._lease_s
+        if gateway_id is None:
+            raise RecordsError("records: heartbeat before claim_gateway")
+
+        def body() -> int:
+            now = self._db.now()
+            self._renew(gateway_id, lease_s, now, fresh=False)
+            return self._close_dead_calls(gateway_id, lease_s, now, claim=False)
+
+        return self._run(body, write=True)
+
+    def release_gateway(self) -> None:
+        """Mark our gateway stopped (clean shutdown, after its calls ended): its lease is
+        not needed any more.  Idempotent; a no-op without :meth:`claim_gateway`.  A row
+        of our id that another process claimed since is left alone."""
+        gateway_id = self.gateway_id
+        if gateway_id is None:
+            return
+
+        def body() -> None:
+            now = self._db.now()
+            self._db.execute(
+                "UPDATE gateways SET seen_at = ?, stopped_at = ? WHERE id = ? AND pid = ?"
+                " AND host = ?",
+                (now, now, gateway_id, os.getpid(), socket.gethostname()),
+            )
+
+        self._run(body, write=True)
+        self.gateway_id = None
+
+    def gateways(self, lease_s: float = 0.0) -> list[dict[str, Any]]:
+        """The gateways that used the store, most recently seen first; ``live`` tells
+        whether each is running by its lease (or by ``lease_s`` when that is longer)."""
+
+        def body() -> list[dict[str, Any]]:
+            now = self._db.now()
+            return self._db.query(
+                f"SELECT gateways.*, CASE WHEN {_LIVE} THEN 1 ELSE 0 END AS live"
+                " FROM gateways ORDER BY seen_at DESC, id",
+                (lease_s, lease_s, now),
+            )
+
+        rows = self._run(body, write=False)
+        for row in rows:
+            row["live"] = bool(row["live"])
+        return rows
 
     # --- writes -----------------------------------------------------------------------
     def _upsert(self, key: str, fields: Mapping[str, object], at: float) -> None:
@@ -627,6 +820,16 @@ class CallRecords:
     ) -> None:
         def body() -> None:
             key = self._sip_row_key(call_uuid, sip_call_id)
+            if ended:
+                # A call closed because its gateway's lease lapsed, that the gateway ends
+                # after all: its own end replaces the times the closing derived.
+                self._db.execute(
+                    "UPDATE calls"
+                    " SET end_at = CASE WHEN end_at = sip_end_at THEN NULL ELSE end_at END,"
+                    " duration_s = CASE WHEN duration_s = sip_end_at - start_at THEN NULL"
+                    " ELSE duration_s END WHERE call_uuid = ? AND end_reason = ?",
+                    (key, GATEWAY_RESTARTED),
+                )
             self._upsert(key, {"sip_call_id": sip_call_id, **fields}, at)
             if ended:
                 # Plivo's hangup time wins; a SIP-only call ends when its SIP side does.
@@ -652,7 +855,7 @@ class CallRecords:
     ) -> None:
         """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid);
         ``recording`` is the path its recording is being written to, ``headers`` the X-
-        headers of its INVITE."""
+        headers of its INVITE.  After :meth:`claim_gateway` the call names our gateway."""
         self._write_sip(
             call_uuid,
             sip_call_id,
@@ -663,6 +866,7 @@ class CallRecords:
                 "start_at": at,
                 "recording": _text_or_none(recording),
                 "sip_headers": json.dumps(dict(headers), sort_keys=True) if headers else None,
+                "gateway": self.gateway_id,
             },
             at,
             ended=False,

@@ -164,6 +164,7 @@ class AgentWorker:
                 allow_networks=tuple(sip.allow_networks),
                 registration=registration,
                 ring_timeout_s=settings.outbound.ring_timeout_s,
+                new_calls_per_s=sip.max_new_calls_per_s,
             ),
             self,
         )
@@ -331,7 +332,8 @@ class AgentWorker:
         await asyncio.to_thread(self.ua.start)
 
     async def stop(self) -> None:
-        """End every conversation, hang up and stop SIP."""
+        """Refuse new calls, end every conversation, hang up and stop SIP."""
+        self.ua.refuse_new_calls()
         for task in list(self.sessions.values()):
             task.cancel()
         await asyncio.gather(*self.sessions.values(), return_exceptions=True)

@@ -210,7 +210,22 @@ class SipSettings(_Section):
     rtp_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="Hang up a call whose RTP stopped this long."
     )
-    user_agent: str = Field(default="sipagent", description="User-Agent header value.")
+    user_agent: str = Field(
+        default="",
+        description=(
+            "User-Agent header of the agent's requests; empty (the default) sends none, so"
+            " a scanner cannot read which software answers."
+        ),
+    )
+    max_new_calls_per_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=50,
+        description=(
+            "New INVITEs a worker lets through to its SIP stack per second (and at once);"
+            " more get 503 with Retry-After. Each binds media sockets of a 64-slot table."
+        ),
+    )
     mode: SipMode = Field(
         default="direct", description="'direct' (take INVITEs) or 'register' (registrar)."
     )
@@ -317,9 +332,9 @@ class SipSettings(_Section):
     @field_validator("user_agent")
     @classmethod
     def _validate_user_agent(cls, value: str) -> str:
-        if not value.strip() or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
-            _invalid("must be non-empty and free of control characters")
-        return value
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            _invalid("must be free of control characters")
+        return value.strip()
 
 
 class VadSettings(_Section):
@@ -1065,6 +1080,32 @@ class RecordsSettings(_Section):
             " directory, named by CallUUID (or SIP Call-ID); None: no recordings."
         ),
     )
+    gateway_id: str = Field(
+        default="",
+        max_length=200,
+        description=(
+            "This gateway's name in the call records, unique among the gateways sharing the"
+            " store; empty: serve uses <hostname>:<sip listen port>."
+        ),
+    )
+    lease_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "Liveness lease in the call records, renewed every lease_s/3: the open calls of a"
+            " gateway not seen for this long (by the database's clock) are closed as"
+            ' "gateway restarted".'
+        ),
+    )
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _validate_gateway_id(cls, value: str) -> str:
+        value = value.strip()
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            _invalid("must be free of control characters")
+        return value
 
     @field_validator("recording_dir", mode="before")
     @classmethod

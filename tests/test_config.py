@@ -57,7 +57,7 @@ def test_defaults_with_nothing_set() -> None:
     assert sip.codecs == ["PCMU", "PCMA"]
     assert sip.max_calls == 4
     assert (sip.rtp_port_start, sip.rtp_port_range, sip.rtp_timeout_s) == (20000, 200, 30.0)
-    assert sip.user_agent == "sipagent"
+    assert sip.user_agent == ""  # neutral: no User-Agent header
     vad = settings.vad
     assert vad.aggressiveness == 2
     assert (vad.min_speech_ms, vad.end_of_turn_ms, vad.barge_in_min_speech_ms) == (120, 400, 80)
@@ -360,6 +360,10 @@ def test_config_file_is_directory(tmp_path: Path) -> None:
         ("conversation", {"no_input_timeout_s": 0.5}, "conversation.no_input_timeout_s", "0.5"),
         ("conversation", {"max_call_s": 5}, "conversation.max_call_s", "(got 5)"),
         ("providers", {"piper_length_scale": 3}, "providers.piper_length_scale", "(got 3)"),
+        ("records", {"lease_s": 0}, "records.lease_s", "(got 0)"),
+        ("records", {"lease_s": 7200}, "records.lease_s", "(got 7200)"),
+        ("records", {"gateway_id": "gw\n1"}, "records.gateway_id", "control characters"),
+        ("records", {"gateway_id": "g" * 201}, "records.gateway_id", "200"),
     ],
 )
 def test_invalid_section_values(
@@ -368,6 +372,15 @@ def test_invalid_section_values(
     message = config_error(overrides={section: values})
     assert message.startswith(f"{field}: ")
     assert needle in message
+
+
+def test_records_gateway_id_and_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    records = load_settings().records
+    assert (records.gateway_id, records.lease_s) == ("", 30.0)  # serve derives the id
+    monkeypatch.setenv("SIPAGENT_RECORDS__GATEWAY_ID", " edge-1:5070 ")
+    monkeypatch.setenv("SIPAGENT_RECORDS__LEASE_S", "12.5")
+    records = load_settings().records
+    assert (records.gateway_id, records.lease_s) == ("edge-1:5070", 12.5)
 
 
 def test_invalid_log_level(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gateway.records import (
     _MIGRATIONS,
     _POSTGRES_TYPES,
     _SQLITE_TYPES,
+    GATEWAY_RESTARTED,
     SCHEMA_VERSION,
     AmbiguousCallId,
     CallRecords,
@@ -315,7 +317,7 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
 
 
 def _sqlite_migration(number: int) -> list[str]:
@@ -415,6 +417,303 @@ def test_redact_url_hides_only_the_password() -> None:
     )
     assert redact_url("postgresql://me@db/calls") == "postgresql://me@db/calls"
     assert redact_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+# --- gateways and their leases ---------------------------------------------------------------
+
+
+def _execute(store: CallRecords, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Run ``sql`` on the store's database in a write transaction (to fake an old lease)."""
+    store._run(lambda: store._db.execute(sql, params), write=True)
+
+
+def _age(store: CallRecords, gateway_id: str, seconds: float) -> None:
+    """Move the last sign of life of ``gateway_id`` ``seconds`` into the past."""
+    _execute(store, "UPDATE gateways SET seen_at = seen_at - ? WHERE id = ?", (seconds, gateway_id))
+
+
+def _start(store: CallRecords, sip_call_id: str, worker: int = 0) -> float:
+    at = time.time()
+    store.sip_started(None, sip_call_id, worker, None, None, at=at)
+    return at
+
+
+def _assert_closed(row: dict[str, object] | None, start: float, before: float) -> None:
+    assert row is not None
+    assert row["end_reason"] == GATEWAY_RESTARTED
+    end = row["sip_end_at"]
+    assert isinstance(end, float) and before <= end <= time.time()
+    assert row["end_at"] == end
+    assert row["duration_s"] == end - start
+
+
+def _assert_open(row: dict[str, object] | None) -> None:
+    assert row is not None
+    assert row["sip_end_at"] is None and row["end_at"] is None
+    assert row["end_reason"] is None and row["duration_s"] is None
+
+
+def test_claim_closes_what_our_dead_predecessor_left_open(target: str) -> None:
+    with CallRecords.open(target) as dead:
+        assert dead.claim_gateway("host-a:5060", 30.0) == 0
+        start = _start(dead, "open-1")
+        dead.sip_started(None, "ended-1", 0, None, None, at=start)
+        dead.sip_ended(None, "ended-1", 0, "remote hung up (BYE)", at=start + 5)
+    # Closed without release_gateway, as after kill -9: its lease is fresh, but the new
+    # gateway of the same id holds its SIP port.
+    before = time.time()
+    with CallRecords.open(target) as store:
+        assert store.claim_gateway("host-a:5060", 30.0) == 1
+        _assert_closed(store.get("open-1"), start, before)
+        ended = store.get("ended-1")
+        assert ended is not None
+        assert ended["end_reason"] == "remote hung up (BYE)" and ended["duration_s"] == 5.0
+        assert store.claim_gateway("host-a:5060", 30.0) == 0  # nothing left to close
+        (row,) = store.gateways()
+        assert row["id"] == "host-a:5060" and row["live"] and row["stopped_at"] is None
+
+
+def test_a_gateway_killed_with_sigkill_has_its_calls_closed_at_restart(target: str) -> None:
+    child = textwrap.dedent(
+        f"""
+        import time
+        from gateway.records import CallRecords
+        store = CallRecords.open({target!r})
+        store.claim_gateway("killed:5070", 30.0)
+        store.sip_started(None, "up-when-killed", 1, None, None, time.time())
+        print("calling", flush=True)
+        time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", child],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "calling"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    with CallRecords.open(target) as store:
+        _assert_open(store.get("up-when-killed"))
+        assert store.claim_gateway("killed:5070", 30.0) == 1
+        row = store.get("up-when-killed")
+        assert row is not None and row["end_reason"] == GATEWAY_RESTARTED
+        assert row["gateway"] == "killed:5070" and row["worker"] == 1
+
+
+def test_a_live_gateways_calls_are_left_alone(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 30.0)
+        _start(one, "one-call")
+        assert two.claim_gateway("two:5060", 30.0) == 0
+        _start(two, "two-call")
+        assert two.heartbeat() == 0
+        assert one.heartbeat() == 0
+        _assert_open(one.get("one-call"))
+        _assert_open(one.get("two-call"))
+        assert {(g["id"], g["live"]) for g in one.gateways()} == {
+            ("one:5060", True),
+            ("two:5060", True),
+        }
+
+
+def test_an_expired_lease_is_closed_by_claim(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 30.0)
+        start = _start(one, "one-call")
+        _age(one, "one:5060", 31.0)
+        before = time.time()
+        assert two.claim_gateway("two:5060", 30.0) == 1
+        _assert_closed(two.get("one-call"), start, before)
+        assert {(g["id"], g["live"]) for g in two.gateways()} == {
+            ("one:5060", False),
+            ("two:5060", True),
+        }
+
+
+def test_an_expired_lease_is_closed_by_heartbeat(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 30.0)
+        two.claim_gateway("two:5060", 30.0)
+        start = _start(one, "one-call")
+        _start(two, "two-call")
+        _start(one, "one-ended")
+        one.sip_ended(None, "one-ended", 0, "local hangup", at=start + 1)
+        _age(one, "one:5060", 29.0)
+        assert two.heartbeat() == 0  # within the lease
+        _age(one, "one:5060", 2.0)
+        before = time.time()
+        assert two.heartbeat() == 1
+        _assert_closed(two.get("one-call"), start, before)
+        ended = two.get("one-ended")
+        assert ended is not None and ended["end_reason"] == "local hangup"
+        _assert_open(two.get("two-call"))  # our own calls are ours to end
+        assert two.heartbeat() == 0
+
+
+def test_a_short_lease_runs_out_by_the_database_clock(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 0.2)
+        two.claim_gateway("two:5060", 0.2)
+        _start(one, "one-call")
+        assert two.heartbeat() == 0
+        time.sleep(0.3)  # one misses its heartbeats
+        assert two.heartbeat() == 1
+        row = two.get("one-call")
+        assert row is not None and row["end_reason"] == GATEWAY_RESTARTED
+
+
+def test_a_gateway_with_a_longer_lease_is_judged_by_it(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 60.0)
+        two.claim_gateway("two:5060", 10.0)
+        _start(one, "one-call")
+        _age(one, "one:5060", 45.0)
+        assert two.heartbeat() == 0  # 45 s is past our lease, not past its own
+        _age(one, "one:5060", 20.0)
+        assert two.heartbeat() == 1
+
+
+def test_a_call_closed_for_a_lapsed_lease_takes_its_real_end(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 30.0)
+        two.claim_gateway("two:5060", 30.0)
+        start = _start(one, "sip-only")
+        one.answered(UUID, "+1", "+2", "inbound", "agent", 0, at=start)
+        one.sip_started(UUID, "via-plivo", 0, None, None, at=start)
+        one.hung_up(UUID, {"HangupCause": "NORMAL_CLEARING", "Duration": "7"}, at=start + 7)
+        _age(one, "one:5060", 60.0)  # one stalled: two takes it for dead
+        assert two.heartbeat() == 2
+        assert one.heartbeat() == 0  # one is back; its calls go on and end
+        one.sip_ended(None, "sip-only", 0, "remote hung up (BYE)", at=start + 42.0)
+        one.sip_ended(UUID, "via-plivo", 0, "bye", at=start + 8.0)
+        row = one.get("sip-only")
+        assert row is not None and row["end_reason"] == "remote hung up (BYE)"
+        assert (row["sip_end_at"], row["end_at"], row["duration_s"]) == (
+            start + 42.0,
+            start + 42.0,
+            42.0,
+        )
+        row = one.get(UUID)  # Plivo's end and duration are kept
+        assert row is not None and row["end_reason"] == "bye"
+        assert (row["sip_end_at"], row["end_at"], row["duration_s"]) == (
+            start + 8.0,
+            start + 7.0,
+            7.0,
+        )
+
+
+def test_sip_started_names_the_gateway_after_a_claim(records: CallRecords) -> None:
+    _start(records, "before")
+    records.claim_gateway("gw:5080", 30.0)
+    assert records.gateway_id == "gw:5080"
+    _start(records, "after")
+    records.sip_ended(None, "after", 0, "bye", at=time.time())  # keeps the gateway
+    before, after = records.get("before"), records.get("after")
+    assert before is not None and before["gateway"] is None
+    assert after is not None and after["gateway"] == "gw:5080"
+
+
+def test_release_marks_the_gateway_stopped(target: str) -> None:
+    with CallRecords.open(target) as one, CallRecords.open(target) as two:
+        one.claim_gateway("one:5060", 30.0)
+        two.claim_gateway("two:5060", 30.0)
+        _start(one, "one-call")
+        one.sip_ended(None, "one-call", 0, "bye", at=time.time())
+        one.release_gateway()
+        one.release_gateway()  # idempotent
+        assert one.gateway_id is None
+        with pytest.raises(RecordsError, match="claim_gateway"):
+            one.heartbeat()
+        rows = {g["id"]: g for g in two.gateways()}
+        assert not rows["one:5060"]["live"] and rows["one:5060"]["stopped_at"] is not None
+        assert rows["two:5060"]["live"]
+        assert two.heartbeat() == 0
+        row = two.get("one-call")
+        assert row is not None and row["end_reason"] == "bye"
+        # A released gateway that starts again is live again.
+        one.claim_gateway("one:5060", 30.0)
+        assert all(g["live"] for g in two.gateways())
+
+
+def test_claim_needs_an_id_and_a_positive_lease(records: CallRecords) -> None:
+    for gateway_id, lease_s in (("", 30.0), ("  ", 30.0), ("gw", 0.0), ("gw", float("nan"))):
+        with pytest.raises(ValueError):
+            records.claim_gateway(gateway_id, lease_s)
+    assert records.gateway_id is None and records.gateways() == []
+    with pytest.raises(RecordsError, match="claim_gateway"):
+        records.heartbeat()
+    records.release_gateway()  # nothing to release
+
+
+def _make_version_4_store(target: str) -> None:
+    """Create the schema of migrations 1-4 at ``target`` (a new store)."""
+    if target.startswith("sqlite:///"):
+        path = Path(target.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path) as db:
+            for number in range(4):
+                for statement in _sqlite_migration(number):
+                    db.execute(statement)
+            db.execute("PRAGMA user_version = 4")
+        return
+    import psycopg
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        for number in range(4):
+            for statement in _statements(_MIGRATIONS[number], **_POSTGRES_TYPES):
+                conn.execute(statement)
+        conn.execute("CREATE TABLE sipagent_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO sipagent_schema VALUES (4)")
+
+
+def test_version_4_store_is_migrated_and_its_open_calls_closed_at_claim(target: str) -> None:
+    _make_version_4_store(target)
+    with CallRecords.open(target) as old:  # writes rows as version 4 would (no gateway)
+        start = _start(old, "legacy-open")
+        _start(old, "legacy-ended")
+        old.sip_ended(None, "legacy-ended", 0, "bye", at=start + 3)
+        old.answered(UUID, "+1", "+2", "inbound", "agent", 0, at=start)  # no SIP side yet
+    before = time.time()
+    with CallRecords.open(target) as store:
+        rows = {r["call_uuid"]: r for r in store.recent()}
+        assert len(rows) == 3 and all(r["gateway"] is None for r in rows.values())
+        assert store.claim_gateway("new:5060", 30.0) == 1
+        _assert_closed(store.get("legacy-open"), start, before)
+        ended = store.get("legacy-ended")
+        assert ended is not None and ended["end_reason"] == "bye"
+        answered = store.get(UUID)
+        assert answered is not None and answered["end_reason"] is None
+        assert answered["route"] == "agent"
+        assert [g["id"] for g in store.gateways()] == ["new:5060"]
+
+
+def test_calls_without_a_gateway_wait_while_another_gateway_is_live(target: str) -> None:
+    with (
+        CallRecords.open(target) as old,
+        CallRecords.open(target) as one,
+        CallRecords.open(target) as two,
+    ):
+        two.claim_gateway("two:5060", 30.0)
+        _start(old, "legacy")  # never claims: as a version without leases writes
+        assert one.claim_gateway("one:5060", 30.0) == 0  # two may be running it
+        two.release_gateway()
+        assert one.heartbeat() == 0  # heartbeats leave calls without a gateway alone
+        _assert_open(one.get("legacy"))
+        one.release_gateway()
+    with CallRecords.open(target) as again:
+        assert again.claim_gateway("one:5060", 30.0) == 1  # no gateway is live
+        row = again.get("legacy")
+        assert row is not None and row["end_reason"] == GATEWAY_RESTARTED
 
 
 # --- PostgreSQL only --------------------------------------------------------------------------

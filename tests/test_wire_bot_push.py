@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.bot import FakeBot, Reply
-from tests.test_wire_pool import answer, running_pool
-from tests.wire import place_call
+from tests.test_wire_pool import answer
+from tests.wire import place_call, running_pool
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 

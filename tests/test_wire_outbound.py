@@ -26,8 +26,8 @@ import pytest
 from gateway.demo import free_udp_port
 from tests.kamailio import kamailio_binary, running_kamailio
 from tests.test_wire_bot_push import post_json
-from tests.test_wire_pool import get_json, running_pool
-from tests.wire import wait_for
+from tests.test_wire_pool import get_json
+from tests.wire import running_pool, wait_for
 
 pytestmark = [
     pytest.mark.wire,

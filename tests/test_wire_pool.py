@@ -18,41 +18,19 @@ import urllib.parse
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.audio.pcm import write_wav
-from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.demo import AgentProcess
 from tests.fakes.plivo_api import signed_request
-from tests.wire import clean_env, finish_call, start_call, wait_for
+from tests.wire import POOL_TOKEN as TOKEN
+from tests.wire import finish_call, running_pool, start_call, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
-
-TOKEN = "pool-test-auth-token"
-
-
-@contextmanager
-def running_pool(
-    tmp: Path, workers: int, config: Path | None = None, **settings: str
-) -> Iterator[AgentProcess]:
-    """`sipagent serve --workers N` with the app on a free port; stopped (SIGTERM) after."""
-    env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
-    port = free_udp_port()
-    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 40 * 8)))
-    env.setdefault("SIPAGENT_APP__LISTEN_PORT", "0")
-    env.setdefault("SIPAGENT_APP__AUTH_TOKEN", TOKEN)
-    env.setdefault("SIPAGENT_RECORDS__URL", f"sqlite:///{tmp / 'records.db'}")
-    env.setdefault("SIPAGENT_POOL__DRAIN_TIMEOUT_S", "30")
-    pool = AgentProcess(port, config, env=clean_env(**env), cwd=tmp, workers=workers)
-    try:
-        assert pool.wait_ready(180), "pool did not start:\n" + "\n".join(pool.lines[-40:])
-        yield pool
-    finally:
-        pool.stop(timeout=60)
 
 
 def plivo_post(url: str, params: dict[str, str], token: str = TOKEN) -> tuple[int, str]:

@@ -45,6 +45,46 @@ def running_agent(tmp: Path, **settings: str) -> Iterator[AgentProcess]:
         assert rc == 0, f"agent exited with {rc}:\n" + "\n".join(agent.lines[-30:])
 
 
+POOL_TOKEN = "pool-test-auth-token"
+
+
+@contextmanager
+def running_pool(
+    tmp: Path, workers: int, config: Path | None = None, **settings: str
+) -> Iterator[AgentProcess]:
+    """`sipagent serve --workers N` with the app on a free port; stopped (SIGTERM) after."""
+    with _pool(tmp, workers, config, False, settings) as pool:
+        yield pool
+
+
+@contextmanager
+def running_pool_group(tmp: Path, workers: int, **settings: str) -> Iterator[AgentProcess]:
+    """`running_pool` leading its own process group (signal it all with killpg)."""
+    with _pool(tmp, workers, None, True, settings) as pool:
+        yield pool
+
+
+@contextmanager
+def _pool(
+    tmp: Path, workers: int, config: Path | None, new_session: bool, settings: dict[str, str]
+) -> Iterator[AgentProcess]:
+    env = {f"SIPAGENT_{k.upper()}": v for k, v in settings.items()}
+    port = free_udp_port()
+    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 40 * 8)))
+    env.setdefault("SIPAGENT_APP__LISTEN_PORT", "0")
+    env.setdefault("SIPAGENT_APP__AUTH_TOKEN", POOL_TOKEN)
+    env.setdefault("SIPAGENT_RECORDS__URL", f"sqlite:///{tmp / 'records.db'}")
+    env.setdefault("SIPAGENT_POOL__DRAIN_TIMEOUT_S", "30")
+    pool = AgentProcess(
+        port, config, env=clean_env(**env), cwd=tmp, workers=workers, new_session=new_session
+    )
+    try:
+        assert pool.wait_ready(180), "pool did not start:\n" + "\n".join(pool.lines[-40:])
+        yield pool
+    finally:
+        pool.stop(timeout=60)
+
+
 def uri(agent: AgentProcess) -> str:
     """The agent's SIP URI."""
     return f"sip:agent@127.0.0.1:{agent.port}"

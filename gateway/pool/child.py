@@ -1,20 +1,30 @@
-"""A worker process of the pool: `python -m gateway.pool.child FD`.
+"""A worker process of the pool: `python -m gateway.pool.child FD SUPERVISOR_PID`.
 
 It receives its settings over the control socket ``FD``, loads the providers (which can
 take seconds with the offline models), reports ``loaded`` and waits for ``start``.  The
 supervisor keeps one such loaded process as a spare, so a worker that dies is replaced by
-a process that only has to open its SIP port.  The process stops on ``stop``, on end of
-file (the supervisor is gone) and on SIGTERM; SIGINT is left to the supervisor.
+a process that only has to open its SIP port.
+
+Signals: the supervisor alone decides when a worker drains or stops (``drain``, ``stop``
+on the control socket), so SIGTERM, SIGINT and SIGQUIT are ignored here: when a service
+manager or a terminal signals the whole process group, the pool drains exactly as when
+only the supervisor is signalled.  The kernel sends SIGHUP when the supervisor dies,
+whatever killed it (``PR_SET_PDEATHSIG``); the worker then hangs up its calls and exits
+within half a second, so a new ``sipagent serve`` can take its ports at once.  End of
+file on the control socket means the same.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import os
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -29,6 +39,42 @@ from gateway.worker import AgentWorker, render_prompts
 from sip_config import Settings
 
 log = logging.getLogger("sipagent.worker")
+
+_PR_SET_PDEATHSIG = 1
+# An orphaned worker sends its BYEs, then exits this much later whatever it is doing.
+ORPHAN_EXIT_S = 0.2
+
+
+class _Orphan:
+    """What the worker does when its supervisor is gone."""
+
+    def __init__(self) -> None:
+        self.worker: AgentWorker | None = None
+        self.gone = False
+
+    def __call__(self, *_: object) -> None:
+        if self.gone:
+            return
+        self.gone = True
+        worker = self.worker
+        if worker is not None:
+            # BYE to every caller; nobody is left to record or route for this process.
+            worker.ua.hangup_all("supervisor gone")
+        # A timer thread, not the event loop: exit even when the loop is busy or stuck.
+        threading.Timer(ORPHAN_EXIT_S if worker is not None else 0.0, os._exit, (0,)).start()
+
+
+def _die_with(supervisor: int, orphan: _Orphan) -> None:
+    """Have the kernel send SIGHUP when the supervisor dies; if it died already, go now."""
+    signal.signal(signal.SIGHUP, orphan)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGHUP), 0, 0, 0)
+    if supervisor and os.getppid() != supervisor:
+        orphan()
 
 
 def _setup_logging(level: str, name: str) -> None:
@@ -122,12 +168,7 @@ class _Reporter:
         self._send({"event": "reg", "registered": registered, "status": status})
 
 
-async def _run(fd: int) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    with contextlib.suppress(ValueError, OSError):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+async def _run(fd: int, orphan: _Orphan) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE)
     first = await protocol.receive(reader)
@@ -141,7 +182,7 @@ async def _run(fd: int) -> int:
         # Rendered before "loaded": a spare that takes over must not spend time on it.
         prompts = await render_prompts(providers.tts, settings)
         await protocol.send(writer, {"event": "loaded"})
-        command = await _next_command(reader, stop)
+        command = await _next_command(reader)
         if command is None or command.get("cmd") != "start":
             return 0
         index = int(command["index"])
@@ -151,6 +192,7 @@ async def _run(fd: int) -> int:
             worker_settings(settings, command), providers, account_index=index, listener=reporter
         )
         worker.prompts = prompts
+        orphan.worker = worker
         try:
             await worker.start()
         except SipError as exc:
@@ -161,8 +203,10 @@ async def _run(fd: int) -> int:
             {"event": "up", "uri": worker.ua.uri, "port": worker.ua.port},
         )
         while worker.ua.pj.alive:
-            command = await _next_command(reader, stop, poll_s=0.5)
+            command = await _next_command(reader, poll_s=0.5)
             if command is None:
+                orphan()  # end of file: the supervisor is gone
+                await asyncio.sleep(1.0)  # the exit timer ends the process meanwhile
                 break
             if command.get("cmd") == "drain":
                 worker.ua.set_accepting(False)
@@ -217,34 +261,25 @@ async def _dial(worker: AgentWorker, writer: asyncio.StreamWriter, command: dict
 
 
 async def _next_command(
-    reader: asyncio.StreamReader, stop: asyncio.Event, poll_s: float | None = None
+    reader: asyncio.StreamReader, poll_s: float | None = None
 ) -> dict[str, Any] | None:
     """The next control message; ``{"cmd": "idle"}`` after ``poll_s`` without one; None
-    on end of file or SIGTERM."""
-    read = asyncio.ensure_future(protocol.receive(reader))
-    stopped = asyncio.ensure_future(stop.wait())
+    on end of file."""
     try:
-        done, _ = await asyncio.wait(
-            {read, stopped}, timeout=poll_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if read in done:
-            return read.result()
-        return None if stopped in done else {"cmd": "idle"}
-    finally:
-        stopped.cancel()
-        if not read.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
+        return await asyncio.wait_for(protocol.receive(reader), poll_s)
+    except TimeoutError:
+        return {"cmd": "idle"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: the control socket's file descriptor is the only argument."""
+    """Entry point: the control socket's file descriptor and the supervisor's pid."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m gateway.pool.child FD", file=sys.stderr)
+    if len(args) not in (1, 2) or not all(a.isdigit() for a in args):
+        print("usage: python -m gateway.pool.child FD [SUPERVISOR_PID]", file=sys.stderr)
         return 2
-    return asyncio.run(_run(int(args[0])))
+    orphan = _Orphan()
+    _die_with(int(args[1]) if len(args) == 2 else 0, orphan)
+    return asyncio.run(_run(int(args[0]), orphan))
 
 
 if __name__ == "__main__":

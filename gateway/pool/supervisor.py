@@ -5,19 +5,23 @@ so calls are spread over worker processes (`gateway.pool.child`), each with its 
 port and RTP port range.  The supervisor:
 
 * starts the workers and one loaded spare, and restarts a worker that dies by handing its
-  port to the spare (a fresh spare is then loaded in the background);
+  port to the spare at once, whatever the crash rate (a fresh spare is then loaded in the
+  background; only that respawn backs off when processes keep dying);
 * keeps `PoolState` up to date from the workers' reports, which the answer_url app reads to
   route each call to a worker with a free slot;
 * records each worker's calls in the call-record store;
-* on SIGTERM drains: no new calls are routed or accepted, calls in progress may finish for
-  ``pool.drain_timeout_s``, then the workers stop and the supervisor exits 0.  SIGINT
-  stops at once (calls are hung up).
+* on SIGTERM, SIGINT or SIGQUIT drains: no new calls are routed or accepted, calls in
+  progress may finish for ``pool.drain_timeout_s``, then the workers stop and the
+  supervisor exits 0.  A second signal stops at once (calls are hung up).  Workers ignore
+  these signals, so signalling the whole process group (systemd, a terminal) drains the
+  same way; they die with the supervisor whatever kills it (see `gateway.pool.child`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
@@ -41,6 +45,10 @@ _START_TIMEOUT_S = 120.0  # loading offline models on a busy machine
 _STOP_TIMEOUT_S = 15.0
 _PUSH_TIMEOUT_S = 3.0  # a worker answers a pushed reply at once (rendering happens later)
 _DIAL_TIMEOUT_S = 5.0  # a worker answers "dial" once its INVITE is sent
+# Workers of a gateway killed a moment ago exit within 0.5 s of it (PR_SET_PDEATHSIG);
+# a restart waits this long for their SIP ports.
+_PORT_WAIT_S = 5.0
+_SPARE = -1  # the backoff key of spare respawns
 
 
 def auto_workers(settings: Settings, cpus: int | None = None) -> int:
@@ -176,6 +184,7 @@ class Supervisor:
                 "-m",
                 "gateway.pool.child",
                 str(child_sock.fileno()),
+                str(os.getpid()),
                 pass_fds=(child_sock.fileno(),),
                 stdin=asyncio.subprocess.DEVNULL,
             )
@@ -190,6 +199,10 @@ class Supervisor:
         child.reading = self._own(self._read(child))
         self._own(self._watch(child))
         return child
+
+    def own(self, coro: Any) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task of the pool (cancelled by `stop`)."""
+        return self._own(coro)
 
     def _own(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -306,7 +319,7 @@ class Supervisor:
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         if index is None:
             log.warning("spare worker pid %d ended (%s)", child.pid, how)
-            self._own(self._replace_spare(delay=self._backoff(-1)))
+            self._own(self._replace_spare(delay=self._backoff(_SPARE)))
             return
         if not child.up.is_set():
             # It never came up: the start failure is reported by _start_worker.
@@ -331,16 +344,23 @@ class Supervisor:
         self.spare = await self._spawn()
 
     async def _restart(self, index: int) -> None:
-        delay = self._backoff(index)
-        if delay:
-            log.warning("worker %d died repeatedly; restarting in %.1f s", index, delay)
-            await asyncio.sleep(delay)
+        """Put worker ``index`` back: the spare takes its ports at once (it has its models
+        loaded); the crash-loop backoff delays only spawning processes, the replacement
+        spare or, with no spare, the worker itself."""
         while not self.stopping:
-            child = self.spare if self.spare is not None and self.spare.loaded.is_set() else None
+            child = self.spare
             if child is not None:
                 self.spare = None
-                self._own(self._replace_spare())
+                self._own(self._replace_spare(delay=self._backoff(_SPARE)))
             else:
+                delay = self._backoff(index)
+                if delay:
+                    log.warning("worker %d died repeatedly; restarting in %.1f s", index, delay)
+                    await asyncio.sleep(delay)
+                    if self.stopping:
+                        return
+                    if self.spare is not None:
+                        continue  # a spare came up meanwhile: it is quicker
                 child = await self._spawn()
             error = await self._start_worker(child, index)
             if error is None:
@@ -492,6 +512,25 @@ class Supervisor:
             return 503, "the worker pool did not answer"
 
     # -- life cycle -----------------------------------------------------------------------
+    async def wait_for_ports(self, timeout_s: float = _PORT_WAIT_S) -> None:
+        """Wait until every worker's SIP port is free (the workers of a gateway killed a
+        moment ago hold them for up to half a second); RuntimeError naming the ports still
+        taken after ``timeout_s``."""
+        host = self.settings.sip.listen_host
+        ports = [p.sip_port for p in self.plans]
+        deadline = time.monotonic() + timeout_s
+        while True:
+            busy = [p for p in ports if _udp_port_taken(host, p)]
+            if not busy:
+                return
+            if time.monotonic() >= deadline:
+                names = ", ".join(f"{host}:{p}" for p in busy)
+                raise RuntimeError(
+                    f"cannot listen on udp {names}: in use by another process"
+                    f" (waited {timeout_s:g} s for it to come free)"
+                )
+            await asyncio.sleep(0.05)
+
     async def start(self) -> None:
         """Start every worker (and the spare); raises RuntimeError if one cannot start."""
         self.loop = asyncio.get_running_loop()
@@ -514,7 +553,10 @@ class Supervisor:
         for child in list(self.by_index.values()):
             await self._send(child, {"cmd": "drain"})
         calls = self.state.total_calls()
-        self.say(f"draining: {calls} call(s) in progress, waiting up to {timeout_s:g} s")
+        self.say(
+            f"draining: {calls} call(s) in progress, waiting up to {timeout_s:g} s"
+            " (signal again to hang up now)"
+        )
         deadline = time.monotonic() + timeout_s
         while self.state.total_calls() and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
@@ -538,6 +580,16 @@ class Supervisor:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _udp_port_taken(host: str, port: int) -> bool:
+    """Whether binding UDP ``host:port`` fails because something holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def _string_map(value: Any) -> dict[str, str] | None:
@@ -577,8 +629,13 @@ async def _serve(settings: Settings, workers: int) -> int:
 
     loop = asyncio.get_running_loop()
     drain, stop = asyncio.Event(), asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, drain.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def on_signal() -> None:
+        # The first signal drains; a second one (Ctrl-C twice) stops at once.
+        (stop if drain.is_set() else drain).set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        loop.add_signal_handler(sig, on_signal)
     sup = Supervisor(settings, workers)  # checks the port plan first (ConfigError)
     try:
         records = CallRecords.open(settings.records.url)
@@ -588,7 +645,24 @@ async def _serve(settings: Settings, workers: int) -> int:
         raise ConfigError(f"records.url: {text.removeprefix('records: ')}") from None
     sup.records = records
     server = None
+    claimed = False
     try:
+        try:
+            await sup.wait_for_ports()
+        except RuntimeError as exc:
+            sup.say(f"cannot start: {exc}")
+            return 1
+        # The SIP ports are ours now, so a gateway that had them (same id) is gone: close
+        # the calls it left open, before any call of ours is recorded.
+        gateway_id = gateway_identity(settings)
+        closed = records.claim_gateway(gateway_id, settings.records.lease_s)
+        claimed = True
+        if closed:
+            sup.say(
+                f"closed {closed} call record(s) left open by a gateway that stopped without"
+                ' ending them ("gateway restarted")'
+            )
+        sup.own(_heartbeat(sup, records, settings.records.lease_s))
         app_url = None
         if settings.app.enabled:
             # Before the workers: they are told the app's URL for the bot's pushed replies.
@@ -618,13 +692,38 @@ async def _serve(settings: Settings, workers: int) -> int:
             await asyncio.wait({draining, stopped}, return_when=asyncio.FIRST_COMPLETED)
             draining.cancel()
             stopped.cancel()
+            if stop.is_set() and not draining.done():
+                sup.say("second signal: hanging up the calls in progress now")
         return 0
     finally:
         await sup.stop()
         if server is not None:
             server.close()
+        if claimed:
+            with contextlib.suppress(Exception):
+                records.release_gateway()
         records.close()
         sup.say("stopped")
+
+
+def gateway_identity(settings: Settings) -> str:
+    """This gateway's id in the call records: ``records.gateway_id``, else
+    ``<hostname>:<first SIP port>`` (two gateways cannot hold one host's port at once)."""
+    return settings.records.gateway_id or f"{socket.gethostname()}:{settings.sip.listen_port}"
+
+
+async def _heartbeat(sup: Supervisor, records: Any, lease_s: float) -> None:
+    """Renew this gateway's lease in the records every third of it, and close the calls of
+    gateways whose lease ran out (one that died while this one runs)."""
+    while True:
+        await asyncio.sleep(lease_s / 3)
+        try:
+            closed = await asyncio.to_thread(records.heartbeat)
+        except Exception as exc:
+            log.warning("call records: lease not renewed: %s", exc)
+            continue
+        if closed:
+            sup.say(f"closed {closed} call record(s) of a gateway whose lease ran out")
 
 
 def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, str | None]:

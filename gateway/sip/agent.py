@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeAlias
 
 import pjsua2 as pj
 
-from gateway.sip.calls import CallHandle, outbound_outcome, parse_sip_headers
+from gateway.sip.calls import CallHandle, outbound_outcome, parse_sip_headers, pj_text
 from gateway.sip.endpoint import (
     BridgePortPool,
     EndpointOptions,
@@ -28,6 +28,8 @@ from gateway.sip.endpoint import (
     SipError,
     add_sip_headers,
 )
+from gateway.sip.guard import GuardError, SipGuard
+from gateway.sip.screen import Refusal, Screen, ScreenState
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,9 @@ class AgentOptions:
     drain_retry_after_s: int = 30
     # An outbound call not answered this long is cancelled (outcome "no-answer").
     ring_timeout_s: float = 30.0
+    # New INVITEs let through to pjsua per second (and at once); more get 503. Each one
+    # binds two media sockets of the 64-slot select ioqueue for at least 0.5 s.
+    new_calls_per_s: float = 10.0
 
 
 # -- pure helpers (no pjsua2) -------------------------------------------------------------------
@@ -135,6 +140,33 @@ def source_allowed(source: str, networks: tuple[IpNetwork, ...]) -> bool:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         candidates.append(addr.ipv4_mapped)
     return any(a in net for a in candidates for net in networks if a.version == net.version)
+
+
+def sdp_without_signature(sdp: str) -> str:
+    """An SDP of ours without what names the SIP stack: ``s=pjmedia`` becomes ``s=-`` and
+    pjsua's ``a=X-nat`` line goes."""
+    lines = sdp.split("\r\n")
+    out = [
+        "s=-" if line == "s=pjmedia" else line for line in lines if not line.startswith("a=X-nat:")
+    ]
+    return "\r\n".join(out)
+
+
+def pjsua_port_range(ports: int) -> int:
+    """pjsua's ``portRange`` that keeps RTP and RTCP inside ``ports`` ports from the start.
+
+    pjsua puts RTP on start, start+2, ... while the port is at most start+portRange
+    (inclusive) and RTCP one above, so portRange = ports - 2 keeps the top RTCP port at
+    start+ports-1 (with portRange = ports, worker i's last RTP/RTCP pair was worker
+    i+1's first). 0 would mean "no limit" to pjsua: at least 2.
+    """
+    return max(2, ports - 2)
+
+
+def pjsua_media_ports(start: int, port_range: int) -> set[int]:
+    """Every port pjsua may bind for RTP and RTCP with this start and ``portRange``."""
+    rtp = range(start, start + port_range + 1, 2)
+    return {p for port in rtp for p in (port, port + 1)}
 
 
 class RetryBackoff:
@@ -250,7 +282,7 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
         # NOTIFY sipfrag progress of our REFER (the REFER's own 202 comes as a non-final
         # 202 too): only the final one decides.
         code = int(prm.statusCode)
-        reason = str(prm.reason).strip()
+        reason = pj_text(prm.reason).strip()
         sip_call_id = self.handle.sip_call_id if self.handle is not None else "?"
         log.info(
             "call %s: transfer status %d %s%s",
@@ -274,12 +306,21 @@ class _AgentCall(pj.Call):  # type: ignore[misc]
             self._maybe_start()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             if not self.handle.end_reason:
-                self.handle.end_reason = f"{info.lastStatusCode} {info.lastReason}".strip()
+                reason = pj_text(info.lastReason)
+                self.handle.end_reason = f"{info.lastStatusCode} {reason}".strip()
             if self.handle.outbound and not self.handle.outcome:
                 self.handle.outcome = outbound_outcome(
                     bool(self.handle.answered_at), int(info.lastStatusCode)
                 )
             self.ua._call_disconnected(self)
+
+    def onCallSdpCreated(self, prm: Any) -> None:
+        # pjmedia names itself in the session name and adds a=X-nat, which only pjsua
+        # sends: a scanner that reads the SDP learns nothing from "s=-" and no X-nat.
+        sdp = str(prm.sdp.wholeSdp)
+        neutral = sdp_without_signature(sdp)
+        if neutral != sdp:
+            prm.sdp.wholeSdp = neutral
 
     def onDtmfDigit(self, prm: Any) -> None:
         # RFC 4733 telephone-events (once per key, at its start) and SIP INFO
@@ -406,7 +447,15 @@ class AgentUA:
         self._stopping = False
         if reg is not None:
             self.uri = f"sip:{reg.username}@{reg.domain}"
+        # Every request meets the guard before pjsua2 (see gateway/sip/guard.py).
+        self.screen = Screen(
+            lambda source: source_allowed(source, self._networks),
+            new_calls_per_s=options.new_calls_per_s,
+        )
+        self.guard = SipGuard(self._screen_request, self._screen_response)
+        self.pj.on_init(self.guard.install)
         self.pj.on_started(self._create_account)
+        self.pj.on_stopping(self._stop_accepting)
         self.pj.on_stopping(self._stop_registration)
         self.pj.on_stopping(self._hangup_all)
         self.pj.on_destroy(self._drop_objects)
@@ -428,6 +477,22 @@ class AgentUA:
             if call is not None and call.handle is not None and reason:
                 call.handle.end_reason = reason
             self._hangup(call_id, code)
+
+        self.pj.post(job)
+
+    def refuse_new_calls(self) -> None:
+        """Before stopping: new INVITEs get 503 from now on (any thread)."""
+        self.pj.post(self._stop_accepting)
+
+    def hangup_all(self, reason: str) -> None:
+        """Refuse new calls and hang up every call (BYE / CANCEL) at once; any thread."""
+
+        def job() -> None:
+            self._accepting = False
+            for call in self.calls.values():
+                if call.handle is not None and not call.handle.end_reason:
+                    call.handle.end_reason = reason
+            self._hangup_all()
 
         self.pj.post(job)
 
@@ -513,14 +578,14 @@ class AgentUA:
             info = call.getInfo()
             if not call.isActive():
                 self.pj.dispose(call)
-                reason = f"{info.lastStatusCode} {info.lastReason}".strip()
+                reason = f"{info.lastStatusCode} {pj_text(info.lastReason)}".strip()
                 fut.set_exception(SipError(f"cannot call {uri}: {reason}"))
                 return
             handle = CallHandle(
                 call_id=int(info.id),
-                sip_call_id=str(info.callIdString),
+                sip_call_id=pj_text(info.callIdString),
                 remote_uri=uri,
-                local_uri=str(info.localUri),
+                local_uri=pj_text(info.localUri),
                 bridge_leg=True,
             )
             call.handle = handle
@@ -604,6 +669,10 @@ class AgentUA:
     # -- pj thread --------------------------------------------------------------------------
     def _create_account(self) -> None:
         self.port = self.pj.local_port()
+        try:
+            self.guard.self_test(self.pj.ep, self.endpoint.host, self.port)
+        except GuardError as exc:
+            raise SipError(f"SIP guard: {exc}") from None
         host = self.endpoint.public_host or self.endpoint.host
         if host in ("", "0.0.0.0", "::"):
             # Bound to every interface: advertise the address pjsip chose for the transport.
@@ -618,7 +687,7 @@ class AgentUA:
         cfg.idUri = self.uri
         mcfg = cfg.mediaConfig.transportConfig
         mcfg.port = self.options.rtp_port_start
-        mcfg.portRange = self.options.rtp_port_range
+        mcfg.portRange = pjsua_port_range(self.options.rtp_port_range)
         if self.endpoint.host not in ("", "0.0.0.0"):
             mcfg.boundAddress = self.endpoint.host
         if self.endpoint.public_host:
@@ -736,7 +805,57 @@ class AgentUA:
         except pj.Error as exc:
             log.debug("un-REGISTER of %s not sent: %s", self.uri, exc.reason.strip())
 
+    def _stop_accepting(self) -> None:
+        """First thing on shutdown: INVITEs that arrive while calls are hung up get 503."""
+        self._accepting = False
+
+    def _screen_request(self, raw: bytes, source: str) -> Refusal | None:
+        """The guard asks (pj thread): answer this request in pjsua2's place?"""
+        state = ScreenState(
+            accepting=self._accepting,
+            calls=len(self.calls),
+            max_calls=self.endpoint.max_calls,
+            drain_retry_after_s=self.options.drain_retry_after_s,
+        )
+        refusal = self.screen.request(raw, source, state, time.monotonic())
+        if refusal is not None:
+            method = raw.split(b" ", 1)[0][:32].decode("ascii", "replace")
+            self._log_refusal(method, source, refusal)
+        return refusal
+
+    def _screen_response(self, raw: bytes, source: str) -> Refusal | None:
+        refusal = self.screen.response(raw)
+        if refusal is not None:
+            self._log_refusal("response", source, refusal)
+        return refusal
+
+    def _log_refusal(self, method: str, source: str, refusal: Refusal) -> None:
+        """One line per refusal, except that a source refused again within a minute is
+        counted, not logged (a scan or flood must not flood the log)."""
+        what = (
+            f"dropped ({refusal.why})"
+            if refusal.drop
+            else (f"refused with {refusal.code}: {refusal.why}")
+        )
+        if refusal.code == 503 and refusal.why == "draining":
+            log.info("%s from %s %s", method, source, what)
+            return
+        key = f"{source_ip(source) or source}/{refusal.code}"
+        suppressed = self._refusals.note(key, time.monotonic())
+        if suppressed is None:
+            return
+        more = f" ({suppressed} more refused since the last warning)" if suppressed else ""
+        log.warning("%s from %s %s%s", method, source, what, more)
+
     def _refuse(self, call: _AgentCall, code: int, reason: str, headers: dict[str, str]) -> None:
+        """Refuse an incoming call after `onIncomingCall` has returned: a final answer
+        from inside the callback makes pjsua2 free the INVITE's cloned rx data twice when
+        the INVITE has no SDP (the process aborts in pjsip_rx_data_free_cloned)."""
+        self.pj.post(lambda: self._refuse_now(call, code, reason, headers))
+
+    def _refuse_now(
+        self, call: _AgentCall, code: int, reason: str, headers: dict[str, str]
+    ) -> None:
         op = pj.CallOpParam()
         op.statusCode = code
         op.reason = reason
@@ -749,17 +868,11 @@ class AgentUA:
 
     def _incoming(self, acc: _AgentAccount, prm: Any) -> None:
         call = _AgentCall(self, acc, prm.callId)
-        source = str(prm.rdata.srcAddress)
+        source = pj_text(prm.rdata.srcAddress)
+        # The guard answered strangers, a drain and a full agent before pjsua2 opened any
+        # media for them; these checks only back it up.
         if not source_allowed(source, self._networks):
-            # Before any handle exists: no conversation, no AI work for a stranger.
-            suppressed = self._refusals.note(str(source_ip(source) or source), time.monotonic())
-            if suppressed is not None:
-                more = f" ({suppressed} more refused since the last warning)" if suppressed else ""
-                log.warning(
-                    "INVITE from %s refused with 403: source not in sip.allow_networks%s",
-                    source,
-                    more,
-                )
+            log.warning("INVITE from %s past the guard refused with 403", source)
             self._refuse(call, 403, "Forbidden", {})
             return
         if not self._accepting:
@@ -778,14 +891,14 @@ class AgentUA:
         op = pj.CallOpParam()
         info = call.getInfo()
         try:
-            headers = parse_sip_headers(str(prm.rdata.wholeMsg))
+            headers = parse_sip_headers(pj_text(prm.rdata.wholeMsg))
         except Exception:
             headers = {}
         handle = CallHandle(
             call_id=int(prm.callId),
-            sip_call_id=str(info.callIdString),
-            remote_uri=str(info.remoteUri),
-            local_uri=str(info.localUri),
+            sip_call_id=pj_text(info.callIdString),
+            remote_uri=pj_text(info.remoteUri),
+            local_uri=pj_text(info.localUri),
             headers=headers,
         )
         call.handle = handle
@@ -819,9 +932,9 @@ class AgentUA:
         info = call.getInfo()
         handle = CallHandle(
             call_id=int(info.id),
-            sip_call_id=str(info.callIdString),
-            remote_uri=str(info.remoteUri),
-            local_uri=str(info.localUri),
+            sip_call_id=pj_text(info.callIdString),
+            remote_uri=pj_text(info.remoteUri),
+            local_uri=pj_text(info.localUri),
             headers=dict(headers),
             outbound=True,
             ref=ref,
@@ -896,6 +1009,7 @@ class AgentUA:
 
     def _drop_objects(self) -> None:
         """Delete pjsua2 objects on this thread, before libDestroy (never after it)."""
+        self.guard.uninstall()
         for call in self.calls.values():
             call.port = None
         self.calls.clear()

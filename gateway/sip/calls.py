@@ -31,6 +31,17 @@ _SPECIAL = {
 }
 
 
+def pj_text(value: object) -> str:
+    """Text from pjsua2 that came off the network, as valid Unicode.
+
+    SWIG hands C strings to Python decoded as UTF-8 with ``surrogateescape``, so bytes that
+    are not UTF-8 (a Latin-1 display name in From) become lone surrogates, which no
+    database driver or JSON encoder takes. They are replaced with U+FFFD here, once.
+    """
+    text = str(value)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _canonical(name: str) -> str:
     name = _COMPACT.get(name.lower(), name)
     special = _SPECIAL.get(name.lower())

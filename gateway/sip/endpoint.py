@@ -43,7 +43,7 @@ class EndpointOptions:
     public_host: str | None = None
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     max_calls: int = 4
-    user_agent: str = "sipagent"
+    user_agent: str = ""  # empty: no User-Agent header
     log_level: int = 1
     # Jitter buffer prefetch in ms: a small start, room to adapt on a jittery path.
     jb_init_ms: int = 40
@@ -153,11 +153,17 @@ class PjThread:
         self._error: BaseException | None = None
         self._tickers: list[tuple[float, float, Callable[[], None]]] = []
         self._garbage: list[Any] = []
+        self._on_init: list[Callable[[], None]] = []
         self._on_started: list[Callable[[], None]] = []
         self._on_stopping: list[Callable[[], None]] = []
         self._on_destroy: list[Callable[[], None]] = []
 
     # -- life cycle -------------------------------------------------------------------------
+    def on_init(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the pj thread after libInit, before the SIP transport exists (so
+        it is in place before the first packet can arrive)."""
+        self._on_init.append(fn)
+
     def on_started(self, fn: Callable[[], None]) -> None:
         """Run `fn` on the pj thread once the library is up (before `start` returns)."""
         self._on_started.append(fn)
@@ -259,6 +265,8 @@ class PjThread:
         cfg.medConfig.jbMaxPre = o.jb_max_pre_ms
         ep.libInit(cfg)
         self.ep = ep
+        for fn in self._on_init:
+            fn()
         tcfg = pj.TransportConfig()
         tcfg.port = o.port
         if o.host not in ("", "0.0.0.0"):
