@@ -188,7 +188,11 @@ def run_demo(config: Path | None = None, port: int = 0) -> int:
     port = port or free_udp_port()
     uri = f"sip:agent@127.0.0.1:{port}"
     print(f"sipagent demo: starting the agent on {uri} (loading models)…", flush=True)
-    agent = AgentProcess(port, config)
+    # One call needs no spare worker: loading a spare's models would compete for the CPU
+    # with the call the demo is about (on 2 cores the first question was misheard then).
+    env = dict(os.environ)
+    env.setdefault("SIPAGENT_POOL__SPARE", "false")
+    agent = AgentProcess(port, config, env=env)
     try:
         if not agent.wait_listening():
             print("sipagent demo: the agent did not start:", file=sys.stderr)

@@ -107,7 +107,7 @@ def test_demo_runs_a_call_end_to_end(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "greeting heard" in out
-    assert out.count("agent answered") == 2
-    assert "the call went through" in out
-    assert "→ hours" in out and "→ address" in out
+    assert "greeting heard" in out, out
+    assert out.count("agent answered") == 2, out
+    assert "the call went through" in out, out
+    assert "→ hours" in out and "→ address" in out, out
