@@ -41,8 +41,9 @@ def babble(speak: Speak, ms: int, dbfs: float = -40.0, voices: int = 4) -> np.nd
     out = np.zeros(n)
     for k in range(voices):
         voice = np.frombuffer(speak(BABBLE[k % len(BABBLE)]), dtype="<i2").astype(float)
-        looped = np.tile(voice, n // len(voice) + 2)
         offset = k * 3000 + (k // len(BABBLE)) * 7777  # the same text again, out of step
+        # Long enough for the offset too (12 voices start 48,554 samples in).
+        looped = np.tile(voice, (offset + n) // len(voice) + 2)
         out += looped[offset : offset + n]
     scaled: np.ndarray = out / np.sqrt(np.mean(out**2)) * 32768 * 10 ** (dbfs / 20)
     return scaled

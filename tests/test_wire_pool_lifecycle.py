@@ -139,6 +139,43 @@ def test_workers_die_with_a_killed_supervisor_and_serve_restarts_at_once(
             second.stop(10)
 
 
+def test_a_loaded_spare_takes_the_port_at_once_however_often_workers_die(
+    tmp_path: Path,
+) -> None:
+    # Before, the crash-loop backoff delayed the hand-over itself: 0.5, 1, 2, 4 s from the
+    # third death in a minute on.
+    with running_pool_group(
+        tmp_path,
+        1,
+        app__enabled="false",
+        providers__stt="fake",
+        providers__tts="fake",
+        providers__brain="fake",
+    ) as pool:
+        took = []
+        for death in range(1, 7):
+
+            def spare_loaded(n: int = death) -> bool:
+                return sum("spare worker" in ln and "loaded" in ln for ln in pool.lines) >= n
+
+            wait_for(spare_loaded, 60, f"a loaded spare before death {death}")
+            pid = pool.workers[0][0]
+
+            def replaced(old: int = pid) -> bool:
+                return pool.workers[0][0] != old
+
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            wait_for(replaced, 10, "worker 0 replaced")
+            took.append(time.monotonic() - killed)
+        print("spare took the port after " + ", ".join(f"{t * 1000:.0f}" for t in took) + " ms")
+        assert max(took) < 2.0, took
+        target = ("127.0.0.1", pool.workers[0][1])
+        with RawSip() as sip:
+            dialog = call(sip, target, sdp_offer())
+            assert sip.final(dialog.request(sip, "BYE"), target).code == 200
+
+
 def test_a_display_name_that_is_not_utf8_is_recorded(tmp_path: Path) -> None:
     db = tmp_path / "records.db"
     with running_agent(tmp_path, records__url=f"sqlite:///{db}") as agent, RawSip() as sip:

@@ -226,6 +226,8 @@ class Supervisor:
         index = child.index
         if event == "loaded":
             child.loaded.set()
+            if child is self.spare:
+                self.say(f"spare worker (pid {child.pid}) loaded, ready to take over")
         elif event == "error":
             child.error = str(msg.get("message", "worker failed"))
         elif event == "up" and index is not None:
