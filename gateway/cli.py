@@ -14,9 +14,14 @@ from sip_config import ConfigError, Settings, load_settings, parse_listen
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
+    if getattr(args, "edge", False):
+        overrides["edge"] = {"enabled": True}
     if getattr(args, "listen", None) is not None:
         host, port = parse_listen(args.listen)
-        overrides["sip"] = {"listen_host": host, "listen_port": port}
+        # With the edge on, --listen is the pool's one public address: the edge's.
+        edge = bool(overrides) or load_settings(args.config).edge.enabled
+        section = "edge" if edge else "sip"
+        overrides.setdefault(section, {}).update({"listen_host": host, "listen_port": port})
     return load_settings(args.config, overrides=overrides or None)
 
 
@@ -229,7 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--listen",
         metavar="HOST:PORT",
-        help="SIP UDP address of the first worker (worker i listens on PORT+i)",
+        help="SIP UDP address of the first worker (worker i listens on PORT+i); with the"
+        " edge, the edge's address",
+    )
+    s.add_argument(
+        "--edge",
+        action="store_true",
+        help="put Kamailio in front of the workers: one SIP address for the pool (edge.*)",
     )
     s.add_argument(
         "--workers",

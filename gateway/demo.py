@@ -56,11 +56,12 @@ class AgentProcess:
         cwd: Path | None = None,
         workers: int | None = None,
         new_session: bool = False,
+        host: str = "127.0.0.1",
     ) -> None:
         """Start the agent; `env` replaces the environment when given.  With
         ``new_session`` it leads its own session, and `stop` also kills any worker process
         left in it."""
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", f"127.0.0.1:{port}"]
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--listen", f"{host}:{port}"]
         if config is not None:
             cmd += ["--config", str(config)]
         if workers is not None:

@@ -165,6 +165,7 @@ class AgentWorker:
                 registration=registration,
                 ring_timeout_s=settings.outbound.ring_timeout_s,
                 new_calls_per_s=sip.max_new_calls_per_s,
+                outbound_proxy=sip.outbound_proxy,
             ),
             self,
         )

@@ -217,6 +217,13 @@ class SipSettings(_Section):
             " a scanner cannot read which software answers."
         ),
     )
+    outbound_proxy: str | None = Field(
+        default=None,
+        description=(
+            "SIP URI the agent sends the calls it places through (e.g. sip:10.0.0.2:5060);"
+            " None sends them straight to their target. The edge sets it for its workers."
+        ),
+    )
     max_new_calls_per_s: float = Field(
         default=10.0,
         ge=1,
@@ -328,6 +335,18 @@ class SipSettings(_Section):
         if isinstance(start, int) and start + value > 65535:
             _invalid(f"rtp_port_start ({start}) + rtp_port_range must be at most 65535")
         return value
+
+    @field_validator("outbound_proxy", mode="before")
+    @classmethod
+    def _empty_proxy_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("outbound_proxy")
+    @classmethod
+    def _validate_outbound_proxy(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"sips?:[^\s<>]+", value.strip()):
+            _invalid("must be a SIP URI such as sip:10.0.0.2:5060")
+        return value.strip() if value is not None else None
 
     @field_validator("user_agent")
     @classmethod
@@ -786,6 +805,104 @@ class PoolSettings(_Section):
         le=120,
         description="A slot routed by the answer_url app is held this long for the INVITE.",
     )
+
+
+class EdgeSettings(_Section):
+    """The Kamailio edge in front of the pool (``[edge]``, ``SIPAGENT_EDGE__*``).
+
+    With the edge on, the pool has one public SIP address (``listen_host:listen_port``, UDP
+    and TCP, and TLS on ``tls_port`` when a certificate is given); the workers listen on
+    127.0.0.1 from ``worker_port`` and take calls from the edge only.
+    """
+
+    enabled: bool = Field(default=False, description="Run Kamailio in front of the workers.")
+    listen_host: str = Field(
+        default=_DEFAULT_LISTEN_HOST, description="The edge's SIP address (UDP, TCP, TLS)."
+    )
+    listen_port: int = Field(default=5060, ge=1, le=65535, description="UDP and TCP port.")
+    public_host: str | None = Field(
+        default=None, description="Address the edge advertises (behind NAT); None: the bound one."
+    )
+    tls_port: int = Field(default=5061, ge=1, le=65535, description="TLS port.")
+    tls_cert: Path | None = Field(
+        default=None, description="PEM certificate (chain) for TLS; TLS is off without it."
+    )
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert.")
+    worker_port: int = Field(
+        default=5070,
+        ge=1,
+        le=65535,
+        description="With the edge on, worker i listens on 127.0.0.1:worker_port+i.",
+    )
+    workers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            'More SIP workers on other hosts ("host:port"), each a `sipagent serve` without'
+            " an edge that takes calls only from the edge's address."
+        ),
+    )
+    max_message_bytes: int = Field(
+        default=3500,
+        ge=1000,
+        le=60000,
+        description="Longer SIP messages are dropped (a worker reads at most 4000 bytes).",
+    )
+    requests_per_s_per_source: int = Field(
+        default=50, ge=1, le=10000, description="Above this a source's requests are dropped."
+    )
+    new_calls_per_s: int = Field(
+        default=40, ge=1, le=10000, description="Pool-wide new INVITEs a second; more get 503."
+    )
+    kamailio: str = Field(
+        default="", description="Path of the kamailio binary; empty: found on PATH or /usr/sbin."
+    )
+
+    @field_validator("listen_host")
+    @classmethod
+    def _validate_listen_host(cls, value: str) -> str:
+        try:
+            return _check_host(value)
+        except ValueError as exc:
+            _invalid(str(exc))
+
+    @field_validator("public_host", mode="before")
+    @classmethod
+    def _empty_public_host_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("tls_cert", "tls_key", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _parse_workers(cls, value: object) -> object:
+        return _parse_list(value)
+
+    @field_validator("workers")
+    @classmethod
+    def _validate_workers(cls, value: list[str]) -> list[str]:
+        out = []
+        for item in value:
+            host, sep, port = item.strip().rpartition(":")
+            try:
+                ipaddress.IPv4Address(host)
+            except ValueError:
+                _invalid(f"{item!r} is not IPV4-ADDRESS:PORT (e.g. 10.0.0.12:5060)")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                _invalid(f"{item!r} is not IPV4-ADDRESS:PORT (e.g. 10.0.0.12:5060)")
+            out.append(f"{host}:{int(port)}")
+        return out
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> EdgeSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            _invalid("tls_cert and tls_key go together (PEM files)", show_input=False)
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.expanduser().is_file():
+                _invalid(f"file not found: {path}", show_input=False)
+        return self
 
 
 class AppSettings(_Section):
@@ -1348,6 +1465,7 @@ class Settings(BaseSettings):
     elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
     external: ExternalBrainSettings = Field(default_factory=ExternalBrainSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    edge: EdgeSettings = Field(default_factory=EdgeSettings)
     playbook: Path = Field(
         default_factory=bundled_playbook_path,
         description="Playbook TOML file; unset means the bundled demo playbook.",

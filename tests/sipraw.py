@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import socket
+import ssl
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -78,10 +79,20 @@ def sdp_offer(
 class RawSip:
     """One UDP socket bound to `source` (any 127.0.0.0/8 address works on Linux)."""
 
+    transport = "UDP"
+
     def __init__(self, source: str = "127.0.0.1") -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((source, 0))
         self.host, self.port = self.sock.getsockname()
+
+    def _recv(self, timeout: float) -> bytes | None:
+        """One message within `timeout` seconds, or None."""
+        self.sock.settimeout(max(0.001, timeout))
+        try:
+            return bytes(self.sock.recv(65535))
+        except (TimeoutError, OSError):
+            return None
 
     def close(self) -> None:
         """Close the socket."""
@@ -118,7 +129,8 @@ class RawSip:
         from_tag = from_tag or uuid.uuid4().hex[:10]
         head = (
             f"{method} {uri or f'sip:agent@{host}:{port}'} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {self.host}:{self.port};branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
+            f"Via: SIP/2.0/{self.transport} {self.host}:{self.port}"
+            f";branch=z9hG4bK{uuid.uuid4().hex};rport\r\n"
             "Max-Forwards: 70\r\n"
         ).encode()
         sender = (
@@ -130,7 +142,7 @@ class RawSip:
             f"To: {to}\r\n"
             f"Call-ID: {call_id}\r\n"
             f"CSeq: {cseq} {method}\r\n"
-            f"Contact: <sip:caller@{self.host}:{self.port}>\r\n"
+            f"Contact: <sip:caller@{self.host}:{self.port};transport={self.transport.lower()}>\r\n"
             + (f"Content-Type: {content_type}\r\n" if content_type else "")
             + extra
             + f"Content-Length: {len(payload)}\r\n\r\n"
@@ -149,10 +161,8 @@ class RawSip:
             left = deadline - time.monotonic()
             if left <= 0:
                 return out
-            self.sock.settimeout(left)
-            try:
-                data = self.sock.recv(65535)
-            except (TimeoutError, OSError):
+            data = self._recv(left)
+            if data is None:
                 return out
             parsed = parse_response(data)
             if parsed is not None:
@@ -168,10 +178,8 @@ class RawSip:
             if time.monotonic() >= resend:
                 self.send(message, target)
                 resend = time.monotonic() + 0.5
-            self.sock.settimeout(max(0.001, min(resend, deadline) - time.monotonic()))
-            try:
-                data = self.sock.recv(65535)
-            except (TimeoutError, OSError):
+            data = self._recv(min(resend, deadline) - time.monotonic())
+            if data is None:
                 continue
             resp = parse_response(data)
             if resp is not None and resp.code >= 200 and resp.header("call-id") == call_id:
@@ -196,6 +204,51 @@ class RawSip:
         self.send(("\r\n".join(ack) + "\r\n\r\n").encode("utf-8", "surrogateescape"), target)
 
 
+class SipStream(RawSip):
+    """SIP over one TCP or TLS connection to `target` (TLS: any certificate is taken)."""
+
+    def __init__(self, target: tuple[str, int], *, tls: bool, source: str = "127.0.0.1") -> None:
+        raw = socket.create_connection(target, timeout=5.0, source_address=(source, 0))
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            raw = context.wrap_socket(raw)
+        self.sock = raw
+        self.transport = "TLS" if tls else "TCP"
+        self.host, self.port = raw.getsockname()[:2]
+        self._buffer = b""
+
+    def send(self, message: bytes, target: tuple[str, int]) -> None:
+        """Write a message on the connection (`target` is where it is connected)."""
+        self.sock.sendall(message)
+
+    def _recv(self, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            head, sep, rest = self._buffer.partition(b"\r\n\r\n")
+            if sep:
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() in (b"content-length", b"l"):
+                        length = int(value.strip() or b"0")
+                if len(rest) >= length:
+                    self._buffer = rest[length:]
+                    return head + sep + rest[:length]
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65535)
+            except (TimeoutError, OSError):
+                return None
+            if not chunk:
+                return None
+            self._buffer += chunk
+
+
 def _call_id(message: bytes) -> str:
     for line in message.split(b"\r\n"):
         if line.lower().startswith(b"call-id:"):
@@ -214,11 +267,15 @@ class Dialog:
     target: tuple[str, int]
     answer: Response
     cseq: int = 1
+    # The route set from the answer's Record-Route (a caller uses it in reverse order).
+    routes: tuple[str, ...] = ()
 
     def request(self, sip: RawSip, method: str, **kwargs: object) -> bytes:
         """The next in-dialog request (ACK reuses the INVITE's CSeq)."""
         if method != "ACK":
             self.cseq += 1
+        route = "".join(f"Route: {r}\r\n" for r in self.routes)
+        extra = route + str(kwargs.pop("extra", ""))
         return sip.request(
             method,
             self.target,
@@ -227,6 +284,7 @@ class Dialog:
             to_tag=self.to_tag,
             uri=self.uri,
             cseq=self.cseq,
+            extra=extra,
             **kwargs,  # type: ignore[arg-type]
         )
 
@@ -243,7 +301,15 @@ def dialog_of(answer: Response, target: tuple[str, int]) -> Dialog | None:
     uri = contact[contact.find("<") + 1 : contact.find(">")].strip()
     number = (answer.header("cseq") or "1").split()[0]
     cseq = int(number) if number.isdigit() else 1
-    return Dialog(call_id, from_tag, to_tag, uri, target, answer, cseq)
+    return Dialog(call_id, from_tag, to_tag, uri, target, answer, cseq, route_set(answer))
+
+
+def route_set(answer: Response) -> tuple[str, ...]:
+    """A caller's route set from the Record-Route headers of an answer (reversed)."""
+    entries: list[str] = []
+    for value in answer.headers.get("record-route", []):
+        entries += [part.strip() for part in value.split(",") if part.strip()]
+    return tuple(reversed(entries))
 
 
 def sdp_media_ports(body: bytes) -> tuple[int, int]:
@@ -273,6 +339,8 @@ def call(
     tag = to.rsplit("tag=", 1)[1].split(";")[0].strip() if "tag=" in to else ""
     contact = answer.header("contact") or ""
     uri = contact[contact.find("<") + 1 : contact.find(">")] if "<" in contact else contact
-    dialog = Dialog(_call_id(invite), from_tag, tag, uri.strip(), target, answer)
+    dialog = Dialog(
+        _call_id(invite), from_tag, tag, uri.strip(), target, answer, routes=route_set(answer)
+    )
     sip.send(dialog.request(sip, "ACK"), target)
     return dialog

@@ -87,14 +87,21 @@ def _setup_logging(level: str, name: str) -> None:
 
 
 def worker_settings(settings: Settings, command: dict[str, Any]) -> Settings:
-    """The settings of worker ``index``: its own SIP port and RTP port range."""
-    sip = settings.sip.model_copy(
-        update={
-            "listen_port": int(command["sip_port"]),
-            "rtp_port_start": int(command["rtp_port_start"]),
-            "rtp_port_range": int(command["rtp_port_range"]),
-        }
-    )
+    """The settings of worker ``index``: its own SIP address and RTP port range; behind
+    the edge, a loopback address that takes requests from the edge only, and the calls it
+    places go out through the edge."""
+    update: dict[str, Any] = {
+        "listen_port": int(command["sip_port"]),
+        "rtp_port_start": int(command["rtp_port_start"]),
+        "rtp_port_range": int(command["rtp_port_range"]),
+    }
+    if "sip_host" in command:
+        update["listen_host"] = str(command["sip_host"])
+    if "allow_networks" in command:
+        update["allow_networks"] = [str(n) for n in command["allow_networks"]]
+    if command.get("outbound_proxy"):
+        update["outbound_proxy"] = str(command["outbound_proxy"])
+    sip = settings.sip.model_copy(update=update)
     return settings.model_copy(update={"sip": sip})
 
 

@@ -25,6 +25,7 @@ import errno
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +34,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.edge.config import EdgePlan
+from gateway.edge.process import Edge, EdgeError, edge_run_dir, find_kamailio
 from gateway.pool import protocol
 from gateway.pool.state import PoolState
 from sip_config import ConfigError, Settings
@@ -77,6 +80,23 @@ class WorkerPlan:
     sip_port: int
     rtp_port_start: int
     rtp_port_range: int
+    sip_host: str = "127.0.0.1"
+
+    @property
+    def address(self) -> str:
+        """host:port of its SIP transport."""
+        return f"{self.sip_host}:{self.sip_port}"
+
+
+_LOOPBACK_OR_ANY = ("127.0.0.1", "0.0.0.0", "localhost", "")
+
+
+def worker_base(settings: Settings) -> tuple[str, int]:
+    """(host, first SIP port) of the workers: their own public address, or loopback
+    behind the edge."""
+    if settings.edge.enabled:
+        return "127.0.0.1", settings.edge.worker_port
+    return settings.sip.listen_host, settings.sip.listen_port
 
 
 def plan_workers(settings: Settings, workers: int) -> list[WorkerPlan]:
@@ -90,28 +110,45 @@ def plan_workers(settings: Settings, workers: int) -> list[WorkerPlan]:
             f" {len(settings.registration.accounts)} configured"
         )
     sip, per = settings.sip, settings.pool.rtp_ports_per_worker
+    host, base = worker_base(settings)
+    name = "edge.worker_port" if settings.edge.enabled else "sip.listen_port"
+    if settings.edge.enabled:
+        _check_edge(settings, base, workers)
     if workers == 1:
         per = sip.rtp_port_range
-    if sip.listen_port + workers - 1 > 65535:
-        raise ConfigError(
-            f"pool.workers: {workers} SIP ports from sip.listen_port {sip.listen_port}"
-            " go past 65535"
-        )
+    if base + workers - 1 > 65535:
+        raise ConfigError(f"pool.workers: {workers} SIP ports from {name} {base} go past 65535")
     if sip.rtp_port_start + workers * per > 65535:
         raise ConfigError(
             f"pool.workers: {workers} workers x {per} RTP ports from sip.rtp_port_start"
             f" {sip.rtp_port_start} go past 65535"
         )
     rtp_end = sip.rtp_port_start + workers * per
-    if sip.rtp_port_start <= sip.listen_port < rtp_end:
+    if sip.rtp_port_start <= base < rtp_end:
         raise ConfigError(
-            f"sip.listen_port {sip.listen_port} lies inside the workers' RTP ports"
-            f" {sip.rtp_port_start}-{rtp_end - 1}"
+            f"{name} {base} lies inside the workers' RTP ports {sip.rtp_port_start}-{rtp_end - 1}"
         )
     return [
-        WorkerPlan(i, sip.listen_port + i, sip.rtp_port_start + i * per, per)
-        for i in range(workers)
+        WorkerPlan(i, base + i, sip.rtp_port_start + i * per, per, host) for i in range(workers)
     ]
+
+
+def _check_edge(settings: Settings, base: int, workers: int) -> None:
+    """The edge's settings against the workers': ConfigError naming what does not fit."""
+    edge = settings.edge
+    if settings.sip.mode == "register":
+        raise ConfigError(
+            "edge.enabled: register mode has no edge (each worker registers its own"
+            " endpoint and Plivo calls it there); use sip.mode = direct with the edge"
+        )
+    if edge.listen_host in _LOOPBACK_OR_ANY:
+        ports = {edge.listen_port} | ({edge.tls_port} if edge.tls_cert else set())
+        for port in sorted(ports):
+            if base <= port < base + workers:
+                raise ConfigError(
+                    f"edge.worker_port: the workers' ports {base}-{base + workers - 1} on"
+                    f" 127.0.0.1 hold the edge's port {port}; move edge.worker_port"
+                )
 
 
 @dataclass
@@ -167,6 +204,7 @@ class Supervisor:
         self.deaths: dict[int, list[float]] = {}
         self.registers = settings.sip.mode == "register"
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.edge: Edge | None = None
         self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._last_request = 0
 
@@ -232,6 +270,10 @@ class Supervisor:
             child.error = str(msg.get("message", "worker failed"))
         elif event == "up" and index is not None:
             uri = str(msg.get("uri", ""))
+            if self.settings.edge.enabled:
+                uri = self.edge_uri()  # calls reach every worker through the edge
+            if self.edge is not None:
+                self._own(self.edge.set_worker(self.plans[index].address, True))
             self.state.worker_up(index, child.pid, uri, self.registers)
             if child.registration is not None:
                 self.state.set_registration(index, *child.registration)
@@ -313,6 +355,8 @@ class Supervisor:
         index = child.index
         if index is not None and self.by_index.get(index) is child:
             del self.by_index[index]
+            if self.edge is not None and not self.stopping:
+                self._own(self.edge.set_worker(self.plans[index].address, False))
             lost = self.state.worker_down(index)
             for sip_call_id in lost:
                 self._record("sip_ended", None, sip_call_id, index, "worker died", time.time())
@@ -397,6 +441,7 @@ class Supervisor:
                     "sip_port": plan.sip_port,
                     "rtp_port_start": plan.rtp_port_start,
                     "rtp_port_range": plan.rtp_port_range,
+                    **self._edge_worker(plan),
                 },
             )
             up = asyncio.ensure_future(child.up.wait())
@@ -423,7 +468,30 @@ class Supervisor:
             await protocol.send(child.writer, message)
 
     def _host(self) -> str:
+        if self.settings.edge.enabled:
+            return self.plans[0].sip_host
         return self.settings.sip.public_host or self.settings.sip.listen_host
+
+    def _edge_worker(self, plan: WorkerPlan) -> dict[str, Any]:
+        """What a worker behind the edge is told: listen on loopback, take requests from
+        the edge only, send the calls it places through the edge."""
+        edge = self.settings.edge
+        if not edge.enabled:
+            return {}
+        sources = ["127.0.0.1/32"]
+        if edge.listen_host not in _LOOPBACK_OR_ANY:
+            sources.append(f"{edge.listen_host}/32")
+        return {
+            "sip_host": plan.sip_host,
+            "allow_networks": sources,
+            "outbound_proxy": f"sip:127.0.0.1:{edge.listen_port};lr",
+        }
+
+    def edge_uri(self) -> str:
+        """The SIP URI of the agent at the edge (what Plivo's Dial and trunks call)."""
+        edge = self.settings.edge
+        host = edge.public_host or edge.listen_host
+        return f"sip:{self.settings.sip.user}@{host}:{edge.listen_port}"
 
     # -- requests to a worker (push, dial) ----------------------------------------------
     async def _ask(self, child: _Child, message: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -518,15 +586,17 @@ class Supervisor:
         """Wait until every worker's SIP port is free (the workers of a gateway killed a
         moment ago hold them for up to half a second); RuntimeError naming the ports still
         taken after ``timeout_s``."""
-        host = self.settings.sip.listen_host
-        ports = [p.sip_port for p in self.plans]
+        wanted = [(p.sip_host, p.sip_port) for p in self.plans]
+        edge = self.settings.edge
+        if edge.enabled:
+            wanted.append((edge.listen_host, edge.listen_port))
         deadline = time.monotonic() + timeout_s
         while True:
-            busy = [p for p in ports if _udp_port_taken(host, p)]
+            busy = [f"{h}:{p}" for h, p in wanted if _udp_port_taken(h, p)]
             if not busy:
                 return
             if time.monotonic() >= deadline:
-                names = ", ".join(f"{host}:{p}" for p in busy)
+                names = ", ".join(busy)
                 raise RuntimeError(
                     f"cannot listen on udp {names}: in use by another process"
                     f" (waited {timeout_s:g} s for it to come free)"
@@ -552,6 +622,8 @@ class Supervisor:
     async def drain(self, timeout_s: float) -> None:
         """Route and accept no new calls; wait up to ``timeout_s`` for calls to end."""
         self.state.start_draining()
+        if self.edge is not None:
+            await self.edge.set_draining(True)
         for child in list(self.by_index.values()):
             await self._send(child, {"cmd": "drain"})
         calls = self.state.total_calls()
@@ -604,7 +676,17 @@ def _string_map(value: Any) -> dict[str, str] | None:
 def _print_routing(sup: Supervisor, app_url: str | None) -> None:
     s = sup.settings
     snapshot = sup.state.snapshot()
-    if s.sip.mode == "register":
+    if sup.edge is not None:
+        e = s.edge
+        tls = f", tls {e.tls_port}" if e.tls_cert else ""
+        sup.say(
+            f"edge: {sup.edge.plan.uri} (udp, tcp{tls}) in front of"
+            f" {len(sup.edge.plan.workers)} workers; Kamailio pid"
+            f" {sup.edge.proc.pid if sup.edge.proc else '?'}"
+        )
+        sup.say(f"trunk origination URI: {sup.edge.plan.uri}")
+        sup.say(f"Dial XML: <Dial><User>{sup.edge_uri()}</User></Dial>")
+    elif s.sip.mode == "register":
         users = [f"sip:{a.username}@{s.registration.uri_domain}" for a in s.registration.accounts]
         xml = "".join(f"<User>{u}</User>" for u in users[: len(snapshot)])
         sup.say(f"Dial XML for the registered endpoints: <Dial>{xml}</Dial>")
@@ -639,6 +721,12 @@ async def _serve(settings: Settings, workers: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(sig, on_signal)
     sup = Supervisor(settings, workers)  # checks the port plan first (ConfigError)
+    kamailio = ""
+    if settings.edge.enabled:
+        try:
+            kamailio = find_kamailio(settings.edge.kamailio)
+        except EdgeError as exc:
+            raise ConfigError(str(exc)) from None
     try:
         records = CallRecords.open(settings.records.url)
     except Exception as exc:
@@ -676,7 +764,10 @@ async def _serve(settings: Settings, workers: int) -> int:
             sup.settings = settings.model_copy(update={"external": external})
         try:
             await sup.start()
-        except RuntimeError as exc:
+            if settings.edge.enabled:
+                sup.edge = Edge(edge_plan(sup), kamailio, sup.say)
+                await sup.edge.start()
+        except (RuntimeError, OSError) as exc:
             sup.say(f"cannot start: {exc}")
             return 1
         _print_routing(sup, app_url)
@@ -699,6 +790,9 @@ async def _serve(settings: Settings, workers: int) -> int:
         return 0
     finally:
         await sup.stop()
+        if sup.edge is not None:
+            await sup.edge.stop()
+            shutil.rmtree(sup.edge.plan.run_dir, ignore_errors=True)
         if server is not None:
             server.close()
         if claimed:
@@ -706,6 +800,31 @@ async def _serve(settings: Settings, workers: int) -> int:
                 records.release_gateway()
         records.close()
         sup.say("stopped")
+
+
+def edge_plan(sup: Supervisor) -> EdgePlan:
+    """What the edge's Kamailio is configured with, from the settings and the pool."""
+    s = sup.settings
+    e = s.edge
+    extra: tuple[str, ...] = ()
+    if e.listen_host not in _LOOPBACK_OR_ANY:
+        # Workers reach the edge, and the edge its workers, over loopback.
+        extra = (f"udp:127.0.0.1:{e.listen_port}",)
+    return EdgePlan(
+        listen_host=e.listen_host,
+        listen_port=e.listen_port,
+        run_dir=edge_run_dir(),
+        workers=tuple([p.address for p in sup.plans] + list(e.workers)),
+        allow_networks=tuple(s.sip.allow_networks),
+        public_host=e.public_host,
+        tls_port=e.tls_port if e.tls_cert else None,
+        tls_cert=e.tls_cert.expanduser().absolute() if e.tls_cert else None,
+        tls_key=e.tls_key.expanduser().absolute() if e.tls_key else None,
+        max_message_bytes=e.max_message_bytes,
+        requests_per_s_per_source=e.requests_per_s_per_source,
+        new_calls_per_s=e.new_calls_per_s,
+        extra_listen=extra,
+    )
 
 
 def gateway_identity(settings: Settings) -> str:

@@ -86,6 +86,8 @@ class AgentOptions:
     # New INVITEs let through to pjsua per second (and at once); more get 503. Each one
     # binds two media sockets of the 64-slot select ioqueue for at least 0.5 s.
     new_calls_per_s: float = 10.0
+    # The calls the agent places go through this SIP URI (the edge); None: straight out.
+    outbound_proxy: str | None = None
 
 
 # -- pure helpers (no pjsua2) -------------------------------------------------------------------
@@ -685,6 +687,9 @@ class AgentUA:
         else:
             self._configure_registration(cfg, reg)
         cfg.idUri = self.uri
+        if self.options.outbound_proxy:
+            proxy = self.options.outbound_proxy
+            cfg.sipConfig.proxies.append(proxy if ";lr" in proxy else f"{proxy};lr")
         mcfg = cfg.mediaConfig.transportConfig
         mcfg.port = self.options.rtp_port_start
         mcfg.portRange = pjsua_port_range(self.options.rtp_port_range)

@@ -1,0 +1,282 @@
+"""The Kamailio edge on the wire: `sipagent serve --edge` gives the pool one SIP address.
+
+Calls to the edge are spread over workers with a free slot (486 only when every worker is
+full), a dead worker gets no new call, in-dialog requests pass the edge both ways, floods
+and the RFC 4475 torture messages stop there, TLS is served, and serve instances on other
+hosts take calls behind it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway.audio.pcm import write_wav
+from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from tests.fakes.plivo_api import signed_request
+from tests.kamailio import kamailio_binary, sipp_available
+from tests.sipraw import Dialog, RawSip, SipStream, call, sdp_offer
+from tests.wire import (
+    POOL_TOKEN,
+    clean_env,
+    finish_call,
+    place_call,
+    start_call,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.wire,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(kamailio_binary() is None, reason="kamailio (Debian package) missing"),
+]
+
+DATA = Path(__file__).parent / "data" / "rfc4475"
+_INCOMING = re.compile(r" w(\d+) gateway\.sip\.agent: incoming call (\S+)")
+
+
+def fake_env(tmp: Path, **settings: str) -> dict[str, str]:
+    """A pool with the fake providers, no app, records in `tmp`."""
+    env = {
+        "SIPAGENT_PROVIDERS__STT": "fake",
+        "SIPAGENT_PROVIDERS__TTS": "fake",
+        "SIPAGENT_PROVIDERS__BRAIN": "fake",
+        "SIPAGENT_APP__ENABLED": "false",
+        "SIPAGENT_RECORDS__URL": f"sqlite:///{tmp / 'records.db'}",
+        "SIPAGENT_POOL__DRAIN_TIMEOUT_S": "5",
+    }
+    env.update({f"SIPAGENT_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+@contextmanager
+def edge_pool(tmp: Path, workers: int, **settings: str) -> Iterator[AgentProcess]:
+    """`sipagent serve --edge --workers N` on a free port (the edge's), workers behind it on
+    free loopback ports; stopped at the end."""
+    port = free_udp_port()
+    env = fake_env(tmp, **settings)
+    env["SIPAGENT_EDGE__ENABLED"] = "true"
+    env.setdefault("SIPAGENT_EDGE__WORKER_PORT", str(free_udp_port()))
+    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 40 * 8)))
+    env.setdefault("SIPAGENT_SIP__ALLOW_NETWORKS", "127.0.0.1/32")
+    pool = AgentProcess(port, env=clean_env(**env), cwd=tmp, workers=workers, new_session=True)
+    try:
+        assert pool.wait_ready(120), "pool did not start:\n" + "\n".join(pool.lines[-40:])
+        yield pool
+    finally:
+        pool.stop(30)
+
+
+def edge_args(pool: AgentProcess) -> tuple[str, int]:
+    return ("127.0.0.1", pool.port)
+
+
+def worker_of(pool: AgentProcess, dialog: Dialog) -> int:
+    """Index of the worker that logged the call's arrival."""
+    call_id = dialog.answer.header("call-id")
+    for line in list(pool.lines):
+        m = _INCOMING.search(line)
+        if m and m.group(2) == call_id:
+            return int(m.group(1))
+    raise AssertionError(f"no worker logged call {call_id}")
+
+
+def deaths(pool: AgentProcess) -> list[str]:
+    return [line for line in pool.lines if ") died (" in line]
+
+
+def test_calls_to_the_edge_fill_every_worker_then_486_and_dialogs_pass_it(tmp_path: Path) -> None:
+    with edge_pool(tmp_path, 3) as pool, RawSip() as sip:
+        edge = edge_args(pool)
+        dialogs = [call(sip, edge, sdp_offer(port=42000 + 2 * i)) for i in range(12)]
+        wait_for(lambda: sum(" incoming call " in ln for ln in pool.lines) >= 12, 10, "12 calls")
+        spread = [worker_of(pool, d) for d in dialogs]
+        assert sorted(spread.count(w) for w in range(3)) == [4, 4, 4], spread
+        full = sip.final(sip.request("INVITE", edge, body=sdp_offer()), edge)
+        assert full.code == 486, full
+        # In-dialog requests follow the edge's Record-Route both ways.
+        assert all(d.routes and str(pool.port) in d.routes[0] for d in dialogs)
+        reinvite = sip.final(dialogs[0].request(sip, "INVITE", body=sdp_offer(port=43000)), edge)
+        assert reinvite.code == 200, reinvite
+        sip.send(dialogs[0].request(sip, "ACK"), edge)
+        for d in dialogs:
+            bye = sip.final(d.request(sip, "BYE"), edge)
+            assert bye.code == 200, bye
+        wait_for(lambda: sum(" ended: 200" in ln for ln in pool.lines) >= 12, 10, "12 ends")
+
+
+def test_the_agents_own_bye_reaches_the_caller_through_the_edge(tmp_path: Path) -> None:
+    with edge_pool(tmp_path, 1, conversation__no_input_timeout_s="2") as pool:
+        report = place_call(f"sip:agent@127.0.0.1:{pool.port}", "--no-hangup", "--timeout", "20")
+    assert report["answered"] and report["ended_by"] == "agent", report
+
+
+def test_a_killed_worker_gets_no_new_call_and_its_replacement_does(tmp_path: Path) -> None:
+    with edge_pool(tmp_path, 2, pool__spare="false") as pool, RawSip() as sip:
+        edge = edge_args(pool)
+        doomed, _ = pool.workers[0]
+        os.kill(doomed, signal.SIGKILL)
+        wait_for(lambda: any(f"(pid {doomed}) died" in ln for ln in pool.lines), 5, "the death")
+        # The supervisor told the edge at once: no call waits for the dead worker.
+        held = []
+        for i in range(4):
+            started = time.monotonic()
+            held.append(call(sip, edge, sdp_offer(port=42000 + 2 * i)))
+            assert time.monotonic() - started < 0.9, "a call went to the dead worker first"
+            assert worker_of(pool, held[-1]) == 1
+        wait_for(lambda: pool.workers[0][0] != doomed, 30, "worker 0 replaced")
+        # Worker 1 is full now: the next calls can only go to the replacement.
+        time.sleep(0.5)
+        for i in range(4):
+            held.append(call(sip, edge, sdp_offer(port=42100 + 2 * i), timeout=5.0))
+            assert worker_of(pool, held[-1]) == 0
+        for d in held:
+            sip.final(d.request(sip, "BYE"), edge)
+        assert not any("did not answer" in ln for ln in pool.lines)
+
+
+@pytest.mark.skipif(not sipp_available(), reason="sipp (Debian sip-tester) missing")
+def test_an_invite_flood_through_the_edge_kills_no_worker(tmp_path: Path, speech_wav: Path) -> None:
+    with edge_pool(tmp_path, 2, sip__allow_networks="127.0.0.0/8") as pool:
+        target = f"127.0.0.1:{pool.port}"
+        talking = start_call(
+            f"sip:agent@{target}", *["--play", str(speech_wav)] * 3, "--timeout", "60"
+        )
+        wait_for(lambda: any(" incoming call " in ln for ln in pool.lines), 20, "the call")
+        flood = subprocess.run(
+            [
+                *("sipp", "-sn", "uac", target, "-s", "agent", "-i", "127.0.0.2", "-p", "0"),
+                *("-mp", str(free_udp_port()), "-r", "300", "-m", "1500", "-d", "100"),
+                *("-nostdin", "-timeout", "15s", "-recv_timeout", "2000"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        report = finish_call(talking, timeout=120)
+        assert not deaths(pool), deaths(pool)
+        after = place_call(f"sip:agent@{target}", "--play", str(speech_wav))
+    assert flood.returncode in (0, 1), flood.stderr[-1500:]  # 1: calls failed, as they should
+    assert report["returncode"] == 0, report["stderr"][-2000:]
+    assert all(s["reply_latency_ms"] is not None for s in report["steps"]), report["steps"]
+    assert after["answered"] and after["steps"][0]["reply_latency_ms"] is not None, after
+
+
+def test_the_rfc4475_torture_messages_through_the_edge_kill_no_worker(
+    tmp_path: Path, speech_wav: Path
+) -> None:
+    messages = sorted(DATA.glob("*.dat"))
+    assert len(messages) == 49
+    with edge_pool(tmp_path, 2) as pool:
+        edge = edge_args(pool)
+        with RawSip() as sip:
+            for path in messages:
+                sip.send(path.read_bytes(), edge)
+                sip.receive(0.05)
+        time.sleep(1.0)
+        assert not deaths(pool), deaths(pool)
+        report = place_call(f"sip:agent@127.0.0.1:{pool.port}", "--play", str(speech_wav))
+    assert report["answered"] and report["steps"][0]["reply_latency_ms"] is not None, report
+
+
+def test_a_call_over_tls_is_answered(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    tls_port = free_udp_port()
+    with edge_pool(
+        tmp_path, 1, edge__tls_cert=str(cert), edge__tls_key=str(key), edge__tls_port=str(tls_port)
+    ) as pool:
+        target = ("127.0.0.1", tls_port)
+        with SipStream(target, tls=True) as sip:
+            dialog = call(sip, target, sdp_offer())
+            assert dialog.answer.code == 200
+            wait_for(lambda: any(" incoming call " in ln for ln in pool.lines), 5, "the call")
+            bye = sip.final(dialog.request(sip, "BYE"), target)
+        assert bye.code == 200, bye
+        assert any("(udp, tcp, tls" in ln for ln in pool.lines)
+
+
+def test_serve_hosts_behind_one_edge_both_take_calls(tmp_path: Path) -> None:
+    hosts = {}
+    with ExitStack() as stack:
+        for i, host in enumerate(("127.0.0.2", "127.0.0.3")):
+            port = free_udp_port(host)
+            env = fake_env(
+                tmp_path / host,
+                sip__allow_networks="127.0.0.1/32",  # the edge's address only
+                sip__rtp_port_start=str(rtp_base_for(port, 40 * 8) + 100 * i),
+                pool__spare="false",
+            )
+            (tmp_path / host).mkdir()
+            proc = AgentProcess(
+                port, env=clean_env(**env), cwd=tmp_path / host, workers=1, host=host
+            )
+            stack.callback(proc.stop, 30)
+            hosts[host] = (proc, port)
+        for proc, _ in hosts.values():
+            assert proc.wait_ready(120), "\n".join(proc.lines[-20:])
+        remote = ",".join(f"{h}:{p}" for h, (_, p) in hosts.items())
+        (tmp_path / "edge").mkdir()
+        pool = stack.enter_context(edge_pool(tmp_path / "edge", 1, edge__workers=remote))
+        edge = edge_args(pool)
+        with RawSip() as sip:
+            dialogs = [call(sip, edge, sdp_offer(port=44000 + 2 * i)) for i in range(6)]
+            for host, (proc, _) in hosts.items():
+
+                def took_a_call(p: AgentProcess = proc) -> bool:
+                    return any(" incoming call " in ln for ln in p.lines)
+
+                wait_for(took_a_call, 10, f"a call on {host}")
+            for d in dialogs:
+                assert sip.final(d.request(sip, "BYE"), edge).code == 200
+
+
+def test_a_dead_kamailio_is_restarted(tmp_path: Path, speech_wav: Path) -> None:
+    with edge_pool(tmp_path, 1) as pool:
+        line = next(ln for ln in pool.lines if "Kamailio pid" in ln)
+        kamailio = int(line.rsplit(" ", 1)[1])
+        os.kill(kamailio, signal.SIGKILL)
+        wait_for(
+            lambda: any("kamailio (pid" in ln and "back up" in ln for ln in pool.lines),
+            20,
+            "restart",
+        )
+        report = place_call(f"sip:agent@127.0.0.1:{pool.port}", "--play", str(speech_wav))
+    assert report["answered"] and report["steps"][0]["reply_latency_ms"] is not None, report
+
+
+@pytest.fixture(scope="module")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory, speech_8k: Callable[[str], bytes]) -> Path:
+    path = tmp_path_factory.mktemp("speech") / "hours.wav"
+    write_wav(path, speech_8k("What are your opening hours?"))
+    return path
+
+
+def test_the_answer_url_app_dials_the_edge(tmp_path: Path) -> None:
+    with edge_pool(
+        tmp_path, 2, app__enabled="true", app__listen_port="0", app__auth_token=POOL_TOKEN
+    ) as pool:
+        assert pool.app_url is not None
+        params = {"CallUUID": str(uuid.uuid4()), "From": "+14155550100", "To": "+14155550199"}
+        status, body = signed_request(pool.app_url + "/answer", params, POOL_TOKEN)
+    assert status == 200, body
+    user = ET.fromstring(body).find("Dial/User")
+    assert user is not None and user.text == f"sip:agent@127.0.0.1:{pool.port}", body
