@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,9 @@ from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.fakes.plivo_api import signed_request
 from tests.kamailio import kamailio_binary, sipp_available
 from tests.sipraw import Dialog, RawSip, SipStream, call, sdp_offer
+from tests.test_wire_bot_push import post_json
+from tests.test_wire_outbound import KEY as OUTBOUND_KEY
+from tests.test_wire_outbound import answer_scenario, sipp_uas
 from tests.wire import (
     POOL_TOKEN,
     clean_env,
@@ -280,3 +284,46 @@ def test_the_answer_url_app_dials_the_edge(tmp_path: Path) -> None:
     assert status == 200, body
     user = ET.fromstring(body).find("Dial/User")
     assert user is not None and user.text == f"sip:agent@127.0.0.1:{pool.port}", body
+
+
+@pytest.mark.skipif(not sipp_available(), reason="sipp (Debian sip-tester) missing")
+def test_a_call_the_agent_places_leaves_through_the_edge(tmp_path: Path) -> None:
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    with (
+        closing(rtp),
+        edge_pool(
+            tmp_path,
+            1,
+            app__enabled="true",
+            app__listen_port="0",
+            app__auth_token=POOL_TOKEN,
+            sip__rtp_timeout_s="3",
+            outbound__api_key=OUTBOUND_KEY,
+            outbound__window_start="00:00",
+            outbound__window_end="23:59",
+        ) as pool,
+    ):
+        assert pool.app_url is not None
+        # A callee that keeps the route set (RFC 3261 12.1.1): Record-Route in its answers.
+        scenario = answer_scenario(rtp.getsockname()[1]).replace(
+            "[last_CSeq:]", "[last_CSeq:]\n[last_Record-Route:]", 2
+        )
+        with sipp_uas(tmp_path, scenario, "callee") as (
+            port,
+            log,
+            wait,
+        ):
+            status, body = post_json(
+                f"{pool.app_url}/calls", {"to": f"sip:callee@127.0.0.1:{port}"}, token=OUTBOUND_KEY
+            )
+            assert status == 201, body
+            # The agent hangs up when the callee's RTP stops: its BYE comes through the edge.
+            assert wait() == 0, "sipp did not see the call through"
+            messages = log.read_text(errors="replace")
+    invite = messages[messages.index("INVITE sip:callee") :]
+    # The edge relayed it (its Via on top, its Record-Route), not the worker directly.
+    assert f"Via: SIP/2.0/UDP 127.0.0.1:{pool.port}" in invite.split("\n\n")[0], invite[:800]
+    assert "Record-Route: <sip:127.0.0.1:" in invite.split("\n\n")[0], invite[:800]
+    bye = messages[messages.index("BYE sip:") :]
+    assert f"Via: SIP/2.0/UDP 127.0.0.1:{pool.port}" in bye.split("\n\n")[0], bye[:800]

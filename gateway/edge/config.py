@@ -371,13 +371,18 @@ route[IN_DIALOG] {{
         t_relay();
         exit;
     }}
-    if (is_method("ACK")) {{
-        if (t_check_trans()) {{
-            t_relay();
-        }}
+    if (is_method("ACK") && t_check_trans()) {{
+        t_relay();
         exit;
     }}
-    sl_send_reply("481", "Call/Transaction Does Not Exist");
+    # A peer that ignored the Record-Route still names a worker in the Request-URI.
+    if (ds_is_from_list("{set}", "2", "$ru")) {{
+        t_relay();
+        exit;
+    }}
+    if (!is_method("ACK")) {{
+        sl_send_reply("481", "Call/Transaction Does Not Exist");
+    }}
 }}
 
 route[NOT_A_CALL] {{
