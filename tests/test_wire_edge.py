@@ -46,6 +46,8 @@ pytestmark = [
 ]
 
 DATA = Path(__file__).parent / "data" / "rfc4475"
+# What a scanner must not read in any answer.
+SIGNATURE = re.compile(rb"kamailio|pjsip|pjsua|pjmedia|sipagent|x-nat", re.IGNORECASE)
 _INCOMING = re.compile(r" w(\d+) gateway\.sip\.agent: incoming call (\S+)")
 
 
@@ -327,3 +329,28 @@ def test_a_call_the_agent_places_leaves_through_the_edge(tmp_path: Path) -> None
     assert "Record-Route: <sip:127.0.0.1:" in invite.split("\n\n")[0], invite[:800]
     bye = messages[messages.index("BYE sip:") :]
     assert f"Via: SIP/2.0/UDP 127.0.0.1:{pool.port}" in bye.split("\n\n")[0], bye[:800]
+
+
+def test_a_draining_pool_answers_503_at_the_edge_and_names_no_software(tmp_path: Path) -> None:
+    with edge_pool(tmp_path, 1, pool__drain_timeout_s="30") as pool:
+        edge = edge_args(pool)
+        answers = []
+        with RawSip() as sip:
+            talking = call(sip, edge, sdp_offer())
+            answers.append(talking.answer)
+            answers.append(sip.final(sip.request("OPTIONS", edge), edge))
+            answers.append(sip.final(sip.request("REGISTER", edge), edge))
+            with RawSip("127.0.0.2") as stranger:
+                answers.append(stranger.final(stranger.request("OPTIONS", edge), edge))
+            os.killpg(pool.proc.pid, signal.SIGTERM)
+            wait_for(lambda: any("sipagent: draining" in ln for ln in pool.lines), 10, "drain")
+            refused = sip.final(sip.request("INVITE", edge, body=sdp_offer()), edge)
+            ping = sip.final(sip.request("OPTIONS", edge), edge)
+            answers += [refused, ping]
+            # The call in progress goes on and ends normally through the edge.
+            assert sip.final(talking.request(sip, "BYE"), edge).code == 200
+        assert pool.proc.wait(30) == 0
+    assert [a.code for a in answers] == [200, 200, 405, 403, 503, 503], answers
+    assert (refused.header("retry-after") or "").isdigit(), refused.raw
+    for answer in answers:
+        assert not SIGNATURE.search(answer.raw), answer.raw.decode(errors="replace")
