@@ -166,6 +166,8 @@ class AgentWorker:
                 ring_timeout_s=settings.outbound.ring_timeout_s,
                 new_calls_per_s=sip.max_new_calls_per_s,
                 outbound_proxy=sip.outbound_proxy,
+                media_host=sip.media_host,
+                media_public_host=sip.media_public_host,
             ),
             self,
         )

@@ -195,6 +195,17 @@ class SipSettings(_Section):
     public_host: str | None = Field(
         default=None, description="Address advertised in Contact/SDP; None uses the bound one."
     )
+    media_host: str | None = Field(
+        default=None,
+        description=(
+            "Local address to bind RTP to; None uses listen_host. Behind the edge the"
+            " workers' SIP is on loopback and their media on this (or edge.listen_host)."
+        ),
+    )
+    media_public_host: str | None = Field(
+        default=None,
+        description="Address advertised in SDP for RTP; None uses public_host, then media_host.",
+    )
     user: str = Field(default="agent", description="SIP user part of the agent's URI.")
     codecs: Annotated[list[Codec], NoDecode] = Field(
         default_factory=lambda: list(_DEFAULT_CODECS),
@@ -268,12 +279,12 @@ class SipSettings(_Section):
         except ValueError as exc:
             _invalid(str(exc))
 
-    @field_validator("public_host", mode="before")
+    @field_validator("public_host", "media_host", "media_public_host", mode="before")
     @classmethod
     def _empty_public_host_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("public_host")
+    @field_validator("public_host", "media_host", "media_public_host")
     @classmethod
     def _validate_public_host(cls, value: str | None) -> str | None:
         if value is None:

@@ -66,16 +66,20 @@ def fake_env(tmp: Path, **settings: str) -> dict[str, str]:
 
 
 @contextmanager
-def edge_pool(tmp: Path, workers: int, **settings: str) -> Iterator[AgentProcess]:
-    """`sipagent serve --edge --workers N` on a free port (the edge's), workers behind it on
-    free loopback ports; stopped at the end."""
-    port = free_udp_port()
+def edge_pool(
+    tmp: Path, workers: int, host: str = "127.0.0.1", **settings: str
+) -> Iterator[AgentProcess]:
+    """`sipagent serve --edge --workers N` on a free port of `host` (the edge's), workers
+    behind it on free loopback ports; stopped at the end."""
+    port = free_udp_port(host)
     env = fake_env(tmp, **settings)
     env["SIPAGENT_EDGE__ENABLED"] = "true"
     env.setdefault("SIPAGENT_EDGE__WORKER_PORT", str(free_udp_port()))
     env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 40 * 8)))
     env.setdefault("SIPAGENT_SIP__ALLOW_NETWORKS", "127.0.0.1/32")
-    pool = AgentProcess(port, env=clean_env(**env), cwd=tmp, workers=workers, new_session=True)
+    pool = AgentProcess(
+        port, env=clean_env(**env), cwd=tmp, workers=workers, new_session=True, host=host
+    )
     try:
         assert pool.wait_ready(120), "pool did not start:\n" + "\n".join(pool.lines[-40:])
         yield pool
@@ -354,3 +358,21 @@ def test_a_draining_pool_answers_503_at_the_edge_and_names_no_software(tmp_path:
     assert (refused.header("retry-after") or "").isdigit(), refused.raw
     for answer in answers:
         assert not SIGNATURE.search(answer.raw), answer.raw.decode(errors="replace")
+
+
+def test_workers_behind_the_edge_take_media_on_the_edges_address(
+    tmp_path: Path, speech_wav: Path
+) -> None:
+    # Signalling goes through the edge to workers on loopback; RTP goes straight to the
+    # worker, so it must be bound and advertised on the address callers reach.
+    host = "127.0.0.5"
+    with edge_pool(tmp_path, 1, host=host) as pool:
+        edge = (host, pool.port)
+        with RawSip() as sip:
+            dialog = call(sip, edge, sdp_offer())
+            sdp = dialog.answer.raw.partition(b"\r\n\r\n")[2].decode()
+            assert sip.final(dialog.request(sip, "BYE"), edge).code == 200
+        report = place_call(f"sip:agent@{host}:{pool.port}", "--play", str(speech_wav))
+    assert f"c=IN IP4 {host}" in sdp, sdp
+    assert "127.0.0.1" not in sdp, sdp
+    assert report["answered"] and report["steps"][0]["reply_latency_ms"] is not None, report

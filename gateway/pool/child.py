@@ -97,6 +97,10 @@ def worker_settings(settings: Settings, command: dict[str, Any]) -> Settings:
     }
     if "sip_host" in command:
         update["listen_host"] = str(command["sip_host"])
+        update["public_host"] = None
+    for key in ("media_host", "media_public_host"):
+        if key in command:
+            update[key] = command[key] and str(command[key])
     if "allow_networks" in command:
         update["allow_networks"] = [str(n) for n in command["allow_networks"]]
     if command.get("outbound_proxy"):

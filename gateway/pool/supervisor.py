@@ -481,10 +481,15 @@ class Supervisor:
         sources = ["127.0.0.1/32"]
         if edge.listen_host not in _LOOPBACK_OR_ANY:
             sources.append(f"{edge.listen_host}/32")
+        sip = self.settings.sip
         return {
             "sip_host": plan.sip_host,
             "allow_networks": sources,
             "outbound_proxy": f"sip:127.0.0.1:{edge.listen_port};lr",
+            # Signalling is on loopback behind the edge; media is not: callers send RTP
+            # straight to the worker, on the edge's address unless told otherwise.
+            "media_host": sip.media_host or edge.listen_host,
+            "media_public_host": sip.media_public_host or edge.public_host or sip.public_host,
         }
 
     def edge_uri(self) -> str:

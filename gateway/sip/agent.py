@@ -88,6 +88,10 @@ class AgentOptions:
     new_calls_per_s: float = 10.0
     # The calls the agent places go through this SIP URI (the edge); None: straight out.
     outbound_proxy: str | None = None
+    # RTP is bound to this address (None: the SIP address) and advertised in SDP as
+    # media_public_host (None: the endpoint's public host, else the bound address).
+    media_host: str | None = None
+    media_public_host: str | None = None
 
 
 # -- pure helpers (no pjsua2) -------------------------------------------------------------------
@@ -693,10 +697,12 @@ class AgentUA:
         mcfg = cfg.mediaConfig.transportConfig
         mcfg.port = self.options.rtp_port_start
         mcfg.portRange = pjsua_port_range(self.options.rtp_port_range)
-        if self.endpoint.host not in ("", "0.0.0.0"):
-            mcfg.boundAddress = self.endpoint.host
-        if self.endpoint.public_host:
-            mcfg.publicAddress = self.endpoint.public_host
+        bound = self.options.media_host or self.endpoint.host
+        if bound not in ("", "0.0.0.0"):
+            mcfg.boundAddress = bound
+        advertised = self.options.media_public_host or self.endpoint.public_host
+        if advertised:
+            mcfg.publicAddress = advertised
         acc = _AgentAccount(self)
         acc.create(cfg, True)
         self.account = acc
