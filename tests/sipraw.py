@@ -329,8 +329,10 @@ def call(
     body: str | bytes,
     timeout: float = 5.0,
     from_display: bytes = b"",
+    ack_body: str | bytes = b"",
 ) -> Dialog:
-    """INVITE `target`, wait for a 2xx and ACK it; AssertionError on another answer."""
+    """INVITE `target`, wait for a 2xx and ACK it (with `ack_body`: the answer to a late
+    offer); AssertionError on another answer."""
     from_tag = uuid.uuid4().hex[:10]
     invite = sip.request("INVITE", target, body=body, from_tag=from_tag, from_display=from_display)
     answer = sip.final(invite, target, timeout)
@@ -342,5 +344,5 @@ def call(
     dialog = Dialog(
         _call_id(invite), from_tag, tag, uri.strip(), target, answer, routes=route_set(answer)
     )
-    sip.send(dialog.request(sip, "ACK"), target)
+    sip.send(dialog.request(sip, "ACK", body=ack_body), target)
     return dialog
