@@ -1,6 +1,8 @@
 """Carry a Plivo call's identity to the SIP side through Dial ``sipHeaders`` (pure code).
 
-The answer_url app dials a worker with ``<Dial sipHeaders="Calluuid=...,From=...,To=...">``;
+The answer_url app dials a worker with ``<Dial sipHeaders="Calluuid=...,From=...,To=...">``
+(plus ``Callername``, ``Forwardedfrom`` and the caller's own ``X-PH-*`` headers when Plivo
+sent them to the answer_url);
 Plivo puts each pair on the INVITE as ``X-PH-<key>: <value>``.  Plivo's Dial/User XML
 reference allows only ``[A-Za-z0-9]`` in header names and values (its support notes add:
 a name is one capital letter followed by lowercase letters or digits, at most 24
@@ -30,6 +32,7 @@ from typing import Final
 __all__ = [
     "HEADER_PREFIX",
     "MAX_VALUE_LEN",
+    "RESERVED_KEYS",
     "decode_call_context",
     "decode_value",
     "encode_sip_headers",
@@ -46,8 +49,20 @@ MAX_VALUE_LEN: Final = 120
 _KEY_UUID: Final = "Calluuid"
 _KEY_FROM: Final = "From"
 _KEY_TO: Final = "To"
-# decode_call_context's names for the three keys (matched case-insensitively).
-_CONTEXT_NAMES: Final = {"calluuid": "call_uuid", "from": "from", "to": "to"}
+_KEY_CALLER_NAME: Final = "Callername"
+_KEY_FORWARDED_FROM: Final = "Forwardedfrom"
+# decode_call_context's names for the encoded keys (matched case-insensitively).
+_CONTEXT_NAMES: Final = {
+    "calluuid": "call_uuid",
+    "from": "from",
+    "to": "to",
+    "callername": "caller_name",
+    "forwardedfrom": "forwarded_from",
+}
+RESERVED_KEYS: Final = frozenset(
+    (_KEY_UUID, _KEY_FROM, _KEY_TO, _KEY_CALLER_NAME, _KEY_FORWARDED_FROM)
+)
+"""``sipHeaders`` keys the app writes itself: a caller's own header may not take them."""
 
 _UUID = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
 _UUID_HEX = re.compile(r"^[0-9A-Fa-f]{32}$")
@@ -99,8 +114,18 @@ def _decode_uuid(value: str) -> str:
     return decode_value(value)
 
 
-def encode_sip_headers(call_uuid: str, from_number: str, to_number: str) -> str:
-    """Build a Dial ``sipHeaders`` value carrying the call's UUID, caller and callee.
+def encode_sip_headers(
+    call_uuid: str,
+    from_number: str,
+    to_number: str,
+    *,
+    caller_name: str = "",
+    forwarded_from: str = "",
+    extra: Mapping[str, str] | None = None,
+) -> str:
+    """Build a Dial ``sipHeaders`` value carrying the call's UUID, caller and callee (and
+    the caller's name, the number the call was forwarded from, and ``extra`` pairs already
+    in Plivo's alphabet, e.g. the caller's own ``X-PH-*`` headers).
 
     Returns e.g. ``"Calluuid=0f1e2d3c...,From=p14155550100,To=p442071234567"``; a part
     that cannot be encoded within Plivo's limits is left out (possibly all of them: ``""``).
@@ -110,9 +135,14 @@ def encode_sip_headers(call_uuid: str, from_number: str, to_number: str) -> str:
         (_KEY_UUID, _encode_uuid(call_uuid)),
         (_KEY_FROM, encode_value(from_number)),
         (_KEY_TO, encode_value(to_number)),
+        (_KEY_CALLER_NAME, encode_value(caller_name)),
+        (_KEY_FORWARDED_FROM, encode_value(forwarded_from)),
     ):
         if encoded is not None:
             pairs.append(f"{key}={encoded}")
+    for key, value in (extra or {}).items():
+        if key not in RESERVED_KEYS:
+            pairs.append(f"{key}={value}")
     return ",".join(pairs)
 
 

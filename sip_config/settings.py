@@ -1156,6 +1156,13 @@ class RoutingSettings(_Section):
     numbers: dict[str, Route] = Field(
         default_factory=dict, description="Routes keyed by called number (digits, '+' optional)."
     )
+    anonymous: Route | None = Field(
+        default=None,
+        description=(
+            "Route for callers who withhold their number (an empty or 'anonymous' From);"
+            " None: the called number's route, as for everyone else."
+        ),
+    )
     fallback_say: str = Field(
         default="Sorry, all of our agents are busy right now. Please try again later.",
         description="Spoken when no worker can take the call.",

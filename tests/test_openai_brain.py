@@ -41,7 +41,7 @@ CTX = CallContext(
     call_uuid="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
     from_number="+14155550100",
     to_number="+442071234567",
-    plivo={"customer": "gold"},
+    plivo={"customer": "gold", "caller_name": "Ana María"},
 )
 OTHER = CallContext(call_id="sip-call-2", from_number="+15550001111")
 
@@ -182,6 +182,7 @@ def test_call_context_is_in_the_system_message(fake: FakeOpenAi) -> None:
     assert "- To: +442071234567" in content
     assert "- CallUUID: 0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0" in content
     assert "- X-PH-customer: gold" in content
+    assert "- Caller name: Ana María" in content and "X-PH-caller_name" not in content
     assert fake.requests[0].headers["authorization"] == f"Bearer {KEY}"
 
 

@@ -83,6 +83,10 @@ def edge_pool(
     try:
         assert pool.wait_ready(120), "pool did not start:\n" + "\n".join(pool.lines[-40:])
         yield pool
+    except BaseException:
+        # What serve said is the first thing to read when an edge test fails.
+        print("\n".join(["serve's last lines:", *pool.lines[-120:]]))
+        raise
     finally:
         pool.stop(30)
 
@@ -91,14 +95,22 @@ def edge_args(pool: AgentProcess) -> tuple[str, int]:
     return ("127.0.0.1", pool.port)
 
 
-def worker_of(pool: AgentProcess, dialog: Dialog) -> int:
-    """Index of the worker that logged the call's arrival."""
+def worker_of(pool: AgentProcess, dialog: Dialog, timeout: float = 10.0) -> int:
+    """Index of the worker that logged the call's arrival (the line may reach us after
+    the call's 200 OK does: waits for it)."""
     call_id = dialog.answer.header("call-id")
-    for line in list(pool.lines):
-        m = _INCOMING.search(line)
-        if m and m.group(2) == call_id:
-            return int(m.group(1))
-    raise AssertionError(f"no worker logged call {call_id}")
+    found: list[int] = []
+
+    def logged() -> bool:
+        for line in list(pool.lines):
+            m = _INCOMING.search(line)
+            if m and m.group(2) == call_id:
+                found.append(int(m.group(1)))
+                return True
+        return False
+
+    wait_for(logged, timeout, f"a worker's line about call {call_id}")
+    return found[0]
 
 
 def deaths(pool: AgentProcess) -> list[str]:

@@ -482,9 +482,6 @@ def test_records_failure_is_logged_and_the_call_still_routed(
         ({"CallUUID": ""}, "CallUUID"),
         ({"CallUUID": "not-a-uuid"}, "CallUUID"),
         ({"CallUUID": "3f2a9c1e7b4d4e8a9f0123456789abcd"}, "CallUUID"),
-        ({"From": ""}, "From"),
-        ({"From": "+1 415 555"}, "From"),
-        ({"From": "+" + "1" * 300}, "From"),
         ({"To": ""}, "To"),
         ({"To": "<script>"}, "To"),
         ({"To": "sip:" + "a" * 300 + "@x"}, "To"),
@@ -497,6 +494,101 @@ def test_bad_answer_parameter_is_400_naming_it(env: Env, change: dict[str, str],
     assert r.status_code == 400
     assert name in r.get_data(as_text=True)
     assert reserved(env.pool) == 0
+
+
+def sip_headers_of(root: ET.Element) -> dict[str, str]:
+    """The X-PH- headers Plivo puts on the INVITE for the answer's Dial ``sipHeaders``
+    (Dial/User page: each key=value pair becomes ``X-PH-key: value``)."""
+    value = root.find("Dial").get("sipHeaders") or ""  # type: ignore[union-attr]
+    return {f"X-PH-{k}": v for k, v in (p.split("=", 1) for p in value.split(",") if p)}
+
+
+@pytest.mark.parametrize(
+    "withheld",
+    [
+        "",
+        "anonymous",
+        "Anonymous",
+        "Restricted",
+        "private",
+        "sip:anonymous@anonymous.invalid",
+        "+1 415 555",
+        "+" + "1" * 300,
+    ],
+)
+def test_a_withheld_or_unreadable_caller_is_routed_and_recorded(env: Env, withheld: str) -> None:
+    # Plivo drops a call whose answer_url fails: an odd From must never be an HTTP 400.
+    call_uuid = new_uuid()
+    body = {"CallUUID": call_uuid, "From": withheld, "To": CALLED, "Direction": "inbound"}
+    root = parse(env.plivo.post("/answer", {k: v for k, v in body.items() if v}))
+    assert shape(root) == ["Dial/User"]
+    assert root[0].get("callerId") is None  # no number to show the worker
+    context = decode_call_context(sip_headers_of(root))
+    assert context["from"] == "anonymous" and context["call_uuid"] == call_uuid
+    row = env.records.get(call_uuid)
+    assert row is not None and (row["from_number"], row["route"]) == ("anonymous", "agent")
+
+
+def test_withheld_callers_take_the_anonymous_route(tmp_path: Path) -> None:
+    e = Env(tmp_path, make_settings(routing={"anonymous": {"target": "+14155550123"}}))
+    try:
+        root = parse(e.answer(From=""))
+        assert shape(root) == ["Dial/Number"] and root[0][0].text == "+14155550123"
+        assert shape(parse(e.answer())) == ["Dial/User"]  # a caller who shows a number
+    finally:
+        e.records.close()
+
+
+def test_calls_are_routed_by_the_sip_to_header_plivo_passes(tmp_path: Path) -> None:
+    # A call to an application's SIP URI (or BYOC) carries the dialled number in SIP-H-To
+    # (Plivo's pass-custom-headers page shows SIP-H-To beside To on the answer_url).
+    numbers = {"+14155550177": {"target": "sip:desk@pbx.example.com"}}
+    e = Env(tmp_path, make_settings(routing={"numbers": numbers}))
+    try:
+        call_uuid = new_uuid()
+        root = parse(
+            e.answer(
+                call_uuid,
+                To="sip:3a1b2c@app.plivo.com",
+                **{"SIP-H-To": "<sip:+14155550177@app.plivo.com>;tag=6U9J4.uVHI7"},
+            )
+        )
+        assert root[0][0].text == "sip:desk@pbx.example.com"
+        row = e.records.get(call_uuid)
+        assert row is not None and row["to_number"] == "sip:+14155550177@app.plivo.com"
+        # A SIP-H-To without a number in it leaves To in charge.
+        root = parse(e.answer(To="+14155550177", **{"SIP-H-To": "<sip:agent@x.example>"}))
+        assert root[0][0].text == "sip:desk@pbx.example.com"
+    finally:
+        e.records.close()
+
+
+def test_the_callers_headers_name_and_forwarding_reach_the_worker(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Plivo sends a caller's custom SIP headers (Call API sip_headers, SIP callers) to the
+    # answer_url as X-PH-* parameters, letters and digits only (pass-custom-headers page).
+    caplog.set_level(logging.WARNING, logger=APP_LOGGER)
+    call_uuid = new_uuid()
+    params = {
+        "X-PH-CustomerId": "A1234",
+        "X-PH-Campaign": "spring24",
+        "X-PH-From": "p19995550000",  # may not pose as the app's own From
+        "X-PH-Bad": "two words",
+        "CallerName": "Ana María",
+        "ForwardedFrom": "+14155550111",
+    }
+    root = parse(env.answer(call_uuid, **params))
+    invite = sip_headers_of(root)
+    assert invite["X-PH-Customerid"] == "A1234" and invite["X-PH-Campaign"] == "spring24"
+    context = decode_call_context(invite)
+    assert context["from"] == CALLER and context["call_uuid"] == call_uuid
+    assert context["caller_name"] == "Ana María"
+    assert context["forwarded_from"] == "+14155550111"
+    assert (context["customerid"], context["campaign"]) == ("A1234", "spring24")
+    assert "bad" not in context
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "X-PH-Bad" in line and "X-PH-From" in line
 
 
 def test_callbacks_need_a_call_uuid(env: Env) -> None:

@@ -34,7 +34,7 @@ import functools
 import hmac
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from flask import Flask, Response, jsonify, request
@@ -48,6 +48,11 @@ from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi, Dial
 from xml_app.plivo_xml import Element
 from xml_app.routing import (
+    MAX_CALLER_HEADERS,
+    WITHHELD,
+    caller_headers,
+    caller_party,
+    destination,
     is_open,
     select_route,
     target_kind,
@@ -156,11 +161,23 @@ class _CallRouter:
 
     # --- /answer ----------------------------------------------------------------------
     def decide(
-        self, call_uuid: str, caller: str, called: str, now: float
+        self,
+        call_uuid: str,
+        caller: str,
+        called: str,
+        now: float,
+        params: Mapping[str, str] | None = None,
     ) -> tuple[str, int | None, str]:
         """Route one call: (record route, worker index or None, XML).  An outbound call
-        (``outbound_id``) goes to the agent pool: its checks were made before dialling."""
-        route = Route() if self.outbound_id() else select_route(self.routing, called)
+        (``outbound_id``) goes to the agent pool: its checks were made before dialling.
+        ``params`` are Plivo's answer_url parameters (caller name, the caller's headers)."""
+        params = params or {}
+        if self.outbound_id():
+            route = Route()
+        elif caller == WITHHELD and self.routing.anonymous is not None:
+            route = self.routing.anonymous
+        else:
+            route = select_route(self.routing, called)
         prefix: list[Element] = []
         after_hours = not is_open(route.hours, now)
         if after_hours:
@@ -196,13 +213,36 @@ class _CallRouter:
                 timeout=self.app_settings.dial_timeout_s,
                 action=self.action_url("agent"),
                 caller_id=caller_id,
-                sip_headers=encode_sip_headers(call_uuid, caller, called),
+                sip_headers=self.context_headers(call_uuid, caller, called, params),
                 user=True,
             )
             return label, slot.worker, plivo_xml.render(*prefix, dial)
         except BaseException:
             self.release(call_uuid)
             raise
+
+    @staticmethod
+    def context_headers(call_uuid: str, caller: str, called: str, params: Mapping[str, str]) -> str:
+        """The Dial ``sipHeaders`` that give the worker the call's context: CallUUID,
+        caller, callee, the caller's name, where the call was forwarded from, and the
+        caller's own ``X-PH-*`` headers (those Plivo's alphabet lets through)."""
+        extra, dropped = caller_headers(params)
+        if dropped:
+            log.warning(
+                "answer: call %s: caller header(s) %s not passed on (Plivo takes letters and"
+                " digits only, at most %d headers)",
+                call_uuid,
+                ", ".join(sorted(dropped)),
+                MAX_CALLER_HEADERS,
+            )
+        return encode_sip_headers(
+            call_uuid,
+            caller,
+            called,
+            caller_name=params.get("CallerName", "").strip()[:64],
+            forwarded_from=params.get("ForwardedFrom", "").strip()[:64],
+            extra=extra,
+        )
 
     def answer(self, params: dict[str, str]) -> Response:
         """``/answer``: validate, route, record, answer XML."""
@@ -211,13 +251,23 @@ class _CallRouter:
             return _bad_request("CallUUID", "missing")
         if not valid_call_uuid(call_uuid):
             return _bad_request("CallUUID", "malformed")
-        for name in ("From", "To"):
-            value = params.get(name, "")
-            if not value:
-                return _bad_request(name, "missing")
-            if not valid_party(value):
-                return _bad_request(name, "malformed")
-        caller, called = params["From"], params["To"]
+        # Route by the number the caller dialled: SIP-H-To for calls to an application's
+        # SIP URI and BYOC (Plivo's pass-custom-headers page shows it beside To).
+        called = destination(params.get("To", ""), params.get("SIP-H-To", ""))
+        if not called:
+            return _bad_request("To", "missing")
+        if not valid_party(called):
+            return _bad_request("To", "malformed")
+        # A withheld or unreadable caller is routed and recorded as "anonymous", never
+        # refused: an answer_url that fails makes Plivo drop the call.
+        caller = caller_party(params.get("From", ""))
+        if caller == WITHHELD and params.get("From", "").strip().lower() != WITHHELD:
+            log.info(
+                "answer: call %s from a withheld or unreadable number (%r): routed as %s",
+                call_uuid,
+                params.get("From", "")[:80],
+                WITHHELD,
+            )
         now = self.clock()
         plivo_uuid, outbound_id = call_uuid, self.outbound_id()
         if outbound_id:
@@ -228,7 +278,7 @@ class _CallRouter:
                 lambda: self.records.outbound_answered(call_uuid, now, plivo_uuid),
             )
         try:
-            label, worker, body = self.decide(call_uuid, caller, called, now)
+            label, worker, body = self.decide(call_uuid, caller, called, now, params)
         except Exception:
             log.exception("answer: routing call %s failed; playing the fallback", call_uuid)
             label, worker = "fallback", None

@@ -4,15 +4,22 @@ and request-parameter checks (pure code: the time is passed in)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
+from gateway.callcontext import RESERVED_KEYS
 from sip_config import BusinessHours, Route, RoutingSettings
 
 __all__ = [
+    "MAX_CALLER_HEADERS",
     "MAX_PARTY_LEN",
+    "WITHHELD",
     "TargetKind",
+    "caller_headers",
+    "caller_party",
+    "destination",
     "is_open",
     "number_key",
     "select_route",
@@ -27,6 +34,22 @@ TargetKind = Literal["agent", "sip", "number", "hangup"]
 MAX_PARTY_LEN: Final = 256
 """Longest From/To accepted from Plivo."""
 
+WITHHELD: Final = "anonymous"
+"""The caller as routed and recorded when the number is withheld, empty or unreadable."""
+
+MAX_CALLER_HEADERS: Final = 8
+"""Most of the caller's own ``X-PH-*`` headers passed on to the worker."""
+
+# What networks put in From instead of a withheld number (RFC 3323 recommends
+# "anonymous", e.g. sip:anonymous@anonymous.invalid; carriers also use these words).
+_WITHHELD_WORDS: Final = frozenset(
+    {"anonymous", "private", "restricted", "unavailable", "unknown", "withheld", "blocked"}
+)
+# Plivo's custom header alphabet (Dial/User and Call API sip_headers pages): names and
+# values of letters and digits only; a name is at most 24 characters, a value 120.
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9]{1,24}$")
+_HEADER_VALUE = re.compile(r"^[A-Za-z0-9]{1,120}$")
+_PREFIX = "x-ph-"
 _WEEKDAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _UUID = re.compile(r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$")
 _NUMBER = re.compile(r"^\+?[0-9]{1,20}$")
@@ -86,3 +109,59 @@ def target_kind(target: str) -> TargetKind:
     if target.startswith(("sip:", "sips:")):
         return "sip"
     return "number"
+
+
+def caller_party(value: str) -> str:
+    """The caller as the app routes and records it: ``From`` when it is a sane number,
+    URI or token, :data:`WITHHELD` when it is empty, a withheld marker ("anonymous",
+    "private", ``sip:anonymous@anonymous.invalid``...) or unreadable.  Never an error:
+    Plivo hangs up a call whose answer_url fails."""
+    text = value.strip()
+    if not valid_party(text):
+        return WITHHELD
+    user = text
+    if text.startswith(("sip:", "sips:")):
+        user = text.split(":", 1)[1].split("@", 1)[0].split(";", 1)[0]
+    return WITHHELD if user.lower() in _WITHHELD_WORDS else text
+
+
+def destination(to: str, sip_h_to: str) -> str:
+    """The number the caller dialled: the URI in ``SIP-H-To`` (the SIP To header Plivo
+    passes for calls to an application's SIP URI and BYOC, e.g.
+    ``<sip:+14155550199@app.plivo.com>;tag=x``) when its user part is a number, else
+    ``To``."""
+    header = sip_h_to.strip()
+    if header:
+        if "<" in header and ">" in header[header.index("<") :]:
+            uri = header[header.index("<") + 1 : header.index(">", header.index("<"))]
+        else:
+            uri = header.split(";", 1)[0]
+        uri = uri.strip()
+        if valid_party(uri) and number_key(uri):
+            return uri
+    return to
+
+
+def caller_headers(params: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The caller's own ``X-PH-*`` parameters (Call API ``sip_headers``, headers of a SIP
+    caller), as ``{Name: value}`` keys Plivo's Dial ``sipHeaders`` takes (first letter
+    capital, the rest lower case), and the names left out: not in Plivo's alphabet, one
+    of ``reserved`` or past :data:`MAX_CALLER_HEADERS`."""
+    kept: dict[str, str] = {}
+    dropped: list[str] = []
+    for name, value in params.items():
+        if not name.lower().startswith(_PREFIX):
+            continue
+        key = name[len(_PREFIX) :]
+        canonical = key[:1].upper() + key[1:].lower()
+        if (
+            not _HEADER_NAME.match(key)
+            or not _HEADER_VALUE.match(value)
+            or canonical in RESERVED_KEYS
+            or canonical in kept
+            or len(kept) >= MAX_CALLER_HEADERS
+        ):
+            dropped.append(name)
+            continue
+        kept[canonical] = value
+    return kept, dropped

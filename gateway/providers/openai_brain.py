@@ -231,12 +231,16 @@ class OpenAiBrain(Brain):
         lines = []
         for label, value in (
             ("From", ctx.from_number or ctx.from_uri),
+            ("Caller name", ctx.plivo.get("caller_name", "")),
+            ("Forwarded from", ctx.plivo.get("forwarded_from", "")),
             ("To", ctx.to_number or ctx.to_uri),
             ("CallUUID", ctx.call_uuid),
         ):
             if _clean(value):
                 lines.append(f"- {label}: {_clean(value)}")
         for key, value in sorted(ctx.plivo.items()):
+            if key in ("caller_name", "forwarded_from"):
+                continue
             if _clean(key) and _clean(value):
                 lines.append(f"- X-PH-{_clean(key)}: {_clean(value)}")
         if lines:
