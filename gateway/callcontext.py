@@ -37,6 +37,7 @@ __all__ = [
     "decode_value",
     "encode_sip_headers",
     "encode_value",
+    "record_key",
 ]
 
 HEADER_PREFIX: Final = "X-PH-"
@@ -49,18 +50,20 @@ MAX_VALUE_LEN: Final = 120
 _KEY_UUID: Final = "Calluuid"
 _KEY_FROM: Final = "From"
 _KEY_TO: Final = "To"
+_KEY_RECORD: Final = "Recordid"
 _KEY_CALLER_NAME: Final = "Callername"
 _KEY_FORWARDED_FROM: Final = "Forwardedfrom"
 # decode_call_context's names for the encoded keys (matched case-insensitively).
 _CONTEXT_NAMES: Final = {
     "calluuid": "call_uuid",
+    "recordid": "record_id",
     "from": "from",
     "to": "to",
     "callername": "caller_name",
     "forwardedfrom": "forwarded_from",
 }
 RESERVED_KEYS: Final = frozenset(
-    (_KEY_UUID, _KEY_FROM, _KEY_TO, _KEY_CALLER_NAME, _KEY_FORWARDED_FROM)
+    (_KEY_UUID, _KEY_RECORD, _KEY_FROM, _KEY_TO, _KEY_CALLER_NAME, _KEY_FORWARDED_FROM)
 )
 """``sipHeaders`` keys the app writes itself: a caller's own header may not take them."""
 
@@ -122,10 +125,13 @@ def encode_sip_headers(
     caller_name: str = "",
     forwarded_from: str = "",
     extra: Mapping[str, str] | None = None,
+    record_id: str = "",
 ) -> str:
     """Build a Dial ``sipHeaders`` value carrying the call's UUID, caller and callee (and
     the caller's name, the number the call was forwarded from, and ``extra`` pairs already
-    in Plivo's alphabet, e.g. the caller's own ``X-PH-*`` headers).
+    in Plivo's alphabet, e.g. the caller's own ``X-PH-*`` headers).  ``record_id`` is the
+    app's own id of the call when it is not Plivo's CallUUID (an outbound call the app
+    placed through Plivo's Call API): the worker records the call under it.
 
     Returns e.g. ``"Calluuid=0f1e2d3c...,From=p14155550100,To=p442071234567"``; a part
     that cannot be encoded within Plivo's limits is left out (possibly all of them: ``""``).
@@ -133,6 +139,7 @@ def encode_sip_headers(
     pairs: list[str] = []
     for key, encoded in (
         (_KEY_UUID, _encode_uuid(call_uuid)),
+        (_KEY_RECORD, _encode_uuid(record_id) if record_id != call_uuid else None),
         (_KEY_FROM, encode_value(from_number)),
         (_KEY_TO, encode_value(to_number)),
         (_KEY_CALLER_NAME, encode_value(caller_name)),
@@ -162,10 +169,16 @@ def decode_call_context(headers: Mapping[str, str]) -> dict[str, str]:
             continue
         key = lowered[len(prefix) :]
         value = raw.strip()
-        if key == "calluuid":
-            context["call_uuid"] = _decode_uuid(value)
+        if key in ("calluuid", "recordid"):
+            context[_CONTEXT_NAMES[key]] = _decode_uuid(value)
         elif key in _CONTEXT_NAMES:
             context[_CONTEXT_NAMES[key]] = decode_value(value)
-        elif key != "call_uuid":  # never let another header pose as the decoded UUID
+        elif key not in ("call_uuid", "record_id"):  # none poses as a decoded id
             context[key] = value
     return context
+
+
+def record_key(context: Mapping[str, str]) -> str:
+    """The id the call is recorded under: the app's own id of a call it placed through
+    Plivo (``record_id``), else Plivo's CallUUID; ``""`` when the call has neither."""
+    return context.get("record_id") or context.get("call_uuid", "")

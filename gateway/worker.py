@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
-from gateway.callcontext import decode_call_context
+from gateway.callcontext import decode_call_context, record_key
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers
@@ -271,7 +271,7 @@ class AgentWorker:
         directory = self.settings.records.recording_dir
         if directory is None:
             return
-        uuid = decode_call_context(handle.headers).get("call_uuid", "")
+        uuid = record_key(decode_call_context(handle.headers))
         recorder = CallRecorder(handle, recording_path(directory.resolve(), handle, uuid))
         try:
             recorder.start()

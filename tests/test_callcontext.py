@@ -12,6 +12,7 @@ from gateway.callcontext import (
     decode_value,
     encode_sip_headers,
     encode_value,
+    record_key,
 )
 from gateway.sip.calls import parse_sip_headers
 
@@ -113,3 +114,25 @@ def test_decode_tolerates_values_in_no_encoded_form() -> None:
     headers = {"X-PH-From": "xzz", "X-PH-To": "x" + "ff", "X-PH-Calluuid": "plain"}
     assert decode_call_context(headers) == {"from": "xzz", "to": "xff", "call_uuid": "plain"}
     assert decode_call_context({}) == {}
+
+
+def test_a_call_recorded_under_another_id_carries_both() -> None:
+    ours = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+    encoded = encode_sip_headers(UUID, "+14155550100", "+14155550199", record_id=ours)
+    context = decode_call_context(as_invite_headers(encoded))
+    assert (context["call_uuid"], context["record_id"]) == (UUID, ours)
+    assert record_key(context) == ours
+    # The same id twice is sent once; a call with only a CallUUID is recorded under it.
+    once = encode_sip_headers(UUID, "1", "2", record_id=UUID)
+    plain = decode_call_context(as_invite_headers(once))
+    assert "record_id" not in plain and record_key(plain) == UUID
+    assert record_key({}) == ""
+
+
+def test_extra_pairs_cannot_take_the_apps_own_keys() -> None:
+    encoded = encode_sip_headers(
+        UUID, "1", "2", caller_name="Ana", extra={"Recordid": "x", "Customerid": "A1"}
+    )
+    context = decode_call_context(as_invite_headers(encoded))
+    assert "record_id" not in context
+    assert (context["caller_name"], context["customerid"]) == ("Ana", "A1")

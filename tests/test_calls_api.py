@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from gateway.callcontext import decode_call_context, record_key
 from gateway.outbound import CpsLimiter
 from gateway.records import CallRecords
 from sip_config import ConfigError, Route, Settings
@@ -251,8 +252,16 @@ def test_via_plivo_uses_the_call_api_and_the_answer_reaches_a_worker(
             user = dial.find("User")
             assert user is not None and user.text is not None
             assert user.text.startswith("sip:agent@127.0.0.1:")
-            # The worker will know the call by our id (X-PH-Calluuid), so one record.
-            assert call_id.replace("-", "") in dial.get("sipHeaders", "")
+            # The worker gets Plivo's CallUUID (what a REST transfer and the brain need:
+            # Plivo's Transfer API takes the call_uuid Plivo gave the call) and records
+            # the call under our id (X-PH-Recordid), so one record.
+            invite = {
+                f"X-PH-{k}": v
+                for k, v in (p.split("=", 1) for p in dial.get("sipHeaders", "").split(","))
+            }
+            context = decode_call_context(invite)
+            assert (context["call_uuid"], context["record_id"]) == (plivo_uuid, call_id)
+            assert record_key(context) == call_id
             assert f"outbound_id={call_id}" in dial.get("action", "")
             assert api.hang_up(call, plivo_uuid, "completed")[0] == 200
             record = records.get(call_id)

@@ -223,9 +223,14 @@ class _CallRouter:
 
     @staticmethod
     def context_headers(call_uuid: str, caller: str, called: str, params: Mapping[str, str]) -> str:
-        """The Dial ``sipHeaders`` that give the worker the call's context: CallUUID,
+        """The Dial ``sipHeaders`` that give the worker the call's context: Plivo's
+        CallUUID (what its REST API knows the call by), our own id when the call is
+        recorded under another one (``call_uuid``: an outbound call placed through Plivo),
         caller, callee, the caller's name, where the call was forwarded from, and the
         caller's own ``X-PH-*`` headers (those Plivo's alphabet lets through)."""
+        plivo_uuid = params.get("CallUUID", "")
+        if not valid_call_uuid(plivo_uuid):
+            plivo_uuid = call_uuid
         extra, dropped = caller_headers(params)
         if dropped:
             log.warning(
@@ -236,9 +241,10 @@ class _CallRouter:
                 MAX_CALLER_HEADERS,
             )
         return encode_sip_headers(
-            call_uuid,
+            plivo_uuid,
             caller,
             called,
+            record_id=call_uuid,
             caller_name=params.get("CallerName", "").strip()[:64],
             forwarded_from=params.get("ForwardedFrom", "").strip()[:64],
             extra=extra,

@@ -29,7 +29,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from gateway.callcontext import decode_call_context
+from gateway.callcontext import decode_call_context, record_key
 from gateway.pipeline.session import TurnRecord
 from gateway.pool import protocol
 from gateway.providers.registry import Providers, build_providers
@@ -135,8 +135,9 @@ class _Reporter:
     def _ids(handle: CallHandle) -> dict[str, Any]:
         if handle.outbound:
             return {"sip_call_id": handle.sip_call_id, "call_uuid": handle.ref}
-        ctx = decode_call_context(handle.headers)
-        return {"sip_call_id": handle.sip_call_id, "call_uuid": ctx.get("call_uuid")}
+        # Recorded under the app's id of a call it placed through Plivo, else the CallUUID.
+        key = record_key(decode_call_context(handle.headers))
+        return {"sip_call_id": handle.sip_call_id, "call_uuid": key or None}
 
     def call_started(self, handle: CallHandle) -> None:
         """Report a call that started."""

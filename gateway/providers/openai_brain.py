@@ -235,11 +235,12 @@ class OpenAiBrain(Brain):
             ("Forwarded from", ctx.plivo.get("forwarded_from", "")),
             ("To", ctx.to_number or ctx.to_uri),
             ("CallUUID", ctx.call_uuid),
+            ("Call record id", ctx.plivo.get("record_id", "")),
         ):
             if _clean(value):
                 lines.append(f"- {label}: {_clean(value)}")
         for key, value in sorted(ctx.plivo.items()):
-            if key in ("caller_name", "forwarded_from"):
+            if key in ("caller_name", "forwarded_from", "record_id"):
                 continue
             if _clean(key) and _clean(value):
                 lines.append(f"- X-PH-{_clean(key)}: {_clean(value)}")
