@@ -1,13 +1,18 @@
-"""The worker side of the pool: how a worker names its calls to the supervisor, and the
-settings a worker behind the edge runs with."""
+"""The pool's processes in one: how a worker names its calls to the supervisor, the
+settings a worker behind the edge runs with, and the supervisor's control-socket reader."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from gateway.callcontext import encode_sip_headers
 from gateway.pool.child import _Reporter, worker_settings
+from gateway.pool.supervisor import Supervisor
 from sip_config import load_settings
 
 PLIVO_UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
@@ -42,3 +47,23 @@ def test_a_worker_behind_the_edge_takes_media_where_it_is_told() -> None:
     sip = worker_settings(settings, command).sip
     assert (sip.listen_host, sip.public_host) == ("127.0.0.1", None)
     assert (sip.media_host, sip.media_public_host) == ("10.0.0.5", "192.0.2.9")
+
+
+@pytest.mark.timeout(20)
+def test_a_worker_whose_socket_is_reset_ends_its_reader() -> None:
+    # A worker killed before it read its commands resets the control socket (seen when a
+    # group SIGTERM hit a spare that was still starting). The reader used to log the error
+    # and read again, which raised at once without yielding: the supervisor's loop spun
+    # forever, never drained and never stopped.
+    async def scenario() -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        writer.write(b'{"cmd": "config"}\n')
+        await writer.drain()
+        theirs.close()  # closed with the command unread: a reset for us
+        sup = Supervisor(load_settings(None, env_file=None), 1)
+        child = SimpleNamespace(pid=4242, reader=reader)
+        await asyncio.wait_for(sup._read(child), 5)  # type: ignore[arg-type]
+        writer.close()
+
+    asyncio.run(scenario())

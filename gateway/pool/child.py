@@ -27,16 +27,19 @@ import sys
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+# Only light modules here: `main` must ignore the group's signals before the heavy imports
+# (pjsua2, the providers, ~1 s), or a SIGTERM to the process group in that window kills a
+# spare that is still starting. The rest is imported in `_run`.
 from gateway.callcontext import decode_call_context, record_key
-from gateway.pipeline.session import TurnRecord
 from gateway.pool import protocol
-from gateway.providers.registry import Providers, build_providers
-from gateway.sip.calls import CallHandle
-from gateway.sip.endpoint import SipError
-from gateway.worker import AgentWorker, render_prompts
-from sip_config import Settings
+
+if TYPE_CHECKING:
+    from gateway.pipeline.session import TurnRecord
+    from gateway.sip.calls import CallHandle
+    from gateway.worker import AgentWorker
+    from sip_config import Settings
 
 log = logging.getLogger("sipagent.worker")
 
@@ -186,9 +189,14 @@ async def _run(fd: int, orphan: _Orphan) -> int:
     first = await protocol.receive(reader)
     if first is None or first.get("cmd") != "config":
         return 2
+    from gateway.providers.registry import build_providers
+    from gateway.sip.endpoint import SipError
+    from gateway.worker import AgentWorker, render_prompts
+    from sip_config import Settings
+
     settings = Settings.model_validate(first["settings"])
     _setup_logging(settings.log_level, "spare")
-    providers: Providers = await asyncio.to_thread(build_providers, settings)
+    providers = await asyncio.to_thread(build_providers, settings)
     worker: AgentWorker | None = None
     try:
         # Rendered before "loaded": a spare that takes over must not spend time on it.
@@ -281,6 +289,8 @@ async def _next_command(
         return await asyncio.wait_for(protocol.receive(reader), poll_s)
     except TimeoutError:
         return {"cmd": "idle"}
+    except ConnectionError:  # reset: the supervisor is gone, as at end of file
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

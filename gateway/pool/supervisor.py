@@ -252,9 +252,14 @@ class Supervisor:
         while True:
             try:
                 msg = await protocol.receive(child.reader)
-            except (ValueError, ConnectionError) as exc:
+            except ValueError as exc:  # the line is consumed: read on
                 log.error("worker pid %d: bad control message: %s", child.pid, exc)
                 continue
+            except ConnectionError as exc:
+                # The worker is gone (e.g. reset: it died with unread commands). Reading on
+                # would raise again at once, without yielding: the loop would spin forever.
+                log.warning("worker pid %d: control socket lost: %s", child.pid, exc)
+                return
             if msg is None:
                 return
             self._handle(child, msg)
