@@ -218,16 +218,30 @@ class AgentWorker:
         self.conversations[handle.sip_call_id] = session
         task.add_done_callback(lambda t: self._finished(handle, t))
 
+    def _rest_transfer_uuid(self, handle: CallHandle) -> str:
+        """The Plivo CallUUID to transfer this call with Plivo's REST API, or "" for REFER:
+        ``plivo`` always when the call has one; ``auto`` when it has one and the REST
+        credentials are set (Plivo takes REFER only on Zentrunk, not on a Dial leg)."""
+        method = self.settings.transfer.method
+        if method == "refer":
+            return ""
+        call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
+        if not call_uuid:
+            return ""
+        if method == "auto" and not self.settings.plivo_transfer_ready():
+            return ""  # REFER, which Plivo refuses outside Zentrunk: said once at start
+        return call_uuid
+
     def _transferrer(self, handle: CallHandle) -> Transferrer:
         """How this call is handed to a human: SIP REFER on the call, or (``transfer.method
         = "plivo"`` and the call came with a CallUUID) Plivo's REST API on the A leg."""
         settings = self.settings.transfer
-        if settings.method == "plivo":
-            call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
-            if call_uuid:
-                from gateway.providers.plivo_transfer import PlivoTransfer
+        call_uuid = self._rest_transfer_uuid(handle)
+        if call_uuid:
+            from gateway.providers.plivo_transfer import PlivoTransfer
 
-                return PlivoTransfer(self.settings, call_uuid).transfer
+            return PlivoTransfer(self.settings, call_uuid).transfer
+        if settings.method == "plivo":
             log.info(
                 "call %s has no CallUUID (not routed by the answer_url app): transfers use REFER",
                 handle.sip_call_id,
@@ -247,7 +261,7 @@ class AgentWorker:
         t = self.settings.transfer
         if not t.warm:
             return None
-        if t.method == "plivo" and decode_call_context(handle.headers).get("call_uuid"):
+        if self._rest_transfer_uuid(handle):
             return None  # Plivo moves the A leg itself
         return _SipLegs(self, handle)
 

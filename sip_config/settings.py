@@ -972,11 +972,13 @@ class TransferSettings(_Section):
     """Transfer of a call to a human (``[transfer]``, ``SIPAGENT_TRANSFER__*``): the
     playbook's ``transfer`` / ``transfer:<target>`` action and the LLM's ``transfer_call``."""
 
-    method: Literal["refer", "plivo"] = Field(
-        default="refer",
+    method: Literal["auto", "refer", "plivo"] = Field(
+        default="auto",
         description=(
-            "refer: blind SIP REFER on the call; plivo: Plivo's REST API moves the A leg"
-            " (needs the CallUUID from the answer_url app; REFER otherwise)."
+            "auto: Plivo's REST API for a call that carries a Plivo CallUUID (Plivo takes"
+            " REFER only on Zentrunk) when its credentials are set, REFER for trunk calls and"
+            " softphones; refer: always blind SIP REFER; plivo: always the REST API (REFER"
+            " for a call without a CallUUID)."
         ),
     )
     target: str | None = Field(
@@ -1527,6 +1529,7 @@ class Settings(BaseSettings):
                 "external.dcs_response_url: required when the brain is 'external'"
                 " (or set DCS_RESPONSE_URL)"
             )
+        missing += self._transfer_problems()
         if self.transfer.method == "plivo":
             if not (self.transfer.auth_id() or self.outbound.plivo_auth_id):
                 missing.append(
@@ -1543,6 +1546,53 @@ class Settings(BaseSettings):
         if missing:
             _invalid("; ".join(missing), show_input=False)
         return self
+
+    def plivo_transfer_ready(self) -> bool:
+        """Whether Plivo's REST transfer can be used: credentials and a public URL."""
+        return bool(
+            (self.transfer.auth_id() or self.outbound.plivo_auth_id)
+            and (self.app.auth_token or self.outbound.plivo_auth_token)
+            and self.app.public_url
+        )
+
+    def _transfer_problems(self) -> list[str]:
+        """Transfers that cannot work, found before any call: Plivo accepts a REFER only
+        on Zentrunk, with Refer-To on the trunk's ``<name>.zt.plivo.com`` domain (Plivo's
+        Zentrunk REFER documentation); a Dial to a registered endpoint is no trunk."""
+        t = self.transfer
+        problems: list[str] = []
+        if t.method == "refer" and self.sip.mode == "register":
+            problems.append(
+                "transfer.method: 'refer' cannot transfer calls in register mode (they come"
+                " from Plivo, which takes REFER only on Zentrunk trunks); use 'auto' or"
+                " 'plivo' (Plivo's REST transfer)"
+            )
+        if (
+            t.method == "auto"
+            and self.sip.mode == "register"
+            and t.target
+            and not self.plivo_transfer_ready()
+        ):
+            problems.append(
+                "transfer.plivo_auth_id, app.auth_token and app.public_url: required to"
+                " transfer calls in register mode (every call is a Plivo call, moved with"
+                " Plivo's REST API)"
+            )
+        if t.method != "plivo":
+            hosts = [("transfer.domain", t.domain or "")]
+            if t.target and t.target.lower().startswith(("sip:", "sips:")):
+                host = t.target.split(":", 1)[1].rsplit("@", 1)[-1].split(";", 1)[0]
+                hosts.append(("transfer.target", host))
+            for name, host in hosts:
+                bare = host.split(":", 1)[0].lower().rstrip(".")
+                if bare.endswith("plivo.com") and not bare.endswith(".zt.plivo.com"):
+                    problems.append(
+                        f"{name}: Plivo accepts a REFER only to your Zentrunk domain"
+                        f" (<name>.zt.plivo.com), not {host!r}; for calls from Plivo's Dial"
+                        " use Plivo's REST transfer (transfer.method 'auto' with its"
+                        " credentials, or 'plivo')"
+                    )
+        return problems
 
     @model_validator(mode="after")
     def _outbound_queue(self) -> Settings:

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 
@@ -384,6 +384,73 @@ def test_bad_transfer_domain_setting_is_named() -> None:
 
     with pytest.raises(ConfigError, match=r"transfer\.domain: must be a host"):
         load_settings(None, env_file=None, overrides={"transfer": {"domain": "a b"}})
+
+
+# -- which road a transfer takes (Plivo's REST API or REFER) -------------------------------
+_CALL_UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
+_REGISTERED: dict[str, dict[str, object]] = {
+    "sip": {"mode": "register"},
+    "registration": {"accounts": [{"username": "agent1", "password": "x"}]},
+}
+_REST: dict[str, dict[str, object]] = {
+    "app": {"auth_token": "tok", "public_url": "https://agent.example.com"},
+    "transfer": {"plivo_auth_id": "MAXXXXXXXXXXXXXXXXXX"},
+}
+
+
+def _merge(*parts: Mapping[str, Mapping[str, object]]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for part in parts:
+        for section, values in part.items():
+            out.setdefault(section, {}).update(values)
+    return out
+
+
+def _road(overrides: Mapping[str, Mapping[str, object]], headers: dict[str, str]) -> str:
+    """The CallUUID a worker would transfer with Plivo's REST API ("" for REFER)."""
+    from types import SimpleNamespace
+
+    from gateway.worker import AgentWorker
+    from sip_config import load_settings
+
+    settings = load_settings(None, env_file=None, overrides=overrides)
+    handle = SimpleNamespace(headers=headers, sip_call_id="c1")
+    return AgentWorker._rest_transfer_uuid(SimpleNamespace(settings=settings), handle)  # type: ignore[arg-type]
+
+
+def test_auto_transfers_a_plivo_call_through_plivos_api_and_others_with_refer() -> None:
+    # Plivo takes REFER only on Zentrunk; a call from its Dial (it carries the CallUUID)
+    # is moved with the Transfer API, which knows the call by that CallUUID.
+    plivo_leg = {"X-PH-Calluuid": _CALL_UUID.replace("-", "")}
+    assert _road(_REST, plivo_leg) == _CALL_UUID
+    assert _road(_REST, {}) == ""  # a trunk call or a softphone: REFER
+    assert _road({}, plivo_leg) == ""  # no REST credentials: REFER (warned at start)
+    refer = _merge(_REST, {"transfer": {"method": "refer"}})
+    assert _road(refer, plivo_leg) == ""
+
+
+def test_a_refer_that_cannot_work_is_refused_in_configuration() -> None:
+    from sip_config import ConfigError, load_settings
+
+    def refused(overrides: Mapping[str, Mapping[str, object]]) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env_file=None, overrides=overrides)
+        return str(info.value)
+
+    registered_refer = _merge(_REGISTERED, {"transfer": {"method": "refer"}})
+    assert "cannot transfer calls in register mode" in refused(registered_refer)
+    registered_auto = _merge(_REGISTERED, {"transfer": {"target": "+14155550100"}})
+    assert "required to transfer calls in register mode" in refused(registered_auto)
+    for transfer in (
+        {"domain": "phone.plivo.com"},
+        {"target": "sip:desk@phone.plivo.com", "method": "refer"},
+    ):
+        assert "only to your Zentrunk domain" in refused({"transfer": transfer})
+    # What works: Zentrunk's own domain, any other host, and register mode with the API.
+    load_settings(None, env_file=None, overrides={"transfer": {"domain": "acme.zt.plivo.com"}})
+    load_settings(None, env_file=None, overrides={"transfer": {"domain": "pbx.example.com"}})
+    load_settings(None, env_file=None, overrides=_merge(_REGISTERED, _REST, registered_auto))
+    assert load_settings(None, env_file=None).transfer.method == "auto"
 
 
 # -- warm transfer -------------------------------------------------------------------------

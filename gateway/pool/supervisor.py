@@ -706,6 +706,13 @@ def _print_routing(sup: Supervisor, app_url: str | None) -> None:
         sup.say(f"Dial XML for one worker: <Dial><User>{snapshot[0]['uri']}</User></Dial>")
     if app_url:
         sup.say(f"answer_url: {app_url}/answer  hangup_url: {app_url}/hangup")
+    t = s.transfer
+    if t.method == "auto" and t.target and app_url and not s.plivo_transfer_ready():
+        sup.say(
+            "warning: calls the answer_url app routes (from Plivo) are transferred with REFER,"
+            " which Plivo takes only on Zentrunk; set transfer.plivo_auth_id, app.auth_token"
+            " and app.public_url for Plivo's REST transfer"
+        )
     loopback_only = all(_is_loopback(n) for n in s.sip.allow_networks)
     if s.sip.allow_networks and loopback_only and s.sip.listen_host not in ("127.0.0.1", "::1"):
         sup.say(
