@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from flask import Flask, Response, jsonify, request
 
-from gateway.callcontext import encode_sip_headers
+from gateway.callcontext import decode_call_context, decode_value, encode_sip_headers
 from gateway.pool.state import PoolState
 from gateway.records import CallRecords
 from gateway.transfer import TransferError, transfer_uri
@@ -54,6 +54,7 @@ from xml_app.routing import (
     caller_party,
     destination,
     is_open,
+    number_key,
     select_route,
     target_kind,
     valid_call_uuid,
@@ -74,6 +75,8 @@ _CALL_ENDED: Final = frozenset(
     {"completed", "busy", "failed", "timeout", "no-answer", "cancel", "canceled"}
 )
 _NUMBER_CHARS: Final = frozenset("+0123456789")
+# Headers a worker puts on the calls it places from its endpoint for the app itself.
+_OWN_HEADERS: Final = frozenset({"x-ph-callerid", "x-ph-recordid"})
 
 View = Callable[[dict[str, str]], Response]
 Push = Callable[[str, dict[str, Any]], tuple[int, str]]
@@ -100,6 +103,14 @@ class _CallRouter:
         self.app_settings = settings.app
         self.routing = settings.routing
         self.transfer_caller_id = settings.transfer.caller_id
+        self.outbound_caller_id = settings.outbound.caller_id
+        # Our own Plivo endpoints (register mode): a call from one of them is a call a
+        # worker places through Plivo, which runs the endpoint's application (this app).
+        self.own_endpoints = (
+            frozenset(a.username.lower() for a in settings.registration.accounts)
+            if settings.sip.mode == "register"
+            else frozenset()
+        )
         self.pool = pool
         self.records = records
         self.clock = clock
@@ -250,6 +261,63 @@ class _CallRouter:
             extra=extra,
         )
 
+    def from_own_endpoint(self, caller: str) -> bool:
+        """Whether ``From`` is one of our registered endpoints (``sip:agent1@phone.plivo.com``
+        or the bare user name)."""
+        if not self.own_endpoints:
+            return False
+        user = caller.strip()
+        if user.lower().startswith(("sip:", "sips:")):
+            user = user.split(":", 1)[1].split("@", 1)[0].split(";", 1)[0]
+        return user.lower() in self.own_endpoints
+
+    def endpoint_call(self, call_uuid: str, called: str, params: Mapping[str, str]) -> Response:
+        """A call a worker placed from its registered endpoint to a number: Plivo runs the
+        endpoint's application (this app) for it, so the answer is a ``<Dial><Number>`` to
+        the number, not a worker (that would loop). The caller ID and our id of the call
+        come in the worker's ``X-PH-Callerid`` / ``X-PH-Recordid`` headers, which Plivo
+        passes on as parameters (the only custom headers it forwards)."""
+        key = number_key(called)
+        record_id = decode_call_context(
+            {k: v for k, v in params.items() if k.lower() == "x-ph-recordid"}
+        ).get("record_id", "")
+        if not key:
+            log.warning(
+                "answer: call %s from our own endpoint to %r: not a number; hanging up",
+                call_uuid,
+                called,
+            )
+            return _xml(plivo_xml.render(plivo_xml.hangup()))
+        wanted = decode_value(params.get("X-PH-Callerid", ""))
+        caller_id = (
+            wanted
+            if wanted and set(wanted) <= _NUMBER_CHARS
+            else self.outbound_caller_id or self.app_settings.caller_id
+        )
+        number = "+" + key
+        action = f"{self.base_url()}/dial-status?target=number"
+        if valid_call_uuid(record_id):
+            action += f"&outbound_id={record_id}"
+        extra, _ = caller_headers(
+            {k: v for k, v in params.items() if k.lower() not in _OWN_HEADERS}
+        )
+        sip_headers = ",".join(f"{k}={v}" for k, v in extra.items())
+        log.info(
+            "answer: call %s is our endpoint's outbound call %s to %s: dialling the number",
+            call_uuid,
+            record_id or "(no id)",
+            number,
+        )
+        dial = plivo_xml.dial(
+            number,
+            timeout=self.app_settings.dial_timeout_s,
+            action=action,
+            caller_id=caller_id,
+            sip_headers=sip_headers or None,
+            user=False,
+        )
+        return _xml(plivo_xml.render(dial))
+
     def answer(self, params: dict[str, str]) -> Response:
         """``/answer``: validate, route, record, answer XML."""
         call_uuid = params.get("CallUUID", "")
@@ -257,6 +325,9 @@ class _CallRouter:
             return _bad_request("CallUUID", "missing")
         if not valid_call_uuid(call_uuid):
             return _bad_request("CallUUID", "malformed")
+        if self.from_own_endpoint(params.get("From", "")) and not self.outbound_id():
+            to = destination(params.get("To", ""), params.get("SIP-H-To", ""))
+            return self.endpoint_call(call_uuid, to, params)
         # Route by the number the caller dialled: SIP-H-To for calls to an application's
         # SIP URI and BYOC (Plivo's pass-custom-headers page shows it beside To).
         called = destination(params.get("To", ""), params.get("SIP-H-To", ""))

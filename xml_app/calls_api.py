@@ -31,6 +31,7 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
+from gateway.callcontext import MAX_VALUE_LEN, encode_value
 from gateway.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
 from gateway.plivo_client import plivo_client
 from gateway.records import CallRecords
@@ -41,6 +42,28 @@ log = logging.getLogger(__name__)
 
 Dial = Callable[[str, str, dict[str, str]], tuple[int, str]]
 """(call id, SIP URI, headers) -> (201, SIP Call-ID) or (status, why)."""
+
+
+def endpoint_headers(call_id: str, from_: str | None, headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a call placed through our registered Plivo endpoint. Plivo passes
+    only ``X-PH-*`` headers on, to the endpoint's application (this app's ``/answer``), in
+    its alphabet (letters and digits; Plivo's pass-custom-headers page), so each header
+    becomes ``X-PH-<Name>`` with its value encoded like the app's own (gateway.callcontext),
+    and the app learns our id of the call and the caller ID to show."""
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        bare = name[5:] if name.lower().startswith("x-ph-") else name.removeprefix("X-")
+        key = "".join(ch for ch in bare if ch.isascii() and ch.isalnum())[:24]
+        encoded = value if value.isascii() and value.isalnum() else encode_value(value)
+        if key and encoded and len(encoded) <= MAX_VALUE_LEN:
+            out[f"X-PH-{key[:1].upper()}{key[1:].lower()}"] = encoded
+        else:
+            log.warning("outbound call %s: header %r cannot pass Plivo; left out", call_id, name)
+    out["X-PH-Recordid"] = call_id.replace("-", "")
+    caller = encode_value(from_) if from_ else None
+    if caller:
+        out["X-PH-Callerid"] = caller
+    return out
 
 
 def _error(status: int, message: str, **extra: Any) -> Response:
@@ -69,6 +92,7 @@ class CallsApi:
         self.number_host = o.trunk or (
             settings.registration.registrar if settings.sip.mode == "register" else None
         )
+        self.via_registrar = settings.sip.mode == "register" and not o.trunk
         self.records = records
         self.dial = dial
         self.base_url = base_url
@@ -142,7 +166,14 @@ class CallsApi:
         )
         if via == "plivo":
             return self._via_plivo(call_id, to, from_)
+        if self.through_endpoint(to):
+            headers = endpoint_headers(call_id, from_, headers)
         return self._via_sip(call_id, to, headers)
+
+    def through_endpoint(self, to: str) -> bool:
+        """Whether a call to ``to`` goes out through our registered Plivo endpoint (a
+        number in register mode without a trunk): Plivo then runs the endpoint's app."""
+        return self.via_registrar and not to.startswith(("sip:", "sips:"))
 
     def _parse(
         self, body: Mapping[str, Any]
