@@ -932,6 +932,14 @@ class AppSettings(_Section):
     auth_token: str = Field(
         default="", repr=False, description="Plivo (sub)account auth token for signatures."
     )
+    main_auth_token: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "The main account's auth token, when auth_token is a subaccount's: requests are"
+            " also taken with a valid X-Plivo-Signature-Ma-V3 (signed with it)."
+        ),
+    )
     verify_signatures: bool = Field(
         default=True, description="Reject requests without a valid X-Plivo-Signature-V3."
     )

@@ -26,7 +26,7 @@ from gateway.records import CallRecords
 from sip_config import ConfigError, Settings, load_settings
 from tests.fakes.plivo_api import plivo_signature as sign_like_plivo
 from xml_app import create_app, serve_app
-from xml_app.signature import NONCE_HEADER, SIGNATURE_HEADER, NonceCache
+from xml_app.signature import MAIN_SIGNATURE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, NonceCache
 
 TOKEN = "MjQ5NzE2ZTg0ZWE5YjU5ZGFhMjk1ZjQ0NmIxNDE2"
 BASE = "http://localhost"
@@ -192,6 +192,36 @@ def test_altered_parameter_is_rejected_as_forged(
     (line,) = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert "forged" in line
     assert headers[SIGNATURE_HEADER] not in line
+
+
+MAIN_TOKEN = "ZmFrZS1tYWluLWFjY291bnQtdG9rZW4tMDAwMDAw"
+
+
+def test_a_subaccount_app_takes_the_main_accounts_signature(tmp_path: Path) -> None:
+    # Plivo signs every request twice: X-Plivo-Signature-V3 with the (sub)account's token
+    # and X-Plivo-Signature-Ma-V3 with the main account's ("Validate requests" page).
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+
+    def post(env: Env, nonce: str, v3: str | None, ma: str | None) -> int:
+        headers = {NONCE_HEADER: nonce}
+        for name, token in ((SIGNATURE_HEADER, v3), (MAIN_SIGNATURE_HEADER, ma)):
+            if token is not None:
+                headers[name] = plivo_signature("POST", BASE + "/answer", body, nonce, token)
+        return env.plivo.post("/answer", body, headers=headers).status_code
+
+    with_main = Env(tmp_path, make_settings(app={"main_auth_token": MAIN_TOKEN}))
+    without = Env(tmp_path / "2", make_settings())
+    main_only = Env(tmp_path / "3", make_settings(app={"auth_token": MAIN_TOKEN}))
+    try:
+        assert post(with_main, "n1", None, MAIN_TOKEN) == 200
+        assert post(with_main, "n2", "wrong-token", MAIN_TOKEN) == 200  # one valid is enough
+        assert post(with_main, "n3", None, "wrong-token") == 403
+        assert post(with_main, "n1", None, MAIN_TOKEN) == 403  # its nonce was used
+        assert post(without, "n4", None, MAIN_TOKEN) == 403  # the main token is not known
+        assert post(main_only, "n5", "sub-token-we-lack", MAIN_TOKEN) == 200
+    finally:
+        for env in (with_main, without, main_only):
+            env.records.close()
 
 
 def test_replayed_nonce_is_rejected(env: Env, caplog: pytest.LogCaptureFixture) -> None:

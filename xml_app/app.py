@@ -60,7 +60,12 @@ from xml_app.routing import (
     valid_call_uuid,
     valid_party,
 )
-from xml_app.signature import NONCE_HEADER, SIGNATURE_HEADER, SignatureVerifier
+from xml_app.signature import (
+    MAIN_SIGNATURE_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    SignatureVerifier,
+)
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]
 
@@ -550,7 +555,10 @@ def create_app(
         plivo_routes = False
     elif app_settings.verify_signatures:
         verifier = SignatureVerifier(
-            app_settings.auth_token, nonce_ttl_s=app_settings.nonce_ttl_s, clock=clock
+            app_settings.auth_token,
+            nonce_ttl_s=app_settings.nonce_ttl_s,
+            clock=clock,
+            main_token=app_settings.main_auth_token,
         )
     router = _CallRouter(settings, pool, records, clock)
     app = Flask(__name__)
@@ -570,6 +578,7 @@ def create_app(
                         form,
                         request.headers.get(SIGNATURE_HEADER),
                         request.headers.get(NONCE_HEADER),
+                        request.headers.get(MAIN_SIGNATURE_HEADER),
                     )
                 except Exception:
                     # An unverifiable request is refused, never answered with a stack trace.

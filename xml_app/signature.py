@@ -1,4 +1,4 @@
-"""Plivo request signatures (``X-Plivo-Signature-V3``) with replay protection.
+"""Plivo request signatures (``X-Plivo-Signature-V3`` and ``-Ma-V3``) with replay protection.
 
 The expected signature is computed with the plivo SDK's own functions, so the URL and
 parameter canonicalisation is exactly Plivo's.  Unlike the SDK's ``validate_v3_signature``
@@ -18,6 +18,7 @@ from typing import Final, Literal
 from plivo.utils import signature_v3
 
 __all__ = [
+    "MAIN_SIGNATURE_HEADER",
     "MAX_NONCES",
     "NONCE_HEADER",
     "SIGNATURE_HEADER",
@@ -28,6 +29,9 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER: Final = "X-Plivo-Signature-V3"
+MAIN_SIGNATURE_HEADER: Final = "X-Plivo-Signature-Ma-V3"
+"""Signed with the main account's token also for a subaccount's requests (Plivo's
+"Validate requests" page): what an app that holds only the main token checks."""
 NONCE_HEADER: Final = "X-Plivo-Signature-V3-Nonce"
 
 MAX_NONCES: Final = 100_000
@@ -113,8 +117,12 @@ class SignatureVerifier:
         *,
         nonce_ttl_s: float,
         clock: Callable[[], float] = time.time,
+        main_token: str = "",
     ) -> None:
         self._token = auth_token
+        # X-Plivo-Signature-Ma-V3 is checked against the main account's token when it is
+        # given, else against ``auth_token`` (which may be the main account's).
+        self._main_token = main_token or auth_token
         self.nonces = NonceCache(nonce_ttl_s, clock=clock)
 
     def check(
@@ -124,23 +132,32 @@ class SignatureVerifier:
         params: Mapping[str, str | Sequence[str]],
         signature_header: str | None,
         nonce_header: str | None,
+        main_signature_header: str | None = None,
     ) -> Verdict:
         """Verify one request; a verified nonce is remembered (only then).
 
-        ``signature_header`` may hold several comma-separated signatures; one match is
-        enough.  A missing or empty header makes the request ``"unsigned"``.
+        ``signature_header`` (``X-Plivo-Signature-V3``, the (sub)account's token) and
+        ``main_signature_header`` (``X-Plivo-Signature-Ma-V3``, the main account's) may
+        each hold several comma-separated signatures; one match is enough.  Without either
+        (or without the nonce) the request is ``"unsigned"``.
         """
-        if not signature_header or not signature_header.strip() or not nonce_header:
+        headers = [
+            (h, t)
+            for h, t in ((signature_header, self._token), (main_signature_header, self._main_token))
+            if h and h.strip()
+        ]
+        if not headers or not nonce_header:
             return "unsigned"
         nonce = nonce_header.strip()
         if not nonce or len(nonce) > _MAX_NONCE_LEN:
             return "forged"
-        expected = expected_signature(self._token, method, url, params, nonce)
-        candidates = [c.strip() for c in signature_header.split(",")][:_MAX_CANDIDATES]
         matched = False
-        for candidate in candidates:
-            # compare every candidate (no early exit) so timing says nothing about which
-            matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
+        for header, token in headers:
+            expected = expected_signature(token, method, url, params, nonce)
+            candidates = [c.strip() for c in header.split(",")][:_MAX_CANDIDATES]
+            for candidate in candidates:
+                # every candidate is compared (no early exit): timing tells nothing
+                matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
         if not matched:
             return "forged"
         return "ok" if self.nonces.add_if_new(nonce) else "replayed"
