@@ -168,6 +168,15 @@ _MIGRATIONS: Final[Sequence[str]] = (
     CREATE INDEX calls_open_by_gateway ON calls (gateway)
         WHERE start_at IS NOT NULL AND sip_end_at IS NULL;
     """,
+    # 6: nonces of verified Plivo webhooks until they expire (the database's clock), so a
+    # replay is refused after a restart and by every gateway sharing the store.
+    """
+    CREATE TABLE webhook_nonces (
+        nonce       TEXT PRIMARY KEY,
+        expires_at  {real} NOT NULL
+    );
+    CREATE INDEX webhook_nonces_by_expiry ON webhook_nonces (expires_at);
+    """,
 )
 
 _SQLITE_TYPES: Final = {"pk": "INTEGER PRIMARY KEY", "ref": "INTEGER", "real": "REAL"}
@@ -207,6 +216,8 @@ _PLIVO_OUTCOMES: Final = {
     "cancel": "failed",
     "canceled": "failed",
 }
+
+_NONCE_PURGE_S: Final = 60.0  # expired webhook nonces are deleted at most this often
 
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 """Schema version this code writes."""
@@ -532,6 +543,7 @@ class CallRecords:
         self.gateway_id: str | None = None
         """This gateway's id once :meth:`claim_gateway` ran: :meth:`sip_started` stores it."""
         self._lease_s = 0.0
+        self._nonces_purged_at = float("-inf")
         self.backend: str = backend.name
         self.label: str = backend.label
         """The store for messages: the SQLite path or the URL without its password."""
@@ -594,6 +606,32 @@ class CallRecords:
                     if attempt == 2 or not self._db.recover(exc):
                         raise
             raise AssertionError("unreachable")
+
+    # --- webhook nonces ---------------------------------------------------------------
+    def claim_nonce(self, nonce: str, ttl_s: float) -> bool:
+        """Remember the nonce of a verified webhook for ``ttl_s`` seconds; False when it is
+        remembered already (a replay, also one sent to another gateway of this store or
+        before a restart).  Expired nonces are purged now and then."""
+        if not nonce:
+            raise ValueError("nonce must not be empty")
+
+        def body() -> bool:
+            now = self._db.now()
+            if now - self._nonces_purged_at >= _NONCE_PURGE_S:
+                self._db.execute("DELETE FROM webhook_nonces WHERE expires_at <= ?", (now,))
+                self._nonces_purged_at = now
+            else:  # an expired entry of this nonce must not count as seen
+                self._db.execute(
+                    "DELETE FROM webhook_nonces WHERE nonce = ? AND expires_at <= ?", (nonce, now)
+                )
+            added = self._db.execute(
+                "INSERT INTO webhook_nonces (nonce, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (nonce) DO NOTHING",
+                (nonce, now + ttl_s),
+            )
+            return added == 1
+
+        return self._run(body, write=True)
 
     # --- gateways ---------------------------------------------------------------------
     def _close_dead_calls(self, gateway_id: str, lease_s: float, now: float, *, claim: bool) -> int:

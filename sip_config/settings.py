@@ -944,7 +944,13 @@ class AppSettings(_Section):
         default=True, description="Reject requests without a valid X-Plivo-Signature-V3."
     )
     nonce_ttl_s: float = Field(
-        default=300.0, ge=1, le=86400, description="A nonce seen this recently is a replay."
+        default=86400.0,
+        ge=1,
+        le=7 * 86400,
+        description=(
+            "A nonce seen this recently is a replay (kept in the records store: across"
+            " restarts and every gateway sharing it)."
+        ),
     )
     dial_timeout_s: int = Field(
         default=20, ge=5, le=120, description="Dial timeout: ring the target this long."

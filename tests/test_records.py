@@ -317,7 +317,7 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
 
 
 def _sqlite_migration(number: int) -> list[str]:
@@ -803,3 +803,15 @@ def test_records_url_setting_takes_sqlite_and_postgresql_urls() -> None:
         with pytest.raises(ConfigError, match=r"records\.url") as info:
             load_settings(env_file=None, overrides={"records": {"url": bad}})
         assert "secret" not in str(info.value)
+
+
+def test_webhook_nonces_are_remembered_until_they_expire(records: CallRecords, target: str) -> None:
+    assert records.claim_nonce("n1", 3600)
+    assert not records.claim_nonce("n1", 3600)  # a replay
+    with CallRecords.open(target) as other:  # another gateway, or this one restarted
+        assert not other.claim_nonce("n1", 3600)
+        assert other.claim_nonce("n2", 3600)
+    assert records.claim_nonce("n3", -1)  # expired at once
+    assert records.claim_nonce("n3", 3600)  # so it counts as new
+    with pytest.raises(ValueError):
+        records.claim_nonce("", 60)

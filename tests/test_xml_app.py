@@ -224,6 +224,23 @@ def test_a_subaccount_app_takes_the_main_accounts_signature(tmp_path: Path) -> N
             env.records.close()
 
 
+def test_a_replay_is_refused_after_a_restart_and_by_another_gateway(tmp_path: Path) -> None:
+    # Nonces live in the records store: a new app on the same store (a restart, or a second
+    # gateway sharing PostgreSQL) refuses a request it has never seen but the store has.
+    first = Env(tmp_path, make_settings())
+    body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+    headers = first.plivo.headers("POST", "/answer", body)
+    assert first.plivo.post("/answer", body, headers=headers).status_code == 200
+    first.records.close()
+    second = Env(tmp_path, make_settings())
+    second.plivo.nonces = 1000  # its own nonces differ from the first app's
+    try:
+        assert second.plivo.post("/answer", body, headers=headers).status_code == 403
+        assert second.plivo.post("/answer", body).status_code == 200  # a fresh nonce
+    finally:
+        second.records.close()
+
+
 def test_replayed_nonce_is_rejected(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger=APP_LOGGER)
     body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}

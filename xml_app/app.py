@@ -559,6 +559,7 @@ def create_app(
             nonce_ttl_s=app_settings.nonce_ttl_s,
             clock=clock,
             main_token=app_settings.main_auth_token,
+            store=functools.partial(records.claim_nonce, ttl_s=app_settings.nonce_ttl_s),
         )
     router = _CallRouter(settings, pool, records, clock)
     app = Flask(__name__)

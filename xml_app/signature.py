@@ -9,6 +9,7 @@ remembered for ``ttl_s`` so a captured request cannot be replayed.
 from __future__ import annotations
 
 import hmac
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -39,6 +40,8 @@ MAX_NONCES: Final = 100_000
 
 _MAX_NONCE_LEN: Final = 256
 _MAX_CANDIDATES: Final = 16  # signatures considered in one header
+
+log = logging.getLogger(__name__)
 
 Verdict = Literal["ok", "unsigned", "forged", "replayed"]
 """Outcome of a check: valid; a header missing; no signature matches; nonce reused."""
@@ -118,8 +121,12 @@ class SignatureVerifier:
         nonce_ttl_s: float,
         clock: Callable[[], float] = time.time,
         main_token: str = "",
+        store: Callable[[str], bool] | None = None,
     ) -> None:
         self._token = auth_token
+        # The shared, durable memory of nonces (the records store): True when the nonce is
+        # new there. Checked after the in-process cache, which answers most replays alone.
+        self._store = store
         # X-Plivo-Signature-Ma-V3 is checked against the main account's token when it is
         # given, else against ``auth_token`` (which may be the main account's).
         self._main_token = main_token or auth_token
@@ -160,4 +167,14 @@ class SignatureVerifier:
                 matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
         if not matched:
             return "forged"
-        return "ok" if self.nonces.add_if_new(nonce) else "replayed"
+        if not self.nonces.add_if_new(nonce):
+            return "replayed"
+        if self._store is not None:
+            try:
+                if not self._store(nonce):
+                    return "replayed"
+            except Exception:
+                # A store that cannot answer must not drop Plivo's calls: this process's
+                # own cache still refuses replays sent to it.
+                log.exception("signature: cannot check nonce in the records store; taken")
+        return "ok"
