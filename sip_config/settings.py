@@ -959,6 +959,15 @@ class AppSettings(_Section):
         default=None, description="callerId on Dial; None passes the caller's number on."
     )
     threads: int = Field(default=8, ge=1, le=128, description="WSGI server threads.")
+    max_connections: int = Field(
+        default=1000,
+        ge=10,
+        le=20000,
+        description="Open HTTP connections taken at once (idle ones hold no thread).",
+    )
+    idle_timeout_s: int = Field(
+        default=60, ge=5, le=3600, description="An HTTP connection silent this long is closed."
+    )
 
     @field_validator("listen_host")
     @classmethod

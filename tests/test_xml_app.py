@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -783,6 +786,29 @@ def test_waitress_server_end_to_end(tmp_path: Path) -> None:
         server.close()  # idempotent
         with pytest.raises(OSError):
             urllib.request.urlopen(server.url + "/healthz", timeout=2)
+
+
+def test_idle_and_slow_connections_do_not_block_plivos_callbacks(tmp_path: Path) -> None:
+    # waitress accepts 100 connections by default and then none: 300 idle or half-sent
+    # requests (a slow client, a scanner) used to keep Plivo's /answer out.
+    clock = FakeClock()
+    with CallRecords.open(tmp_path / "r.db") as records, contextlib.ExitStack() as held:
+        app: Flask = create_app(make_settings(), make_pool(clock), records, clock=clock)
+        server = serve_app(app, "127.0.0.1", 0, threads=2)
+        held.callback(server.close)
+        for i in range(300):
+            conn = held.enter_context(socket.create_connection(("127.0.0.1", server.port), 5))
+            if i % 2:  # half of them send a request head and stop there
+                conn.sendall(b"POST /answer HTTP/1.1\r\nHost: x\r\nContent-Length: 99\r\n")
+        params = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
+        url = server.url + "/answer"
+        sig = plivo_signature("POST", url, params, "idle-nonce", TOKEN)
+        started = time.monotonic()
+        headers = {SIGNATURE_HEADER: sig, NONCE_HEADER: "idle-nonce"}
+        status, body = post_over_http(url, params, headers)
+        elapsed = time.monotonic() - started
+    assert status == 200 and b"<Dial" in body, body
+    assert elapsed < 1.0, f"/answer took {elapsed:.2f} s with 300 idle connections"
 
 
 # -- pushed bot replies ---------------------------------------------------------------------

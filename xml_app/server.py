@@ -90,13 +90,45 @@ class AppServer:
         self.close()
 
 
-def serve_app(app: Flask, host: str, port: int, threads: int = 8) -> AppServer:
+def _allow_open_files(wanted: int) -> int:
+    """Raise this process's soft limit of open files towards ``wanted`` (up to the hard
+    limit); return the soft limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit to %d: %s", target, exc)
+    return int(soft) if soft != resource.RLIM_INFINITY else wanted
+
+
+def serve_app(
+    app: Flask,
+    host: str,
+    port: int,
+    threads: int = 8,
+    *,
+    max_connections: int = 1000,
+    idle_timeout_s: int = 60,
+) -> AppServer:
     """Serve ``app`` with waitress on ``host:port`` (0: any free port) with ``threads``
     worker threads, in a daemon thread.  Returns once the socket is listening.
+
+    Idle and slow connections hold no thread (waitress reads and writes them on its event
+    loop), but waitress stops accepting at its connection limit (100 by default), which a
+    few idle clients could fill and so block Plivo's callbacks: up to ``max_connections``
+    are taken (the open-file limit is raised to fit, and poll() replaces select(), which
+    stops at 1024 descriptors), each closed after ``idle_timeout_s`` without traffic.
 
     Raises:
         OSError: the address cannot be resolved or bound.
     """
+    limit = _allow_open_files(max_connections + 256)  # room for SIP, records, pipes
+    max_connections = max(1, min(max_connections, limit - 256))
     family, socktype, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
@@ -106,7 +138,14 @@ def serve_app(app: Flask, host: str, port: int, threads: int = 8) -> AppServer:
         sock.bind(address)
         socket_map: dict[int, socket.socket] = {}
         server = create_server(
-            app, map=socket_map, sockets=[sock], threads=threads, ident="sipagent"
+            app,
+            map=socket_map,
+            sockets=[sock],
+            threads=threads,
+            ident="sipagent",
+            connection_limit=max_connections,
+            channel_timeout=idle_timeout_s,
+            asyncore_use_poll=True,
         )
     except BaseException:
         sock.close()

@@ -877,7 +877,14 @@ def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, 
         return None, None
     a = settings.app
     try:
-        server = serve_app(app, a.listen_host, a.listen_port, a.threads)
+        server = serve_app(
+            app,
+            a.listen_host,
+            a.listen_port,
+            a.threads,
+            max_connections=a.max_connections,
+            idle_timeout_s=a.idle_timeout_s,
+        )
     except OSError as exc:
         raise ConfigError(
             f"app.listen_port: the answer_url app cannot listen on"
