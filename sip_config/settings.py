@@ -1580,8 +1580,9 @@ class Settings(BaseSettings):
 
     def _transfer_problems(self) -> list[str]:
         """Transfers that cannot work, found before any call: Plivo accepts a REFER only
-        on Zentrunk, with Refer-To on the trunk's ``<name>.zt.plivo.com`` domain (Plivo's
-        Zentrunk REFER documentation); a Dial to a registered endpoint is no trunk."""
+        on Zentrunk, with Refer-To on the trunk's ``<name>.zt.plivo.com`` domain
+        (https://plivo.com/docs/sip-trunking/concepts/sip-refer); a Dial to a registered
+        endpoint is no trunk."""
         t = self.transfer
         problems: list[str] = []
         if t.method == "refer" and self.sip.mode == "register":

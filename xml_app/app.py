@@ -278,7 +278,8 @@ class _CallRouter:
 
     def endpoint_call(self, call_uuid: str, called: str, params: Mapping[str, str]) -> Response:
         """A call a worker placed from its registered endpoint to a number: Plivo runs the
-        endpoint's application (this app) for it, so the answer is a ``<Dial><Number>`` to
+        endpoint's application (this app) for it (https://docs.plivo.com/docs/account/api/
+        application/the-application-object), so the answer is a ``<Dial><Number>`` to
         the number, not a worker (that would loop). The caller ID and our id of the call
         come in the worker's ``X-PH-Callerid`` / ``X-PH-Recordid`` headers, which Plivo
         passes on as parameters (the only custom headers it forwards)."""

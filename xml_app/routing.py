@@ -127,7 +127,8 @@ def caller_party(value: str) -> str:
 
 def destination(to: str, sip_h_to: str) -> str:
     """The number the caller dialled: the URI in ``SIP-H-To`` (the SIP To header Plivo
-    passes for calls to an application's SIP URI and BYOC, e.g.
+    passes beside To, https://plivo.com/docs/voice/use-cases/pass-custom-headers; for calls
+    to an application's SIP URI and BYOC, e.g.
     ``<sip:+14155550199@app.plivo.com>;tag=x``) when its user part is a number, else
     ``To``."""
     header = sip_h_to.strip()

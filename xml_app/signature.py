@@ -31,8 +31,9 @@ __all__ = [
 
 SIGNATURE_HEADER: Final = "X-Plivo-Signature-V3"
 MAIN_SIGNATURE_HEADER: Final = "X-Plivo-Signature-Ma-V3"
-"""Signed with the main account's token also for a subaccount's requests (Plivo's
-"Validate requests" page): what an app that holds only the main token checks."""
+"""Signed with the main account's token also for a subaccount's requests
+(https://docs.plivo.com/docs/voice/concepts/signature-validation/): what an app that
+holds only the main token checks."""
 NONCE_HEADER: Final = "X-Plivo-Signature-V3-Nonce"
 
 MAX_NONCES: Final = 100_000
