@@ -70,6 +70,8 @@ def test_the_endpoints_own_call_is_dialled_to_the_number_not_to_a_worker(
     env = Env(tmp_path, endpoint_settings(tmp_path))
     try:
         ours = str(uuid.uuid4())
+        # What POST /calls recorded before the worker sent the INVITE.
+        env.records.outbound_requested(ours, "+14155550177", "+12125550111", "sip", env.clock())
         params = {
             "From": "sip:agent1@phone.plivo.com",
             "To": "sip:+12125550111@phone.plivo.com",
@@ -86,11 +88,32 @@ def test_the_endpoints_own_call_is_dialled_to_the_number_not_to_a_worker(
         assert dial.get("action") == f"{BASE}/dial-status?target=number&outbound_id={ours}"
         assert dial.get("sipHeaders") == "Campaign=spring"
         assert reserved(env.pool) == 0  # no worker slot taken: no loop back to the pool
-        # Without our headers the configured caller ID is shown.
-        bare = ET.fromstring(env.answer(From="agent1", To="+12125550111").get_data())
+        # Without the caller ID header the configured one is shown.
+        bare = ET.fromstring(
+            env.answer(From="agent1", To="+12125550111", **{"X-PH-Recordid": ours}).get_data()
+        )
         assert bare.find("Dial").get("callerId") == "+14155550100"  # type: ignore[union-attr]
         # Another endpoint's call is an ordinary inbound call: routed to a worker.
         other = ET.fromstring(env.answer(From="sip:bob@phone.plivo.com").get_data())
         assert other.find("Dial/User") is not None
+    finally:
+        env.records.close()
+
+
+def test_a_caller_who_only_claims_to_be_our_endpoint_is_not_dialled_out(tmp_path: Path) -> None:
+    # Anyone can put "agent1" in From (a SIP caller of the application's public URI): only
+    # the id of a live outbound call of ours makes the app dial a number for a call.
+    env = Env(tmp_path, endpoint_settings(tmp_path))
+    try:
+        ended = str(uuid.uuid4())
+        env.records.outbound_requested(ended, None, "+19005550111", "sip", env.clock())
+        env.records.outbound_failed(ended, "busy", env.clock())
+        for recordid in ("", str(uuid.uuid4()), ended):
+            params = {"From": "sip:agent1@phone.plivo.com", "To": "+19005550111"}
+            if recordid:
+                params["X-PH-Recordid"] = recordid.replace("-", "")
+            root = ET.fromstring(env.answer(**params).get_data())
+            assert root.find("Dial/Number") is None, ET.tostring(root)
+            assert root.find("Dial/User") is not None  # the agent takes it, as any caller
     finally:
         env.records.close()

@@ -276,6 +276,28 @@ class _CallRouter:
             user = user.split(":", 1)[1].split("@", 1)[0].split(";", 1)[0]
         return user.lower() in self.own_endpoints
 
+    def placed_by_us(self, params: Mapping[str, str], called: str) -> bool:
+        """Whether the call's ``X-PH-Recordid`` names an outbound call we placed through SIP
+        to ``called`` that has not ended: proof that an endpoint's call is really ours (a
+        caller can claim a From, not the id of one of our live calls)."""
+        record_id = decode_call_context(
+            {k: v for k, v in params.items() if k.lower() == "x-ph-recordid"}
+        ).get("record_id", "")
+        if not valid_call_uuid(record_id):
+            return False
+        try:
+            row = self.records.get(record_id)
+        except Exception:
+            log.exception("answer: cannot look up outbound call %s", record_id)
+            return False
+        return bool(
+            row is not None
+            and row.get("direction") == "outbound"
+            and row.get("via") == "sip"
+            and row.get("end_at") is None
+            and number_key(str(row.get("to_number") or "")) == number_key(called) != ""
+        )
+
     def endpoint_call(self, call_uuid: str, called: str, params: Mapping[str, str]) -> Response:
         """A call a worker placed from its registered endpoint to a number: Plivo runs the
         endpoint's application (this app) for it (https://docs.plivo.com/docs/account/api/
@@ -333,7 +355,18 @@ class _CallRouter:
             return _bad_request("CallUUID", "malformed")
         if self.from_own_endpoint(params.get("From", "")) and not self.outbound_id():
             to = destination(params.get("To", ""), params.get("SIP-H-To", ""))
-            return self.endpoint_call(call_uuid, to, params)
+            if self.placed_by_us(params, to):
+                return self.endpoint_call(call_uuid, to, params)
+            # Anyone can write our endpoint's name in From; dialling out for them would
+            # put their calls on our account. Without the id of a live call of ours it is
+            # an ordinary inbound call.
+            log.warning(
+                "answer: call %s claims to come from our endpoint (%r) but names no outbound"
+                " call of ours to %r: routed as an inbound call",
+                call_uuid,
+                params.get("From", "")[:80],
+                to[:80],
+            )
         # Route by the number the caller dialled: SIP-H-To for calls to an application's
         # SIP URI and BYOC (Plivo's pass-custom-headers page shows it beside To).
         called = destination(params.get("To", ""), params.get("SIP-H-To", ""))
