@@ -233,8 +233,8 @@ class AgentWorker:
         return call_uuid
 
     def _transferrer(self, handle: CallHandle) -> Transferrer:
-        """How this call is handed to a human: SIP REFER on the call, or (``transfer.method
-        = "plivo"`` and the call came with a CallUUID) Plivo's REST API on the A leg."""
+        """How this call is handed to a human: Plivo's REST API on the A leg when
+        `_rest_transfer_uuid` names one (a call from Plivo's Dial), else SIP REFER."""
         settings = self.settings.transfer
         call_uuid = self._rest_transfer_uuid(handle)
         if call_uuid:
