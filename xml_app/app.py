@@ -276,46 +276,40 @@ class _CallRouter:
             user = user.split(":", 1)[1].split("@", 1)[0].split(";", 1)[0]
         return user.lower() in self.own_endpoints
 
-    def placed_by_us(self, params: Mapping[str, str], called: str) -> bool:
-        """Whether the call's ``X-PH-Recordid`` names an outbound call we placed through SIP
-        to ``called`` that has not ended: proof that an endpoint's call is really ours (a
-        caller can claim a From, not the id of one of our live calls)."""
+    def our_outbound_call(self, params: Mapping[str, str], called: str) -> str:
+        """The id in the call's ``X-PH-Recordid`` when it names an outbound call we placed
+        through SIP to ``called`` that has not ended, else "": proof that an endpoint's
+        call is really ours (a caller can claim a From, not the id of a live call of ours)."""
         record_id = decode_call_context(
             {k: v for k, v in params.items() if k.lower() == "x-ph-recordid"}
         ).get("record_id", "")
         if not valid_call_uuid(record_id):
-            return False
+            return ""
         try:
             row = self.records.get(record_id)
         except Exception:
             log.exception("answer: cannot look up outbound call %s", record_id)
-            return False
-        return bool(
+            return ""
+        ours = (
             row is not None
             and row.get("direction") == "outbound"
             and row.get("via") == "sip"
             and row.get("end_at") is None
             and number_key(str(row.get("to_number") or "")) == number_key(called) != ""
         )
+        return record_id if ours else ""
 
-    def endpoint_call(self, call_uuid: str, called: str, params: Mapping[str, str]) -> Response:
+    def endpoint_call(
+        self, call_uuid: str, called: str, params: Mapping[str, str], record_id: str
+    ) -> Response:
         """A call a worker placed from its registered endpoint to a number: Plivo runs the
         endpoint's application (this app) for it (https://docs.plivo.com/docs/account/api/
         application/the-application-object), so the answer is a ``<Dial><Number>`` to
         the number, not a worker (that would loop). The caller ID and our id of the call
         come in the worker's ``X-PH-Callerid`` / ``X-PH-Recordid`` headers, which Plivo
-        passes on as parameters (the only custom headers it forwards)."""
+        passes on as parameters (the only custom headers it forwards); ``record_id`` is
+        that call's id, checked by :meth:`our_outbound_call` (so ``called`` is a number)."""
         key = number_key(called)
-        record_id = decode_call_context(
-            {k: v for k, v in params.items() if k.lower() == "x-ph-recordid"}
-        ).get("record_id", "")
-        if not key:
-            log.warning(
-                "answer: call %s from our own endpoint to %r: not a number; hanging up",
-                call_uuid,
-                called,
-            )
-            return _xml(plivo_xml.render(plivo_xml.hangup()))
         wanted = decode_value(params.get("X-PH-Callerid", ""))
         caller_id = (
             wanted
@@ -323,9 +317,7 @@ class _CallRouter:
             else self.outbound_caller_id or self.app_settings.caller_id
         )
         number = "+" + key
-        action = f"{self.base_url()}/dial-status?target=number"
-        if valid_call_uuid(record_id):
-            action += f"&outbound_id={record_id}"
+        action = f"{self.base_url()}/dial-status?target=number&outbound_id={record_id}"
         extra, _ = caller_headers(
             {k: v for k, v in params.items() if k.lower() not in _OWN_HEADERS}
         )
@@ -333,7 +325,7 @@ class _CallRouter:
         log.info(
             "answer: call %s is our endpoint's outbound call %s to %s: dialling the number",
             call_uuid,
-            record_id or "(no id)",
+            record_id,
             number,
         )
         dial = plivo_xml.dial(
@@ -355,8 +347,9 @@ class _CallRouter:
             return _bad_request("CallUUID", "malformed")
         if self.from_own_endpoint(params.get("From", "")) and not self.outbound_id():
             to = destination(params.get("To", ""), params.get("SIP-H-To", ""))
-            if self.placed_by_us(params, to):
-                return self.endpoint_call(call_uuid, to, params)
+            record_id = self.our_outbound_call(params, to)
+            if record_id:
+                return self.endpoint_call(call_uuid, to, params, record_id)
             # Anyone can write our endpoint's name in From; dialling out for them would
             # put their calls on our account. Without the id of a live call of ours it is
             # an ordinary inbound call.
