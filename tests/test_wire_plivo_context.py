@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.callcontext import decode_call_context
-from tests.test_wire_pool import plivo_post
+from tests.test_wire_pool import dial_leg, plivo_post
 from tests.wire import place_call, running_pool, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
@@ -55,11 +54,7 @@ def test_a_withheld_caller_and_its_headers_reach_the_agent_and_the_record(tmp_pa
         }
         status, body = plivo_post(pool.app_url + "/answer", params)
         assert status == 200, body
-        dial = ET.fromstring(body).find("Dial")
-        assert dial is not None and dial.find("User") is not None, body
-        target = (dial.find("User").text or "").strip()  # type: ignore[union-attr]
-        pairs = [p.split("=", 1) for p in (dial.get("sipHeaders") or "").split(",") if p]
-        headers = [a for k, v in pairs for a in ("--header", f"X-PH-{k}:{v}")]
+        target, headers = dial_leg(body)
         report = place_call(target, *headers, "--timeout", "20")
         assert report["answered"] and report["greeting_ms"] is not None, report
         wait_for(lambda: (record(tmp_path, call_uuid) or {}).get("end_at") is not None, 20, "end")

@@ -59,6 +59,14 @@ def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
     }
     status, body = plivo_post(pool.app_url + "/answer", params)
     assert status == 200, body
+    uri, headers = dial_leg(body)
+    return call_uuid, uri, headers
+
+
+def dial_leg(body: str) -> tuple[str, list[str]]:
+    """Plivo's leg for an answer's ``<Dial><User>``: the SIP URI it calls and the
+    softphone's ``--header`` arguments for the ``sipHeaders`` (Plivo puts each pair on the
+    INVITE as ``X-PH-<key>``, voice/xml/dial/user)."""
     dial = ET.fromstring(body).find("Dial")
     assert dial is not None, body
     user = dial.find("User")
@@ -68,7 +76,7 @@ def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
         if pair:
             name, _, value = pair.partition("=")
             headers += ["--header", f"X-PH-{name}:{value}"]
-    return call_uuid, user.text.strip(), headers
+    return user.text.strip(), headers
 
 
 @pytest.fixture(scope="module")
