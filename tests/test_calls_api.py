@@ -21,7 +21,7 @@ from gateway.outbound import CpsLimiter
 from gateway.records import CallRecords
 from sip_config import ConfigError, Route, Settings
 from tests.fakes.plivo_api import FakePlivoApi
-from tests.test_xml_app import TOKEN, FakeClock, make_pool, make_settings
+from tests.test_xml_app import TOKEN, FakeClock, make_pool, make_settings, sip_headers_of
 from xml_app import create_app, serve_app
 from xml_app.calls_api import CallsApi
 
@@ -255,11 +255,7 @@ def test_via_plivo_uses_the_call_api_and_the_answer_reaches_a_worker(
             # The worker gets Plivo's CallUUID (what a REST transfer and the brain need:
             # Plivo's Transfer API takes the call_uuid Plivo gave the call) and records
             # the call under our id (X-PH-Recordid), so one record.
-            invite = {
-                f"X-PH-{k}": v
-                for k, v in (p.split("=", 1) for p in dial.get("sipHeaders", "").split(","))
-            }
-            context = decode_call_context(invite)
+            context = decode_call_context(sip_headers_of(ET.fromstring(xml)))
             assert (context["call_uuid"], context["record_id"]) == (plivo_uuid, call_id)
             assert record_key(context) == call_id
             assert f"outbound_id={call_id}" in dial.get("action", "")
