@@ -47,6 +47,13 @@ def _header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def _credentials(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise argparse.ArgumentTypeError("expected USER:PASSWORD")
+    return user, password
+
+
 def _dtmf_digits(text: str) -> str:
     keys = text.strip().upper()
     if not keys or any(ch not in "0123456789*#ABCD" for ch in keys):
@@ -364,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_header,
         metavar="NAME:VALUE",
         help="add a header to the INVITE, e.g. X-PH-CallUUID:1234 (repeatable)",
+    )
+    c.add_argument(
+        "--auth",
+        type=_credentials,
+        metavar="USER:PASSWORD",
+        help="answer the agent's digest challenge with these (sip.inbound_auth)",
     )
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_call, steps=None)

@@ -61,6 +61,7 @@ class CallScript:
     headers: dict[str, str] = field(default_factory=dict)
     dtmf_method: str = "rfc4733"  # or "info"
     session_expires_s: int = 0  # ask for SIP session timers (RFC 4028) with this interval
+    auth: tuple[str, str] | None = None  # digest user and password for a challenge
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CallScript:
@@ -79,6 +80,7 @@ class CallScript:
             headers=dict(args.headers or []),
             dtmf_method="info" if getattr(args, "dtmf_method", "rfc4733") == "info" else "rfc4733",
             session_expires_s=getattr(args, "session_expires", 0),
+            auth=getattr(args, "auth", None),
         )
 
 
@@ -521,7 +523,9 @@ def run_softphone(uri: str, script: CallScript) -> int:
     except (OSError, EOFError, wave.Error, ValueError) as exc:
         print(f"sipagent call: cannot use that audio: {exc}", file=sys.stderr)
         return 2
-    dialer = Dialer(codecs=script.codecs, session_expires_s=script.session_expires_s)
+    dialer = Dialer(
+        codecs=script.codecs, session_expires_s=script.session_expires_s, auth=script.auth
+    )
     try:
         dialer.start()
     except SipError as exc:

@@ -22,6 +22,7 @@ from gateway.recording import CallRecorder, recording_path
 from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
+from gateway.sip.digest import inbound_credentials
 from gateway.sip.endpoint import EndpointOptions, SipError
 from gateway.transfer import (
     TransferError,
@@ -168,6 +169,7 @@ class AgentWorker:
                 outbound_proxy=sip.outbound_proxy,
                 media_host=sip.media_host,
                 media_public_host=sip.media_public_host,
+                inbound_auth=inbound_credentials(settings),
             ),
             self,
         )

@@ -185,6 +185,53 @@ def _parse_list(value: object) -> object:
     return value
 
 
+_AUTH_PASSWORD = re.compile(r"^[!#-\[\]-~]{8,128}$")  # printable ASCII but space, '"', '\\'
+
+
+class InboundAuthSettings(_Section):
+    """Digest credentials every new call must carry (``[sip.inbound_auth]``,
+    ``SIPAGENT_SIP__INBOUND_AUTH__*``): the workers (or the edge) challenge INVITEs, and
+    the app's Dial gives Plivo the credentials (``sipAuthUsername``/``sipAuthPassword``)."""
+
+    username: str = Field(default="", description="User the callers authenticate as.")
+    password: str = Field(
+        default="",
+        repr=False,
+        description="Its password: 8-128 printable ASCII characters (Plivo's rule).",
+    )
+    realm: str = Field(default="sipagent", description="Realm of the challenge.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls are challenged."""
+        return bool(self.username)
+
+    @field_validator("username")
+    @classmethod
+    def _validate_username(cls, value: str) -> str:
+        if value and (len(value) > 64 or not _SIP_USER.match(value)):
+            _invalid("must be at most 64 letters, digits, '-', '.' or '_'")
+        return value
+
+    @field_validator("realm")
+    @classmethod
+    def _validate_realm(cls, value: str) -> str:
+        if len(value) > 64 or not _SIP_USER.match(value):
+            _invalid("must be 1-64 letters, digits, '-', '.' or '_'")
+        return value
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> InboundAuthSettings:
+        if bool(self.username) != bool(self.password):
+            _invalid("set both username and password (or neither, for no authentication)")
+        if self.password and not _AUTH_PASSWORD.match(self.password):
+            _invalid(
+                "password must be 8 to 128 printable ASCII characters without spaces,"
+                " '\"' or '\\' (Plivo's sipAuthPassword takes 8-128)"
+            )
+        return self
+
+
 class SipSettings(_Section):
     """SIP user-agent settings (``[sip]`` table, ``SIPAGENT_SIP__*`` variables)."""
 
@@ -246,6 +293,10 @@ class SipSettings(_Section):
     )
     mode: SipMode = Field(
         default="direct", description="'direct' (take INVITEs) or 'register' (registrar)."
+    )
+    inbound_auth: InboundAuthSettings = Field(
+        default_factory=InboundAuthSettings,
+        description="Digest credentials new calls must carry; empty: none asked.",
     )
     allow_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: list(_DEFAULT_ALLOW),

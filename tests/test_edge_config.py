@@ -18,6 +18,7 @@ from gateway.edge.config import (
     sdp_regex_file,
     tls_cfg,
 )
+from gateway.sip.digest import DigestCredentials
 from gateway.sip.screen import sdp_problem
 from tests.kamailio import kamailio_binary
 from tests.sipraw import sdp_offer
@@ -91,8 +92,11 @@ def test_tls_and_advertised_address(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(kamailio_binary() is None, reason="kamailio (Debian package) missing")
-def test_kamailio_accepts_the_generated_configuration(tmp_path: Path) -> None:
-    p = plan(tmp_path)
+@pytest.mark.parametrize("auth", [False, True])
+def test_kamailio_accepts_the_generated_configuration(tmp_path: Path, auth: bool) -> None:
+    creds = DigestCredentials("sipagent", "plivo", "s3cret-pass-42") if auth else None
+    p = plan(tmp_path, inbound_auth=creds, auth_secret="k" * 32)
+    assert ("route(AUTH);" in kamailio_cfg(p)) is auth
     (tmp_path / "dispatcher.list").write_text(dispatcher_list(p))
     (tmp_path / "sdp.regex").write_text(sdp_regex_file())
     p.cfg_path.write_text(kamailio_cfg(p))

@@ -49,6 +49,15 @@ def test_a_worker_behind_the_edge_takes_media_where_it_is_told() -> None:
     assert (sip.media_host, sip.media_public_host) == ("10.0.0.5", "192.0.2.9")
 
 
+def test_a_worker_behind_the_edge_leaves_the_callers_credentials_to_the_edge() -> None:
+    auth = {"username": "plivo", "password": "s3cret-pass-42"}
+    settings = load_settings(None, env_file=None, overrides={"sip": {"inbound_auth": auth}})
+    command = {"sip_port": 5071, "rtp_port_start": 20000, "rtp_port_range": 100}
+    assert worker_settings(settings, command).sip.inbound_auth.enabled
+    behind_edge = worker_settings(settings, {**command, "inbound_auth": False}).sip
+    assert not behind_edge.inbound_auth.enabled
+
+
 @pytest.mark.timeout(20)
 def test_a_worker_whose_socket_is_reset_ends_its_reader() -> None:
     # A worker killed before it read its commands resets the control socket (seen when a

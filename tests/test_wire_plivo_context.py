@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from gateway.callcontext import decode_call_context
-from tests.test_wire_pool import dial_leg, plivo_post
-from tests.wire import place_call, running_pool, wait_for
+from tests.fakes.plivo import PlivoEmulator, inbound_params
+from tests.wire import POOL_TOKEN, place_call, running_pool, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 
@@ -42,20 +42,16 @@ def test_a_withheld_caller_and_its_headers_reach_the_agent_and_the_record(tmp_pa
     ) as pool:
         assert pool.app_url is not None
         call_uuid = str(uuid.uuid4())
-        params = {
-            "CallUUID": call_uuid,
-            "From": "",  # withheld: Plivo must still get XML, not an HTTP 400
-            "To": "sip:7f3a2b@app.plivo.com",
-            "SIP-H-To": "<sip:+14155550100@app.plivo.com>;tag=a1",
-            "Direction": "inbound",
-            "CallStatus": "ringing",
-            "CallerName": "Ana",
-            "X-PH-Customerid": "A1234",
-        }
-        status, body = plivo_post(pool.app_url + "/answer", params)
-        assert status == 200, body
-        target, headers = dial_leg(body)
-        report = place_call(target, *headers, "--timeout", "20")
+        params = inbound_params(
+            "",  # withheld: Plivo must still get XML, not an HTTP 400
+            "sip:7f3a2b@app.plivo.com",
+            call_uuid=call_uuid,
+            sip_h_to="<sip:+14155550100@app.plivo.com>;tag=a1",
+            caller_name="Ana",
+            headers={"Customerid": "A1234"},
+        )
+        leg = PlivoEmulator(pool.app_url, POOL_TOKEN).dial(params)
+        report = place_call(leg.uri, *leg.softphone(), "--timeout", "20")
         assert report["answered"] and report["greeting_ms"] is not None, report
         wait_for(lambda: (record(tmp_path, call_uuid) or {}).get("end_at") is not None, 20, "end")
     row = record(tmp_path, call_uuid)

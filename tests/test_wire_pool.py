@@ -1,9 +1,9 @@
 """The worker pool on the wire: calls routed by the answer_url app over several workers, a
 worker killed mid-call and replaced, and a SIGTERM drain.
 
-The test plays Plivo: it POSTs a signed /answer request (signature computed with the plivo
-SDK's own functions), reads the Dial XML, and places the call the XML asks for with the
-test softphone, carrying the `sipHeaders` as X-PH- headers as Plivo does.
+The test plays Plivo (tests/fakes/plivo.py): it POSTs a signed /answer request, reads the
+Dial XML, and places the call the XML asks for with the test softphone, carrying the
+`sipHeaders` as X-PH- headers as Plivo does.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import pytest
 
 from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess
+from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.fakes.plivo_api import signed_request
 from tests.wire import POOL_TOKEN as TOKEN
 from tests.wire import finish_call, running_pool, start_call, wait_for
@@ -47,36 +48,12 @@ def get_json(url: str) -> tuple[int, dict[str, Any]]:
 
 
 def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
-    """Ask the app where an inbound call goes; returns (CallUUID, SIP URI, header args)."""
+    """Ask the app where an inbound call goes, as Plivo does; returns (CallUUID, SIP URI,
+    the softphone's arguments for the rest of Plivo's leg)."""
     assert pool.app_url is not None
-    call_uuid = str(uuid.uuid4())
-    params = {
-        "CallUUID": call_uuid,
-        "From": caller,
-        "To": "+14155550100",
-        "Direction": "inbound",
-        "CallStatus": "ringing",
-    }
-    status, body = plivo_post(pool.app_url + "/answer", params)
-    assert status == 200, body
-    uri, headers = dial_leg(body)
-    return call_uuid, uri, headers
-
-
-def dial_leg(body: str) -> tuple[str, list[str]]:
-    """Plivo's leg for an answer's ``<Dial><User>``: the SIP URI it calls and the
-    softphone's ``--header`` arguments for the ``sipHeaders`` (Plivo puts each pair on the
-    INVITE as ``X-PH-<key>``, voice/xml/dial/user)."""
-    dial = ET.fromstring(body).find("Dial")
-    assert dial is not None, body
-    user = dial.find("User")
-    assert user is not None and user.text, body
-    headers: list[str] = []
-    for pair in (dial.get("sipHeaders") or "").split(","):
-        if pair:
-            name, _, value = pair.partition("=")
-            headers += ["--header", f"X-PH-{name}:{value}"]
-    return user.text.strip(), headers
+    params = inbound_params(caller, "+14155550100")
+    leg = PlivoEmulator(pool.app_url, TOKEN).dial(params)
+    return params["CallUUID"], leg.uri, leg.softphone()
 
 
 @pytest.fixture(scope="module")

@@ -358,6 +358,31 @@ def test_default_route_dials_a_worker_with_the_call_context(env: Env) -> None:
     assert row["worker"] == int(user.rsplit(":", 1)[1]) - 5070
 
 
+def test_the_dial_to_a_worker_carries_the_inbound_credentials(tmp_path: Path) -> None:
+    """With sip.inbound_auth the workers challenge every call: the Dial gives Plivo the
+    credentials as <User sipAuthUsername sipAuthPassword> (Plivo's Dial XML, User element;
+    https://plivo.com/docs/voice/concepts/sip-authentication); other Dials do not."""
+    auth = {"inbound_auth": {"username": "plivo", "password": "s3cret&pass<42"}}
+    numbers = {"+1999": {"target": "+18885550100"}}
+    e = Env(tmp_path, make_settings(sip=auth, routing={"numbers": numbers}))
+    try:
+        user = parse(e.answer())[0][0]
+        assert user.tag == "User"
+        assert (user.get("sipAuthUsername"), user.get("sipAuthPassword")) == (
+            "plivo",
+            "s3cret&pass<42",
+        )
+        number = parse(e.answer(To="+1999"))[0][0]
+        assert number.tag == "Number" and number.get("sipAuthUsername") is None
+    finally:
+        e.records.close()
+    e = Env(tmp_path / "2", make_settings())
+    try:
+        assert parse(e.answer())[0][0].get("sipAuthUsername") is None
+    finally:
+        e.records.close()
+
+
 def test_configured_caller_id_and_sip_caller(tmp_path: Path) -> None:
     e = Env(tmp_path, make_settings(app={"caller_id": "+18005550123", "dial_timeout_s": 30}))
     try:

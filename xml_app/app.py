@@ -109,6 +109,9 @@ class _CallRouter:
         self.routing = settings.routing
         self.transfer_caller_id = settings.transfer.caller_id
         self.outbound_caller_id = settings.outbound.caller_id
+        # The workers (or the edge) challenge new calls: Plivo answers with these.
+        auth = settings.sip.inbound_auth
+        self.sip_auth = (auth.username, auth.password) if auth.enabled else None
         # Our own Plivo endpoints (register mode): a call from one of them is a call a
         # worker places through Plivo, which runs the endpoint's application (this app).
         self.own_endpoints = (
@@ -231,6 +234,7 @@ class _CallRouter:
                 caller_id=caller_id,
                 sip_headers=self.context_headers(call_uuid, caller, called, params),
                 user=True,
+                sip_auth=self.sip_auth,
             )
             return label, slot.worker, plivo_xml.render(*prefix, dial)
         except BaseException:

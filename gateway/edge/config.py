@@ -18,6 +18,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.sip.digest import DigestCredentials
 from gateway.sip.screen import ALLOW, MAX_MEDIA_LINES
 
 # Dispatcher set of the workers.
@@ -46,6 +47,10 @@ class EdgePlan:
     drain_retry_after_s: int = 30
     worker_answer_timeout_ms: int = 1000
     extra_listen: tuple[str, ...] = field(default_factory=tuple)  # more "proto:host:port"
+    # New calls must carry these digest credentials (sip.inbound_auth); None: no challenge.
+    inbound_auth: DigestCredentials | None = None
+    # Key of the edge's nonces (a fresh random one at each start).
+    auth_secret: str = ""
 
     @property
     def tls(self) -> bool:
@@ -130,6 +135,9 @@ def kamailio_cfg(plan: EdgePlan) -> str:
         f'!is_in_subnet("$si", {_quoted(allow)})' if allow else "1 == 1"
     )  # an empty allow-list lets everyone in, like the workers'
     return _TEMPLATE.format(
+        auth_module=_auth_module(plan),
+        auth_check="route(AUTH);" if plan.inbound_auth else "",
+        auth_route=_auth_route(plan),
         children=plan.children,
         listen=listen,
         enable_tls="yes" if plan.tls else "no",
@@ -147,6 +155,50 @@ def kamailio_cfg(plan: EdgePlan) -> str:
         set=WORKERS_SET,
         max_media=MAX_MEDIA_LINES,
     )
+
+
+def _auth_module(plan: EdgePlan) -> str:
+    if plan.inbound_auth is None:
+        return ""
+    if len(plan.auth_secret) < 16:
+        raise ValueError("the edge's nonce secret must be at least 16 characters")
+    # Nonces live 30 s and open one call each (a replayed INVITE is challenged again).
+    return "\n".join(
+        (
+            'loadmodule "auth.so"',
+            f'modparam("auth", "secret", {_quoted(plan.auth_secret)})',
+            'modparam("auth", "nonce_expire", 30)',
+            'modparam("auth", "one_time_nonce", 1)',
+        )
+    )
+
+
+def _auth_route(plan: EdgePlan) -> str:
+    """route[AUTH]: a new call without the right digest gets 407 and goes nowhere."""
+    creds = plan.inbound_auth
+    if creds is None:
+        return ""
+    realm, user, password = _quoted(creds.realm), _quoted(creds.username), _quoted(creds.password)
+    return _AUTH_ROUTE.format(realm=realm, user=user, password=password)
+
+
+# pv_proxy_authenticate's results (Kamailio auth module): 1 ok, -2 wrong password, -3 wrong
+# user, -4 nonce expired, -5 no credentials, -6 nonce used before, -8 auth user mismatch.
+_AUTH_ROUTE = """
+route[AUTH] {{
+    pv_proxy_authenticate({realm}, {password}, "0");
+    $var(auth) = $rc;
+    if ($var(auth) == 1 && $au == {user}) {{
+        consume_credentials();
+        return;
+    }}
+    if ($var(auth) == 1 || $var(auth) == -2 || $var(auth) == -3 || $var(auth) == -8) {{
+        xlog("L_WARN", "EDGE|refuse|407|INVITE from $si:$sp: wrong credentials for $au\\n");
+    }}
+    proxy_challenge({realm}, "1");
+    exit;
+}}
+"""
 
 
 def dispatcher_list(plan: EdgePlan) -> str:
@@ -216,6 +268,7 @@ loadmodule "pipelimit.so"
 loadmodule "dispatcher.so"
 loadmodule "jsonrpcs.so"
 {tls}
+{auth_module}
 
 modparam("regex", "file", {regex_file})
 modparam("regex", "pcre_multiline", 1)
@@ -312,6 +365,7 @@ request_route {{
         sl_send_reply("503", "Service Unavailable");
         exit;
     }}
+    {auth_check}
     if (!pl_check("invites", "TAILDROP", {new_calls})) {{
         append_to_reply("Retry-After: 1\\r\\n");
         xlog("L_WARN", "EDGE|refuse|503|INVITE from $si:$sp: pool-wide new-call limit\\n");
@@ -327,6 +381,7 @@ request_route {{
     route(TO_WORKER);
 }}
 
+{auth_route}
 route[TO_WORKER] {{
     xlog("L_INFO", "EDGE|route|$ci|$du\\n");
     t_set_fr(0, {fr_timeout});

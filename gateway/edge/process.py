@@ -88,6 +88,9 @@ class Edge:
         (plan.run_dir / "sdp.regex").write_text(sdp_regex_file())
         if plan.tls:
             (plan.run_dir / "tls.cfg").write_text(tls_cfg(plan))
+        # The configuration may hold sip.inbound_auth's password: owner only.
+        plan.cfg_path.touch(mode=0o600)
+        plan.cfg_path.chmod(0o600)
         plan.cfg_path.write_text(kamailio_cfg(plan))
 
     # -- life cycle ---------------------------------------------------------------------------

@@ -108,6 +108,10 @@ def worker_settings(settings: Settings, command: dict[str, Any]) -> Settings:
         update["allow_networks"] = [str(n) for n in command["allow_networks"]]
     if command.get("outbound_proxy"):
         update["outbound_proxy"] = str(command["outbound_proxy"])
+    if command.get("inbound_auth") is False:
+        from sip_config.settings import InboundAuthSettings
+
+        update["inbound_auth"] = InboundAuthSettings()
     sip = settings.sip.model_copy(update=update)
     return settings.model_copy(update={"sip": sip})
 

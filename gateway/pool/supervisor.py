@@ -25,6 +25,7 @@ import errno
 import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -38,6 +39,7 @@ from gateway.edge.config import EdgePlan
 from gateway.edge.process import Edge, EdgeError, edge_run_dir, find_kamailio
 from gateway.pool import protocol
 from gateway.pool.state import PoolState
+from gateway.sip.digest import inbound_credentials
 from sip_config import ConfigError, Settings
 
 log = logging.getLogger("sipagent.pool")
@@ -491,6 +493,8 @@ class Supervisor:
             "sip_host": plan.sip_host,
             "allow_networks": sources,
             "outbound_proxy": f"sip:127.0.0.1:{edge.listen_port};lr",
+            # The edge checks the callers' credentials (sip.inbound_auth); workers do not.
+            "inbound_auth": False,
             # Signalling is on loopback behind the edge; media is not: callers send RTP
             # straight to the worker, on the edge's address unless told otherwise.
             "media_host": sip.media_host or edge.listen_host,
@@ -841,6 +845,8 @@ def edge_plan(sup: Supervisor) -> EdgePlan:
         requests_per_s_per_source=e.requests_per_s_per_source,
         new_calls_per_s=e.new_calls_per_s,
         extra_listen=extra,
+        inbound_auth=inbound_credentials(s),
+        auth_secret=secrets.token_hex(16),
     )
 
 

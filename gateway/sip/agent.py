@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeAlias
 import pjsua2 as pj
 
 from gateway.sip.calls import CallHandle, outbound_outcome, parse_sip_headers, pj_text
+from gateway.sip.digest import DigestCredentials, DigestServer
 from gateway.sip.endpoint import (
     BridgePortPool,
     EndpointOptions,
@@ -29,7 +30,7 @@ from gateway.sip.endpoint import (
     add_sip_headers,
 )
 from gateway.sip.guard import GuardError, SipGuard
-from gateway.sip.screen import Refusal, Screen, ScreenState
+from gateway.sip.screen import CHALLENGED, Refusal, Screen, ScreenState
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class AgentOptions:
     # media_public_host (None: the endpoint's public host, else the bound address).
     media_host: str | None = None
     media_public_host: str | None = None
+    # New calls must carry these digest credentials (sip.inbound_auth); None: no challenge.
+    inbound_auth: DigestCredentials | None = None
 
 
 # -- pure helpers (no pjsua2) -------------------------------------------------------------------
@@ -457,6 +460,7 @@ class AgentUA:
         self.screen = Screen(
             lambda source: source_allowed(source, self._networks),
             new_calls_per_s=options.new_calls_per_s,
+            auth=DigestServer(options.inbound_auth) if options.inbound_auth else None,
         )
         self.guard = SipGuard(self._screen_request, self._screen_response)
         self.pj.on_init(self.guard.install)
@@ -850,6 +854,9 @@ class AgentUA:
         )
         if refusal.code == 503 and refusal.why == "draining":
             log.info("%s from %s %s", method, source, what)
+            return
+        if refusal.code == 401 and refusal.why.startswith(CHALLENGED):
+            log.debug("%s from %s %s", method, source, what)
             return
         key = f"{source_ip(source) or source}/{refusal.code}"
         suppressed = self._refusals.note(key, time.monotonic())

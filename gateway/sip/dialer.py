@@ -140,10 +140,15 @@ class Dialer:
     """Owns a pj thread with one account; places one call at a time."""
 
     def __init__(
-        self, codecs: tuple[str, ...] = ("PCMU", "PCMA"), session_expires_s: int = 0
+        self,
+        codecs: tuple[str, ...] = ("PCMU", "PCMA"),
+        session_expires_s: int = 0,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         # session_expires_s: ask for RFC 4028 session timers with this interval (>= 90).
         self.session_expires_s = session_expires_s
+        # auth: (user, password) answering a digest challenge of any realm.
+        self.auth = auth
         self.pj = PjThread(
             EndpointOptions(
                 host="127.0.0.1",
@@ -194,6 +199,9 @@ class Dialer:
             cfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_ALWAYS
             cfg.callConfig.timerSessExpiresSec = self.session_expires_s
             cfg.callConfig.timerMinSESec = 90
+        if self.auth is not None:
+            user, password = self.auth
+            cfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
         acc = pj.Account()
         acc.create(cfg, True)
         self.account = acc

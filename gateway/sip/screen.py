@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.sip.calls import parse_sip_headers
+from gateway.sip.digest import DigestServer
 
 # RFC 3261 and its extensions (PRACK 3262, SUBSCRIBE/NOTIFY 6665, UPDATE 3311, MESSAGE 3428,
 # REFER 3515, PUBLISH 3903, INFO 6086): anything else is answered 501.
@@ -46,6 +47,9 @@ _NOT_HERE = frozenset({"REGISTER", "PUBLISH", "MESSAGE", "SUBSCRIBE", "REFER", "
 _DIALOG_ONLY = frozenset({"BYE", "INFO", "UPDATE", "PRACK"})
 # Requests whose body may be an SDP offer or answer the media stack will act on.
 _MAY_CARRY_SDP = frozenset({"INVITE", "ACK", "UPDATE", "PRACK"})
+
+# Why a call got its first 401: part of every authenticated call, not worth a warning.
+CHALLENGED = "challenged for credentials"
 
 # pjsua creates one RTP/RTCP socket pair per call whatever the offer holds (measured: 16
 # m=audio lines bind 2 sockets), but nothing needs more than audio plus video here.
@@ -82,6 +86,7 @@ class SipRequest:
     method: str
     headers: dict[str, str]
     body: bytes
+    uri: str = ""
 
     @property
     def in_dialog(self) -> bool:
@@ -107,7 +112,7 @@ def parse_request(raw: bytes) -> SipRequest:
     length = headers.get("Content-Length", "").split(",")[0].strip()
     if length.isdigit():
         body = rest[: int(length)]
-    return SipRequest(parts[0].upper(), headers, body)
+    return SipRequest(parts[0].upper(), headers, body, parts[1])
 
 
 def to_tag(value: str) -> str | None:
@@ -249,9 +254,12 @@ class Screen:
         *,
         new_calls_per_s: float = 10.0,
         max_media: int = MAX_MEDIA_LINES,
+        auth: DigestServer | None = None,
     ) -> None:
         self.source_allowed = source_allowed
         self.max_media = max_media
+        # With credentials (sip.inbound_auth), new calls must carry a digest.
+        self.auth = auth
         self.bucket = TokenBucket(new_calls_per_s, max(1.0, new_calls_per_s))
 
     def request(self, raw: bytes, source: str, state: ScreenState, now: float) -> Refusal | None:
@@ -291,6 +299,10 @@ class Screen:
             return Refusal(
                 486, "Busy Here", f"{state.calls} calls in progress (max {state.max_calls})"
             )
+        if self.auth is not None:
+            refusal = self._authenticate(req, source)
+            if refusal is not None:
+                return refusal
         if not self.bucket.take(now):
             return Refusal(
                 503,
@@ -309,6 +321,26 @@ class Screen:
             return None
         problem = self._sdp(req)
         return Refusal(0, "", f"response dropped: {problem}") if problem else None
+
+    def _authenticate(self, req: SipRequest, source: str) -> Refusal | None:
+        """A new call without valid credentials is challenged (401), and a source that
+        keeps failing is refused (403); None lets the call through."""
+        assert self.auth is not None
+        address = source.rpartition(":")[0] if source.count(":") == 1 else source
+        verdict = self.auth.check(
+            req.method, req.uri, req.headers.get("Authorization", ""), address
+        )
+        if verdict == "ok":
+            return None
+        if verdict == "locked":
+            return Refusal(403, "Forbidden", "too many failed authentications")
+        why = {
+            "missing": CHALLENGED,
+            "stale": f"{CHALLENGED} again (nonce expired or used before)",
+            "wrong": "wrong credentials",
+        }[verdict]
+        challenge = self.auth.challenge(stale=verdict == "stale")
+        return Refusal(401, "Unauthorized", why, (("WWW-Authenticate", challenge),))
 
     def _sdp(self, req: SipRequest) -> str | None:
         if not req.body or (req.method not in _MAY_CARRY_SDP and req.method != "RESPONSE"):
