@@ -232,7 +232,10 @@ def test_via_plivo_uses_the_call_api_and_the_answer_reaches_a_worker(
         app = create_app(settings, make_pool(clock), records, clock=clock)
         server = serve_app(app, "127.0.0.1", 0)
         try:
-            status, body = _post_http(f"{server.url}/calls", {"to": "+12125550111", "via": "plivo"})
+            status, body = _post_http(
+                f"{server.url}/calls",
+                {"to": "+12125550111", "via": "plivo", "headers": {"X-Ticket": "T-42"}},
+            )
             assert status == 201, body
             assert len(api.calls) == 1
             call = api.calls[0]
@@ -257,6 +260,10 @@ def test_via_plivo_uses_the_call_api_and_the_answer_reaches_a_worker(
             # the call under our id (X-PH-Recordid), so one record.
             context = decode_call_context(sip_headers_of(ET.fromstring(xml)))
             assert (context["call_uuid"], context["record_id"]) == (plivo_uuid, call_id)
+            # The request's headers travel as Plivo carries them (sip_headers, then X-PH-
+            # parameters of the answer_url) to the worker.
+            assert call["sip_headers"] == "Campaign=spring,Ticket=x542d3432", call
+            assert (context["campaign"], context["ticket"]) == ("spring", "x542d3432"), context
             assert record_key(context) == call_id
             assert f"outbound_id={call_id}" in dial.get("action", "")
             assert api.hang_up(call, plivo_uuid, "completed")[0] == 200

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.callcontext import decode_call_context
 from gateway.records import CallRecords
+from tests.fakes.plivo import endpoint_params
 from tests.test_calls_api import KEY, FakeDial, client_for, post
 from tests.test_xml_app import BASE, Env, make_settings, reserved
 
@@ -72,14 +73,16 @@ def test_the_endpoints_own_call_is_dialled_to_the_number_not_to_a_worker(
         ours = str(uuid.uuid4())
         # What POST /calls recorded before the worker sent the INVITE.
         env.records.outbound_requested(ours, "+14155550177", "+12125550111", "sip", env.clock())
-        params = {
-            "From": "sip:agent1@phone.plivo.com",
-            "To": "sip:+12125550111@phone.plivo.com",
-            "Direction": "inbound",
-            "X-PH-Recordid": ours.replace("-", ""),
-            "X-PH-Callerid": "p14155550177",
-            "X-PH-Campaign": "spring",
-        }
+        # What Plivo sends when the endpoint's INVITE arrives (tests/fakes/plivo.py).
+        params = endpoint_params(
+            "agent1",
+            "+12125550111",
+            headers={
+                "Recordid": ours.replace("-", ""),
+                "Callerid": "p14155550177",
+                "Campaign": "spring",
+            },
+        )
         root = ET.fromstring(env.answer(**params).get_data())
         dial = root.find("Dial")
         assert dial is not None and [c.tag for c in dial] == ["Number"], ET.tostring(root)

@@ -44,12 +44,11 @@ Dial = Callable[[str, str, dict[str, str]], tuple[int, str]]
 """(call id, SIP URI, headers) -> (201, SIP Call-ID) or (status, why)."""
 
 
-def endpoint_headers(call_id: str, from_: str | None, headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers of a call placed through our registered Plivo endpoint. Plivo passes
-    only ``X-PH-*`` headers on, to the endpoint's application (this app's ``/answer``), in
-    its alphabet (letters and digits; Plivo's pass-custom-headers page), so each header
-    becomes ``X-PH-<Name>`` with its value encoded like the app's own (gateway.callcontext),
-    and the app learns our id of the call and the caller ID to show."""
+def plivo_headers(call_id: str, headers: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` in the form Plivo passes on: ``X-PH-<Name>``, names and values in its
+    alphabet (letters and digits; Plivo's pass-custom-headers page), each value encoded
+    like the app's own context (gateway.callcontext) when it has other characters. A
+    header that cannot be put in that form is left out, with a warning."""
     out: dict[str, str] = {}
     for name, value in headers.items():
         bare = name[5:] if name.lower().startswith("x-ph-") else name.removeprefix("X-")
@@ -59,6 +58,14 @@ def endpoint_headers(call_id: str, from_: str | None, headers: Mapping[str, str]
             out[f"X-PH-{key[:1].upper()}{key[1:].lower()}"] = encoded
         else:
             log.warning("outbound call %s: header %r cannot pass Plivo; left out", call_id, name)
+    return out
+
+
+def endpoint_headers(call_id: str, from_: str | None, headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a call placed through our registered Plivo endpoint. Plivo passes
+    only ``X-PH-*`` headers on, to the endpoint's application (this app's ``/answer``)
+    (`plivo_headers`), and the app learns our id of the call and the caller ID to show."""
+    out = plivo_headers(call_id, headers)
     out["X-PH-Recordid"] = call_id.replace("-", "")
     caller = encode_value(from_) if from_ else None
     if caller:
@@ -165,7 +172,7 @@ class CallsApi:
             lambda: self.records.outbound_requested(call_id, from_, to, via, self.clock()),
         )
         if via == "plivo":
-            return self._via_plivo(call_id, to, from_)
+            return self._via_plivo(call_id, to, from_, headers)
         if self.through_endpoint(to):
             headers = endpoint_headers(call_id, from_, headers)
         return self._via_sip(call_id, to, headers)
@@ -240,12 +247,20 @@ class CallsApi:
         response.status_code = 201
         return response
 
-    def _via_plivo(self, call_id: str, to: str, from_: str | None) -> Response:
+    def _via_plivo(
+        self, call_id: str, to: str, from_: str | None, headers: Mapping[str, str]
+    ) -> Response:
         if from_ is None:
             return _error(400, "'from' is required for via=plivo (or set outbound.caller_id)")
         if not self.settings.plivo_auth_id:
             return _error(503, "via=plivo needs outbound.plivo_auth_id")
         base = self.base_url()
+        # Plivo puts sip_headers on the call as X-PH-<name> and sends them back to the
+        # answer_url as X-PH-<name> parameters (Call API; pass-custom-headers page), where
+        # the app carries them to the worker like an inbound caller's.
+        sip_headers = ",".join(
+            f"{name[5:]}={value}" for name, value in plivo_headers(call_id, headers).items()
+        )
         try:
             result = self.plivo_factory().calls.create(
                 from_=from_,
@@ -255,6 +270,7 @@ class CallsApi:
                 answer_method="POST",
                 hangup_url=f"{base}/hangup?outbound_id={call_id}",
                 hangup_method="POST",
+                sip_headers=sip_headers or None,
             )
         except Exception as exc:
             why = f"Plivo's Call API refused the call: {exc}"

@@ -232,14 +232,35 @@ class FakePlivoApi:
 
     @staticmethod
     def _params(call: dict[str, Any], call_uuid: str, status: str) -> dict[str, str]:
-        return {
+        """Plivo's parameters for a call placed with the Call API.
+
+        * ``CallUUID``, ``From`` (the caller ID given), ``To`` (the destination),
+          ``Direction=outbound`` (already answered when the answer_url is fetched),
+          ``CallStatus``, ``ALegUUID`` and ``ALegRequestUUID`` (outbound calls only): the
+          XML request page, https://docs.plivo.com/docs/voice/xml/request.
+        * ``RequestUUID`` (the ``request_uuid`` of the API's answer), ``Event=StartApp``,
+          ``SIP-H-To`` when ``to`` is a SIP URI, and ``X-PH-<name>`` for each pair of the
+          call's ``sip_headers``: the pass-custom-headers page's example request,
+          https://plivo.com/docs/voice/use-cases/pass-custom-headers.
+        """
+        params = {
             "CallUUID": call_uuid,
             "RequestUUID": str(call["request_uuid"]),
+            "ALegUUID": call_uuid,
+            "ALegRequestUUID": str(call["request_uuid"]),
             "From": str(call["from"]),
             "To": str(call["to"]),
             "Direction": "outbound",
             "CallStatus": status,
+            "Event": "StartApp",
         }
+        if str(call["to"]).startswith("sip:"):
+            params["SIP-H-To"] = f"<{call['to']}>;tag={call_uuid[:8]}"
+        for pair in str(call.get("sip_headers") or "").split(","):
+            name, sep, value = pair.partition("=")
+            if sep and name:
+                params[f"X-PH-{name}"] = value
+        return params
 
     def callback(self, url: str, params: dict[str, str]) -> tuple[int, str]:
         """POST ``params`` to ``url`` signed with the account's token (V3)."""
