@@ -591,7 +591,7 @@ def create_app(
             anyway).
     """
     app_settings = settings.app
-    push_token = settings.webhook.push_token
+    webhook_token = settings.webhook.push_token
     ocs_token = settings.external.push_token
     verifier: SignatureVerifier | None = None
     plivo_routes = True
@@ -601,7 +601,7 @@ def create_app(
             "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
             " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
         )
-        if not push_token and not ocs_token and not outbound_key:
+        if not webhook_token and not ocs_token and not outbound_key:
             raise ConfigError(problem)
         log.warning("Plivo routes (/answer, /dial-status, /hangup) are off: %s", problem)
         plivo_routes = False
@@ -670,7 +670,7 @@ def create_app(
 
     @app.post("/bot/calls/<path:call_id>/reply")
     def bot_reply(call_id: str) -> Response:
-        return _pushed_reply(call_id, push_token, "webhook.push_token", push)
+        return _pushed_reply(call_id, webhook_token, "webhook.push_token", push)
 
     @app.post("/dcs/response")
     def dcs_response() -> Response:
