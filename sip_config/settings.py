@@ -72,7 +72,7 @@ KNOWN_STT: Final[tuple[str, ...]] = ("pocketsphinx", "deepgram")
 KNOWN_TTS: Final[tuple[str, ...]] = ("piper", "elevenlabs")
 """Text-to-speech providers shipped with the gateway (``"fake"`` is accepted as well)."""
 
-KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted", "openai", "external")
+KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted", "openai", "external", "webhook")
 """Conversation brains shipped with the gateway (``"fake"`` is accepted as well)."""
 
 _TEST_PROVIDER: Final = "fake"
@@ -716,20 +716,21 @@ class ElevenLabsSettings(_Section):
         return _check_base_url(value, ("http", "https"))
 
 
-class ExternalBrainSettings(_Section):
-    """The customer's own bot as the brain (``[external]``; ``DCS_URL``,
-    ``DCS_RESPONSE_URL`` and ``AI_TTS_URL`` are accepted as environment variables too)."""
+class WebhookBrainSettings(_Section):
+    """The customer's request/response bot as the brain (``[webhook]``,
+    ``providers.brain = "webhook"``): each caller turn is a request whose answer is what
+    the agent says (or ``pending``, pushed later)."""
 
-    dcs_url: str | None = Field(
-        default=None, description="Call-initiation endpoint (its reply is the greeting)."
+    start_url: str | None = Field(
+        default=None, description="Call-start endpoint (its reply is the greeting)."
     )
-    dcs_response_url: str | None = Field(
+    turn_url: str | None = Field(
         default=None, description="Endpoint that gets each caller turn and returns the reply."
     )
-    ai_tts_url: str | None = Field(
+    tts_url: str | None = Field(
         default=None, description="HTTP TTS for text replies; None: the configured TTS."
     )
-    greeting: str = Field(default="Hello.", description="Greeting when dcs_url is unset.")
+    greeting: str = Field(default="Hello.", description="Greeting when start_url is unset.")
     headers: dict[str, str] = Field(
         default_factory=dict, description="Headers sent to the bot, e.g. Authorization."
     )
@@ -761,14 +762,85 @@ class ExternalBrainSettings(_Section):
             _invalid("must contain '{call_id}' where the call's id goes")
         return value
 
-    @field_validator("dcs_url", "dcs_response_url", "ai_tts_url")
+    @field_validator("start_url", "turn_url", "tts_url")
+    @classmethod
+    def _validate_urls(cls, value: str | None) -> str | None:
+        return _check_base_url(value, ("http", "https"))
+
+
+_OLD_EXTERNAL_KEYS: Final = {
+    "dcs_url": "webhook.start_url",
+    "dcs_response_url": "webhook.turn_url",
+    "reply_url": "webhook.reply_url",
+}
+_OLD_EXTERNAL_HINT: Final = (
+    "the request/response bot is now providers.brain = 'webhook' with a [webhook] section;"
+    " [external] (providers.brain = 'external') is the OCS integration, where sipagent is"
+    " the DCS: set external.ocs_url (or OCS_URL) and point OCS's DCS_URL and"
+    " DCS_RESPONSE_URL at the app's /dcs/calls and /dcs/response"
+)
+
+
+class ExternalBrainSettings(_Section):
+    """An Ori-style OCS drives the conversation, sipagent is its DCS (``[external]``,
+    ``providers.brain = "external"``; ``OCS_URL`` and ``AI_TTS_URL`` are accepted as
+    environment variables too).
+
+    The caller's words go to ``ocs_url``; OCS delivers its replies to the app's
+    ``/dcs/response`` (its ``DCS_RESPONSE_URL``) and starts calls through ``/dcs/calls``
+    (its ``DCS_URL``).
+    """
+
+    ocs_url: str | None = Field(
+        default=None, description="Where call events and the caller's words are POSTed."
+    )
+    ai_tts_url: str | None = Field(
+        default=None,
+        description="HTTP TTS for replies with text but no audio_url; None: the gateway's TTS.",
+    )
+    greeting: str = Field(
+        default="", description="Said at call start while OCS's welcome is awaited; '': none."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers sent to OCS, e.g. Authorization."
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Per-request timeout.")
+    pending_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Wait this long for OCS's reply to a turn before apologising.",
+    )
+    push_token: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Bearer token OCS sends to the app's /dcs/response; empty: OCS's replies are refused."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        """The request/response bot's old keys get a message saying what to use now."""
+        if isinstance(data, dict):
+            old = [key for key in _OLD_EXTERNAL_KEYS if key in data]
+            if old:
+                moved = ", ".join(f"{key} -> {_OLD_EXTERNAL_KEYS[key]}" for key in old)
+                _invalid(
+                    f"{', '.join(old)}: no longer here ({moved}); {_OLD_EXTERNAL_HINT}",
+                    show_input=False,
+                )
+        return data
+
+    @field_validator("ocs_url", "ai_tts_url")
     @classmethod
     def _validate_urls(cls, value: str | None) -> str | None:
         return _check_base_url(value, ("http", "https"))
 
     def url(self, name: str) -> str | None:
-        """``name`` ("dcs_url", ...) from the settings, else its upper-case environment
-        variable."""
+        """``name`` ("ocs_url" or "ai_tts_url") from the settings, else its upper-case
+        environment variable."""
         value: str | None = getattr(self, name)
         return value or os.environ.get(name.upper()) or None
 
@@ -1558,6 +1630,7 @@ class Settings(BaseSettings):
     openai: OpenAiSettings = Field(default_factory=OpenAiSettings)
     elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
     external: ExternalBrainSettings = Field(default_factory=ExternalBrainSettings)
+    webhook: WebhookBrainSettings = Field(default_factory=WebhookBrainSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     playbook: Path = Field(
@@ -1598,11 +1671,7 @@ class Settings(BaseSettings):
             for vendor, env, used in needed
             if vendor in used and not vendor_key(self, vendor)
         ]
-        if "external" in (p.brain, p.brain_fallback) and not self.external.url("dcs_response_url"):
-            missing.append(
-                "external.dcs_response_url: required when the brain is 'external'"
-                " (or set DCS_RESPONSE_URL)"
-            )
+        missing += self._bot_problems()
         missing += self._transfer_problems()
         if self.transfer.method == "plivo":
             if not (self.transfer.auth_id() or self.outbound.plivo_auth_id):
@@ -1620,6 +1689,31 @@ class Settings(BaseSettings):
         if missing:
             _invalid("; ".join(missing), show_input=False)
         return self
+
+    def _bot_problems(self) -> list[str]:
+        """The bot brains' required URLs, and the old DCS_* variables of the webhook."""
+        p = self.providers
+        brains = (p.brain, p.brain_fallback)
+        problems: list[str] = []
+        if "external" in brains and not self.external.url("ocs_url"):
+            problems.append(
+                "external.ocs_url: required when the brain is 'external' (or set OCS_URL)"
+            )
+        if "webhook" in brains and not self.webhook.turn_url:
+            problems.append("webhook.turn_url: required when the brain is 'webhook'")
+        if "external" in brains or "webhook" in brains:
+            problems += [
+                f"{name} (environment): no longer read; {_OLD_EXTERNAL_HINT}"
+                f" (what it meant is now {_OLD_EXTERNAL_KEYS[name.lower()]})"
+                for name in ("DCS_URL", "DCS_RESPONSE_URL")
+                if os.environ.get(name)
+            ]
+        if "webhook" in brains and os.environ.get("AI_TTS_URL") and not self.webhook.tts_url:
+            problems.append(
+                "AI_TTS_URL (environment): the webhook brain does not read it; set"
+                " webhook.tts_url (or unset AI_TTS_URL to speak text with the gateway's TTS)"
+            )
+        return problems
 
     def plivo_transfer_ready(self) -> bool:
         """Whether Plivo's REST transfer can be used: credentials and a public URL."""

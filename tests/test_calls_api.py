@@ -79,9 +79,11 @@ def client_for(
     return app.test_client()
 
 
-def post(client: FlaskClient, body: Any, key: str | None = KEY) -> tuple[int, dict[str, Any]]:
+def post(
+    client: FlaskClient, body: Any, key: str | None = KEY, path: str = "/calls"
+) -> tuple[int, dict[str, Any]]:
     headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-    resp = client.post("/calls", data=json.dumps(body), headers=headers)
+    resp = client.post(path, data=json.dumps(body), headers=headers)
     return resp.status_code, resp.get_json()
 
 
@@ -147,6 +149,33 @@ def test_a_sip_uri_needs_no_trunk_and_a_number_does(tmp_path: Path, records: Cal
     assert status == 201 and dial.requests[0][1] == "sip:bob@127.0.0.1:5099"
     status, body = post(client, {"to": "+12125550111"})
     assert status == 400 and "outbound.trunk" in body["error"]
+
+
+def test_dcs_calls_is_ocs_dcs_url_with_the_same_contract(
+    tmp_path: Path, records: CallRecords
+) -> None:
+    """OCS starts calls through its DCS_URL, ``/dcs/calls``: the key, checks, records and
+    answers of ``/calls``."""
+    dial = FakeDial()
+    client = client_for(outbound_settings(tmp_path), records, dial)
+    assert post(client, {"to": "+12125550111"}, key="wrong", path="/dcs/calls")[0] == 401
+    status, body = post(client, {"to": "nobody"}, path="/dcs/calls")
+    assert status == 400 and "'to'" in body["error"]
+    status, body = post(client, {"to": "+12125550100"}, path="/dcs/calls")
+    assert status == 403 and "do-not-call" in body["error"]
+    status, body = post(
+        client, {"to": "(212) 555-0111", "headers": {"X-Lead": "42"}}, path="/dcs/calls"
+    )
+    assert status == 201, body
+    assert body["uri"] == "sip:+12125550111@trunk.example:5060"
+    assert body["sip_call_id"] == "sip-call-id-1" and body["via"] == "sip"
+    assert dial.requests == [
+        (body["call_id"], body["uri"], {"X-Campaign": "spring", "X-Lead": "42"})
+    ]
+    record = records.get(body["call_id"])
+    assert record is not None and record["direction"] == "outbound"
+    off = client_for(outbound_settings(tmp_path, api_key=""), records, FakeDial())
+    assert post(off, {"to": "+12125550111"}, key="", path="/dcs/calls")[0] == 404
 
 
 def test_dnc_refusal_is_403_and_recorded(tmp_path: Path, records: CallRecords) -> None:

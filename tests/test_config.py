@@ -81,7 +81,7 @@ def test_bundled_playbook_path_is_inside_gateway_package() -> None:
 def test_known_provider_constants() -> None:
     assert KNOWN_STT == ("pocketsphinx", "deepgram")
     assert KNOWN_TTS == ("piper", "elevenlabs")
-    assert KNOWN_BRAINS == ("scripted", "openai", "external")
+    assert KNOWN_BRAINS == ("scripted", "openai", "external", "webhook")
 
 
 def test_toml_file_values(tmp_path: Path) -> None:
@@ -479,11 +479,89 @@ def test_fallback_providers_are_checked_by_name() -> None:
     assert (s.providers.tts_fallback, s.providers.stt_fallback) == ("piper", None)
 
 
-def test_external_brain_needs_a_response_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("DCS_RESPONSE_URL", raising=False)
-    with pytest.raises(ConfigError, match=r"external\.dcs_response_url: required"):
+def _clear_bot_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OCS_URL", "AI_TTS_URL", "DCS_URL", "DCS_RESPONSE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_external_brain_is_the_ocs_integration_and_needs_ocs_url(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_bot_env(monkeypatch)
+    with pytest.raises(ConfigError, match=r"external\.ocs_url: required .* \(or set OCS_URL\)"):
         load_settings(None, env_file=None, overrides={"providers": {"brain": "external"}})
-    monkeypatch.setenv("DCS_RESPONSE_URL", "http://127.0.0.1:9/dcs/response")
+    monkeypatch.setenv("OCS_URL", "http://127.0.0.1:9/ocs")
+    monkeypatch.setenv("AI_TTS_URL", "http://127.0.0.1:9/tts")
     s = load_settings(None, env_file=None, overrides={"providers": {"brain": "external"}})
-    assert s.external.url("dcs_response_url") == "http://127.0.0.1:9/dcs/response"
-    assert s.external.url("dcs_url") is None
+    assert s.external.url("ocs_url") == "http://127.0.0.1:9/ocs"
+    assert s.external.url("ai_tts_url") == "http://127.0.0.1:9/tts"
+    assert s.external.greeting == "" and s.external.pending_timeout_s == 10.0
+    with pytest.raises(ConfigError, match=r"external\.ocs_url: .*http"):
+        load_settings(None, env_file=None, overrides={"external": {"ocs_url": "ftp://x/y"}})
+
+
+def test_webhook_brain_needs_a_turn_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    _clear_bot_env(monkeypatch)
+    with pytest.raises(ConfigError, match=r"webhook\.turn_url: required"):
+        load_settings(None, env_file=None, overrides={"providers": {"brain": "webhook"}})
+    s = load_settings(
+        None,
+        env_file=None,
+        overrides={
+            "providers": {"brain": "webhook"},
+            "webhook": {"turn_url": "http://127.0.0.1:9/turn", "push_token": "t"},
+        },
+    )
+    assert (s.webhook.turn_url, s.webhook.start_url) == ("http://127.0.0.1:9/turn", None)
+    assert "'t'" not in repr(s.webhook)
+
+
+def test_the_old_external_keys_say_what_to_use_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _clear_bot_env(monkeypatch)
+    config = write(
+        tmp_path / "old.toml",
+        """
+[providers]
+brain = "external"
+
+[external]
+dcs_url = "http://bot.example/start"
+dcs_response_url = "http://bot.example/turn"
+""",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, env_file=None)
+    message = str(info.value)
+    assert message.startswith("external: dcs_url, dcs_response_url: no longer here"), message
+    assert "dcs_url -> webhook.start_url" in message
+    assert "dcs_response_url -> webhook.turn_url" in message
+    assert "providers.brain = 'webhook'" in message and "external.ocs_url" in message
+    # The same keys through the environment.
+    monkeypatch.setenv("SIPAGENT_EXTERNAL__DCS_RESPONSE_URL", "http://bot.example/turn")
+    with pytest.raises(ConfigError, match=r"dcs_response_url -> webhook\.turn_url"):
+        load_settings(None, env_file=None)
+
+
+def test_the_old_dcs_environment_variables_are_an_error_for_the_bot_brains(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _clear_bot_env(monkeypatch)
+    monkeypatch.setenv("DCS_RESPONSE_URL", "http://bot.example/turn")
+    # Other brains never read them.
+    load_settings(None, env_file=None)
+    webhook = {"providers": {"brain": "webhook"}, "webhook": {"turn_url": "http://b/t"}}
+    for overrides in (webhook, {"providers": {"brain": "external"}}):
+        monkeypatch.setenv("OCS_URL", "http://127.0.0.1:9/ocs")
+        with pytest.raises(ConfigError) as info:
+            load_settings(None, env_file=None, overrides=overrides)
+        message = str(info.value)
+        assert "DCS_RESPONSE_URL (environment): no longer read" in message, message
+        assert "webhook.turn_url" in message and "/dcs/response" in message
+        assert "DCS_URL (environment)" not in message
+    monkeypatch.delenv("DCS_RESPONSE_URL")
+    monkeypatch.setenv("AI_TTS_URL", "http://tts.example/")
+    with pytest.raises(ConfigError, match=r"AI_TTS_URL \(environment\): .* webhook\.tts_url"):
+        load_settings(None, env_file=None, overrides=webhook)
+    load_settings(None, env_file=None, overrides={"providers": {"brain": "external"}})

@@ -11,8 +11,10 @@ import pytest
 
 from gateway.providers.elevenlabs_tts import ElevenLabsTts
 from gateway.providers.failover import ResilientBrain, ResilientTts
+from gateway.providers.ocs_brain import OcsBrain
 from gateway.providers.openai_brain import OpenAiBrain
 from gateway.providers.registry import build_providers
+from gateway.providers.webhook_brain import WebhookBrain
 from sip_config import load_settings
 
 
@@ -53,3 +55,46 @@ def test_a_stall_mid_stream_is_bounded_by_the_stage_timeout(
         assert (brain.first_token_timeout_s, brain.stream_timeout_s) == (0.9, 0.9)
     finally:
         asyncio.run(providers.close())
+
+
+def test_the_bot_brains_are_built_from_their_sections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``external`` is the OCS integration (sipagent as its DCS), ``webhook`` the
+    request/response bot; each takes its own section."""
+    for name in ("OCS_URL", "AI_TTS_URL", "DCS_URL", "DCS_RESPONSE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OCS_URL", "http://127.0.0.1:9/ocs")
+    monkeypatch.setenv("AI_TTS_URL", "http://127.0.0.1:9/tts")
+    base = {"providers": {"stt": "fake", "tts": "fake"}}
+    ocs = build_providers(
+        load_settings(
+            env_file=None,
+            overrides={
+                **base,
+                "providers": {**base["providers"], "brain": "external"},
+                "external": {"pending_timeout_s": 12, "greeting": "Hi."},
+            },
+        )
+    )
+    monkeypatch.delenv("AI_TTS_URL")
+    webhook = build_providers(
+        load_settings(
+            env_file=None,
+            overrides={
+                "providers": {**base["providers"], "brain": "webhook"},
+                "webhook": {"start_url": "http://b/s", "turn_url": "http://b/t"},
+            },
+        )
+    )
+    try:
+        assert isinstance(ocs.brain, OcsBrain) and ocs.brain.name == "external"
+        assert (ocs.brain.ocs_url, ocs.brain.tts_url) == (
+            "http://127.0.0.1:9/ocs",
+            "http://127.0.0.1:9/tts",
+        )
+        assert (ocs.brain.pending_timeout_s, ocs.brain.greeting_text) == (12, "Hi.")
+        assert isinstance(webhook.brain, WebhookBrain) and webhook.brain.name == "webhook"
+        assert (webhook.brain.start_url, webhook.brain.turn_url) == ("http://b/s", "http://b/t")
+        assert webhook.brain.reply_url is None  # no push token
+    finally:
+        asyncio.run(ocs.close())
+        asyncio.run(webhook.close())

@@ -779,7 +779,7 @@ class AudioBrain(QuickBrain):
     """Answers with recorded audio (like the external bot's audio_url replies)."""
 
     async def respond(self, text: str, ctx: CallContext) -> BrainReply:
-        from gateway.providers.external_brain import AudioReply
+        from gateway.providers.webhook_brain import AudioReply
 
         self.heard.append(text)
         return AudioReply("(recording)", intent="bot", audio=square_wave(400))

@@ -1,6 +1,6 @@
 """On the wire: the customer's bot answers later, by pushing its reply to the app.
 
-A real `sipagent serve` (one worker, the answer_url app on a free port) with the external
+A real `sipagent serve` (one worker, the answer_url app on a free port) with the webhook
 brain pointed at the loopback `FakeBot`.  The bot answers the caller's turns with
 ``"pending": true``; the test then POSTs the real replies to the ``reply_url`` the bot was
 given (by SIP Call-ID) and to ``/bot/calls/<CallUUID>/reply``, and the softphone hears them
@@ -62,10 +62,10 @@ def test_replies_pushed_by_the_bot_are_spoken_and_can_end_the_call(tmp_path: Pat
         settings = {
             "providers__stt": "fake",
             "providers__tts": "fake",
-            "providers__brain": "external",
-            "external__dcs_url": bot.url("/dcs/start"),
-            "external__dcs_response_url": bot.url("/dcs/response"),
-            "external__push_token": PUSH_TOKEN,
+            "providers__brain": "webhook",
+            "webhook__start_url": bot.url("/bot/start"),
+            "webhook__turn_url": bot.url("/bot/turn"),
+            "webhook__push_token": PUSH_TOKEN,
             "pool__spare": "false",
         }
         with running_pool(tmp_path, 1, None, **settings) as pool:
@@ -75,8 +75,8 @@ def test_replies_pushed_by_the_bot_are_spoken_and_can_end_the_call(tmp_path: Pat
 
             def bot_side() -> None:
                 # The first turn: answered "pending"; the reply comes ~0.5 s later.
-                wait_for("the first turn", lambda: len(bot.bodies("/dcs/response")) >= 1)
-                turn = bot.bodies("/dcs/response")[0]
+                wait_for("the first turn", lambda: len(bot.bodies("/bot/turn")) >= 1)
+                turn = bot.bodies("/bot/turn")[0]
                 time.sleep(0.5)
                 pushes["first"] = post_json(turn["reply_url"], {"text": "Ten dollars."})
                 # A live app refuses a wrong token and an unknown call.
@@ -86,7 +86,7 @@ def test_replies_pushed_by_the_bot_are_spoken_and_can_end_the_call(tmp_path: Pat
                 )
                 pushes["unknown"] = post_json(unknown, {"text": "x"})
                 # The second: a holding line now, the goodbye pushed by CallUUID.
-                wait_for("the second turn", lambda: len(bot.bodies("/dcs/response")) >= 2)
+                wait_for("the second turn", lambda: len(bot.bodies("/bot/turn")) >= 2)
                 time.sleep(0.5)
                 by_uuid = f"{pool.app_url}/bot/calls/{call_uuid}/reply"
                 pushes["second"] = post_json(by_uuid, {"text": "Goodbye.", "actions": ["hangup"]})
@@ -107,7 +107,7 @@ def test_replies_pushed_by_the_bot_are_spoken_and_can_end_the_call(tmp_path: Pat
             pusher.join(30)
             assert not pusher.is_alive()
 
-        start = bot.bodies("/dcs/start")[0]
+        start = bot.bodies("/bot/start")[0]
         assert start["call_uuid"] == call_uuid
         assert start["reply_url"].startswith(f"{pool.app_url}/bot/calls/")
         assert pushes["first"] == (202, {"status": "accepted"}), pushes

@@ -854,7 +854,7 @@ class Pushes:
 
 
 def push_client(tmp_path: Path, pushes: Pushes | None, **app: Any) -> tuple[FlaskClient, Any]:
-    settings = make_settings(external={"push_token": PUSH_TOKEN}, app=app)
+    settings = make_settings(webhook={"push_token": PUSH_TOKEN}, app=app)
     records = CallRecords.open(tmp_path / "records.db")
     flask_app = create_app(settings, make_pool(FakeClock()), records, push=pushes)
     return flask_app.test_client(), records
@@ -894,7 +894,7 @@ def test_pushes_are_off_without_a_token_and_503_without_a_pool(tmp_path: Path) -
         r = app.test_client().post(
             "/bot/calls/x/reply", json={"text": "a"}, headers={"Authorization": "Bearer "}
         )
-        assert r.status_code == 404 and "external.push_token" in r.get_json()["error"]
+        assert r.status_code == 404 and "webhook.push_token" in r.get_json()["error"]
     finally:
         records.close()
     client, records = push_client(tmp_path, None)
@@ -905,6 +905,75 @@ def test_pushes_are_off_without_a_token_and_503_without_a_pool(tmp_path: Path) -
             headers={"Authorization": f"Bearer {PUSH_TOKEN}"},
         )
         assert r.status_code == 503
+    finally:
+        records.close()
+
+
+OCS_TOKEN = "ocs-push-secret"
+
+
+def ocs_client(tmp_path: Path, pushes: Pushes | None, **app: Any) -> tuple[FlaskClient, Any]:
+    settings = make_settings(external={"push_token": OCS_TOKEN}, app=app)
+    records = CallRecords.open(tmp_path / "records.db")
+    flask_app = create_app(settings, make_pool(FakeClock()), records, push=pushes)
+    return flask_app.test_client(), records
+
+
+def test_dcs_response_hands_ocs_replies_to_the_call_named_in_the_body(tmp_path: Path) -> None:
+    pushes = Pushes()
+    client, records = ocs_client(tmp_path, pushes)
+    auth = {"Authorization": f"Bearer {OCS_TOKEN}"}
+    try:
+        reply = {"type": "text", "text": "Ten dollars.", "audio_url": "https://ocs.example/a.wav"}
+        ok = client.post("/dcs/response", json={"call_id": "rec-1", **reply}, headers=auth)
+        assert ok.status_code == 202 and ok.get_json() == {"status": "accepted"}
+        # By CallUUID when there is no call_id; the id is not part of the reply.
+        by_uuid = {"call_uuid": "uuid-1", "text": "Bye.", "actions": ["hangup"]}
+        assert client.post("/dcs/response", json=by_uuid, headers=auth).status_code == 202
+        assert pushes.calls == [
+            ("rec-1", reply),
+            ("uuid-1", {"text": "Bye.", "actions": ["hangup"]}),
+        ]
+        pushes.answer = (404, "no call with that id is in progress")
+        r = client.post("/dcs/response", json={"call_id": "gone", "text": "a"}, headers=auth)
+        assert (r.status_code, r.get_json()["error"]) == (404, pushes.answer[1])
+        before = len(pushes.calls)
+        for body in ({"text": "a"}, {"call_id": 5, "text": "a"}, {"call_id": " ", "text": "a"}):
+            r = client.post("/dcs/response", json=body, headers=auth)
+            assert r.status_code == 400 and "'call_id'" in r.get_json()["error"], body
+        r = client.post("/dcs/response", json=["a list"], headers=auth)
+        assert r.status_code == 400
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": PUSH_TOKEN}):
+            r = client.post("/dcs/response", json={"call_id": "x", "text": "a"}, headers=headers)
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Bearer")
+        # The webhook's route takes its own token, not OCS's.
+        r = client.post("/bot/calls/x/reply", json={"text": "a"}, headers=auth)
+        assert r.status_code == 404 and "webhook.push_token" in r.get_json()["error"]
+        assert len(pushes.calls) == before
+    finally:
+        records.close()
+
+
+def test_dcs_response_is_off_without_a_token(tmp_path: Path) -> None:
+    records = CallRecords.open(tmp_path / "records.db")
+    try:
+        app = create_app(make_settings(), make_pool(FakeClock()), records, push=Pushes())
+        r = app.test_client().post(
+            "/dcs/response", json={"call_id": "x"}, headers={"Authorization": "Bearer "}
+        )
+        assert r.status_code == 404 and "external.push_token" in r.get_json()["error"]
+    finally:
+        records.close()
+    # An OCS token alone starts the app (without Plivo's routes when no auth token).
+    client, records = ocs_client(tmp_path, Pushes(), auth_token="")
+    try:
+        assert client.post("/answer", data={"CallUUID": new_uuid()}).status_code == 404
+        r = client.post(
+            "/dcs/response",
+            json={"call_id": "x", "text": "a"},
+            headers={"Authorization": f"Bearer {OCS_TOKEN}"},
+        )
+        assert r.status_code == 202
     finally:
         records.close()
 

@@ -15,15 +15,25 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
 ``/transfer-xml?target=...`` (POST or GET)
     Where a call transferred through the REST API (``transfer.method = "plivo"``) goes:
     a ``<Dial>`` to the target, a number (``<Number>``) or a SIP URI (``<User>``).
-``/bot/calls/<call_id>/reply`` (POST, ``Authorization: Bearer <external.push_token>``)
-    A reply the customer's bot pushes for a call in progress (``call_id``: its SIP Call-ID
-    or Plivo CallUUID), in the external brain's JSON contract; handed to the worker that
-    holds the call, which plays it as the agent's next turn.  202 accepted, 400 malformed,
-    401 bad token, 404 no such call (or pushes are off: no token configured), 409 the
-    agent's brain takes no pushed replies, 503 the worker did not answer.
+``/bot/calls/<call_id>/reply`` (POST, ``Authorization: Bearer <webhook.push_token>``)
+    A reply the customer's webhook bot pushes for a call in progress (``call_id``: its SIP
+    Call-ID or Plivo CallUUID), in the bot reply contract
+    (`gateway.providers.webhook_brain`); handed to the worker that holds the call, which
+    plays it as the agent's next turn.  202 accepted, 400 malformed, 401 bad token, 404 no
+    such call (or pushes are off: no token configured), 409 the agent's brain takes no
+    pushed replies, 503 the worker did not answer.
+``/dcs/response`` (POST, ``Authorization: Bearer <external.push_token>``)
+    OCS's ``DCS_RESPONSE_URL``: the same, for the OCS integration
+    (`gateway.providers.ocs_brain`), with the call named in the body: ``{"call_id": ...,
+    "text": ..., "audio_url": ..., "actions": [...]}`` (``call_uuid`` instead of
+    ``call_id`` works too).  Same statuses; 400 also when the body names no call.
 ``/calls`` (POST, ``Authorization: Bearer <outbound.api_key>``)
     Places an outbound call (by a worker's SIP INVITE or Plivo's Call API) after the
     do-not-call, calling-hours and calls-per-second checks; see `xml_app.calls_api`.
+``/dcs/calls`` (POST, same key)
+    OCS's ``DCS_URL``: ``/calls`` under the DCS name (same body, checks and answers); the
+    answered call talks to OCS like an inbound one, known to it by the ``call_id`` this
+    request answered.
 ``/healthz``, ``/readyz`` (GET, unsigned)
     Liveness, and readiness (503 while no worker can take a call) with the pool's state.
 """
@@ -491,10 +501,16 @@ def _json_error(status: int, message: str) -> Response:
     return response
 
 
-def _pushed_reply(call_id: str, token: str, push: Push | None) -> Response:
-    """The bot's pushed reply for `call_id`: authenticate, parse, hand to the pool."""
+def _pushed_reply(
+    call_id: str | None, token: str, token_setting: str, push: Push | None
+) -> Response:
+    """A reply pushed for a call in progress: authenticate, parse, hand to the pool.
+
+    `call_id` None: the body names the call (``call_id``, else ``call_uuid``), the way
+    OCS posts to its one ``DCS_RESPONSE_URL``.  `token_setting` names the token's setting.
+    """
     if not token:
-        return _json_error(404, "pushed replies are off: external.push_token is not set")
+        return _json_error(404, f"pushed replies are off: {token_setting} is not set")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), token.encode()
@@ -513,6 +529,12 @@ def _pushed_reply(call_id: str, token: str, push: Push | None) -> Response:
     payload = request.get_json(force=True, silent=True)
     if not isinstance(payload, dict):
         return _json_error(400, "the body is not a JSON object")
+    if call_id is None:
+        named = payload.pop("call_id", None) or payload.pop("call_uuid", None)
+        payload.pop("call_uuid", None)
+        if not isinstance(named, str) or not named.strip():
+            return _json_error(400, "'call_id' (or 'call_uuid') is required: a string")
+        call_id = named.strip()
     if push is None:
         return _json_error(503, "this app is not connected to a worker pool")
     status, message = push(call_id, payload)
@@ -555,7 +577,8 @@ def create_app(
     """Build the answer_url app.
 
     Args:
-        settings: gateway settings (``app``, ``routing`` and ``external.push_token``).
+        settings: gateway settings (``app``, ``routing``, ``outbound`` and the push tokens
+            ``webhook.push_token`` and ``external.push_token``).
         pool: the worker pool's state; ``/answer`` reserves slots in it.
         records: where call events are recorded.
         clock: unix time source for opening hours, nonce expiry and records.
@@ -568,10 +591,12 @@ def create_app(
 
     Raises:
         ConfigError: signatures are to be verified but ``app.auth_token`` is empty (and
-            there is no ``external.push_token`` that would make the app useful anyway).
+            there is no push token or ``outbound.api_key`` that would make the app useful
+            anyway).
     """
     app_settings = settings.app
-    push_token = settings.external.push_token
+    webhook_token = settings.webhook.push_token
+    ocs_token = settings.external.push_token
     verifier: SignatureVerifier | None = None
     plivo_routes = True
     outbound_key = settings.outbound.api_key
@@ -580,7 +605,7 @@ def create_app(
             "app.auth_token: is empty while app.verify_signatures is true; set the Plivo"
             " auth token (SIPAGENT_APP__AUTH_TOKEN) or set app.verify_signatures = false"
         )
-        if not push_token and not outbound_key:
+        if not webhook_token and not ocs_token and not outbound_key:
             raise ConfigError(problem)
         log.warning("Plivo routes (/answer, /dial-status, /hangup) are off: %s", problem)
         plivo_routes = False
@@ -649,7 +674,11 @@ def create_app(
 
     @app.post("/bot/calls/<path:call_id>/reply")
     def bot_reply(call_id: str) -> Response:
-        return _pushed_reply(call_id, push_token, push)
+        return _pushed_reply(call_id, webhook_token, "webhook.push_token", push)
+
+    @app.post("/dcs/response")
+    def dcs_response() -> Response:
+        return _pushed_reply(None, ocs_token, "external.push_token", push)
 
     calls = (
         calls_api(settings, router.base_url)
@@ -657,6 +686,8 @@ def create_app(
         else CallsApi(settings, records, dial, router.base_url, clock=clock)
     )
     app.add_url_rule("/calls", "calls", calls.handle, methods=["POST"])
+    # OCS's DCS_URL: the same outbound calls, under the DCS name.
+    app.add_url_rule("/dcs/calls", "dcs_calls", calls.handle, methods=["POST"])
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -180,6 +180,7 @@ class CallSession:
             from_number=plivo.pop("from", ""),
             to_number=plivo.pop("to", ""),
             plivo=plivo,
+            record_id=(handle.ref if handle.outbound else None) or plivo.get("record_id", ""),
         )
         self.detector = options.turn_detector()
         self._stt: SttStream | None = None

@@ -778,11 +778,11 @@ async def _serve(settings: Settings, workers: int) -> int:
         if settings.app.enabled:
             # Before the workers: they are told the app's URL for the bot's pushed replies.
             server, app_url = _start_app(sup, settings, records)
-        if app_url and settings.external.push_token and not settings.external.reply_url:
-            external = settings.external.model_copy(
+        if app_url and settings.webhook.push_token and not settings.webhook.reply_url:
+            webhook = settings.webhook.model_copy(
                 update={"reply_url": f"{app_url}/bot/calls/{{call_id}}/reply"}
             )
-            sup.settings = settings.model_copy(update={"external": external})
+            sup.settings = settings.model_copy(update={"webhook": webhook})
         try:
             await sup.start()
             if settings.edge.enabled:

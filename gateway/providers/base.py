@@ -28,6 +28,8 @@ class CallContext:
     from_number: str = ""
     to_number: str = ""
     plivo: dict[str, str] = field(default_factory=dict)
+    # The app's own id of a call it placed (``POST /calls``' ``call_id``); "" otherwise.
+    record_id: str = ""
 
 
 DTMF_KEYS: frozenset[str] = frozenset("0123456789*#ABCD")

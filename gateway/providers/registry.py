@@ -114,20 +114,35 @@ def _openai(s: Settings) -> Brain:
 
 
 def _external(s: Settings) -> Brain:
-    from gateway.providers.external_brain import ExternalBrain
+    from gateway.providers.ocs_brain import OcsBrain
 
     e = s.external
-    response_url = e.url("dcs_response_url")
-    assert response_url is not None  # checked when the settings were loaded
-    return ExternalBrain(
-        dcs_url=e.url("dcs_url"),
-        dcs_response_url=response_url,
-        ai_tts_url=e.url("ai_tts_url"),
+    ocs_url = e.url("ocs_url")
+    assert ocs_url is not None  # checked when the settings were loaded
+    return OcsBrain(
+        ocs_url=ocs_url,
+        tts_url=e.url("ai_tts_url"),
         greeting=e.greeting,
         headers=dict(e.headers),
         timeout_s=e.timeout_s,
         pending_timeout_s=e.pending_timeout_s,
-        reply_url=e.reply_url if e.push_token else None,
+    )
+
+
+def _webhook(s: Settings) -> Brain:
+    from gateway.providers.webhook_brain import WebhookBrain
+
+    w = s.webhook
+    assert w.turn_url is not None  # checked when the settings were loaded
+    return WebhookBrain(
+        start_url=w.start_url,
+        turn_url=w.turn_url,
+        tts_url=w.tts_url,
+        greeting=w.greeting,
+        headers=dict(w.headers),
+        timeout_s=w.timeout_s,
+        pending_timeout_s=w.pending_timeout_s,
+        reply_url=w.reply_url if w.push_token else None,
     )
 
 
@@ -145,6 +160,7 @@ BRAINS: dict[str, Callable[[Settings], Brain]] = {
     "scripted": _scripted,
     "openai": _openai,
     "external": _external,
+    "webhook": _webhook,
     "fake": _fake_brain,
 }
 

@@ -1,13 +1,13 @@
-"""A loopback fake of a customer's dialog service, its audio file server and its HTTP TTS.
+"""A loopback fake of a customer's bot (webhook mode), its audio file server and its HTTP TTS.
 
 `FakeBot` runs a real HTTP/1.1 server on 127.0.0.1 (port 0) in a background thread:
 
-* ``POST /dcs/start`` (the call-initiation endpoint, ``DCS_URL``) and ``POST /dcs/response``
-  (the per-turn endpoint, ``DCS_RESPONSE_URL``) each answer with the next step scripted for
-  that path (`start` / `turns` queues): `Reply` (JSON), `Raw` (any bytes and status) or
-  `Hang` (answer nothing for a while).  An empty queue answers 500.
+* ``POST /bot/start`` (the call-start endpoint, ``webhook.start_url``) and ``POST
+  /bot/turn`` (the per-turn endpoint, ``webhook.turn_url``) each answer with the next step
+  scripted for that path (`start` / `turns` queues): `Reply` (JSON), `Raw` (any bytes and
+  status) or `Hang` (answer nothing for a while).  An empty queue answers 500.
 * ``POST /tts`` answers with `tts_audio` (bytes and content type) - the HTTP TTS
-  (``AI_TTS_URL``).
+  (``webhook.tts_url``).
 * ``GET /audio/<name>`` serves ``files[name]`` (bytes, content type), 404 otherwise; with
   `chunked` set the body is sent without Content-Length, in chunks.
 
@@ -138,7 +138,7 @@ class FakeBot:
 
     def _next(self, path: str) -> Step | None:
         with self._lock:
-            script = self.start_script if path == "/dcs/start" else self.turn_script
+            script = self.start_script if path == "/bot/start" else self.turn_script
             return script.popleft() if script else None
 
     def _record(self, request: RecordedRequest) -> None:
@@ -201,7 +201,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/tts":
             self._send(200, *self.owner.tts_audio)
             return
-        if self.path not in ("/dcs/start", "/dcs/response"):
+        if self.path not in ("/bot/start", "/bot/turn"):
             self._send(404, b"not found", "text/plain")
             return
         step = self.owner._next(self.path)

@@ -1,4 +1,4 @@
-"""Tests for gateway.providers.external_brain.ExternalBrain against a loopback fake bot.
+"""Tests for gateway.providers.webhook_brain.WebhookBrain against a loopback fake bot.
 
 `tests.fakes.bot.FakeBot` plays the customer's dialog service (call start and per-turn
 endpoints), an audio file server and an HTTP TTS on 127.0.0.1; each test scripts it, runs
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from gateway.providers.base import BrainReply, CallContext, ProviderError
-from gateway.providers.external_brain import AudioReply, ExternalBrain, decode_audio
+from gateway.providers.webhook_brain import AudioReply, WebhookBrain, decode_audio
 from tests.fakes.bot import FakeBot, Hang, Raw, Reply
 
 pytestmark = pytest.mark.timeout(30)
@@ -48,15 +48,15 @@ def bot() -> Iterator[FakeBot]:
         yield server
 
 
-def make_brain(bot: FakeBot, **options: Any) -> ExternalBrain:
+def make_brain(bot: FakeBot, **options: Any) -> WebhookBrain:
     settings: dict[str, Any] = {
-        "dcs_url": bot.url("/dcs/start"),
-        "dcs_response_url": bot.url("/dcs/response"),
+        "start_url": bot.url("/bot/start"),
+        "turn_url": bot.url("/bot/turn"),
         "headers": {"Authorization": "Bearer bot-secret"},
         "timeout_s": 2.0,
     }
     settings.update(options)
-    return ExternalBrain(**settings)
+    return WebhookBrain(**settings)
 
 
 def sine(rate: int, seconds: float, channels: int = 1, freq: float = 440.0) -> bytes:
@@ -80,7 +80,7 @@ def rms(pcm: bytes) -> float:
     return float(np.sqrt(np.mean(samples * samples)))
 
 
-async def in_call(brain: ExternalBrain, coro: Coroutine[Any, Any, T]) -> T:
+async def in_call(brain: WebhookBrain, coro: Coroutine[Any, Any, T]) -> T:
     try:
         return await coro
     finally:
@@ -97,7 +97,7 @@ def test_call_start_posts_context_and_speaks_the_bot_greeting(bot: FakeBot) -> N
     assert type(reply) is BrainReply
     assert reply.text == "Welcome to Acme."
     assert reply.intent == "greeting"
-    (request,) = [r for r in bot.requests if r.path == "/dcs/start"]
+    (request,) = [r for r in bot.requests if r.path == "/bot/start"]
     assert request.headers["authorization"] == "Bearer bot-secret"
     assert request.body == {
         "call_id": "sip-call-1",
@@ -108,8 +108,8 @@ def test_call_start_posts_context_and_speaks_the_bot_greeting(bot: FakeBot) -> N
     }
 
 
-def test_without_dcs_url_the_configured_greeting_is_used(bot: FakeBot) -> None:
-    brain = make_brain(bot, dcs_url=None, greeting="Hi there.")
+def test_without_start_url_the_configured_greeting_is_used(bot: FakeBot) -> None:
+    brain = make_brain(bot, start_url=None, greeting="Hi there.")
     reply = run(in_call(brain, brain.greeting(CTX)))
     assert reply.text == "Hi there."
     assert bot.requests == []
@@ -128,7 +128,7 @@ def test_text_reply_and_turn_numbers(bot: FakeBot) -> None:
     first, second = run(in_call(brain, main()))
     assert first == BrainReply("Ten dollars.", (), "balance")
     assert second.text == "Bye."
-    assert bot.bodies("/dcs/response") == [
+    assert bot.bodies("/bot/turn") == [
         {"call_id": "sip-call-1", "call_uuid": CTX.call_uuid, "text": "my balance", "turn": 1},
         {"call_id": "sip-call-1", "call_uuid": CTX.call_uuid, "text": "thanks", "turn": 2},
     ]
@@ -137,7 +137,7 @@ def test_text_reply_and_turn_numbers(bot: FakeBot) -> None:
 def test_text_reply_spoken_through_ai_tts_url(bot: FakeBot) -> None:
     bot.on_turn(Reply({"text": "Hello from TTS."}))
     bot.tts_audio = (wav_bytes(16000, 0.5), "audio/wav")
-    brain = make_brain(bot, ai_tts_url=bot.url("/tts"))
+    brain = make_brain(bot, tts_url=bot.url("/tts"))
     reply = run(in_call(brain, brain.respond("hi", CTX)))
     assert isinstance(reply, AudioReply)
     assert reply.text == "Hello from TTS."
@@ -152,7 +152,7 @@ def test_ai_tts_raw_l16(bot: FakeBot) -> None:
     bot.on_turn(Reply({"text": "Raw."}))
     big_endian = np.frombuffer(sine(8000, 0.25), dtype="<i2").astype(">i2").tobytes()
     bot.tts_audio = (big_endian, "audio/L16;rate=8000")
-    brain = make_brain(bot, ai_tts_url=bot.url("/tts"))
+    brain = make_brain(bot, tts_url=bot.url("/tts"))
     reply = run(in_call(brain, brain.respond("hi", CTX)))
     assert isinstance(reply, AudioReply)
     assert reply.audio == sine(8000, 0.25)
@@ -224,7 +224,7 @@ def test_pending_reply_returns_at_once_and_the_push_follows(bot: FakeBot) -> Non
     reply, pushed = run(in_call(brain, main()))
     assert reply == BrainReply("", pending_s=7.5)
     assert pushed == BrainReply("The answer.", ("hangup",))
-    body = bot.bodies("/dcs/response")[-1]
+    body = bot.bodies("/bot/turn")[-1]
     assert body["reply_url"] == "http://agent.test/r/sip-call-1"
 
 
@@ -233,10 +233,10 @@ def test_reply_url_is_quoted_and_sent_only_when_configured(bot: FakeBot) -> None
     odd = CallContext(call_id="a b/c@host")
     plain = make_brain(bot)
     run(in_call(plain, plain.greeting(odd)))
-    assert "reply_url" not in bot.bodies("/dcs/start")[-1]
+    assert "reply_url" not in bot.bodies("/bot/start")[-1]
     brain = make_brain(bot, reply_url="http://agent.test/bot/calls/{call_id}/reply")
     run(in_call(brain, brain.greeting(odd)))
-    assert bot.bodies("/dcs/start")[-1]["reply_url"] == (
+    assert bot.bodies("/bot/start")[-1]["reply_url"] == (
         "http://agent.test/bot/calls/a%20b%2Fc%40host/reply"
     )
 
@@ -244,7 +244,7 @@ def test_reply_url_is_quoted_and_sent_only_when_configured(bot: FakeBot) -> None
 def test_pushed_reply_without_a_waiting_turn(bot: FakeBot) -> None:
     bot.on_start(Reply({"text": "Hi."}))
     bot.tts_audio = (wav_bytes(8000, 0.2), "audio/wav")
-    brain = make_brain(bot, ai_tts_url=bot.url("/tts"))
+    brain = make_brain(bot, tts_url=bot.url("/tts"))
 
     async def main() -> None:
         await brain.greeting(CTX)
@@ -301,7 +301,7 @@ def error_kind(bot: FakeBot, **options: Any) -> ProviderError:
 def test_bot_500_is_http(bot: FakeBot) -> None:
     bot.on_turn(Reply({"error": "boom"}, status=500))
     err = error_kind(bot)
-    assert (err.kind, err.status, err.provider) == ("http", 500, "external")
+    assert (err.kind, err.status, err.provider) == ("http", 500, "webhook")
 
 
 def test_bot_401_is_auth(bot: FakeBot) -> None:
@@ -323,7 +323,7 @@ def test_unreachable_bot_is_disconnect(bot: FakeBot) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    err = error_kind(bot, dcs_response_url=f"http://127.0.0.1:{port}/dcs/response")
+    err = error_kind(bot, turn_url=f"http://127.0.0.1:{port}/bot/turn")
     assert err.kind == "disconnect"
 
 

@@ -1,12 +1,19 @@
-"""An external brain: the caller's words go to the customer's dialog service ("DCS") over HTTP.
+"""Brains that relay the conversation to the customer's own bot over HTTP.
 
-The customer's bot decides what the agent says; this brain only carries the conversation
-between the call and the bot, and turns the bot's answers into something playable.
+`BotBrain` is the shared machinery: the HTTP client, the reply contract below, audio
+replies, and replies the bot pushes later.  Two modes build on it:
 
-JSON contract (every request is ``POST`` with ``Content-Type: application/json`` and the
-configured ``headers``, e.g. an auth header, sent as they are):
+* ``providers.brain = "webhook"`` - `WebhookBrain` (this module): request/response.  Each
+  request is answered with what the agent says next (or ``"pending": true`` and the answer
+  pushed later).
+* ``providers.brain = "external"`` - `gateway.providers.ocs_brain.OcsBrain`: sipagent is
+  the DCS (Dialer Connector Service) of an Ori-style OCS; the caller's words go to
+  ``ocs_url`` and OCS answers by POSTing to the app's ``/dcs/response``.
 
-* Call start - ``POST dcs_url`` (``DCS_URL``)::
+Webhook JSON contract (every request is ``POST`` with ``Content-Type: application/json``
+and the configured ``headers``, e.g. an auth header, sent as they are):
+
+* Call start - ``POST start_url``::
 
       {"call_id": "<SIP Call-ID>", "call_uuid": "<Plivo CallUUID>",
        "from": "+14155550100", "to": "+442071234567",
@@ -15,9 +22,9 @@ configured ``headers``, e.g. an auth header, sent as they are):
 
   ``from``/``to`` are the numbers Plivo saw (the SIP URIs when unknown); ``headers`` holds
   the call's ``X-PH-*`` headers.  The reply (below) is the greeting.  Without a
-  ``dcs_url`` nothing is posted and the configured ``greeting`` is spoken.
+  ``start_url`` nothing is posted and the configured ``greeting`` is spoken.
 
-* Each caller turn - ``POST dcs_response_url`` (``DCS_RESPONSE_URL``)::
+* Each caller turn - ``POST turn_url``::
 
       {"call_id": "...", "call_uuid": "...", "text": "<transcript, maybe empty>", "turn": 1,
        "reply_url": "..."}
@@ -32,26 +39,27 @@ configured ``headers``, e.g. an auth header, sent as they are):
        "intent": "balance",                         # optional, for the call records
        "pending": true}                             # optional, see below
 
-  ``audio_url`` (``http``/``https``) is fetched - with the configured headers only when it
-  is on the same origin as one of the configured URLs - and must be a WAV (PCM 8/16/24/32
-  bit) or an MP3 file of at most ``max_audio_bytes``; it is downmixed to mono and resampled
-  to 8 kHz.  A ``text`` without ``audio_url`` is spoken by the gateway's TTS, or, with an
-  ``ai_tts_url`` (``AI_TTS_URL``), by ``POST ai_tts_url {"text": "..."}``, whose answer is
-  audio: WAV, MP3 or raw PCM as ``audio/L16;rate=8000`` (big-endian per RFC 2586;
-  ``;endianness=little-endian`` for little-endian; ``channels=N`` allowed).  Audio replies
-  are `AudioReply` objects: ``text`` is kept for the records, ``audio`` is what to play.
+  Other fields are ignored.  ``audio_url`` (``http``/``https``) is fetched - with the
+  configured headers only when it is on the same origin as one of the configured URLs -
+  and must be a WAV (PCM 8/16/24/32 bit) or an MP3 file of at most ``max_audio_bytes``; it
+  is downmixed to mono and resampled to 8 kHz.  A ``text`` without ``audio_url`` is spoken
+  by the gateway's TTS, or, with a ``tts_url``, by ``POST tts_url {"text": "..."}``, whose
+  answer is audio: WAV, MP3 or raw PCM as ``audio/L16;rate=8000`` (big-endian per RFC
+  2586; ``;endianness=little-endian`` for little-endian; ``channels=N`` allowed).  Audio
+  replies are `AudioReply` objects: ``text`` is kept for the records, ``audio`` is what to
+  play.
 
 * Asynchronous replies - a bot that needs time answers ``"pending": true``, alone (the
   caller hears nothing yet) or with a holding line in ``text``/``audio_url`` ("one moment,
   please"), and later POSTs the real reply - the same JSON, not pending - to the gateway's
   app at ``reply_url`` (sent in every request when configured: ``POST
-  /bot/calls/<call_id>/reply``), which hands it to `ExternalBrain.deliver`.  The pending
-  reply comes back at once as a `BrainReply` with ``pending_s = pending_timeout_s``; the
-  conversation plays pushed replies as agent turns (`ExternalBrain.wait_pushed`, after the
-  turn in progress) and apologises when none comes in time.  Pushed replies are kept in a
-  small per-call queue (the newest `MAX_PUSHED`) until taken.
+  /bot/calls/<call_id>/reply``), which hands it to `BotBrain.deliver`.  The pending reply
+  comes back at once as a `BrainReply` with ``pending_s = pending_timeout_s``; the
+  conversation plays pushed replies as agent turns (`BotBrain.wait_pushed`, after the turn
+  in progress) and apologises when none comes in time.  Pushed replies are kept in a small
+  per-call queue (the newest `MAX_PUSHED`) until taken.
 
-Errors are ``ProviderError("external", kind, ...)``: ``auth`` (401/403), ``http`` (other
+Errors are ``ProviderError(<brain name>, kind, ...)``: ``auth`` (401/403), ``http`` (other
 non-2xx statuses, ``status`` set), ``timeout`` (no answer within ``timeout_s``, audio not
 fetched within ``audio_timeout_s``), ``disconnect`` (cannot connect, or the connection
 dropped), ``malformed`` (not JSON, not the contract above, audio that does not
@@ -81,11 +89,20 @@ import numpy as np
 from gateway.audio.pcm import SAMPLE_RATE, resample
 from gateway.providers.base import Brain, BrainReply, CallContext, ProviderError
 
-__all__ = ["MAX_PUSHED", "AudioReply", "BotReply", "ExternalBrain", "decode_audio", "parse_reply"]
+__all__ = [
+    "MAX_PUSHED",
+    "AudioReply",
+    "BotBrain",
+    "BotReply",
+    "WebhookBrain",
+    "decode_audio",
+    "parse_reply",
+]
 
 log = logging.getLogger(__name__)
 
-PROVIDER = "external"
+PROVIDER = "bot"
+"""The provider named in errors of the reply and audio parsers (the brains use their own)."""
 MAX_PUSHED = 8
 """Pushed replies kept per call while nobody takes them (the oldest are dropped)."""
 MAX_JSON_BYTES = 1_000_000
@@ -280,20 +297,20 @@ def _retrieve(task: asyncio.Task[BrainReply]) -> None:
         log.warning("pushed reply could not be prepared: %s", task.exception())
 
 
-class ExternalBrain(Brain):
-    """A `Brain` that relays each turn to the customer's bot; see the module docstring."""
+class BotBrain(Brain):
+    """What the bot brains share: HTTP to the bot, rendering replies, pushed replies.
 
-    name = "external"
+    Subclasses implement `greeting` and `respond`; see the module docstring.
+    """
+
     streams = False
     pushes = True
 
     def __init__(
         self,
         *,
-        dcs_url: str | None,
-        dcs_response_url: str,
-        ai_tts_url: str | None = None,
-        greeting: str = "Hello.",
+        urls: Mapping[str, str | None],
+        tts_url: str | None = None,
         headers: Mapping[str, str] | None = None,
         timeout_s: float = 5.0,
         pending_timeout_s: float = 10.0,
@@ -304,32 +321,20 @@ class ExternalBrain(Brain):
             "I can't hear you, so I'll hang up now. Goodbye.",
         ),
         max_calls: int = 1024,
-        reply_url: str | None = None,
     ) -> None:
-        """Configure the brain; nothing connects until the first request.
-
-        `reply_url` is where the bot pushes asynchronous replies (``{call_id}`` is replaced
-        by the call's id); it is sent to the bot in every request when set.
+        """`urls` names the bot's endpoints (for error messages); the configured headers
+        go to their origins and `tts_url`'s only.
 
         Raises ``ProviderError(kind="config")`` for unusable settings.
         """
-        for label, url in (
-            ("dcs_url", dcs_url),
-            ("dcs_response_url", dcs_response_url),
-            ("ai_tts_url", ai_tts_url),
-        ):
+        for label, url in {**urls, "tts_url": tts_url}.items():
             if url is not None and url != "" and urlsplit(url).scheme not in ("http", "https"):
-                raise ProviderError(PROVIDER, "config", f"{label} is not an http(s) URL")
-        if not dcs_response_url:
-            raise ProviderError(PROVIDER, "config", "no dcs_response_url")
+                raise ProviderError(self.name, "config", f"{label} is not an http(s) URL")
         if min(timeout_s, pending_timeout_s, audio_timeout_s) <= 0:
-            raise ProviderError(PROVIDER, "config", "timeouts must be positive")
+            raise ProviderError(self.name, "config", "timeouts must be positive")
         if max_audio_bytes < 1 or max_calls < 1:
-            raise ProviderError(PROVIDER, "config", "limits must be positive")
-        self.dcs_url = dcs_url or None
-        self.dcs_response_url = dcs_response_url
-        self.ai_tts_url = ai_tts_url or None
-        self.greeting_text = greeting
+            raise ProviderError(self.name, "config", "limits must be positive")
+        self.tts_url = tts_url or None
         self._headers = dict(headers or {})
         self.timeout_s = timeout_s
         self.pending_timeout_s = pending_timeout_s
@@ -337,16 +342,10 @@ class ExternalBrain(Brain):
         self.audio_timeout_s = audio_timeout_s
         self.no_input_prompts = no_input_prompts
         self.max_calls = max_calls
-        self.reply_url = reply_url or None
-        self._origins = {_origin(u) for u in (self.dcs_url, dcs_response_url, self.ai_tts_url) if u}
+        self._origins = {_origin(u) for u in (*urls.values(), self.tts_url) if u}
         self._calls: OrderedDict[str, _Call] = OrderedDict()
         self._http: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-
-    def __repr__(self) -> str:
-        return (
-            f"ExternalBrain(dcs_url={self.dcs_url!r}, dcs_response_url={self.dcs_response_url!r})"
-        )
 
     # -- HTTP -----------------------------------------------------------------------------
 
@@ -382,6 +381,7 @@ class ExternalBrain(Brain):
     ) -> tuple[str, bytes]:
         """One request; returns (content type, body) or raises `ProviderError`."""
         headers = self._headers if _origin(url) in self._origins else {}
+        name = self.name
         try:
             async with asyncio.timeout(total_s):
                 async with self._client().stream(
@@ -389,13 +389,9 @@ class ExternalBrain(Brain):
                 ) as response:
                     status = response.status_code
                     if status in (401, 403):
-                        raise ProviderError(
-                            PROVIDER, "auth", f"{what}: HTTP {status}", status=status
-                        )
+                        raise ProviderError(name, "auth", f"{what}: HTTP {status}", status=status)
                     if not 200 <= status < 300:
-                        raise ProviderError(
-                            PROVIDER, "http", f"{what}: HTTP {status}", status=status
-                        )
+                        raise ProviderError(name, "http", f"{what}: HTTP {status}", status=status)
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > limit:
                         raise _malformed(f"{what}: {declared} bytes is more than {limit}")
@@ -410,15 +406,20 @@ class ExternalBrain(Brain):
         except ProviderError:
             raise
         except (TimeoutError, httpx.TimeoutException):
-            raise ProviderError(PROVIDER, "timeout", f"{what}: no answer in time") from None
+            raise ProviderError(name, "timeout", f"{what}: no answer in time") from None
         except httpx.TransportError as exc:
             message = self._scrub(f"{what}: {type(exc).__name__}: {exc}")
-            raise ProviderError(PROVIDER, "disconnect", message) from None
+            raise ProviderError(name, "disconnect", message) from None
 
-    async def _post_json(self, url: str, body: Mapping[str, Any], what: str) -> BotReply:
+    async def _post(self, url: str, body: Mapping[str, Any], what: str) -> bytes:
+        """POST JSON; the answer's body (at most `MAX_JSON_BYTES`)."""
         _, raw = await self._fetch(
             "POST", url, body=dict(body), limit=MAX_JSON_BYTES, total_s=self.timeout_s, what=what
         )
+        return raw
+
+    async def _post_json(self, url: str, body: Mapping[str, Any], what: str) -> BotReply:
+        raw = await self._post(url, body, what)
         try:
             payload = json.loads(raw)
         except ValueError:
@@ -440,11 +441,18 @@ class ExternalBrain(Brain):
         """Turn a validated bot reply into a `BrainReply` (an `AudioReply` with audio)."""
         if bot.audio_url:
             audio = await self._audio("GET", bot.audio_url, None, "audio_url")
-        elif bot.text and self.ai_tts_url:
-            audio = await self._audio("POST", self.ai_tts_url, {"text": bot.text}, "AI TTS")
+        elif bot.text and self.tts_url:
+            audio = await self._audio("POST", self.tts_url, {"text": bot.text}, "HTTP TTS")
         else:
             return BrainReply(text=bot.text, actions=bot.actions, intent=bot.intent)
         return AudioReply(text=bot.text, actions=bot.actions, intent=bot.intent, audio=audio)
+
+    async def _reply_of(self, bot: BotReply) -> BrainReply:
+        """Render `bot`; a pending one says how long to wait for the pushed answer."""
+        reply = await self.render(bot) if bot.has_content else BrainReply("", bot.actions)
+        if bot.pending:
+            reply = replace(reply, pending_s=self.pending_timeout_s)
+        return reply
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -453,62 +461,14 @@ class ExternalBrain(Brain):
         loop = asyncio.get_running_loop()
         if state is None or state.loop is not loop:
             if state is not None:
-                self.forget(call_id)
+                self._drop(call_id)
             state = _Call(loop=loop)
             self._calls[call_id] = state
             while len(self._calls) > self.max_calls:
-                self.forget(next(iter(self._calls)))
+                self._drop(next(iter(self._calls)))
         else:
             self._calls.move_to_end(call_id)
         return state
-
-    async def _exchange(
-        self, ctx: CallContext, url: str, body: Mapping[str, Any], what: str
-    ) -> BrainReply:
-        """POST `body` and render the reply (a pending one says how long to wait)."""
-        self._call(ctx.call_id)
-        if self.reply_url:
-            body = {
-                **body,
-                "reply_url": self.reply_url.replace("{call_id}", quote(ctx.call_id, safe="")),
-            }
-        bot = await self._post_json(url, body, what)
-        reply = await self.render(bot) if bot.has_content else BrainReply("", bot.actions)
-        if bot.pending:
-            reply = replace(reply, pending_s=self.pending_timeout_s)
-        return reply
-
-    async def greeting(self, ctx: CallContext) -> BrainReply:
-        """The bot's answer to the call start, or the configured greeting without a DCS URL."""
-        if self.dcs_url is None:
-            self._call(ctx.call_id)
-            return BrainReply(text=self.greeting_text, intent="greeting")
-        headers = {k: v for k, v in ctx.headers.items() if k.lower().startswith("x-ph-")}
-        if not headers:
-            headers = {f"X-PH-{k}": v for k, v in ctx.plivo.items()}
-        body = {
-            "call_id": ctx.call_id,
-            "call_uuid": ctx.call_uuid,
-            "from": ctx.from_number or ctx.from_uri,
-            "to": ctx.to_number or ctx.to_uri,
-            "headers": headers,
-        }
-        reply = await self._exchange(ctx, self.dcs_url, body, "DCS call start")
-        if reply.intent is None:
-            reply = _with_intent(reply, "greeting")
-        return reply
-
-    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
-        """Post the caller's turn to the response URL and return the bot's reply."""
-        state = self._call(ctx.call_id)
-        state.turns += 1
-        body = {
-            "call_id": ctx.call_id,
-            "call_uuid": ctx.call_uuid,
-            "text": text,
-            "turn": state.turns,
-        }
-        return await self._exchange(ctx, self.dcs_response_url, body, "DCS response")
 
     async def no_input(self, ctx: CallContext, attempt: int) -> BrainReply:
         """Re-prompt after the first silence, say goodbye and hang up after the second."""
@@ -518,6 +478,10 @@ class ExternalBrain(Brain):
         return BrainReply(text=goodbye, actions=("hangup",), intent="no_input")
 
     def forget(self, call_id: str) -> None:
+        """The call is over: drop its queues (see `_drop`)."""
+        self._drop(call_id)
+
+    def _drop(self, call_id: str) -> None:
         """Drop the call's queues; a pending turn of it fails, `wait_pushed` returns None."""
         state = self._calls.pop(call_id, None)
         if state is None:
@@ -605,6 +569,93 @@ class ExternalBrain(Brain):
                     await state.changed.wait()
         except TimeoutError:
             return None
+
+
+class WebhookBrain(BotBrain):
+    """``providers.brain = "webhook"``: each turn is a request to the customer's bot, the
+    answer is what the agent says (or pending, pushed later); see the module docstring."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        *,
+        start_url: str | None,
+        turn_url: str,
+        tts_url: str | None = None,
+        greeting: str = "Hello.",
+        reply_url: str | None = None,
+        **options: Any,
+    ) -> None:
+        """Configure the brain; nothing connects until the first request.
+
+        `reply_url` is where the bot pushes asynchronous replies (``{call_id}`` is replaced
+        by the call's id); it is sent to the bot in every request when set.  `options` are
+        `BotBrain`'s.
+
+        Raises ``ProviderError(kind="config")`` for unusable settings.
+        """
+        if not turn_url:
+            raise ProviderError(self.name, "config", "no turn_url")
+        super().__init__(
+            urls={"start_url": start_url, "turn_url": turn_url}, tts_url=tts_url, **options
+        )
+        self.start_url = start_url or None
+        self.turn_url = turn_url
+        self.greeting_text = greeting
+        self.reply_url = reply_url or None
+
+    def __repr__(self) -> str:
+        return f"WebhookBrain(start_url={self.start_url!r}, turn_url={self.turn_url!r})"
+
+    async def _exchange(
+        self, ctx: CallContext, url: str, body: Mapping[str, Any], what: str
+    ) -> BrainReply:
+        """POST `body` and render the reply (a pending one says how long to wait)."""
+        self._call(ctx.call_id)
+        if self.reply_url:
+            body = {
+                **body,
+                "reply_url": self.reply_url.replace("{call_id}", quote(ctx.call_id, safe="")),
+            }
+        return await self._reply_of(await self._post_json(url, body, what))
+
+    async def greeting(self, ctx: CallContext) -> BrainReply:
+        """The bot's answer to the call start, or the configured greeting without a start
+        URL."""
+        if self.start_url is None:
+            self._call(ctx.call_id)
+            return BrainReply(text=self.greeting_text, intent="greeting")
+        body = {
+            "call_id": ctx.call_id,
+            "call_uuid": ctx.call_uuid,
+            "from": ctx.from_number or ctx.from_uri,
+            "to": ctx.to_number or ctx.to_uri,
+            "headers": plivo_headers(ctx),
+        }
+        reply = await self._exchange(ctx, self.start_url, body, "bot call start")
+        if reply.intent is None:
+            reply = _with_intent(reply, "greeting")
+        return reply
+
+    async def respond(self, text: str, ctx: CallContext) -> BrainReply:
+        """Post the caller's turn to the turn URL and return the bot's reply."""
+        state = self._call(ctx.call_id)
+        state.turns += 1
+        body = {
+            "call_id": ctx.call_id,
+            "call_uuid": ctx.call_uuid,
+            "text": text,
+            "turn": state.turns,
+        }
+        return await self._exchange(ctx, self.turn_url, body, "bot turn")
+
+
+def plivo_headers(ctx: CallContext) -> dict[str, str]:
+    """The call's ``X-PH-*`` headers (rebuilt from the decoded context when the INVITE's
+    are not known)."""
+    headers = {k: v for k, v in ctx.headers.items() if k.lower().startswith("x-ph-")}
+    return headers or {f"X-PH-{k}": v for k, v in ctx.plivo.items()}
 
 
 def _with_intent(reply: BrainReply, intent: str) -> BrainReply:
