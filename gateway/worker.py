@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
-from gateway.callcontext import decode_call_context, record_key
+from gateway.callcontext import record_key
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, build_providers, uses_vendors
@@ -218,7 +218,7 @@ class AgentWorker:
         method = self.settings.transfer.method
         if method == "refer":
             return ""
-        call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
+        call_uuid = handle.context.get("call_uuid", "")
         if not call_uuid:
             return ""
         if method == "auto" and not self.settings.plivo_transfer_ready():
@@ -278,7 +278,7 @@ class AgentWorker:
         directory = self.settings.records.recording_dir
         if directory is None:
             return
-        uuid = record_key(decode_call_context(handle.headers))
+        uuid = record_key(handle.context)
         recorder = CallRecorder(handle, recording_path(directory.resolve(), handle, uuid))
         try:
             recorder.start()
