@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo serve test lint bench clean
+.PHONY: setup demo serve test check lint bench clean
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -27,6 +27,10 @@ lint: setup
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# What to run while working: lint, types and every test that places no real call.
+check: lint
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not wire"
 
 bench: setup
 	$(BIN)/python scripts/bench/turn_latency.py

@@ -14,10 +14,10 @@ from typing import Protocol
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
-from gateway.callcontext import decode_call_context, record_key
+from gateway.callcontext import record_key
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import ProviderError, TtsProvider
-from gateway.providers.registry import Providers, build_providers
+from gateway.providers.registry import Providers, build_providers, uses_vendors
 from gateway.recording import CallRecorder, recording_path
 from gateway.redact import redact
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
@@ -49,20 +49,11 @@ def conversation_options(s: Settings) -> ConversationOptions:
         max_utterance_ms=int(s.vad.max_utterance_s * 1000),
         no_input_timeout_s=s.conversation.no_input_timeout_s,
         max_failures=s.conversation.max_failures,
-        reply_deadline_s=s.conversation.max_vendor_silence_s if _uses_vendors(s) else None,
+        reply_deadline_s=s.conversation.max_vendor_silence_s if uses_vendors(s) else None,
         transfer_timeout_s=s.transfer.timeout_s,
         transfer_failed_text=s.transfer.failed_text,
         warm_intro_text=s.transfer.warm_intro_text,
         warm_ring_timeout_s=s.transfer.ring_timeout_s,
-    )
-
-
-def _uses_vendors(s: Settings) -> bool:
-    """True when a cloud provider (or a failover chain) is in use."""
-    p = s.providers
-    cloud = {"deepgram", "openai", "elevenlabs"}
-    return bool({p.stt, p.tts, p.brain} & cloud) or any(
-        (p.stt_fallback, p.tts_fallback, p.brain_fallback)
     )
 
 
@@ -227,7 +218,7 @@ class AgentWorker:
         method = self.settings.transfer.method
         if method == "refer":
             return ""
-        call_uuid = decode_call_context(handle.headers).get("call_uuid", "")
+        call_uuid = handle.context.get("call_uuid", "")
         if not call_uuid:
             return ""
         if method == "auto" and not self.settings.plivo_transfer_ready():
@@ -287,7 +278,7 @@ class AgentWorker:
         directory = self.settings.records.recording_dir
         if directory is None:
             return
-        uuid = record_key(decode_call_context(handle.headers))
+        uuid = record_key(handle.context)
         recorder = CallRecorder(handle, recording_path(directory.resolve(), handle, uuid))
         try:
             recorder.start()

@@ -1,9 +1,6 @@
 """Validated gateway configuration (pydantic-settings): TOML file, .env, environment, CLI."""
 
 from sip_config.settings import (
-    KNOWN_BRAINS,
-    KNOWN_STT,
-    KNOWN_TTS,
     AppSettings,
     BusinessHours,
     Codec,
@@ -31,9 +28,6 @@ from sip_config.settings import (
 )
 
 __all__ = [
-    "KNOWN_BRAINS",
-    "KNOWN_STT",
-    "KNOWN_TTS",
     "AppSettings",
     "BusinessHours",
     "Codec",

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal, NoReturn
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -40,9 +42,6 @@ from pydantic_settings import (
 )
 
 __all__ = [
-    "KNOWN_BRAINS",
-    "KNOWN_STT",
-    "KNOWN_TTS",
     "AppSettings",
     "BusinessHours",
     "Codec",
@@ -66,16 +65,6 @@ __all__ = [
     "vendor_key",
 ]
 
-KNOWN_STT: Final[tuple[str, ...]] = ("pocketsphinx", "deepgram")
-"""Speech-to-text providers shipped with the gateway (``"fake"`` is accepted as well)."""
-
-KNOWN_TTS: Final[tuple[str, ...]] = ("piper", "elevenlabs")
-"""Text-to-speech providers shipped with the gateway (``"fake"`` is accepted as well)."""
-
-KNOWN_BRAINS: Final[tuple[str, ...]] = ("scripted", "openai", "external", "webhook")
-"""Conversation brains shipped with the gateway (``"fake"`` is accepted as well)."""
-
-_TEST_PROVIDER: Final = "fake"
 _DEFAULT_LISTEN_HOST: Final = "127.0.0.1"
 _MAX_CALLS_CAP: Final = 4  # the pjsua2 wheel is built with PJSUA_MAX_CALLS = 4
 
@@ -497,27 +486,51 @@ class ConversationSettings(_Section):
     )
 
 
-def _check_provider(value: str, known: tuple[str, ...], kind: str) -> str:
-    name = value.strip().lower()
-    allowed = (*known, _TEST_PROVIDER)
-    if name not in allowed:
-        _invalid(f"unknown {kind} provider; known: {', '.join(allowed)}")
-    return name
+def _provider_name(kind: Literal["stt", "tts", "brain"]) -> AfterValidator:
+    """A validator of a provider name of `kind` against the provider registry (the one
+    list of names; imported when settings are validated, not when this module is)."""
+    label = {"stt": "STT", "tts": "TTS", "brain": "brain"}[kind]
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        from gateway.providers.registry import names
+
+        name = value.strip().lower()
+        allowed = names(kind)
+        if name not in allowed:
+            _invalid(f"unknown {label} provider; known: {', '.join(allowed)}")
+        return name
+
+    return AfterValidator(check)
+
+
+def _blank_is_none(value: object) -> object:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+SttName = Annotated[str, _provider_name("stt")]
+TtsName = Annotated[str, _provider_name("tts")]
+BrainName = Annotated[str, _provider_name("brain")]
+# A fallback: empty means none.
+SttFallback = Annotated[SttName | None, BeforeValidator(_blank_is_none)]
+TtsFallback = Annotated[TtsName | None, BeforeValidator(_blank_is_none)]
+BrainFallback = Annotated[BrainName | None, BeforeValidator(_blank_is_none)]
 
 
 class ProviderSettings(_Section):
     """Which STT/TTS/brain implementations to use (``[providers]``, ``SIPAGENT_PROVIDERS__*``)."""
 
-    stt: str = Field(default="pocketsphinx", description="Speech-to-text provider name.")
-    tts: str = Field(default="piper", description="Text-to-speech provider name.")
-    brain: str = Field(default="scripted", description="Conversation brain name.")
-    stt_fallback: str | None = Field(
+    stt: SttName = Field(default="pocketsphinx", description="Speech-to-text provider name.")
+    tts: TtsName = Field(default="piper", description="Text-to-speech provider name.")
+    brain: BrainName = Field(default="scripted", description="Conversation brain name.")
+    stt_fallback: SttFallback = Field(
         default=None, description="Secondary STT when the primary fails (e.g. pocketsphinx)."
     )
-    tts_fallback: str | None = Field(
+    tts_fallback: TtsFallback = Field(
         default=None, description="Secondary TTS when the primary fails (e.g. piper)."
     )
-    brain_fallback: str | None = Field(
+    brain_fallback: BrainFallback = Field(
         default=None, description="Secondary brain when the primary fails (e.g. scripted)."
     )
     stt_timeout_s: float = Field(
@@ -562,36 +575,6 @@ class ProviderSettings(_Section):
         if value != 0.0 and value < 1.0:
             _invalid("must be 0 (unpaced) or at least 1 (real time); slower would underrun")
         return value
-
-    @field_validator("stt")
-    @classmethod
-    def _validate_stt(cls, value: str) -> str:
-        return _check_provider(value, KNOWN_STT, "STT")
-
-    @field_validator("stt_fallback")
-    @classmethod
-    def _validate_stt_fallback(cls, value: str | None) -> str | None:
-        return _check_provider(value, KNOWN_STT, "STT") if value else None
-
-    @field_validator("tts_fallback")
-    @classmethod
-    def _validate_tts_fallback(cls, value: str | None) -> str | None:
-        return _check_provider(value, KNOWN_TTS, "TTS") if value else None
-
-    @field_validator("brain_fallback")
-    @classmethod
-    def _validate_brain_fallback(cls, value: str | None) -> str | None:
-        return _check_provider(value, KNOWN_BRAINS, "brain") if value else None
-
-    @field_validator("tts")
-    @classmethod
-    def _validate_tts(cls, value: str) -> str:
-        return _check_provider(value, KNOWN_TTS, "TTS")
-
-    @field_validator("brain")
-    @classmethod
-    def _validate_brain(cls, value: str) -> str:
-        return _check_provider(value, KNOWN_BRAINS, "brain")
 
 
 def is_time_zone(name: str) -> bool:
@@ -1660,17 +1643,9 @@ class Settings(BaseSettings):
     def _vendor_keys(self) -> Settings:
         """A cloud provider in use needs its key (from the settings or the vendor's usual
         environment variable)."""
-        p = self.providers
-        needed = [
-            ("deepgram", "DEEPGRAM_API_KEY", {p.stt, p.stt_fallback}),
-            ("openai", "OPENAI_API_KEY", {p.brain, p.brain_fallback}),
-            ("elevenlabs", "ELEVENLABS_API_KEY", {p.tts, p.tts_fallback}),
-        ]
-        missing = [
-            f"{vendor}.api_key: required when a provider is '{vendor}' (or set {env})"
-            for vendor, env, used in needed
-            if vendor in used and not vendor_key(self, vendor)
-        ]
+        from gateway.providers.registry import missing_keys
+
+        missing = missing_keys(self)
         missing += self._bot_problems()
         missing += self._transfer_problems()
         if self.transfer.method == "plivo":

@@ -10,10 +10,8 @@ from typing import Any
 
 import pytest
 
+from gateway.providers.registry import names
 from sip_config import (
-    KNOWN_BRAINS,
-    KNOWN_STT,
-    KNOWN_TTS,
     ConfigError,
     Settings,
     bundled_playbook_path,
@@ -78,10 +76,16 @@ def test_bundled_playbook_path_is_inside_gateway_package() -> None:
     assert bundled_playbook_path() == expected
 
 
-def test_known_provider_constants() -> None:
-    assert KNOWN_STT == ("pocketsphinx", "deepgram")
-    assert KNOWN_TTS == ("piper", "elevenlabs")
-    assert KNOWN_BRAINS == ("scripted", "openai", "external", "webhook")
+def test_the_shipped_providers_come_from_the_registry() -> None:
+    assert names("stt", shipped_only=True) == ("pocketsphinx", "deepgram")
+    assert names("tts", shipped_only=True) == ("piper", "elevenlabs")
+    assert names("brain", shipped_only=True) == ("scripted", "openai", "external", "webhook")
+    with pytest.raises(ConfigError, match="unknown TTS provider; known: piper, elevenlabs, fake"):
+        load_settings(None, env_file=None, overrides={"providers": {"tts": "polly"}})
+    with pytest.raises(ConfigError, match="unknown STT provider"):
+        load_settings(None, env_file=None, overrides={"providers": {"stt": " "}})
+    p = load_settings(None, env_file=None, overrides={"providers": {"stt_fallback": " "}}).providers
+    assert p.stt_fallback is None
 
 
 def test_toml_file_values(tmp_path: Path) -> None:

@@ -6,22 +6,24 @@ from __future__ import annotations
 import asyncio
 import socket
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
 from gateway.callcontext import encode_sip_headers
 from gateway.pool.child import _Reporter, worker_settings
 from gateway.pool.supervisor import Supervisor
+from gateway.sip.calls import CallHandle
 from sip_config import load_settings
 
 PLIVO_UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
 OURS = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
 
 
-def handle(sip_headers: str, outbound: bool = False, ref: str = "") -> Any:
+def handle(sip_headers: str, outbound: bool = False, ref: str = "") -> CallHandle:
     headers = {f"X-PH-{k}": v for k, v in (p.split("=", 1) for p in sip_headers.split(",") if p)}
-    return SimpleNamespace(outbound=outbound, sip_call_id="c1@host", headers=headers, ref=ref)
+    call = CallHandle(0, "c1@host", "sip:caller@host", "sip:agent@host", headers=headers)
+    call.outbound, call.ref = outbound, ref or None
+    return call
 
 
 def test_a_call_placed_through_plivo_is_reported_under_the_apps_id() -> None:

@@ -13,9 +13,16 @@ from gateway.providers.elevenlabs_tts import ElevenLabsTts
 from gateway.providers.failover import ResilientBrain, ResilientTts
 from gateway.providers.ocs_brain import OcsBrain
 from gateway.providers.openai_brain import OpenAiBrain
-from gateway.providers.registry import build_providers
+from gateway.providers.registry import (
+    PROVIDERS,
+    build_providers,
+    loads_models,
+    missing_keys,
+    spec,
+    uses_vendors,
+)
 from gateway.providers.webhook_brain import WebhookBrain
-from sip_config import load_settings
+from sip_config import ConfigError, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -98,3 +105,25 @@ def test_the_bot_brains_are_built_from_their_sections(monkeypatch: pytest.Monkey
     finally:
         asyncio.run(ocs.close())
         asyncio.run(webhook.close())
+
+
+def test_what_the_gateway_knows_of_each_provider_comes_from_its_registry_entry() -> None:
+    """The registry is the one list: names, API keys, failover, deadlines, pool size."""
+    for entry in PROVIDERS:
+        assert spec(entry.kind, entry.name) is entry
+        if entry.api_key:
+            # Its settings section holds the key (else <NAME>_API_KEY).
+            assert "api_key" in type(getattr(Settings(), entry.name)).model_fields
+    offline = load_settings(None, env_file=None)
+    assert loads_models(offline) and not uses_vendors(offline)
+    cloud = load_settings(
+        None,
+        env_file=None,
+        overrides={
+            "providers": {"stt": "deepgram", "tts": "fake", "brain": "fake"},
+            "deepgram": {"api_key": "k"},
+        },
+    )
+    assert uses_vendors(cloud) and not loads_models(cloud) and missing_keys(cloud) == []
+    with pytest.raises(ConfigError, match=r"openai\.api_key: required .* OPENAI_API_KEY"):
+        load_settings(None, env_file=None, overrides={"providers": {"brain_fallback": "openai"}})

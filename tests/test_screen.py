@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from gateway.sip.agent import (
@@ -33,8 +35,10 @@ def screen(rate: float = 10.0) -> Screen:
 
 
 @pytest.fixture
-def phone() -> RawSip:
-    return RawSip("127.0.0.1")
+def phone() -> Iterator[RawSip]:
+    raw = RawSip("127.0.0.1")
+    yield raw
+    raw.close()
 
 
 def decide(raw: bytes, source: str = "127.0.0.1:5070", **state: object) -> Refusal | None:
@@ -180,6 +184,7 @@ def test_a_response_with_unsafe_sdp_is_dropped() -> None:
 def test_new_calls_are_rate_limited() -> None:
     s = screen(rate=10)
     phone = RawSip("127.0.0.1")
+    phone.close()  # only its request builder is used
     codes = []
     for i in range(30):
         refusal = s.request(phone.request("INVITE", TARGET), "127.0.0.1:1", ScreenState(), i * 0.01)

@@ -410,11 +410,12 @@ def _road(overrides: Mapping[str, Mapping[str, object]], headers: dict[str, str]
     """The CallUUID a worker would transfer with Plivo's REST API ("" for REFER)."""
     from types import SimpleNamespace
 
+    from gateway.sip.calls import CallHandle
     from gateway.worker import AgentWorker
     from sip_config import load_settings
 
     settings = load_settings(None, env_file=None, overrides=overrides)
-    handle = SimpleNamespace(headers=headers, sip_call_id="c1")
+    handle = CallHandle(0, "c1", "sip:caller@host", "sip:agent@host", headers=headers)
     return AgentWorker._rest_transfer_uuid(SimpleNamespace(settings=settings), handle)  # type: ignore[arg-type]
 
 

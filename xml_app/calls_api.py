@@ -22,6 +22,7 @@ The outcome (answered, busy, no-answer, failed) reaches the call record later.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import time
@@ -262,16 +263,23 @@ class CallsApi:
             f"{name[5:]}={value}" for name, value in plivo_headers(call_id, headers).items()
         )
         try:
-            result = self.plivo_factory().calls.create(
-                from_=from_,
-                to_=to,
-                # Plivo signs these URLs with the query: the app knows the call by its id.
-                answer_url=f"{base}/answer?outbound_id={call_id}",
-                answer_method="POST",
-                hangup_url=f"{base}/hangup?outbound_id={call_id}",
-                hangup_method="POST",
-                sip_headers=sip_headers or None,
-            )
+            client = self.plivo_factory()
+            try:
+                result = client.calls.create(
+                    from_=from_,
+                    to_=to,
+                    # Plivo signs these URLs with the query: the app knows the call by its id.
+                    answer_url=f"{base}/answer?outbound_id={call_id}",
+                    answer_method="POST",
+                    hangup_url=f"{base}/hangup?outbound_id={call_id}",
+                    hangup_method="POST",
+                    sip_headers=sip_headers or None,
+                )
+            finally:
+                # One client per request: close its HTTP session, or its socket waits for
+                # the garbage collector.
+                with contextlib.suppress(Exception):
+                    client.session.close()
         except Exception as exc:
             why = f"Plivo's Call API refused the call: {exc}"
             log.warning("outbound call to %s: %s", to, why)

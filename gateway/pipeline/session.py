@@ -27,7 +27,6 @@ import numpy as np
 
 from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE, split_frames
 from gateway.audio.ring import PlayoutRing
-from gateway.callcontext import decode_call_context
 from gateway.pipeline.turns import TurnDetector
 from gateway.providers.base import (
     Brain,
@@ -170,7 +169,7 @@ class CallSession:
         self._hangup_cb = hangup
         self._send_dtmf_cb = send_dtmf
         self._on_turn = on_turn
-        plivo = decode_call_context(handle.headers)
+        plivo = dict(handle.context)
         self.ctx = CallContext(
             call_id=handle.sip_call_id,
             from_uri=handle.remote_uri,

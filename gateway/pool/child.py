@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 # Only light modules here: `main` must ignore the group's signals before the heavy imports
 # (pjsua2, the providers, ~1 s), or a SIGTERM to the process group in that window kills a
 # spare that is still starting. The rest is imported in `_run`.
-from gateway.callcontext import decode_call_context, record_key
+from gateway.callcontext import record_key
 from gateway.pool import protocol
 
 if TYPE_CHECKING:
@@ -143,7 +143,7 @@ class _Reporter:
         if handle.outbound:
             return {"sip_call_id": handle.sip_call_id, "call_uuid": handle.ref}
         # Recorded under the app's id of a call it placed through Plivo, else the CallUUID.
-        key = record_key(decode_call_context(handle.headers))
+        key = record_key(handle.context)
         return {"sip_call_id": handle.sip_call_id, "call_uuid": key or None}
 
     def call_started(self, handle: CallHandle) -> None:

@@ -39,13 +39,12 @@ from gateway.edge.config import EdgePlan
 from gateway.edge.process import Edge, EdgeError, edge_run_dir, find_kamailio
 from gateway.pool import protocol
 from gateway.pool.state import PoolState
+from gateway.providers.registry import loads_models
 from gateway.sip.digest import inbound_credentials
 from sip_config import ConfigError, Settings
 
 log = logging.getLogger("sipagent.pool")
 
-_OFFLINE_STT = ("pocketsphinx",)
-_OFFLINE_TTS = ("piper",)
 _START_TIMEOUT_S = 120.0  # loading offline models on a busy machine
 _STOP_TIMEOUT_S = 15.0
 _PUSH_TIMEOUT_S = 3.0  # a worker answers a pushed reply at once (rendering happens later)
@@ -68,8 +67,7 @@ def auto_workers(settings: Settings, cpus: int | None = None) -> int:
     if settings.sip.mode == "register":
         return max(1, len(settings.registration.accounts))
     n = cpus if cpus is not None else (os.cpu_count() or 1)
-    p = settings.providers
-    if p.stt in _OFFLINE_STT or p.tts in _OFFLINE_TTS:
+    if loads_models(settings):
         return max(1, n // 2)
     return max(1, n * 8)
 

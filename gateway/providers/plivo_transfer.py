@@ -76,9 +76,16 @@ class PlivoTransfer:
         url = transfer_xml_url(public_url, dest)
 
         def call() -> Any:
-            return self._rest().calls.transfer(
-                self.call_uuid, legs="aleg", aleg_url=url, aleg_method="POST"
-            )
+            owned = self._client is None
+            client = self._rest()
+            try:
+                return client.calls.transfer(
+                    self.call_uuid, legs="aleg", aleg_url=url, aleg_method="POST"
+                )
+            finally:
+                if owned:  # its HTTP session would hold a socket until collected
+                    client.session.close()
+                    self._client = None
 
         try:
             response = await asyncio.to_thread(call)

@@ -1,4 +1,10 @@
-"""Explicit provider registry: config name → factory. Models load here, once per process."""
+"""The provider registry: the one map from a configured name to a factory and to what the
+rest of the gateway needs to know about it. Models load here, once per process.
+
+Adding a provider is its module, its settings section (for its options), and one
+`ProviderSpec` in `PROVIDERS`: the settings take their known names, the check for API
+keys, the failover layer, the silence deadline and the pool's default size all read it.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Final, Literal
 
 from gateway.providers.base import Brain, SttProvider, TtsProvider
-from gateway.providers.failover import ResilientBrain, ResilientStt, ResilientTts
 from sip_config import Settings, vendor_key
+
+Kind = Literal["stt", "tts", "brain"]
 
 log = logging.getLogger(__name__)
 
@@ -146,23 +154,95 @@ def _webhook(s: Settings) -> Brain:
     )
 
 
-STT: dict[str, Callable[[Settings], SttProvider]] = {
-    "pocketsphinx": _pocketsphinx,
-    "deepgram": _deepgram,
-    "fake": _fake_stt,
-}
-TTS: dict[str, Callable[[Settings], TtsProvider]] = {
-    "piper": _piper,
-    "elevenlabs": _elevenlabs,
-    "fake": _fake_tts,
-}
-BRAINS: dict[str, Callable[[Settings], Brain]] = {
-    "scripted": _scripted,
-    "openai": _openai,
-    "external": _external,
-    "webhook": _webhook,
-    "fake": _fake_brain,
-}
+@dataclass(frozen=True)
+class ProviderSpec:
+    """One provider the settings may name."""
+
+    kind: Kind
+    name: str
+    build: Callable[[Settings], Any]
+    # A vendor over the network: wrapped in the failover layer, and a reply it owes has a
+    # deadline (conversation.max_vendor_silence_s).
+    cloud: bool = False
+    # Needs an API key: ``<name>.api_key`` in the settings, or ``<NAME>_API_KEY``.
+    api_key: bool = False
+    # Loads speech models in every worker process (about a core per 4 busy calls).
+    local_models: bool = False
+    # False: for tests and benchmarks only ("fake"); not listed as shipped.
+    shipped: bool = True
+
+
+PROVIDERS: Final[tuple[ProviderSpec, ...]] = (
+    ProviderSpec("stt", "pocketsphinx", _pocketsphinx, local_models=True),
+    ProviderSpec("stt", "deepgram", _deepgram, cloud=True, api_key=True),
+    ProviderSpec("stt", "fake", _fake_stt, shipped=False),
+    ProviderSpec("tts", "piper", _piper, local_models=True),
+    ProviderSpec("tts", "elevenlabs", _elevenlabs, cloud=True, api_key=True),
+    ProviderSpec("tts", "fake", _fake_tts, shipped=False),
+    ProviderSpec("brain", "scripted", _scripted),
+    ProviderSpec("brain", "openai", _openai, cloud=True, api_key=True),
+    ProviderSpec("brain", "external", _external),
+    ProviderSpec("brain", "webhook", _webhook),
+    ProviderSpec("brain", "fake", _fake_brain, shipped=False),
+)
+_BY_NAME: Final = {(p.kind, p.name): p for p in PROVIDERS}
+
+
+def names(kind: Kind, *, shipped_only: bool = False) -> tuple[str, ...]:
+    """The names of the `kind` providers, in registry order."""
+    return tuple(p.name for p in PROVIDERS if p.kind == kind and (p.shipped or not shipped_only))
+
+
+def spec(kind: Kind, name: str) -> ProviderSpec:
+    """The provider `name` of `kind`; KeyError when there is none."""
+    return _BY_NAME[(kind, name)]
+
+
+def _configured(settings: Settings) -> list[ProviderSpec]:
+    """The providers the settings use: primaries, then fallbacks."""
+    p = settings.providers
+    chosen: list[tuple[Kind, str | None]] = [
+        ("stt", p.stt),
+        ("tts", p.tts),
+        ("brain", p.brain),
+        ("stt", p.stt_fallback),
+        ("tts", p.tts_fallback),
+        ("brain", p.brain_fallback),
+    ]
+    return [spec(kind, name) for kind, name in chosen if name]
+
+
+def uses_vendors(settings: Settings) -> bool:
+    """True when a cloud provider (or a failover chain) is in use."""
+    p = settings.providers
+    primaries = (spec("stt", p.stt), spec("tts", p.tts), spec("brain", p.brain))
+    return any(s.cloud for s in primaries) or any(
+        (p.stt_fallback, p.tts_fallback, p.brain_fallback)
+    )
+
+
+def loads_models(settings: Settings) -> bool:
+    """True when a primary STT or TTS runs its models in the worker processes."""
+    p = settings.providers
+    return spec("stt", p.stt).local_models or spec("tts", p.tts).local_models
+
+
+def missing_keys(settings: Settings) -> list[str]:
+    """One problem per provider in use whose API key is set nowhere."""
+    seen: set[str] = set()
+    missing: list[str] = []
+    for s in _configured(settings):
+        if s.api_key and s.name not in seen and not vendor_key(settings, s.name):
+            seen.add(s.name)
+            env = f"{s.name.upper()}_API_KEY"
+            missing.append(
+                f"{s.name}.api_key: required when a provider is '{s.name}' (or set {env})"
+            )
+    return missing
+
+
+def _build(kind: Kind, name: str, settings: Settings) -> Any:
+    return spec(kind, name).build(settings)
 
 
 @dataclass
@@ -187,20 +267,24 @@ def build_providers(settings: Settings) -> Providers:
     failover layer (timeouts, ``providers.retries`` retries, then the fallback); the
     offline providers alone are used as they are.
     """
+    from gateway.providers.failover import ResilientBrain, ResilientStt, ResilientTts
+
     t0 = time.monotonic()
     p = settings.providers
-    stt: SttProvider = STT[p.stt](settings)
-    tts: TtsProvider = TTS[p.tts](settings)
-    brain: Brain = BRAINS[p.brain](settings)
-    if p.stt_fallback or p.stt in _CLOUD:
-        chain = [stt] + ([STT[p.stt_fallback](settings)] if p.stt_fallback else [])
+    stt: SttProvider = _build("stt", p.stt, settings)
+    tts: TtsProvider = _build("tts", p.tts, settings)
+    brain: Brain = _build("brain", p.brain, settings)
+    if p.stt_fallback or spec("stt", p.stt).cloud:
+        chain = [stt] + ([_build("stt", p.stt_fallback, settings)] if p.stt_fallback else [])
         stt = ResilientStt(chain, final_timeout_s=p.stt_timeout_s, retries=p.retries)
-    if p.tts_fallback or p.tts in _CLOUD:
-        tts_chain = [tts] + ([TTS[p.tts_fallback](settings)] if p.tts_fallback else [])
+    if p.tts_fallback or spec("tts", p.tts).cloud:
+        tts_chain = [tts] + ([_build("tts", p.tts_fallback, settings)] if p.tts_fallback else [])
         tts = ResilientTts(tts_chain, first_audio_timeout_s=p.tts_timeout_s, retries=p.retries)
-    if p.brain_fallback or p.brain in _CLOUD:
-        chain_b = [brain] + ([BRAINS[p.brain_fallback](settings)] if p.brain_fallback else [])
-        brain = ResilientBrain(chain_b, first_token_timeout_s=p.brain_timeout_s, retries=p.retries)
+    if p.brain_fallback or spec("brain", p.brain).cloud:
+        fallback = [_build("brain", p.brain_fallback, settings)] if p.brain_fallback else []
+        brain = ResilientBrain(
+            [brain, *fallback], first_token_timeout_s=p.brain_timeout_s, retries=p.retries
+        )
     providers = Providers(stt=stt, tts=tts, brain=brain)
     log.info(
         "providers ready in %.1f s: stt=%s tts=%s brain=%s",
@@ -210,6 +294,3 @@ def build_providers(settings: Settings) -> Providers:
         brain.name or p.brain,
     )
     return providers
-
-
-_CLOUD = frozenset({"deepgram", "openai", "elevenlabs"})

@@ -7,9 +7,13 @@ import contextlib
 import re
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
+from types import MappingProxyType
 
 from gateway.audio.ring import InboundRing, PlayoutRing
+from gateway.callcontext import decode_call_context
 
 _HEADER = re.compile(r"^([A-Za-z0-9!#$%&'*+.^_`|~-]+)\s*:\s*(.*)$")
 _COMPACT = {
@@ -156,6 +160,13 @@ class CallHandle:
     # Written on the pj thread, read anywhere.
     on_hold: bool = False
     codec: str = ""  # the audio codec in use, e.g. "PCMA/8000"
+
+    @cached_property
+    def context(self) -> Mapping[str, str]:
+        """The call context the app put on the INVITE (`gateway.callcontext`: Plivo's
+        CallUUID, the numbers, our record id, the caller's headers), decoded once, here;
+        read-only. The headers are set when the handle is made and never change."""
+        return MappingProxyType(decode_call_context(self.headers))
 
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
