@@ -14,34 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
 
 from gateway.callcontext import decode_call_context, record_key
 from gateway.outbound import CpsLimiter
 from gateway.records import CallRecords
 from sip_config import ConfigError, Route, Settings
 from tests.fakes.plivo_api import FakePlivoApi
-from tests.test_xml_app import TOKEN, FakeClock, make_pool, make_settings, sip_headers_of
+from tests.helpers.app import TOKEN, FakeClock, make_pool, make_settings, sip_headers_of
+from tests.helpers.calls import KEY, FakeDial, client_for, post
 from xml_app import create_app, serve_app
 from xml_app.calls_api import CallsApi
 
 pytestmark = pytest.mark.timeout(30)
 
-KEY = "outbound-test-key"
 AUTH_ID = "MAFAKEAUTHID00000000"
 # MONDAY_15_UTC (the FakeClock's default) is 10:00 in New York, 07:00 in Los Angeles.
-
-
-class FakeDial:
-    """Stands in for the supervisor's dial: records requests, answers a set result."""
-
-    def __init__(self, result: tuple[int, str] = (201, "sip-call-id-1")) -> None:
-        self.result = result
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-
-    def __call__(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
-        self.requests.append((call_id, uri, headers))
-        return self.result
 
 
 def outbound_settings(tmp_path: Path, **values: Any) -> Settings:
@@ -62,29 +49,6 @@ def outbound_settings(tmp_path: Path, **values: Any) -> Settings:
 def records(tmp_path: Path) -> Iterator[CallRecords]:
     with CallRecords.open(tmp_path / "records.db") as store:
         yield store
-
-
-def client_for(
-    settings: Settings,
-    records: CallRecords,
-    dial: FakeDial | None,
-    limiter: CpsLimiter | None = None,
-) -> FlaskClient:
-    clock = FakeClock()
-
-    def calls_api(s: Settings, base_url: Any) -> CallsApi:
-        return CallsApi(s, records, dial, base_url, clock=clock, limiter=limiter)
-
-    app = create_app(settings, make_pool(clock), records, clock=clock, calls_api=calls_api)
-    return app.test_client()
-
-
-def post(
-    client: FlaskClient, body: Any, key: str | None = KEY, path: str = "/calls"
-) -> tuple[int, dict[str, Any]]:
-    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-    resp = client.post(path, data=json.dumps(body), headers=headers)
-    return resp.status_code, resp.get_json()
 
 
 def test_the_api_key_is_required(tmp_path: Path, records: CallRecords) -> None:

@@ -17,12 +17,11 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway.providers.base import ProviderError
-from gateway.providers.deepgram_stt import DeepgramStt
 from tests.fakes.deepgram import FakeDeepgram
+from tests.helpers.deepgram import KEY, provider, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
-KEY = "dg-test-key-0123456789"
 FRAME = b"\x10\x00" * 160  # 20 ms of 8 kHz 16-bit mono PCM
 T = TypeVar("T")
 
@@ -35,21 +34,6 @@ def fake() -> Iterator[FakeDeepgram]:
 
 def run(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(main())
-
-
-def provider(fake: FakeDeepgram, **kwargs: Any) -> DeepgramStt:
-    options: dict[str, Any] = {"warm_sockets": 0, "connect_timeout_s": 2.0}
-    options.update(kwargs)
-    api_key = options.pop("api_key", KEY)
-    return DeepgramStt(api_key, fake.url, **options)
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def test_query_parameters_and_auth_header(fake: FakeDeepgram) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.providers.deepgram_stt import DeepgramStt, DeepgramSttStream
 from tests.fakes.deepgram import FakeDeepgram
-from tests.test_deepgram import KEY, provider, wait_until
+from tests.helpers.deepgram import KEY, provider, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -18,8 +18,8 @@ from typing import Any
 from gateway.callcontext import decode_call_context
 from gateway.records import CallRecords
 from tests.fakes.plivo import endpoint_params
-from tests.test_calls_api import KEY, FakeDial, client_for, post
-from tests.test_xml_app import BASE, Env, make_settings, reserved
+from tests.helpers.app import BASE, Env, make_settings, reserved
+from tests.helpers.calls import KEY, FakeDial, client_for, post
 
 ACCOUNTS = {"accounts": [{"username": "agent1", "password": "secret123"}]}
 

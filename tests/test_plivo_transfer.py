@@ -22,8 +22,8 @@ from gateway.records import CallRecords
 from gateway.transfer import TransferError
 from sip_config import ConfigError, Settings, load_settings
 from tests.fakes.plivo_api import FakePlivoApi
-from tests.test_session import Speak, run, speech
-from tests.test_transfer import TransferBrain, start
+from tests.helpers.session import Speak, run, speech
+from tests.helpers.transfer import TransferBrain, start
 from xml_app.app import create_app
 
 pytestmark = pytest.mark.timeout(60)

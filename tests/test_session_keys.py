@@ -10,7 +10,7 @@ import pytest
 
 from gateway.pipeline.session import ConversationOptions
 from gateway.providers.base import BrainReply, CallContext, DigitCollect, KeyInput
-from tests.test_session import Call, QuickBrain, Speak, run, speech, start_call
+from tests.helpers.session import Call, QuickBrain, Speak, run, speech, start_call
 
 pytestmark = pytest.mark.timeout(30)
 

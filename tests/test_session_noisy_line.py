@@ -22,8 +22,8 @@ from gateway.providers.deepgram_stt import DeepgramStt
 from gateway.providers.failover import ResilientStt
 from gateway.providers.fake import FakeStt, FakeTts
 from tests.fakes.deepgram import FakeDeepgram
-from tests.test_deepgram import KEY
-from tests.test_session import Call, MediaClock, QuickBrain, Speak, make_handle, speech
+from tests.helpers.deepgram import KEY
+from tests.helpers.session import Call, MediaClock, QuickBrain, Speak, make_handle, speech
 
 pytestmark = pytest.mark.timeout(60)
 

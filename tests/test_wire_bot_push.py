@@ -23,26 +23,9 @@ from typing import Any
 import pytest
 
 from tests.fakes.bot import FakeBot, Reply
-from tests.test_wire_pool import answer
-from tests.wire import place_call, running_pool
+from tests.wire import PUSH_TOKEN, answer, place_call, post_json, running_pool
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
-
-PUSH_TOKEN = "wire-push-token"
-
-
-def post_json(url: str, payload: Any, token: str = PUSH_TOKEN) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout: float = 30.0) -> None:

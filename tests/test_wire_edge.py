@@ -16,8 +16,8 @@ import subprocess
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
@@ -25,16 +25,17 @@ import pytest
 from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.fakes.plivo_api import signed_request
+from tests.helpers.edge import edge_pool, fake_env
+from tests.helpers.sipp import KEY as OUTBOUND_KEY
+from tests.helpers.sipp import answer_scenario, sipp_uas
 from tests.kamailio import kamailio_binary, sipp_available
 from tests.sipraw import Dialog, RawSip, SipStream, call, sdp_offer
-from tests.test_wire_bot_push import post_json
-from tests.test_wire_outbound import KEY as OUTBOUND_KEY
-from tests.test_wire_outbound import answer_scenario, sipp_uas
 from tests.wire import (
     POOL_TOKEN,
     clean_env,
     finish_call,
     place_call,
+    post_json,
     start_call,
     wait_for,
 )
@@ -49,46 +50,6 @@ DATA = Path(__file__).parent / "data" / "rfc4475"
 # What a scanner must not read in any answer.
 SIGNATURE = re.compile(rb"kamailio|pjsip|pjsua|pjmedia|sipagent|x-nat", re.IGNORECASE)
 _INCOMING = re.compile(r" w(\d+) gateway\.sip\.agent: incoming call (\S+)")
-
-
-def fake_env(tmp: Path, **settings: str) -> dict[str, str]:
-    """A pool with the fake providers, no app, records in `tmp`."""
-    env = {
-        "SIPAGENT_PROVIDERS__STT": "fake",
-        "SIPAGENT_PROVIDERS__TTS": "fake",
-        "SIPAGENT_PROVIDERS__BRAIN": "fake",
-        "SIPAGENT_APP__ENABLED": "false",
-        "SIPAGENT_RECORDS__URL": f"sqlite:///{tmp / 'records.db'}",
-        "SIPAGENT_POOL__DRAIN_TIMEOUT_S": "5",
-    }
-    env.update({f"SIPAGENT_{k.upper()}": v for k, v in settings.items()})
-    return env
-
-
-@contextmanager
-def edge_pool(
-    tmp: Path, workers: int, host: str = "127.0.0.1", **settings: str
-) -> Iterator[AgentProcess]:
-    """`sipagent serve --edge --workers N` on a free port of `host` (the edge's), workers
-    behind it on free loopback ports; stopped at the end."""
-    port = free_udp_port(host)
-    env = fake_env(tmp, **settings)
-    env["SIPAGENT_EDGE__ENABLED"] = "true"
-    env.setdefault("SIPAGENT_EDGE__WORKER_PORT", str(free_udp_port()))
-    env.setdefault("SIPAGENT_SIP__RTP_PORT_START", str(rtp_base_for(port, 40 * 8)))
-    env.setdefault("SIPAGENT_SIP__ALLOW_NETWORKS", "127.0.0.1/32")
-    pool = AgentProcess(
-        port, env=clean_env(**env), cwd=tmp, workers=workers, new_session=True, host=host
-    )
-    try:
-        assert pool.wait_ready(120), "pool did not start:\n" + "\n".join(pool.lines[-40:])
-        yield pool
-    except BaseException:
-        # What serve said is the first thing to read when an edge test fails.
-        print("\n".join(["serve's last lines:", *pool.lines[-120:]]))
-        raise
-    finally:
-        pool.stop(30)
 
 
 def edge_args(pool: AgentProcess) -> tuple[str, int]:

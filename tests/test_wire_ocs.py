@@ -29,8 +29,8 @@ import pytest
 
 from gateway.audio.pcm import write_wav
 from tests.fakes.ocs import FakeOcs
-from tests.test_wire_outbound import answer_scenario, sipp_uas, wait_for_record
-from tests.test_wire_pool import answer as plivo_answer
+from tests.helpers.sipp import answer_scenario, sipp_uas, wait_for_record
+from tests.wire import answer as plivo_answer
 from tests.wire import place_call, running_pool, word_overlap
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]

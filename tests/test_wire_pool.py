@@ -8,7 +8,6 @@ Dial XML, and places the call the XML asks for with the test softphone, carrying
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -25,35 +24,9 @@ from typing import Any
 import pytest
 
 from gateway.audio.pcm import write_wav
-from gateway.demo import AgentProcess
-from tests.fakes.plivo import PlivoEmulator, inbound_params
-from tests.fakes.plivo_api import signed_request
-from tests.wire import POOL_TOKEN as TOKEN
-from tests.wire import finish_call, running_pool, start_call, wait_for
+from tests.wire import answer, finish_call, get_json, plivo_post, running_pool, start_call, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
-
-
-def plivo_post(url: str, params: dict[str, str], token: str = TOKEN) -> tuple[int, str]:
-    """POST form parameters signed the way Plivo signs them (V3 signature)."""
-    return signed_request(url, params, token)
-
-
-def get_json(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
-
-
-def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
-    """Ask the app where an inbound call goes, as Plivo does; returns (CallUUID, SIP URI,
-    the softphone's arguments for the rest of Plivo's leg)."""
-    assert pool.app_url is not None
-    params = inbound_params(caller, "+14155550100")
-    leg = PlivoEmulator(pool.app_url, TOKEN).dial(params)
-    return params["CallUUID"], leg.uri, leg.softphone()
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.kamailio import kamailio_binary, running_kamailio
-from tests.test_wire_pool import answer, get_json, plivo_post
-from tests.wire import finish_call, running_pool, start_call, wait_for
+from tests.wire import answer, finish_call, get_json, plivo_post, running_pool, start_call, wait_for
 
 pytestmark = [
     pytest.mark.wire,

@@ -12,8 +12,7 @@ import pytest
 from gateway.records import CallRecords
 from sip_config.settings import bundled_playbook_path
 from tests.postgres import PostgresServer
-from tests.test_wire_pool import answer
-from tests.wire import clean_env, finish_call, running_pool, start_call, wait_for
+from tests.wire import answer, clean_env, finish_call, running_pool, start_call, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
 

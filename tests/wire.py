@@ -7,12 +7,16 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from tests.fakes.plivo import PlivoEmulator, inbound_params
+from tests.fakes.plivo_api import signed_request
 
 CALL_TIMEOUT_S = 120
 
@@ -46,6 +50,7 @@ def running_agent(tmp: Path, **settings: str) -> Iterator[AgentProcess]:
 
 
 POOL_TOKEN = "pool-test-auth-token"
+PUSH_TOKEN = "wire-push-token"
 
 
 @contextmanager
@@ -170,3 +175,39 @@ def word_overlap(expected: str, heard: str) -> float:
     exp = set(words(expected))
     got = set(words(heard))
     return len(exp & got) / max(1, len(exp))
+
+
+def plivo_post(url: str, params: dict[str, str], token: str = POOL_TOKEN) -> tuple[int, str]:
+    """POST form parameters signed the way Plivo signs them (V3 signature)."""
+    return signed_request(url, params, token)
+
+
+def get_json(url: str) -> tuple[int, dict[str, Any]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
+
+
+def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
+    """Ask the app where an inbound call goes, as Plivo does; returns (CallUUID, SIP URI,
+    the softphone's arguments for the rest of Plivo's leg)."""
+    assert pool.app_url is not None
+    params = inbound_params(caller, "+14155550100")
+    leg = PlivoEmulator(pool.app_url, POOL_TOKEN).dial(params)
+    return params["CallUUID"], leg.uri, leg.softphone()
+
+
+def post_json(url: str, payload: Any, token: str = PUSH_TOKEN) -> tuple[int, dict[str, Any]]:
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(resp.status), json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), json.loads(exc.read())
