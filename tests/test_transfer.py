@@ -25,6 +25,7 @@ from tests.helpers.session import (
     make_handle,
     run,
     speech,
+    start_call,
 )
 from tests.helpers.transfer import TransferBrain, start
 
@@ -447,28 +448,7 @@ class FakeLegs:
 
 
 def start_warm(brain: QuickBrain, options: ConversationOptions, legs: FakeLegs) -> Call:
-    handle = make_handle()
-    turns: list[TurnRecord] = []
-    hangups: list[str] = []
-    session = CallSession(
-        handle,
-        stt=FakeStt(),
-        tts=FakeTts(),
-        brain=brain,
-        options=options,
-        hangup=hangups.append,
-        on_turn=turns.append,
-        warm=legs,
-    )
-    clock = MediaClock(handle)
-    return Call(
-        session,
-        clock,
-        asyncio.ensure_future(session.run()),
-        asyncio.ensure_future(clock.run()),
-        turns,
-        hangups,
-    )
+    return start_call(brain, options, warm=legs)
 
 
 WARM = ConversationOptions(

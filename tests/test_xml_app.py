@@ -251,8 +251,7 @@ def test_default_route_dials_a_worker_with_the_call_context(env: Env) -> None:
     assert dial.get("callerId") == CALLER
     user = dial[0].text or ""
     assert user in {f"sip:agent@127.0.0.1:{5070 + i}" for i in range(3)}
-    sip_headers = dial.get("sipHeaders") or ""
-    invite = {f"X-PH-{k}": v for k, v in (p.split("=", 1) for p in sip_headers.split(","))}
+    invite = sip_headers_of(root)
     assert decode_call_context(invite) == {"call_uuid": call_uuid, "from": CALLER, "to": CALLED}
     assert reserved(env.pool) == 1
     row = env.records.get(call_uuid)

@@ -17,6 +17,7 @@ from typing import Any
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.fakes.plivo_api import signed_request
+from tests.helpers import http
 
 CALL_TIMEOUT_S = 120
 
@@ -200,14 +201,5 @@ def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
 
 
 def post_json(url: str, payload: Any, token: str = PUSH_TOKEN) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
+    """`tests.helpers.http.post_json`, with the wire tests' push token by default."""
+    return http.post_json(url, payload, token)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.error
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,25 +25,11 @@ from types import TracebackType
 from typing import Any
 
 from tests.fakes.bot import Hang, Raw, Reply, Step
+from tests.helpers.http import post_json
 
 __all__ = ["FakeOcs", "post_json"]
 
 Answer = Callable[[dict[str, Any]], dict[str, Any] | None]
-
-
-def post_json(url: str, payload: Any, token: str) -> tuple[int, dict[str, Any]]:
-    """POST JSON with a bearer token; (status, JSON answer)."""
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
 
 
 class FakeOcs:

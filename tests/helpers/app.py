@@ -20,6 +20,7 @@ from werkzeug.test import TestResponse
 from gateway.pool.state import PoolState
 from gateway.records import CallRecords
 from sip_config import Settings, load_settings
+from tests.fakes.plivo import dial_leg
 from tests.fakes.plivo_api import plivo_signature as sign_like_plivo
 from xml_app import create_app
 from xml_app.signature import NONCE_HEADER, SIGNATURE_HEADER
@@ -138,7 +139,6 @@ def reserved(pool: PoolState) -> int:
 
 
 def sip_headers_of(root: ET.Element) -> dict[str, str]:
-    """The X-PH- headers Plivo puts on the INVITE for the answer's Dial ``sipHeaders``
-    (Dial/User page: each key=value pair becomes ``X-PH-key: value``)."""
-    value = root.find("Dial").get("sipHeaders") or ""  # type: ignore[union-attr]
-    return {f"X-PH-{k}": v for k, v in (p.split("=", 1) for p in value.split(",") if p)}
+    """The X-PH- headers Plivo puts on the INVITE for the answer's ``<Dial><User>``
+    (`tests.fakes.plivo.dial_leg`)."""
+    return dial_leg(ET.tostring(root, encoding="unicode")).headers

@@ -173,11 +173,14 @@ def start_call(
     options: ConversationOptions,
     stt: FakeStt | None = None,
     prompts: Prompts | None = None,
+    **session: Any,
 ) -> Call:
+    """A session on a fresh handle, with its clock running; `session` are more of
+    `CallSession`'s arguments (``transfer``, ``warm``, ...)."""
     handle = make_handle()
     turns: list[TurnRecord] = []
     hangups: list[str] = []
-    session = CallSession(
+    call_session = CallSession(
         handle,
         stt=stt or FakeStt(),
         tts=FakeTts(),
@@ -186,11 +189,12 @@ def start_call(
         hangup=hangups.append,
         on_turn=turns.append,
         prompts=prompts,
+        **session,
     )
     clock = MediaClock(handle)
-    task = asyncio.ensure_future(session.run())
+    task = asyncio.ensure_future(call_session.run())
     clock_task = asyncio.ensure_future(clock.run())
-    return Call(session, clock, task, clock_task, turns, hangups)
+    return Call(call_session, clock, task, clock_task, turns, hangups)
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

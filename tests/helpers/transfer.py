@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.pipeline.session import ConversationOptions
 from gateway.providers.base import BrainReply, CallContext
-from gateway.providers.fake import FakeStt, FakeTts
 from gateway.transfer import TransferOutcome
 from tests.helpers.session import (
     Call,
-    MediaClock,
     QuickBrain,
-    make_handle,
+    start_call,
 )
 
 
@@ -37,25 +35,9 @@ class TransferBrain(QuickBrain):
 def start(
     brain: QuickBrain, options: ConversationOptions, outcome: TransferOutcome | None
 ) -> tuple[Call, FakeTransfer]:
-    handle = make_handle()
-    turns: list[TurnRecord] = []
-    hangups: list[str] = []
     holder: list[Call] = []
     transfer = FakeTransfer(holder, outcome)
-    session = CallSession(
-        handle,
-        stt=FakeStt(),
-        tts=FakeTts(),
-        brain=brain,
-        options=options,
-        hangup=hangups.append,
-        on_turn=turns.append,
-        transfer=transfer,
-    )
-    clock = MediaClock(handle)
-    task = asyncio.ensure_future(session.run())
-    clock_task = asyncio.ensure_future(clock.run())
-    call = Call(session, clock, task, clock_task, turns, hangups)
+    call = start_call(brain, options, transfer=transfer)
     holder.append(call)
     return call, transfer
 
