@@ -30,7 +30,7 @@ test: lint
 
 # What to run while working: lint, types and every test that places no real call.
 check: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not wire"
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 
 bench: setup
 	$(BIN)/python scripts/bench/turn_latency.py

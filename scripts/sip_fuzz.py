@@ -3,7 +3,7 @@
 legitimate call.
 
 It starts `sipagent serve --workers N` (fake providers, allow-list 127.0.0.1/32, no app),
-sends `--count` mutated requests (tests/sipfuzz.py: byte damage, header abuse, broken
+sends `--count` mutated requests (tests/helpers/sipfuzz.py: byte damage, header abuse, broken
 request lines, wrong lengths, hostile SDP) spread over the workers' SIP ports, alternating
 between an allowed source (127.0.0.1) and a stranger (127.0.0.2), then places a call with
 the test softphone and prints: the answers by status, every worker death with its cause,
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gateway.demo import AgentProcess, free_udp_port
-from tests.sipfuzz import fuzz, pool_env, question_call
+from tests.helpers.sipfuzz import fuzz, pool_env, question_call
 
 
 def main() -> int:

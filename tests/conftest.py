@@ -8,7 +8,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gateway.audio.pcm import SAMPLE_RATE, resample
-from tests.postgres import PostgresServer, postgres_bindir, postgres_required, running_postgres
+from tests.helpers.postgres import (
+    PostgresServer,
+    postgres_bindir,
+    postgres_required,
+    running_postgres,
+)
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +64,18 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(message)
     with running_postgres(bindir) as server:
         yield server
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/wire place real calls and carry the `wire` mark; tests/unit ones don't.
+
+    The folder is the rule `make check` (tests/unit) and `-m "not wire"` both rely on, so a
+    misfiled test is a collection error rather than a slow surprise in the quick run.
+    """
+    for item in items:
+        folder = item.path.parent.name
+        marked = item.get_closest_marker("wire") is not None
+        if folder == "wire" and not marked:
+            raise pytest.UsageError(f"{item.nodeid}: a test in tests/wire needs the wire mark")
+        if folder == "unit" and marked:
+            raise pytest.UsageError(f"{item.nodeid}: a wire test belongs in tests/wire")

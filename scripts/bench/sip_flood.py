@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import contextlib
 
 from gateway.demo import AgentProcess, free_udp_port
-from tests.sipfuzz import pool_env, question_call
-from tests.sipraw import RawSip, call, sdp_offer
+from tests.helpers.sipfuzz import pool_env, question_call
+from tests.helpers.sipraw import RawSip, call, sdp_offer
 
 
 def bound_udp_ports() -> set[int]:

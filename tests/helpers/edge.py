@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
-from tests.wire import (
+from tests.helpers.wire import (
     clean_env,
 )
 

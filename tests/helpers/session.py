@@ -1,5 +1,5 @@
 """Helpers of the in-process session tests: a media clock that plays pjmedia's clock
-thread, a quick fake brain, and a running call with its reports (see tests/test_session.py
+thread, a quick fake brain, and a running call with its reports (see tests/unit/test_session.py
 for how the clock's pace relates to real time)."""
 
 from __future__ import annotations

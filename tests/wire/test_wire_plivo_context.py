@@ -19,7 +19,7 @@ import pytest
 
 from gateway.callcontext import decode_call_context
 from tests.fakes.plivo import PlivoEmulator, inbound_params
-from tests.wire import POOL_TOKEN, place_call, running_pool, wait_for
+from tests.helpers.wire import POOL_TOKEN, place_call, running_pool, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 

@@ -24,7 +24,7 @@ from gateway.sip.screen import (
     sdp_problem,
     to_tag,
 )
-from tests.sipraw import RawSip, sdp_offer
+from tests.helpers.sipraw import RawSip, sdp_offer
 
 TARGET = ("127.0.0.1", 5060)
 NETS = parse_networks(["127.0.0.1/32"])

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from gateway.demo import rtp_base_for
-from tests.sipraw import RawSip, Response, dialog_of, sdp_offer
+from tests.helpers.sipraw import RawSip, Response, dialog_of, sdp_offer
 
 _EDGE_NUMBERS = (
     "0",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.demo import AgentProcess
-from tests.wire import place_call, running_agent, uri, wait_for
+from tests.helpers.wire import place_call, running_agent, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 

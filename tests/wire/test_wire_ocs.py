@@ -30,8 +30,8 @@ import pytest
 from gateway.audio.pcm import write_wav
 from tests.fakes.ocs import FakeOcs
 from tests.helpers.sipp import answer_scenario, sipp_uas, wait_for_record
-from tests.wire import answer as plivo_answer
-from tests.wire import place_call, running_pool, word_overlap
+from tests.helpers.wire import answer as plivo_answer
+from tests.helpers.wire import place_call, running_pool, word_overlap
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 

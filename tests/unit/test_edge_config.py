@@ -20,8 +20,8 @@ from gateway.edge.config import (
 )
 from gateway.sip.digest import DigestCredentials
 from gateway.sip.screen import sdp_problem
-from tests.kamailio import kamailio_binary
-from tests.sipraw import sdp_offer
+from tests.helpers.kamailio import kamailio_binary
+from tests.helpers.sipraw import sdp_offer
 
 
 def plan(tmp: Path, **kwargs: object) -> EdgePlan:

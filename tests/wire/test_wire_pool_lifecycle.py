@@ -18,8 +18,8 @@ import pytest
 
 from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
-from tests.sipraw import RawSip, call, sdp_offer
-from tests.wire import (
+from tests.helpers.sipraw import RawSip, call, sdp_offer
+from tests.helpers.wire import (
     clean_env,
     finish_call,
     running_agent,

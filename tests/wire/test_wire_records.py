@@ -11,12 +11,12 @@ import pytest
 
 from gateway.records import CallRecords
 from sip_config.settings import bundled_playbook_path
-from tests.postgres import PostgresServer
-from tests.wire import answer, clean_env, finish_call, running_pool, start_call, wait_for
+from tests.helpers.postgres import PostgresServer
+from tests.helpers.wire import answer, clean_env, finish_call, running_pool, start_call, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 GREETING = (
     "Hello! Write to help at maplebakery dot com,"
     " or call four one five five five five zero one zero zero."

@@ -26,11 +26,11 @@ from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.fakes.plivo_api import signed_request
 from tests.helpers.edge import edge_pool, fake_env
+from tests.helpers.kamailio import kamailio_binary, sipp_available
 from tests.helpers.sipp import KEY as OUTBOUND_KEY
 from tests.helpers.sipp import answer_scenario, sipp_uas
-from tests.kamailio import kamailio_binary, sipp_available
-from tests.sipraw import Dialog, RawSip, SipStream, call, sdp_offer
-from tests.wire import (
+from tests.helpers.sipraw import Dialog, RawSip, SipStream, call, sdp_offer
+from tests.helpers.wire import (
     POOL_TOKEN,
     clean_env,
     finish_call,
@@ -46,7 +46,7 @@ pytestmark = [
     pytest.mark.skipif(kamailio_binary() is None, reason="kamailio (Debian package) missing"),
 ]
 
-DATA = Path(__file__).parent / "data" / "rfc4475"
+DATA = Path(__file__).parents[1] / "data" / "rfc4475"
 # What a scanner must not read in any answer.
 SIGNATURE = re.compile(rb"kamailio|pjsip|pjsua|pjmedia|sipagent|x-nat", re.IGNORECASE)
 _INCOMING = re.compile(r" w(\d+) gateway\.sip\.agent: incoming call (\S+)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.wire import clean_env, count_lines, place_call, running_agent, uri, wait_for
+from tests.helpers.wire import clean_env, count_lines, place_call, running_agent, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.audio.pcm import FRAME_MS, rms_dbfs, split_frames
-from tests.wire import place_call, running_agent, uri
+from tests.helpers.wire import place_call, running_agent, uri
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(180)]
 

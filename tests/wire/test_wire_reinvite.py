@@ -17,7 +17,7 @@ import pytest
 
 from gateway.demo import AgentProcess, free_udp_port
 from gateway.providers.fake import TONE_MS_PER_CHAR
-from tests.wire import count_lines, place_call, running_agent, uri, wait_for
+from tests.helpers.wire import count_lines, place_call, running_agent, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(180)]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.demo import free_udp_port
-from tests.kamailio import (
+from tests.helpers.kamailio import (
     WorkerProcess,
     finish_sipp,
     refused_scenario,

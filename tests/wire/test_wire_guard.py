@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from gateway.demo import free_udp_port
-from tests.kamailio import WorkerProcess, running_worker, wait_until, worker_settings
-from tests.sipraw import RawSip, Response, call, sdp_media_ports, sdp_offer
+from tests.helpers.kamailio import WorkerProcess, running_worker, wait_until, worker_settings
+from tests.helpers.sipraw import RawSip, Response, call, sdp_media_ports, sdp_offer
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(120)]
 

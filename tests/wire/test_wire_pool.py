@@ -24,7 +24,15 @@ from typing import Any
 import pytest
 
 from gateway.audio.pcm import write_wav
-from tests.wire import answer, finish_call, get_json, plivo_post, running_pool, start_call, wait_for
+from tests.helpers.wire import (
+    answer,
+    finish_call,
+    get_json,
+    plivo_post,
+    running_pool,
+    start_call,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from gateway.records import CallRecords, sip_key
-from tests.postgres import PostgresServer
+from tests.helpers.postgres import PostgresServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
 UUID2 = "3f2a0000-1111-4222-8333-444444444444"
 T0 = 1_736_935_200.0  # 2025-01-15 10:00:00 UTC

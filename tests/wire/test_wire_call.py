@@ -15,7 +15,7 @@ import pytest
 from gateway.audio.pcm import write_wav
 from gateway.demo import AgentProcess
 from gateway.providers.scripted import DEMO_PLAYBOOK, Playbook, load_playbook
-from tests.wire import (
+from tests.helpers.wire import (
     count_lines,
     finish_call,
     place_call,

@@ -9,7 +9,7 @@ returns them time-stamped on arrival. `Kamailio.contacts` asks the running regis
 (``kamcmd ul.lookup`` over a ctl socket in its temp dir) who is registered.
 
 `WorkerProcess` runs one agent worker (``gateway.worker.AgentWorker``) from a TOML file in
-a child process (``python -m tests.kamailio CONFIG``), independent of ``sipagent serve``.
+a child process (``python -m tests.helpers.kamailio CONFIG``), independent of ``sipagent serve``.
 SIGUSR1 makes it stop accepting calls (``AgentUA.set_accepting(False)``), SIGUSR2 resumes.
 """
 
@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway.demo import free_udp_port, rtp_base_for, stop_process
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVENT_TAG = "KAMEV|"
 _SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -518,7 +518,7 @@ class WorkerProcess:
         self.times: list[float] = []
         self.listening = threading.Event()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.kamailio", str(config)],
+            [sys.executable, "-m", "tests.helpers.kamailio", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -760,7 +760,7 @@ async def _serve_worker(config: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m tests.kamailio CONFIG``: run one agent worker until SIGTERM."""
+    """``python -m tests.helpers.kamailio CONFIG``: run one agent worker until SIGTERM."""
     import logging
 
     logging.basicConfig(

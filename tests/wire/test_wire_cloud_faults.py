@@ -33,7 +33,7 @@ from gateway.providers.openai_brain import INTERRUPTED_MARK
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
 from tests.fakes.openai_chat import Drop, FakeOpenAi, HttpError, Malformed, Stall, Text
-from tests.wire import finish_call, running_agent, start_call, uri, wait_for
+from tests.helpers.wire import finish_call, running_agent, start_call, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(120)]
 

@@ -19,8 +19,8 @@ import pytest
 
 from gateway.audio.pcm import SAMPLE_RATE, write_wav
 from gateway.demo import AgentProcess, free_udp_port
-from tests.kamailio import sipp_available
-from tests.wire import (
+from tests.helpers.kamailio import sipp_available
+from tests.helpers.wire import (
     count_lines,
     finish_call,
     place_call,

@@ -1,7 +1,7 @@
 """Register mode on the wire: a worker registers with a real Kamailio registrar.
 
 The registrar grants at most 10 s, so pjsua refreshes every 5 s; the worker runs with fake
-providers (`tests.kamailio.WorkerProcess`), calls come from `sipagent call` or sipp.
+providers (`tests.helpers.kamailio.WorkerProcess`), calls come from `sipagent call` or sipp.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.demo import free_udp_port
-from tests.kamailio import (
+from tests.helpers.kamailio import (
     Kamailio,
     kamailio_binary,
     run_sipp,
@@ -26,7 +26,7 @@ from tests.kamailio import (
     wait_until,
     worker_settings,
 )
-from tests.wire import finish_call, start_call
+from tests.helpers.wire import finish_call, start_call
 
 pytestmark = [
     pytest.mark.wire,

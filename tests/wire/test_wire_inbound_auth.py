@@ -23,8 +23,8 @@ from gateway.demo import free_udp_port
 from gateway.sip.digest import digest_response
 from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.helpers.edge import edge_pool
-from tests.kamailio import WorkerProcess, kamailio_binary, running_worker, worker_settings
-from tests.wire import POOL_TOKEN, place_call, running_pool, wait_for
+from tests.helpers.kamailio import WorkerProcess, kamailio_binary, running_worker, worker_settings
+from tests.helpers.wire import POOL_TOKEN, place_call, running_pool, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(180)]
 

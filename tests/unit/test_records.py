@@ -1,5 +1,5 @@
 """Tests for gateway.records: the call-record store, on SQLite and on a real PostgreSQL
-server (tests/postgres.py: initdb in a temporary directory, one schema per test)."""
+server (tests/helpers/postgres.py: initdb in a temporary directory, one schema per test)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from gateway.records import (
     sip_key,
 )
 from sip_config import ConfigError, RecordsSettings, load_settings
-from tests.postgres import PostgresServer
+from tests.helpers.postgres import PostgresServer
 
 UUID = "3f2a9c1e-7b4d-4e8a-9f01-23456789abcd"
 UUID2 = "11111111-2222-4333-8444-555555555555"
@@ -244,7 +244,7 @@ def test_committed_rows_survive_sigkill(target: str) -> None:
         [sys.executable, "-c", child],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None
@@ -489,7 +489,7 @@ def test_a_gateway_killed_with_sigkill_has_its_calls_closed_at_restart(target: s
         [sys.executable, "-c", child],
         stdout=subprocess.PIPE,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
     )
     try:
         assert proc.stdout is not None

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.bot import FakeBot, Reply
-from tests.wire import PUSH_TOKEN, answer, place_call, post_json, running_pool
+from tests.helpers.wire import PUSH_TOKEN, answer, place_call, post_json, running_pool
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 

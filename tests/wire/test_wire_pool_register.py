@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.kamailio import kamailio_binary, running_kamailio
-from tests.wire import answer, finish_call, get_json, plivo_post, running_pool, start_call, wait_for
+from tests.helpers.kamailio import kamailio_binary, running_kamailio
+from tests.helpers.wire import (
+    answer,
+    finish_call,
+    get_json,
+    plivo_post,
+    running_pool,
+    start_call,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.wire,

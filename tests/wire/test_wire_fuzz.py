@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sipfuzz import fuzz
-from tests.wire import place_call, running_pool
+from tests.helpers.sipfuzz import fuzz
+from tests.helpers.wire import place_call, running_pool
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
 

@@ -1,7 +1,7 @@
 """A caller on a noisy line (background babble that webrtcvad hears as speech, so the local
 VAD never sees the end of the turn): Deepgram's UtteranceEnd ends the turn.
 
-The session runs with the MediaClock of tests/test_session.py (4x real time) and the real
+The session runs with the MediaClock of tests/unit/test_session.py (4x real time) and the real
 Deepgram provider, behind the failover wrapper as `sipagent serve` builds it, talking to
 the fake in listening mode (words above -30 dBFS, sound above -45 dBFS).  Caller speech is
 Piper at about -20 dBFS; the babble is four Piper voices at -40 dBFS.

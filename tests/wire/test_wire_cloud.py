@@ -19,7 +19,7 @@ from gateway.demo import AgentProcess
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
 from tests.fakes.openai_chat import FakeOpenAi, HttpError, Text, ToolCall, ToolCalls
-from tests.wire import place_call, running_agent, uri
+from tests.helpers.wire import place_call, running_agent, uri
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 
