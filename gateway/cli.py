@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_call(args: argparse.Namespace) -> int:
     """Softphone for testing."""
     _setup_logging("DEBUG" if args.verbose else "WARNING")
-    from gateway.softphone import CallScript, run_softphone
+    from gateway.devtools.softphone import CallScript, run_softphone
 
     script = CallScript.from_args(args)
     return run_softphone(args.uri, script)
@@ -113,14 +113,14 @@ def cmd_call(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start the agent and call it once."""
-    from gateway.demo import run_demo
+    from gateway.devtools.demo import run_demo
 
     return run_demo(config=args.config, port=args.port)
 
 
 def _open_records(args: argparse.Namespace) -> Any:
     """The call-record store named by ``records.url`` (same configuration as `serve`)."""
-    from gateway.records import CallRecords
+    from gateway.records.store import CallRecords
 
     settings = load_settings(args.config)
     # An SQLite file that is not there is an error here, not a new empty store.
@@ -135,8 +135,8 @@ def _records_error(exc: Exception) -> int:
 
 def cmd_calls_list(args: argparse.Namespace) -> int:
     """Print the most recent calls."""
-    from gateway.callreport import format_calls
-    from gateway.records import RecordsError
+    from gateway.records.report import format_calls
+    from gateway.records.store import RecordsError
 
     try:
         with _open_records(args) as records:
@@ -152,8 +152,8 @@ def cmd_calls_list(args: argparse.Namespace) -> int:
 
 def cmd_calls_show(args: argparse.Namespace) -> int:
     """Print one call and its transcript."""
-    from gateway.callreport import format_call
-    from gateway.records import RecordsError
+    from gateway.records.report import format_call
+    from gateway.records.store import RecordsError
 
     try:
         with _open_records(args) as records:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.devtools.demo import AgentProcess, free_udp_port
 from tests.helpers.sipfuzz import fuzz, pool_env, question_call
 
 

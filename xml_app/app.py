@@ -49,10 +49,10 @@ from typing import Any, Final
 
 from flask import Flask, Response, jsonify, request
 
-from gateway.callcontext import decode_call_context, decode_value, encode_sip_headers
+from gateway.plivo.callcontext import decode_call_context, decode_value, encode_sip_headers
+from gateway.policy.transfer import TransferError, transfer_uri
 from gateway.pool.state import PoolState
-from gateway.records import CallRecords
-from gateway.transfer import TransferError, transfer_uri
+from gateway.records.store import CallRecords
 from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi, Dial

@@ -32,10 +32,10 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
-from gateway.callcontext import MAX_VALUE_LEN, encode_value
-from gateway.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
-from gateway.plivo_client import plivo_client
-from gateway.records import CallRecords
+from gateway.plivo.callcontext import MAX_VALUE_LEN, encode_value
+from gateway.plivo.client import plivo_client
+from gateway.policy.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
+from gateway.records.store import CallRecords
 from sip_config import ConfigError, Settings, is_time_zone
 from sip_config.settings import check_sip_headers
 
@@ -48,7 +48,7 @@ Dial = Callable[[str, str, dict[str, str]], tuple[int, str]]
 def plivo_headers(call_id: str, headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` in the form Plivo passes on: ``X-PH-<Name>``, names and values in its
     alphabet (letters and digits; Plivo's pass-custom-headers page), each value encoded
-    like the app's own context (gateway.callcontext) when it has other characters. A
+    like the app's own context (gateway.plivo.callcontext) when it has other characters. A
     header that cannot be put in that form is left out, with a warning."""
     out: dict[str, str] = {}
     for name, value in headers.items():

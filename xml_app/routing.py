@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
-from gateway.callcontext import RESERVED_KEYS
+from gateway.plivo.callcontext import RESERVED_KEYS
 from sip_config import BusinessHours, Route, RoutingSettings
 
 __all__ = [

@@ -28,6 +28,13 @@ import numpy as np
 from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE, split_frames
 from gateway.audio.ring import PlayoutRing
 from gateway.pipeline.turns import TurnDetector
+from gateway.policy.transfer import (
+    TransferError,
+    TransferOutcome,
+    Transferrer,
+    WarmLegs,
+    transfer_target,
+)
 from gateway.providers.base import (
     Brain,
     BrainReply,
@@ -42,13 +49,6 @@ from gateway.providers.base import (
 )
 from gateway.providers.textchunks import SentenceCutter
 from gateway.sip.calls import CallHandle
-from gateway.transfer import (
-    TransferError,
-    TransferOutcome,
-    Transferrer,
-    WarmLegs,
-    transfer_target,
-)
 
 log = logging.getLogger(__name__)
 

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING, Any
 # Only light modules here: `main` must ignore the group's signals before the heavy imports
 # (pjsua2, the providers, ~1 s), or a SIGTERM to the process group in that window kills a
 # spare that is still starting. The rest is imported in `_run`.
-from gateway.callcontext import record_key
+from gateway.plivo.callcontext import record_key
 from gateway.pool import protocol
 
 if TYPE_CHECKING:
     from gateway.pipeline.session import TurnRecord
+    from gateway.pool.worker import AgentWorker
     from gateway.sip.calls import CallHandle
-    from gateway.worker import AgentWorker
     from sip_config import Settings
 
 log = logging.getLogger("sipagent.worker")
@@ -193,9 +193,9 @@ async def _run(fd: int, orphan: _Orphan) -> int:
     first = await protocol.receive(reader)
     if first is None or first.get("cmd") != "config":
         return 2
+    from gateway.pool.worker import AgentWorker, render_prompts
     from gateway.providers.registry import build_providers
     from gateway.sip.endpoint import SipError
-    from gateway.worker import AgentWorker, render_prompts
     from sip_config import Settings
 
     settings = Settings.model_validate(first["settings"])

@@ -728,7 +728,7 @@ def _is_loopback(network: str) -> bool:
 
 
 async def _serve(settings: Settings, workers: int) -> int:
-    from gateway.records import CallRecords, RecordsError
+    from gateway.records.store import CallRecords, RecordsError
 
     loop = asyncio.get_running_loop()
     drain, stop = asyncio.Event(), asyncio.Event()

@@ -18,7 +18,7 @@ A turn (`respond_stream`) streams the model's text deltas as they arrive.  Tools
 * ``transfer_call`` (offered only with a ``transfer_target``) - the reply speaks
   ``transfer_line`` (after any text the model produced) and carries the action
   ``"transfer:<target>"``: the conversation transfers the call (REFER or Plivo's REST
-  API, `gateway.transfer`); if that fails the agent says so and the call goes on;
+  API, `gateway.policy.transfer`); if that fails the agent says so and the call goes on;
 * every `HttpTool` - the arguments are POSTed as JSON to the tool's URL; the JSON answer
   (or ``{"error": ...}`` on failure or timeout) goes back to the model as a ``tool``
   message and the model's follow-up is streamed too, for up to ``max_tool_rounds`` rounds

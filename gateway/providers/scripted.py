@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.policy.transfer import TransferError, transfer_target, transfer_uri
 from gateway.providers.base import (
     DTMF_KEYS,
     Brain,
@@ -61,7 +62,6 @@ from gateway.providers.base import (
     DigitCollect,
     KeyInput,
 )
-from gateway.transfer import TransferError, transfer_target, transfer_uri
 
 ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup", "transfer"})
 """Actions an intent may carry (besides ``"transfer:<target>"``)."""

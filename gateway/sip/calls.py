@@ -13,7 +13,7 @@ from functools import cached_property
 from types import MappingProxyType
 
 from gateway.audio.ring import InboundRing, PlayoutRing
-from gateway.callcontext import decode_call_context
+from gateway.plivo.callcontext import decode_call_context
 
 _HEADER = re.compile(r"^([A-Za-z0-9!#$%&'*+.^_`|~-]+)\s*:\s*(.*)$")
 _COMPACT = {
@@ -163,7 +163,7 @@ class CallHandle:
 
     @cached_property
     def context(self) -> Mapping[str, str]:
-        """The call context the app put on the INVITE (`gateway.callcontext`: Plivo's
+        """The call context the app put on the INVITE (`gateway.plivo.callcontext`: Plivo's
         CallUUID, the numbers, our record id, the caller's headers), decoded once, here;
         read-only. The headers are set when the handle is made and never change."""
         return MappingProxyType(decode_call_context(self.headers))

@@ -54,7 +54,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from gateway.demo import AgentProcess  # noqa: E402 - after the path is set
+from gateway.devtools.demo import AgentProcess  # noqa: E402 - after the path is set
 
 CALLER = Path(__file__).resolve().parent / "capacity_caller.py"
 QUESTIONS = [

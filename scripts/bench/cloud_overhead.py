@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.devtools.demo import AgentProcess, free_udp_port
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import serve_elevenlabs
 from tests.fakes.openai_chat import FakeOpenAi, Text

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.helpers.sipfuzz import question_call
 from tests.helpers.sipraw import RawSip, call, sdp_offer
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import contextlib
 
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.devtools.demo import AgentProcess, free_udp_port
 from tests.helpers.sipfuzz import pool_env, question_call
 from tests.helpers.sipraw import RawSip, call, sdp_offer
 

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.devtools.demo import AgentProcess, free_udp_port
 
 QUESTIONS = [
     "What are your opening hours?",

@@ -18,7 +18,7 @@ from plivo.utils import validate_v3_signature
 from werkzeug.test import TestResponse
 
 from gateway.pool.state import PoolState
-from gateway.records import CallRecords
+from gateway.records.store import CallRecords
 from sip_config import Settings, load_settings
 from tests.fakes.plivo import dial_leg
 from tests.fakes.plivo_api import plivo_signature as sign_like_plivo

@@ -7,8 +7,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from gateway.outbound import CpsLimiter
-from gateway.records import CallRecords
+from gateway.policy.outbound import CpsLimiter
+from gateway.records.store import CallRecords
 from sip_config import Settings
 from tests.helpers.app import FakeClock, make_pool
 from xml_app import create_app

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.helpers.wire import (
     clean_env,
 )

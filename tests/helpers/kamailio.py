@@ -8,7 +8,7 @@ logs one ``KAMEV|...`` line per registrar decision or routed request; `Kamailio.
 returns them time-stamped on arrival. `Kamailio.contacts` asks the running registrar
 (``kamcmd ul.lookup`` over a ctl socket in its temp dir) who is registered.
 
-`WorkerProcess` runs one agent worker (``gateway.worker.AgentWorker``) from a TOML file in
+`WorkerProcess` runs one agent worker (``gateway.pool.worker.AgentWorker``) from a TOML file in
 a child process (``python -m tests.helpers.kamailio CONFIG``), independent of ``sipagent serve``.
 SIGUSR1 makes it stop accepting calls (``AgentUA.set_accepting(False)``), SIGUSR2 resumes.
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import free_udp_port, rtp_base_for, stop_process
+from gateway.devtools.demo import free_udp_port, rtp_base_for, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT_TAG = "KAMEV|"
@@ -735,9 +735,9 @@ def finish_sipp(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, 
 
 # -- the child process's entry --------------------------------------------------------------
 async def _serve_worker(config: str) -> int:
+    from gateway.pool.worker import AgentWorker
     from gateway.providers.registry import build_providers
     from gateway.sip.endpoint import SipError
-    from gateway.worker import AgentWorker
     from sip_config import load_settings
 
     settings = load_settings(config, env_file=None)

@@ -158,7 +158,7 @@ def make_handle() -> CallHandle:
         remote_uri="sip:caller@127.0.0.1",
         local_uri="sip:agent@127.0.0.1",
         headers={
-            # As Plivo delivers the answer_url app's sipHeaders (gateway.callcontext).
+            # As Plivo delivers the answer_url app's sipHeaders (gateway.plivo.callcontext).
             "X-PH-Calluuid": "0f1e2d3c4b5a69788796a5b4c3d2e1f0",
             "X-PH-From": "p14155550123",
             "X-PH-To": "14155550100",

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.demo import rtp_base_for
+from gateway.devtools.demo import rtp_base_for
 from tests.helpers.sipraw import RawSip, Response, dialog_of, sdp_offer
 
 _EDGE_NUMBERS = (

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import free_udp_port
+from gateway.devtools.demo import free_udp_port
 
 KEY = "wire-outbound-key"
 

@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Sequence
 
 from gateway.pipeline.session import ConversationOptions
+from gateway.policy.transfer import TransferOutcome
 from gateway.providers.base import BrainReply, CallContext
-from gateway.transfer import TransferOutcome
 from tests.helpers.session import (
     Call,
     QuickBrain,

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.fakes.plivo_api import signed_request
 from tests.helpers import http

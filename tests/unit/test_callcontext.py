@@ -1,4 +1,4 @@
-"""Tests for gateway.callcontext: the Dial sipHeaders encoding and its decoding."""
+"""Tests for gateway.plivo.callcontext: the Dial sipHeaders encoding and its decoding."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gateway.callcontext import (
+from gateway.plivo.callcontext import (
     MAX_VALUE_LEN,
     decode_call_context,
     decode_value,

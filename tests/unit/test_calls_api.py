@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from gateway.callcontext import decode_call_context, record_key
-from gateway.outbound import CpsLimiter
-from gateway.records import CallRecords
+from gateway.plivo.callcontext import decode_call_context, record_key
+from gateway.policy.outbound import CpsLimiter
+from gateway.records.store import CallRecords
 from sip_config import ConfigError, Route, Settings
 from tests.fakes.plivo_api import FakePlivoApi
 from tests.helpers.app import TOKEN, FakeClock, make_pool, make_settings, sip_headers_of

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.records import CallRecords, sip_key
+from gateway.records.store import CallRecords, sip_key
 from tests.helpers.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]

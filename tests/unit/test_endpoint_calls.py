@@ -15,8 +15,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from gateway.callcontext import decode_call_context
-from gateway.records import CallRecords
+from gateway.plivo.callcontext import decode_call_context
+from gateway.records.store import CallRecords
 from tests.fakes.plivo import endpoint_params
 from tests.helpers.app import BASE, Env, make_settings, reserved
 from tests.helpers.calls import KEY, FakeDial, client_for, post

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.outbound import (
+from gateway.policy.outbound import (
     CpsLimiter,
     DncList,
     OutboundPolicy,

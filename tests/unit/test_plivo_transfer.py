@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from gateway.demo import free_udp_port
+from gateway.devtools.demo import free_udp_port
 from gateway.pipeline.session import ConversationOptions
+from gateway.plivo.transfer import PlivoTransfer, transfer_xml_url
+from gateway.policy.transfer import TransferError
 from gateway.pool.state import PoolState
 from gateway.providers.base import ProviderError
-from gateway.providers.plivo_transfer import PlivoTransfer, transfer_xml_url
-from gateway.records import CallRecords
-from gateway.transfer import TransferError
+from gateway.records.store import CallRecords
 from sip_config import ConfigError, Settings, load_settings
 from tests.fakes.plivo_api import FakePlivoApi
 from tests.helpers.session import Speak, run, speech

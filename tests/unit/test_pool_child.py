@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gateway.callcontext import encode_sip_headers
+from gateway.plivo.callcontext import encode_sip_headers
 from gateway.pool.child import _Reporter, worker_settings
 from gateway.pool.supervisor import Supervisor
 from gateway.sip.calls import CallHandle

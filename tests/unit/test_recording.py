@@ -1,4 +1,4 @@
-"""Tests for gateway.recording.CallRecorder: a stereo WAV from the call's two rings."""
+"""Tests for gateway.records.recording.CallRecorder: a stereo WAV from the call's two rings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME
-from gateway.recording import CallRecorder, recording_path
+from gateway.records.recording import CallRecorder, recording_path
 from gateway.sip.calls import CallHandle
 
 pytestmark = pytest.mark.timeout(30)

@@ -1,4 +1,4 @@
-"""Tests for gateway.records: the call-record store, on SQLite and on a real PostgreSQL
+"""Tests for gateway.records.store: the call-record store, on SQLite and on a real PostgreSQL
 server (tests/helpers/postgres.py: initdb in a temporary directory, one schema per test)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.records import (
+from gateway.records.store import (
     _MIGRATIONS,
     _POSTGRES_TYPES,
     _SQLITE_TYPES,
@@ -232,7 +232,7 @@ def test_committed_rows_survive_sigkill(target: str) -> None:
     child = textwrap.dedent(
         f"""
         import sys, time
-        from gateway.records import CallRecords
+        from gateway.records.store import CallRecords
         store = CallRecords.open({target!r})
         for i in range(20):
             store.answered(f"{UUID[:-2]}{{i:02d}}", "+1", "+2", "inbound", "agent", i % 3, 1.0)
@@ -477,7 +477,7 @@ def test_a_gateway_killed_with_sigkill_has_its_calls_closed_at_restart(target: s
     child = textwrap.dedent(
         f"""
         import time
-        from gateway.records import CallRecords
+        from gateway.records.store import CallRecords
         store = CallRecords.open({target!r})
         store.claim_gateway("killed:5070", 30.0)
         store.sip_started(None, "up-when-killed", 1, None, None, time.time())

@@ -1,4 +1,4 @@
-"""Tests for gateway.redact (PII in what callers and the agent said) and for where the
+"""Tests for gateway.records.redact (PII in what callers and the agent said) and for where the
 worker applies it: the turn records it logs and reports."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any, cast
 import pytest
 
 from gateway.pipeline.session import TurnRecord
+from gateway.pool.worker import AgentWorker, redact_turn
 from gateway.providers.registry import Providers
-from gateway.redact import CARD, EMAIL, NUMBER, PHONE, luhn_valid, redact
+from gateway.records.redact import CARD, EMAIL, NUMBER, PHONE, luhn_valid, redact
 from gateway.sip.calls import CallHandle
-from gateway.worker import AgentWorker, redact_turn
 from sip_config import load_settings
 
 

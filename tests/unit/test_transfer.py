@@ -12,10 +12,16 @@ from collections.abc import Mapping
 import pytest
 
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.policy.transfer import (
+    TransferError,
+    TransferOutcome,
+    transfer_target,
+    transfer_uri,
+    uri_host,
+)
 from gateway.providers.base import CallContext
 from gateway.providers.fake import FakeStt, FakeTts
 from gateway.sip.calls import CallHandle
-from gateway.transfer import TransferError, TransferOutcome, transfer_target, transfer_uri, uri_host
 from tests.helpers.session import (
     TONE_FRAMES_PER_CHAR,
     Call,
@@ -293,7 +299,7 @@ def test_playbook_rejects_bad_transfer_actions(actions: str, message: str) -> No
 
 
 def test_transfer_domain_for_numbers() -> None:
-    from gateway.worker import transfer_domain
+    from gateway.pool.worker import transfer_domain
     from sip_config import load_settings
 
     remote = "<sip:+14155550123@203.0.113.9:5060>"
@@ -348,8 +354,8 @@ def _road(overrides: Mapping[str, Mapping[str, object]], headers: dict[str, str]
     """The CallUUID a worker would transfer with Plivo's REST API ("" for REFER)."""
     from types import SimpleNamespace
 
+    from gateway.pool.worker import AgentWorker
     from gateway.sip.calls import CallHandle
-    from gateway.worker import AgentWorker
     from sip_config import load_settings
 
     settings = load_settings(None, env_file=None, overrides=overrides)

@@ -20,9 +20,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.callcontext import decode_call_context
+from gateway.plivo.callcontext import decode_call_context
 from gateway.pool.state import DialTarget, PoolState
-from gateway.records import CallRecords
+from gateway.records.store import CallRecords
 from sip_config import ConfigError
 from tests.helpers.app import (
     APP_LOGGER,

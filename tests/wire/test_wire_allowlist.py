@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import free_udp_port
+from gateway.devtools.demo import free_udp_port
 from tests.helpers.kamailio import (
     WorkerProcess,
     finish_sipp,

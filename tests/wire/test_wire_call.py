@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audio.pcm import write_wav
-from gateway.demo import AgentProcess
+from gateway.devtools.demo import AgentProcess
 from gateway.providers.scripted import DEMO_PLAYBOOK, Playbook, load_playbook
 from tests.helpers.wire import (
     count_lines,

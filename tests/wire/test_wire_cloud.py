@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import AgentProcess
+from gateway.devtools.demo import AgentProcess
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
 from tests.fakes.openai_chat import FakeOpenAi, HttpError, Text, ToolCall, ToolCalls

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from gateway.demo import AgentProcess
+from gateway.devtools.demo import AgentProcess
 from gateway.providers.openai_brain import INTERRUPTED_MARK
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from gateway.audio.pcm import write_wav
-from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.fakes.plivo_api import signed_request
 from tests.helpers.edge import edge_pool, fake_env
 from tests.helpers.kamailio import kamailio_binary, sipp_available

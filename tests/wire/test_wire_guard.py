@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import free_udp_port
+from gateway.devtools.demo import free_udp_port
 from tests.helpers.kamailio import WorkerProcess, running_worker, wait_until, worker_settings
 from tests.helpers.sipraw import RawSip, Response, call, sdp_media_ports, sdp_offer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.demo import free_udp_port
+from gateway.devtools.demo import free_udp_port
 from gateway.sip.digest import digest_response
 from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.helpers.edge import edge_pool

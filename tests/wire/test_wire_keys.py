@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.demo import AgentProcess
+from gateway.devtools.demo import AgentProcess
 from tests.helpers.wire import place_call, running_agent, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]

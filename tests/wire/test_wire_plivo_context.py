@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from gateway.callcontext import decode_call_context
+from gateway.plivo.callcontext import decode_call_context
 from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.helpers.wire import POOL_TOKEN, place_call, running_pool, wait_for
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.audio.pcm import write_wav
-from gateway.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
 from tests.helpers.sipraw import RawSip, call, sdp_offer
 from tests.helpers.wire import (
     clean_env,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.demo import free_udp_port
+from gateway.devtools.demo import free_udp_port
 from tests.helpers.kamailio import (
     Kamailio,
     kamailio_binary,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.devtools.demo import AgentProcess, free_udp_port
 from gateway.providers.fake import TONE_MS_PER_CHAR
 from tests.helpers.wire import count_lines, place_call, running_agent, uri, wait_for
 

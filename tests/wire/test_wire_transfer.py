@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.audio.pcm import SAMPLE_RATE, write_wav
-from gateway.demo import AgentProcess, free_udp_port
+from gateway.devtools.demo import AgentProcess, free_udp_port
 from tests.helpers.kamailio import sipp_available
 from tests.helpers.wire import (
     count_lines,

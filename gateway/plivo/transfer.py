@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 
 from plivo import exceptions as plivo_errors
 
-from gateway.plivo_client import plivo_client
+from gateway.plivo.client import plivo_client
+from gateway.policy.transfer import TransferError, TransferOutcome
 from gateway.providers.base import ProviderError
-from gateway.transfer import TransferError, TransferOutcome
 from sip_config import Settings
 
 log = logging.getLogger(__name__)

@@ -119,7 +119,7 @@ Transferrer: TypeAlias = Callable[[str], Awaitable[TransferOutcome]]
 
 
 class WarmLegs(Protocol):
-    """What a warm transfer needs from the SIP side (`gateway.worker` implements it over
+    """What a warm transfer needs from the SIP side (`gateway.pool.worker` implements it over
     `AgentUA.dial` / `bridge` / `hangup`)."""
 
     def resolve(self, target: str) -> str:

@@ -7,24 +7,15 @@ import contextlib
 import dataclasses
 import json
 import logging
-import signal
 import sys
 from typing import Protocol
 
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
-from gateway.callcontext import record_key
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
-from gateway.providers.base import ProviderError, TtsProvider
-from gateway.providers.registry import Providers, build_providers, uses_vendors
-from gateway.recording import CallRecorder, recording_path
-from gateway.redact import redact
-from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
-from gateway.sip.calls import CallHandle
-from gateway.sip.digest import inbound_credentials
-from gateway.sip.endpoint import EndpointOptions, SipError
-from gateway.transfer import (
+from gateway.plivo.callcontext import record_key
+from gateway.policy.transfer import (
     TransferError,
     TransferOutcome,
     Transferrer,
@@ -32,6 +23,14 @@ from gateway.transfer import (
     transfer_uri,
     uri_host,
 )
+from gateway.providers.base import ProviderError, TtsProvider
+from gateway.providers.registry import Providers, uses_vendors
+from gateway.records.recording import CallRecorder, recording_path
+from gateway.records.redact import redact
+from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
+from gateway.sip.calls import CallHandle
+from gateway.sip.digest import inbound_credentials
+from gateway.sip.endpoint import EndpointOptions, SipError
 from sip_config import Settings
 
 log = logging.getLogger("sipagent")
@@ -231,7 +230,7 @@ class AgentWorker:
         settings = self.settings.transfer
         call_uuid = self._rest_transfer_uuid(handle)
         if call_uuid:
-            from gateway.providers.plivo_transfer import PlivoTransfer
+            from gateway.plivo.transfer import PlivoTransfer
 
             return PlivoTransfer(self.settings, call_uuid).transfer
         if settings.method == "plivo":
@@ -414,7 +413,7 @@ class WorkerListener(Protocol):
 
 def redact_turn(rec: TurnRecord) -> TurnRecord:
     """A copy of ``rec`` with PII in the caller's and the agent's words replaced
-    (see :mod:`gateway.redact`)."""
+    (see :mod:`gateway.records.redact`)."""
     return dataclasses.replace(
         rec, user_text=redact(rec.user_text), agent_text=redact(rec.agent_text)
     )
@@ -422,25 +421,3 @@ def redact_turn(rec: TurnRecord) -> TurnRecord:
 
 def _log_turn(rec: TurnRecord) -> None:
     log.info("TURN %s", json.dumps(rec.as_dict(), separators=(",", ":")))
-
-
-async def _main(settings: Settings) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    providers = await asyncio.to_thread(build_providers, settings)
-    worker = AgentWorker(settings, providers)
-    try:
-        await worker.serve(stop)
-    except SipError as exc:
-        print(f"sipagent: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        await providers.close()
-    return 0
-
-
-def run_agent(settings: Settings) -> int:
-    """Run one agent process until SIGINT/SIGTERM; returns the exit status."""
-    return asyncio.run(_main(settings))

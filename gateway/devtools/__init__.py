@@ -1,0 +1,1 @@
+"""Developer tools apart from the product: the softphone (`sipagent call`) and the demo."""
