@@ -25,8 +25,12 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Unit tests on both cores, then the wire tests four at a time: they spend most of their
+# time waiting on real-time audio, and each module's tests stay on one worker in file order
+# (--dist loadscope), sharing the module's agent as they do in a serial run.
 test: lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 tests/unit
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 4 --dist loadscope tests/wire
 
 # What to run while working: lint, types and every test that places no real call.
 check: lint
