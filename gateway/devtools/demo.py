@@ -89,17 +89,18 @@ class AgentProcess:
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-            m = _WORKER_LINE.search(line)
-            if m is not None:
-                self.workers[int(m["index"])] = (int(m["pid"]), int(m["port"]))
-            if "listening on udp" in line:
-                self.listening.set()
-            if line.startswith("sipagent: ready:"):
-                self.ready.set()
-            if line.startswith("sipagent: answer_url app listening on "):
-                self.app_url = line.rsplit(" ", 1)[1].strip()
+        with self.proc.stderr:  # closed at end of output: this thread is its only reader
+            for line in self.proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+                m = _WORKER_LINE.search(line)
+                if m is not None:
+                    self.workers[int(m["index"])] = (int(m["pid"]), int(m["port"]))
+                if "listening on udp" in line:
+                    self.listening.set()
+                if line.startswith("sipagent: ready:"):
+                    self.ready.set()
+                if line.startswith("sipagent: answer_url app listening on "):
+                    self.app_url = line.rsplit(" ", 1)[1].strip()
 
     def wait_listening(self, timeout: float = 90.0) -> bool:
         """Wait for the "listening" line; False if the process died or timed out."""

@@ -372,13 +372,14 @@ class Kamailio:
     # -- what it saw --------------------------------------------------------------------------
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.rstrip("\n")
-            now = time.monotonic()
-            with self._lock:
-                self.lines.append(line)
-                if EVENT_TAG in line:
-                    self._events.append(_parse_event(line, now))
+        with proc.stderr:  # closed at end of output: this thread is its only reader
+            for raw in proc.stderr:
+                line = raw.rstrip("\n")
+                now = time.monotonic()
+                with self._lock:
+                    self.lines.append(line)
+                    if EVENT_TAG in line:
+                        self._events.append(_parse_event(line, now))
 
     def events(self, kind: str | None = None, user: str | None = None) -> list[KamEvent]:
         """Events so far (all runs), oldest first, optionally of one kind and user."""
@@ -537,11 +538,12 @@ class WorkerProcess:
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.times.append(time.monotonic())
-            self.lines.append(raw.rstrip("\n"))
-            if "listening on udp" in raw:
-                self.listening.set()
+        with self.proc.stderr:  # closed at end of output: this thread is its only reader
+            for raw in self.proc.stderr:
+                self.times.append(time.monotonic())
+                self.lines.append(raw.rstrip("\n"))
+                if "listening on udp" in raw:
+                    self.listening.set()
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         """Wait for the "listening" line; fail with the log tail otherwise."""
