@@ -324,6 +324,7 @@ class HttpFake:
         length = int(ex.headers.get("Content-Length") or 0)
         raw = ex.rfile.read(length) if length else b""
         url = urlsplit(ex.path)
+        ex.params = {}
         ex.received = Received(
             method=ex.command,
             path=ex.path,
