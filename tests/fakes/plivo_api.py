@@ -1,7 +1,7 @@
 """A loopback fake of Plivo's REST voice API, as the plivo SDK uses it, and Plivo's signed
 callbacks to an app.
 
-`FakePlivoApi` runs a real HTTP/1.1 server on 127.0.0.1 (port 0) in a background thread.
+`FakePlivoApi` is an `HttpFake` (`tests.fakes.http`: HTTP/1.1 on 127.0.0.1, a free port).
 Every request needs HTTP Basic auth ``auth_id:auth_token`` (else 401 ``{"error"}``);
 `status` forces one HTTP status for every authenticated request (e.g. 500).
 
@@ -15,27 +15,24 @@ Every request needs HTTP Basic auth ``auth_id:auth_token`` (else 401 ``{"error"}
   what Plivo does with ``aleg_url``: requests it (``aleg_method``, default POST) with the
   call's parameters, signed, and keeps the answer in `fetched`.
 
-Every API request is recorded in `requests` (method, path, JSON body).  Signatures are
+Every API request is recorded in `requests` (`tests.fakes.http.Received`).  Signatures are
 X-Plivo-Signature-V3, computed with the plivo SDK's own functions (`plivo_signature`).
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from plivo.utils import signature_v3
 
-__all__ = ["FakePlivoApi", "Fetched", "RestRequest", "plivo_signature", "signed_request"]
+from tests.fakes.http import Exchange, HttpFake, request
+
+__all__ = ["FakePlivoApi", "Fetched", "plivo_signature", "signed_request"]
 
 
 def plivo_signature(
@@ -64,26 +61,9 @@ def signed_request(
     nonce = uuid.uuid4().hex
     signature = plivo_signature(method, url, params, nonce, token)
     data = urllib.parse.urlencode(dict(params)).encode() if method == "POST" else None
-    req = urllib.request.Request(
-        url,
-        data=data,
-        headers={"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce},
-        method=method,
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(resp.status), resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read().decode()
-
-
-@dataclass(frozen=True)
-class RestRequest:
-    """One API request as received."""
-
-    method: str
-    path: str
-    body: dict[str, Any]
+    headers = {"X-Plivo-Signature-V3": signature, "X-Plivo-Signature-V3-Nonce": nonce}
+    status, body = request(url, data, headers, method, timeout)
+    return status, body.decode()
 
 
 @dataclass(frozen=True)
@@ -95,8 +75,10 @@ class Fetched:
     body: str
 
 
-class FakePlivoApi:
+class FakePlivoApi(HttpFake):
     """``with FakePlivoApi(auth_id, token) as api:`` serves on 127.0.0.1:<free port>."""
+
+    thread_name = "fake-plivo-api"
 
     def __init__(
         self,
@@ -107,59 +89,29 @@ class FakePlivoApi:
         fetch_xml: bool = False,
         status: int | None = None,
     ) -> None:
+        super().__init__()
         self.auth_id = auth_id
         self.auth_token = auth_token
         self.live_calls = set(live_calls)  # CallUUIDs a transfer may name
         self.fetch_xml = fetch_xml
         self.status = status
         self.calls: list[dict[str, Any]] = []  # calls.create bodies (+ request_uuid)
-        self.requests: list[RestRequest] = []
         self.fetched: list[Fetched] = []
-        self.lock = threading.Lock()
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                try:
-                    body = json.loads(raw) if raw else {}
-                    parsed = isinstance(body, dict)
-                except ValueError:
-                    body, parsed = {}, False
-                with fake.lock:
-                    fake.requests.append(RestRequest("POST", self.path, body))
-                status, payload = fake._answer(
-                    self.path, self.headers.get("Authorization"), body, parsed
-                )
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.route("POST", ".*", self._request)  # auth comes first, even for a wrong path
 
     @property
     def url(self) -> str:
         """Base URL to give the SDK instead of https://api.plivo.com."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
+        return self.origin
 
-    def __enter__(self) -> FakePlivoApi:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+    def _request(self, ex: Exchange) -> None:
+        body = ex.received.body
+        parsed = body is None or isinstance(body, dict)
+        authorization = ex.received.headers.get("authorization")
+        status, payload = self._answer(
+            ex.path, authorization, body if isinstance(body, dict) else {}, parsed
+        )
+        ex.send_json(status, payload)
 
     # -- the API ----------------------------------------------------------------------------
     def _answer(

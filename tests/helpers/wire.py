@@ -7,17 +7,15 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
+from tests.fakes import http
 from tests.fakes.plivo import PlivoEmulator, inbound_params
 from tests.fakes.plivo_api import signed_request
-from tests.helpers import http
 
 CALL_TIMEOUT_S = 120
 
@@ -183,14 +181,6 @@ def plivo_post(url: str, params: dict[str, str], token: str = POOL_TOKEN) -> tup
     return signed_request(url, params, token)
 
 
-def get_json(url: str) -> tuple[int, dict[str, Any]]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return int(resp.status), json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), json.loads(exc.read())
-
-
 def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
     """Ask the app where an inbound call goes, as Plivo does; returns (CallUUID, SIP URI,
     the softphone's arguments for the rest of Plivo's leg)."""
@@ -201,5 +191,5 @@ def answer(pool: AgentProcess, caller: str) -> tuple[str, str, list[str]]:
 
 
 def post_json(url: str, payload: Any, token: str = PUSH_TOKEN) -> tuple[int, dict[str, Any]]:
-    """`tests.helpers.http.post_json`, with the wire tests' push token by default."""
+    """`tests.fakes.http.post_json`, with the wire tests' push token by default."""
     return http.post_json(url, payload, token)

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.providers.base import ProviderError
 from gateway.providers.elevenlabs_tts import ElevenLabsTts
-from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
+from tests.fakes.elevenlabs import FakeElevenLabs
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -62,10 +62,10 @@ def test_request_carries_format_model_voice_and_settings() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY) as fake:
+    with FakeElevenLabs(api_key=KEY) as fake:
         chunks = asyncio.run(main(fake))
     assert b"".join(chunks) == FakeElevenLabs.audio_for(TEXT)
-    [req] = fake.requests
+    [req] = fake.syntheses
     assert req.voice_id == VOICE
     assert req.api_key == KEY
     assert req.query["output_format"] == "pcm_8000"
@@ -88,9 +88,9 @@ def test_default_request_sends_flash_model_and_no_voice_settings() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY) as fake:
+    with FakeElevenLabs(api_key=KEY) as fake:
         asyncio.run(main(fake))
-    [req] = fake.requests
+    [req] = fake.syntheses
     assert req.body["model_id"] == "eleven_flash_v2_5"
     assert "voice_settings" not in req.body  # the voice's stored settings apply
     assert req.query["output_format"] == "pcm_8000"
@@ -109,9 +109,9 @@ def test_audio_streams_before_the_vendor_finishes(caplog: pytest.LogCaptureFixtu
             await tts.close()
 
     caplog.set_level(logging.DEBUG, logger="gateway.providers.elevenlabs_tts")
-    with serve_elevenlabs(api_key=KEY, chunk_bytes=1600, chunk_delay_s=0.05) as fake:
+    with FakeElevenLabs(api_key=KEY, chunk_bytes=1600, chunk_delay_s=0.05) as fake:
         asyncio.run(main(fake))
-    [req] = fake.requests
+    [req] = fake.syntheses
     assert req.ended_at is not None and req.first_byte_at is not None
     first_at = arrivals[0][0]
     # 16 chunks 50 ms apart: the vendor needs ~0.75 s; the first audio is out well before.
@@ -140,10 +140,10 @@ def test_aclose_mid_stream_stops_the_server_stream() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, chunk_delay_s=0.05) as fake:
+    with FakeElevenLabs(api_key=KEY, chunk_delay_s=0.05) as fake:
         closed_at = asyncio.run(main(fake))
         assert fake.wait_for(lambda: fake.aborted == 1, timeout_s=2.0)
-        [req] = fake.requests
+        [req] = fake.syntheses
         assert req.ended_at is not None
         assert req.ended_at - closed_at < 0.5
         assert req.bytes_sent < len(FakeElevenLabs.audio_for(text)) // 4
@@ -172,10 +172,10 @@ def test_cancelling_the_speak_task_stops_the_server_stream() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, chunk_delay_s=0.05) as fake:
+    with FakeElevenLabs(api_key=KEY, chunk_delay_s=0.05) as fake:
         cancelled_at = asyncio.run(main(fake))
         assert fake.wait_for(lambda: fake.aborted == 1, timeout_s=2.0)
-        [req] = fake.requests
+        [req] = fake.syntheses
         assert req.ended_at is not None and req.ended_at - cancelled_at < 0.5
 
 
@@ -188,12 +188,12 @@ def test_connection_is_reused_and_close_leaves_nothing_open() -> None:
         await tts.close()
         await tts.close()  # twice is fine
 
-    with serve_elevenlabs(api_key=KEY) as fake:
+    with FakeElevenLabs(api_key=KEY) as fake:
         baseline = threading.active_count()
         asyncio.run(main(fake))
         assert fake.wait_for(lambda: fake.open_connections == 0, timeout_s=2.0)
         assert fake.wait_for(lambda: threading.active_count() == baseline, timeout_s=2.0)
-        first, second = fake.requests
+        first, second = fake.syntheses
         assert first.client_port == second.client_port  # one connection for both replies
     assert threading.active_count() == baseline - 1  # the fake's server thread is gone too
 
@@ -207,7 +207,7 @@ def test_wrong_key_is_auth_error_without_the_key() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY) as fake:
+    with FakeElevenLabs(api_key=KEY) as fake:
         err = asyncio.run(main(fake))
     assert (err.provider, err.kind, err.status) == ("elevenlabs", "auth", 401)
     assert "invalid_api_key" in str(err)
@@ -224,7 +224,7 @@ def test_401_mode_is_auth_error() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, mode="401") as fake:
+    with FakeElevenLabs(api_key=KEY, mode="401") as fake:
         err = asyncio.run(main(fake))
     assert (err.kind, err.status) == ("auth", 401)
     assert KEY not in str(err)
@@ -239,11 +239,11 @@ def test_500_is_http_error_with_status() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, mode="500") as fake:
+    with FakeElevenLabs(api_key=KEY, mode="500") as fake:
         err = asyncio.run(main(fake))
     assert (err.kind, err.status) == ("http", 500)
     assert "internal_error" in str(err)
-    assert len(fake.requests) == 1  # no retries: the failover layer decides
+    assert len(fake.syntheses) == 1  # no retries: the failover layer decides
 
 
 def test_first_byte_stall_times_out() -> None:
@@ -255,7 +255,7 @@ def test_first_byte_stall_times_out() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, mode="stall") as fake:
+    with FakeElevenLabs(api_key=KEY, mode="stall") as fake:
         err, took = asyncio.run(main(fake))
         assert fake.wait_for(lambda: fake.aborted == 1, timeout_s=2.0)
     assert err.kind == "timeout"
@@ -272,7 +272,7 @@ def test_first_byte_delay_counts_from_the_request() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, first_byte_delay_s=0.3) as fake:
+    with FakeElevenLabs(api_key=KEY, first_byte_delay_s=0.3) as fake:
         chunks = asyncio.run(main(fake))
     assert b"".join(chunks) == FakeElevenLabs.audio_for(TEXT)
 
@@ -285,7 +285,7 @@ def test_mid_stream_stall_times_out_after_chunk_timeout() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, mode="stall_mid") as fake:
+    with FakeElevenLabs(api_key=KEY, mode="stall_mid") as fake:
         err, took, got = asyncio.run(main(fake))
         assert fake.wait_for(lambda: fake.aborted == 1, timeout_s=2.0)
     assert err.kind == "timeout"
@@ -301,11 +301,11 @@ def test_cut_stream_is_disconnect() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, mode="cut") as fake:
+    with FakeElevenLabs(api_key=KEY, mode="cut") as fake:
         err, _, got = asyncio.run(main(fake))
     assert err.kind == "disconnect"
     assert 0 < sum(map(len, got)) < len(FakeElevenLabs.audio_for(TEXT))
-    assert fake.requests[0].outcome == "cut"
+    assert fake.syntheses[0].outcome == "cut"
 
 
 @pytest.mark.parametrize("mode", ["odd", "json200"])
@@ -317,7 +317,7 @@ def test_malformed_body_is_malformed(mode: str) -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY, mode=mode, chunk_bytes=999) as fake:
+    with FakeElevenLabs(api_key=KEY, mode=mode, chunk_bytes=999) as fake:
         err, _, got = asyncio.run(main(fake))
     assert err.kind == "malformed"
     assert all(len(chunk) % 2 == 0 for chunk in got)
@@ -333,9 +333,9 @@ def test_empty_text_sends_nothing() -> None:
         finally:
             await tts.close()
 
-    with serve_elevenlabs(api_key=KEY) as fake:
+    with FakeElevenLabs(api_key=KEY) as fake:
         assert asyncio.run(main(fake)) == []
-    assert fake.requests == []
+    assert fake.syntheses == []
 
 
 def test_bad_configuration_is_config_error() -> None:

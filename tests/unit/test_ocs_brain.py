@@ -18,7 +18,8 @@ import pytest
 from gateway.providers.base import BrainReply, CallContext, ProviderError
 from gateway.providers.ocs_brain import OcsBrain, ocs_call_id
 from gateway.providers.webhook_brain import AudioReply
-from tests.fakes.bot import FakeBot, Raw, Reply
+from tests.fakes.bot import FakeBot
+from tests.fakes.http import Raw, Reply
 from tests.fakes.ocs import FakeOcs
 
 pytestmark = pytest.mark.timeout(30)

@@ -21,7 +21,8 @@ import pytest
 
 from gateway.providers.base import BrainReply, CallContext, ProviderError
 from gateway.providers.webhook_brain import AudioReply, WebhookBrain, decode_audio
-from tests.fakes.bot import FakeBot, Hang, Raw, Reply
+from tests.fakes.bot import FakeBot
+from tests.fakes.http import Hang, Raw, Reply
 
 pytestmark = pytest.mark.timeout(30)
 

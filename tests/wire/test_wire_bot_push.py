@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakes.bot import FakeBot, Reply
+from tests.fakes.bot import FakeBot
+from tests.fakes.http import Reply
 from tests.helpers.wire import PUSH_TOKEN, answer, place_call, post_json, running_pool
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]

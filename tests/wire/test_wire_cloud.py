@@ -17,7 +17,7 @@ import pytest
 
 from gateway.devtools.demo import AgentProcess
 from tests.fakes.deepgram import FakeDeepgram
-from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
+from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.openai_chat import FakeOpenAi, HttpError, Text, ToolCall, ToolCalls
 from tests.helpers.wire import place_call, running_agent, uri
 
@@ -40,7 +40,7 @@ def deepgram_fake() -> Iterator[FakeDeepgram]:
 
 @pytest.fixture
 def eleven_fake() -> Iterator[FakeElevenLabs]:
-    with serve_elevenlabs(api_key="xi-wire-test") as fake:
+    with FakeElevenLabs(api_key="xi-wire-test") as fake:
         yield fake
 
 
@@ -118,7 +118,7 @@ def test_cloud_call_streams_uses_a_tool_and_ends_by_end_call(
     assert float(str(first["first_audio_at"])) < stream.finished_at - 0.5, (first, stream)
     assert first["agent_text"] == FIRST
     # One ElevenLabs request per sentence, in order, pcm_8000.
-    texts = [r.body["text"] for r in eleven_fake.requests]
+    texts = [r.body["text"] for r in eleven_fake.syntheses]
     sentences = [
         "Sure.",
         "We open at seven in the morning.",
@@ -127,7 +127,7 @@ def test_cloud_call_streams_uses_a_tool_and_ends_by_end_call(
     ]
     start = texts.index("Sure.")
     assert texts[start : start + 4] == sentences, texts
-    assert {r.query.get("output_format") for r in eleven_fake.requests} == {"pcm_8000"}
+    assert {r.query.get("output_format") for r in eleven_fake.syntheses} == {"pcm_8000"}
     # The HTTP tool got the model's arguments and its result went back to the model.
     assert openai_fake.tool_posts == [("order_status", {"order": "42"})]
     follow_up = openai_fake.chat_requests()[2]["messages"]

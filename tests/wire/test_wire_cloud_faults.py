@@ -31,7 +31,7 @@ import pytest
 from gateway.devtools.demo import AgentProcess
 from gateway.providers.openai_brain import INTERRUPTED_MARK
 from tests.fakes.deepgram import FakeDeepgram
-from tests.fakes.elevenlabs import FakeElevenLabs, serve_elevenlabs
+from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.openai_chat import Drop, FakeOpenAi, HttpError, Malformed, Stall, Text
 from tests.helpers.wire import finish_call, running_agent, start_call, uri, wait_for
 
@@ -60,7 +60,7 @@ def vendors() -> Iterator[Vendors]:
     with (
         FakeDeepgram("dg-faults") as deepgram,
         FakeOpenAi("sk-faults") as openai_fake,
-        serve_elevenlabs(api_key="xi-faults") as eleven,
+        FakeElevenLabs(api_key="xi-faults") as eleven,
     ):
         yield Vendors(deepgram, openai_fake, eleven)
 
@@ -356,7 +356,7 @@ def test_barge_in_cancels_the_llm_and_tts_streams(tmp_path: Path, vendors: Vendo
     assert not noise(lines), "\n".join(noise(lines))
     _story, barge, last = report["steps"]
     stream = vendors.openai.streams[0]
-    first = next(r for r in vendors.eleven.requests if r.body.get("text", "").startswith("Once"))
+    first = next(r for r in vendors.eleven.syntheses if r.body.get("text", "").startswith("Once"))
     print(
         f"barge-in: agent audio stopped {barge['barge_stop_ms']} ms after the caller started;"
         f" LLM deltas sent {len(stream.delta_times)}, first sentence's audio sent"

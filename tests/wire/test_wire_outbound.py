@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.http import get_json
 from tests.helpers.kamailio import kamailio_binary, running_kamailio
 from tests.helpers.sipp import _REPLY_HEAD, KEY, answer_scenario, sipp_uas, wait_for_record
-from tests.helpers.wire import get_json, post_json, running_pool, wait_for
+from tests.helpers.wire import post_json, running_pool, wait_for
 
 pytestmark = [
     pytest.mark.wire,

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 
 from gateway.audio.pcm import write_wav
+from tests.fakes.http import get_json
 from tests.helpers.wire import (
     answer,
     finish_call,
-    get_json,
     plivo_post,
     running_pool,
     start_call,

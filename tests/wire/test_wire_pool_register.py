@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.http import get_json
 from tests.helpers.kamailio import kamailio_binary, running_kamailio
 from tests.helpers.wire import (
     answer,
     finish_call,
-    get_json,
     plivo_post,
     running_pool,
     start_call,
