@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.devtools.demo import AgentProcess, free_udp_port
 from tests.fakes.deepgram import FakeDeepgram
-from tests.fakes.elevenlabs import serve_elevenlabs
+from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.openai_chat import FakeOpenAi, Text
 
 STT_MS, LLM_MS, TTS_MS = 200.0, 150.0, 80.0
@@ -55,7 +55,7 @@ def run(calls: int, turns: int) -> dict[str, Any]:
     with (
         FakeDeepgram("dg-bench") as dg,
         FakeOpenAi("sk-bench") as oa,
-        serve_elevenlabs(api_key="xi-bench", first_byte_delay_s=TTS_MS / 1000) as el,
+        FakeElevenLabs(api_key="xi-bench", first_byte_delay_s=TTS_MS / 1000) as el,
     ):
         dg.final_delay_s = STT_MS / 1000
         oa.add(*[Text(REPLY, chunk_chars=6, first_delay_s=LLM_MS / 1000)] * (calls * turns + 4))

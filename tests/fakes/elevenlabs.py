@@ -175,8 +175,3 @@ class FakeElevenLabs(HttpFake):
             return
         ex.end_chunks()
         record.outcome = "complete"
-
-
-def serve_elevenlabs(**options: Any) -> FakeElevenLabs:
-    """``FakeElevenLabs(**options)``, the name scripts/bench/cloud_overhead.py uses."""
-    return FakeElevenLabs(**options)
