@@ -34,7 +34,13 @@ from flask import Response, jsonify, request
 
 from gateway.plivo.callcontext import MAX_VALUE_LEN, encode_value
 from gateway.plivo.client import plivo_client
-from gateway.policy.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
+from gateway.policy.outbound import (
+    CpsLimiter,
+    DncList,
+    OutboundPolicy,
+    RefusalKind,
+    normalise_number,
+)
 from gateway.pool.outcomes import DialStatus, PlaceCall
 from gateway.records.store import CallRecords
 from sip_config import ConfigError, Settings, is_time_zone
@@ -44,6 +50,12 @@ log = logging.getLogger(__name__)
 
 # The HTTP status of a call the pool did not place, by why.
 _DIAL_HTTP: Final = {DialStatus.BAD_TARGET: 400, DialStatus.UNAVAILABLE: 503}
+# The HTTP status of a call the outbound policy refused, by rule.
+_REFUSAL_HTTP: Final = {
+    RefusalKind.DO_NOT_CALL: 403,
+    RefusalKind.OUTSIDE_HOURS: 403,
+    RefusalKind.UNKNOWN_ZONE: 400,
+}
 
 
 def headers_for_plivo(call_id: str, headers: Mapping[str, str]) -> dict[str, str]:
@@ -157,7 +169,7 @@ class CallsApi:
         if refusal is None and self.limiter.acquire() is None:
             refusal_status, reason = 429, "calls-per-second limit: too many calls waiting"
         elif refusal is not None:
-            refusal_status, reason = refusal.status, refusal.reason
+            refusal_status, reason = _REFUSAL_HTTP[refusal.kind], refusal.reason
         else:
             refusal_status, reason = 0, ""
         if refusal_status:
