@@ -352,11 +352,11 @@ class Supervisor:
                     # An outbound call that was never answered still holds its reservation.
                     self.state.release(end.call_uuid)
                 self._record_end(end, index)
-            case Up() | RegistrationChanged() | CallStarted() | LegChanged():
-                pass  # a spare's: it has no calls yet
-            case TurnRecorded() | CallEnded():
-                pass
-            case _:
+            case Up() | RegistrationChanged() | CallStarted() | CallEnded() | TurnRecorded():
+                pass  # from a process not (yet) given an index: nothing to update
+            case LegChanged():
+                pass  # likewise
+            case _:  # a command: the worker side's bug
                 log.error("worker pid %d: unexpected control message %s", child.pid, msg.TYPE)
 
     def _worker_up(self, child: _Child, index: int, msg: Up) -> None:
