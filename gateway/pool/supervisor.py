@@ -92,7 +92,7 @@ class AppServer(Protocol):
 
 
 class StartApp(Protocol):
-    """Starts the answer_url app (`xml_app.server.start_pool_app`): the pool's state to
+    """Starts the answer_url app (`xml_app.pool_app.start_pool_app`): the pool's state to
     route by, its records, its requests (pushed replies, outbound calls), and the
     operator's output.  Returns the server and the app's URL, or None when the app's
     settings leave it off (said on ``say``); ConfigError when it cannot listen."""
