@@ -99,7 +99,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(settings.log_level)
     from gateway.pool.supervisor import run_supervisor
 
-    return run_supervisor(settings, args.workers)
+    # The one place that joins the pool and the answer_url app: gateway.pool imports no
+    # xml_app (the app imports the pool's state and outcomes).
+    from xml_app.pool_app import start_pool_app
+
+    return run_supervisor(settings, args.workers, start_app=start_pool_app)
 
 
 def cmd_call(args: argparse.Namespace) -> int:

@@ -45,17 +45,18 @@ import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 from flask import Flask, Response, jsonify, request
 
 from gateway.plivo.callcontext import decode_call_context, decode_value, encode_sip_headers
 from gateway.policy.transfer import TransferError, transfer_uri
+from gateway.pool.outcomes import PlaceCall, PushReply, PushStatus
 from gateway.pool.state import PoolState
 from gateway.records.store import CallRecords
 from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
-from xml_app.calls_api import CallsApi, Dial
+from xml_app.calls_api import CallsApi
 from xml_app.plivo_xml import Element
 from xml_app.routing import (
     MAX_CALLER_HEADERS,
@@ -94,7 +95,15 @@ _NUMBER_CHARS: Final = frozenset("+0123456789")
 _OWN_HEADERS: Final = frozenset({"x-ph-callerid", "x-ph-recordid"})
 
 View = Callable[[dict[str, str]], Response]
-Push = Callable[[str, dict[str, Any]], tuple[int, str]]
+
+# The HTTP answer to each outcome of a pushed reply.
+_PUSH_HTTP: Final = {
+    PushStatus.ACCEPTED: 202,
+    PushStatus.MALFORMED: 400,
+    PushStatus.NO_CALL: 404,
+    PushStatus.REFUSED: 409,
+    PushStatus.UNAVAILABLE: 503,
+}
 
 
 def _xml(body: str) -> Response:
@@ -502,7 +511,7 @@ def _json_error(status: int, message: str) -> Response:
 
 
 def _pushed_reply(
-    call_id: str | None, token: str, token_setting: str, push: Push | None
+    call_id: str | None, token: str, token_setting: str, push: PushReply | None
 ) -> Response:
     """A reply pushed for a call in progress: authenticate, parse, hand to the pool.
 
@@ -537,14 +546,15 @@ def _pushed_reply(
         call_id = named.strip()
     if push is None:
         return _json_error(503, "this app is not connected to a worker pool")
-    status, message = push(call_id, payload)
-    if status == 202:
+    outcome = push(call_id, payload)
+    status = _PUSH_HTTP[outcome.status]
+    if outcome.status is PushStatus.ACCEPTED:
         log.info("pushed reply for call %s accepted", call_id)
         response = jsonify(status="accepted")
-        response.status_code = 202
+        response.status_code = status
         return response
-    log.warning("pushed reply for call %s refused (%d): %s", call_id, status, message)
-    return _json_error(status, message)
+    log.warning("pushed reply for call %s refused (%d): %s", call_id, status, outcome.reason)
+    return _json_error(status, outcome.reason)
 
 
 def _request_params() -> dict[str, str]:
@@ -570,8 +580,8 @@ def create_app(
     records: CallRecords,
     *,
     clock: Callable[[], float] = time.time,
-    push: Push | None = None,
-    dial: Dial | None = None,
+    push: PushReply | None = None,
+    dial: PlaceCall | None = None,
     calls_api: Callable[[Settings, Callable[[], str]], CallsApi] | None = None,
 ) -> Flask:
     """Build the answer_url app.
@@ -582,8 +592,9 @@ def create_app(
         pool: the worker pool's state; ``/answer`` reserves slots in it.
         records: where call events are recorded.
         clock: unix time source for opening hours, nonce expiry and records.
-        push: hands a pushed bot reply to the worker holding the call; returns an HTTP
-            status and a reason.  None: the pool cannot take pushed replies (503).
+        push: hands a pushed bot reply to the worker holding the call; returns what
+            became of it (answered here with an HTTP status).  None: the pool cannot take
+            pushed replies (503).
         dial: places an outbound SIP call from a worker (``POST /calls`` via=sip); None:
             503.
         calls_api: builds the ``POST /calls`` handler from the settings and the app's base

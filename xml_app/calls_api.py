@@ -28,24 +28,37 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Final
 
 from flask import Response, jsonify, request
 
 from gateway.plivo.callcontext import MAX_VALUE_LEN, encode_value
 from gateway.plivo.client import plivo_client
-from gateway.policy.outbound import CpsLimiter, DncList, OutboundPolicy, normalise_number
+from gateway.policy.outbound import (
+    CpsLimiter,
+    DncList,
+    OutboundPolicy,
+    RefusalKind,
+    normalise_number,
+)
+from gateway.pool.outcomes import DialStatus, PlaceCall
 from gateway.records.store import CallRecords
 from sip_config import ConfigError, Settings, is_time_zone
 from sip_config.settings import check_sip_headers
 
 log = logging.getLogger(__name__)
 
-Dial = Callable[[str, str, dict[str, str]], tuple[int, str]]
-"""(call id, SIP URI, headers) -> (201, SIP Call-ID) or (status, why)."""
+# The HTTP status of a call the pool did not place, by why.
+_DIAL_HTTP: Final = {DialStatus.BAD_TARGET: 400, DialStatus.UNAVAILABLE: 503}
+# The HTTP status of a call the outbound policy refused, by rule.
+_REFUSAL_HTTP: Final = {
+    RefusalKind.DO_NOT_CALL: 403,
+    RefusalKind.OUTSIDE_HOURS: 403,
+    RefusalKind.UNKNOWN_ZONE: 400,
+}
 
 
-def plivo_headers(call_id: str, headers: Mapping[str, str]) -> dict[str, str]:
+def headers_for_plivo(call_id: str, headers: Mapping[str, str]) -> dict[str, str]:
     """``headers`` in the form Plivo passes on: ``X-PH-<Name>``, names and values in its
     alphabet (letters and digits; Plivo's pass-custom-headers page), each value encoded
     like the app's own context (gateway.plivo.callcontext) when it has other characters. A
@@ -65,8 +78,8 @@ def plivo_headers(call_id: str, headers: Mapping[str, str]) -> dict[str, str]:
 def endpoint_headers(call_id: str, from_: str | None, headers: Mapping[str, str]) -> dict[str, str]:
     """The headers of a call placed through our registered Plivo endpoint. Plivo passes
     only ``X-PH-*`` headers on, to the endpoint's application (this app's ``/answer``)
-    (`plivo_headers`), and the app learns our id of the call and the caller ID to show."""
-    out = plivo_headers(call_id, headers)
+    (`headers_for_plivo`), and the app learns our id of the call and the caller ID to show."""
+    out = headers_for_plivo(call_id, headers)
     out["X-PH-Recordid"] = call_id.replace("-", "")
     caller = encode_value(from_) if from_ else None
     if caller:
@@ -87,7 +100,7 @@ class CallsApi:
         self,
         settings: Settings,
         records: CallRecords,
-        dial: Dial | None,
+        dial: PlaceCall | None,
         base_url: Callable[[], str],
         *,
         clock: Callable[[], float] = time.time,
@@ -156,7 +169,7 @@ class CallsApi:
         if refusal is None and self.limiter.acquire() is None:
             refusal_status, reason = 429, "calls-per-second limit: too many calls waiting"
         elif refusal is not None:
-            refusal_status, reason = refusal.status, refusal.reason
+            refusal_status, reason = _REFUSAL_HTTP[refusal.kind], refusal.reason
         else:
             refusal_status, reason = 0, ""
         if refusal_status:
@@ -240,11 +253,12 @@ class CallsApi:
             )
         if self.dial is None:
             return _error(503, "this app is not connected to a worker pool")
-        status, message = self.dial(call_id, uri, headers)
-        if status != 201:
-            self._record("a failure", lambda: self._failed(call_id, message))
-            return _error(status, message, call_id=call_id, outcome="failed")
-        response = jsonify(call_id=call_id, via="sip", uri=uri, sip_call_id=message)
+        outcome = self.dial(call_id, uri, headers)
+        if outcome.status is not DialStatus.PLACED:
+            why = outcome.reason
+            self._record("a failure", lambda: self._failed(call_id, why))
+            return _error(_DIAL_HTTP[outcome.status], why, call_id=call_id, outcome="failed")
+        response = jsonify(call_id=call_id, via="sip", uri=uri, sip_call_id=outcome.sip_call_id)
         response.status_code = 201
         return response
 
@@ -260,7 +274,7 @@ class CallsApi:
         # answer_url as X-PH-<name> parameters (Call API; pass-custom-headers page), where
         # the app carries them to the worker like an inbound caller's.
         sip_headers = ",".join(
-            f"{name[5:]}={value}" for name, value in plivo_headers(call_id, headers).items()
+            f"{name[5:]}={value}" for name, value in headers_for_plivo(call_id, headers).items()
         )
         try:
             client = self.plivo_factory()

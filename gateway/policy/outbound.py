@@ -8,10 +8,11 @@
 * `TokenBucket` / `CpsLimiter`: calls per second across the whole pool (the supervisor's
   process holds the one limiter).  A request beyond the rate *waits its turn*: each one
   reserves the next free start time; only when more than ``max_queue`` requests are
-  already waiting is it refused (HTTP 429) instead.
+  already waiting is it refused instead.
 
 `OutboundPolicy.check` applies the DNC list and the hours; the caller then takes a CPS
-slot.  Refusals carry a `Refusal` with an HTTP status and a reason for the call record.
+slot.  Refusals carry a `Refusal`: what kind, and a reason for people and the call record
+(the answer_url app picks the HTTP status).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,6 +33,7 @@ __all__ = [
     "DncList",
     "OutboundPolicy",
     "Refusal",
+    "RefusalKind",
     "TokenBucket",
     "callee_number",
     "calling_hours_refusal",
@@ -72,11 +75,19 @@ def callee_number(to: str) -> str | None:
     return normalise_number(text)
 
 
+class RefusalKind(StrEnum):
+    """What kind of rule refused a call."""
+
+    DO_NOT_CALL = "do-not-call"
+    OUTSIDE_HOURS = "outside-hours"
+    UNKNOWN_ZONE = "unknown-zone"  # the callee's time zone is not one we know
+
+
 @dataclass(frozen=True)
 class Refusal:
-    """Why a call is not placed: an HTTP status and a reason for people and records."""
+    """Why a call is not placed: the kind of rule, and a reason for people and records."""
 
-    status: int
+    kind: RefusalKind
     reason: str
 
 
@@ -136,18 +147,18 @@ def _minutes(hhmm: str) -> int:
 
 def calling_hours_refusal(now: float, zone: str, start: str, end: str) -> Refusal | None:
     """None when unix time ``now`` is within [start, end) local time in ``zone``; else a
-    403 refusal saying the callee's local time.  A local time skipped or repeated by a DST
+    refusal saying the callee's local time.  A local time skipped or repeated by a DST
     change is judged by the wall clock the callee sees at that instant."""
     try:
         tz = ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        return Refusal(400, f"unknown time zone {zone!r}")
+        return Refusal(RefusalKind.UNKNOWN_ZONE, f"unknown time zone {zone!r}")
     local = datetime.fromtimestamp(now, UTC).astimezone(tz)
     minute = local.hour * 60 + local.minute
     if _minutes(start) <= minute < _minutes(end):
         return None
     return Refusal(
-        403,
+        RefusalKind.OUTSIDE_HOURS,
         f"outside calling hours: {local:%H:%M} in {zone} (calls allowed {start}-{end})",
     )
 
@@ -239,7 +250,7 @@ class OutboundPolicy:
         """None when ``to`` may be called at unix time ``now``; else why not."""
         number = callee_number(to)
         if number is not None and number in self.dnc:
-            return Refusal(403, f"{number} is on the do-not-call list")
+            return Refusal(RefusalKind.DO_NOT_CALL, f"{number} is on the do-not-call list")
         return calling_hours_refusal(
             now, self.zone(number, timezone), self.window_start, self.window_end
         )

@@ -1,12 +1,13 @@
 """A worker process of the pool: `python -m gateway.pool.child FD SUPERVISOR_PID`.
 
-It receives its settings over the control socket ``FD``, loads the providers (which can
-take seconds with the offline models), reports ``loaded`` and waits for ``start``.  The
+It receives its settings over the control socket ``FD`` (`gateway.pool.protocol`), loads
+the providers (which can take seconds with the offline models), reports `Loaded` and waits
+for `Start`.  The
 supervisor keeps one such loaded process as a spare, so a worker that dies is replaced by
 a process that only has to open its SIP port.
 
-Signals: the supervisor alone decides when a worker drains or stops (``drain``, ``stop``
-on the control socket), so SIGTERM, SIGINT and SIGQUIT are ignored here: when a service
+Signals: the supervisor alone decides when a worker drains or stops (`Drain`, `Stop` on
+the control socket), so SIGTERM, SIGINT and SIGQUIT are ignored here: when a service
 manager or a terminal signals the whole process group, the pool drains exactly as when
 only the supervisor is signalled.  The kernel sends SIGHUP when the supervisor dies,
 whatever killed it (``PR_SET_PDEATHSIG``); the worker then hangs up its calls and exits
@@ -25,20 +26,37 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 # Only light modules here: `main` must ignore the group's signals before the heavy imports
 # (pjsua2, the providers, ~1 s), or a SIGTERM to the process group in that window kills a
 # spare that is still starting. The rest is imported in `_run`.
-from gateway.plivo.callcontext import record_key
 from gateway.pool import protocol
+from gateway.pool.protocol import (
+    CallEnded,
+    CallStarted,
+    Command,
+    Configure,
+    DialResult,
+    Drain,
+    Failed,
+    LegChanged,
+    Loaded,
+    PlaceCall,
+    PushReply,
+    PushResult,
+    RegistrationChanged,
+    Report,
+    Start,
+    Stop,
+    TurnRecorded,
+    Up,
+)
 
 if TYPE_CHECKING:
-    from gateway.pipeline.session import TurnRecord
     from gateway.pool.worker import AgentWorker
-    from gateway.sip.calls import CallHandle
+    from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
     from sip_config import Settings
 
 log = logging.getLogger("sipagent.worker")
@@ -89,29 +107,29 @@ def _setup_logging(level: str, name: str) -> None:
     )
 
 
-def worker_settings(settings: Settings, command: dict[str, Any]) -> Settings:
-    """The settings of worker ``index``: its own SIP address and RTP port range; behind
-    the edge, a loopback address that takes requests from the edge only, and the calls it
-    places go out through the edge."""
+def worker_settings(settings: Settings, start: Start) -> Settings:
+    """The settings of the worker ``start`` makes: its own SIP port and RTP port range;
+    behind the edge, a loopback address that takes requests from the edge only, and the
+    calls it places go out through the edge."""
     update: dict[str, Any] = {
-        "listen_port": int(command["sip_port"]),
-        "rtp_port_start": int(command["rtp_port_start"]),
-        "rtp_port_range": int(command["rtp_port_range"]),
+        "listen_port": start.sip_port,
+        "rtp_port_start": start.rtp_port_start,
+        "rtp_port_range": start.rtp_port_range,
     }
-    if "sip_host" in command:
-        update["listen_host"] = str(command["sip_host"])
-        update["public_host"] = None
-    for key in ("media_host", "media_public_host"):
-        if key in command:
-            update[key] = command[key] and str(command[key])
-    if "allow_networks" in command:
-        update["allow_networks"] = [str(n) for n in command["allow_networks"]]
-    if command.get("outbound_proxy"):
-        update["outbound_proxy"] = str(command["outbound_proxy"])
-    if command.get("inbound_auth") is False:
+    edge = start.edge
+    if edge is not None:
         from sip_config.settings import InboundAuthSettings
 
-        update["inbound_auth"] = InboundAuthSettings()
+        update.update(
+            listen_host=edge.sip_host,
+            public_host=None,
+            media_host=edge.media_host,
+            media_public_host=edge.media_public_host,
+            allow_networks=list(edge.allow_networks),
+            outbound_proxy=edge.outbound_proxy,
+            # The edge checks the callers' credentials (sip.inbound_auth); workers do not.
+            inbound_auth=InboundAuthSettings(),
+        )
     sip = settings.sip.model_copy(update=update)
     return settings.model_copy(update={"sip": sip})
 
@@ -129,130 +147,99 @@ class _Reporter:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _send(self, message: dict[str, Any]) -> None:
-        task = asyncio.get_running_loop().create_task(self._write(message))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+    def send(self, message: Report) -> None:
+        """Send ``message`` from a task (the caller does not wait)."""
+        self.spawn(_send(self.writer, message))
 
-    async def _write(self, message: dict[str, Any]) -> None:
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await protocol.send(self.writer, message)
-
-    @staticmethod
-    def _ids(handle: CallHandle) -> dict[str, Any]:
-        if handle.outbound:
-            return {"sip_call_id": handle.sip_call_id, "call_uuid": handle.ref}
-        # Recorded under the app's id of a call it placed through Plivo, else the CallUUID.
-        key = record_key(handle.context)
-        return {"sip_call_id": handle.sip_call_id, "call_uuid": key or None}
-
-    def call_started(self, handle: CallHandle) -> None:
+    def call_started(self, start: SipCallStart) -> None:
         """Report a call that started."""
-        self._send(
-            {
-                "event": "call_start",
-                **self._ids(handle),
-                # An outbound call's remote party is the callee.
-                "from": handle.local_uri if handle.outbound else handle.remote_uri,
-                "to": handle.remote_uri if handle.outbound else handle.local_uri,
-                "direction": "outbound" if handle.outbound else "inbound",
-                "recording": handle.recording or None,
-                "headers": handle.context_headers(),
-                "at": time.time(),
-            }
-        )
+        self.send(CallStarted(start))
 
-    def call_ended(self, handle: CallHandle) -> None:
+    def call_ended(self, end: SipCallEnd) -> None:
         """Report a call that ended."""
-        self._send(
-            {
-                "event": "call_end",
-                **self._ids(handle),
-                "reason": handle.end_reason,
-                "outcome": handle.outcome or None,
-                "at": time.time(),
-            }
-        )
+        self.send(CallEnded(end))
 
-    def turn_recorded(self, handle: CallHandle, rec: TurnRecord) -> None:
+    def turn_recorded(self, turn: CallTurn) -> None:
         """Report an agent turn, to be stored with the call."""
-        self._send({"event": "turn", **self._ids(handle), "turn": rec.as_dict(), "at": time.time()})
+        self.send(TurnRecorded(turn))
 
-    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+    def leg_changed(self, sip_call_id: str, up: bool) -> None:
         """Report a call slot taken or freed by a call without a conversation."""
-        self._send({"event": "leg", "sip_call_id": handle.sip_call_id, "up": up})
+        self.send(LegChanged(sip_call_id, up))
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Report the registration state."""
-        self._send({"event": "reg", "registered": registered, "status": status})
+        self.send(RegistrationChanged(registered, status))
+
+
+async def _send(writer: asyncio.StreamWriter, message: Report) -> None:
+    """Send ``message``; nothing when the supervisor is gone."""
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await protocol.send(writer, message)
 
 
 async def _run(fd: int, orphan: _Orphan) -> int:
     sock = socket.socket(fileno=fd)
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=protocol.MAX_LINE)
-    first = await protocol.receive(reader)
-    if first is None or first.get("cmd") != "config":
+    first = await _next_command(reader)
+    if not isinstance(first, Configure):
+        if first is not None:
+            log.error("the first control message must be config, not %s", first.TYPE)
         return 2
     from gateway.pool.worker import AgentWorker, render_prompts
     from gateway.providers.registry import build_providers
     from gateway.sip.endpoint import SipError
     from sip_config import Settings
 
-    settings = Settings.model_validate(first["settings"])
+    settings = Settings.model_validate(first.settings)
     _setup_logging(settings.log_level, "spare")
     providers = await asyncio.to_thread(build_providers, settings)
     worker: AgentWorker | None = None
     try:
         # Rendered before "loaded": a spare that takes over must not spend time on it.
         prompts = await render_prompts(providers.tts, settings)
-        await protocol.send(writer, {"event": "loaded"})
-        command = await _next_command(reader)
-        if command is None or command.get("cmd") != "start":
+        await protocol.send(writer, Loaded())
+        start = await _next_command(reader)
+        if not isinstance(start, Start):
             return 0
-        index = int(command["index"])
-        _setup_logging(settings.log_level, f"w{index}")
+        _setup_logging(settings.log_level, f"w{start.index}")
         reporter = _Reporter(writer)
         worker = AgentWorker(
-            worker_settings(settings, command), providers, account_index=index, listener=reporter
+            worker_settings(settings, start),
+            providers,
+            account_index=start.index,
+            listener=reporter,
         )
         worker.prompts = prompts
         orphan.worker = worker
         try:
             await worker.start()
         except SipError as exc:
-            await protocol.send(writer, {"event": "error", "message": str(exc)})
+            await protocol.send(writer, Failed(str(exc)))
             return 1
-        await protocol.send(
-            writer,
-            {"event": "up", "uri": worker.ua.uri, "port": worker.ua.port},
-        )
+        await protocol.send(writer, Up(worker.ua.uri, worker.ua.port))
         while worker.ua.pj.alive:
             command = await _next_command(reader, poll_s=0.5)
-            if command is None:
-                orphan()  # end of file: the supervisor is gone
-                await asyncio.sleep(1.0)  # the exit timer ends the process meanwhile
-                break
-            if command.get("cmd") == "drain":
-                worker.ua.set_accepting(False)
-            elif command.get("cmd") == "push":
-                status, message = worker.push(
-                    str(command.get("call_id", "")), command.get("payload")
-                )
-                await protocol.send(
-                    writer,
-                    {
-                        "event": "push_result",
-                        "id": command.get("id"),
-                        "status": status,
-                        "message": message,
-                    },
-                )
-            elif command.get("cmd") == "dial":
-                # Answered from a task: the INVITE goes out on the pj thread meanwhile,
-                # and the loop keeps reading commands.
-                reporter.spawn(_dial(worker, writer, command))
-            elif command.get("cmd") == "stop":
-                break
+            match command:
+                case None:
+                    orphan()  # end of file: the supervisor is gone
+                    await asyncio.sleep(1.0)  # the exit timer ends the process meanwhile
+                    break
+                case Drain():
+                    worker.ua.set_accepting(False)
+                case PushReply():
+                    outcome = worker.push(command.sip_call_id, command.payload)
+                    await _send(writer, PushResult(command.request_id, outcome))
+                case PlaceCall():
+                    # Answered from a task: the INVITE goes out on the pj thread meanwhile,
+                    # and the loop keeps reading commands.
+                    reporter.spawn(_dial(worker, writer, command))
+                case Stop():
+                    break
+                case Configure() | Start():
+                    log.error("unexpected control message %s: ignored", command.TYPE)
+                case _Idle():
+                    pass
         return 0
     finally:
         if worker is not None:
@@ -262,39 +249,39 @@ async def _run(fd: int, orphan: _Orphan) -> int:
             writer.close()
 
 
-async def _dial(worker: AgentWorker, writer: asyncio.StreamWriter, command: dict[str, Any]) -> None:
-    """Handle ``dial``: place the call, answer ``dial_result`` (id, status, message,
-    sip_call_id)."""
-    raw = command.get("headers")
-    headers = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
-    ref = command.get("call_id")
-    status, message = await worker.dial(
-        str(command.get("uri", "")), headers, str(ref) if ref else None
-    )
-    with contextlib.suppress(ConnectionError, RuntimeError):
-        await protocol.send(
-            writer,
-            {
-                "event": "dial_result",
-                "id": command.get("id"),
-                "status": status,
-                "message": message,
-                "sip_call_id": message if status == 201 else None,
-            },
-        )
+async def _dial(worker: AgentWorker, writer: asyncio.StreamWriter, command: PlaceCall) -> None:
+    """Place the call, answer `DialResult` once its INVITE is out."""
+    outcome = await worker.dial(command.uri, command.headers, command.call_id or None)
+    await _send(writer, DialResult(command.request_id, outcome))
+
+
+class _Idle:
+    """No control message within the poll interval."""
+
+    TYPE = "idle"
+
+
+_IDLE = _Idle()
 
 
 async def _next_command(
     reader: asyncio.StreamReader, poll_s: float | None = None
-) -> dict[str, Any] | None:
-    """The next control message; ``{"cmd": "idle"}`` after ``poll_s`` without one; None
-    on end of file."""
-    try:
-        return await asyncio.wait_for(protocol.receive(reader), poll_s)
-    except TimeoutError:
-        return {"cmd": "idle"}
-    except ConnectionError:  # reset: the supervisor is gone, as at end of file
-        return None
+) -> Command | _Idle | None:
+    """The next control message; `_IDLE` after ``poll_s`` without one; None on end of file
+    (or when the supervisor is gone).  A line that is not a message is logged and skipped."""
+    while True:
+        try:
+            message = await asyncio.wait_for(protocol.receive(reader), poll_s)
+        except TimeoutError:
+            return _IDLE
+        except ConnectionError:  # reset: the supervisor is gone, as at end of file
+            return None
+        except ValueError as exc:  # the line is consumed: read on
+            log.error("bad control message: %s", exc)
+            continue
+        if message is None or isinstance(message, Command):
+            return message
+        log.error("unexpected control message %s: ignored", message.TYPE)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,13 +33,40 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, Protocol, TypeVar
 
 from gateway.edge.config import EdgePlan
 from gateway.edge.process import Edge, EdgeError, edge_run_dir, find_kamailio
 from gateway.pool import protocol
+from gateway.pool.outcomes import (
+    DialOutcome,
+    DialStatus,
+    PlaceCall,
+    PushOutcome,
+    PushReply,
+    PushStatus,
+)
+from gateway.pool.protocol import (
+    BehindEdge,
+    CallEnded,
+    CallStarted,
+    Command,
+    Configure,
+    DialResult,
+    Drain,
+    Failed,
+    LegChanged,
+    Loaded,
+    PushResult,
+    RegistrationChanged,
+    Start,
+    Stop,
+    TurnRecorded,
+    Up,
+)
 from gateway.pool.state import PoolState
 from gateway.providers.registry import loads_models
+from gateway.records.store import CallRecords, SipCallEnd
 from gateway.sip.digest import inbound_credentials
 from sip_config import ConfigError, Settings
 
@@ -53,6 +80,32 @@ _DIAL_TIMEOUT_S = 5.0  # a worker answers "dial" once its INVITE is sent
 # a restart waits this long for their SIP ports.
 _PORT_WAIT_S = 5.0
 _SPARE = -1  # the backoff key of spare respawns
+
+_T = TypeVar("_T")
+
+
+class AppServer(Protocol):
+    """The answer_url app's server, as the pool runs it."""
+
+    def close(self) -> None:
+        """Stop serving."""
+
+
+class StartApp(Protocol):
+    """Starts the answer_url app (`xml_app.pool_app.start_pool_app`): the pool's state to
+    route by, its records, its requests (pushed replies, outbound calls), and the
+    operator's output.  Returns the server and the app's URL, or None when the app's
+    settings leave it off (said on ``say``); ConfigError when it cannot listen."""
+
+    def __call__(
+        self,
+        settings: Settings,
+        pool: PoolState,
+        records: CallRecords,
+        push: PushReply,
+        dial: PlaceCall,
+        say: Callable[[str], None],
+    ) -> tuple[AppServer, str] | None: ...
 
 
 def auto_workers(settings: Settings, cpus: int | None = None) -> int:
@@ -186,8 +239,8 @@ class Supervisor:
         settings: Settings,
         workers: int,
         *,
-        records: Any | None = None,
-        out: Any = None,
+        records: CallRecords | None = None,
+        out: IO[str] | None = None,
     ) -> None:
         self.settings = settings
         self.plans = plan_workers(settings, workers)
@@ -205,7 +258,7 @@ class Supervisor:
         self.registers = settings.sip.mode == "register"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.edge: Edge | None = None
-        self._requests: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._requests: dict[int, asyncio.Future[PushResult | DialResult]] = {}
         self._last_request = 0
 
     # -- output ---------------------------------------------------------------------------
@@ -231,9 +284,7 @@ class Supervisor:
         reader, writer = await asyncio.open_unix_connection(sock=parent, limit=protocol.MAX_LINE)
         child = _Child(proc, reader, writer)
         self.children.append(child)
-        await protocol.send(
-            writer, {"cmd": "config", "settings": self.settings.model_dump(mode="json")}
-        )
+        await protocol.send(writer, Configure(self.settings.model_dump(mode="json")))
         child.reading = self._own(self._read(child))
         self._own(self._watch(child))
         return child
@@ -262,92 +313,76 @@ class Supervisor:
                 return
             if msg is None:
                 return
-            self._handle(child, msg)
+            try:
+                self._handle(child, msg)
+            except Exception:
+                log.exception("worker pid %d: cannot handle %s", child.pid, msg.TYPE)
 
-    def _handle(self, child: _Child, msg: dict[str, Any]) -> None:
-        event = msg.get("event")
+    def _handle(self, child: _Child, msg: protocol.Message) -> None:
         index = child.index
-        if event == "loaded":
-            child.loaded.set()
-            if child is self.spare:
-                self.say(f"spare worker (pid {child.pid}) loaded, ready to take over")
-        elif event == "error":
-            child.error = str(msg.get("message", "worker failed"))
-        elif event == "up" and index is not None:
-            uri = str(msg.get("uri", ""))
-            if self.settings.edge.enabled:
-                uri = self.edge_uri()  # calls reach every worker through the edge
-            if self.edge is not None:
-                self._own(self.edge.set_worker(self.plans[index].address, True))
-            self.state.worker_up(index, child.pid, uri, self.registers)
-            if child.registration is not None:
-                self.state.set_registration(index, *child.registration)
-            child.up.set()
-            self.say(
-                f"worker {index} (pid {child.pid}) listening on udp"
-                f" {self._host()}:{msg.get('port')} as {uri}"
-            )
-        elif event == "reg" and index is not None:
-            registered, status = bool(msg.get("registered")), str(msg.get("status", ""))
-            child.registration = (registered, status)
-            if child.up.is_set():
-                self.state.set_registration(index, registered, status)
-        elif event == "call_start" and index is not None:
-            sip_call_id = str(msg.get("sip_call_id", ""))
-            uuid = msg.get("call_uuid") or None
-            self.state.call_started(index, sip_call_id, uuid)
-            self._record(
-                "sip_started",
-                uuid,
-                sip_call_id,
-                index,
-                str(msg.get("from", "")),
-                str(msg.get("to", "")),
-                float(msg.get("at", time.time())),
-                msg.get("recording") or None,
-                _string_map(msg.get("headers")),
-            )
-            if msg.get("direction") == "outbound":
-                self._record("outbound_answered", uuid, float(msg.get("at", time.time())))
-        elif event == "leg" and index is not None:
-            self.state.leg_changed(index, str(msg.get("sip_call_id", "")), bool(msg.get("up")))
-        elif event == "turn" and index is not None and isinstance(msg.get("turn"), dict):
-            self._record(
-                "add_turn",
-                msg.get("call_uuid") or None,
-                str(msg.get("sip_call_id", "")),
-                msg["turn"],
-                float(msg.get("at", time.time())),
-            )
-        elif event in ("push_result", "dial_result"):
-            waiter = self._requests.get(int(msg.get("id", -1)))
-            if waiter is not None and not waiter.done():
-                waiter.set_result(msg)
-        elif event == "call_end" and index is not None:
-            sip_call_id = str(msg.get("sip_call_id", ""))
-            uuid = msg.get("call_uuid") or None
-            self.state.call_ended(index, sip_call_id)
-            if uuid:
-                # An outbound call that was never answered still holds its reservation.
-                self.state.release(uuid)
-            outcome = msg.get("outcome")
-            self._record(
-                "sip_ended",
-                uuid,
-                sip_call_id,
-                index,
-                str(msg.get("reason", "")),
-                float(msg.get("at", time.time())),
-                str(outcome) if outcome else None,
-            )
+        match msg:
+            case Loaded():
+                child.loaded.set()
+                if child is self.spare:
+                    self.say(f"spare worker (pid {child.pid}) loaded, ready to take over")
+            case Failed():
+                child.error = msg.message or "worker failed"
+            case Up() if index is not None:
+                self._worker_up(child, index, msg)
+            case RegistrationChanged() if index is not None:
+                child.registration = (msg.registered, msg.status)
+                if child.up.is_set():
+                    self.state.set_registration(index, msg.registered, msg.status)
+            case CallStarted() if index is not None:
+                start = msg.record
+                self.state.call_started(index, start.sip_call_id, start.call_uuid)
+                self._record("sip_call_started", lambda r: r.sip_call_started(start, index))
+            case LegChanged() if index is not None:
+                self.state.leg_changed(index, msg.sip_call_id, msg.up)
+            case TurnRecorded() if index is not None:
+                self._record("call_turn", lambda r: r.call_turn(msg.record))
+            case PushResult() | DialResult():
+                waiter = self._requests.get(msg.request_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(msg)
+            case CallEnded() if index is not None:
+                end = msg.record
+                self.state.call_ended(index, end.sip_call_id)
+                if end.call_uuid:
+                    # An outbound call that was never answered still holds its reservation.
+                    self.state.release(end.call_uuid)
+                self._record_end(end, index)
+            case Up() | RegistrationChanged() | CallStarted() | CallEnded() | TurnRecorded():
+                pass  # from a process not (yet) given an index: nothing to update
+            case LegChanged():
+                pass  # likewise
+            case _:  # a command: the worker side's bug
+                log.error("worker pid %d: unexpected control message %s", child.pid, msg.TYPE)
 
-    def _record(self, method: str, *args: Any) -> None:
+    def _worker_up(self, child: _Child, index: int, msg: Up) -> None:
+        uri = msg.uri
+        if self.settings.edge.enabled:
+            uri = self.edge_uri()  # calls reach every worker through the edge
+        if self.edge is not None:
+            self._own(self.edge.set_worker(self.plans[index].address, True))
+        self.state.worker_up(index, child.pid, uri, self.registers)
+        if child.registration is not None:
+            self.state.set_registration(index, *child.registration)
+        child.up.set()
+        self.say(
+            f"worker {index} (pid {child.pid}) listening on udp {self._host()}:{msg.port} as {uri}"
+        )
+
+    def _record_end(self, end: SipCallEnd, index: int) -> None:
+        self._record("sip_call_ended", lambda r: r.sip_call_ended(end, index))
+
+    def _record(self, what: str, write: Callable[[CallRecords], None]) -> None:
         if self.records is None:
             return
         try:
-            getattr(self.records, method)(*args)
+            write(self.records)
         except Exception:
-            log.exception("call records: %s failed", method)
+            log.exception("call records: %s failed", what)
 
     async def _watch(self, child: _Child) -> None:
         code = await child.proc.wait()
@@ -364,7 +399,7 @@ class Supervisor:
                 self._own(self.edge.set_worker(self.plans[index].address, False))
             lost = self.state.worker_down(index)
             for sip_call_id in lost:
-                self._record("sip_ended", None, sip_call_id, index, "worker died", time.time())
+                self._record_end(SipCallEnd(sip_call_id, None, "worker died", time.time()), index)
         if self.stopping:
             return
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
@@ -438,17 +473,14 @@ class Supervisor:
             plan = self.plans[index]
             child.index = index
             self.by_index[index] = child
-            await protocol.send(
-                child.writer,
-                {
-                    "cmd": "start",
-                    "index": index,
-                    "sip_port": plan.sip_port,
-                    "rtp_port_start": plan.rtp_port_start,
-                    "rtp_port_range": plan.rtp_port_range,
-                    **self._edge_worker(plan),
-                },
+            start = Start(
+                index,
+                plan.sip_port,
+                plan.rtp_port_start,
+                plan.rtp_port_range,
+                edge=self._behind_edge(plan),
             )
+            await protocol.send(child.writer, start)
             up = asyncio.ensure_future(child.up.wait())
             try:
                 await asyncio.wait({up, died}, timeout=30.0, return_when=asyncio.FIRST_COMPLETED)
@@ -456,7 +488,7 @@ class Supervisor:
                 up.cancel()
             if child.up.is_set():
                 if self.state.draining:
-                    await self._send(child, {"cmd": "drain"})
+                    await self._send(child, Drain())
                 return None
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
@@ -468,7 +500,7 @@ class Supervisor:
             waiter.cancel()
             died.cancel()
 
-    async def _send(self, child: _Child, message: dict[str, Any]) -> None:
+    async def _send(self, child: _Child, message: Command) -> None:
         with contextlib.suppress(ConnectionError, RuntimeError):
             await protocol.send(child.writer, message)
 
@@ -477,27 +509,24 @@ class Supervisor:
             return self.plans[0].sip_host
         return self.settings.sip.public_host or self.settings.sip.listen_host
 
-    def _edge_worker(self, plan: WorkerPlan) -> dict[str, Any]:
-        """What a worker behind the edge is told: listen on loopback, take requests from
-        the edge only, send the calls it places through the edge."""
+    def _behind_edge(self, plan: WorkerPlan) -> BehindEdge | None:
+        """What a worker behind the edge is told (None: there is no edge)."""
         edge = self.settings.edge
         if not edge.enabled:
-            return {}
+            return None
         sources = ["127.0.0.1/32"]
         if edge.listen_host not in _LOOPBACK_OR_ANY:
             sources.append(f"{edge.listen_host}/32")
         sip = self.settings.sip
-        return {
-            "sip_host": plan.sip_host,
-            "allow_networks": sources,
-            "outbound_proxy": f"sip:127.0.0.1:{edge.listen_port};lr",
-            # The edge checks the callers' credentials (sip.inbound_auth); workers do not.
-            "inbound_auth": False,
+        return BehindEdge(
+            sip_host=plan.sip_host,
+            allow_networks=tuple(sources),
+            outbound_proxy=f"sip:127.0.0.1:{edge.listen_port};lr",
             # Signalling is on loopback behind the edge; media is not: callers send RTP
             # straight to the worker, on the edge's address unless told otherwise.
-            "media_host": sip.media_host or edge.listen_host,
-            "media_public_host": sip.media_public_host or edge.public_host or sip.public_host,
-        }
+            media_host=sip.media_host or edge.listen_host,
+            media_public_host=sip.media_public_host or edge.public_host or sip.public_host,
+        )
 
     def edge_uri(self) -> str:
         """The SIP URI of the agent at the edge (what Plivo's Dial and trunks call)."""
@@ -506,92 +535,107 @@ class Supervisor:
         return f"sip:{self.settings.sip.user}@{host}:{edge.listen_port}"
 
     # -- requests to a worker (push, dial) ----------------------------------------------
-    async def _ask(self, child: _Child, message: dict[str, Any], timeout: float) -> dict[str, Any]:
-        """Send a request to a worker and wait for its ``*_result`` with the same id;
-        raises TimeoutError, ConnectionError or RuntimeError when there is none."""
+    async def _ask(
+        self, child: _Child, request: Callable[[int], Command], timeout: float
+    ) -> PushResult | DialResult:
+        """Send ``request(id)`` to a worker and wait for the result with that id; raises
+        TimeoutError, ConnectionError or RuntimeError when there is none."""
         self._last_request += 1
         request_id = self._last_request
-        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[PushResult | DialResult] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = waiter
         try:
-            await protocol.send(child.writer, {**message, "id": request_id})
+            await protocol.send(child.writer, request(request_id))
             return await asyncio.wait_for(waiter, timeout)
         finally:
             self._requests.pop(request_id, None)
 
     # -- pushed bot replies ---------------------------------------------------------------
-    async def push(self, key: str, payload: Any) -> tuple[int, str]:
+    async def push(self, key: str, payload: dict[str, Any]) -> PushOutcome:
         """Hand a reply the bot pushed to the worker holding call `key` (SIP Call-ID or
-        CallUUID); returns an HTTP status (202 accepted, 400 malformed, 404 no such call,
-        409 the brain takes no pushed replies, 503 the worker did not answer) and why."""
+        CallUUID); the worker's outcome, or NO_CALL / UNAVAILABLE (it did not answer)."""
         found = self.state.find_call(key)
         child = self.by_index.get(found[0]) if found is not None else None
         if found is None or child is None or not child.up.is_set():
-            return 404, "no call with that id is in progress"
+            return PushOutcome(PushStatus.NO_CALL, "no call with that id is in progress")
+        sip_call_id = found[1]
         try:
             answer = await self._ask(
-                child, {"cmd": "push", "call_id": found[1], "payload": payload}, _PUSH_TIMEOUT_S
+                child, lambda i: protocol.PushReply(i, sip_call_id, payload), _PUSH_TIMEOUT_S
             )
         except (TimeoutError, ConnectionError, RuntimeError):
-            return 503, "the worker holding the call did not answer"
-        return int(answer.get("status", 500)), str(answer.get("message", ""))
+            answer = None
+        if not isinstance(answer, PushResult):
+            return PushOutcome(PushStatus.UNAVAILABLE, "the worker holding the call did not answer")
+        return answer.outcome
 
     # -- outbound calls -------------------------------------------------------------------
-    async def dial(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
+    async def dial(self, call_id: str, uri: str, headers: dict[str, str]) -> DialOutcome:
         """Place an outbound call from a worker with a free slot (held for ``call_id`` in
-        `PoolState` until the call starts or ends).  Returns (201, SIP Call-ID) once the
-        INVITE is sent, else (400 bad URI / 503 no worker free or it did not answer, why).
-        The outcome arrives later with the worker's ``call_end``."""
+        `PoolState` until the call starts or ends).  PLACED (with the SIP Call-ID) once the
+        INVITE is sent; the outcome arrives later with the worker's `CallEnded`."""
         # Held while the callee's phone rings (the call counts once it is answered).
         hold = self.settings.outbound.ring_timeout_s + _DIAL_TIMEOUT_S
         target = self.state.reserve_for(call_id, hold)
         child = self.by_index.get(target.worker) if target is not None else None
         if target is None or child is None or not child.up.is_set():
             self.state.release(call_id)
-            return 503, "no worker can place a call now"
+            return DialOutcome(DialStatus.UNAVAILABLE, "no worker can place a call now")
         try:
             answer = await self._ask(
                 child,
-                {"cmd": "dial", "call_id": call_id, "uri": uri, "headers": headers},
+                lambda i: protocol.PlaceCall(i, call_id, uri, headers),
                 _DIAL_TIMEOUT_S,
             )
         except (TimeoutError, ConnectionError, RuntimeError):
+            answer = None
+        if not isinstance(answer, DialResult):
             self.state.release(call_id)
-            return 503, "the worker did not answer"
-        status = int(answer.get("status", 500))
-        if status != 201:
+            return DialOutcome(DialStatus.UNAVAILABLE, "the worker did not answer")
+        if answer.outcome.status is not DialStatus.PLACED:
             self.state.release(call_id)
         else:
             log.info("outbound call %s to %s placed by worker %d", call_id, uri, target.worker)
-        return status, str(answer.get("message", ""))
+        return answer.outcome
 
-    def dial_threadsafe(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
+    def dial_threadsafe(self, call_id: str, uri: str, headers: dict[str, str]) -> DialOutcome:
         """`dial` from another thread (the app's request threads)."""
-        return self._from_thread(lambda: self.dial(call_id, uri, headers), _DIAL_TIMEOUT_S)
+        return self._from_thread(
+            lambda: self.dial(call_id, uri, headers),
+            _DIAL_TIMEOUT_S,
+            lambda why: DialOutcome(DialStatus.UNAVAILABLE, why),
+        )
 
-    def push_threadsafe(self, key: str, payload: Any) -> tuple[int, str]:
+    def push_threadsafe(self, key: str, payload: dict[str, Any]) -> PushOutcome:
         """`push` from another thread (the app's request threads)."""
-        return self._from_thread(lambda: self.push(key, payload), _PUSH_TIMEOUT_S)
+        return self._from_thread(
+            lambda: self.push(key, payload),
+            _PUSH_TIMEOUT_S,
+            lambda why: PushOutcome(PushStatus.UNAVAILABLE, why),
+        )
 
     def _from_thread(
-        self, request: Callable[[], Coroutine[Any, Any, tuple[int, str]]], timeout_s: float
-    ) -> tuple[int, str]:
-        """Run a pool request on the supervisor's loop from another thread; 503 when the
-        pool is not running or does not answer within `timeout_s` (plus a second)."""
+        self,
+        request: Callable[[], Coroutine[Any, Any, _T]],
+        timeout_s: float,
+        unavailable: Callable[[str], _T],
+    ) -> _T:
+        """Run a pool request on the supervisor's loop from another thread; `unavailable`
+        when the pool is not running or does not answer within `timeout_s` (plus a second)."""
         loop = self.loop
         if loop is None or loop.is_closed():
-            return 503, "the worker pool is not running"
+            return unavailable("the worker pool is not running")
         coro = request()
         try:
             future = asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError:
             coro.close()
-            return 503, "the worker pool is not running"
+            return unavailable("the worker pool is not running")
         try:
             return future.result(timeout_s + 1.0)
         except Exception:
             future.cancel()
-            return 503, "the worker pool did not answer"
+            return unavailable("the worker pool did not answer")
 
     # -- life cycle -----------------------------------------------------------------------
     async def wait_for_ports(self, timeout_s: float = _PORT_WAIT_S) -> None:
@@ -637,7 +681,7 @@ class Supervisor:
         if self.edge is not None:
             await self.edge.set_draining(True)
         for child in list(self.by_index.values()):
-            await self._send(child, {"cmd": "drain"})
+            await self._send(child, Drain())
         calls = self.state.total_calls()
         self.say(
             f"draining: {calls} call(s) in progress, waiting up to {timeout_s:g} s"
@@ -654,7 +698,7 @@ class Supervisor:
         """Stop every worker (calls still up are hung up) and wait for them."""
         self.stopping = True
         for child in list(self.children):
-            await self._send(child, {"cmd": "stop"})
+            await self._send(child, Stop())
         for child in list(self.children):
             try:
                 await asyncio.wait_for(child.proc.wait(), _STOP_TIMEOUT_S)
@@ -676,13 +720,6 @@ def _udp_port_taken(host: str, port: int) -> bool:
         except OSError as exc:
             return exc.errno == errno.EADDRINUSE
     return False
-
-
-def _string_map(value: Any) -> dict[str, str] | None:
-    """A worker's ``{name: value}`` message field, or None when it is not one."""
-    if not isinstance(value, dict):
-        return None
-    return {str(k): str(v) for k, v in value.items()}
 
 
 def _print_routing(sup: Supervisor, app_url: str | None) -> None:
@@ -727,8 +764,8 @@ def _is_loopback(network: str) -> bool:
     return ipaddress.ip_network(network, strict=False).is_loopback
 
 
-async def _serve(settings: Settings, workers: int) -> int:
-    from gateway.records.store import CallRecords, RecordsError
+async def _serve(settings: Settings, workers: int, start_app: StartApp | None) -> int:
+    from gateway.records.store import RecordsError
 
     loop = asyncio.get_running_loop()
     drain, stop = asyncio.Event(), asyncio.Event()
@@ -753,7 +790,7 @@ async def _serve(settings: Settings, workers: int) -> int:
         text = " ".join(str(exc).split()) if isinstance(exc, RecordsError) else repr(exc)
         raise ConfigError(f"records.url: {text.removeprefix('records: ')}") from None
     sup.records = records
-    server = None
+    server: AppServer | None = None
     claimed = False
     try:
         try:
@@ -772,10 +809,14 @@ async def _serve(settings: Settings, workers: int) -> int:
                 ' ending them ("gateway restarted")'
             )
         sup.own(_heartbeat(sup, records, settings.records.lease_s))
-        app_url = None
-        if settings.app.enabled:
+        app_url: str | None = None
+        if settings.app.enabled and start_app is not None:
             # Before the workers: they are told the app's URL for the bot's pushed replies.
-            server, app_url = _start_app(sup, settings, records)
+            started = start_app(
+                settings, sup.state, records, sup.push_threadsafe, sup.dial_threadsafe, sup.say
+            )
+            if started is not None:
+                server, app_url = started
         if app_url and settings.webhook.push_token and not settings.webhook.reply_url:
             webhook = settings.webhook.model_copy(
                 update={"reply_url": f"{app_url}/bot/calls/{{call_id}}/reply"}
@@ -854,7 +895,7 @@ def gateway_identity(settings: Settings) -> str:
     return settings.records.gateway_id or f"{socket.gethostname()}:{settings.sip.listen_port}"
 
 
-async def _heartbeat(sup: Supervisor, records: Any, lease_s: float) -> None:
+async def _heartbeat(sup: Supervisor, records: CallRecords, lease_s: float) -> None:
     """Renew this gateway's lease in the records every third of it, and close the calls of
     gateways whose lease ran out (one that died while this one runs)."""
     while True:
@@ -868,38 +909,10 @@ async def _heartbeat(sup: Supervisor, records: Any, lease_s: float) -> None:
             sup.say(f"closed {closed} call record(s) of a gateway whose lease ran out")
 
 
-def _start_app(sup: Supervisor, settings: Settings, records: Any) -> tuple[Any, str | None]:
-    from xml_app import create_app
-    from xml_app.server import serve_app
-
-    try:
-        app = create_app(
-            settings, sup.state, records, push=sup.push_threadsafe, dial=sup.dial_threadsafe
-        )
-    except ConfigError as exc:
-        sup.say(f"answer_url app not started: {exc}")
-        return None, None
-    a = settings.app
-    try:
-        server = serve_app(
-            app,
-            a.listen_host,
-            a.listen_port,
-            a.threads,
-            max_connections=a.max_connections,
-            idle_timeout_s=a.idle_timeout_s,
-        )
-    except OSError as exc:
-        raise ConfigError(
-            f"app.listen_port: the answer_url app cannot listen on"
-            f" {a.listen_host}:{a.listen_port}: {exc.strerror or exc}"
-        ) from None
-    url = a.public_url or server.url
-    sup.say(f"answer_url app listening on {server.url}")
-    return server, url
-
-
-def run_supervisor(settings: Settings, workers: int | None = None) -> int:
-    """Run the pool until SIGTERM (drain) or SIGINT; returns the exit status."""
+def run_supervisor(
+    settings: Settings, workers: int | None = None, start_app: StartApp | None = None
+) -> int:
+    """Run the pool, with the answer_url app that ``start_app`` starts (when ``app.enabled``),
+    until SIGTERM (drain) or SIGINT; returns the exit status."""
     n = workers if workers is not None else (settings.pool.workers or auto_workers(settings))
-    return asyncio.run(_serve(settings, n))
+    return asyncio.run(_serve(settings, n, start_app))

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from typing import Protocol
 
 import numpy as np
@@ -23,10 +24,12 @@ from gateway.policy.transfer import (
     transfer_uri,
     uri_host,
 )
+from gateway.pool.outcomes import DialOutcome, DialStatus, PushOutcome, PushStatus
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, uses_vendors
 from gateway.records.recording import CallRecorder, recording_path
 from gateway.records.redact import redact
+from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle
 from gateway.sip.digest import inbound_credentials
@@ -179,7 +182,7 @@ class AgentWorker:
     def leg_changed(self, handle: CallHandle, up: bool) -> None:
         """A warm transfer's call to the human took or freed a call slot (pj thread)."""
         if self.listener is not None:
-            self.loop.call_soon_threadsafe(self.listener.leg_changed, handle, up)
+            self.loop.call_soon_threadsafe(self.listener.leg_changed, handle.sip_call_id, up)
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed (pj thread)."""
@@ -191,7 +194,7 @@ class AgentWorker:
         self.calls_total += 1
         self._start_recording(handle)
         if self.listener is not None:
-            self.listener.call_started(handle)
+            self.listener.call_started(start_record(handle, time.time()))
         session = CallSession(
             handle,
             stt=self.providers.stt,
@@ -264,14 +267,15 @@ class AgentWorker:
             rec = redact_turn(rec)
         _log_turn(rec)
         if self.listener is not None:
-            self.listener.turn_recorded(handle, rec)
+            turn = CallTurn(handle.sip_call_id, record_id(handle), rec.as_dict(), time.time())
+            self.listener.turn_recorded(turn)
 
     def _end(self, handle: CallHandle) -> None:
         task = self.sessions.get(handle.call_id)
         if task is not None:
             task.cancel()
         if self.listener is not None:
-            self.listener.call_ended(handle)
+            self.listener.call_ended(end_record(handle, time.time()))
 
     def _start_recording(self, handle: CallHandle) -> None:
         directory = self.settings.records.recording_dir
@@ -294,35 +298,34 @@ class AgentWorker:
             task.cancel()
             recorder.close()
 
-    def push(self, sip_call_id: str, payload: object) -> tuple[int, str]:
-        """Hand a reply the bot pushed to the brain of call `sip_call_id`; returns an HTTP
-        status (202, or 400/404/409) and why."""
+    def push(self, sip_call_id: str, payload: object) -> PushOutcome:
+        """Hand a reply the bot pushed to the brain of call `sip_call_id`."""
         if sip_call_id not in self.conversations:
-            return 404, "no call with that id is in progress"
+            return PushOutcome(PushStatus.NO_CALL, "no call with that id is in progress")
         if not isinstance(payload, dict):
-            return 400, "the reply is not a JSON object"
+            return PushOutcome(PushStatus.MALFORMED, "the reply is not a JSON object")
         try:
             accepted = self.providers.brain.deliver(sip_call_id, payload)
         except ProviderError as exc:
             if exc.kind == "malformed":
-                return 400, str(exc)
-            return 409, str(exc)
+                return PushOutcome(PushStatus.MALFORMED, str(exc))
+            return PushOutcome(PushStatus.REFUSED, str(exc))
         if not accepted:
-            return 404, "the call is over"
-        return 202, "accepted"
+            return PushOutcome(PushStatus.NO_CALL, "the call is over")
+        return PushOutcome(PushStatus.ACCEPTED, "accepted")
 
-    async def dial(self, uri: str, headers: dict[str, str], ref: str | None) -> tuple[int, str]:
-        """Place an outbound call; returns (201, SIP Call-ID) once the INVITE is sent, or
-        (400 bad URI / 503 no slot or not running, why).  Its outcome is reported later
-        through `call_ended` (handle.outcome)."""
+    async def dial(self, uri: str, headers: dict[str, str], ref: str | None) -> DialOutcome:
+        """Place an outbound call; answers once the INVITE is sent (with its SIP Call-ID).
+        Its outcome is reported later through `call_ended` (handle.outcome)."""
         if not uri.startswith(("sip:", "sips:")):
-            return 400, f"not a SIP URI: {uri!r}"
+            return DialOutcome(DialStatus.BAD_TARGET, f"not a SIP URI: {uri!r}")
         try:
             sip_call_id = await asyncio.wrap_future(self.ua.make_call(uri, headers, ref))
         except SipError as exc:
             text = str(exc)
-            return (400 if text.startswith("cannot call") else 503), text
-        return 201, sip_call_id
+            bad = text.startswith("cannot call")
+            return DialOutcome(DialStatus.BAD_TARGET if bad else DialStatus.UNAVAILABLE, text)
+        return DialOutcome(DialStatus.PLACED, sip_call_id=sip_call_id)
 
     def _finished(self, handle: CallHandle, task: asyncio.Task[None]) -> None:
         self._stop_recording(handle)
@@ -394,21 +397,55 @@ class _SipLegs:
 class WorkerListener(Protocol):
     """Told about calls and registration on the worker's event loop (pool reporting)."""
 
-    def call_started(self, handle: CallHandle) -> None:
+    def call_started(self, start: SipCallStart) -> None:
         """A call's conversation starts."""
 
-    def call_ended(self, handle: CallHandle) -> None:
+    def call_ended(self, end: SipCallEnd) -> None:
         """A call ended."""
 
-    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+    def leg_changed(self, sip_call_id: str, up: bool) -> None:
         """A call without a conversation (a warm transfer's call to the human) took a call
         slot (``up``) or freed it."""
 
     def registration_changed(self, registered: bool, status: str) -> None:
         """Registration state changed."""
 
-    def turn_recorded(self, handle: CallHandle, rec: TurnRecord) -> None:
+    def turn_recorded(self, turn: CallTurn) -> None:
         """An agent turn of a call is over (with its timings)."""
+
+
+def record_id(handle: CallHandle) -> str | None:
+    """Our id of the call in the records: the id the app gave a call it placed, else the
+    CallUUID of a call the app routed (None: a SIP-only call, recorded by its Call-ID)."""
+    if handle.outbound:
+        return handle.ref
+    return record_key(handle.context) or None
+
+
+def start_record(handle: CallHandle, at: float) -> SipCallStart:
+    """What the records keep of a call that starts at unix time ``at``."""
+    return SipCallStart(
+        sip_call_id=handle.sip_call_id,
+        call_uuid=record_id(handle),
+        # An outbound call's remote party is the callee.
+        from_uri=handle.local_uri if handle.outbound else handle.remote_uri,
+        to_uri=handle.remote_uri if handle.outbound else handle.local_uri,
+        at=at,
+        direction="outbound" if handle.outbound else "inbound",
+        recording=handle.recording or None,
+        headers=handle.context_headers() or None,
+    )
+
+
+def end_record(handle: CallHandle, at: float) -> SipCallEnd:
+    """What the records keep of a call that ended at unix time ``at``."""
+    return SipCallEnd(
+        sip_call_id=handle.sip_call_id,
+        call_uuid=record_id(handle),
+        reason=handle.end_reason,
+        at=at,
+        outcome=handle.outcome or None,
+    )
 
 
 def redact_turn(rec: TurnRecord) -> TurnRecord:

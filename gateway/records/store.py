@@ -58,8 +58,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 if TYPE_CHECKING:
@@ -71,7 +72,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "AmbiguousCallId",
     "CallRecords",
+    "CallTurn",
     "RecordsError",
+    "SipCallEnd",
+    "SipCallStart",
     "redact_url",
     "sip_key",
 ]
@@ -237,6 +241,52 @@ _CALL_COLUMNS: Final = (
 )
 
 _T = TypeVar("_T")
+
+
+# -- what a worker reports about its calls ------------------------------------------------
+# Each event travels from the worker to the supervisor as one of these (the pool's control
+# protocol encodes any field of them), and the supervisor stores it as it is: a new field is
+# added here, where `CallRecords` stores it, and where the worker produces its value.
+
+
+@dataclass(frozen=True)
+class SipCallStart:
+    """A worker's SIP call started (media is up).  ``call_uuid``: our id of the call (the
+    CallUUID of a call routed by the app, or the app's id of a call it placed), None for a
+    SIP-only call; ``recording``: where its recording is written; ``headers``: the X-
+    headers of its INVITE."""
+
+    sip_call_id: str
+    call_uuid: str | None
+    from_uri: str | None
+    to_uri: str | None
+    at: float
+    direction: Literal["inbound", "outbound"] = "inbound"
+    recording: str | None = None
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class SipCallEnd:
+    """A worker's SIP call ended: the SIP side's end ``reason``, and an outbound call's
+    ``outcome`` (answered | busy | no-answer | failed)."""
+
+    sip_call_id: str
+    call_uuid: str | None
+    reason: str | None
+    at: float
+    outcome: str | None = None
+
+
+@dataclass(frozen=True)
+class CallTurn:
+    """One agent turn of a call: a `TurnRecord.as_dict()` (the same turn number stored
+    again replaces the earlier version)."""
+
+    sip_call_id: str
+    call_uuid: str | None
+    turn: Mapping[str, Any]  # JSON, as `TurnRecord.as_dict()` makes it
+    at: float
 
 
 class RecordsError(Exception):
@@ -880,6 +930,44 @@ class CallRecords:
 
         self._run(body, write=True)
 
+    def sip_call_started(self, start: SipCallStart, worker: int | None) -> None:
+        """Worker ``worker`` answered a SIP call (an outbound call: the callee answered).
+        After :meth:`claim_gateway` the call names our gateway."""
+        self._write_sip(
+            start.call_uuid,
+            start.sip_call_id,
+            {
+                "worker": worker,
+                "sip_from": _text_or_none(start.from_uri),
+                "sip_to": _text_or_none(start.to_uri),
+                "start_at": start.at,
+                "recording": _text_or_none(start.recording),
+                "sip_headers": (
+                    json.dumps(dict(start.headers), sort_keys=True) if start.headers else None
+                ),
+                "gateway": self.gateway_id,
+            },
+            start.at,
+            ended=False,
+        )
+        if start.direction == "outbound":
+            self.outbound_answered(start.call_uuid, start.at)
+
+    def sip_call_ended(self, end: SipCallEnd, worker: int | None) -> None:
+        """Worker ``worker``'s SIP call ended."""
+        self._write_sip(
+            end.call_uuid,
+            end.sip_call_id,
+            {
+                "worker": worker,
+                "end_reason": _text_or_none(end.reason),
+                "sip_end_at": end.at,
+                "outcome": end.outcome,
+            },
+            end.at,
+            ended=True,
+        )
+
     def sip_started(
         self,
         call_uuid: str | None,
@@ -891,24 +979,9 @@ class CallRecords:
         recording: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
-        """A worker answered the SIP call ``sip_call_id`` (``call_uuid`` from X-PH-Calluuid);
-        ``recording`` is the path its recording is being written to, ``headers`` the X-
-        headers of its INVITE.  After :meth:`claim_gateway` the call names our gateway."""
-        self._write_sip(
-            call_uuid,
-            sip_call_id,
-            {
-                "worker": worker,
-                "sip_from": _text_or_none(from_uri),
-                "sip_to": _text_or_none(to_uri),
-                "start_at": at,
-                "recording": _text_or_none(recording),
-                "sip_headers": json.dumps(dict(headers), sort_keys=True) if headers else None,
-                "gateway": self.gateway_id,
-            },
-            at,
-            ended=False,
-        )
+        """:meth:`sip_call_started` field by field, for an inbound call."""
+        start = SipCallStart(sip_call_id, call_uuid, from_uri, to_uri, at)
+        self.sip_call_started(replace(start, recording=recording, headers=headers), worker)
 
     def sip_ended(
         self,
@@ -919,20 +992,8 @@ class CallRecords:
         at: float,
         outcome: str | None = None,
     ) -> None:
-        """A worker's SIP call ended (``reason``: the SIP side's end reason; ``outcome``:
-        an outbound call's answered | busy | no-answer | failed)."""
-        self._write_sip(
-            call_uuid,
-            sip_call_id,
-            {
-                "worker": worker,
-                "end_reason": _text_or_none(reason),
-                "sip_end_at": at,
-                "outcome": outcome,
-            },
-            at,
-            ended=True,
-        )
+        """:meth:`sip_call_ended` field by field."""
+        self.sip_call_ended(SipCallEnd(sip_call_id, call_uuid, reason, at, outcome), worker)
 
     def outbound_requested(
         self,
@@ -984,15 +1045,9 @@ class CallRecords:
             at,
         )
 
-    def add_turn(
-        self,
-        call_uuid: str | None,
-        sip_call_id: str,
-        turn: Mapping[str, Any],
-        at: float,
-    ) -> None:
-        """Store one agent turn of a call (a `TurnRecord.as_dict()`); the same turn number
-        stored again replaces the earlier version."""
+    def call_turn(self, rec: CallTurn) -> None:
+        """Store one agent turn of a call."""
+        turn = rec.turn
         values = [
             int(bool(turn.get(name))) if name in _TURN_FLAGS else turn.get(name)
             for name in _TURN_FIELDS
@@ -1010,12 +1065,22 @@ class CallRecords:
         )
 
         def body() -> None:
-            key = self._sip_row_key(call_uuid, sip_call_id)
-            self._upsert(key, {"sip_call_id": sip_call_id}, at)
+            key = self._sip_row_key(rec.call_uuid, rec.sip_call_id)
+            self._upsert(key, {"sip_call_id": rec.sip_call_id}, rec.at)
             row = self._db.query("SELECT id FROM calls WHERE call_uuid = ?", (key,))[0]
-            self._db.execute(sql, [row["id"], number, *values, actions, at])
+            self._db.execute(sql, [row["id"], number, *values, actions, rec.at])
 
         self._run(body, write=True)
+
+    def add_turn(
+        self,
+        call_uuid: str | None,
+        sip_call_id: str,
+        turn: Mapping[str, Any],
+        at: float,
+    ) -> None:
+        """:meth:`call_turn` field by field."""
+        self.call_turn(CallTurn(sip_call_id, call_uuid, turn, at))
 
     # --- reads ------------------------------------------------------------------------
     @staticmethod

@@ -8,6 +8,7 @@ from typing import Any
 from flask.testing import FlaskClient
 
 from gateway.policy.outbound import CpsLimiter
+from gateway.pool.outcomes import DialOutcome, DialStatus
 from gateway.records.store import CallRecords
 from sip_config import Settings
 from tests.helpers.app import FakeClock, make_pool
@@ -15,16 +16,17 @@ from xml_app import create_app
 from xml_app.calls_api import CallsApi
 
 KEY = "outbound-test-key"
+PLACED = DialOutcome(DialStatus.PLACED, sip_call_id="sip-call-id-1")
 
 
 class FakeDial:
     """Stands in for the supervisor's dial: records requests, answers a set result."""
 
-    def __init__(self, result: tuple[int, str] = (201, "sip-call-id-1")) -> None:
+    def __init__(self, result: DialOutcome = PLACED) -> None:
         self.result = result
         self.requests: list[tuple[str, str, dict[str, str]]] = []
 
-    def __call__(self, call_id: str, uri: str, headers: dict[str, str]) -> tuple[int, str]:
+    def __call__(self, call_id: str, uri: str, headers: dict[str, str]) -> DialOutcome:
         self.requests.append((call_id, uri, headers))
         return self.result
 

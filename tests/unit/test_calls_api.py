@@ -17,6 +17,7 @@ import pytest
 
 from gateway.plivo.callcontext import decode_call_context, record_key
 from gateway.policy.outbound import CpsLimiter
+from gateway.pool.outcomes import DialOutcome, DialStatus
 from gateway.records.store import CallRecords
 from sip_config import ConfigError, Route, Settings
 from tests.fakes.plivo_api import FakePlivoApi
@@ -182,13 +183,16 @@ def test_cps_queue_full_is_429_and_recorded(tmp_path: Path, records: CallRecords
 
 
 def test_dial_failure_is_passed_on_and_recorded(tmp_path: Path, records: CallRecords) -> None:
-    dial = FakeDial((503, "no worker can place a call now"))
+    dial = FakeDial(DialOutcome(DialStatus.UNAVAILABLE, "no worker can place a call now"))
     client = client_for(outbound_settings(tmp_path), records, dial)
     status, body = post(client, {"to": "+12125550111"})
     assert status == 503 and body["error"] == "no worker can place a call now"
     record = records.get(body["call_id"])
     assert record is not None and record["outcome"] == "failed"
     assert record["end_reason"] == "no worker can place a call now"
+    dial.result = DialOutcome(DialStatus.BAD_TARGET, "cannot call sip:x@y: bad URI")
+    status, body = post(client, {"to": "sip:x@y"})
+    assert (status, body["error"], body["outcome"]) == (400, dial.result.reason, "failed")
 
 
 def test_a_malformed_dnc_file_is_a_config_error(tmp_path: Path, records: CallRecords) -> None:

@@ -12,6 +12,7 @@ import gateway.pool.supervisor
 from gateway import cli
 from gateway.cli import build_parser, main
 from sip_config import Settings
+from xml_app.pool_app import start_pool_app
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +23,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
 
-    def no_sip(settings: Settings, workers: int | None = None) -> int:
+    def no_sip(settings: Settings, workers: int | None = None, start_app: object = None) -> int:
         raise AssertionError("the pool would have started")
 
     monkeypatch.setattr(gateway.pool.supervisor, "run_supervisor", no_sip)
@@ -192,9 +193,10 @@ def test_serve_listen_overrides_reach_the_pool(monkeypatch: pytest.MonkeyPatch) 
     """With valid settings `serve` hands them to the supervisor (stubbed here: no SIP)."""
     seen: dict[str, Any] = {}
 
-    def fake_run_supervisor(settings: Settings, workers: int | None) -> int:
+    def fake_run_supervisor(settings: Settings, workers: int | None, start_app: object) -> int:
         seen["settings"] = settings
         seen["workers"] = workers
+        seen["start_app"] = start_app
         return 7
 
     monkeypatch.setattr(gateway.pool.supervisor, "run_supervisor", fake_run_supervisor)
@@ -206,6 +208,7 @@ def test_serve_listen_overrides_reach_the_pool(monkeypatch: pytest.MonkeyPatch) 
     assert settings.sip.listen_host == "127.0.0.2"
     assert settings.sip.listen_port == 5099
     assert seen["workers"] == 3
+    assert seen["start_app"] is start_pool_app  # the answer_url app, for app.enabled
 
 
 @pytest.mark.parametrize("workers", ["0", "-2", "many"])

@@ -14,6 +14,7 @@ from gateway.policy.outbound import (
     CpsLimiter,
     DncList,
     OutboundPolicy,
+    RefusalKind,
     TokenBucket,
     callee_number,
     calling_hours_refusal,
@@ -79,7 +80,7 @@ def test_hours_window_in_the_callee_zone() -> None:
     assert calling_hours_refusal(ts(ny, 2026, 6, 3, 9, 0), ny, "09:00", "20:00") is None
     assert calling_hours_refusal(ts(ny, 2026, 6, 3, 19, 59), ny, "09:00", "20:00") is None
     late = calling_hours_refusal(ts(ny, 2026, 6, 3, 20, 0), ny, "09:00", "20:00")
-    assert late is not None and late.status == 403
+    assert late is not None and late.kind is RefusalKind.OUTSIDE_HOURS
     assert "20:00 in America/New_York" in late.reason
     early = calling_hours_refusal(ts(ny, 2026, 6, 3, 8, 59), ny, "09:00", "20:00")
     assert early is not None

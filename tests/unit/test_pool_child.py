@@ -10,8 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.plivo.callcontext import encode_sip_headers
-from gateway.pool.child import _Reporter, worker_settings
+from gateway.pool.child import worker_settings
+from gateway.pool.protocol import BehindEdge, Start
 from gateway.pool.supervisor import Supervisor
+from gateway.pool.worker import end_record, record_id, start_record
 from gateway.sip.calls import CallHandle
 from sip_config import load_settings
 
@@ -29,34 +31,40 @@ def handle(sip_headers: str, outbound: bool = False, ref: str = "") -> CallHandl
 def test_a_call_placed_through_plivo_is_reported_under_the_apps_id() -> None:
     # The worker knows Plivo's CallUUID (for transfers) but the record is the app's.
     placed = handle(encode_sip_headers(PLIVO_UUID, "+1", "+2", record_id=OURS))
-    assert _Reporter._ids(placed) == {"sip_call_id": "c1@host", "call_uuid": OURS}
+    start = start_record(placed, 1.0)
+    assert (start.sip_call_id, start.call_uuid, start.direction) == ("c1@host", OURS, "inbound")
     inbound = handle(encode_sip_headers(PLIVO_UUID, "+1", "+2"))
-    assert _Reporter._ids(inbound)["call_uuid"] == PLIVO_UUID
-    assert _Reporter._ids(handle(""))["call_uuid"] is None
-    assert _Reporter._ids(handle("", outbound=True, ref=OURS))["call_uuid"] == OURS
+    assert record_id(inbound) == end_record(inbound, 2.0).call_uuid == PLIVO_UUID
+    assert record_id(handle("")) is None
+    outbound = start_record(handle("", outbound=True, ref=OURS), 3.0)
+    assert (outbound.call_uuid, outbound.direction) == (OURS, "outbound")
+    # An outbound call's remote party is the callee.
+    assert (outbound.from_uri, outbound.to_uri) == ("sip:agent@host", "sip:caller@host")
 
 
 def test_a_worker_behind_the_edge_takes_media_where_it_is_told() -> None:
     settings = load_settings(None, env_file=None, overrides={"sip": {"public_host": "192.0.2.9"}})
-    command = {
-        "sip_port": 5071,
-        "rtp_port_start": 20000,
-        "rtp_port_range": 100,
-        "sip_host": "127.0.0.1",
-        "media_host": "10.0.0.5",
-        "media_public_host": "192.0.2.9",
-    }
-    sip = worker_settings(settings, command).sip
-    assert (sip.listen_host, sip.public_host) == ("127.0.0.1", None)
+    edge = BehindEdge(
+        sip_host="127.0.0.1",
+        allow_networks=("127.0.0.1/32",),
+        outbound_proxy="sip:127.0.0.1:5060;lr",
+        media_host="10.0.0.5",
+        media_public_host="192.0.2.9",
+    )
+    sip = worker_settings(settings, Start(0, 5071, 20000, 100, edge=edge)).sip
+    assert (sip.listen_host, sip.public_host, sip.listen_port) == ("127.0.0.1", None, 5071)
     assert (sip.media_host, sip.media_public_host) == ("10.0.0.5", "192.0.2.9")
+    assert sip.allow_networks == ["127.0.0.1/32"]
+    assert sip.outbound_proxy == "sip:127.0.0.1:5060;lr"
 
 
 def test_a_worker_behind_the_edge_leaves_the_callers_credentials_to_the_edge() -> None:
     auth = {"username": "plivo", "password": "s3cret-pass-42"}
     settings = load_settings(None, env_file=None, overrides={"sip": {"inbound_auth": auth}})
-    command = {"sip_port": 5071, "rtp_port_start": 20000, "rtp_port_range": 100}
-    assert worker_settings(settings, command).sip.inbound_auth.enabled
-    behind_edge = worker_settings(settings, {**command, "inbound_auth": False}).sip
+    start = Start(0, 5071, 20000, 100)
+    assert worker_settings(settings, start).sip.inbound_auth.enabled
+    edge = BehindEdge("127.0.0.1", ("127.0.0.1/32",), "sip:127.0.0.1:5060;lr", None, None)
+    behind_edge = worker_settings(settings, Start(0, 5071, 20000, 100, edge=edge)).sip
     assert not behind_edge.inbound_auth.enabled
 
 

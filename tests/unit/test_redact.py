@@ -14,6 +14,7 @@ from gateway.pipeline.session import TurnRecord
 from gateway.pool.worker import AgentWorker, redact_turn
 from gateway.providers.registry import Providers
 from gateway.records.redact import CARD, EMAIL, NUMBER, PHONE, luhn_valid, redact
+from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
 from gateway.sip.calls import CallHandle
 from sip_config import load_settings
 
@@ -114,22 +115,22 @@ def test_redact_turn_copies_the_record_with_both_texts_redacted() -> None:
 
 class _Listener:
     def __init__(self) -> None:
-        self.turns: list[TurnRecord] = []
+        self.turns: list[CallTurn] = []
 
-    def call_started(self, handle: CallHandle) -> None:
+    def call_started(self, start: SipCallStart) -> None:
         pass
 
-    def call_ended(self, handle: CallHandle) -> None:
+    def call_ended(self, end: SipCallEnd) -> None:
         pass
 
-    def leg_changed(self, handle: CallHandle, up: bool) -> None:
+    def leg_changed(self, sip_call_id: str, up: bool) -> None:
         pass
 
     def registration_changed(self, registered: bool, status: str) -> None:
         pass
 
-    def turn_recorded(self, handle: CallHandle, rec: TurnRecord) -> None:
-        self.turns.append(rec)
+    def turn_recorded(self, turn: CallTurn) -> None:
+        self.turns.append(turn)
 
 
 @pytest.mark.parametrize("redact_pii", [True, False])
@@ -143,7 +144,8 @@ def test_worker_redacts_the_logged_and_reported_turn(
     async def run() -> None:
         # No SIP is started: only the turn path of the worker is exercised.
         worker = AgentWorker(settings, cast(Providers, None), listener=listener)
-        worker._turn(cast(CallHandle, None), _record(user_text=said, agent_text="Noted."))
+        call = CallHandle(0, "c1@host", "sip:caller@host", "sip:agent@host")
+        worker._turn(call, _record(user_text=said, agent_text="Noted."))
 
     with caplog.at_level(logging.INFO, logger="sipagent"):
         asyncio.run(run())
@@ -151,5 +153,6 @@ def test_worker_redacts_the_logged_and_reported_turn(
     logged = json.loads(line.removeprefix("TURN "))
     (reported,) = listener.turns
     expected = f"mail me at {EMAIL}, card {CARD}" if redact_pii else said
-    assert logged["user_text"] == reported.user_text == expected
+    assert logged["user_text"] == reported.turn["user_text"] == expected
+    assert reported.sip_call_id == "c1@host"
     assert logged["agent_text"] == "Noted."

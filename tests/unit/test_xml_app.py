@@ -21,6 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.plivo.callcontext import decode_call_context
+from gateway.pool.outcomes import PushOutcome, PushStatus
 from gateway.pool.state import DialTarget, PoolState
 from gateway.records.store import CallRecords
 from sip_config import ConfigError
@@ -741,9 +742,9 @@ class Pushes:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.answer = (202, "accepted")
+        self.answer = PushOutcome(PushStatus.ACCEPTED, "accepted")
 
-    def __call__(self, call_id: str, payload: dict[str, Any]) -> tuple[int, str]:
+    def __call__(self, call_id: str, payload: dict[str, Any]) -> PushOutcome:
         self.calls.append((call_id, payload))
         return self.answer
 
@@ -763,10 +764,15 @@ def test_a_pushed_reply_reaches_the_pool_with_the_bearer_token(tmp_path: Path) -
         ok = client.post("/bot/calls/abc%2F1@host/reply", json={"text": "Ten."}, headers=auth)
         assert ok.status_code == 202 and ok.get_json() == {"status": "accepted"}
         assert pushes.calls == [("abc/1@host", {"text": "Ten."})]
-        for answer in ((404, "no call with that id is in progress"), (400, "bad 'text'")):
+        for status, answer in (
+            (404, PushOutcome(PushStatus.NO_CALL, "no call with that id is in progress")),
+            (400, PushOutcome(PushStatus.MALFORMED, "bad 'text'")),
+            (409, PushOutcome(PushStatus.REFUSED, "this brain takes no pushed replies")),
+            (503, PushOutcome(PushStatus.UNAVAILABLE, "the worker pool did not answer")),
+        ):
             pushes.answer = answer
             r = client.post("/bot/calls/x/reply", json={"text": 5}, headers=auth)
-            assert (r.status_code, r.get_json()) == (answer[0], {"error": answer[1]})
+            assert (r.status_code, r.get_json()) == (status, {"error": answer.reason})
         # Refused before the pool is asked: bad tokens, a body that is not a JSON object.
         before = len(pushes.calls)
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": PUSH_TOKEN}):
@@ -829,9 +835,9 @@ def test_dcs_response_hands_ocs_replies_to_the_call_named_in_the_body(tmp_path: 
             ("rec-1", reply),
             ("uuid-1", {"text": "Bye.", "actions": ["hangup"]}),
         ]
-        pushes.answer = (404, "no call with that id is in progress")
+        pushes.answer = PushOutcome(PushStatus.NO_CALL, "no call with that id is in progress")
         r = client.post("/dcs/response", json={"call_id": "gone", "text": "a"}, headers=auth)
-        assert (r.status_code, r.get_json()["error"]) == (404, pushes.answer[1])
+        assert (r.status_code, r.get_json()["error"]) == (404, pushes.answer.reason)
         before = len(pushes.calls)
         for body in ({"text": "a"}, {"call_id": 5, "text": "a"}, {"call_id": " ", "text": "a"}):
             r = client.post("/dcs/response", json=body, headers=auth)
