@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -138,22 +139,56 @@ def test_unpaced_tts_yields_everything_at_once() -> None:
     assert chunks[-1][0] - start < 0.05
 
 
+class _VirtualTime:
+    """The clock FakeTts paces itself by, moved only by its sleeps; the sleep after chunk
+    ``i`` oversleeps by ``late[i]`` seconds (a loaded machine), so a test sees where the
+    next chunks land without waiting on, or being disturbed by, the wall clock."""
+
+    def __init__(self, late: dict[int, float]) -> None:
+        self.now = 1000.0
+        self.sleeps = 0
+        self.late = late
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.now += max(delay, 0.0) + self.late.get(self.sleeps, 0.0)
+        self.sleeps += 1
+
+
 @pytest.mark.parametrize(("speed", "chunk_ms"), [(1.0, 100), (2.0, 200), (4.0, 200)])
 def test_paced_tts_keeps_ahead_of_real_time_on_an_absolute_schedule(
-    speed: float, chunk_ms: int
+    speed: float, chunk_ms: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    text = "x" * 20  # 1.2 s of audio
-    tts = FakeTts(speed=speed, chunk_ms=chunk_ms)
-    start, chunks = asyncio.run(_collect(tts, text))
+    import gateway.providers.fake as fake
+
+    # Sleep 0 is the first-byte delay; sleep 2 (before the third chunk) runs 70 ms late.
+    clock = _VirtualTime({2: 0.07})
+    monkeypatch.setattr(fake, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(fake, "asyncio", SimpleNamespace(sleep=clock.sleep))
+
+    async def collect() -> list[tuple[float, bytes]]:
+        return [
+            (clock.monotonic(), c)
+            async for c in FakeTts(speed=speed, chunk_ms=chunk_ms).synthesize("x" * 20)
+        ]  # 1.2 s of audio
+
+    start = clock.now
+    chunks = asyncio.run(collect())
     n = 1200 // chunk_ms
     assert len(chunks) == n
     interval = chunk_ms / 1000.0 / speed
+    late_chunk = 2
     for i, (at, chunk) in enumerate(chunks):
         assert len(chunk) == chunk_ms * SAMPLE_RATE * 2 // 1000
-        # never late by more than scheduling noise, never early
-        assert i * interval - 0.005 <= at - start <= i * interval + 0.06
+        expected = i * interval
+        if i >= late_chunk:  # what the late chunk's schedule had passed goes out at once
+            expected = max(expected, late_chunk * interval + 0.07)
+        # On the schedule: the late chunk is late, the ones after it catch up (no drift).
+        assert at - start == pytest.approx(expected, abs=1e-9), i
         # the audio delivered so far always covers the time elapsed since the first chunk
-        assert (i + 1) * chunk_ms / 1000.0 >= (at - start) * 1.0
+        assert (i + 1) * chunk_ms / 1000.0 >= at - start
 
 
 def test_realtime_flag_means_speed_one() -> None:
