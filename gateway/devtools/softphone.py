@@ -533,6 +533,7 @@ def run_softphone(uri: str, script: CallScript) -> int:
         return 1
     phone = Softphone(uri, script)
     previous = signal.signal(signal.SIGUSR1, lambda _sig, _frame: phone.released.set())
+    rc = 1
     try:
         rc = phone.run(dialer, clips)
         if phone.call is not None and not phone.call.confirmed_at:
@@ -541,3 +542,10 @@ def run_softphone(uri: str, script: CallScript) -> int:
     finally:
         signal.signal(signal.SIGUSR1, previous)
         dialer.stop()
+        if dialer.pj.alive:
+            # The report is out, but pjsua2 did not shut down in time: leave now rather than
+            # let the interpreter's teardown wait on a library stuck in its own threads.
+            print("sipagent call: the SIP stack did not stop in time", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
