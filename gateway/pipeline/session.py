@@ -25,20 +25,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE, split_frames
-from gateway.audio.ring import PlayoutRing
+from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE
+from gateway.pipeline.transport import CallLeg, CallTransport, WarmLegs
 from gateway.pipeline.turns import TurnDetector
-from gateway.policy.transfer import (
-    TransferError,
-    TransferOutcome,
-    Transferrer,
-    WarmLegs,
-    transfer_target,
-)
+from gateway.policy.transfer import TransferError, TransferOutcome, transfer_target
 from gateway.providers.base import (
     Brain,
     BrainReply,
-    CallContext,
     DigitCollect,
     KeyInput,
     ProviderError,
@@ -48,7 +41,6 @@ from gateway.providers.base import (
     TtsProvider,
 )
 from gateway.providers.textchunks import SentenceCutter
-from gateway.sip.calls import CallHandle
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +133,16 @@ class CallSession:
 
     def __init__(
         self,
-        handle: CallHandle,
+        call: CallTransport,
         *,
         stt: SttProvider,
         tts: TtsProvider,
         brain: Brain,
         options: ConversationOptions,
-        hangup: Callable[[str], None],
-        send_dtmf: Callable[[str], None] | None = None,
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
-        transfer: Transferrer | None = None,
-        warm: WarmLegs | None = None,
     ) -> None:
-        self.handle = handle
-        self._transfer_cb = transfer
-        self._warm = warm
+        self.call = call
         self._transferring = False
         self._bridged = False  # warm-transferred: the caller talks with the human now
         self.transfers: list[TransferOutcome] = []
@@ -166,21 +152,8 @@ class CallSession:
         self.tts = tts
         self.brain = brain
         self.opt = options
-        self._hangup_cb = hangup
-        self._send_dtmf_cb = send_dtmf
         self._on_turn = on_turn
-        plivo = dict(handle.context)
-        self.ctx = CallContext(
-            call_id=handle.sip_call_id,
-            from_uri=handle.remote_uri,
-            to_uri=handle.local_uri,
-            headers=handle.context_headers(),
-            call_uuid=plivo.pop("call_uuid", ""),
-            from_number=plivo.pop("from", ""),
-            to_number=plivo.pop("to", ""),
-            plivo=plivo,
-            record_id=(handle.ref if handle.outbound else None) or plivo.get("record_id", ""),
-        )
+        self.ctx = call.context
         self.detector = options.turn_detector()
         self._stt: SttStream | None = None
         # Transcripts of earlier pieces of the turn in progress, finalised early (in pauses).
@@ -218,8 +191,8 @@ class CallSession:
     async def run(self) -> None:
         """Converse until cancelled (the call ended)."""
         loop = asyncio.get_running_loop()
-        self.handle.inbound.bind(loop)
-        self.handle.keys.bind(loop)
+        self.call.inbound.bind(loop)
+        self.call.keys.bind(loop)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._listen(), name="listen")
@@ -239,19 +212,19 @@ class CallSession:
                 await reply
         with contextlib.suppress(Exception):
             await self._drop_stt()
-        self.handle.playout.clear()
+        self.call.playout.clear()
         try:
             self.brain.forget(self.ctx.call_id)
         except Exception:
-            log.exception("call %s: brain.forget failed", self.handle.sip_call_id)
+            log.exception("call %s: brain.forget failed", self.call.call_id)
 
     # -- listening --------------------------------------------------------------------------
     def agent_speaking(self) -> bool:
         """True while agent audio is being produced or still queued for the wire."""
-        return self._speaking or len(self.handle.playout) > 0
+        return self._speaking or len(self.call.playout) > 0
 
     async def _listen(self) -> None:
-        inbound = self.handle.inbound
+        inbound = self.call.inbound
         det = self.detector
         while True:
             frame = await inbound.get()
@@ -333,7 +306,7 @@ class CallSession:
                 self._barge_in()
         self._stt_ended = True
         speech_ms = self.detector.split()
-        log.debug("call %s: the recogniser ended the turn", self.handle.sip_call_id)
+        log.debug("call %s: the recogniser ended the turn", self.call.call_id)
         self._answer(stt, parts, speech_ms=speech_ms, wait_ms=wait_ms, now=now, barge_in=barge_in)
 
     def _answer(
@@ -348,7 +321,7 @@ class CallSession:
     ) -> None:
         """Start the reply to the caller turn that just ended (`wait_ms` after its speech)."""
         rec = TurnRecord(
-            call_id=self.handle.sip_call_id,
+            call_id=self.call.call_id,
             turn=0,
             kind="reply",
             speech_ms=speech_ms,
@@ -390,14 +363,14 @@ class CallSession:
             part.cancel()
 
     def _barge_in(self) -> None:
-        dropped = self.handle.playout.clear()
+        dropped = self.call.playout.clear()
         self.barge_ins += 1
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()
         self._speaking = False
         log.info(
             "call %s: barge-in, dropped %d ms of agent audio",
-            self.handle.sip_call_id,
+            self.call.call_id,
             dropped * FRAME_MS,
         )
 
@@ -433,7 +406,7 @@ class CallSession:
         self._speaking = False
         log.error(
             "call %s: agent turn failed (%d in a row): %s",
-            self.handle.sip_call_id,
+            self.call.call_id,
             self._failures,
             why or (exc if isinstance(exc, ProviderError) else repr(exc)),
             exc_info=not why and not isinstance(exc, ProviderError),
@@ -450,7 +423,7 @@ class CallSession:
         pcm = self.prompts.goodbye if final else self.prompts.apology
         self._turns += 1
         rec = TurnRecord(
-            call_id=self.handle.sip_call_id,
+            call_id=self.call.call_id,
             turn=self._turns,
             kind="failure-goodbye" if final else "apology",
             agent_text=text,
@@ -463,11 +436,11 @@ class CallSession:
 
     # -- agent turns ------------------------------------------------------------------------
     async def _greet(self) -> None:
-        rec = TurnRecord(call_id=self.handle.sip_call_id, turn=0, kind="greeting")
+        rec = TurnRecord(call_id=self.call.call_id, turn=0, kind="greeting")
         t0 = time.monotonic()
         reply = await self.brain.greeting(self.ctx)
         rec.brain_ms = _ms(time.monotonic() - t0)
-        start = self.handle.answered_at or t0
+        start = self.call.answered_at or t0
         await self._deliver(reply, rec, start, time.monotonic())
 
     async def _respond(
@@ -498,7 +471,7 @@ class CallSession:
         if not text and rec.speech_ms < self.opt.min_unrecognised_ms and not rec.barge_in:
             log.debug(
                 "call %s: ignored %d ms of unrecognised sound",
-                self.handle.sip_call_id,
+                self.call.call_id,
                 rec.speech_ms,
             )
             return
@@ -570,7 +543,7 @@ class CallSession:
             self._carry_text = ""
             if isinstance(exc, asyncio.CancelledError):
                 rec.interrupted = True
-                rec.first_audio_at = round(self.handle.playout.marked_at, 4)
+                rec.first_audio_at = round(self.call.playout.marked_at, 4)
                 self._record(rec)
             raise
         self._carry_text = ""
@@ -621,7 +594,7 @@ class CallSession:
             first_chunk_at, first_wire_at = await speech
         except asyncio.CancelledError:
             rec.interrupted = True
-            rec.first_audio_at = round(self.handle.playout.marked_at, 4)
+            rec.first_audio_at = round(self.call.playout.marked_at, 4)
             self._record(rec)
             raise
         if first_chunk_at and tts_from:
@@ -647,9 +620,9 @@ class CallSession:
 
     async def _run_actions(self, reply: BrainReply) -> None:
         self._failures = 0
-        if reply.send_dtmf and self._send_dtmf_cb is not None:
-            log.info("call %s: sending DTMF %s", self.handle.sip_call_id, reply.send_dtmf)
-            self._send_dtmf_cb(reply.send_dtmf)
+        if reply.send_dtmf:
+            log.info("call %s: sending DTMF %s", self.call.call_id, reply.send_dtmf)
+            self.call.send_dtmf(reply.send_dtmf)
         if reply.pending_s is not None:
             self._push_due = time.monotonic() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
@@ -670,19 +643,20 @@ class CallSession:
         """Hand the caller to a human (after the handover line was spoken). Success ends
         the call ("transferred to <uri>"); failure says `transfer_failed_text` and the
         conversation goes on."""
-        sip_call_id = self.handle.sip_call_id
+        sip_call_id = self.call.call_id
         self._transferring = True
         try:
-            if self._transfer_cb is None and self._warm is None:
+            cold, warm = self.call.cold_transfer, self.call.warm_legs
+            if cold is None and warm is None:
                 outcome = TransferOutcome(False, detail="transfer is not configured")
             else:
                 try:
                     async with asyncio.timeout(self.opt.transfer_timeout_s):
-                        if self._warm is not None:
-                            outcome = await self._warm_transfer(self._warm, target)
+                        if warm is not None:
+                            outcome = await self._warm_transfer(warm, target)
                         else:
-                            assert self._transfer_cb is not None
-                            outcome = await self._transfer_cb(target)
+                            assert cold is not None
+                            outcome = await cold(target)
                 except TimeoutError:
                     outcome = TransferOutcome(
                         False, detail=f"no outcome within {self.opt.transfer_timeout_s:g} s"
@@ -736,12 +710,12 @@ class CallSession:
             hold.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await hold
-            self.handle.playout.clear()
+            self.call.playout.clear()
 
     async def _play_loop(self, pcm: bytes) -> None:
         """Play `pcm` to the caller over and over until cancelled."""
         while True:
-            await _queue_audio(self.handle.playout, pcm)
+            await self.call.playout.capture(pcm)
 
     async def _warm_legs(self, legs: WarmLegs, uri: str) -> TransferOutcome:
         human = await legs.dial(uri)
@@ -777,20 +751,19 @@ class CallSession:
             text += " They said: " + "; ".join(said) + "."
         return text + " Connecting you now."
 
-    async def _speak_to(self, leg: CallHandle, text: str) -> None:
+    async def _speak_to(self, leg: CallLeg, text: str) -> None:
         """Speak `text` on another call (the human's leg) and wait until it has played."""
         playout = leg.playout
         chunks = self.tts.synthesize(text)
         try:
             async for pcm in chunks:
-                if not await _queue_audio(playout, pcm, gone=lambda: bool(leg.ended_at)):
+                if not await playout.capture(pcm):
                     raise TransferError("the human hung up")
         finally:
             aclose = getattr(chunks, "aclose", None)
             if aclose is not None:
                 await aclose()
-        while len(playout) > 0 and not leg.ended_at:
-            await asyncio.sleep(FRAME_MS / 1000.0)
+        await playout.played_out()
 
     def _record(self, rec: TurnRecord) -> None:
         self.records.append(rec)
@@ -812,7 +785,7 @@ class CallSession:
     ) -> tuple[float, float]:
         """Stream TTS of `text` (or of each piece, in order, as the pieces arrive) into the
         playout ring; return (first chunk time, first on-wire time)."""
-        playout = self.handle.playout
+        playout = self.call.playout
         first_chunk_at = 0.0
         first_wire_at = 0.0
         try:
@@ -831,15 +804,14 @@ class CallSession:
                             playout.max_gap = 0.0
                             if self._deadline is not None:
                                 self._deadline.reschedule(None)  # audio is flowing
-                        await _queue_audio(playout, pcm)
+                        await playout.capture(pcm)
                 finally:
                     # Stop the synthesis now, not when the generator is garbage-collected.
                     aclose = getattr(chunks, "aclose", None)
                     if aclose is not None:
                         await aclose()
             # Let the queued audio play out; barge-in cancels us here too.
-            while len(playout) > 0:
-                await asyncio.sleep(FRAME_MS / 1000.0)
+            await playout.played_out()
             first_wire_at = playout.marked_at if first_chunk_at else 0.0
             self._last_gap_ms = _ms(playout.max_gap)
         finally:
@@ -850,7 +822,7 @@ class CallSession:
     # -- keypad -----------------------------------------------------------------------------
     async def _keys(self) -> None:
         """Take the caller's keys; end a keypad entry when its inter-digit timeout passes."""
-        queue = self.handle.keys
+        queue = self.call.keys
         while True:
             if self._keys_buf and self._collect is not None:
                 try:
@@ -874,7 +846,7 @@ class CallSession:
         self.keys_pressed += 1
         self._last_activity = now
         self._no_input_attempts = 0
-        log.info("call %s: caller pressed %s (%s)", self.handle.sip_call_id, key, method)
+        log.info("call %s: caller pressed %s (%s)", self.call.call_id, key, method)
         late, self._late_terminator = self._late_terminator, None
         if late is not None and key == late[0] and now < late[1]:
             return  # the terminator of the entry that just ended at max_digits
@@ -912,7 +884,7 @@ class CallSession:
     def _submit_keys(self, keys: KeyInput) -> None:
         now = time.monotonic()
         rec = TurnRecord(
-            call_id=self.handle.sip_call_id,
+            call_id=self.call.call_id,
             turn=0,
             kind="keys",
             user_text=f"[keys] {keys.digits}"
@@ -967,14 +939,14 @@ class CallSession:
                 continue
             assert reply is not None
             now = time.monotonic()
-            rec = TurnRecord(call_id=self.handle.sip_call_id, turn=0, kind="pushed")
+            rec = TurnRecord(call_id=self.call.call_id, turn=0, kind="pushed")
             self._start_reply(self._deliver(reply, rec, now, now))
 
     # -- no input and hang-up ---------------------------------------------------------------
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
-            if self.handle.on_hold:
+            if self.call.on_hold:
                 # The caller put us on hold: no "are you there?" until they are back.
                 self._last_activity = time.monotonic()
                 continue
@@ -994,7 +966,7 @@ class CallSession:
             self._no_input_attempts += 1
             reply = await self.brain.no_input(self.ctx, self._no_input_attempts)
             rec = TurnRecord(
-                call_id=self.handle.sip_call_id,
+                call_id=self.call.call_id,
                 turn=0,
                 kind="reprompt" if "hangup" not in reply.actions else "goodbye",
             )
@@ -1006,27 +978,13 @@ class CallSession:
         if self._hanging_up:
             return
         self._hanging_up = True
-        log.info("call %s: hanging up (%s)", self.handle.sip_call_id, reason)
-        self._hangup_cb(reason)
+        log.info("call %s: hanging up (%s)", self.call.call_id, reason)
+        self.call.hangup(reason)
 
 
 def _actions_of(reply: BrainReply) -> list[str]:
     """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
     return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
-
-
-async def _queue_audio(
-    playout: PlayoutRing, pcm: bytes, gone: Callable[[], bool] | None = None
-) -> bool:
-    """Queue `pcm` frame by frame as the ring makes room (one frame time per wait); False,
-    with the rest not queued, if `gone()` turns true while waiting (the call ended)."""
-    for frame in split_frames(pcm):
-        while playout.free == 0:
-            if gone is not None and gone():
-                return False
-            await asyncio.sleep(FRAME_MS / 1000.0)
-        playout.put(frame)
-    return True
 
 
 async def _said_nothing() -> tuple[float, float]:
