@@ -38,21 +38,11 @@ log = logging.getLogger("sipagent")
 
 def conversation_options(s: Settings) -> ConversationOptions:
     """Turn-taking options from settings."""
-    return ConversationOptions(
-        aggressiveness=s.vad.aggressiveness,
-        min_speech_ms=s.vad.min_speech_ms,
-        end_of_turn_ms=s.vad.end_of_turn_ms,
-        barge_in_min_speech_ms=s.vad.barge_in_min_speech_ms,
-        preroll_ms=s.vad.preroll_ms,
-        early_final_ms=s.vad.early_final_ms,
-        max_utterance_ms=int(s.vad.max_utterance_s * 1000),
-        no_input_timeout_s=s.conversation.no_input_timeout_s,
-        max_failures=s.conversation.max_failures,
+    return ConversationOptions.from_settings(
+        s.vad,
+        s.conversation,
+        s.transfer,
         reply_deadline_s=s.conversation.max_vendor_silence_s if uses_vendors(s) else None,
-        transfer_timeout_s=s.transfer.timeout_s,
-        transfer_failed_text=s.transfer.failed_text,
-        warm_intro_text=s.transfer.warm_intro_text,
-        warm_ring_timeout_s=s.transfer.ring_timeout_s,
     )
 
 

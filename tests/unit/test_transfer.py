@@ -479,7 +479,7 @@ def test_warm_transfer_briefs_the_human_then_bridges(speech_8k: Speak) -> None:
             assert reason == "transferred to sip:+14155550100@pbx.example.com (warm)"
             # The human heard the whole summary (FakeTts: 3 frames per character) before
             # the bridge, and nothing is left to play.
-            summary = call.session._warm_summary()
+            summary = call.session.warm_summary()
             assert summary.startswith("Hi. They are calling from +14155550123. They said: ")
             assert summary.endswith(" Connecting you now.")
             assert legs.clock is not None
@@ -600,7 +600,7 @@ def test_an_apology_cut_short_by_the_caller_is_still_recorded(speech_8k: Speak) 
             await call.turn(0)
             clock.say(speech(speech_8k, "let me talk to a person"))
             await call.turn(1)
-            await call.until("the apology to play", lambda: call.session._speaking)
+            await call.until("the apology to play", lambda: call.session.speaker.speaking)
             await asyncio.sleep(0.5)
             clock.say(speech(speech_8k, "wait a moment"))
             apology = await call.turn(2)
