@@ -16,7 +16,7 @@ import collections
 import time
 import weakref
 
-from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME
+from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, split_frames
 
 
 class LoopWaker:
@@ -133,6 +133,11 @@ class PlayoutRing:
     Empty ring means silence. `clear()` is how barge-in stops the agent: the next clock tick
     already plays silence. `started_at` is the monotonic time at which the clock thread took
     the first frame after the ring had run empty, i.e. when agent audio went on the wire.
+
+    The conversation's side is event-driven (`capture`, `played_out`): a waiting coroutine
+    names how few frames it waits for (`_wake_at`), and the clock thread wakes it through
+    the loop's `LoopWaker` on the pop that gets there, never on the others.  `close()` (the
+    call ended, the clock will pop no more) wakes it for good.
     """
 
     def __init__(self, capacity: int = 150) -> None:
@@ -147,6 +152,11 @@ class PlayoutRing:
         self._marked = False
         # When set, every frame sent (silence included) is also appended here.
         self.tap: collections.deque[bytes] | None = None
+        self.closed = False
+        self._waker: LoopWaker | None = None
+        self._event: asyncio.Event | None = None
+        # A coroutine waits until at most this many frames are queued (-1: none waits).
+        self._wake_at = -1
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -170,7 +180,11 @@ class PlayoutRing:
             self.playing = False
             if self.tap is not None:
                 self.tap.append(SILENCE_FRAME)
+            if self._wake_at >= 0:
+                self._wake()
             return None
+        if self._wake_at >= 0 and len(self._frames) <= self._wake_at:
+            self._wake()
         if self.tap is not None:
             self.tap.append(frame)
         now = time.monotonic()
@@ -203,4 +217,53 @@ class PlayoutRing:
         """Drop queued audio (barge-in); returns how many frames were dropped."""
         n = len(self._frames)
         self._frames.clear()
+        if self._wake_at >= 0:
+            self._wake()
         return n
+
+    def close(self) -> None:
+        """Any thread: the call ended and nothing more will be sent; waiters return."""
+        self.closed = True
+        if self._wake_at >= 0:
+            self._wake()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the loop whose tasks queue audio (done by the first wait if not before)."""
+        self._waker = waker_for(loop)
+        self._event = asyncio.Event()
+
+    async def capture(self, pcm: bytes) -> bool:
+        """Conversation: queue `pcm` frame by frame as the ring makes room (woken by the
+        clock thread's pops); False, with the rest not queued, once the ring is closed."""
+        for frame in split_frames(pcm):
+            if not self.free:
+                await self._until_at_most(self.capacity - 1)
+            if self.closed:
+                return False
+            self.put(frame)
+        return True
+
+    async def played_out(self) -> None:
+        """Conversation: wait until every queued frame went out (or the ring is closed)."""
+        await self._until_at_most(0)
+
+    async def _until_at_most(self, frames: int) -> None:
+        if self._event is None:
+            self.bind(asyncio.get_running_loop())
+        assert self._event is not None
+        while len(self._frames) > frames and not self.closed:
+            self._event.clear()
+            self._wake_at = frames
+            # A pop between the test above and `_wake_at` would not wake us: re-check.
+            if len(self._frames) <= frames or self.closed:
+                self._wake_at = -1
+                return
+            try:
+                await self._event.wait()
+            finally:
+                self._wake_at = -1
+
+    def _wake(self) -> None:
+        self._wake_at = -1
+        if self._waker is not None and self._event is not None:
+            self._waker.wake(self._event)

@@ -5,6 +5,11 @@ from the call with :meth:`TurnDetector.push`; it returns a ``"start"`` event whe
 starts speaking (carrying the pre-roll and the frames that confirmed speech) and an
 ``"end"`` event when the caller has stopped. Between the two, `in_speech` is True and the
 caller of `push` streams the frames to speech-to-text itself.
+
+Barge-in is a start while the agent speaks (`push(frame, agent_speaking=True)`): it takes
+`barge_in_min_speech_ms` of voiced audio instead of `min_speech_ms`, so that only
+sustained speech interrupts the agent.  The turn-taking defaults are the ``[vad]``
+settings' (`sip_config.VadSettings`).
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from typing import Literal
 import webrtcvad
 
 from gateway.audio.pcm import rms_dbfs
+from sip_config import VadSettings
 
 _VAD_RATES = (8000, 16000, 32000, 48000)
 _VAD_FRAME_MS = (10, 20, 30)
 _NOISE_RISE_DB_PER_S = 5.0
+_VAD = VadSettings()  # the settings' defaults (written there only)
 
 
 @dataclass(frozen=True)
@@ -59,18 +66,20 @@ class TurnDetector:
     trailing unvoiced frames cover ``end_of_turn_ms`` (rounded up to whole frames) or the
     utterance reaches ``max_utterance_ms``.
 
-    ``min_speech_ms`` may be changed between pushes (for example raised while the agent is
-    talking, so that only sustained speech barges in); it takes effect on the next push.
+    While the agent speaks (``push(..., agent_speaking=True)``) the START window is
+    ``barge_in_min_speech_ms`` instead.  ``min_speech_ms`` may be changed between pushes;
+    it takes effect on the next push.
     """
 
     def __init__(
         self,
         *,
-        aggressiveness: int = 2,
-        min_speech_ms: int = 120,
-        end_of_turn_ms: int = 450,
-        preroll_ms: int = 200,
-        max_utterance_ms: int = 20000,
+        aggressiveness: int = _VAD.aggressiveness,
+        min_speech_ms: int = _VAD.min_speech_ms,
+        barge_in_min_speech_ms: int = _VAD.barge_in_min_speech_ms,
+        end_of_turn_ms: int = _VAD.end_of_turn_ms,
+        preroll_ms: int = _VAD.preroll_ms,
+        max_utterance_ms: int = int(_VAD.max_utterance_s * 1000),
         energy_floor_dbfs: float = -50.0,
         sample_rate: int = 8000,
         frame_ms: int = 20,
@@ -92,10 +101,12 @@ class TurnDetector:
             raise ValueError(f"aggressiveness must be 0..3, got {aggressiveness}")
         if end_of_turn_ms <= 0 or max_utterance_ms <= 0:
             raise ValueError("end_of_turn_ms and max_utterance_ms must be positive")
-        if min_speech_ms < 0 or preroll_ms < 0:
+        if min_speech_ms < 0 or barge_in_min_speech_ms < 0 or preroll_ms < 0:
             raise ValueError("min_speech_ms and preroll_ms must not be negative")
         self.aggressiveness = aggressiveness
         self.min_speech_ms = min_speech_ms
+        self.barge_in_min_speech_ms = barge_in_min_speech_ms
+        self._agent_speaking = False
         self.end_of_turn_ms = end_of_turn_ms
         self.preroll_ms = preroll_ms
         self.max_utterance_ms = max_utterance_ms
@@ -185,10 +196,12 @@ class TurnDetector:
                 level, self._noise_dbfs + _NOISE_RISE_DB_PER_S * self.frame_ms / 1000
             )
 
-    def push(self, frame: bytes) -> TurnEvent | None:
-        """Process the next frame (exactly ``frame_bytes`` long) and report a turn change."""
+    def push(self, frame: bytes, agent_speaking: bool = False) -> TurnEvent | None:
+        """Process the next frame (exactly ``frame_bytes`` long) and report a turn change;
+        `agent_speaking`: a START now is a barge-in (``barge_in_min_speech_ms``)."""
         if len(frame) != self.frame_bytes:
             raise ValueError(f"frame must be {self.frame_bytes} bytes, got {len(frame)}")
+        self._agent_speaking = agent_speaking
         self._index += 1
         voiced = self.is_voiced(frame)
         if self._in_speech:
@@ -196,7 +209,8 @@ class TurnDetector:
         return self._push_idle(frame, voiced)
 
     def _window_frames(self) -> int:
-        return max(1, _frames_for(self.min_speech_ms, self.frame_ms))
+        ms = self.barge_in_min_speech_ms if self._agent_speaking else self.min_speech_ms
+        return max(1, _frames_for(ms, self.frame_ms))
 
     def _push_idle(self, frame: bytes, voiced: bool) -> TurnEvent | None:
         self._history.append((frame, voiced))

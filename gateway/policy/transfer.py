@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeAlias
-
-from gateway.sip.calls import CallHandle
+from typing import TypeAlias
 
 TRANSFER_ACTION = "transfer"
 
@@ -116,21 +114,3 @@ class TransferOutcome:
 
 Transferrer: TypeAlias = Callable[[str], Awaitable[TransferOutcome]]
 """Transfers the call to a target (as the action gave it; "" = the default target)."""
-
-
-class WarmLegs(Protocol):
-    """What a warm transfer needs from the SIP side (`gateway.pool.worker` implements it over
-    `AgentUA.dial` / `bridge` / `hangup`)."""
-
-    def resolve(self, target: str) -> str:
-        """The SIP URI for a target as the action gave it (raises `TransferError`)."""
-
-    async def dial(self, uri: str) -> CallHandle:
-        """Call the human; returns once the INVITE is out (the handle then shows the
-        answer or the end). Raises on a call that cannot be placed."""
-
-    async def bridge(self, human: CallHandle, reason: str) -> bool:
-        """Connect the caller's audio with the human's; False if either call is gone."""
-
-    def hangup(self, leg: CallHandle, reason: str) -> None:
-        """End the human's leg (a failed warm transfer)."""

@@ -15,12 +15,12 @@ import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
+from gateway.pipeline.transport import CallLeg, WarmLegs
 from gateway.plivo.callcontext import record_key
 from gateway.policy.transfer import (
     TransferError,
     TransferOutcome,
     Transferrer,
-    WarmLegs,
     transfer_uri,
     uri_host,
 )
@@ -31,7 +31,7 @@ from gateway.records.recording import CallRecorder, recording_path
 from gateway.records.redact import redact
 from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
-from gateway.sip.calls import CallHandle
+from gateway.sip.calls import CallHandle, SipCall
 from gateway.sip.digest import inbound_credentials
 from gateway.sip.endpoint import EndpointOptions, SipError
 from sip_config import Settings
@@ -41,21 +41,11 @@ log = logging.getLogger("sipagent")
 
 def conversation_options(s: Settings) -> ConversationOptions:
     """Turn-taking options from settings."""
-    return ConversationOptions(
-        aggressiveness=s.vad.aggressiveness,
-        min_speech_ms=s.vad.min_speech_ms,
-        end_of_turn_ms=s.vad.end_of_turn_ms,
-        barge_in_min_speech_ms=s.vad.barge_in_min_speech_ms,
-        preroll_ms=s.vad.preroll_ms,
-        early_final_ms=s.vad.early_final_ms,
-        max_utterance_ms=int(s.vad.max_utterance_s * 1000),
-        no_input_timeout_s=s.conversation.no_input_timeout_s,
-        max_failures=s.conversation.max_failures,
+    return ConversationOptions.from_settings(
+        s.vad,
+        s.conversation,
+        s.transfer,
         reply_deadline_s=s.conversation.max_vendor_silence_s if uses_vendors(s) else None,
-        transfer_timeout_s=s.transfer.timeout_s,
-        transfer_failed_text=s.transfer.failed_text,
-        warm_intro_text=s.transfer.warm_intro_text,
-        warm_ring_timeout_s=s.transfer.ring_timeout_s,
     )
 
 
@@ -192,21 +182,24 @@ class AgentWorker:
 
     def _start(self, handle: CallHandle) -> None:
         self.calls_total += 1
-        self._start_recording(handle)
+        call = SipCall(
+            handle,
+            hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
+            send_dtmf=lambda keys: self.ua.send_dtmf(handle.call_id, keys),
+            transfer=self._transferrer(handle),
+            warm=self._warm_legs(handle),
+        )
+        self._start_recording(call)
         if self.listener is not None:
             self.listener.call_started(start_record(handle, time.time()))
         session = CallSession(
-            handle,
+            call,
             stt=self.providers.stt,
             tts=self.providers.tts,
             brain=self.providers.brain,
             options=self.options,
-            hangup=lambda reason: self.ua.hangup(handle.call_id, 200, reason),
-            send_dtmf=lambda keys: self.ua.send_dtmf(handle.call_id, keys),
             on_turn=lambda rec: self._turn(handle, rec),
             prompts=self.prompts,
-            transfer=self._transferrer(handle),
-            warm=self._warm_legs(handle),
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task
@@ -277,12 +270,13 @@ class AgentWorker:
         if self.listener is not None:
             self.listener.call_ended(end_record(handle, time.time()))
 
-    def _start_recording(self, handle: CallHandle) -> None:
+    def _start_recording(self, call: SipCall) -> None:
         directory = self.settings.records.recording_dir
         if directory is None:
             return
+        handle = call.handle
         uuid = record_key(handle.context)
-        recorder = CallRecorder(handle, recording_path(directory.resolve(), handle, uuid))
+        recorder = CallRecorder(call, recording_path(directory.resolve(), call, uuid))
         try:
             recorder.start()
         except OSError as exc:
@@ -386,12 +380,20 @@ class _SipLegs:
         except SipError as exc:
             raise TransferError(str(exc)) from None
 
-    async def bridge(self, human: CallHandle, reason: str) -> bool:
+    async def bridge(self, human: CallLeg, reason: str) -> bool:
         ua = self.worker.ua
-        return await asyncio.wrap_future(ua.bridge(self.caller.call_id, human.call_id, reason))
+        return await asyncio.wrap_future(
+            ua.bridge(self.caller.call_id, _dialled(human).call_id, reason)
+        )
 
-    def hangup(self, leg: CallHandle, reason: str) -> None:
-        self.worker.ua.hangup(leg.call_id, 200, reason)
+    def hangup(self, leg: CallLeg, reason: str) -> None:
+        self.worker.ua.hangup(_dialled(leg).call_id, 200, reason)
+
+
+def _dialled(leg: CallLeg) -> CallHandle:
+    """A leg `_SipLegs.dial` placed: a SIP call's handle."""
+    assert isinstance(leg, CallHandle), leg
+    return leg
 
 
 class WorkerListener(Protocol):

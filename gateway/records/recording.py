@@ -24,7 +24,7 @@ from typing import BinaryIO
 import numpy as np
 
 from gateway.audio.pcm import FRAME_BYTES, SAMPLE_RATE, SILENCE_FRAME
-from gateway.sip.calls import CallHandle
+from gateway.pipeline.transport import CallMedia
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,19 @@ FLUSH_S = 0.5
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def recording_path(directory: Path, handle: CallHandle, call_uuid: str = "") -> Path:
-    """Where the call's recording goes: named by CallUUID when known, else SIP Call-ID
-    (characters outside ``[A-Za-z0-9._-]`` replaced), never outside `directory`."""
-    name = _UNSAFE.sub("_", call_uuid or handle.sip_call_id).strip("._") or "call"
+def recording_path(directory: Path, call: CallMedia, call_uuid: str = "") -> Path:
+    """Where the call's recording goes: named by CallUUID when known, else the call's id
+    (its SIP Call-ID; characters outside ``[A-Za-z0-9._-]`` replaced), never outside
+    `directory`."""
+    name = _UNSAFE.sub("_", call_uuid or call.call_id).strip("._") or "call"
     return directory / f"{name[:120]}.wav"
 
 
 class CallRecorder:
     """Records one call into a stereo WAV file; see the module docstring."""
 
-    def __init__(self, handle: CallHandle, path: Path) -> None:
-        self.handle = handle
+    def __init__(self, call: CallMedia, path: Path) -> None:
+        self.call = call
         self.path = path
         self.frames = 0  # stereo frames written (20 ms each)
         self._caller: collections.deque[bytes] = collections.deque()
@@ -60,8 +61,8 @@ class CallRecorder:
         wav.setsampwidth(2)
         wav.setframerate(SAMPLE_RATE)
         self._wav = wav
-        self.handle.inbound.tap = self._caller
-        self.handle.playout.tap = self._agent
+        self.call.inbound.tap = self._caller
+        self.call.playout.tap = self._agent
 
     async def run(self) -> None:
         """Flush the taps to the file until cancelled."""
@@ -88,7 +89,7 @@ class CallRecorder:
             if self._file is not None:
                 self._file.flush()  # on disk now: a killed worker leaves a valid file
         except OSError as exc:
-            log.error("call %s: recording stopped: %s", self.handle.sip_call_id, exc)
+            log.error("call %s: recording stopped: %s", self.call.call_id, exc)
             self._untap()
             self._close_file()
             return
@@ -115,10 +116,10 @@ class CallRecorder:
                 file.close()
 
     def _untap(self) -> None:
-        if self.handle.inbound.tap is self._caller:
-            self.handle.inbound.tap = None
-        if self.handle.playout.tap is self._agent:
-            self.handle.playout.tap = None
+        if self.call.inbound.tap is self._caller:
+            self.call.inbound.tap = None
+        if self.call.playout.tap is self._agent:
+            self.call.playout.tap = None
 
 
 def _take(frames: collections.deque[bytes], n: int) -> list[bytes]:

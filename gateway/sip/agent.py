@@ -967,6 +967,7 @@ class AgentUA:
         handle = call.handle
         assert handle is not None
         handle.ended_at = time.monotonic()
+        handle.playout.close()  # whoever waits for it to play out stops waiting
         self.calls.pop(handle.call_id, None)
         fut, call.xfer_result = call.xfer_result, None
         if fut is not None and not fut.done():

@@ -1,4 +1,5 @@
-"""Call-side data shared between the pj thread and the conversation (pure Python)."""
+"""Call-side data shared between the pj thread and the conversation (pure Python), and
+`SipCall`, a SIP call as the conversation's transport (`gateway.pipeline.transport`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import contextlib
 import re
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
 from gateway.audio.ring import InboundRing, PlayoutRing
+from gateway.pipeline.transport import WarmLegs
 from gateway.plivo.callcontext import decode_call_context
+from gateway.policy.transfer import Transferrer
+from gateway.providers.base import CallContext
 
 _HEADER = re.compile(r"^([A-Za-z0-9!#$%&'*+.^_`|~-]+)\s*:\s*(.*)$")
 _COMPACT = {
@@ -171,6 +175,77 @@ class CallHandle:
     def context_headers(self) -> dict[str, str]:
         """The X- headers of the INVITE (Plivo's X-PH-* among them)."""
         return {k: v for k, v in self.headers.items() if k.lower().startswith("x-")}
+
+
+class SipCall:
+    """A SIP call as the conversation's `CallTransport`: the handle's rings, keys and
+    context, and the UA's hang-up and DTMF (as callables: this module stays free of
+    pjsua2). `transfer` hands the caller over with REFER or Plivo's REST API, as the
+    worker chose; `warm` calls the human first (None: cold transfers only)."""
+
+    def __init__(
+        self,
+        handle: CallHandle,
+        *,
+        hangup: Callable[[str], None],
+        send_dtmf: Callable[[str], None] | None = None,
+        transfer: Transferrer | None = None,
+        warm: WarmLegs | None = None,
+    ) -> None:
+        self.handle = handle
+        self.on_hangup = hangup
+        self.on_dtmf = send_dtmf
+        self.cold_transfer = transfer
+        self.warm_legs = warm
+        self.context = sip_call_context(handle)
+
+    @property
+    def call_id(self) -> str:
+        return self.handle.sip_call_id
+
+    @property
+    def inbound(self) -> InboundRing:
+        return self.handle.inbound
+
+    @property
+    def playout(self) -> PlayoutRing:
+        return self.handle.playout
+
+    @property
+    def keys(self) -> KeyQueue:
+        return self.handle.keys
+
+    @property
+    def answered_at(self) -> float:
+        return self.handle.answered_at
+
+    @property
+    def on_hold(self) -> bool:
+        return self.handle.on_hold
+
+    def hangup(self, reason: str) -> None:
+        self.on_hangup(reason)
+
+    def send_dtmf(self, keys: str) -> None:
+        if self.on_dtmf is not None:
+            self.on_dtmf(keys)
+
+
+def sip_call_context(handle: CallHandle) -> CallContext:
+    """What the brain may know about a SIP call: its URIs, X- headers and the call context
+    the app put on the INVITE (an outbound call's record id is its caller's reference)."""
+    plivo = dict(handle.context)
+    return CallContext(
+        call_id=handle.sip_call_id,
+        from_uri=handle.remote_uri,
+        to_uri=handle.local_uri,
+        headers=handle.context_headers(),
+        call_uuid=plivo.pop("call_uuid", ""),
+        from_number=plivo.pop("from", ""),
+        to_number=plivo.pop("to", ""),
+        plivo=plivo,
+        record_id=(handle.ref if handle.outbound else None) or plivo.get("record_id", ""),
+    )
 
 
 def outbound_outcome(answered: bool, status_code: int) -> str:

@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gateway.devtools.demo import AgentProcess  # noqa: E402 - after the path is set
+from sip_config import VadSettings  # noqa: E402 - after the path is set
 
 CALLER = Path(__file__).resolve().parent / "capacity_caller.py"
 QUESTIONS = [
@@ -778,7 +779,9 @@ def main() -> int:
         default=2.0,
         help="fake TTS streams N times real time (0: at once)",
     )
-    ap.add_argument("--eot-ms", type=int, default=400, help="vad.end_of_turn_ms")
+    ap.add_argument(
+        "--eot-ms", type=int, default=VadSettings().end_of_turn_ms, help="vad.end_of_turn_ms"
+    )
     ap.add_argument(
         "--early-final-ms",
         type=int,

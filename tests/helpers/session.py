@@ -17,7 +17,7 @@ from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, 
 from gateway.pipeline.turns import TurnEvent
 from gateway.providers.base import BrainReply, CallContext
 from gateway.providers.fake import FakeBrain, FakeStt, FakeTts
-from gateway.sip.calls import CallHandle
+from gateway.sip.calls import CallHandle, SipCall
 
 Speak = Callable[[str], bytes]
 TICK_S = 0.005  # one 20 ms frame per tick, 4x faster than real time (see above)
@@ -112,6 +112,7 @@ class Call:
     """A running session plus its fake clock and what it reported."""
 
     session: CallSession
+    transport: SipCall
     clock: MediaClock
     task: asyncio.Task[None]
     clock_task: asyncio.Task[None]
@@ -145,7 +146,7 @@ class Call:
     async def hang_up(self) -> None:
         """End the call and check the session went away cleanly and promptly."""
         assert await self.stop(), "session did not finish within 1 s of being cancelled"
-        assert len(self.session.handle.playout) == 0
+        assert len(self.session.call.playout) == 0
         # Nothing of the session outlives it (reply task, TaskGroup children, TTS stream).
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert others == []
@@ -173,28 +174,27 @@ def start_call(
     options: ConversationOptions,
     stt: FakeStt | None = None,
     prompts: Prompts | None = None,
-    **session: Any,
+    **transport: Any,
 ) -> Call:
-    """A session on a fresh handle, with its clock running; `session` are more of
-    `CallSession`'s arguments (``transfer``, ``warm``, ...)."""
+    """A session on a fresh handle, with its clock running; `transport` are more of
+    `SipCall`'s arguments (``transfer``, ``warm``, ...)."""
     handle = make_handle()
     turns: list[TurnRecord] = []
     hangups: list[str] = []
+    call = SipCall(handle, hangup=hangups.append, **transport)
     call_session = CallSession(
-        handle,
+        call,
         stt=stt or FakeStt(),
         tts=FakeTts(),
         brain=brain,
         options=options,
-        hangup=hangups.append,
         on_turn=turns.append,
         prompts=prompts,
-        **session,
     )
     clock = MediaClock(handle)
     task = asyncio.ensure_future(call_session.run())
     clock_task = asyncio.ensure_future(clock.run())
-    return Call(call_session, clock, task, clock_task, turns, hangups)
+    return Call(call_session, call, clock, task, clock_task, turns, hangups)
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

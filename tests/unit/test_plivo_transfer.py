@@ -218,7 +218,7 @@ def test_session_hangs_up_its_leg_after_a_rest_transfer(
 
     async def scenario() -> None:
         call, _ = start(TransferBrain("Ok.", ["transfer"]), options, None)
-        call.session._transfer_cb = rest.transfer  # the REST transfer instead of the fake
+        call.transport.cold_transfer = rest.transfer  # the REST transfer instead of the fake
         try:
             await call.turn(0)
             call.clock.say(speech(speech_8k, "let me talk to a person"))

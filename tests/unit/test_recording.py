@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import wave
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME
+from gateway.audio.ring import InboundRing, PlayoutRing
 from gateway.records.recording import CallRecorder, recording_path
-from gateway.sip.calls import CallHandle
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -20,8 +21,17 @@ def frame(value: int) -> bytes:
     return np.full(FRAME_BYTES // 2, value, dtype="<i2").tobytes()
 
 
-def handle(sip_call_id: str = "abc@127.0.0.1") -> CallHandle:
-    return CallHandle(call_id=1, sip_call_id=sip_call_id, remote_uri="", local_uri="")
+@dataclass
+class Media:
+    """A call's id and audio rings (`CallMedia`), as a transport gives them."""
+
+    call_id: str
+    inbound: InboundRing = field(default_factory=InboundRing)
+    playout: PlayoutRing = field(default_factory=PlayoutRing)
+
+
+def handle(sip_call_id: str = "abc@127.0.0.1") -> Media:
+    return Media(sip_call_id)
 
 
 def channels(path: Path) -> tuple[np.ndarray, np.ndarray]:

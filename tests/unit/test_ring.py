@@ -454,3 +454,55 @@ def test_playout_max_gap_measures_pauses_within_a_burst_only() -> None:
     ring.put(frame(3))
     ring.pop()
     assert ring.max_gap == gap
+
+
+def test_playout_capture_waits_for_room_that_another_thread_makes() -> None:
+    # The clock thread pops at its pace; capture queues as it makes room, played_out
+    # returns once the last frame went out, each woken by a pop, not by polling.
+    async def body() -> None:
+        ring = PlayoutRing(capacity=4)
+        done = threading.Event()
+
+        def clock() -> None:
+            while not done.is_set():
+                ring.pop()
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=clock)
+        thread.start()
+        try:
+            assert await ring.capture(bytes(FRAME_BYTES * 10)) is True
+            await asyncio.wait_for(ring.played_out(), 2.0)
+            assert len(ring) == 0 and ring.frames_played == 10
+        finally:
+            done.set()
+            thread.join()
+
+    asyncio.run(body())
+
+
+def test_playout_close_releases_a_waiting_capture() -> None:
+    # The call ended: nobody will pop again, so a full ring must not wait for ever.
+    async def body() -> None:
+        ring = PlayoutRing(capacity=2)
+        waiting = asyncio.ensure_future(ring.capture(bytes(FRAME_BYTES * 5)))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and len(ring) == 2
+        threading.Thread(target=ring.close).start()
+        assert await asyncio.wait_for(waiting, 1.0) is False
+        await asyncio.wait_for(ring.played_out(), 1.0)  # closed: nothing will play
+
+    asyncio.run(body())
+
+
+def test_playout_clear_releases_played_out() -> None:
+    async def body() -> None:
+        ring = PlayoutRing()
+        await ring.capture(bytes(FRAME_BYTES * 3))
+        waiting = asyncio.ensure_future(ring.played_out())
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert ring.clear() == 3
+        await asyncio.wait_for(waiting, 1.0)
+
+    asyncio.run(body())

@@ -152,7 +152,7 @@ def test_barge_in_stops_the_agent_within_five_ticks(speech_8k: Speak) -> None:
                 "the long reply to play for 300 ms",
                 lambda: len(clock.agent_loud_ticks(asked)) >= 15,
             )
-            assert len(call.session.handle.playout) > 100  # most of it still to come
+            assert len(call.session.call.playout) > 100  # most of it still to come
             barge = clock.say(interruption)
             await call.until(
                 "silence after the barge-in",

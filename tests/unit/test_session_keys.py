@@ -41,7 +41,7 @@ class KeyBrain(QuickBrain):
 
 def press(call: Call, keys: str, method: str = "rfc4733") -> None:
     for key in keys:
-        call.session.handle.keys.push(key, method)
+        call.transport.handle.keys.push(key, method)
 
 
 async def greeted(call: Call) -> None:
@@ -244,7 +244,7 @@ def test_a_reply_can_send_dtmf_after_it_is_spoken() -> None:
         sent: list[tuple[str, bool]] = []
         brain = KeyBrain(send_dtmf="12#")
         call = start_call(brain, ConversationOptions())
-        call.session._send_dtmf_cb = lambda keys: sent.append((keys, call.session.agent_speaking()))
+        call.transport.on_dtmf = lambda keys: sent.append((keys, call.session.agent_speaking()))
         try:
             await greeted(call)
             assert sent == []

@@ -21,6 +21,7 @@ from gateway.providers.base import SttProvider
 from gateway.providers.deepgram_stt import DeepgramStt
 from gateway.providers.failover import ResilientStt
 from gateway.providers.fake import FakeStt, FakeTts
+from gateway.sip.calls import SipCall
 from tests.fakes.deepgram import FakeDeepgram
 from tests.helpers.deepgram import KEY
 from tests.helpers.session import Call, MediaClock, QuickBrain, Speak, make_handle, speech
@@ -89,19 +90,14 @@ def start(stt: SttProvider, brain: QuickBrain, options: ConversationOptions) -> 
     handle = make_handle()
     turns: list[TurnRecord] = []
     hangups: list[str] = []
+    call = SipCall(handle, hangup=hangups.append)
     session = CallSession(
-        handle,
-        stt=stt,
-        tts=FakeTts(),
-        brain=brain,
-        options=options,
-        hangup=hangups.append,
-        on_turn=turns.append,
+        call, stt=stt, tts=FakeTts(), brain=brain, options=options, on_turn=turns.append
     )
     clock = MediaClock(handle)
     task = asyncio.ensure_future(session.run())
     clock_task = asyncio.ensure_future(clock.run())
-    return Call(session, clock, task, clock_task, turns, hangups)
+    return Call(session, call, clock, task, clock_task, turns, hangups)
 
 
 def test_utterance_end_answers_a_caller_on_a_noisy_line(

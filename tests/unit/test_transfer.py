@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import pytest
 
 from gateway.pipeline.session import CallSession, ConversationOptions, TurnRecord
+from gateway.pipeline.transport import CallLeg
 from gateway.policy.transfer import (
     TransferError,
     TransferOutcome,
@@ -21,7 +22,7 @@ from gateway.policy.transfer import (
 )
 from gateway.providers.base import CallContext
 from gateway.providers.fake import FakeStt, FakeTts
-from gateway.sip.calls import CallHandle
+from gateway.sip.calls import CallHandle, SipCall
 from tests.helpers.session import (
     TONE_FRAMES_PER_CHAR,
     Call,
@@ -216,19 +217,19 @@ def test_a_bad_target_is_a_failed_transfer(speech_8k: Speak) -> None:
         handle = make_handle()
         turns: list[TurnRecord] = []
         hangups: list[str] = []
+        transport = SipCall(handle, hangup=hangups.append, transfer=bad)
         session = CallSession(
-            handle,
+            transport,
             stt=FakeStt(),
             tts=FakeTts(),
             brain=TransferBrain("Ok.", ["transfer:+14155550100"]),
             options=OPTIONS,
-            hangup=hangups.append,
             on_turn=turns.append,
-            transfer=bad,
         )
         clock = MediaClock(handle)
         call = Call(
             session,
+            transport,
             clock,
             asyncio.ensure_future(session.run()),
             asyncio.ensure_future(clock.run()),
@@ -438,11 +439,13 @@ class FakeLegs:
         self.ring_task = asyncio.ensure_future(ring())
         return human
 
-    async def bridge(self, human: CallHandle, reason: str) -> bool:
+    async def bridge(self, human: CallLeg, reason: str) -> bool:
+        assert isinstance(human, CallHandle)
         self.bridges.append((human, reason))
         return True
 
-    def hangup(self, leg: CallHandle, reason: str) -> None:
+    def hangup(self, leg: CallLeg, reason: str) -> None:
+        assert isinstance(leg, CallHandle)
         self.hangups.append((leg, reason))
         leg.ended_at = time.monotonic()
 
@@ -476,7 +479,7 @@ def test_warm_transfer_briefs_the_human_then_bridges(speech_8k: Speak) -> None:
             assert reason == "transferred to sip:+14155550100@pbx.example.com (warm)"
             # The human heard the whole summary (FakeTts: 3 frames per character) before
             # the bridge, and nothing is left to play.
-            summary = call.session._warm_summary()
+            summary = call.session.warm_summary()
             assert summary.startswith("Hi. They are calling from +14155550123. They said: ")
             assert summary.endswith(" Connecting you now.")
             assert legs.clock is not None
@@ -597,7 +600,7 @@ def test_an_apology_cut_short_by_the_caller_is_still_recorded(speech_8k: Speak) 
             await call.turn(0)
             clock.say(speech(speech_8k, "let me talk to a person"))
             await call.turn(1)
-            await call.until("the apology to play", lambda: call.session._speaking)
+            await call.until("the apology to play", lambda: call.session.speaker.speaking)
             await asyncio.sleep(0.5)
             clock.say(speech(speech_8k, "wait a moment"))
             apology = await call.turn(2)

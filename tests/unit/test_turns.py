@@ -103,11 +103,11 @@ def test_two_turns_start_and_end(two_turns: tuple[list[bytes], int, int]) -> Non
     assert end_1.frame_index < audio_2  # the 600 ms pause ends the first turn
 
 
-def test_default_end_of_turn_rounds_up_to_whole_frames(
+def test_end_of_turn_rounds_up_to_whole_frames(
     two_turns: tuple[list[bytes], int, int],
 ) -> None:
     frames, _, _ = two_turns
-    events = run(TurnDetector(), frames)
+    events = run(TurnDetector(end_of_turn_ms=450), frames)
     ends = [e for e in events if e.kind == "end"]
     assert len(ends) == 2
     # 450 ms is 22.5 frames of 20 ms: the detector waits 23 frames.
@@ -296,3 +296,26 @@ def test_event_is_frozen() -> None:
     with pytest.raises(AttributeError):
         event.frame_index = 4  # type: ignore[misc]
     assert math.isclose(event.speech_ms, 0)
+
+
+def test_the_default_end_of_turn_is_the_settings_default() -> None:
+    from sip_config import VadSettings
+
+    assert TurnDetector().end_of_turn_ms == VadSettings().end_of_turn_ms
+
+
+def test_while_the_agent_speaks_a_start_takes_the_barge_in_window(speech_8k: Speak) -> None:
+    # Only sustained speech interrupts the agent: the start comes later than it would
+    # with the agent quiet, after barge_in_min_speech_ms of voiced audio.
+    frames = split_frames(speech_8k("hello there how are you today"))
+
+    def start_index(agent_speaking: bool) -> int:
+        det = TurnDetector(min_speech_ms=60, barge_in_min_speech_ms=400)
+        for frame in frames:
+            event = det.push(frame, agent_speaking=agent_speaking)
+            if event is not None:
+                assert event.kind == "start"
+                return event.frame_index
+        raise AssertionError("no start")
+
+    assert start_index(agent_speaking=True) >= start_index(agent_speaking=False) + 10

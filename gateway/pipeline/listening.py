@@ -1,0 +1,203 @@
+"""Listening to the caller: turn detection, speech-to-text streaming, and the moments the
+conversation acts on (the caller starts talking, possibly over the agent; a caller turn
+ended and needs an answer).
+
+`Listener` owns the turn detector and the recognition in progress. What it decides is
+handed to its `Floor` (the session), which knows whether the agent speaks, whether the
+caller is being handed over, and whether a keypad entry is under way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.pipeline.options import ConversationOptions
+from gateway.pipeline.transport import CallerAudio
+from gateway.providers.base import SttProvider, SttStream
+
+log = logging.getLogger("gateway.pipeline.session")
+
+
+@dataclass
+class CallerTurn:
+    """A caller turn that just ended: its recognition, the time it ended, and how."""
+
+    stt: SttStream | None  # the stream of its last piece (None when all were finalised)
+    parts: list[asyncio.Future[str]]  # transcripts of earlier pieces, finalised in pauses
+    speech_ms: int
+    wait_ms: float  # silence waited after the speech before the turn was ended
+    at: float  # monotonic time the end was detected
+    barge_in: bool  # it began while the agent was speaking
+
+
+class Floor(Protocol):
+    """What the listener needs to know from, and tell, the rest of the conversation."""
+
+    def agent_speaking(self) -> bool:
+        """The agent is speaking (a start now is a barge-in)."""
+        ...
+
+    def handed_over(self) -> bool:
+        """The caller is being transferred, or talks with a human now: no turns."""
+        ...
+
+    def keys_underway(self) -> bool:
+        """A keypad entry has begun: speech that starts now is ignored."""
+        ...
+
+    def heard(self, at: float) -> None:
+        """The caller's speech started or ended at `at` (the caller is there)."""
+
+    def caller_started(self) -> bool:
+        """The caller began a turn: stop the agent (True: it was a barge-in) or fold a
+        reply still being prepared into this turn."""
+        ...
+
+    def barge_in_if_speaking(self) -> bool:
+        """Stop the agent if it speaks (a further turn on a noisy line); True if it did."""
+        ...
+
+    def caller_turn(self, turn: CallerTurn) -> None:
+        """A caller turn ended: answer it."""
+
+
+class Listener:
+    """The caller's side of one call; see the module docstring."""
+
+    def __init__(self, call_id: str, stt: SttProvider, options: ConversationOptions) -> None:
+        self.call_id = call_id
+        self.stt = stt
+        self.opt = options
+        self.detector = options.turn_detector()
+        self._stream: SttStream | None = None
+        # Transcripts of earlier pieces of the turn in progress, finalised early (in pauses).
+        self._parts: list[asyncio.Future[str]] = []
+        self._barged = False  # the turn in progress began while the agent was speaking
+        # The recogniser ended a turn while the detector stayed in speech (a noisy line).
+        self._stt_ended = False
+        # The caller's utterance in progress lost to a key: ignore it until it ends.
+        self._ignore_speech = False
+
+    @property
+    def in_speech(self) -> bool:
+        """The caller is talking (by the turn detector)."""
+        return self.detector.in_speech
+
+    async def run(self, inbound: CallerAudio, floor: Floor) -> None:
+        """Listen until cancelled."""
+        det = self.detector
+        while True:
+            frame = await inbound.get()
+            event = det.push(frame, agent_speaking=floor.agent_speaking())
+            if floor.handed_over():
+                # The caller is being handed over (or talks with the human now): their
+                # words start no turn (and do not cancel the transfer in progress).
+                continue
+            if event is None:
+                if det.in_speech:
+                    await self._feed_speech(frame)
+                    self._check_stt_end(floor)
+                continue
+            now = time.monotonic()
+            floor.heard(now)
+            if event.kind == "start" and floor.keys_underway():
+                # A keypad entry is under way: keys came first, this speech is ignored.
+                self._ignore_speech = True
+                continue
+            if self._ignore_speech:
+                self._ignore_speech = event.kind == "start"
+                continue
+            if event.kind == "start":
+                self._stt_ended = False
+                self._barged = floor.caller_started()
+                await self.drop()
+                self._stream = await self.stt.open_stream()
+                await self._stream.feed(event.audio)
+            else:
+                stt, self._stream = self._stream, None
+                parts, self._parts = self._parts, []
+                if self._stt_ended:
+                    # The recogniser ended this run's last turn: what came after is a turn
+                    # only if it heard words in it, else it was the noise.
+                    self._stt_ended = False
+                    if stt is not None and not stt.heard_words():
+                        await stt.cancel()
+                        continue
+                if stt is None and not parts:
+                    continue
+                floor.caller_turn(
+                    CallerTurn(
+                        stt,
+                        parts,
+                        speech_ms=event.speech_ms,
+                        wait_ms=float(event.trailing_silence_ms),
+                        at=now,
+                        barge_in=self._barged,
+                    )
+                )
+
+    def _check_stt_end(self, floor: Floor) -> None:
+        """End the turn on the recogniser's end of utterance (Deepgram's endpointing or
+        UtteranceEnd), which it reports only after words.  The stream in progress exists
+        only while the local VAD hears sound (from `early_final_ms` of silence on the local
+        path ends the turn), so this is the noisy line: without it the turn would last until
+        the noise stops or `max_utterance_ms`.  The detector stays in speech (a reset would
+        start a new turn on the noise at once); the next words are a new turn, and what the
+        run ends with is answered only if the recogniser heard words in it."""
+        stt = self._stream
+        wait_ms = None if stt is None else stt.utterance_end()
+        if stt is None or wait_ms is None:
+            return
+        self._stream = None
+        parts, self._parts = self._parts, []
+        now = time.monotonic()
+        floor.heard(now)
+        barge_in = self._barged
+        if self._stt_ended:  # a further turn on the noisy line
+            barge_in = floor.barge_in_if_speaking()
+        self._stt_ended = True
+        speech_ms = self.detector.split()
+        log.debug("call %s: the recogniser ended the turn", self.call_id)
+        floor.caller_turn(CallerTurn(stt, parts, speech_ms, wait_ms, now, barge_in))
+
+    async def _feed_speech(self, frame: bytes) -> None:
+        """Stream a frame of the turn in progress to STT; finalise early in a pause.
+
+        At `early_final_ms` of trailing silence the recogniser finalises what it has, so the
+        transcript is ready by the time the pause becomes an end of turn. If the caller goes
+        on, the rest is recognised as a new piece and the pieces are joined.  After the
+        recogniser ended a turn (`_check_stt_end`) the rest of the run is one stream, never
+        finalised early: the recogniser is what watches it.
+        """
+        if self._ignore_speech:
+            return
+        trailing = self.detector.trailing_silence_ms
+        early = self.opt.early_final_ms
+        if self._stream is not None:
+            await self._stream.feed(frame)
+            if early and trailing >= early and not self._stt_ended:
+                stt, self._stream = self._stream, None
+                self._parts.append(asyncio.ensure_future(stt.finish()))
+        elif trailing == 0 or self._stt_ended:  # speech resumed, or after the recogniser's end
+            self._stream = await self.stt.open_stream()
+            await self._stream.feed(frame)
+
+    async def drop(self) -> None:
+        """Abandon any recognition in progress (a new turn starts, the call ends)."""
+        stt, self._stream = self._stream, None
+        parts, self._parts = self._parts, []
+        if stt is not None:
+            await stt.cancel()
+        for part in parts:
+            part.cancel()
+
+    async def drop_for_keys(self) -> None:
+        """Keys came first: the caller's words in progress are dropped, and the rest of
+        the utterance is ignored."""
+        if self._stream is not None or self._parts or self.detector.in_speech:
+            await self.drop()
+            self._ignore_speech = self.detector.in_speech

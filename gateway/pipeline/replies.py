@@ -1,0 +1,399 @@
+"""The agent's turns: from a caller turn (or a key entry, a greeting, a re-prompt, a pushed
+reply) to the brain, to speech, to the reply's actions, with each turn's record.
+
+One agent turn at a time is the reply task (`Replies.start`); starting another or barge-in
+cancels it. A turn that fails (an error, or no audio by `reply_deadline_s`) is counted and
+apologised for with the start-up prompts; after `max_failures` in a row the agent says
+goodbye and hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from gateway.pipeline.keypad import KeypadEntry
+from gateway.pipeline.options import ConversationOptions, Prompts
+from gateway.pipeline.playout import Speaker, said_nothing
+from gateway.pipeline.pushed import PushedReplies
+from gateway.pipeline.record import TurnRecord, ms
+from gateway.pipeline.transfers import Handover, warm_summary
+from gateway.pipeline.transport import CallTransport
+from gateway.policy.transfer import transfer_target
+from gateway.providers.base import (
+    Brain,
+    BrainReply,
+    KeyInput,
+    ProviderError,
+    ReplyStream,
+    SttStream,
+)
+from gateway.providers.textchunks import SentenceCutter
+
+log = logging.getLogger("gateway.pipeline.session")
+
+
+class Replies:
+    """The agent turns of one call; see the module docstring."""
+
+    def __init__(
+        self,
+        call: CallTransport,
+        brain: Brain,
+        options: ConversationOptions,
+        prompts: Prompts | None,
+        speaker: Speaker,
+        keypad: KeypadEntry,
+        pushed: PushedReplies,
+        handover: Handover,
+        hangup: Callable[[str], None],
+        on_turn: Callable[[TurnRecord], None] | None,
+    ) -> None:
+        self.call = call
+        self.call_id = call.call_id
+        self.ctx = call.context
+        self.brain = brain
+        self.opt = options
+        self.prompts = prompts
+        self.speaker = speaker
+        self.keypad = keypad
+        self.pushed = pushed
+        self.handover = handover
+        self.hangup = hangup
+        self._on_turn = on_turn
+        self.records: list[TurnRecord] = []
+        self.task: asyncio.Task[None] | None = None
+        self._deadline: asyncio.Timeout | None = None  # of the reply being prepared
+        self._failures = 0  # consecutive failed agent turns
+        self._turns = 0
+        # The caller's words kept until the brain has answered: if the caller talks on
+        # first, the next turn includes them.
+        self.carry_text = ""
+        speaker.on_first_audio = self._audio_flowing
+
+    # -- the reply task ---------------------------------------------------------------------
+    def pending(self) -> bool:
+        """A reply is being prepared or spoken."""
+        return self.task is not None and not self.task.done()
+
+    def cancel(self) -> None:
+        """Stop the reply in progress (barge-in, or a new caller turn supersedes it)."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    def start(self, coro: Awaitable[None], deadline: bool = False) -> None:
+        """Make `coro` the reply task (cancelling the one before); `deadline`: it fails
+        without audio within `reply_deadline_s`."""
+        self.cancel()
+        limit = self.opt.reply_deadline_s if deadline else None
+        self.task = asyncio.ensure_future(self._guard(coro, limit))
+
+    async def close(self) -> None:
+        """Cancel the reply in progress and wait for it (the call ended)."""
+        task, self.task = self.task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _audio_flowing(self) -> None:
+        if self._deadline is not None:
+            self._deadline.reschedule(None)
+
+    async def _guard(self, coro: Awaitable[None], limit: float | None = None) -> None:
+        deadline: asyncio.Timeout | None = None
+        try:
+            if limit is None:
+                await coro
+            else:
+                # Lifted by the speaker when the first audio is queued.
+                async with asyncio.timeout(limit) as deadline:
+                    self._deadline = deadline
+                    await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._deadline = None
+            late = deadline is not None and deadline.expired()
+            await self._failed(exc, f"no agent audio within {limit:g} s" if late else "")
+        finally:
+            self._deadline = None
+
+    async def _failed(self, exc: BaseException, why: str) -> None:
+        """A reply failed: count it, log it, and say the apology (or the goodbye)."""
+        self._failures += 1
+        self.speaker.speaking = False
+        log.error(
+            "call %s: agent turn failed (%d in a row): %s",
+            self.call_id,
+            self._failures,
+            why or (exc if isinstance(exc, ProviderError) else repr(exc)),
+            exc_info=not why and not isinstance(exc, ProviderError),
+        )
+        if self.prompts is not None:
+            await self._fallback(self.prompts)
+
+    async def _fallback(self, prompts: Prompts) -> None:
+        """After a failed turn: the apology, or after too many the goodbye and a hang-up.
+        Runs as the reply task, so barge-in cuts it like any agent turn."""
+        final = self._failures >= self.opt.max_failures
+        text = prompts.goodbye_text if final else prompts.apology_text
+        pcm = prompts.goodbye if final else prompts.apology
+        self._turns += 1
+        rec = TurnRecord(
+            call_id=self.call_id,
+            turn=self._turns,
+            kind="failure-goodbye" if final else "apology",
+            agent_text=text,
+            actions=["hangup"] if final else [],
+        )
+        await self._speak_turn(rec, time.monotonic(), self.speaker.speak_pcm(pcm))
+        if final:
+            await asyncio.sleep(self.opt.hangup_delay_s)
+            self.hangup("vendor failures")
+
+    # -- agent turns ------------------------------------------------------------------------
+    async def greet(self) -> None:
+        """The greeting, timed from the answer."""
+        rec = TurnRecord(call_id=self.call_id, turn=0, kind="greeting")
+        t0 = time.monotonic()
+        reply = await self.brain.greeting(self.ctx)
+        rec.brain_ms = ms(time.monotonic() - t0)
+        start = self.call.answered_at or t0
+        await self.deliver(reply, rec, start, time.monotonic())
+
+    async def respond(
+        self,
+        parts: list[asyncio.Future[str]],
+        stt: SttStream | None,
+        rec: TurnRecord,
+        end_of_speech: float,
+        detected_at: float,
+    ) -> None:
+        """Answer a caller turn: its transcript (pieces finalised early, then the rest)."""
+        try:
+            texts = [await part for part in parts]
+            if stt is not None:
+                texts.append(await stt.finish())
+        except asyncio.CancelledError:
+            for part in parts:
+                part.cancel()
+            if stt is not None:
+                await stt.cancel()
+            raise
+        text = " ".join(t for t in texts if t)
+        t_stt = time.monotonic()
+        rec.stt_ms = ms(t_stt - detected_at)
+        if self.carry_text:
+            text = f"{self.carry_text} {text}".strip()
+        # A short sound nobody could transcribe is ignored, unless it cut the agent off:
+        # then silence would be dead air, and the brain's fallback asks again.
+        if not text and rec.speech_ms < self.opt.min_unrecognised_ms and not rec.barge_in:
+            log.debug("call %s: ignored %d ms of unrecognised sound", self.call_id, rec.speech_ms)
+            return
+        self.keypad.drop_request()  # speech came before any key
+        # Kept until the brain has answered: if the caller talks on first, the next turn
+        # includes these words.
+        self.carry_text = text
+        rec.user_text = text
+        if self.brain.streams:
+            await self._deliver_stream(
+                self.brain.respond_stream(text, self.ctx), rec, end_of_speech, t_stt
+            )
+            return
+        try:
+            reply = await self.brain.respond(text, self.ctx)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.carry_text = ""
+            raise
+        t_brain = time.monotonic()
+        rec.brain_ms = ms(t_brain - t_stt)
+        self.carry_text = ""
+        await self.deliver(reply, rec, end_of_speech, t_brain)
+
+    async def respond_keys(self, keys: KeyInput, rec: TurnRecord, t_ref: float) -> None:
+        """Answer the caller's keys (one key, or an entry)."""
+        t0 = time.monotonic()
+        if self.brain.streams:
+            await self._deliver_stream(
+                self.brain.respond_keys_stream(keys, self.ctx), rec, t_ref, t0
+            )
+            return
+        reply = await self.brain.respond_keys(keys, self.ctx)
+        t_brain = time.monotonic()
+        rec.brain_ms = ms(t_brain - t0)
+        await self.deliver(reply, rec, t_ref, t_brain)
+
+    async def _deliver_stream(
+        self, stream: ReplyStream, rec: TurnRecord, t_ref: float, t_stt: float
+    ) -> None:
+        """Speak a streamed reply sentence by sentence while the brain is still generating,
+        then run its actions.  Cancelling (barge-in) stops the brain's stream too."""
+        pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        first_token_at = 0.0
+        first_piece_at = 0.0
+
+        async def produce() -> None:
+            nonlocal first_token_at, first_piece_at
+            cutter = SentenceCutter()
+            try:
+                async for delta in stream:
+                    if not first_token_at and delta:
+                        first_token_at = time.monotonic()
+                    for piece in cutter.push(delta):
+                        first_piece_at = first_piece_at or time.monotonic()
+                        pieces.put_nowait(piece)
+                for piece in cutter.flush():
+                    first_piece_at = first_piece_at or time.monotonic()
+                    pieces.put_nowait(piece)
+            finally:
+                pieces.put_nowait(None)
+
+        async def texts() -> AsyncIterator[str]:
+            while (piece := await pieces.get()) is not None:
+                yield piece
+            if producer.done() and not producer.cancelled():
+                producer.result()  # the brain's error, if it failed
+
+        self._turns += 1
+        rec.turn = self._turns
+        producer = asyncio.ensure_future(produce())
+        try:
+            first_chunk_at, first_wire_at = await self.speaker.speak(texts())
+            await producer
+        except BaseException as exc:
+            producer.cancel()
+            with contextlib.suppress(BaseException):
+                await producer
+            await stream.aclose()
+            self.carry_text = ""
+            if isinstance(exc, asyncio.CancelledError):
+                rec.interrupted = True
+                rec.first_audio_at = round(self.speaker.first_audio_at, 4)
+                self._record(rec)
+            raise
+        self.carry_text = ""
+        reply = stream.reply or BrainReply("")
+        rec.agent_text = reply.text
+        rec.intent = reply.intent
+        rec.actions = _actions_of(reply)
+        self.keypad.arm(reply.collect, reprompt=rec.kind == "reprompt")
+        if first_token_at:
+            rec.brain_ms = ms(first_token_at - t_stt)
+        if first_chunk_at and first_piece_at:
+            rec.tts_first_ms = ms(first_chunk_at - first_piece_at)
+        self._finish_record(rec, t_ref, first_chunk_at, first_wire_at)
+        await self._run_actions(reply)
+
+    async def deliver(
+        self, reply: BrainReply, rec: TurnRecord, t_ref: float, t_brain: float
+    ) -> None:
+        """Speak a reply, record its timings, then run its actions."""
+        self._turns += 1
+        rec.turn = self._turns
+        rec.agent_text = reply.text
+        rec.intent = reply.intent
+        rec.actions = _actions_of(reply)
+        # Armed before the reply is spoken: the caller may key ahead (and cut it short).
+        self.keypad.arm(reply.collect, reprompt=rec.kind == "reprompt")
+        audio = getattr(reply, "audio", b"")  # a brain that answers with recorded audio
+        if audio:
+            speech = self.speaker.speak_pcm(audio)
+        elif reply.text:
+            speech = self.speaker.speak(reply.text)
+        else:  # nothing to say yet (a pending reply)
+            speech = said_nothing()
+        await self._speak_turn(rec, t_ref, speech, tts_from=t_brain)
+        await self._run_actions(reply)
+
+    async def _speak_turn(
+        self,
+        rec: TurnRecord,
+        t_ref: float,
+        speech: Awaitable[tuple[float, float]],
+        tts_from: float = 0.0,
+    ) -> None:
+        """Play a turn's `speech` and record the turn: with its timings once it played out
+        (TTS first audio counted from `tts_from` when given), or as interrupted when the
+        caller cut it off, so no turn the caller heard is missing from the record."""
+        try:
+            first_chunk_at, first_wire_at = await speech
+        except asyncio.CancelledError:
+            rec.interrupted = True
+            rec.first_audio_at = round(self.speaker.first_audio_at, 4)
+            self._record(rec)
+            raise
+        if first_chunk_at and tts_from:
+            rec.tts_first_ms = ms(first_chunk_at - tts_from)
+        self._finish_record(rec, t_ref, first_chunk_at, first_wire_at)
+
+    def _finish_record(
+        self, rec: TurnRecord, t_ref: float, first_chunk_at: float, first_wire_at: float
+    ) -> None:
+        rec.max_gap_ms = self.speaker.last_gap_ms
+        rec.end_of_speech_at = round(t_ref, 4)
+        rec.first_audio_at = round(first_wire_at, 4)
+        if first_wire_at:
+            rec.playout_ms = ms(first_wire_at - first_chunk_at)
+            rec.total_ms = ms(first_wire_at - t_ref)
+        self._record(rec)
+
+    def _record(self, rec: TurnRecord) -> None:
+        self.records.append(rec)
+        if self._on_turn is not None:
+            self._on_turn(rec)
+
+    async def _run_actions(self, reply: BrainReply) -> None:
+        self._failures = 0
+        if reply.send_dtmf:
+            log.info("call %s: sending DTMF %s", self.call_id, reply.send_dtmf)
+            self.call.send_dtmf(reply.send_dtmf)
+        self.pushed.promised(reply)
+        for action in reply.actions:
+            target = transfer_target(action)
+            if target is not None:
+                # Done here whatever the outcome: a transfer that worked ends the call, one
+                # that failed was apologised for and the conversation carries on (a
+                # "hangup" that came with it is not run).
+                await self._transfer(target)
+                return
+        if "hangup" in reply.actions:
+            await asyncio.sleep(self.opt.hangup_delay_s)
+            self.hangup("agent hangup")
+
+    async def _transfer(self, target: str) -> None:
+        """Hand the caller to a human; when that fails, say `transfer_failed_text` and
+        carry on."""
+        done = await self.handover.transfer(
+            target,
+            summary=self.warm_summary,
+            hangup=self.hangup,
+            observe=lambda note: self.brain.observe(self.ctx, note),
+        )
+        if done:
+            return
+        self._turns += 1
+        rec = TurnRecord(
+            call_id=self.call_id,
+            turn=self._turns,
+            kind="transfer-failed",
+            agent_text=self.opt.transfer_failed_text,
+            intent="transfer_failed",
+        )
+        t0 = time.monotonic()
+        text = self.opt.transfer_failed_text
+        await self._speak_turn(rec, t0, self.speaker.speak(text), tts_from=t0)
+
+    def warm_summary(self) -> str:
+        """What the human hears first in a warm transfer."""
+        return warm_summary(self.records, self.opt, self.ctx.from_number)
+
+
+def _actions_of(reply: BrainReply) -> list[str]:
+    """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
+    return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
