@@ -43,8 +43,7 @@ from gateway.policy.outbound import (
 )
 from gateway.pool.outcomes import DialStatus, PlaceCall
 from gateway.records.store import CallRecords
-from sip_config import ConfigError, Settings, is_time_zone
-from sip_config.settings import check_sip_headers
+from sip_config import ConfigError, Settings, check_sip_headers, is_time_zone
 
 log = logging.getLogger(__name__)
 

@@ -118,7 +118,7 @@ def worker_settings(settings: Settings, start: Start) -> Settings:
     }
     edge = start.edge
     if edge is not None:
-        from sip_config.settings import InboundAuthSettings
+        from sip_config import InboundAuthSettings
 
         update.update(
             listen_host=edge.sip_host,

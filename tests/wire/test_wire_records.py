@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.records.store import CallRecords
-from sip_config.settings import bundled_playbook_path
+from sip_config import bundled_playbook_path
 from tests.helpers.postgres import PostgresServer
 from tests.helpers.wire import answer, clean_env, finish_call, running_pool, start_call, wait_for
 

@@ -1,0 +1,328 @@
+"""Which speech-to-text, text-to-speech and brain the calls use (``[providers]``) and each
+vendor's own section: ``[deepgram]``, ``[openai]``, ``[elevenlabs]``, and the two bot
+brains, ``[webhook]`` (the customer's request/response bot) and ``[external]`` (OCS).
+
+Provider names are checked against gateway/providers/registry.py, the one list of names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from sip_config.errors import invalid
+from sip_config.types import BlankIsNone, HttpUrl, Section, WsUrl, check_http_url
+
+__all__ = [
+    "BotBrainSettings",
+    "BrainName",
+    "DeepgramSettings",
+    "ElevenLabsSettings",
+    "ExternalBrainSettings",
+    "HttpToolSettings",
+    "OpenAiSettings",
+    "ProviderSettings",
+    "SttName",
+    "TtsName",
+    "WebhookBrainSettings",
+]
+
+
+def _provider_name(kind: Literal["stt", "tts", "brain"]) -> AfterValidator:
+    """A validator of a provider name of `kind` against the provider registry (the one
+    list of names; imported when settings are validated, not when this module is)."""
+    label = {"stt": "STT", "tts": "TTS", "brain": "brain"}[kind]
+
+    def check(value: str | None) -> str | None:
+        if value is None:
+            return None
+        from gateway.providers.registry import names
+
+        name = value.strip().lower()
+        allowed = names(kind)
+        if name not in allowed:
+            invalid(f"unknown {label} provider; known: {', '.join(allowed)}")
+        return name
+
+    return AfterValidator(check)
+
+
+SttName = Annotated[str, _provider_name("stt")]
+TtsName = Annotated[str, _provider_name("tts")]
+BrainName = Annotated[str, _provider_name("brain")]
+# A fallback: empty means none.
+SttFallback = Annotated[SttName | None, BlankIsNone]
+TtsFallback = Annotated[TtsName | None, BlankIsNone]
+BrainFallback = Annotated[BrainName | None, BlankIsNone]
+
+
+class ProviderSettings(Section):
+    """Which STT/TTS/brain implementations to use (``[providers]``, ``SIPAGENT_PROVIDERS__*``)."""
+
+    stt: SttName = Field(default="pocketsphinx", description="Speech-to-text provider name.")
+    tts: TtsName = Field(default="piper", description="Text-to-speech provider name.")
+    brain: BrainName = Field(default="scripted", description="Conversation brain name.")
+    stt_fallback: SttFallback = Field(
+        default=None, description="Secondary STT when the primary fails (e.g. pocketsphinx)."
+    )
+    tts_fallback: TtsFallback = Field(
+        default=None, description="Secondary TTS when the primary fails (e.g. piper)."
+    )
+    brain_fallback: BrainFallback = Field(
+        default=None, description="Secondary brain when the primary fails (e.g. scripted)."
+    )
+    stt_timeout_s: float = Field(
+        default=2.0, gt=0, le=30, description="Wait for a final transcript at most this long."
+    )
+    brain_timeout_s: float = Field(
+        default=3.0,
+        gt=0,
+        le=30,
+        description="Wait for the brain's first words, and for each next piece, this long.",
+    )
+    tts_timeout_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=30,
+        description="Wait for the first audio, and for each next piece, this long.",
+    )
+    retries: int = Field(default=1, ge=0, le=3, description="Retries on the primary.")
+    piper_length_scale: float = Field(
+        default=1.0, ge=0.5, le=2.0, description="Piper speaking-rate factor (>1 is slower)."
+    )
+    # Latencies of the "fake" providers (benchmarks model a cloud vendor with them).
+    fake_stt_final_ms: int = Field(
+        default=0, ge=0, le=10000, description='"fake" STT: end of audio → final transcript.'
+    )
+    fake_llm_first_token_ms: int = Field(
+        default=0, ge=0, le=10000, description='"fake" brain: caller text → reply.'
+    )
+    fake_tts_first_byte_ms: int = Field(
+        default=0, ge=0, le=10000, description='"fake" TTS: text → first audio chunk.'
+    )
+    fake_tts_speed: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=100.0,
+        description='"fake" TTS: stream N times faster than real time (0: all at once).',
+    )
+
+    @field_validator("fake_tts_speed")
+    @classmethod
+    def _validate_fake_tts_speed(cls, value: float) -> float:
+        if value != 0.0 and value < 1.0:
+            invalid("must be 0 (unpaced) or at least 1 (real time); slower would underrun")
+        return value
+
+
+# --- vendors ----------------------------------------------------------------------------
+
+
+class DeepgramSettings(Section):
+    """Deepgram live speech-to-text (``[deepgram]``; the key may also come from
+    ``DEEPGRAM_API_KEY``)."""
+
+    api_key: str = Field(default="", repr=False, description="Deepgram API key.")
+    base_url: WsUrl = Field(
+        default=None, description="WebSocket base URL (wss://...); None: Deepgram's."
+    )
+    model: str = Field(default="nova-3", description="Recognition model.")
+    language: str = Field(default="en-US", description="Language code.")
+    endpointing_ms: int = Field(
+        default=300, ge=10, le=5000, description="Deepgram's own end-of-speech silence."
+    )
+    utterance_end_ms: int = Field(
+        default=1000, ge=1000, le=5000, description="UtteranceEnd after this much silence."
+    )
+
+
+def _required_http_url(value: str) -> str:
+    checked = check_http_url(value)
+    if checked is None:
+        invalid("is required")
+    return checked
+
+
+class HttpToolSettings(Section):
+    """A tool the LLM may call: the gateway POSTs its JSON arguments to ``url``."""
+
+    name: str = Field(description="Tool name the model sees ([A-Za-z0-9_-], ≤ 64).")
+    description: str = Field(description="What the tool does, for the model.")
+    parameters: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "object", "properties": {}},
+        description="JSON schema of the arguments.",
+    )
+    url: Annotated[str, AfterValidator(_required_http_url)] = Field(
+        description="http(s) URL the arguments are POSTed to."
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Request timeout.")
+
+    @field_validator("name")
+    @classmethod
+    def _validate_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z0-9_-]{1,64}$", value):
+            invalid("must be 1-64 letters, digits, '_' or '-'")
+        if value in ("end_call", "transfer_call"):
+            invalid("is a built-in tool name")
+        return value
+
+
+class OpenAiSettings(Section):
+    """OpenAI (or any OpenAI-compatible server) as the brain (``[openai]``; the key may
+    also come from ``OPENAI_API_KEY``)."""
+
+    api_key: str = Field(default="", repr=False, description="API key.")
+    base_url: str | None = Field(
+        default=None, description="API base URL, e.g. http://127.0.0.1:8000/v1; None: OpenAI."
+    )
+    model: str = Field(default="gpt-4o-mini", description="Chat model.")
+    system_prompt: str = Field(
+        default=(
+            "You are a friendly phone agent. Answer in one or two short spoken sentences,"
+            " without lists or markdown. The caller is {from_number}."
+        ),
+        description="System prompt; {from_number}, {to_number}, {call_uuid} are filled in.",
+    )
+    greeting: str = Field(
+        default="Hello, thanks for calling. How can I help you today?",
+        description="First thing the agent says (not generated).",
+    )
+    temperature: float | None = Field(default=None, ge=0, le=2, description="Sampling.")
+    transfer_target: str | None = Field(
+        default=None, description="Where transfer_call sends the caller (number or sip: URI)."
+    )
+    transfer_line: str = Field(
+        default="Let me transfer you to a colleague now.", description="Said on transfer."
+    )
+    tools: list[HttpToolSettings] = Field(default_factory=list, description="HTTP tools.")
+
+
+class ElevenLabsSettings(Section):
+    """ElevenLabs streaming text-to-speech (``[elevenlabs]``; the key may also come from
+    ``ELEVENLABS_API_KEY``)."""
+
+    api_key: str = Field(default="", repr=False, description="API key.")
+    base_url: HttpUrl = Field(default=None, description="API base URL; None: ElevenLabs.")
+    voice_id: str = Field(default="21m00Tcm4TlvDq8ikWAM", description="Voice id.")
+    model_id: str = Field(default="eleven_flash_v2_5", description="Model (Flash: low latency).")
+    stability: float | None = Field(default=None, ge=0, le=1)
+    similarity_boost: float | None = Field(default=None, ge=0, le=1)
+    style: float | None = Field(default=None, ge=0, le=1)
+    speed: float | None = Field(default=None, ge=0.7, le=1.2)
+
+
+# --- the bot brains ---------------------------------------------------------------------
+
+
+class BotBrainSettings(Section):
+    """What the two bot brains share: a remote service answers each caller turn, over HTTP
+    or later by pushing its reply to the app."""
+
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Headers sent to the bot (OCS), e.g. Authorization."
+    )
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="Per-request timeout.")
+    pending_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=120,
+        description="Wait this long for a reply pushed later before apologising.",
+    )
+    push_token: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Bearer token the bot sends when it pushes a reply to the app (the webhook's"
+            " /bot/calls/<call_id>/reply, OCS's /dcs/response); empty: pushed replies are"
+            " refused."
+        ),
+    )
+
+
+class WebhookBrainSettings(BotBrainSettings):
+    """The customer's request/response bot as the brain (``[webhook]``,
+    ``providers.brain = "webhook"``): each caller turn is a request whose answer is what
+    the agent says (or ``pending``, pushed later)."""
+
+    start_url: HttpUrl = Field(
+        default=None, description="Call-start endpoint (its reply is the greeting)."
+    )
+    turn_url: HttpUrl = Field(
+        default=None, description="Endpoint that gets each caller turn and returns the reply."
+    )
+    tts_url: HttpUrl = Field(
+        default=None, description="HTTP TTS for text replies; None: the configured TTS."
+    )
+    greeting: str = Field(default="Hello.", description="Greeting when start_url is unset.")
+    reply_url: HttpUrl = Field(
+        default=None,
+        description=(
+            "URL sent to the bot for pushing replies, '{call_id}' replaced; None: the app's"
+            " own /bot/calls/{call_id}/reply under app.public_url (or its listen address)."
+        ),
+    )
+
+    @field_validator("reply_url")
+    @classmethod
+    def _validate_reply_url(cls, value: str | None) -> str | None:
+        if value is not None and "{call_id}" not in value:
+            invalid("must contain '{call_id}' where the call's id goes")
+        return value
+
+
+OLD_EXTERNAL_KEYS: Final = {
+    "dcs_url": "webhook.start_url",
+    "dcs_response_url": "webhook.turn_url",
+    "reply_url": "webhook.reply_url",
+}
+OLD_EXTERNAL_HINT: Final = (
+    "the request/response bot is now providers.brain = 'webhook' with a [webhook] section;"
+    " [external] (providers.brain = 'external') is the OCS integration, where sipagent is"
+    " the DCS: set external.ocs_url (or OCS_URL) and point OCS's DCS_URL and"
+    " DCS_RESPONSE_URL at the app's /dcs/calls and /dcs/response"
+)
+
+
+class ExternalBrainSettings(BotBrainSettings):
+    """An Ori-style OCS drives the conversation, sipagent is its DCS (``[external]``,
+    ``providers.brain = "external"``; ``OCS_URL`` and ``AI_TTS_URL`` are accepted as
+    environment variables too).
+
+    The caller's words go to ``ocs_url``; OCS delivers its replies to the app's
+    ``/dcs/response`` (its ``DCS_RESPONSE_URL``) and starts calls through ``/dcs/calls``
+    (its ``DCS_URL``).
+    """
+
+    ocs_url: HttpUrl = Field(
+        default=None, description="Where call events and the caller's words are POSTed."
+    )
+    ai_tts_url: HttpUrl = Field(
+        default=None,
+        description="HTTP TTS for replies with text but no audio_url; None: the gateway's TTS.",
+    )
+    greeting: str = Field(
+        default="", description="Said at call start while OCS's welcome is awaited; '': none."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_keys(cls, data: Any) -> Any:
+        """The request/response bot's old keys get a message saying what to use now."""
+        if isinstance(data, dict):
+            old = [key for key in OLD_EXTERNAL_KEYS if key in data]
+            if old:
+                moved = ", ".join(f"{key} -> {OLD_EXTERNAL_KEYS[key]}" for key in old)
+                invalid(
+                    f"{', '.join(old)}: no longer here ({moved}); {OLD_EXTERNAL_HINT}",
+                    show_input=False,
+                )
+        return data
+
+    def url(self, name: str) -> str | None:
+        """``name`` ("ocs_url" or "ai_tts_url") from the settings, else its upper-case
+        environment variable."""
+        value: str | None = getattr(self, name)
+        return value or os.environ.get(name.upper()) or None
