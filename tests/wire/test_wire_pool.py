@@ -107,7 +107,9 @@ def test_killed_worker_is_replaced_and_other_calls_go_on(
             start_call(pool.worker_uri(0), *["--play", str(question_wav)] * 3, "--timeout", "8")
             for _ in range(2)
         ]
-        time.sleep(4.0)  # greetings done, first questions under way
+        # All four calls are up (greeted) before the kill: a softphone slow to start on a
+        # loaded machine would otherwise reach worker 0's replacement, not worker 0.
+        wait_for(lambda: sum(t["kind"] == "greeting" for t in pool.turns()) >= 4, 60, "greetings")
         killed_at = time.monotonic()
         os.kill(doomed_pid, signal.SIGKILL)
         wait_for(lambda: pool.workers[0][0] != doomed_pid, 10, "worker 0 replaced by a new process")
@@ -133,7 +135,7 @@ def test_sigterm_drains_calls_in_progress_then_exits_0(tmp_path: Path, question_
         assert pool.app_url is not None
         call_uuid, uri, headers = answer(pool, "+14155551234")
         talking = start_call(uri, *["--play", str(question_wav)] * 3, "--timeout", "60", *headers)
-        time.sleep(4.0)
+        wait_for(lambda: any(t["kind"] == "greeting" for t in pool.turns()), 60, "the greeting")
         pool.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: any("draining" in line for line in pool.lines), 10, "drain")
         status, ready = get_json(pool.app_url + "/readyz")
