@@ -2,9 +2,10 @@
 
 The store is chosen by URL (``records.url``): ``sqlite:///PATH`` (stdlib ``sqlite3``) or
 ``postgresql://user:password@host:port/dbname`` (psycopg 3); :func:`open_backend` opens it.
-:class:`~gateway.records.store.CallRecords` holds the semantics once, as SQL both databases
-run; a backend supplies the connection, placeholders, transaction start, the database's
-clock, schema types and version bookkeeping.
+The semantics are written once, as SQL both databases run (:mod:`gateway.records.calls`,
+:mod:`gateway.records.leases`, behind :class:`~gateway.records.store.CallRecords`); a backend
+supplies the connection, placeholders, transaction start, the database's clock, schema types
+and version bookkeeping.
 
 Durability: each event is one transaction committed before the store's method returns.
 SQLite uses a WAL journal with ``synchronous=FULL``, so a row whose write returned survives
