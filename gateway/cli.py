@@ -139,8 +139,8 @@ def _records_error(exc: Exception) -> int:
 
 def cmd_calls_list(args: argparse.Namespace) -> int:
     """Print the most recent calls."""
+    from gateway.records.model import RecordsError
     from gateway.records.report import format_calls
-    from gateway.records.store import RecordsError
 
     try:
         with _open_records(args) as records:
@@ -156,8 +156,8 @@ def cmd_calls_list(args: argparse.Namespace) -> int:
 
 def cmd_calls_show(args: argparse.Namespace) -> int:
     """Print one call and its transcript."""
+    from gateway.records.model import RecordsError
     from gateway.records.report import format_call
-    from gateway.records.store import RecordsError
 
     try:
         with _open_records(args) as records:

@@ -56,7 +56,7 @@ from gateway.pool.protocol import (
 
 if TYPE_CHECKING:
     from gateway.pool.worker import AgentWorker
-    from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
+    from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
     from sip_config import Settings
 
 log = logging.getLogger("sipagent.worker")

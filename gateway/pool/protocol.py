@@ -11,7 +11,7 @@ Supervisor → worker: `Configure` (always first), then `Start`, `Drain`, `Stop`
 (a reply the bot pushed), `PlaceCall` (an outbound call).  End of file means "stop".
 
 Worker → supervisor: `Loaded` (providers ready), `Up`, `Failed` (cannot start), the call
-events `CallStarted` / `CallEnded` / `TurnRecorded` (records, see `gateway.records.store`),
+events `CallStarted` / `CallEnded` / `TurnRecorded` (records, see `gateway.records.model`),
 `LegChanged` (a call slot taken or freed by a call without a conversation),
 `RegistrationChanged`, and the answers `PushResult` / `DialResult`, which carry the
 ``request_id`` of their request.
@@ -30,7 +30,7 @@ from enum import Enum
 from typing import Any, ClassVar, Literal, TypeVar
 
 from gateway.pool.outcomes import DialOutcome, PushOutcome
-from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
+from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 
 _T = TypeVar("_T")
 

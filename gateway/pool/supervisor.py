@@ -66,7 +66,8 @@ from gateway.pool.protocol import (
 )
 from gateway.pool.state import PoolState
 from gateway.providers.registry import loads_models
-from gateway.records.store import CallRecords, SipCallEnd
+from gateway.records.model import SipCallEnd
+from gateway.records.store import CallRecords
 from gateway.sip.digest import inbound_credentials
 from sip_config import ConfigError, Settings
 
@@ -765,7 +766,7 @@ def _is_loopback(network: str) -> bool:
 
 
 async def _serve(settings: Settings, workers: int, start_app: StartApp | None) -> int:
-    from gateway.records.store import RecordsError
+    from gateway.records.model import RecordsError
 
     loop = asyncio.get_running_loop()
     drain, stop = asyncio.Event(), asyncio.Event()

@@ -27,9 +27,9 @@ from gateway.policy.transfer import (
 from gateway.pool.outcomes import DialOutcome, DialStatus, PushOutcome, PushStatus
 from gateway.providers.base import ProviderError, TtsProvider
 from gateway.providers.registry import Providers, uses_vendors
+from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 from gateway.records.recording import CallRecorder, recording_path
 from gateway.records.redact import redact
-from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
 from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
 from gateway.sip.calls import CallHandle, SipCall
 from gateway.sip.digest import inbound_credentials

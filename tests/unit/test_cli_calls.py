@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.records.store import CallRecords, sip_key
+from gateway.records.model import sip_key
+from gateway.records.store import CallRecords
 from tests.helpers.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]

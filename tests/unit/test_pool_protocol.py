@@ -36,7 +36,7 @@ from gateway.pool.protocol import (
     Up,
 )
 from gateway.pool.supervisor import Supervisor
-from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
+from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 from sip_config import load_settings
 
 MESSAGES: list[protocol.Message] = [

@@ -1,5 +1,6 @@
-"""Tests for gateway.records.store: the call-record store, on SQLite and on a real PostgreSQL
-server (tests/helpers/postgres.py: initdb in a temporary directory, one schema per test)."""
+"""Tests for the call-record store (gateway.records.store and the modules behind it), on
+SQLite and on a real PostgreSQL server (tests/helpers/postgres.py: initdb in a temporary
+directory, one schema per test)."""
 
 from __future__ import annotations
 
@@ -17,19 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from gateway.records.store import (
-    _MIGRATIONS,
-    _POSTGRES_TYPES,
-    _SQLITE_TYPES,
-    GATEWAY_RESTARTED,
+from gateway.records.backends import redact_url
+from gateway.records.model import GATEWAY_RESTARTED, AmbiguousCallId, RecordsError, sip_key
+from gateway.records.schema import (
+    MIGRATIONS,
+    POSTGRES_TYPES,
     SCHEMA_VERSION,
-    AmbiguousCallId,
-    CallRecords,
-    RecordsError,
-    _statements,
-    redact_url,
-    sip_key,
+    SQLITE_TYPES,
+    statements,
 )
+from gateway.records.store import CallRecords
 from sip_config import ConfigError, RecordsSettings, load_settings
 from tests.helpers.postgres import PostgresServer
 
@@ -321,7 +319,7 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
 
 
 def _sqlite_migration(number: int) -> list[str]:
-    return _statements(_MIGRATIONS[number], **_SQLITE_TYPES)
+    return statements(MIGRATIONS[number], **SQLITE_TYPES)
 
 
 def test_unix_times_keep_their_precision(records: CallRecords) -> None:
@@ -670,7 +668,7 @@ def _make_version_4_store(target: str) -> None:
 
     with psycopg.connect(target, autocommit=True) as conn:
         for number in range(4):
-            for statement in _statements(_MIGRATIONS[number], **_POSTGRES_TYPES):
+            for statement in statements(MIGRATIONS[number], **POSTGRES_TYPES):
                 conn.execute(statement)
         conn.execute("CREATE TABLE sipagent_schema (version INTEGER NOT NULL)")
         conn.execute("INSERT INTO sipagent_schema VALUES (4)")
@@ -748,7 +746,7 @@ def test_postgres_version_1_store_is_migrated(postgres: PostgresServer) -> None:
     schema = url.rpartition("search_path%3D")[2]
     with postgres.admin() as conn:
         conn.execute(f"SET search_path = {schema}")
-        for statement in _statements(_MIGRATIONS[0], **_POSTGRES_TYPES):
+        for statement in statements(MIGRATIONS[0], **POSTGRES_TYPES):
             conn.execute(statement)
         conn.execute("INSERT INTO calls (call_uuid, created_at, updated_at) VALUES ('old', 1, 1)")
         conn.execute("CREATE TABLE sipagent_schema (version INTEGER NOT NULL)")

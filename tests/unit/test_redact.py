@@ -13,8 +13,8 @@ import pytest
 from gateway.pipeline.session import TurnRecord
 from gateway.pool.worker import AgentWorker, redact_turn
 from gateway.providers.registry import Providers
+from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 from gateway.records.redact import CARD, EMAIL, NUMBER, PHONE, luhn_valid, redact
-from gateway.records.store import CallTurn, SipCallEnd, SipCallStart
 from gateway.sip.calls import CallHandle
 from sip_config import load_settings
 
