@@ -11,7 +11,7 @@ import os
 import re
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
 from sip_config.errors import invalid
 from sip_config.types import BlankIsNone, HttpUrl, Section, WsUrl, check_http_url
@@ -326,3 +326,14 @@ class ExternalBrainSettings(BotBrainSettings):
         environment variable."""
         value: str | None = getattr(self, name)
         return value or os.environ.get(name.upper()) or None
+
+
+class ProviderSections(BaseModel):
+    """The vendors' and bot brains' sections of `Settings` (which inherits them): a new
+    provider's section is declared here, beside its class, and nowhere else."""
+
+    deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
+    openai: OpenAiSettings = Field(default_factory=OpenAiSettings)
+    elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
+    external: ExternalBrainSettings = Field(default_factory=ExternalBrainSettings)
+    webhook: WebhookBrainSettings = Field(default_factory=WebhookBrainSettings)

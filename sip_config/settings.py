@@ -36,14 +36,7 @@ from sip_config.checks import check_loaded
 from sip_config.conversation import ConversationSettings, TransferSettings, VadSettings
 from sip_config.errors import ConfigError, config_error_from
 from sip_config.pool import EdgeSettings, PoolSettings
-from sip_config.providers import (
-    DeepgramSettings,
-    ElevenLabsSettings,
-    ExternalBrainSettings,
-    OpenAiSettings,
-    ProviderSettings,
-    WebhookBrainSettings,
-)
+from sip_config.providers import ProviderSections, ProviderSettings
 from sip_config.records import RecordsSettings
 from sip_config.sip import RegistrationSettings, SipSettings
 
@@ -112,7 +105,7 @@ class _RelativePlaybookTomlSource(TomlConfigSettingsSource):
         return data
 
 
-class Settings(BaseSettings):
+class Settings(BaseSettings, ProviderSections):
     """Complete gateway configuration.  Build it with :func:`load_settings`.
 
     ``playbook`` is a :class:`~pathlib.Path`: when unset :func:`bundled_playbook_path`;
@@ -141,11 +134,6 @@ class Settings(BaseSettings):
     transfer: TransferSettings = Field(default_factory=TransferSettings)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     records: RecordsSettings = Field(default_factory=RecordsSettings)
-    deepgram: DeepgramSettings = Field(default_factory=DeepgramSettings)
-    openai: OpenAiSettings = Field(default_factory=OpenAiSettings)
-    elevenlabs: ElevenLabsSettings = Field(default_factory=ElevenLabsSettings)
-    external: ExternalBrainSettings = Field(default_factory=ExternalBrainSettings)
-    webhook: WebhookBrainSettings = Field(default_factory=WebhookBrainSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
     playbook: Annotated[Path, BeforeValidator(_bundled_if_none)] = Field(
