@@ -82,7 +82,7 @@ def test_a_worker_whose_socket_is_reset_ends_its_reader() -> None:
         theirs.close()  # closed with the command unread: a reset for us
         sup = Supervisor(load_settings(None, env_file=None), 1)
         child = SimpleNamespace(pid=4242, reader=reader)
-        await asyncio.wait_for(sup._read(child), 5)  # type: ignore[arg-type]
+        await asyncio.wait_for(sup.workers.read(child), 5)  # type: ignore[arg-type]
         writer.close()
 
     asyncio.run(scenario())

@@ -172,7 +172,7 @@ def test_the_supervisor_logs_a_bad_line_and_reads_on(caplog: pytest.LogCaptureFi
         writer.write(b"garbage\n" + b'{"type": "reboot"}\n' + protocol.encode(Drain()))
         writer.write(protocol.encode(Loaded()))
         writer.close()  # end of file after the lines: the reader returns
-        await asyncio.wait_for(sup._read(child), 5)  # type: ignore[arg-type]
+        await asyncio.wait_for(sup.workers.read(child), 5)  # type: ignore[arg-type]
         assert loaded.is_set()  # the good message after the bad ones was handled
         own.close()
 

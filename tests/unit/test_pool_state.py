@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.pool.plan import auto_workers, plan_workers
 from gateway.pool.state import PoolState
-from gateway.pool.supervisor import auto_workers, plan_workers
 from sip_config import ConfigError, Settings, load_settings
 
 
