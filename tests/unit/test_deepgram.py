@@ -117,7 +117,7 @@ def test_finalize_without_answer_after_final_results(fake: FakeDeepgram) -> None
 
     text, elapsed = run(main)
     assert text == " ".join(["3200 bytes"] * 5)
-    assert elapsed < 1.0  # a short grace, not the whole final_timeout_s
+    assert elapsed < 1.5  # a short grace, not the whole final_timeout_s (2 s)
     assert not any(m.get("from_finalize") for m in fake.connections[0].sent)
 
 
@@ -307,7 +307,7 @@ def test_no_final_answer_is_timeout(fake: FakeDeepgram) -> None:
             await stt.close()
 
     elapsed = run(main)
-    assert 0.45 < elapsed < 1.0
+    assert 0.45 < elapsed < 2.0  # the 0.5 s timeout, with slack for a loaded machine
     assert fake.connections[0].finalizes == 1
 
 

@@ -78,7 +78,7 @@ def test_endpointing_speech_final_ends_the_utterance_without_a_finalize_wait(
     assert end == pytest.approx(400.0, abs=1.0)
     # The speech_final segment: the tone plus the 300 ms of silence that ended it.
     assert text == f"{(600 + 300) * 16} bytes"
-    assert elapsed < 0.3  # no wait for the (slow) from_finalize answer
+    assert elapsed < 0.8  # no wait for the from_finalize answer (1 s away)
     sent = fake.connections[0].sent
     assert [m["speech_final"] for m in sent if m.get("is_final")][:1] == [True]
     assert fake.connections[0].query["endpointing"] == "300"

@@ -70,7 +70,9 @@ def test_tts_stall_times_out_within_the_budget() -> None:
         tts = ResilientTts([primary, secondary], first_audio_timeout_s=0.2, retries=1)
         t0 = time.monotonic()
         assert await collect(tts.synthesize("hi"))
-        assert time.monotonic() - t0 < 0.2 * 2 + 0.3
+        # Two timed-out attempts and the fallback; slack for a loaded machine (a missed
+        # timeout would take the stall's 30 s).
+        assert time.monotonic() - t0 < 0.2 * 2 + 2.0
         assert primary.closed == 2  # both stalled attempts were closed
 
     run(body())
@@ -172,7 +174,7 @@ def test_stt_stall_and_connect_failures_fall_through_in_time() -> None:
         )
         t0 = time.monotonic()
         assert await utterance(stt) == "c heard 3200 bytes"
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0  # the stall would take 30 s
 
     run(body())
 
@@ -221,7 +223,7 @@ def test_brain_first_token_timeout() -> None:
         )
         t0 = time.monotonic()
         assert (await brain.respond("x", CTX)).text == "scripted: x"
-        assert time.monotonic() - t0 < 0.5
+        assert time.monotonic() - t0 < 2.0  # the stall would take 30 s
 
     run(body())
 

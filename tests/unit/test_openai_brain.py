@@ -339,7 +339,7 @@ def test_aclose_mid_stream_stops_at_once_and_keeps_the_partial_text(fake: FakeOp
 
     partial, elapsed = run(main())
     assert partial == "One two "
-    assert elapsed < 0.2
+    assert elapsed < 0.8  # the rest of the text would take 1.6 s more
     assert fake.disconnected.wait(2.0)
     assert fake.streams[0].client_left
     assert fake.streams[0].finished_at == 0.0
@@ -412,7 +412,8 @@ def test_no_first_token_is_a_timeout(fake: FakeOpenAi) -> None:
     err = run(failure(brain))
     elapsed = time.monotonic() - started
     assert err.kind == "timeout"
-    assert 0.45 < elapsed < 0.5 + 0.5
+    # Not before the limit; well before the 10 s stall ends (a loaded machine adds delay).
+    assert 0.45 < elapsed < 5.0
     assert fake.disconnected.wait(2.0)
 
 
@@ -422,7 +423,7 @@ def test_a_stall_mid_stream_is_a_timeout(fake: FakeOpenAi) -> None:
     started = time.monotonic()
     err = run(failure(brain))
     assert err.kind == "timeout"
-    assert time.monotonic() - started < 0.4 + 0.6
+    assert time.monotonic() - started < 5.0  # the timeout, not the 10 s stall's end
 
 
 def test_dropped_connection_is_a_disconnect(fake: FakeOpenAi) -> None:
