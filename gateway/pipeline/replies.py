@@ -72,6 +72,8 @@ class Replies:
         # The caller's words kept until the brain has answered: if the caller talks on
         # first, the next turn includes them.
         self.carry_text = ""
+        # Called when a reply task is over (done, failed or cancelled).
+        self.on_done: Callable[[], None] = _nothing
         speaker.on_first_audio = self._audio_flowing
 
     # -- the reply task ---------------------------------------------------------------------
@@ -90,6 +92,7 @@ class Replies:
         self.cancel()
         limit = self.opt.reply_deadline_s if deadline else None
         self.task = asyncio.ensure_future(self._guard(coro, limit))
+        self.task.add_done_callback(lambda _: self.on_done())
 
     async def close(self) -> None:
         """Cancel the reply in progress and wait for it (the call ended)."""
@@ -397,3 +400,7 @@ class Replies:
 def _actions_of(reply: BrainReply) -> list[str]:
     """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
     return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
+
+
+def _nothing() -> None:
+    pass

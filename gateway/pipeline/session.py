@@ -86,6 +86,10 @@ class CallSession:
             self.hangup,
             on_turn,
         )
+        self.replies.on_done = self._floor_moved
+        # Set where the floor may have been freed (`_busy`): a reply task ended, a speech
+        # was over or cut off, the caller's speech started or ended.
+        self._floor_changed = asyncio.Event()
         self._last_activity = time.monotonic()
         self._no_input_attempts = 0
         self._hanging_up = False
@@ -120,7 +124,9 @@ class CallSession:
                 tg.create_task(self._keys(), name="keys")
                 tg.create_task(self._watchdog(), name="watchdog")
                 if self.brain.pushes:
-                    tg.create_task(self.pushed.run(self._busy, self._play_pushed), name="pushed")
+                    tg.create_task(
+                        self.pushed.run(self._floor_free, self._play_pushed), name="pushed"
+                    )
                 self.replies.start(self.replies.greet(), deadline=True)
         finally:
             await self._shutdown()
@@ -160,6 +166,7 @@ class CallSession:
 
     def heard(self, at: float) -> None:
         self._last_activity = at
+        self._floor_moved()
 
     def caller_started(self) -> bool:
         self._no_input_attempts = 0
@@ -193,6 +200,7 @@ class CallSession:
 
     def _barge_in(self) -> None:
         dropped = self.speaker.stop()
+        self._floor_moved()
         self.barge_ins += 1
         self.replies.cancel()
         log.info(
@@ -203,6 +211,22 @@ class CallSession:
 
     def _touch(self) -> None:
         self._last_activity = time.monotonic()
+        self._floor_moved()
+
+    def _floor_moved(self) -> None:
+        self._floor_changed.set()
+
+    async def _floor_free(self) -> None:
+        """Return once nobody has the floor (`_busy` is False), re-checked where it may
+        have been freed (`_floor_changed`). Audio left queued with nobody speaking (a speech
+        that failed half-way) plays out without an event of its own: the wait then ends at
+        the latest when that audio has had its time."""
+        while self._busy():
+            self._floor_changed.clear()
+            queued = len(self.call.playout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(queued * FRAME_MS / 1000.0 if queued else None):
+                    await self._floor_changed.wait()
 
     def _busy(self) -> bool:
         """The caller or the agent has the floor (or a reply is being prepared)."""

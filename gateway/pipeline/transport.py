@@ -107,6 +107,9 @@ class CallLeg(Protocol):
         """What the human hears (the agent's summary)."""
         ...
 
+    async def settled(self) -> None:
+        """Return once the call was answered or ended (woken by that change, not a poll)."""
+
 
 class WarmLegs(Protocol):
     """What a warm transfer needs from the transport: call the human, bridge, hang up."""

@@ -164,6 +164,44 @@ class CallHandle:
     # Written on the pj thread, read anywhere.
     on_hold: bool = False
     codec: str = ""  # the audio codec in use, e.g. "PCMA/8000"
+    # Who waits in `settled` (each on its loop), and the lock they share with the pj thread.
+    _settlers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    _settlers_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The pj thread sets `answered_at` and `ended_at` as plain attributes: whoever waits
+        # in `settled` is woken here, on its own loop.
+        object.__setattr__(self, name, value)
+        if name in ("answered_at", "ended_at") and value:
+            self._wake_settlers()
+
+    def _wake_settlers(self) -> None:
+        lock: threading.Lock | None = self.__dict__.get("_settlers_lock")
+        if lock is None:
+            return  # still in __init__: nobody waits yet
+        with lock:
+            settlers = list(self._settlers)
+        for loop, event in settlers:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(event.set)
+
+    async def settled(self) -> None:
+        """Return once the call was answered or ended (woken by the pj thread's change)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._settlers_lock:
+            self._settlers.append(entry)
+        try:
+            # Registered before the test: a change from now on wakes us.
+            while not self.answered_at and not self.ended_at:
+                entry[1].clear()
+                await entry[1].wait()
+        finally:
+            with self._settlers_lock:
+                self._settlers.remove(entry)
 
     @cached_property
     def context(self) -> Mapping[str, str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 import time
 from collections.abc import Mapping
 
@@ -454,6 +455,23 @@ class FakeLegs:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+
+def test_a_leg_answered_on_the_pj_thread_wakes_whoever_waits_for_it() -> None:
+    async def scenario() -> None:
+        leg = CallHandle(2, "human-leg", "sip:h@x", "sip:agent@x", bridge_leg=True)
+        waiter = asyncio.ensure_future(leg.settled())
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        # Set as the pj thread sets it: a plain attribute, from another thread.
+        setter = threading.Thread(target=setattr, args=(leg, "answered_at", 12.5))
+        setter.start()
+        await asyncio.wait_for(waiter, 5.0)
+        setter.join()
+        ended = CallHandle(3, "gone", "sip:h@x", "sip:agent@x", ended_at=1.0)
+        await asyncio.wait_for(ended.settled(), 1.0)  # already over: at once
+
+    asyncio.run(scenario())
 
 
 def start_warm(brain: QuickBrain, options: ConversationOptions, legs: FakeLegs) -> Call:
