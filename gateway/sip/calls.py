@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
 from gateway.audio.ring import InboundRing, PlayoutRing
-from gateway.pipeline.transport import WarmLegs
+from gateway.pipeline.transport import KeyQueue, WarmLegs
 from gateway.plivo.callcontext import decode_call_context
 from gateway.policy.transfer import Transferrer
 from gateway.providers.base import CallContext
@@ -85,53 +84,6 @@ def parse_sip_headers(message: str) -> dict[str, str]:
         headers[canon] = f"{headers[canon]}, {value}" if canon in headers else value
         last = canon
     return headers
-
-
-class KeyQueue:
-    """Keypad keys (DTMF) the caller pressed: pushed on the pj thread, awaited on the loop.
-
-    Keys pushed before `bind` are kept (at most `capacity`, the oldest dropped) and
-    delivered once the conversation starts.
-    """
-
-    def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._early: deque[tuple[str, str]] = deque(maxlen=capacity)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[str, str]] | None = None
-        self.pushed = 0
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Attach the loop whose task consumes the keys (call on that loop)."""
-        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=self.capacity)
-        with self._lock:
-            while self._early:
-                queue.put_nowait(self._early.popleft())
-            self._queue = queue
-            self._loop = loop
-
-    def push(self, key: str, method: str) -> None:
-        """Any thread: the caller pressed `key` (sent by `method`: "rfc4733" or "info")."""
-        self.pushed += 1
-        with self._lock:
-            loop, queue = self._loop, self._queue
-            if loop is None or queue is None:
-                self._early.append((key, method))
-                return
-        with contextlib.suppress(RuntimeError):  # a closed loop: the call is over
-            loop.call_soon_threadsafe(_put_bounded, queue, (key, method))
-
-    async def get(self) -> tuple[str, str]:
-        """The next key and its method; waits for one."""
-        assert self._queue is not None, "bind() first"
-        return await self._queue.get()
-
-
-def _put_bounded(queue: asyncio.Queue[tuple[str, str]], item: tuple[str, str]) -> None:
-    if queue.full():
-        queue.get_nowait()  # a stuck consumer must not grow memory: keep the newest keys
-    queue.put_nowait(item)
 
 
 @dataclass

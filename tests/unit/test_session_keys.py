@@ -1,5 +1,6 @@
 """Keypad input (DTMF) in CallSession, without SIP: keys are pushed into the call's
-`KeyQueue` as the pj thread does; the clock, fakes and helpers are test_session's."""
+`KeyQueue` (`gateway.pipeline.transport`) as the pj thread does; the clock, fakes and
+helpers are test_session's."""
 
 from __future__ import annotations
 
