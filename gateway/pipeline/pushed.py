@@ -8,9 +8,9 @@ its own.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
+from gateway.pipeline import clock
 from gateway.pipeline.record import TurnRecord
 from gateway.providers.base import Brain, BrainReply, ProviderError
 
@@ -27,7 +27,7 @@ class PushedReplies:
     def promised(self, reply: BrainReply) -> None:
         """A reply was spoken: it may promise a pushed one, or settle the one owed."""
         if reply.pending_s is not None:
-            self.due = time.monotonic() + reply.pending_s
+            self.due = clock.now() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
             self.due = None  # answered: nothing is owed any more
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from gateway.audio.pcm import FRAME_MS
+from gateway.pipeline import clock
 from gateway.pipeline.keypad import KeypadEntry
 from gateway.pipeline.listening import CallerTurn, Listener
 from gateway.pipeline.options import ConversationOptions, Prompts
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class CallSession:
-    """The conversation of one call."""
+    """The conversation of one call (made and run on its loop, whose clock it reads:
+    `gateway.pipeline.clock`)."""
 
     def __init__(
         self,
@@ -90,7 +91,7 @@ class CallSession:
         # Set where the floor may have been freed (`_busy`): a reply task ended, a speech
         # was over or cut off, the caller's speech started or ended.
         self._floor_changed = asyncio.Event()
-        self._last_activity = time.monotonic()
+        self._last_activity = clock.now()
         self._no_input_attempts = 0
         self._hanging_up = False
         self._keys_barged = False  # the first key of the entry under way cut the agent off
@@ -210,7 +211,7 @@ class CallSession:
         )
 
     def _touch(self) -> None:
-        self._last_activity = time.monotonic()
+        self._last_activity = clock.now()
         self._floor_moved()
 
     def _floor_moved(self) -> None:
@@ -247,7 +248,7 @@ class CallSession:
             due = self.keypad.deadline
             if due is not None:
                 try:
-                    async with asyncio.timeout_at(_loop_time(due)):
+                    async with asyncio.timeout_at(due):
                         key, method = await keys.get()
                 except TimeoutError:
                     self._submit_keys(self.keypad.expire())
@@ -259,7 +260,7 @@ class CallSession:
     async def _on_key(self, key: str, method: str) -> None:
         """One key: it stops the agent and drops speech in progress, then is delivered
         alone or added to the keypad entry the brain asked for."""
-        now = time.monotonic()
+        now = clock.now()
         self.keys_pressed += 1
         self._last_activity = now
         self._no_input_attempts = 0
@@ -280,7 +281,7 @@ class CallSession:
             self._submit_keys(entry)
 
     def _submit_keys(self, keys: KeyInput) -> None:
-        now = time.monotonic()
+        now = clock.now()
         rec = TurnRecord(
             call_id=self.call.call_id,
             turn=0,
@@ -296,12 +297,12 @@ class CallSession:
     def _play_pushed(
         self, reply: BrainReply | None, error: Exception | None, rec: TurnRecord
     ) -> None:
-        self._last_activity = time.monotonic()
+        self._last_activity = clock.now()
         if error is not None:
             self.replies.start(failing(error))
             return
         assert reply is not None
-        now = time.monotonic()
+        now = clock.now()
         self.replies.start(self.replies.deliver(reply, rec, now, now))
 
     async def _watchdog(self) -> None:
@@ -309,11 +310,11 @@ class CallSession:
             await asyncio.sleep(0.2)
             if self.call.on_hold:
                 # The caller put us on hold: no "are you there?" until they are back.
-                self._last_activity = time.monotonic()
+                self._last_activity = clock.now()
                 continue
             if self._busy():
                 continue
-            now = time.monotonic()
+            now = clock.now()
             if self.pushed.waiting(now):
                 continue  # a pushed reply is owed: silence is expected until it is due
             overdue = self.pushed.overdue(now)
@@ -329,11 +330,5 @@ class CallSession:
                 turn=0,
                 kind="reprompt" if "hangup" not in reply.actions else "goodbye",
             )
-            self._last_activity = time.monotonic()
-            self.replies.start(self.replies.deliver(reply, rec, time.monotonic(), time.monotonic()))
-
-
-def _loop_time(monotonic_at: float) -> float:
-    """The running loop's time at monotonic time `monotonic_at`."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_at - time.monotonic())
+            self._last_activity = clock.now()
+            self.replies.start(self.replies.deliver(reply, rec, clock.now(), clock.now()))
