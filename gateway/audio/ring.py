@@ -15,6 +15,7 @@ import asyncio
 import collections
 import time
 import weakref
+from collections.abc import Callable
 
 from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, split_frames
 
@@ -140,9 +141,13 @@ class PlayoutRing:
     call ended, the clock will pop no more) wakes it for good.
     """
 
-    def __init__(self, capacity: int = 150) -> None:
+    def __init__(self, capacity: int = 150, clock: Callable[[], float] = time.monotonic) -> None:
         self._frames: collections.deque[bytes] = collections.deque()
         self.capacity = capacity
+        # What time it is for whoever pops (the clock thread: monotonic; a test's clock
+        # task on a virtual loop: the loop's time). The conversation compares it with its
+        # own clock (`gateway.pipeline.clock`).
+        self.clock = clock
         self.started_at = 0.0
         self.last_frame_at = 0.0
         self.playing = False
@@ -187,7 +192,7 @@ class PlayoutRing:
             self._wake()
         if self.tap is not None:
             self.tap.append(frame)
-        now = time.monotonic()
+        now = self.clock()
         if self.playing and now - self.last_frame_at > self.max_gap:
             self.max_gap = now - self.last_frame_at
         if self._marked:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.pipeline import clock
 from gateway.pipeline.options import ConversationOptions
 from gateway.pipeline.transport import CallerAudio
 from gateway.providers.base import SttProvider, SttStream
@@ -102,7 +102,7 @@ class Listener:
                     await self._feed_speech(frame)
                     self._check_stt_end(floor)
                 continue
-            now = time.monotonic()
+            now = clock.now()
             floor.heard(now)
             if event.kind == "start" and floor.keys_underway():
                 # A keypad entry is under way: keys came first, this speech is ignored.
@@ -154,7 +154,7 @@ class Listener:
             return
         self._stream = None
         parts, self._parts = self._parts, []
-        now = time.monotonic()
+        now = clock.now()
         floor.heard(now)
         barge_in = self._barged
         if self._stt_ended:  # a further turn on the noisy line

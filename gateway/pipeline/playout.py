@@ -8,12 +8,12 @@ for room in the sink and for the audio to play out is the sink's event, never a 
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
+from gateway.pipeline import clock
 from gateway.pipeline.record import ms
 from gateway.pipeline.transport import AudioSink
 from gateway.providers.base import TtsProvider
@@ -69,7 +69,7 @@ class Speaker:
                 try:
                     async for pcm in chunks:
                         if not first_chunk_at:
-                            first_chunk_at = time.monotonic()
+                            first_chunk_at = clock.now()
                             sink.max_gap = 0.0
                             self.on_first_audio()  # audio is flowing
                         await sink.capture(pcm)

@@ -2,16 +2,15 @@
 
 A reply may promise one (`BrainReply.pending_s`): until it is due the caller's silence is
 expected, and once due without one the turn has failed. A pushed reply waits until the
-turn in progress is over, then plays as an agent turn of its own.
+turn in progress is over (the session's floor, an event), then plays as an agent turn of
+its own.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 
-from gateway.audio.pcm import FRAME_MS
+from gateway.pipeline import clock
 from gateway.pipeline.record import TurnRecord
 from gateway.providers.base import Brain, BrainReply, ProviderError
 
@@ -28,7 +27,7 @@ class PushedReplies:
     def promised(self, reply: BrainReply) -> None:
         """A reply was spoken: it may promise a pushed one, or settle the one owed."""
         if reply.pending_s is not None:
-            self.due = time.monotonic() + reply.pending_s
+            self.due = clock.now() + reply.pending_s
         elif reply.text or getattr(reply, "audio", None):
             self.due = None  # answered: nothing is owed any more
 
@@ -45,11 +44,12 @@ class PushedReplies:
 
     async def run(
         self,
-        busy: Callable[[], bool],
+        floor_free: Callable[[], Awaitable[None]],
         play: Callable[[BrainReply | None, Exception | None, TurnRecord], None],
     ) -> None:
-        """Play each pushed reply (`play`) once the turn in progress is over; one that
-        could not be prepared is played as its error (the apology)."""
+        """Play each pushed reply (`play`) once the turn in progress is over (`floor_free`
+        returns when nobody has the floor); one that could not be prepared is played as its
+        error (the apology)."""
         while True:
             error: Exception | None = None
             try:
@@ -58,8 +58,7 @@ class PushedReplies:
                 reply, error = None, exc
             if reply is None and error is None:
                 return  # the brain forgot the call: nothing more will come
-            while busy():
-                await asyncio.sleep(FRAME_MS / 1000.0)
+            await floor_free()
             self.due = None
             play(reply, error, TurnRecord(call_id=self.call_id, turn=0, kind="pushed"))
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from gateway.pipeline import clock
 from gateway.pipeline.keypad import KeypadEntry
 from gateway.pipeline.options import ConversationOptions, Prompts
 from gateway.pipeline.playout import Speaker, said_nothing
@@ -72,6 +72,8 @@ class Replies:
         # The caller's words kept until the brain has answered: if the caller talks on
         # first, the next turn includes them.
         self.carry_text = ""
+        # Called when a reply task is over (done, failed or cancelled).
+        self.on_done: Callable[[], None] = _nothing
         speaker.on_first_audio = self._audio_flowing
 
     # -- the reply task ---------------------------------------------------------------------
@@ -90,6 +92,7 @@ class Replies:
         self.cancel()
         limit = self.opt.reply_deadline_s if deadline else None
         self.task = asyncio.ensure_future(self._guard(coro, limit))
+        self.task.add_done_callback(lambda _: self.on_done())
 
     async def close(self) -> None:
         """Cancel the reply in progress and wait for it (the call ended)."""
@@ -150,7 +153,7 @@ class Replies:
             agent_text=text,
             actions=["hangup"] if final else [],
         )
-        await self._speak_turn(rec, time.monotonic(), self.speaker.speak_pcm(pcm))
+        await self._speak_turn(rec, clock.now(), self.speaker.speak_pcm(pcm))
         if final:
             await asyncio.sleep(self.opt.hangup_delay_s)
             self.hangup("vendor failures")
@@ -159,11 +162,11 @@ class Replies:
     async def greet(self) -> None:
         """The greeting, timed from the answer."""
         rec = TurnRecord(call_id=self.call_id, turn=0, kind="greeting")
-        t0 = time.monotonic()
+        t0 = clock.now()
         reply = await self.brain.greeting(self.ctx)
-        rec.brain_ms = ms(time.monotonic() - t0)
+        rec.brain_ms = ms(clock.now() - t0)
         start = self.call.answered_at or t0
-        await self.deliver(reply, rec, start, time.monotonic())
+        await self.deliver(reply, rec, start, clock.now())
 
     async def respond(
         self,
@@ -185,7 +188,7 @@ class Replies:
                 await stt.cancel()
             raise
         text = " ".join(t for t in texts if t)
-        t_stt = time.monotonic()
+        t_stt = clock.now()
         rec.stt_ms = ms(t_stt - detected_at)
         if self.carry_text:
             text = f"{self.carry_text} {text}".strip()
@@ -211,21 +214,21 @@ class Replies:
         except Exception:
             self.carry_text = ""
             raise
-        t_brain = time.monotonic()
+        t_brain = clock.now()
         rec.brain_ms = ms(t_brain - t_stt)
         self.carry_text = ""
         await self.deliver(reply, rec, end_of_speech, t_brain)
 
     async def respond_keys(self, keys: KeyInput, rec: TurnRecord, t_ref: float) -> None:
         """Answer the caller's keys (one key, or an entry)."""
-        t0 = time.monotonic()
+        t0 = clock.now()
         if self.brain.streams:
             await self._deliver_stream(
                 self.brain.respond_keys_stream(keys, self.ctx), rec, t_ref, t0
             )
             return
         reply = await self.brain.respond_keys(keys, self.ctx)
-        t_brain = time.monotonic()
+        t_brain = clock.now()
         rec.brain_ms = ms(t_brain - t0)
         await self.deliver(reply, rec, t_ref, t_brain)
 
@@ -244,12 +247,12 @@ class Replies:
             try:
                 async for delta in stream:
                     if not first_token_at and delta:
-                        first_token_at = time.monotonic()
+                        first_token_at = clock.now()
                     for piece in cutter.push(delta):
-                        first_piece_at = first_piece_at or time.monotonic()
+                        first_piece_at = first_piece_at or clock.now()
                         pieces.put_nowait(piece)
                 for piece in cutter.flush():
-                    first_piece_at = first_piece_at or time.monotonic()
+                    first_piece_at = first_piece_at or clock.now()
                     pieces.put_nowait(piece)
             finally:
                 pieces.put_nowait(None)
@@ -385,7 +388,7 @@ class Replies:
             agent_text=self.opt.transfer_failed_text,
             intent="transfer_failed",
         )
-        t0 = time.monotonic()
+        t0 = clock.now()
         text = self.opt.transfer_failed_text
         await self._speak_turn(rec, t0, self.speaker.speak(text), tts_from=t0)
 
@@ -397,3 +400,7 @@ class Replies:
 def _actions_of(reply: BrainReply) -> list[str]:
     """The reply's actions as recorded; keys the agent sends appear as ``dtmf:KEYS``."""
     return list(reply.actions) + ([f"dtmf:{reply.send_dtmf}"] if reply.send_dtmf else [])
+
+
+def _nothing() -> None:
+    pass

@@ -22,10 +22,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 from gateway.audio.pcm import FRAME_MS
+from gateway.pipeline import clock
 from gateway.pipeline.keypad import KeypadEntry
 from gateway.pipeline.listening import CallerTurn, Listener
 from gateway.pipeline.options import ConversationOptions, Prompts
@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class CallSession:
-    """The conversation of one call."""
+    """The conversation of one call (made and run on its loop, whose clock it reads:
+    `gateway.pipeline.clock`)."""
 
     def __init__(
         self,
@@ -86,7 +87,11 @@ class CallSession:
             self.hangup,
             on_turn,
         )
-        self._last_activity = time.monotonic()
+        self.replies.on_done = self._floor_moved
+        # Set where the floor may have been freed (`_busy`): a reply task ended, a speech
+        # was over or cut off, the caller's speech started or ended.
+        self._floor_changed = asyncio.Event()
+        self._last_activity = clock.now()
         self._no_input_attempts = 0
         self._hanging_up = False
         self._keys_barged = False  # the first key of the entry under way cut the agent off
@@ -120,7 +125,9 @@ class CallSession:
                 tg.create_task(self._keys(), name="keys")
                 tg.create_task(self._watchdog(), name="watchdog")
                 if self.brain.pushes:
-                    tg.create_task(self.pushed.run(self._busy, self._play_pushed), name="pushed")
+                    tg.create_task(
+                        self.pushed.run(self._floor_free, self._play_pushed), name="pushed"
+                    )
                 self.replies.start(self.replies.greet(), deadline=True)
         finally:
             await self._shutdown()
@@ -160,6 +167,7 @@ class CallSession:
 
     def heard(self, at: float) -> None:
         self._last_activity = at
+        self._floor_moved()
 
     def caller_started(self) -> bool:
         self._no_input_attempts = 0
@@ -193,6 +201,7 @@ class CallSession:
 
     def _barge_in(self) -> None:
         dropped = self.speaker.stop()
+        self._floor_moved()
         self.barge_ins += 1
         self.replies.cancel()
         log.info(
@@ -202,7 +211,23 @@ class CallSession:
         )
 
     def _touch(self) -> None:
-        self._last_activity = time.monotonic()
+        self._last_activity = clock.now()
+        self._floor_moved()
+
+    def _floor_moved(self) -> None:
+        self._floor_changed.set()
+
+    async def _floor_free(self) -> None:
+        """Return once nobody has the floor (`_busy` is False), re-checked where it may
+        have been freed (`_floor_changed`). Audio left queued with nobody speaking (a speech
+        that failed half-way) plays out without an event of its own: the wait then ends at
+        the latest when that audio has had its time."""
+        while self._busy():
+            self._floor_changed.clear()
+            queued = len(self.call.playout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(queued * FRAME_MS / 1000.0 if queued else None):
+                    await self._floor_changed.wait()
 
     def _busy(self) -> bool:
         """The caller or the agent has the floor (or a reply is being prepared)."""
@@ -223,7 +248,7 @@ class CallSession:
             due = self.keypad.deadline
             if due is not None:
                 try:
-                    async with asyncio.timeout_at(_loop_time(due)):
+                    async with asyncio.timeout_at(due):
                         key, method = await keys.get()
                 except TimeoutError:
                     self._submit_keys(self.keypad.expire())
@@ -235,7 +260,7 @@ class CallSession:
     async def _on_key(self, key: str, method: str) -> None:
         """One key: it stops the agent and drops speech in progress, then is delivered
         alone or added to the keypad entry the brain asked for."""
-        now = time.monotonic()
+        now = clock.now()
         self.keys_pressed += 1
         self._last_activity = now
         self._no_input_attempts = 0
@@ -256,7 +281,7 @@ class CallSession:
             self._submit_keys(entry)
 
     def _submit_keys(self, keys: KeyInput) -> None:
-        now = time.monotonic()
+        now = clock.now()
         rec = TurnRecord(
             call_id=self.call.call_id,
             turn=0,
@@ -272,12 +297,12 @@ class CallSession:
     def _play_pushed(
         self, reply: BrainReply | None, error: Exception | None, rec: TurnRecord
     ) -> None:
-        self._last_activity = time.monotonic()
+        self._last_activity = clock.now()
         if error is not None:
             self.replies.start(failing(error))
             return
         assert reply is not None
-        now = time.monotonic()
+        now = clock.now()
         self.replies.start(self.replies.deliver(reply, rec, now, now))
 
     async def _watchdog(self) -> None:
@@ -285,11 +310,11 @@ class CallSession:
             await asyncio.sleep(0.2)
             if self.call.on_hold:
                 # The caller put us on hold: no "are you there?" until they are back.
-                self._last_activity = time.monotonic()
+                self._last_activity = clock.now()
                 continue
             if self._busy():
                 continue
-            now = time.monotonic()
+            now = clock.now()
             if self.pushed.waiting(now):
                 continue  # a pushed reply is owed: silence is expected until it is due
             overdue = self.pushed.overdue(now)
@@ -305,11 +330,5 @@ class CallSession:
                 turn=0,
                 kind="reprompt" if "hangup" not in reply.actions else "goodbye",
             )
-            self._last_activity = time.monotonic()
-            self.replies.start(self.replies.deliver(reply, rec, time.monotonic(), time.monotonic()))
-
-
-def _loop_time(monotonic_at: float) -> float:
-    """The running loop's time at monotonic time `monotonic_at`."""
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_at - time.monotonic())
+            self._last_activity = clock.now()
+            self.replies.start(self.replies.deliver(reply, rec, clock.now(), clock.now()))

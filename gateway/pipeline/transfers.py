@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
-from gateway.audio.pcm import FRAME_MS
 from gateway.pipeline.options import ConversationOptions
 from gateway.pipeline.playout import Speaker, ringback, speak_on
 from gateway.pipeline.record import TurnRecord
@@ -135,12 +133,10 @@ class Handover:
 
     async def _answered(self, human: CallLeg) -> bool:
         """Wait for the human to answer (True) or the call to end or ring too long."""
-        ring_until = time.monotonic() + self.opt.warm_ring_timeout_s
-        while not human.answered_at and not human.ended_at:
-            if time.monotonic() >= ring_until:
-                return False
-            await asyncio.sleep(FRAME_MS / 1000.0)
-        return not human.ended_at
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.opt.warm_ring_timeout_s):
+                await human.settled()
+        return bool(human.answered_at) and not human.ended_at
 
 
 def warm_summary(records: list[TurnRecord], options: ConversationOptions, from_number: str) -> str:

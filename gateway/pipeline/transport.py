@@ -8,6 +8,8 @@ the DTMF the agent sends and the transfer to a human. The SIP bridge
 (`gateway.sip.calls.SipCall`, over pjsua2) is one implementation; a Plivo audio-stream
 WebSocket is another. Nothing in `gateway.pipeline` imports a transport's package.
 
+`KeyQueue` is a `Keypad` any transport can use (keys pushed on any thread).
+
 Threads: frames and keys may be pushed from any thread (the SIP media clock's, the pj
 thread); everything the conversation calls here runs on its asyncio loop.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import threading
 from typing import Protocol
 
 from gateway.policy.transfer import Transferrer
@@ -84,6 +88,54 @@ class Keypad(Protocol):
         ...
 
 
+class KeyQueue:
+    """The caller's keys (DTMF) as a `Keypad`: pushed by the transport on any thread (the SIP
+    pj thread, a stream's reader), awaited on the loop.
+
+    Keys pushed before `bind` are kept (at most `capacity`, the oldest dropped) and
+    delivered once the conversation starts.
+    """
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._early: collections.deque[tuple[str, str]] = collections.deque(maxlen=capacity)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[tuple[str, str]] | None = None
+        self.pushed = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach the loop whose task consumes the keys (call on that loop)."""
+        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=self.capacity)
+        with self._lock:
+            while self._early:
+                queue.put_nowait(self._early.popleft())
+            self._queue = queue
+            self._loop = loop
+
+    def push(self, key: str, method: str) -> None:
+        """Any thread: the caller pressed `key` (sent by `method`, e.g. "rfc4733" or "info")."""
+        self.pushed += 1
+        with self._lock:
+            loop, queue = self._loop, self._queue
+            if loop is None or queue is None:
+                self._early.append((key, method))
+                return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the call is over
+            loop.call_soon_threadsafe(_put_bounded, queue, (key, method))
+
+    async def get(self) -> tuple[str, str]:
+        """The next key and its method; waits for one."""
+        assert self._queue is not None, "bind() first"
+        return await self._queue.get()
+
+
+def _put_bounded(queue: asyncio.Queue[tuple[str, str]], item: tuple[str, str]) -> None:
+    if queue.full():
+        queue.get_nowait()  # a stuck consumer must not grow memory: keep the newest keys
+    queue.put_nowait(item)
+
+
 class CallLeg(Protocol):
     """A call the agent placed itself: the human's leg of a warm transfer."""
 
@@ -106,6 +158,9 @@ class CallLeg(Protocol):
     def playout(self) -> AudioSink:
         """What the human hears (the agent's summary)."""
         ...
+
+    async def settled(self) -> None:
+        """Return once the call was answered or ended (woken by that change, not a poll)."""
 
 
 class WarmLegs(Protocol):

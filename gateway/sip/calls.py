@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import re
 import threading
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from types import MappingProxyType
 
 from gateway.audio.ring import InboundRing, PlayoutRing
-from gateway.pipeline.transport import WarmLegs
+from gateway.pipeline.transport import KeyQueue, WarmLegs
 from gateway.plivo.callcontext import decode_call_context
 from gateway.policy.transfer import Transferrer
 from gateway.providers.base import CallContext
@@ -87,53 +86,6 @@ def parse_sip_headers(message: str) -> dict[str, str]:
     return headers
 
 
-class KeyQueue:
-    """Keypad keys (DTMF) the caller pressed: pushed on the pj thread, awaited on the loop.
-
-    Keys pushed before `bind` are kept (at most `capacity`, the oldest dropped) and
-    delivered once the conversation starts.
-    """
-
-    def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._early: deque[tuple[str, str]] = deque(maxlen=capacity)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: asyncio.Queue[tuple[str, str]] | None = None
-        self.pushed = 0
-
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Attach the loop whose task consumes the keys (call on that loop)."""
-        queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=self.capacity)
-        with self._lock:
-            while self._early:
-                queue.put_nowait(self._early.popleft())
-            self._queue = queue
-            self._loop = loop
-
-    def push(self, key: str, method: str) -> None:
-        """Any thread: the caller pressed `key` (sent by `method`: "rfc4733" or "info")."""
-        self.pushed += 1
-        with self._lock:
-            loop, queue = self._loop, self._queue
-            if loop is None or queue is None:
-                self._early.append((key, method))
-                return
-        with contextlib.suppress(RuntimeError):  # a closed loop: the call is over
-            loop.call_soon_threadsafe(_put_bounded, queue, (key, method))
-
-    async def get(self) -> tuple[str, str]:
-        """The next key and its method; waits for one."""
-        assert self._queue is not None, "bind() first"
-        return await self._queue.get()
-
-
-def _put_bounded(queue: asyncio.Queue[tuple[str, str]], item: tuple[str, str]) -> None:
-    if queue.full():
-        queue.get_nowait()  # a stuck consumer must not grow memory: keep the newest keys
-    queue.put_nowait(item)
-
-
 @dataclass
 class CallHandle:
     """One call as the conversation sees it: ids, context and the two audio rings."""
@@ -164,6 +116,44 @@ class CallHandle:
     # Written on the pj thread, read anywhere.
     on_hold: bool = False
     codec: str = ""  # the audio codec in use, e.g. "PCMA/8000"
+    # Who waits in `settled` (each on its loop), and the lock they share with the pj thread.
+    _settlers: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
+    _settlers_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # The pj thread sets `answered_at` and `ended_at` as plain attributes: whoever waits
+        # in `settled` is woken here, on its own loop.
+        object.__setattr__(self, name, value)
+        if name in ("answered_at", "ended_at") and value:
+            self._wake_settlers()
+
+    def _wake_settlers(self) -> None:
+        lock: threading.Lock | None = self.__dict__.get("_settlers_lock")
+        if lock is None:
+            return  # still in __init__: nobody waits yet
+        with lock:
+            settlers = list(self._settlers)
+        for loop, event in settlers:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(event.set)
+
+    async def settled(self) -> None:
+        """Return once the call was answered or ended (woken by the pj thread's change)."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._settlers_lock:
+            self._settlers.append(entry)
+        try:
+            # Registered before the test: a change from now on wakes us.
+            while not self.answered_at and not self.ended_at:
+                entry[1].clear()
+                await entry[1].wait()
+        finally:
+            with self._settlers_lock:
+                self._settlers.remove(entry)
 
     @cached_property
     def context(self) -> Mapping[str, str]:

@@ -1,6 +1,12 @@
 """Helpers of the in-process session tests: a media clock that plays pjmedia's clock
-thread, a quick fake brain, and a running call with its reports (see tests/unit/test_session.py
-for how the clock's pace relates to real time)."""
+thread, a quick fake brain, and a running call with its reports.
+
+The sessions run on a virtual clock (`run`, tests/helpers/vclock.py): the media clock ticks
+every 20 ms of loop time like pjmedia's, and loop time moves only when the session, its
+fakes and the test have nothing left to do, so timings are exact and a loaded machine
+changes nothing. A test that needs real time (a real socket) runs on asyncio's own loop
+and ticks faster than real time (`WALL_TICK_S`) to stay short.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,18 @@ from typing import Any
 
 import pytest
 
-from gateway.audio.pcm import FRAME_BYTES, SILENCE_FRAME, rms_dbfs, split_frames
+from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, rms_dbfs, split_frames
+from gateway.audio.ring import PlayoutRing
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.pipeline.turns import TurnEvent
 from gateway.providers.base import BrainReply, CallContext
 from gateway.providers.fake import FakeBrain, FakeStt, FakeTts
 from gateway.sip.calls import CallHandle, SipCall
+from tests.helpers.vclock import VirtualClockLoop, run_virtual
 
 Speak = Callable[[str], bytes]
-TICK_S = 0.005  # one 20 ms frame per tick, 4x faster than real time (see above)
+TICK_S = FRAME_MS / 1000.0  # one 20 ms frame per tick of loop time (virtual: no wall time)
+WALL_TICK_S = 0.005  # on the wall clock: one 20 ms frame per 5 ms, 4x real time
 TONE_FRAMES_PER_CHAR = 3  # FakeTts: 60 ms of tone per character = 3 frames
 
 
@@ -37,10 +46,16 @@ def speech(speak: Speak, text: str) -> list[bytes]:
 
 
 class MediaClock:
-    """Stands in for the media clock thread: one caller frame in, one agent frame out per tick."""
+    """Stands in for the media clock thread: one caller frame in, one agent frame out per
+    tick, a tick every `tick_s` of loop time (by default `TICK_S` on the virtual clock,
+    `WALL_TICK_S` on the wall clock). Make it on the loop that runs it."""
 
-    def __init__(self, handle: CallHandle) -> None:
+    def __init__(self, handle: CallHandle, tick_s: float | None = None) -> None:
         self.handle = handle
+        if tick_s is None:
+            virtual = isinstance(asyncio.get_running_loop(), VirtualClockLoop)
+            tick_s = TICK_S if virtual else WALL_TICK_S
+        self.tick_s = tick_s
         self.script: deque[bytes] = deque()
         self.caller: list[bytes] = []  # what was pushed, one per tick
         self.agent: list[bytes | None] = []  # what was popped (None = silence), one per tick
@@ -72,14 +87,14 @@ class MediaClock:
             out = self.handle.playout.pop()
             self.agent.append(out)
             self.agent_loud.append(loud(out))
-            await asyncio.sleep(TICK_S)
+            await asyncio.sleep(self.tick_s)
 
     def agent_loud_ticks(self, start: int = 0) -> list[int]:
         return [i for i in range(start, len(self.agent_loud)) if self.agent_loud[i]]
 
 
 class QuickBrain(FakeBrain):
-    """FakeBrain with short prompts (keeps real-time tests short) that records what it heard.
+    """FakeBrain with short prompts (keeps the tests short) that records what it heard.
 
     `replies` are used in turn; the last one repeats. `fail` is a set of 1-based respond()
     call numbers that raise instead of answering.
@@ -153,7 +168,9 @@ class Call:
 
 
 def make_handle() -> CallHandle:
+    """A caller's call whose playout ring reads the running loop's clock (call on the loop)."""
     return CallHandle(
+        playout=loop_ring(),
         call_id=1,
         sip_call_id="test-call@127.0.0.1",
         remote_uri="sip:caller@127.0.0.1",
@@ -167,6 +184,12 @@ def make_handle() -> CallHandle:
             "To": "<sip:agent@127.0.0.1>",
         },
     )
+
+
+def loop_ring() -> PlayoutRing:
+    """A playout ring timed by the running loop's clock, as the session is (the media clock
+    pops it on the loop here, not on a thread)."""
+    return PlayoutRing(clock=asyncio.get_running_loop().time)
 
 
 def start_call(
@@ -198,7 +221,8 @@ def start_call(
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(test())
+    """Run a session test on the virtual clock."""
+    run_virtual(test())
 
 
 def expected_turn(

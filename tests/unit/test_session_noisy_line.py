@@ -1,9 +1,12 @@
 """A caller on a noisy line (background babble that webrtcvad hears as speech, so the local
 VAD never sees the end of the turn): Deepgram's UtteranceEnd ends the turn.
 
-The session runs with the MediaClock of tests/unit/test_session.py (4x real time) and the real
-Deepgram provider, behind the failover wrapper as `sipagent serve` builds it, talking to
-the fake in listening mode (words above -30 dBFS, sound above -45 dBFS).  Caller speech is
+The session runs with the MediaClock of tests/helpers/session.py and the real Deepgram
+provider, behind the failover wrapper as `sipagent serve` builds it, talking to the fake in
+listening mode (words above -30 dBFS, sound above -45 dBFS). Unlike the other session tests
+these run on asyncio's own loop and the wall clock (the clock ticking at 4x real time): the
+provider talks to the fake over a real WebSocket, served by another thread, and a virtual
+clock would jump past the fake's answers while the loop waits for them.  Caller speech is
 Piper at about -20 dBFS; the babble is four Piper voices at -40 dBFS.
 """
 
@@ -24,7 +27,15 @@ from gateway.providers.fake import FakeStt, FakeTts
 from gateway.sip.calls import SipCall
 from tests.fakes.deepgram import FakeDeepgram
 from tests.helpers.deepgram import KEY
-from tests.helpers.session import Call, MediaClock, QuickBrain, Speak, make_handle, speech
+from tests.helpers.session import (
+    WALL_TICK_S,
+    Call,
+    MediaClock,
+    QuickBrain,
+    Speak,
+    make_handle,
+    speech,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,7 +105,7 @@ def start(stt: SttProvider, brain: QuickBrain, options: ConversationOptions) -> 
     session = CallSession(
         call, stt=stt, tts=FakeTts(), brain=brain, options=options, on_turn=turns.append
     )
-    clock = MediaClock(handle)
+    clock = MediaClock(handle, WALL_TICK_S)
     task = asyncio.ensure_future(session.run())
     clock_task = asyncio.ensure_future(clock.run())
     return Call(session, call, clock, task, clock_task, turns, hangups)
