@@ -30,10 +30,12 @@ from gateway.providers.registry import Providers, uses_vendors
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 from gateway.records.recording import CallRecorder, recording_path
 from gateway.records.redact import redact
-from gateway.sip.agent import AgentOptions, AgentUA, RegistrationOptions
+from gateway.sip.agent import AgentUA
 from gateway.sip.calls import CallHandle, SipCall
 from gateway.sip.digest import inbound_credentials
 from gateway.sip.endpoint import EndpointOptions, SipError
+from gateway.sip.options import AgentOptions
+from gateway.sip.registration import RegistrationOptions
 from sip_config import Settings
 
 log = logging.getLogger("sipagent")

@@ -8,14 +8,9 @@ import re
 
 import pytest
 
-from gateway.sip.agent import (
-    RetryBackoff,
-    _RefusalLog,
-    parse_networks,
-    registration_status,
-    source_allowed,
-    source_ip,
-)
+from gateway.sip.allowlist import parse_networks, source_allowed, source_ip
+from gateway.sip.refusals import RefusalLog
+from gateway.sip.registration import RetryBackoff, registration_status
 
 LOCAL_V4 = parse_networks(["127.0.0.1/32"])
 MIXED = parse_networks(["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::1/128"])
@@ -91,7 +86,7 @@ def test_networks_are_parsed_like_the_settings_validator() -> None:
 
 
 def test_refusal_log_warns_once_per_source_per_window() -> None:
-    rl = _RefusalLog(window_s=60.0, max_sources=2)
+    rl = RefusalLog(window_s=60.0, max_sources=2)
     assert rl.note("a", 0.0) == 0
     assert rl.note("a", 1.0) is None
     assert rl.note("a", 2.0) is None

@@ -6,13 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.sip.agent import (
-    parse_networks,
-    pjsua_media_ports,
-    pjsua_port_range,
-    sdp_without_signature,
-    source_allowed,
-)
+from gateway.sip.allowlist import parse_networks, source_allowed
+from gateway.sip.pjcall import sdp_without_signature
+from gateway.sip.ports import pjsua_media_ports, pjsua_port_range
 from gateway.sip.screen import (
     ALLOW,
     Refusal,
