@@ -241,7 +241,7 @@ class AgentUA:
         """A call is over: take it out of the table, tell the conversation, free its port."""
         handle = call.handle
         assert handle is not None
-        handle.ended_at = time.monotonic()
+        handle.mark_ended(time.monotonic())
         handle.playout.close()  # whoever waits for it to play out stops waiting
         self.calls.pop(handle.call_id, None)
         partner = self.transfers.call_ended(call)

@@ -124,18 +124,18 @@ class CallHandle:
         default_factory=threading.Lock, init=False, repr=False, compare=False
     )
 
-    def __setattr__(self, name: str, value: object) -> None:
-        # The pj thread sets `answered_at` and `ended_at` as plain attributes: whoever waits
-        # in `settled` is woken here, on its own loop.
-        object.__setattr__(self, name, value)
-        if name in ("answered_at", "ended_at") and value:
-            self._wake_settlers()
+    def mark_answered(self, at: float) -> None:
+        """The call was answered at `at` (pj thread): whoever waits in `settled` wakes."""
+        self.answered_at = at
+        self._wake_settlers()
+
+    def mark_ended(self, at: float) -> None:
+        """The call ended at `at` (pj thread): whoever waits in `settled` wakes."""
+        self.ended_at = at
+        self._wake_settlers()
 
     def _wake_settlers(self) -> None:
-        lock: threading.Lock | None = self.__dict__.get("_settlers_lock")
-        if lock is None:
-            return  # still in __init__: nobody waits yet
-        with lock:
+        with self._settlers_lock:
             settlers = list(self._settlers)
         for loop, event in settlers:
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more

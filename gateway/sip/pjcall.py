@@ -99,7 +99,7 @@ class AgentCall(pj.Call):  # type: ignore[misc]
         if self.handle is None:
             return
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not self.handle.answered_at:
-            self.handle.answered_at = time.monotonic()
+            self.handle.mark_answered(time.monotonic())
             self._maybe_start()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             if not self.handle.end_reason:

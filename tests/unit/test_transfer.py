@@ -437,9 +437,9 @@ class FakeLegs:
             await asyncio.sleep(self.answer_after_s)
             if self.end_reason:
                 human.end_reason = self.end_reason
-                human.ended_at = asyncio.get_running_loop().time()
+                human.mark_ended(asyncio.get_running_loop().time())
             else:
-                human.answered_at = asyncio.get_running_loop().time()
+                human.mark_answered(asyncio.get_running_loop().time())
 
         self.ring_task = asyncio.ensure_future(ring())
         return human
@@ -452,7 +452,7 @@ class FakeLegs:
     def hangup(self, leg: CallLeg, reason: str) -> None:
         assert isinstance(leg, CallHandle)
         self.hangups.append((leg, reason))
-        leg.ended_at = asyncio.get_running_loop().time()
+        leg.mark_ended(asyncio.get_running_loop().time())
 
     async def close(self) -> None:
         for task in (self.clock_task, self.ring_task):
@@ -467,8 +467,8 @@ def test_a_leg_answered_on_the_pj_thread_wakes_whoever_waits_for_it() -> None:
         waiter = asyncio.ensure_future(leg.settled())
         await asyncio.sleep(0.05)
         assert not waiter.done()
-        # Set as the pj thread sets it: a plain attribute, from another thread.
-        setter = threading.Thread(target=setattr, args=(leg, "answered_at", 12.5))
+        # Marked as the pj thread marks it: from another thread.
+        setter = threading.Thread(target=leg.mark_answered, args=(12.5,))
         setter.start()
         await asyncio.wait_for(waiter, 5.0)
         setter.join()
