@@ -2,14 +2,16 @@
 vendor's own section: ``[deepgram]``, ``[openai]``, ``[elevenlabs]``, and the two bot
 brains, ``[webhook]`` (the customer's request/response bot) and ``[external]`` (OCS).
 
-Provider names are checked against gateway/providers/registry.py, the one list of names.
+Each provider is declared (`ProviderSpec`) by the section that holds its options, and
+its name is checked against them; gateway/providers/registry.py builds them.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Any, Final, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator, model_validator
 
@@ -23,26 +25,79 @@ __all__ = [
     "ElevenLabsSettings",
     "ExternalBrainSettings",
     "HttpToolSettings",
+    "Kind",
     "OpenAiSettings",
+    "ProviderSections",
     "ProviderSettings",
+    "ProviderSpec",
     "SttName",
     "TtsName",
     "WebhookBrainSettings",
+    "provider_names",
+    "provider_specs",
 ]
 
 
-def _provider_name(kind: Literal["stt", "tts", "brain"]) -> AfterValidator:
-    """A validator of a provider name of `kind` against the provider registry (the one
-    list of names; imported when settings are validated, not when this module is)."""
+Kind = Literal["stt", "tts", "brain"]
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    """One provider the settings may name, declared by the settings section that holds its
+    options (`ProviderSettings` for the built-in ones); gateway/providers/registry.py builds
+    it from `factory`."""
+
+    kind: Kind
+    name: str
+    # "module:function" taking the `Settings`, imported only when the provider is built (a
+    # vendor's SDK loads in the processes that use it, not wherever settings are read).
+    factory: str
+    # A vendor over the network: wrapped in the failover layer, and a reply it owes has a
+    # deadline (conversation.max_vendor_silence_s).
+    cloud: bool = False
+    # Needs an API key: ``<name>.api_key`` in the settings, or ``<NAME>_API_KEY``.
+    api_key: bool = False
+    # Loads speech models in every worker process (about a core per 4 busy calls).
+    local_models: bool = False
+    # False: for tests and benchmarks only ("fake"); not listed as shipped.
+    shipped: bool = True
+
+
+def _cloud(kind: Kind, name: str, module: str) -> ProviderSpec:
+    """A vendor's provider: over the network, with an API key."""
+    return ProviderSpec(kind, name, f"gateway.providers.{module}:build", cloud=True, api_key=True)
+
+
+def provider_specs() -> tuple[ProviderSpec, ...]:
+    """Every provider, in the order their names are listed: the built-in shipped ones, the
+    ones each section of `ProviderSections` declares (in its field order), then the fakes."""
+    builtin = ProviderSettings.PROVIDERS
+    sections = [
+        spec
+        for field in ProviderSections.model_fields.values()
+        for spec in getattr(field.annotation, "PROVIDERS", ())
+    ]
+    return (
+        *(p for p in builtin if p.shipped),
+        *sections,
+        *(p for p in builtin if not p.shipped),
+    )
+
+
+def provider_names(kind: Kind) -> tuple[str, ...]:
+    """The names of the `kind` providers, in listing order."""
+    return tuple(p.name for p in provider_specs() if p.kind == kind)
+
+
+def _provider_name(kind: Kind) -> AfterValidator:
+    """A validator of a provider name of `kind` against the declared providers."""
     label = {"stt": "STT", "tts": "TTS", "brain": "brain"}[kind]
 
     def check(value: str | None) -> str | None:
         if value is None:
             return None
-        from gateway.providers.registry import names
-
         name = value.strip().lower()
-        allowed = names(kind)
+        allowed = provider_names(kind)
         if name not in allowed:
             invalid(f"unknown {label} provider; known: {', '.join(allowed)}")
         return name
@@ -61,6 +116,18 @@ BrainFallback = Annotated[BrainName | None, BlankIsNone]
 
 class ProviderSettings(Section):
     """Which STT/TTS/brain implementations to use (``[providers]``, ``SIPAGENT_PROVIDERS__*``)."""
+
+    # The providers built in, whose few options live in this section.
+    PROVIDERS: ClassVar[tuple[ProviderSpec, ...]] = (
+        ProviderSpec(
+            "stt", "pocketsphinx", "gateway.providers.pocketsphinx_stt:build", local_models=True
+        ),
+        ProviderSpec("tts", "piper", "gateway.providers.piper_tts:build", local_models=True),
+        ProviderSpec("brain", "scripted", "gateway.providers.scripted:build"),
+        ProviderSpec("stt", "fake", "gateway.providers.fake:build_stt", shipped=False),
+        ProviderSpec("tts", "fake", "gateway.providers.fake:build_tts", shipped=False),
+        ProviderSpec("brain", "fake", "gateway.providers.fake:build_brain", shipped=False),
+    )
 
     stt: SttName = Field(default="pocketsphinx", description="Speech-to-text provider name.")
     tts: TtsName = Field(default="piper", description="Text-to-speech provider name.")
@@ -125,6 +192,8 @@ class DeepgramSettings(Section):
     """Deepgram live speech-to-text (``[deepgram]``; the key may also come from
     ``DEEPGRAM_API_KEY``)."""
 
+    PROVIDERS: ClassVar[tuple[ProviderSpec, ...]] = (_cloud("stt", "deepgram", "deepgram_stt"),)
+
     api_key: str = Field(default="", repr=False, description="Deepgram API key.")
     base_url: WsUrl = Field(
         default=None, description="WebSocket base URL (wss://...); None: Deepgram's."
@@ -174,6 +243,8 @@ class OpenAiSettings(Section):
     """OpenAI (or any OpenAI-compatible server) as the brain (``[openai]``; the key may
     also come from ``OPENAI_API_KEY``)."""
 
+    PROVIDERS: ClassVar[tuple[ProviderSpec, ...]] = (_cloud("brain", "openai", "openai_brain"),)
+
     api_key: str = Field(default="", repr=False, description="API key.")
     base_url: str | None = Field(
         default=None, description="API base URL, e.g. http://127.0.0.1:8000/v1; None: OpenAI."
@@ -203,6 +274,8 @@ class OpenAiSettings(Section):
 class ElevenLabsSettings(Section):
     """ElevenLabs streaming text-to-speech (``[elevenlabs]``; the key may also come from
     ``ELEVENLABS_API_KEY``)."""
+
+    PROVIDERS: ClassVar[tuple[ProviderSpec, ...]] = (_cloud("tts", "elevenlabs", "elevenlabs_tts"),)
 
     api_key: str = Field(default="", repr=False, description="API key.")
     base_url: HttpUrl = Field(default=None, description="API base URL; None: ElevenLabs.")
@@ -246,6 +319,10 @@ class WebhookBrainSettings(BotBrainSettings):
     """The customer's request/response bot as the brain (``[webhook]``,
     ``providers.brain = "webhook"``): each caller turn is a request whose answer is what
     the agent says (or ``pending``, pushed later)."""
+
+    PROVIDERS: ClassVar[tuple[ProviderSpec, ...]] = (
+        ProviderSpec("brain", "webhook", "gateway.providers.webhook_brain:build"),
+    )
 
     start_url: HttpUrl = Field(
         default=None, description="Call-start endpoint (its reply is the greeting)."
@@ -295,6 +372,10 @@ class ExternalBrainSettings(BotBrainSettings):
     ``/dcs/response`` (its ``DCS_RESPONSE_URL``) and starts calls through ``/dcs/calls``
     (its ``DCS_URL``).
     """
+
+    PROVIDERS: ClassVar[tuple[ProviderSpec, ...]] = (
+        ProviderSpec("brain", "external", "gateway.providers.ocs_brain:build"),
+    )
 
     ocs_url: HttpUrl = Field(
         default=None, description="Where call events and the caller's words are POSTed."

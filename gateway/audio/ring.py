@@ -188,8 +188,6 @@ class PlayoutRing:
             if self._wake_at >= 0:
                 self._wake()
             return None
-        if self._wake_at >= 0 and len(self._frames) <= self._wake_at:
-            self._wake()
         if self.tap is not None:
             self.tap.append(frame)
         now = self.clock()
@@ -203,6 +201,9 @@ class PlayoutRing:
             self.started_at = now
         self.last_frame_at = now
         self.frames_played += 1
+        # Woken last, so the waiter sees this frame's bookkeeping (marked_at, frames_played).
+        if self._wake_at >= 0 and len(self._frames) <= self._wake_at:
+            self._wake()
         return frame
 
     def idle_tick(self) -> None:

@@ -39,6 +39,7 @@ from deepgram.listen.v1 import ListenV1Error, ListenV1Results, ListenV1Utterance
 from deepgram.listen.v1.socket_client import AsyncV1SocketClient
 
 from gateway.providers.base import ProviderError, SttProvider, SttStream
+from sip_config import Settings, vendor_key
 
 __all__ = ["DeepgramStt", "DeepgramSttStream"]
 
@@ -623,3 +624,18 @@ class DeepgramStt(SttProvider):
             self._schedule_close(conn)
             raise _error("config", "the provider is closed")
         return conn
+
+
+def build(s: Settings) -> DeepgramStt:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    d = s.deepgram
+    return DeepgramStt(
+        api_key=vendor_key(s, "deepgram"),
+        base_url=d.base_url,
+        model=d.model,
+        language=d.language,
+        endpointing_ms=d.endpointing_ms,
+        utterance_end_ms=d.utterance_end_ms,
+        final_timeout_s=s.providers.stt_timeout_s,
+        warm_sockets=s.sip.max_calls,
+    )

@@ -25,6 +25,7 @@ from elevenlabs.core.api_error import ApiError
 from elevenlabs.core.request_options import RequestOptions
 
 from gateway.providers.base import ProviderError, TtsProvider
+from sip_config import Settings, vendor_key
 
 log = logging.getLogger(__name__)
 
@@ -229,3 +230,22 @@ def _error_detail(body: Any) -> str:
         text = str(detail)
     text = " ".join(text.split())
     return text[:_ERROR_TEXT_MAX] if text else "(no body)"
+
+
+def build(s: Settings) -> ElevenLabsTts:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    e = s.elevenlabs
+    return ElevenLabsTts(
+        api_key=vendor_key(s, "elevenlabs"),
+        voice_id=e.voice_id,
+        model_id=e.model_id,
+        base_url=e.base_url,
+        stability=e.stability,
+        similarity_boost=e.similarity_boost,
+        style=e.style,
+        speed=e.speed,
+        first_byte_timeout_s=s.providers.tts_timeout_s,
+        # A stream that stops mid-reply is dead air on the call: give up as soon as on a
+        # first audio that does not come (the apology follows).
+        chunk_timeout_s=s.providers.tts_timeout_s,
+    )

@@ -26,6 +26,7 @@ from gateway.providers.base import (
     SttStream,
     TtsProvider,
 )
+from sip_config import Settings
 
 TONE_HZ = 440.0
 TONE_MS_PER_CHAR = 60
@@ -161,3 +162,19 @@ class FakeBrain(Brain):
         if attempt >= 2:
             return BrainReply("Goodbye.", ("hangup",), "no_input")
         return BrainReply("Are you still there?", intent="no_input")
+
+
+def build_stt(s: Settings) -> FakeStt:
+    """The fake STT as the settings configure it (the registry's factory for it)."""
+    return FakeStt(final_delay_s=s.providers.fake_stt_final_ms / 1000.0)
+
+
+def build_tts(s: Settings) -> FakeTts:
+    """The fake TTS as the settings configure it (the registry's factory for it)."""
+    p = s.providers
+    return FakeTts(first_byte_delay_s=p.fake_tts_first_byte_ms / 1000.0, speed=p.fake_tts_speed)
+
+
+def build_brain(s: Settings) -> FakeBrain:
+    """The fake brain as the settings configure it (the registry's factory for it)."""
+    return FakeBrain(first_token_delay_s=s.providers.fake_llm_first_token_ms / 1000.0)

@@ -49,6 +49,7 @@ from typing import Any
 
 from gateway.providers.base import BrainReply, CallContext, ProviderError
 from gateway.providers.webhook_brain import BotBrain, BotReply, parse_reply, plivo_headers
+from sip_config import Settings
 
 __all__ = ["OcsBrain", "ocs_call_id"]
 
@@ -167,3 +168,18 @@ class OcsBrain(BotBrain):
             with contextlib.suppress(Exception):
                 await asyncio.wait(set(self._ending), timeout=self.timeout_s + 1)
         await super().close()
+
+
+def build(s: Settings) -> OcsBrain:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    e = s.external
+    ocs_url = e.url("ocs_url")
+    assert ocs_url is not None  # checked when the settings were loaded
+    return OcsBrain(
+        ocs_url=ocs_url,
+        tts_url=e.url("ai_tts_url"),
+        greeting=e.greeting,
+        headers=dict(e.headers),
+        timeout_s=e.timeout_s,
+        pending_timeout_s=e.pending_timeout_s,
+    )

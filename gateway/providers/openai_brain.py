@@ -53,6 +53,7 @@ import httpx
 import openai
 
 from gateway.providers.base import Brain, BrainReply, CallContext, ProviderError, ReplyStream
+from sip_config import Settings, vendor_key
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
@@ -658,3 +659,24 @@ def _arguments(call: _ToolCall) -> dict[str, Any]:
             PROVIDER, "malformed", f"arguments of tool {call.name!r}: not an object"
         )
     return value
+
+
+def build(s: Settings) -> OpenAiBrain:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    o = s.openai
+    return OpenAiBrain(
+        api_key=vendor_key(s, "openai"),
+        system_prompt=o.system_prompt,
+        greeting=o.greeting,
+        model=o.model,
+        base_url=o.base_url,
+        temperature=o.temperature,
+        first_token_timeout_s=s.providers.brain_timeout_s,
+        # Likewise a stream that stalls after its first words (was a fixed 10 s).
+        stream_timeout_s=s.providers.brain_timeout_s,
+        transfer_target=o.transfer_target or s.transfer.target,
+        transfer_line=o.transfer_line,
+        http_tools=[
+            HttpTool(t.name, t.description, dict(t.parameters), t.url, t.timeout_s) for t in o.tools
+        ],
+    )

@@ -20,6 +20,7 @@ import numpy as np
 from gateway.audio.pcm import SAMPLE_RATE, resample
 from gateway.providers.base import TtsProvider
 from gateway.providers.textchunks import speech_chunks
+from sip_config import Settings
 
 _DONE = object()
 
@@ -123,3 +124,8 @@ class PiperTts(TtsProvider):
         """Stop the synthesis threads."""
         if isinstance(self._executor, concurrent.futures.ThreadPoolExecutor):
             self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def build(s: Settings) -> PiperTts:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    return PiperTts(length_scale=s.providers.piper_length_scale)

@@ -25,6 +25,7 @@ from typing import Any
 
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
 from gateway.providers.base import SttProvider, SttStream
+from sip_config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -272,3 +273,11 @@ def _settle(fut: asyncio.Future[str], text: str | None, exc: BaseException | Non
         fut.set_exception(exc)
     else:
         fut.set_result(text or "")
+
+
+def build(s: Settings) -> PocketsphinxStt:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    # One decoder per call this process can hold: a call's pieces reach the decoding process
+    # in order (an early final's "end" before the next piece's "start"), so a call never
+    # needs two at once. Each decoder costs ~100 MB of RSS in that process.
+    return PocketsphinxStt(decoders=s.sip.max_calls)

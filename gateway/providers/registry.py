@@ -1,190 +1,31 @@
 """The provider registry: the one map from a configured name to a factory and to what the
 rest of the gateway needs to know about it. Models load here, once per process.
 
-Adding a provider is its module, its settings section (for its options), and one
-`ProviderSpec` in `PROVIDERS`: the settings take their known names, the check for API
-keys, the failover layer, the silence deadline and the pool's default size all read it.
+Each provider is declared by the settings section that holds its options (a `ProviderSpec`
+in sip_config/providers.py: kind, name, ``"module:function"`` factory, traits), and its
+module has the factory. So adding a provider is its module and its settings section; the
+settings take their known names, the check for API keys, the failover layer, the silence
+deadline and the pool's default size all read the specs through this module.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from gateway.providers.base import Brain, SttProvider, TtsProvider
 from sip_config import Settings, vendor_key
-
-Kind = Literal["stt", "tts", "brain"]
+from sip_config.providers import Kind, ProviderSpec, provider_specs
 
 log = logging.getLogger(__name__)
 
 
-def _pocketsphinx(s: Settings) -> SttProvider:
-    from gateway.providers.pocketsphinx_stt import PocketsphinxStt
-
-    # One decoder per call this process can hold: a call's pieces reach the decoding process
-    # in order (an early final's "end" before the next piece's "start"), so a call never
-    # needs two at once. Each decoder costs ~100 MB of RSS in that process.
-    return PocketsphinxStt(decoders=s.sip.max_calls)
-
-
-def _piper(s: Settings) -> TtsProvider:
-    from gateway.providers.piper_tts import PiperTts
-
-    return PiperTts(length_scale=s.providers.piper_length_scale)
-
-
-def _scripted(s: Settings) -> Brain:
-    from gateway.providers.scripted import ScriptedBrain, load_playbook
-
-    assert s.playbook is not None
-    return ScriptedBrain(load_playbook(s.playbook))
-
-
-def _fake_stt(s: Settings) -> SttProvider:
-    from gateway.providers.fake import FakeStt
-
-    return FakeStt(final_delay_s=s.providers.fake_stt_final_ms / 1000.0)
-
-
-def _fake_tts(s: Settings) -> TtsProvider:
-    from gateway.providers.fake import FakeTts
-
-    p = s.providers
-    return FakeTts(first_byte_delay_s=p.fake_tts_first_byte_ms / 1000.0, speed=p.fake_tts_speed)
-
-
-def _fake_brain(s: Settings) -> Brain:
-    from gateway.providers.fake import FakeBrain
-
-    return FakeBrain(first_token_delay_s=s.providers.fake_llm_first_token_ms / 1000.0)
-
-
-def _deepgram(s: Settings) -> SttProvider:
-    from gateway.providers.deepgram_stt import DeepgramStt
-
-    d = s.deepgram
-    return DeepgramStt(
-        api_key=vendor_key(s, "deepgram"),
-        base_url=d.base_url,
-        model=d.model,
-        language=d.language,
-        endpointing_ms=d.endpointing_ms,
-        utterance_end_ms=d.utterance_end_ms,
-        final_timeout_s=s.providers.stt_timeout_s,
-        warm_sockets=s.sip.max_calls,
-    )
-
-
-def _elevenlabs(s: Settings) -> TtsProvider:
-    from gateway.providers.elevenlabs_tts import ElevenLabsTts
-
-    e = s.elevenlabs
-    return ElevenLabsTts(
-        api_key=vendor_key(s, "elevenlabs"),
-        voice_id=e.voice_id,
-        model_id=e.model_id,
-        base_url=e.base_url,
-        stability=e.stability,
-        similarity_boost=e.similarity_boost,
-        style=e.style,
-        speed=e.speed,
-        first_byte_timeout_s=s.providers.tts_timeout_s,
-        # A stream that stops mid-reply is dead air on the call: give up as soon as on a
-        # first audio that does not come (the apology follows).
-        chunk_timeout_s=s.providers.tts_timeout_s,
-    )
-
-
-def _openai(s: Settings) -> Brain:
-    from gateway.providers.openai_brain import HttpTool, OpenAiBrain
-
-    o = s.openai
-    return OpenAiBrain(
-        api_key=vendor_key(s, "openai"),
-        system_prompt=o.system_prompt,
-        greeting=o.greeting,
-        model=o.model,
-        base_url=o.base_url,
-        temperature=o.temperature,
-        first_token_timeout_s=s.providers.brain_timeout_s,
-        # Likewise a stream that stalls after its first words (was a fixed 10 s).
-        stream_timeout_s=s.providers.brain_timeout_s,
-        transfer_target=o.transfer_target or s.transfer.target,
-        transfer_line=o.transfer_line,
-        http_tools=[
-            HttpTool(t.name, t.description, dict(t.parameters), t.url, t.timeout_s) for t in o.tools
-        ],
-    )
-
-
-def _external(s: Settings) -> Brain:
-    from gateway.providers.ocs_brain import OcsBrain
-
-    e = s.external
-    ocs_url = e.url("ocs_url")
-    assert ocs_url is not None  # checked when the settings were loaded
-    return OcsBrain(
-        ocs_url=ocs_url,
-        tts_url=e.url("ai_tts_url"),
-        greeting=e.greeting,
-        headers=dict(e.headers),
-        timeout_s=e.timeout_s,
-        pending_timeout_s=e.pending_timeout_s,
-    )
-
-
-def _webhook(s: Settings) -> Brain:
-    from gateway.providers.webhook_brain import WebhookBrain
-
-    w = s.webhook
-    assert w.turn_url is not None  # checked when the settings were loaded
-    return WebhookBrain(
-        start_url=w.start_url,
-        turn_url=w.turn_url,
-        tts_url=w.tts_url,
-        greeting=w.greeting,
-        headers=dict(w.headers),
-        timeout_s=w.timeout_s,
-        pending_timeout_s=w.pending_timeout_s,
-        reply_url=w.reply_url if w.push_token else None,
-    )
-
-
-@dataclass(frozen=True)
-class ProviderSpec:
-    """One provider the settings may name."""
-
-    kind: Kind
-    name: str
-    build: Callable[[Settings], Any]
-    # A vendor over the network: wrapped in the failover layer, and a reply it owes has a
-    # deadline (conversation.max_vendor_silence_s).
-    cloud: bool = False
-    # Needs an API key: ``<name>.api_key`` in the settings, or ``<NAME>_API_KEY``.
-    api_key: bool = False
-    # Loads speech models in every worker process (about a core per 4 busy calls).
-    local_models: bool = False
-    # False: for tests and benchmarks only ("fake"); not listed as shipped.
-    shipped: bool = True
-
-
-PROVIDERS: Final[tuple[ProviderSpec, ...]] = (
-    ProviderSpec("stt", "pocketsphinx", _pocketsphinx, local_models=True),
-    ProviderSpec("stt", "deepgram", _deepgram, cloud=True, api_key=True),
-    ProviderSpec("stt", "fake", _fake_stt, shipped=False),
-    ProviderSpec("tts", "piper", _piper, local_models=True),
-    ProviderSpec("tts", "elevenlabs", _elevenlabs, cloud=True, api_key=True),
-    ProviderSpec("tts", "fake", _fake_tts, shipped=False),
-    ProviderSpec("brain", "scripted", _scripted),
-    ProviderSpec("brain", "openai", _openai, cloud=True, api_key=True),
-    ProviderSpec("brain", "external", _external),
-    ProviderSpec("brain", "webhook", _webhook),
-    ProviderSpec("brain", "fake", _fake_brain, shipped=False),
-)
+PROVIDERS: Final[tuple[ProviderSpec, ...]] = provider_specs()
+"""Every provider, as the settings sections declare them."""
 _BY_NAME: Final = {(p.kind, p.name): p for p in PROVIDERS}
 
 
@@ -241,8 +82,17 @@ def missing_keys(settings: Settings) -> list[str]:
     return missing
 
 
+def factory(provider: ProviderSpec) -> Callable[[Settings], Any]:
+    """The function that builds `provider` (its module is imported now)."""
+    module, _, function = provider.factory.partition(":")
+    build = getattr(importlib.import_module(module), function, None)
+    if not callable(build):
+        raise LookupError(f"{provider.kind} provider {provider.name!r}: no {provider.factory}")
+    return build  # type: ignore[no-any-return]
+
+
 def _build(kind: Kind, name: str, settings: Settings) -> Any:
-    return spec(kind, name).build(settings)
+    return factory(spec(kind, name))(settings)
 
 
 @dataclass

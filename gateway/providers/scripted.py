@@ -62,6 +62,7 @@ from gateway.providers.base import (
     DigitCollect,
     KeyInput,
 )
+from sip_config import Settings
 
 ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup", "transfer"})
 """Actions an intent may carry (besides ``"transfer:<target>"``)."""
@@ -462,3 +463,9 @@ class ScriptedBrain(Brain):
         if attempt <= 1:
             return BrainReply(text=self.playbook.reprompt, intent="reprompt")
         return BrainReply(text=self.playbook.goodbye, actions=("hangup",), intent="no_input")
+
+
+def build(s: Settings) -> ScriptedBrain:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    assert s.playbook is not None
+    return ScriptedBrain(load_playbook(s.playbook))

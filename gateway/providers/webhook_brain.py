@@ -88,6 +88,7 @@ import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE, resample
 from gateway.providers.base import Brain, BrainReply, CallContext, ProviderError
+from sip_config import Settings
 
 __all__ = [
     "MAX_PUSHED",
@@ -682,3 +683,19 @@ def _on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> bool:
     except RuntimeError:  # the loop is closed
         return False
     return True
+
+
+def build(s: Settings) -> WebhookBrain:
+    """The provider as the settings configure it (the registry's factory for it)."""
+    w = s.webhook
+    assert w.turn_url is not None  # checked when the settings were loaded
+    return WebhookBrain(
+        start_url=w.start_url,
+        turn_url=w.turn_url,
+        tts_url=w.tts_url,
+        greeting=w.greeting,
+        headers=dict(w.headers),
+        timeout_s=w.timeout_s,
+        pending_timeout_s=w.pending_timeout_s,
+        reply_url=w.reply_url if w.push_token else None,
+    )

@@ -127,3 +127,24 @@ def test_what_the_gateway_knows_of_each_provider_comes_from_its_registry_entry()
     assert uses_vendors(cloud) and not loads_models(cloud) and missing_keys(cloud) == []
     with pytest.raises(ConfigError, match=r"openai\.api_key: required .* OPENAI_API_KEY"):
         load_settings(None, env_file=None, overrides={"providers": {"brain_fallback": "openai"}})
+
+
+def test_every_declared_provider_has_its_factory() -> None:
+    """The sections declare each provider's factory as "module:function": each resolves to a
+    function of the provider's module, and the names are unique per kind."""
+    from gateway.providers.registry import factory
+
+    assert len({(p.kind, p.name) for p in PROVIDERS}) == len(PROVIDERS)
+    for provider in PROVIDERS:
+        build = factory(provider)
+        assert callable(build), provider
+        assert build.__module__ == provider.factory.partition(":")[0], provider
+
+
+def test_the_names_are_listed_shipped_first_then_the_fakes() -> None:
+    from gateway.providers.registry import names
+
+    assert names("stt") == ("pocketsphinx", "deepgram", "fake")
+    assert names("tts") == ("piper", "elevenlabs", "fake")
+    assert names("brain") == ("scripted", "openai", "external", "webhook", "fake")
+    assert names("brain", shipped_only=True) == ("scripted", "openai", "external", "webhook")
