@@ -390,7 +390,29 @@ class Replies:
         )
         t0 = clock.now()
         text = self.opt.transfer_failed_text
-        await self._speak_turn(rec, t0, self.speaker.speak(text), tts_from=t0)
+        handover, playout = self.handover, self.call.playout
+
+        async def after_ringback(piece: str) -> AsyncIterator[bytes]:
+            # A failed warm transfer's ringback plays until the apology's audio is ready.
+            chunks = self.speaker.tts.synthesize(piece)
+            try:
+                first = True
+                async for pcm in chunks:
+                    if first:
+                        first = False
+                        await handover.stop_ringback()
+                        playout.mark()  # the apology's first frame, not the ringback's
+                    yield pcm
+            finally:
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        try:
+            speech = self.speaker.speak(text, after_ringback)
+            await self._speak_turn(rec, t0, speech, tts_from=t0)
+        finally:
+            await handover.stop_ringback()
 
     def warm_summary(self) -> str:
         """What the human hears first in a warm transfer."""

@@ -34,6 +34,20 @@ class Handover:
         self.underway = False
         self.bridged = False  # warm-transferred: the caller talks with the human now
         self.outcomes: list[TransferOutcome] = []
+        # The caller's ringback during a warm transfer. After a failed one it plays on until
+        # the apology's first audio is ready (`stop_ringback`), so the caller never hears a
+        # silence in between, which a caller takes as their turn to speak.
+        self._ringback: asyncio.Task[None] | None = None
+
+    async def stop_ringback(self) -> None:
+        """Stop the ringback (if it plays) and drop what of it is queued."""
+        ringing, self._ringback = self._ringback, None
+        if ringing is None:
+            return
+        ringing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ringing
+        self.call.playout.clear()
 
     async def transfer(
         self,
@@ -71,6 +85,9 @@ class Handover:
             except Exception:
                 log.exception("call %s: brain.observe failed", call_id)
             return False
+        except BaseException:
+            await self.stop_ringback()
+            raise
         finally:
             self.underway = False
 
@@ -98,14 +115,15 @@ class Handover:
         to them. The human's leg is hung up on any failure (and on cancellation)."""
         uri = legs.resolve(target)
         # The caller hears ringback while the human is rung and briefed, never dead air.
-        hold = asyncio.ensure_future(self.speaker.play_loop(ringback()))
+        self._ringback = asyncio.ensure_future(self.speaker.play_loop(ringback()))
+        failed = False
         try:
-            return await self._warm_legs(legs, uri, summary)
+            outcome = await self._warm_legs(legs, uri, summary)
+            failed = not outcome.ok
+            return outcome
         finally:
-            hold.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hold
-            self.call.playout.clear()
+            if not failed:  # bridged, or an error: nothing is said next
+                await self.stop_ringback()
 
     async def _warm_legs(
         self, legs: WarmLegs, uri: str, summary: Callable[[], str]

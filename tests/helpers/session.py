@@ -197,6 +197,7 @@ def start_call(
     options: ConversationOptions,
     stt: FakeStt | None = None,
     prompts: Prompts | None = None,
+    tts: FakeTts | None = None,
     **transport: Any,
 ) -> Call:
     """A session on a fresh handle, with its clock running; `transport` are more of
@@ -208,7 +209,7 @@ def start_call(
     call_session = CallSession(
         call,
         stt=stt or FakeStt(),
-        tts=FakeTts(),
+        tts=tts or FakeTts(),
         brain=brain,
         options=options,
         on_turn=turns.append,

@@ -611,6 +611,36 @@ def test_warm_transfer_rings_no_longer_than_the_ring_timeout(speech_8k: Speak) -
     run(scenario)
 
 
+def test_a_failed_warm_transfer_rings_on_until_the_apology_is_ready(speech_8k: Speak) -> None:
+    """The apology takes 0.3 s to synthesise: the caller hears the ringback until its first
+    audio, not 0.3 s of silence, which a caller takes as their turn to speak (and their
+    words would cut the apology short)."""
+    legs = FakeLegs(answer_after_s=None)
+    options = dataclasses.replace(WARM, warm_ring_timeout_s=0.5, transfer_timeout_s=30)
+
+    async def scenario() -> None:
+        slow_tts = FakeTts(first_byte_delay_s=0.3)
+        call = start_call(TransferBrain("Ok.", ["transfer"]), options, warm=legs, tts=slow_tts)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.turn(1)
+            ringing = call.clock.ticks + 2  # the ringback starts once "Ok." played out
+            apology = await call.turn(2, timeout=4.0)
+            over = call.clock.ticks - 2  # the apology's last frames, then silence
+            assert apology.kind == "transfer-failed"
+            assert call.session.transfers[0].detail == "no answer within 0.5 s"
+            empty = [i for i in range(ringing, over) if call.clock.agent[i] is None]
+            assert empty == [], f"{len(empty)} ticks of nothing between ringback and apology"
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
 def test_an_apology_cut_short_by_the_caller_is_still_recorded(speech_8k: Speak) -> None:
     legs = FakeLegs(answer_after_s=0.1, end_reason="486 Busy Here")
     # 3 s of apology (FakeTts: 3 frames a character): time for the caller to talk over it.
