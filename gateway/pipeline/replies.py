@@ -372,47 +372,70 @@ class Replies:
     async def _transfer(self, target: str) -> None:
         """Hand the caller to a human; when that fails, say `transfer_failed_text` and
         carry on."""
-        done = await self.handover.transfer(
-            target,
-            summary=self.warm_summary,
-            hangup=self.hangup,
-            observe=lambda note: self.brain.observe(self.ctx, note),
-        )
-        if done:
-            return
-        self._turns += 1
-        rec = TurnRecord(
-            call_id=self.call_id,
-            turn=self._turns,
-            kind="transfer-failed",
-            agent_text=self.opt.transfer_failed_text,
-            intent="transfer_failed",
-        )
-        t0 = clock.now()
         text = self.opt.transfer_failed_text
-        handover, playout = self.handover, self.call.playout
-
-        async def after_ringback(piece: str) -> AsyncIterator[bytes]:
-            # A failed warm transfer's ringback plays until the apology's audio is ready.
-            chunks = self.speaker.tts.synthesize(piece)
-            try:
-                first = True
-                async for pcm in chunks:
-                    if first:
-                        first = False
-                        await handover.stop_ringback()
-                        playout.mark()  # the apology's first frame, not the ringback's
-                    yield pcm
-            finally:
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-
+        # The apology is synthesised while the transfer is tried, so a failure is told at
+        # once: a pause after the ringback is taken by callers as their turn to speak.
+        ready = asyncio.ensure_future(self._synthesize(text))
         try:
-            speech = self.speaker.speak(text, after_ringback)
-            await self._speak_turn(rec, t0, speech, tts_from=t0)
+            done = await self.handover.transfer(
+                target,
+                summary=self.warm_summary,
+                hangup=self.hangup,
+                observe=lambda note: self.brain.observe(self.ctx, note),
+            )
+            if done:
+                return
+            self._turns += 1
+            rec = TurnRecord(
+                call_id=self.call_id,
+                turn=self._turns,
+                kind="transfer-failed",
+                agent_text=text,
+                intent="transfer_failed",
+            )
+            t0 = clock.now()
+            handover, playout = self.handover, self.call.playout
+
+            async def after_ringback(piece: str) -> AsyncIterator[bytes]:
+                # A failed warm transfer's ringback plays until the apology's audio is
+                # ready: synthesised already, or now if that failed.
+                try:
+                    pcm = await ready
+                except Exception:
+                    pcm = b""
+                chunks = _one(pcm) if pcm else self.speaker.tts.synthesize(piece)
+                try:
+                    first = True
+                    async for chunk in chunks:
+                        if first:
+                            first = False
+                            await handover.stop_ringback()
+                            playout.mark()  # the apology's first frame, not the ringback's
+                        yield chunk
+                finally:
+                    aclose = getattr(chunks, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+
+            try:
+                speech = self.speaker.speak(text, after_ringback)
+                await self._speak_turn(rec, t0, speech, tts_from=t0)
+            finally:
+                await handover.stop_ringback()
         finally:
-            await handover.stop_ringback()
+            ready.cancel()
+            with contextlib.suppress(BaseException):
+                await ready
+
+    async def _synthesize(self, text: str) -> bytes:
+        """All of `text`'s audio (an empty result when there is none)."""
+        chunks = self.speaker.tts.synthesize(text)
+        try:
+            return b"".join([pcm async for pcm in chunks])
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     def warm_summary(self) -> str:
         """What the human hears first in a warm transfer."""
@@ -426,3 +449,8 @@ def _actions_of(reply: BrainReply) -> list[str]:
 
 def _nothing() -> None:
     pass
+
+
+async def _one(pcm: bytes) -> AsyncIterator[bytes]:
+    """`pcm` as a one-chunk stream."""
+    yield pcm

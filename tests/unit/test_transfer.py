@@ -641,6 +641,33 @@ def test_a_failed_warm_transfer_rings_on_until_the_apology_is_ready(speech_8k: S
     run(scenario)
 
 
+def test_the_apology_is_synthesised_while_the_transfer_is_tried(speech_8k: Speak) -> None:
+    """A TTS 0.8 s from its first audio and a 0.5 s ring timeout: the apology, made while
+    the human was rung, is heard 0.8 s after the ringback began, not 0.5 + 0.8 s."""
+    legs = FakeLegs(answer_after_s=None)
+    options = dataclasses.replace(WARM, warm_ring_timeout_s=0.5, transfer_timeout_s=30)
+
+    async def scenario() -> None:
+        slow_tts = FakeTts(first_byte_delay_s=0.8)
+        call = start_call(TransferBrain("Ok.", ["transfer"]), options, warm=legs, tts=slow_tts)
+        try:
+            await call.turn(0)
+            call.clock.say(speech(speech_8k, "let me talk to a person"))
+            await call.turn(1)
+            handed_over = asyncio.get_running_loop().time()  # "Ok." played: ringing starts
+            apology = await call.turn(2, timeout=4.0)
+            assert apology.kind == "transfer-failed"
+            waited = apology.first_audio_at - handed_over
+            assert 0.75 <= waited <= 0.9, waited
+            await legs.close()
+            await call.hang_up()
+        finally:
+            await call.stop()
+            await legs.close()
+
+    run(scenario)
+
+
 def test_an_apology_cut_short_by_the_caller_is_still_recorded(speech_8k: Speak) -> None:
     legs = FakeLegs(answer_after_s=0.1, end_reason="486 Busy Here")
     # 3 s of apology (FakeTts: 3 frames a character): time for the caller to talk over it.
