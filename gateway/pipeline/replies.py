@@ -424,8 +424,9 @@ class Replies:
                 await handover.stop_ringback()
         finally:
             ready.cancel()
-            with contextlib.suppress(BaseException):
-                await ready
+            await asyncio.wait([ready])  # our own cancellation still propagates
+            if not ready.cancelled():
+                ready.exception()  # a TTS failure nobody needed: retrieved, not logged
 
     async def _synthesize(self, text: str) -> bytes:
         """All of `text`'s audio (an empty result when there is none)."""
