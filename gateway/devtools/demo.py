@@ -24,6 +24,21 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
+    """A port free for both UDP and TCP right now (a SIP listener that takes both, like
+    the Kamailio edge: another process's outgoing TCP connection can hold a port that is
+    free for UDP)."""
+    for _ in range(100):
+        port = free_udp_port(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no port free for both UDP and TCP on {host}")
+
+
 # Linux hands out ephemeral ports from 32768 up, so `free_udp_port` never returns a port
 # below this; RTP ranges placed under it cannot hold another process's SIP port.
 _EPHEMERAL_LOW = 32768

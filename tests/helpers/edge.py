@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from gateway.devtools.demo import AgentProcess, free_udp_port, rtp_base_for
+from gateway.devtools.demo import AgentProcess, free_udp_port, free_udp_tcp_port, rtp_base_for
 from tests.helpers.wire import (
     clean_env,
 )
@@ -32,7 +32,7 @@ def edge_pool(
 ) -> Iterator[AgentProcess]:
     """`sipagent serve --edge --workers N` on a free port of `host` (the edge's), workers
     behind it on free loopback ports; stopped at the end."""
-    port = free_udp_port(host)
+    port = free_udp_tcp_port(host)  # the edge listens on UDP and TCP
     env = fake_env(tmp, **settings)
     env["SIPAGENT_EDGE__ENABLED"] = "true"
     env.setdefault("SIPAGENT_EDGE__WORKER_PORT", str(free_udp_port()))
