@@ -74,10 +74,7 @@ class Speaker:
                             self.on_first_audio()  # audio is flowing
                         await sink.capture(pcm)
                 finally:
-                    # Stop the synthesis now, not when the generator is garbage-collected.
-                    aclose = getattr(chunks, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                    await close_stream(chunks)
             # Let the queued audio play out; barge-in cancels us here too.
             await sink.played_out()
             first_wire_at = sink.marked_at if first_chunk_at else 0.0
@@ -110,9 +107,7 @@ async def speak_on(sink: AudioSink, tts: TtsProvider, text: str) -> bool:
             if not await sink.capture(pcm):
                 return False
     finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await close_stream(chunks)
     await sink.played_out()
     return True
 
@@ -139,3 +134,11 @@ async def _pieces(text: str | AsyncIterator[str]) -> AsyncIterator[str]:
     else:
         async for piece in text:
             yield piece
+
+
+async def close_stream(chunks: AsyncIterator[bytes]) -> None:
+    """Stop a synthesis now, not when its generator is garbage-collected (an iterator
+    without `aclose` has nothing to stop)."""
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gateway.pipeline import clock
 from gateway.pipeline.keypad import KeypadEntry
 from gateway.pipeline.options import ConversationOptions, Prompts
-from gateway.pipeline.playout import Speaker, said_nothing
+from gateway.pipeline.playout import Speaker, close_stream, said_nothing
 from gateway.pipeline.pushed import PushedReplies
 from gateway.pipeline.record import TurnRecord, ms
 from gateway.pipeline.transfers import Handover, warm_summary
@@ -413,9 +413,7 @@ class Replies:
                             playout.mark()  # the apology's first frame, not the ringback's
                         yield chunk
                 finally:
-                    aclose = getattr(chunks, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
+                    await close_stream(chunks)
 
             try:
                 speech = self.speaker.speak(text, after_ringback)
@@ -434,9 +432,7 @@ class Replies:
         try:
             return b"".join([pcm async for pcm in chunks])
         finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_stream(chunks)
 
     def warm_summary(self) -> str:
         """What the human hears first in a warm transfer."""
