@@ -33,6 +33,7 @@ from sip_config.sip import (
     SipMode,
     SipSettings,
 )
+from sip_config.stream import StreamSettings
 from sip_config.types import check_sip_headers, is_time_zone, parse_listen
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "SipAccount",
     "SipMode",
     "SipSettings",
+    "StreamSettings",
     "TransferSettings",
     "VadSettings",
     "WebhookBrainSettings",

@@ -34,6 +34,15 @@ class PoolSettings(Section):
         le=250,
         description="Worker processes (4 calls each); 0 sizes the pool to the machine.",
     )
+    stream_workers: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description=(
+            "Stream worker processes (Plivo audio streams over WebSocket, stream.max_calls"
+            " each, no pjsua2); with workers, serve runs both kinds."
+        ),
+    )
     rtp_ports_per_worker: int = Field(
         default=40, ge=8, le=2000, description="RTP/RTCP ports given to each worker."
     )

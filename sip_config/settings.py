@@ -39,6 +39,7 @@ from sip_config.pool import EdgeSettings, PoolSettings
 from sip_config.providers import ProviderSections, ProviderSettings
 from sip_config.records import RecordsSettings
 from sip_config.sip import RegistrationSettings, SipSettings
+from sip_config.stream import StreamSettings
 
 __all__ = [
     "LogLevel",
@@ -136,6 +137,7 @@ class Settings(BaseSettings, ProviderSections):
     records: RecordsSettings = Field(default_factory=RecordsSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     edge: EdgeSettings = Field(default_factory=EdgeSettings)
+    stream: StreamSettings = Field(default_factory=StreamSettings)
     playbook: Annotated[Path, BeforeValidator(_bundled_if_none)] = Field(
         default_factory=bundled_playbook_path,
         description="Playbook TOML file; unset means the bundled demo playbook.",

@@ -71,7 +71,7 @@ from xml_app.routing import (
     valid_call_uuid,
     valid_party,
 )
-from xml_app.signature import (
+from gateway.plivo.signature import (
     MAIN_SIGNATURE_HEADER,
     NONCE_HEADER,
     SIGNATURE_HEADER,

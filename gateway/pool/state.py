@@ -13,7 +13,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+WorkerKind = Literal["sip", "stream"]
+"""A SIP worker (pjsua2, 4 calls) or a stream worker (Plivo audio streams over WebSocket)."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class WorkerInfo:
 
     index: int
     max_calls: int
+    kind: WorkerKind = "sip"
     uri: str = ""
     pid: int | None = None
     up: bool = False
@@ -58,6 +62,8 @@ class WorkerInfo:
         """JSON-friendly view."""
         return {
             "index": self.index,
+            "kind": self.kind,
+            "max_calls": self.max_calls,
             "pid": self.pid,
             "uri": self.uri,
             "up": self.up,
@@ -80,6 +86,8 @@ class PoolState:
         workers: int,
         max_calls: int,
         *,
+        stream_workers: int = 0,
+        stream_max_calls: int = 0,
         reserve_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -87,16 +95,24 @@ class PoolState:
         self._clock = clock
         self.reserve_s = reserve_s
         self.draining = False
+        # SIP workers first (index 0..workers-1), then the stream workers.
         self.workers = [WorkerInfo(index=i, max_calls=max_calls) for i in range(workers)]
+        self.workers += [
+            WorkerInfo(index=workers + i, max_calls=stream_max_calls, kind="stream")
+            for i in range(stream_workers)
+        ]
 
     # --- queries (answer_url app) -------------------------------------------------------
-    def reserve(self, call_uuid: str) -> DialTarget | None:
-        """Pick the routable worker with the most free slots and hold one slot for
-        ``call_uuid`` (``reserve_s``).  Returns None when no worker can take a call (or
-        while draining)."""
-        return self.reserve_for(call_uuid, self.reserve_s)
+    def reserve(self, call_uuid: str, kind: WorkerKind = "sip") -> DialTarget | None:
+        """Pick the routable worker of ``kind`` with the most free slots and hold one slot
+        for ``call_uuid`` (``reserve_s``).  Returns None when no worker can take a call (or
+        while draining).  A stream call's connection goes to whichever stream worker the
+        kernel hands it (they share one port): for streams the slots count pool-wide."""
+        return self.reserve_for(call_uuid, self.reserve_s, kind)
 
-    def reserve_for(self, call_uuid: str, hold: float) -> DialTarget | None:
+    def reserve_for(
+        self, call_uuid: str, hold: float, kind: WorkerKind = "sip"
+    ) -> DialTarget | None:
         """`reserve` with a hold of ``hold`` seconds (an outbound call holds its slot while
         the callee's phone rings).  Reserving again refreshes the hold."""
         with self._lock:
@@ -104,13 +120,13 @@ class PoolState:
             if self.draining:
                 return None
             for w in self.workers:
-                if call_uuid in w.reservations and w.routable():
+                if call_uuid in w.reservations and w.routable() and w.kind == kind:
                     w.reservations[call_uuid] = now + hold
                     return DialTarget(w.index, w.uri)
             best: WorkerInfo | None = None
             best_free = 0
             for w in self.workers:
-                if not w.routable():
+                if not w.routable() or w.kind != kind:
                     continue
                 free = w.free_slots(now)
                 if free > best_free:
@@ -127,13 +143,18 @@ class PoolState:
             for w in self.workers:
                 w.reservations.pop(call_uuid, None)
 
-    def ready(self) -> bool:
-        """True when at least one worker can take a call now."""
+    def ready(self, kind: WorkerKind | None = None) -> bool:
+        """True when at least one worker (of ``kind``, None: any) can take a call now."""
         with self._lock:
             now = self._clock()
             return not self.draining and any(
-                w.routable() and w.free_slots(now) > 0 for w in self.workers
+                w.routable() and w.free_slots(now) > 0 and kind in (None, w.kind)
+                for w in self.workers
             )
+
+    def kinds(self) -> set[WorkerKind]:
+        """The kinds of worker the pool runs."""
+        return {w.kind for w in self.workers}
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Every worker's state, for status pages and logs."""

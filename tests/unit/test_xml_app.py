@@ -45,7 +45,7 @@ from tests.helpers.app import (
     sip_headers_of,
 )
 from xml_app import create_app, serve_app
-from xml_app.signature import MAIN_SIGNATURE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, NonceCache
+from gateway.plivo.signature import MAIN_SIGNATURE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, NonceCache
 
 
 @pytest.fixture
