@@ -50,6 +50,12 @@ from typing import Final
 from flask import Flask, Response, jsonify, request
 
 from gateway.plivo.callcontext import decode_call_context, decode_value, encode_sip_headers
+from gateway.plivo.signature import (
+    MAIN_SIGNATURE_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    SignatureVerifier,
+)
 from gateway.policy.transfer import TransferError, transfer_uri
 from gateway.pool.outcomes import PlaceCall, PushReply, PushStatus
 from gateway.pool.state import PoolState
@@ -70,12 +76,6 @@ from xml_app.routing import (
     target_kind,
     valid_call_uuid,
     valid_party,
-)
-from gateway.plivo.signature import (
-    MAIN_SIGNATURE_HEADER,
-    NONCE_HEADER,
-    SIGNATURE_HEADER,
-    SignatureVerifier,
 )
 
 __all__ = ["MAX_BODY_BYTES", "create_app"]

@@ -17,13 +17,13 @@ from flask.testing import FlaskClient
 from plivo.utils import validate_v3_signature
 from werkzeug.test import TestResponse
 
+from gateway.plivo.signature import NONCE_HEADER, SIGNATURE_HEADER
 from gateway.pool.state import PoolState
 from gateway.records.store import CallRecords
 from sip_config import Settings, load_settings
 from tests.fakes.plivo import dial_leg
 from tests.fakes.plivo_api import plivo_signature as sign_like_plivo
 from xml_app import create_app
-from gateway.plivo.signature import NONCE_HEADER, SIGNATURE_HEADER
 
 TOKEN = "MjQ5NzE2ZTg0ZWE5YjU5ZGFhMjk1ZjQ0NmIxNDE2"
 BASE = "http://localhost"

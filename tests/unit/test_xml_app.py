@@ -21,6 +21,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.plivo.callcontext import decode_call_context
+from gateway.plivo.signature import (
+    MAIN_SIGNATURE_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    NonceCache,
+)
 from gateway.pool.outcomes import PushOutcome, PushStatus
 from gateway.pool.state import DialTarget, PoolState
 from gateway.records.store import CallRecords
@@ -45,7 +51,6 @@ from tests.helpers.app import (
     sip_headers_of,
 )
 from xml_app import create_app, serve_app
-from gateway.plivo.signature import MAIN_SIGNATURE_HEADER, NONCE_HEADER, SIGNATURE_HEADER, NonceCache
 
 
 @pytest.fixture
