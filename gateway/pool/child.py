@@ -186,7 +186,8 @@ async def _run(fd: int, orphan: _Orphan) -> int:
         if first is not None:
             log.error("the first control message must be config, not %s", first.TYPE)
         return 2
-    from gateway.pool.worker import AgentWorker, render_prompts
+    from gateway.pool.conversations import render_prompts
+    from gateway.pool.worker import AgentWorker
     from gateway.providers.registry import build_providers
     from gateway.sip.endpoint import SipError
     from sip_config import Settings

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
 import sys
 import time
-from typing import Protocol
 
-import numpy as np
-
-from gateway.audio.pcm import SAMPLE_RATE
-from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
+from gateway.pipeline.session import CallSession, Prompts
 from gateway.pipeline.transport import CallLeg, WarmLegs
 from gateway.plivo.callcontext import record_key
 from gateway.policy.transfer import (
@@ -24,12 +18,17 @@ from gateway.policy.transfer import (
     transfer_uri,
     uri_host,
 )
-from gateway.pool.outcomes import DialOutcome, DialStatus, PushOutcome, PushStatus
-from gateway.providers.base import ProviderError, TtsProvider
-from gateway.providers.registry import Providers, uses_vendors
-from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
+from gateway.pool.conversations import (
+    WorkerListener,
+    conversation_options,
+    push_reply,
+    render_prompts,
+    turn_reporter,
+)
+from gateway.pool.outcomes import DialOutcome, DialStatus, PushOutcome
+from gateway.providers.registry import Providers
+from gateway.records.model import SipCallEnd, SipCallStart
 from gateway.records.recording import CallRecorder, recording_path
-from gateway.records.redact import redact
 from gateway.sip.agent import AgentUA
 from gateway.sip.calls import CallHandle, SipCall
 from gateway.sip.digest import inbound_credentials
@@ -39,45 +38,6 @@ from gateway.sip.registration import RegistrationOptions
 from sip_config import Settings
 
 log = logging.getLogger("sipagent")
-
-
-def conversation_options(s: Settings) -> ConversationOptions:
-    """Turn-taking options from settings."""
-    return ConversationOptions.from_settings(
-        s.vad,
-        s.conversation,
-        s.transfer,
-        reply_deadline_s=s.conversation.max_vendor_silence_s if uses_vendors(s) else None,
-    )
-
-
-async def render_prompts(tts: TtsProvider, settings: Settings) -> Prompts:
-    """Render the failure prompts once, at start-up, with the configured TTS chain; a TTS
-    that cannot render them leaves a short beep, so a failed turn is never silent."""
-    c = settings.conversation
-
-    async def render(text: str) -> bytes:
-        async def collect() -> bytes:
-            return b"".join([chunk async for chunk in tts.synthesize(text)])
-
-        try:
-            pcm = await asyncio.wait_for(collect(), 30.0)
-        except Exception as exc:
-            log.warning("could not render the prompt %r (%s); a beep stands in", text, exc)
-            pcm = b""
-        return pcm or _beep()
-
-    return Prompts(
-        apology_text=c.apology_text,
-        apology=await render(c.apology_text),
-        goodbye_text=c.failure_goodbye_text,
-        goodbye=await render(c.failure_goodbye_text),
-    )
-
-
-def _beep(ms: int = 300, hz: float = 600.0) -> bytes:
-    t = np.arange(SAMPLE_RATE * ms // 1000) / SAMPLE_RATE
-    return (np.sin(2 * np.pi * hz * t) * 6000).astype("<i2").tobytes()
 
 
 def registration_options(settings: Settings, account_index: int) -> RegistrationOptions | None:
@@ -200,7 +160,9 @@ class AgentWorker:
             tts=self.providers.tts,
             brain=self.providers.brain,
             options=self.options,
-            on_turn=lambda rec: self._turn(handle, rec),
+            on_turn=turn_reporter(
+                self.settings, self.listener, handle.sip_call_id, lambda: record_id(handle)
+            ),
             prompts=self.prompts,
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
@@ -255,16 +217,6 @@ class AgentWorker:
             return None  # Plivo moves the A leg itself
         return _SipLegs(self, handle)
 
-    def _turn(self, handle: CallHandle, rec: TurnRecord) -> None:
-        # The one place a turn's words leave the conversation (log line, and the supervisor
-        # that stores it): redacted here when configured, before either.
-        if self.settings.records.redact_pii:
-            rec = redact_turn(rec)
-        _log_turn(rec)
-        if self.listener is not None:
-            turn = CallTurn(handle.sip_call_id, record_id(handle), rec.as_dict(), time.time())
-            self.listener.turn_recorded(turn)
-
     def _end(self, handle: CallHandle) -> None:
         task = self.sessions.get(handle.call_id)
         if task is not None:
@@ -296,19 +248,7 @@ class AgentWorker:
 
     def push(self, sip_call_id: str, payload: object) -> PushOutcome:
         """Hand a reply the bot pushed to the brain of call `sip_call_id`."""
-        if sip_call_id not in self.conversations:
-            return PushOutcome(PushStatus.NO_CALL, "no call with that id is in progress")
-        if not isinstance(payload, dict):
-            return PushOutcome(PushStatus.MALFORMED, "the reply is not a JSON object")
-        try:
-            accepted = self.providers.brain.deliver(sip_call_id, payload)
-        except ProviderError as exc:
-            if exc.kind == "malformed":
-                return PushOutcome(PushStatus.MALFORMED, str(exc))
-            return PushOutcome(PushStatus.REFUSED, str(exc))
-        if not accepted:
-            return PushOutcome(PushStatus.NO_CALL, "the call is over")
-        return PushOutcome(PushStatus.ACCEPTED, "accepted")
+        return push_reply(self.providers.brain, self.conversations, sip_call_id, payload)
 
     async def dial(self, uri: str, headers: dict[str, str], ref: str | None) -> DialOutcome:
         """Place an outbound call; answers once the INVITE is sent (with its SIP Call-ID).
@@ -398,26 +338,6 @@ def _dialled(leg: CallLeg) -> CallHandle:
     return leg
 
 
-class WorkerListener(Protocol):
-    """Told about calls and registration on the worker's event loop (pool reporting)."""
-
-    def call_started(self, start: SipCallStart) -> None:
-        """A call's conversation starts."""
-
-    def call_ended(self, end: SipCallEnd) -> None:
-        """A call ended."""
-
-    def leg_changed(self, sip_call_id: str, up: bool) -> None:
-        """A call without a conversation (a warm transfer's call to the human) took a call
-        slot (``up``) or freed it."""
-
-    def registration_changed(self, registered: bool, status: str) -> None:
-        """Registration state changed."""
-
-    def turn_recorded(self, turn: CallTurn) -> None:
-        """An agent turn of a call is over (with its timings)."""
-
-
 def record_id(handle: CallHandle) -> str | None:
     """Our id of the call in the records: the id the app gave a call it placed, else the
     CallUUID of a call the app routed (None: a SIP-only call, recorded by its Call-ID)."""
@@ -450,15 +370,3 @@ def end_record(handle: CallHandle, at: float) -> SipCallEnd:
         at=at,
         outcome=handle.outcome or None,
     )
-
-
-def redact_turn(rec: TurnRecord) -> TurnRecord:
-    """A copy of ``rec`` with PII in the caller's and the agent's words replaced
-    (see :mod:`gateway.records.redact`)."""
-    return dataclasses.replace(
-        rec, user_text=redact(rec.user_text), agent_text=redact(rec.agent_text)
-    )
-
-
-def _log_turn(rec: TurnRecord) -> None:
-    log.info("TURN %s", json.dumps(rec.as_dict(), separators=(",", ":")))

@@ -11,7 +11,8 @@ from typing import Any, cast
 import pytest
 
 from gateway.pipeline.session import TurnRecord
-from gateway.pool.worker import AgentWorker, redact_turn
+from gateway.pool.conversations import redact_turn
+from gateway.pool.worker import AgentWorker
 from gateway.providers.registry import Providers
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 from gateway.records.redact import CARD, EMAIL, NUMBER, PHONE, luhn_valid, redact
