@@ -3,20 +3,16 @@ worker applies it: the turn records it logs and reports."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from gateway.pipeline.session import TurnRecord
-from gateway.pool.conversations import redact_turn
-from gateway.pool.worker import AgentWorker
-from gateway.providers.registry import Providers
+from gateway.pool.conversations import redact_turn, turn_reporter
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 from gateway.records.redact import CARD, EMAIL, NUMBER, PHONE, luhn_valid, redact
-from gateway.sip.calls import CallHandle
 from sip_config import load_settings
 
 
@@ -142,14 +138,10 @@ def test_worker_redacts_the_logged_and_reported_turn(
     said = "mail me at jo@example.com, card 4111 1111 1111 1111"
     listener = _Listener()
 
-    async def run() -> None:
-        # No SIP is started: only the turn path of the worker is exercised.
-        worker = AgentWorker(settings, cast(Providers, None), listener=listener)
-        call = CallHandle(0, "c1@host", "sip:caller@host", "sip:agent@host")
-        worker._turn(call, _record(user_text=said, agent_text="Noted."))
-
+    # What both worker kinds hand their conversations as `on_turn`.
+    report = turn_reporter(settings, listener, "c1@host", lambda: None)
     with caplog.at_level(logging.INFO, logger="sipagent"):
-        asyncio.run(run())
+        report(_record(user_text=said, agent_text="Noted."))
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TURN ")]
     logged = json.loads(line.removeprefix("TURN "))
     (reported,) = listener.turns
