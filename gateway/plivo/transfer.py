@@ -103,3 +103,29 @@ class PlivoTransfer:
             target=dest,
             hangup_after_s=t.plivo_hangup_after_s,
         )
+
+
+async def hang_up_call(settings: Settings, call_uuid: str) -> bool:
+    """Hang up a call with Plivo's REST API (``DELETE /Call/{uuid}/``: 204, or 404 when it
+    has ended already: https://www.plivo.com/docs/voice/api/call/hangup-a-call/). False,
+    logged, when Plivo cannot be reached or refuses. Never called without a CallUUID: an
+    empty one would end every call of the account (that page's warning)."""
+    if not call_uuid.strip():
+        raise ValueError("hang_up_call needs a CallUUID")
+
+    def call() -> None:
+        client = rest_client(settings)
+        try:
+            client.calls.delete(call_uuid)
+        finally:
+            client.session.close()
+
+    try:
+        await asyncio.to_thread(call)
+    except plivo_errors.ResourceNotFoundError:
+        return True  # already over
+    except (plivo_errors.PlivoRestError, OSError) as exc:
+        log.warning("call %s: Plivo hang-up failed: %s", call_uuid, exc)
+        return False
+    log.info("call %s: hung up through Plivo's API", call_uuid)
+    return True

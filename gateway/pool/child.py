@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 # (pjsua2, the providers, ~1 s), or a SIGTERM to the process group in that window kills a
 # spare that is still starting. The rest is imported in `_run`.
 from gateway.pool import protocol
+from gateway.pool.outcomes import DialOutcome, DialStatus
 from gateway.pool.protocol import (
     CallEnded,
     CallStarted,
@@ -55,7 +56,9 @@ from gateway.pool.protocol import (
 )
 
 if TYPE_CHECKING:
+    from gateway.pipeline.session import Prompts
     from gateway.pool.worker import AgentWorker
+    from gateway.providers.registry import Providers
     from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
     from sip_config import Settings
 
@@ -205,6 +208,8 @@ async def _run(fd: int, orphan: _Orphan) -> int:
             return 0
         _setup_logging(settings.log_level, f"w{start.index}")
         reporter = _Reporter(writer)
+        if start.kind == "stream":
+            return await _run_stream(settings, providers, prompts, start, reader, writer)
         worker = AgentWorker(
             worker_settings(settings, start),
             providers,
@@ -248,6 +253,55 @@ async def _run(fd: int, orphan: _Orphan) -> int:
         await providers.close()
         with contextlib.suppress(Exception):
             writer.close()
+
+
+async def _run_stream(
+    settings: Settings,
+    providers: Providers,
+    prompts: Prompts,
+    start: Start,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> int:
+    """Be stream worker ``start.index`` (Plivo audio streams on ``start.sip_port``) until
+    told to stop or the supervisor is gone; no pjsua2 is loaded. (Orphaned, it exits at
+    once: its connections close with the process, and Plivo ends those calls.)"""
+    from gateway.stream.server import StreamWorker
+
+    logging.getLogger("websockets").setLevel(logging.WARNING)  # a line per connection
+    worker = StreamWorker(
+        settings, providers, index=start.index, listener=_Reporter(writer), port=start.sip_port
+    )
+    worker.prompts = prompts
+    try:
+        await worker.start()
+    except OSError as exc:
+        await protocol.send(writer, Failed(f"cannot listen on {worker.url}: {exc}"))
+        return 1
+    try:
+        await protocol.send(writer, Up(worker.url, worker.port))
+        while True:
+            command = await _next_command(reader, poll_s=None)
+            match command:
+                case None:
+                    break  # the supervisor is gone: end the streams (Plivo hangs up)
+                case Drain():
+                    worker.drain()
+                case PushReply():
+                    pushed = worker.push(command.sip_call_id, command.payload)
+                    await _send(writer, PushResult(command.request_id, pushed))
+                case PlaceCall():
+                    refused = DialOutcome(
+                        DialStatus.UNAVAILABLE, "a stream worker places no SIP calls"
+                    )
+                    await _send(writer, DialResult(command.request_id, refused))
+                case Stop():
+                    break
+                case _:
+                    log.error("unexpected control message %s: ignored", command.TYPE)
+        return 0
+    finally:
+        await worker.stop()
 
 
 async def _dial(worker: AgentWorker, writer: asyncio.StreamWriter, command: PlaceCall) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from gateway.pool.state import WorkerKind
 from gateway.providers.registry import loads_models
 from sip_config import ConfigError, Settings
 
@@ -46,11 +47,33 @@ class WorkerPlan:
     rtp_port_start: int
     rtp_port_range: int
     sip_host: str = "127.0.0.1"
+    # A stream worker: `sip_host:sip_port` is its WebSocket address (shared by all of
+    # them), and it has no RTP ports.
+    kind: WorkerKind = "sip"
 
     @property
     def address(self) -> str:
-        """host:port of its SIP transport."""
+        """host:port of its SIP transport (of its WebSocket, for a stream worker)."""
         return f"{self.sip_host}:{self.sip_port}"
+
+
+def plan_stream_workers(settings: Settings, first_index: int) -> list[WorkerPlan]:
+    """The ``pool.stream_workers`` stream workers, numbered after the SIP workers; they all
+    listen on ``stream.listen_host:listen_port``."""
+    st = settings.stream
+    return [
+        WorkerPlan(first_index + i, st.listen_port, 0, 0, st.listen_host, kind="stream")
+        for i in range(settings.pool.stream_workers)
+    ]
+
+
+def plan_pool(settings: Settings, workers: int) -> list[WorkerPlan]:
+    """Every worker of the pool: ``workers`` SIP workers (none when ``pool.sip`` is off),
+    then the stream workers; ConfigError when none would run or the ports do not fit."""
+    sip = plan_workers(settings, workers) if settings.pool.sip else []
+    if not sip and not settings.pool.stream_workers:
+        raise ConfigError("pool.sip is off and pool.stream_workers is 0: no worker would run")
+    return sip + plan_stream_workers(settings, len(sip))
 
 
 def worker_base(settings: Settings) -> tuple[str, int]:

@@ -255,7 +255,8 @@ class WorkerProcesses:
                 plan.sip_port,
                 plan.rtp_port_start,
                 plan.rtp_port_range,
-                edge=behind_edge(self.pool.settings, plan),
+                edge=behind_edge(self.pool.settings, plan) if plan.kind == "sip" else None,
+                kind=plan.kind,
             )
             await protocol.send(child.writer, start)
             up = asyncio.ensure_future(child.up.wait())

@@ -75,6 +75,7 @@ class Start:
     rtp_port_start: int
     rtp_port_range: int
     edge: BehindEdge | None = None
+    kind: Literal["sip", "stream"] = "sip"  # stream: a WebSocket on sip_port, no RTP
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from gateway.edge.process import Edge, EdgeError, find_kamailio
 from gateway.pool import protocol
 from gateway.pool.edge_plan import edge_plan, edge_uri
 from gateway.pool.outcomes import PlaceCall, PushReply
-from gateway.pool.plan import auto_workers, plan_workers
+from gateway.pool.plan import auto_workers, plan_pool
 from gateway.pool.processes import Child, WorkerProcesses
 from gateway.pool.protocol import (
     CallEnded,
@@ -65,6 +65,7 @@ from gateway.pool.relay import Relay
 from gateway.pool.state import PoolState
 from gateway.records.model import SipCallEnd
 from gateway.records.store import CallRecords
+from gateway.stream.auth import new_secret
 from sip_config import ConfigError, Settings
 
 log = logging.getLogger("sipagent.pool")
@@ -110,9 +111,14 @@ class Supervisor:
         out: IO[str] | None = None,
     ) -> None:
         self.settings = settings
-        self.plans = plan_workers(settings, workers)
+        self.plans = plan_pool(settings, workers)
+        self.sip_plans = [p for p in self.plans if p.kind == "sip"]
         self.state = PoolState(
-            len(self.plans), settings.sip.max_calls, reserve_s=settings.pool.reserve_s
+            len(self.sip_plans),
+            settings.sip.max_calls,
+            stream_workers=len(self.plans) - len(self.sip_plans),
+            stream_max_calls=settings.stream.max_calls,
+            reserve_s=settings.pool.reserve_s,
         )
         self.records = records
         self.out = out if out is not None else sys.stderr
@@ -176,6 +182,11 @@ class Supervisor:
                 log.error("worker pid %d: unexpected control message %s", child.pid, msg.TYPE)
 
     def _worker_up(self, child: Child, index: int, msg: Up) -> None:
+        if self.plans[index].kind == "stream":
+            self.state.worker_up(index, child.pid, msg.uri, registers=False)
+            child.up.set()
+            self.say(f"stream worker {index} (pid {child.pid}) listening on {msg.uri}")
+            return
         uri = msg.uri
         if self.settings.edge.enabled:
             uri = self.edge_uri()  # calls reach every worker through the edge
@@ -192,7 +203,7 @@ class Supervisor:
     def worker_gone(self, index: int) -> None:
         """Worker ``index``'s process ended: the edge stops sending it calls, and the calls
         it held end (in the pool's state and the records)."""
-        if self.edge is not None and not self.workers.stopping:
+        if self.edge is not None and not self.workers.stopping and index < len(self.sip_plans):
             self.own(self.edge.set_worker(self.plans[index].address, False))
         lost = self.state.worker_down(index)
         for sip_call_id in lost:
@@ -210,8 +221,8 @@ class Supervisor:
             log.exception("call records: %s failed", what)
 
     def _host(self) -> str:
-        if self.settings.edge.enabled:
-            return self.plans[0].sip_host
+        if self.settings.edge.enabled and self.sip_plans:
+            return self.sip_plans[0].sip_host
         return self.settings.sip.public_host or self.settings.sip.listen_host
 
     def edge_uri(self) -> str:
@@ -223,7 +234,7 @@ class Supervisor:
         """Wait until every worker's SIP port is free (the workers of a gateway killed a
         moment ago hold them for up to half a second); RuntimeError naming the ports still
         taken after ``timeout_s``."""
-        wanted = [(p.sip_host, p.sip_port) for p in self.plans]
+        wanted = [(p.sip_host, p.sip_port) for p in self.sip_plans]
         edge = self.settings.edge
         if edge.enabled:
             wanted.append((edge.listen_host, edge.listen_port))
@@ -296,16 +307,25 @@ def _print_routing(sup: Supervisor, app_url: str | None) -> None:
         )
         sup.say(f"trunk origination URI: {sup.edge.plan.uri}")
         sup.say(f"Dial XML: <Dial><User>{sup.edge_uri()}</User></Dial>")
+    elif not sup.sip_plans:
+        pass
     elif s.sip.mode == "register":
         users = [f"sip:{a.username}@{s.registration.uri_domain}" for a in s.registration.accounts]
         xml = "".join(f"<User>{u}</User>" for u in users[: len(snapshot)])
         sup.say(f"Dial XML for the registered endpoints: <Dial>{xml}</Dial>")
     else:
-        origin = ", ".join(f"sip:{sup._host()}:{p.sip_port}" for p in sup.plans)
+        origin = ", ".join(f"sip:{sup._host()}:{p.sip_port}" for p in sup.sip_plans)
         sup.say(f"trunk origination URIs (equal weight): {origin}")
         sup.say(f"Dial XML for one worker: <Dial><User>{snapshot[0]['uri']}</User></Dial>")
     if app_url:
         sup.say(f"answer_url: {app_url}/answer  hangup_url: {app_url}/hangup")
+    if len(sup.plans) > len(sup.sip_plans):
+        st = s.stream
+        where = st.url or "app.public_url (ws/wss) + /stream"
+        sup.say(
+            f"Plivo audio streams: ws://{st.listen_host}:{st.listen_port}/stream (routing"
+            f" target 'stream'; the XML points Plivo at {where})"
+        )
     t = s.transfer
     if t.method == "auto" and t.target and app_url and not s.plivo_transfer_ready():
         sup.say(
@@ -319,6 +339,18 @@ def _print_routing(sup: Supervisor, app_url: str | None) -> None:
             "warning: sip.allow_networks lets in loopback only, so INVITEs from Plivo or"
             " a trunk get 403; add their signalling ranges to sip.allow_networks"
         )
+
+
+def _capacity(sup: Supervisor) -> str:
+    """ "2 SIP workers, up to 8 calls; 1 stream worker, up to 100 streams"."""
+    s = sup.settings
+    sip_n, stream_n = len(sup.sip_plans), len(sup.plans) - len(sup.sip_plans)
+    parts = []
+    if sip_n:
+        parts.append(f"{sip_n} SIP workers, up to {sip_n * s.sip.max_calls} calls")
+    if stream_n:
+        parts.append(f"{stream_n} stream workers, up to {stream_n * s.stream.max_calls} streams")
+    return "; ".join(parts)
 
 
 def _is_loopback(network: str) -> bool:
@@ -337,6 +369,12 @@ async def _serve(settings: Settings, workers: int, start_app: StartApp | None) -
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
         loop.add_signal_handler(sig, on_signal)
+    if settings.pool.stream_workers and not (
+        settings.stream.token_secret or settings.app.auth_token
+    ):
+        # The app and the stream workers share it (in the settings every worker gets).
+        stream = settings.stream.model_copy(update={"token_secret": new_secret()})
+        settings = settings.model_copy(update={"stream": stream})
     sup = Supervisor(settings, workers)  # checks the port plan first (ConfigError)
     kamailio = ""
     if settings.edge.enabled:
@@ -387,16 +425,13 @@ async def _serve(settings: Settings, workers: int, start_app: StartApp | None) -
         try:
             await sup.start()
             if settings.edge.enabled:
-                sup.edge = Edge(edge_plan(sup.settings, sup.plans), kamailio, sup.say)
+                sup.edge = Edge(edge_plan(sup.settings, sup.sip_plans), kamailio, sup.say)
                 await sup.edge.start()
         except (RuntimeError, OSError) as exc:
             sup.say(f"cannot start: {exc}")
             return 1
         _print_routing(sup, app_url)
-        sup.say(
-            f"ready: {len(sup.plans)} workers,"
-            f" up to {len(sup.plans) * settings.sip.max_calls} calls"
-        )
+        sup.say(f"ready: {_capacity(sup)}")
         waiters = {asyncio.ensure_future(drain.wait()), asyncio.ensure_future(stop.wait())}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         for w in waiters:

@@ -21,7 +21,6 @@ Everything here runs on the stream worker's event loop (one thread).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -308,13 +307,3 @@ def stream_context(start: events.Start, decoded: dict[str, str]) -> CallContext:
         plivo=plivo,
         record_id=plivo.get("record_id", ""),
     )
-
-
-@contextlib.contextmanager
-def registered(pacer: Pacer, playout: StreamPlayout):  # type: ignore[no-untyped-def]
-    """The pacer sends this stream's audio while the block runs."""
-    pacer.streams.add(playout)
-    try:
-        yield playout
-    finally:
-        pacer.streams.discard(playout)
