@@ -125,18 +125,21 @@ _E164ISH = re.compile(r"^\+?[0-9]{3,15}$")
 
 def _check_target(value: str, *, allow_hangup: bool) -> str:
     text = value.strip()
-    if text == "agent" or (allow_hangup and text == "hangup"):
+    if text in ("agent", "stream") or (allow_hangup and text == "hangup"):
         return text
     if text.startswith(("sip:", "sips:")) and "@" in text:
         return text
     if _E164ISH.match(text):
         return text
     extra = ", 'hangup'" if allow_hangup else ""
-    invalid(f"must be 'agent'{extra}, a sip: URI (user@host) or a phone number")
+    invalid(f"must be 'agent', 'stream'{extra}, a sip: URI (user@host) or a phone number")
 
 
+# Whether pool.stream_workers > 0 is not checked here: the app may route to the stream
+# workers of a serve that runs elsewhere; without free ones it plays the fallback.
 Target = Annotated[str, AfterValidator(partial(_check_target, allow_hangup=False))]
-"""Where a call goes: 'agent' (the pool), a sip: URI (user@host) or a phone number."""
+"""Where a call goes: 'agent' (the SIP worker pool), 'stream' (the stream workers, through
+a Plivo audio stream), a sip: URI (user@host) or a phone number."""
 
 TargetOrHangup = Annotated[str, AfterValidator(partial(_check_target, allow_hangup=True))]
 """A :data:`Target`, or 'hangup'."""
@@ -146,11 +149,16 @@ class Route(Section):
     """Where a called number's calls go."""
 
     target: Target = Field(
-        default="agent", description="'agent' (the pool), a sip: URI, or a phone number."
+        default="agent",
+        description=(
+            "'agent' (the SIP worker pool), 'stream' (the stream workers, by a Plivo audio"
+            " stream), a sip: URI, or a phone number."
+        ),
     )
     hours: BusinessHours | None = Field(default=None, description="Open hours; None: always.")
     after_hours_target: TargetOrHangup = Field(
-        default="hangup", description="Outside hours: 'hangup', 'agent', a sip: URI or number."
+        default="hangup",
+        description="Outside hours: 'hangup', 'agent', 'stream', a sip: URI or number.",
     )
     after_hours_say: str | None = Field(
         default="We are closed right now. Please call again during our opening hours.",
@@ -174,7 +182,7 @@ class RoutingSettings(Section):
     )
     fallback_say: str = Field(
         default="Sorry, all of our agents are busy right now. Please try again later.",
-        description="Spoken when no worker can take the call.",
+        description="Spoken when no worker (of the route's kind) can take the call.",
     )
     fallback_target: TargetOrHangup = Field(
         default="hangup", description="After the apology: 'hangup', a sip: URI or a number."
@@ -194,8 +202,8 @@ class RoutingSettings(Section):
     @field_validator("fallback_target")
     @classmethod
     def _validate_fallback(cls, value: str) -> str:
-        if value == "agent":
-            invalid("the fallback cannot be the agent pool (it is what failed)")
+        if value in ("agent", "stream"):
+            invalid(f"the fallback cannot be {value!r}: the workers are what failed")
         return value
 
 

@@ -1,17 +1,23 @@
 """The Flask answer_url app: Plivo asks it where each call goes and tells it how calls end.
 
-Routes (the three Plivo-facing ones are signature-checked when ``app.verify_signatures``):
+Routes (the Plivo-facing ones are signature-checked when ``app.verify_signatures``):
 
 ``/answer`` (POST or GET)
     Routes the call by its called number and opening hours: to the worker pool (a
     ``<Dial><User>`` to a worker with a free slot, carrying the call context in
-    ``sipHeaders``), to a SIP URI, to a phone number, or to the fallback when no worker
-    can take it.  Routing problems never fail the request: Plivo always gets XML.
+    ``sipHeaders``), to the stream workers (a bidirectional ``<Stream>`` to their
+    WebSocket, carrying the call context in ``extraHeaders`` and a per-call token in the
+    URL), to a SIP URI, to a phone number, or to the fallback when no worker can take it.
+    Routing problems never fail the request: Plivo always gets XML.
 ``/dial-status`` (POST)
     The Dial's ``action``: records the outcome; a failed dial to a worker frees its slot
     and, if the caller is still there, plays the fallback.
 ``/hangup`` (POST)
     Plivo's hangup callback: records it and frees any slot still held for the call.
+``/stream-status`` (POST)
+    The ``<Stream>``'s status callback (form or JSON, either of Plivo's event
+    vocabularies): logged; a stream that failed or stopped frees the slot still held for
+    its call.
 ``/transfer-xml?target=...`` (POST or GET)
     Where a call transferred through the REST API (``transfer.method = "plivo"``) goes:
     a ``<Dial>`` to the target, a number (``<Number>``) or a SIP URI (``<User>``).
@@ -35,7 +41,8 @@ Routes (the three Plivo-facing ones are signature-checked when ``app.verify_sign
     answered call talks to OCS like an inbound one, known to it by the ``call_id`` this
     request answered.
 ``/healthz``, ``/readyz`` (GET, unsigned)
-    Liveness, and readiness (503 while no worker can take a call) with the pool's state.
+    Liveness, and readiness (503 while no worker of any kind can take a call) with the
+    pool's state and its capacity per kind of worker (``sip``, ``stream``).
 """
 
 from __future__ import annotations
@@ -43,9 +50,11 @@ from __future__ import annotations
 import functools
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Any, Final
+from urllib.parse import urlsplit
 
 from flask import Flask, Response, jsonify, request
 
@@ -60,6 +69,7 @@ from gateway.policy.transfer import TransferError, transfer_uri
 from gateway.pool.outcomes import PlaceCall, PushReply, PushStatus
 from gateway.pool.state import PoolState
 from gateway.records.store import CallRecords
+from gateway.stream.auth import stream_url_for_call
 from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi
@@ -105,6 +115,28 @@ _PUSH_HTTP: Final = {
     PushStatus.UNAVAILABLE: 503,
 }
 
+MAX_STREAM_HEADERS_BYTES: Final = 512
+"""Longest ``<Stream extraHeaders>`` Plivo takes (Stream XML reference,
+https://docs.plivo.com/docs/voice/xml/audiostream; docs/plivo-audio-streams.md §1.3)."""
+
+STREAM_PATH: Final = "/stream"
+"""Path of the stream workers' WebSocket under ``app.public_url`` or their own address."""
+
+# Both of Plivo's stream status vocabularies (docs/plivo-audio-streams.md §4.3): the Stream
+# XML reference's Event values (https://docs.plivo.com/docs/voice/xml/audiostream) and the
+# streaming guide's (https://plivo.com/docs/voice-agents/audio-streaming/concepts/
+# audio-streaming-guide), matched case-insensitively, to one word each.
+_STREAM_EVENTS: Final = {
+    "startstream": "started",
+    "started": "started",
+    "stopstream": "stopped",
+    "stopped": "stopped",
+    "droppedstream": "failed",
+    "failed": "failed",
+    "degradedstream": "degraded",
+    "degraded": "degraded",
+}
+
 
 def _xml(body: str) -> Response:
     return Response(body, status=200, mimetype="text/xml")
@@ -141,6 +173,13 @@ class _CallRouter:
         self.pool = pool
         self.records = records
         self.clock = clock
+        self.stream_settings = settings.stream
+        # The key of the per-call tokens in stream URLs, shared with the stream workers;
+        # `sipagent serve` fills stream.token_secret with a random one when both are empty.
+        self.stream_secret = settings.stream.token_secret or settings.app.auth_token
+        # Plivo ends the stream (and, keepCallAlive with nothing after it, the call) at
+        # streamTimeout: whole seconds, no sooner than the agent's own limit.
+        self.stream_timeout_s = math.ceil(settings.conversation.max_call_s)
 
     # --- helpers ----------------------------------------------------------------------
     def base_url(self) -> str:
@@ -228,6 +267,8 @@ class _CallRouter:
         label = "after-hours" if after_hours else kind
         if kind == "hangup":
             return label, None, plivo_xml.render(*prefix, plivo_xml.hangup())
+        if kind == "stream":
+            return self.stream_route(label, prefix, call_uuid, caller, called, now, params)
         if kind != "agent":
             dial = plivo_xml.dial(
                 target,
@@ -259,6 +300,89 @@ class _CallRouter:
         except BaseException:
             self.release(call_uuid)
             raise
+
+    def stream_route(
+        self,
+        label: str,
+        prefix: Sequence[Element],
+        call_uuid: str,
+        caller: str,
+        called: str,
+        now: float,
+        params: Mapping[str, str],
+    ) -> tuple[str, int | None, str]:
+        """A call routed to the stream workers: hold a slot, answer a ``<Stream>`` to their
+        WebSocket with the call's token; the fallback when none can take it."""
+        if not self.stream_secret:
+            log.error(
+                "answer: call %s goes to a stream but there is no key for its token"
+                " (stream.token_secret and app.auth_token are empty); playing the fallback",
+                call_uuid,
+            )
+            return "fallback", None, plivo_xml.render(*self.fallback_elements(prefix))
+        slot = self.pool.reserve(call_uuid, kind="stream")
+        if slot is None:
+            why = "is free" if "stream" in self.pool.kinds() else "runs here (pool.stream_workers)"
+            log.warning(
+                "answer: no stream worker %s for call %s; playing the fallback", why, call_uuid
+            )
+            return "fallback", None, plivo_xml.render(*self.fallback_elements(prefix))
+        try:
+            # The worker checks the token against the call its start event names: Plivo's
+            # CallUUID (start.callId, docs/plivo-audio-streams.md §2.1).
+            plivo_uuid = params.get("CallUUID", "")
+            token_call = plivo_uuid if valid_call_uuid(plivo_uuid) else call_uuid
+            url = stream_url_for_call(
+                self.stream_base_url(),
+                self.stream_secret,
+                token_call,
+                now,
+                self.stream_settings.token_ttl_s,
+            )
+            element = plivo_xml.stream(
+                url,
+                extra_headers=self.stream_headers(call_uuid, caller, called, params),
+                status_callback_url=f"{self.base_url()}/stream-status",
+                stream_timeout_s=self.stream_timeout_s,
+            )
+            return label, slot.worker, plivo_xml.render(*prefix, element)
+        except BaseException:
+            self.release(call_uuid)
+            raise
+
+    def stream_base_url(self) -> str:
+        """The stream workers' WebSocket URL (without the call's token): ``stream.url``,
+        else ``app.public_url`` with a ws(s) scheme + ``/stream`` (the TLS proxy sends it
+        to the workers), else ``ws://<the host Plivo called>:<stream.listen_port>/stream``
+        (the workers' own port on this host: no proxy, so no TLS)."""
+        configured = self.stream_settings.url or ""
+        if configured:
+            return _ws_scheme(configured)
+        if self.app_settings.public_url:
+            return _ws_scheme(self.app_settings.public_url) + STREAM_PATH
+        host = urlsplit(request.host_url).hostname or "localhost"
+        if ":" in host:  # an IPv6 literal
+            host = f"[{host}]"
+        return f"ws://{host}:{self.stream_settings.listen_port}{STREAM_PATH}"
+
+    def stream_headers(
+        self, call_uuid: str, caller: str, called: str, params: Mapping[str, str]
+    ) -> str:
+        """The ``<Stream extraHeaders>``: the call context a Dial's ``sipHeaders`` carries
+        (:meth:`context_headers`), cut to Plivo's 512 bytes.  The app's own keys come first
+        and always fit (two hex UUIDs and two values of at most 120 characters); the
+        caller's name, forwarding number and own headers that do not are left out."""
+        kept, dropped = fit_pairs(
+            self.context_headers(call_uuid, caller, called, params), MAX_STREAM_HEADERS_BYTES
+        )
+        if dropped:
+            log.warning(
+                "answer: call %s: %s not passed to the stream (extraHeaders holds %d bytes)",
+                call_uuid,
+                ", ".join(dropped),
+                MAX_STREAM_HEADERS_BYTES,
+            )
+        return kept
 
     @staticmethod
     def context_headers(call_uuid: str, caller: str, called: str, params: Mapping[str, str]) -> str:
@@ -462,6 +586,43 @@ class _CallRouter:
             body = plivo_xml.render(plivo_xml.hangup())
         return _xml(body)
 
+    # --- /stream-status ---------------------------------------------------------------
+    def stream_status(self, params: dict[str, str]) -> Response:
+        """``/stream-status``: the ``<Stream>`` status callback.  Logged; a stream that
+        failed or stopped frees the slot still held for its call (none is once the stream
+        worker took the call: then this changes nothing)."""
+        if not params.get("CallUUID") and not request.form:
+            params = {**_json_params(), **params}
+        call_uuid = params.get("CallUUID", "")
+        if not call_uuid:
+            return _bad_request("CallUUID", "missing")
+        if not valid_call_uuid(call_uuid):
+            return _bad_request("CallUUID", "malformed")
+        raw_event = params.get("Event", "").strip()
+        event = _STREAM_EVENTS.get(raw_event.lower(), "")
+        stream_id = params.get("StreamID") or params.get("StreamId") or "?"
+        reason = params.get("StatusReason") or params.get("Reason") or ""
+        detail = f" ({reason[:120]})" if reason else ""
+        if event in ("started", "stopped"):
+            log.info("stream-status: call %s stream %s %s%s", call_uuid, stream_id, event, detail)
+        elif event:
+            log.warning(
+                "stream-status: call %s stream %s %s%s", call_uuid, stream_id, event, detail
+            )
+        else:
+            log.warning(
+                "stream-status: call %s stream %s: unknown event %r%s",
+                call_uuid,
+                stream_id,
+                raw_event[:40],
+                detail,
+            )
+        if event in ("failed", "stopped"):
+            # A stream Plivo gave up on (after its two retries, docs/plivo-audio-streams.md
+            # §4.2) never reaches a worker: its slot is not to wait out pool.reserve_s.
+            self.release(call_uuid)
+        return Response("ok\n", status=200, mimetype="text/plain")
+
     # --- /transfer-xml ----------------------------------------------------------------
     def transfer_xml(self, params: dict[str, str]) -> Response:
         """``/transfer-xml``: the transferred A leg's XML, a ``<Dial>`` to ``target``."""
@@ -557,6 +718,55 @@ def _pushed_reply(
     return _json_error(status, outcome.reason)
 
 
+def _json_params() -> dict[str, str]:
+    """The scalar fields of a JSON object body as strings ({} for any other body)."""
+    payload = request.get_json(force=True, silent=True)
+    if not isinstance(payload, dict):
+        return {}
+    return {
+        str(k): str(v)
+        for k, v in payload.items()
+        if isinstance(v, str | int | float) and not isinstance(v, bool)
+    }
+
+
+def _ws_scheme(url: str) -> str:
+    """``url`` with http(s) turned into ws(s) (Plivo connects to streams over ws(s))."""
+    scheme, sep, rest = url.partition("://")
+    return {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme) + sep + rest
+
+
+def fit_pairs(pairs: str, limit: int) -> tuple[str, list[str]]:
+    """``key=value,key=value`` cut to ``limit`` bytes: the pairs in order, each that would
+    not fit left out; returns the kept string and the keys left out."""
+    kept: list[str] = []
+    dropped: list[str] = []
+    size = 0
+    for pair in filter(None, pairs.split(",")):
+        cost = len(pair.encode()) + (1 if kept else 0)
+        if size + cost > limit:
+            dropped.append(pair.split("=", 1)[0])
+            continue
+        kept.append(pair)
+        size += cost
+    return ",".join(kept), dropped
+
+
+def _capacity(workers: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per kind of worker (``sip``, ``stream``): workers, up, calls and free slots."""
+    out: dict[str, dict[str, int]] = {}
+    for w in workers:
+        c = out.setdefault(
+            str(w["kind"]), {"workers": 0, "up": 0, "max_calls": 0, "calls": 0, "free": 0}
+        )
+        c["workers"] += 1
+        c["up"] += 1 if w["up"] else 0
+        c["max_calls"] += int(w["max_calls"])
+        c["calls"] += int(w["calls"])
+        c["free"] += int(w["free"])
+    return out
+
+
 def _request_params() -> dict[str, str]:
     """Plivo's parameters: the query string, overridden by the form body (first values)."""
     params = request.args.to_dict()
@@ -618,7 +828,9 @@ def create_app(
         )
         if not webhook_token and not ocs_token and not outbound_key:
             raise ConfigError(problem)
-        log.warning("Plivo routes (/answer, /dial-status, /hangup) are off: %s", problem)
+        log.warning(
+            "Plivo routes (/answer, /dial-status, /hangup, /stream-status) are off: %s", problem
+        )
         plivo_routes = False
     elif app_settings.verify_signatures:
         verifier = SignatureVerifier(
@@ -677,6 +889,12 @@ def create_app(
         )
         app.add_url_rule("/hangup", "hangup", plivo_facing(router.hangup), methods=["POST"])
         app.add_url_rule(
+            "/stream-status",
+            "stream_status",
+            plivo_facing(router.stream_status),
+            methods=["POST"],
+        )
+        app.add_url_rule(
             "/transfer-xml",
             "transfer_xml",
             plivo_facing(router.transfer_xml),
@@ -706,9 +924,15 @@ def create_app(
 
     @app.get("/readyz")
     def readyz() -> Response:
+        # Ready when a worker of any kind can take a call (a route's kind may lack one:
+        # its calls get the fallback).
         ready = pool.ready()
+        workers = pool.snapshot()
         response = jsonify(
-            status="ready" if ready else "not ready", ready=ready, workers=pool.snapshot()
+            status="ready" if ready else "not ready",
+            ready=ready,
+            capacity=_capacity(workers),
+            workers=workers,
         )
         response.status_code = 200 if ready else 503
         return response

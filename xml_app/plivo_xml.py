@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from plivo import plivoxml
 
-__all__ = ["Element", "dial", "hangup", "render", "speak"]
+__all__ = ["STREAM_CONTENT_TYPE", "Element", "dial", "hangup", "render", "speak", "stream"]
 
 Element = Any
 """A plivo SDK XML element (the SDK has no type information)."""
@@ -78,3 +78,42 @@ def dial(
     else:
         element.add(plivoxml.NumberElement(target))
     return element
+
+
+STREAM_CONTENT_TYPE: Final = "audio/x-mulaw;rate=8000"
+"""The audio on a stream's socket: G.711 μ-law at 8 kHz, the telephony format Plivo's
+streaming guide recommends.  Always set: Plivo's pages disagree on the default
+(docs/plivo-audio-streams.md §1.2)."""
+
+
+def stream(
+    url: str,
+    *,
+    extra_headers: str | None,
+    status_callback_url: str | None,
+    stream_timeout_s: int,
+) -> Element:
+    """``<Stream>`` opening a bidirectional audio stream of the caller to ``url``.
+
+    Attributes as Plivo's Stream XML reference documents them
+    (https://docs.plivo.com/docs/voice/xml/audiostream, https://plivo.com/docs/voice/xml/
+    audio-streaming; docs/plivo-audio-streams.md §1.2-1.5): the WebSocket URL is the
+    element's text; ``bidirectional`` so the agent's audio can be sent back (playAudio);
+    ``keepCallAlive`` so the XML waits on the stream (the call ends when the socket closes
+    and no element follows); ``audioTrack="inbound"`` (the only track a bidirectional
+    stream may carry); ``contentType`` :data:`STREAM_CONTENT_TYPE`; ``streamTimeout`` in
+    whole seconds; the status callback requested with POST; ``extraHeaders`` the
+    ``key=value,key=value`` string Plivo hands back on the socket's ``start`` event (letters
+    and digits only, at most 512 bytes: the caller's job).
+    """
+    return plivoxml.StreamElement(
+        url,
+        bidirectional=True,
+        keepCallAlive=True,
+        audioTrack="inbound",
+        contentType=STREAM_CONTENT_TYPE,
+        streamTimeout=stream_timeout_s,
+        statusCallbackUrl=status_callback_url or None,
+        statusCallbackMethod="POST" if status_callback_url else None,
+        extraHeaders=extra_headers or None,
+    )

@@ -28,8 +28,9 @@ __all__ = [
     "valid_party",
 ]
 
-TargetKind = Literal["agent", "sip", "number", "hangup"]
-"""What a route target is: the worker pool, a SIP URI, a phone number, or hang up."""
+TargetKind = Literal["agent", "stream", "sip", "number", "hangup"]
+"""What a route target is: the SIP worker pool, the stream workers (a Plivo audio stream),
+a SIP URI, a phone number, or hang up."""
 
 MAX_PARTY_LEN: Final = 256
 """Longest From/To accepted from Plivo."""
@@ -104,6 +105,8 @@ def target_kind(target: str) -> TargetKind:
     """Classify a validated route target."""
     if target == "agent":
         return "agent"
+    if target == "stream":
+        return "stream"
     if target == "hangup":
         return "hangup"
     if target.startswith(("sip:", "sips:")):

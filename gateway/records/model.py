@@ -23,7 +23,7 @@ __all__ = [
     "sip_key",
 ]
 
-ROUTES: Final = ("agent", "sip", "number", "fallback", "after-hours", "hangup")
+ROUTES: Final = ("agent", "stream", "sip", "number", "fallback", "after-hours", "hangup")
 """Values of ``calls.route``: what ``/answer`` decided for the call."""
 
 GATEWAY_RESTARTED: Final = "gateway restarted"

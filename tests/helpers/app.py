@@ -52,10 +52,28 @@ def make_settings(**overrides: Any) -> Settings:
     return load_settings(None, env_file=None, overrides=base)
 
 
-def make_pool(clock: FakeClock, workers: int = 3, up: int | None = None) -> PoolState:
-    pool = PoolState(workers, 4, clock=clock)
+def make_pool(
+    clock: FakeClock,
+    workers: int = 3,
+    up: int | None = None,
+    *,
+    stream_workers: int = 0,
+    stream_max_calls: int = 2,
+    stream_up: int | None = None,
+) -> PoolState:
+    """SIP workers of 4 calls (the first ``up`` of them up, default all), then stream
+    workers of ``stream_max_calls`` (the first ``stream_up`` up, default all)."""
+    pool = PoolState(
+        workers,
+        4,
+        stream_workers=stream_workers,
+        stream_max_calls=stream_max_calls,
+        clock=clock,
+    )
     for i in range(workers if up is None else up):
         pool.worker_up(i, 1000 + i, f"sip:agent@127.0.0.1:{5070 + i}", registers=False)
+    for i in range(stream_workers if stream_up is None else stream_up):
+        pool.worker_up(workers + i, 2000 + i, "ws://127.0.0.1:8090/stream", registers=False)
     return pool
 
 
@@ -102,14 +120,30 @@ class Env:
     """One app with its pool, records and clock."""
 
     def __init__(
-        self, tmp_path: Path, settings: Settings, workers: int = 3, up: int | None = None
+        self,
+        tmp_path: Path,
+        settings: Settings,
+        workers: int = 3,
+        up: int | None = None,
+        *,
+        stream_workers: int = 0,
+        stream_max_calls: int = 2,
+        stream_up: int | None = None,
     ) -> None:
+        """Workers as :func:`make_pool` makes them; Plivo signs over ``app.public_url``."""
         self.clock = FakeClock()
-        self.pool = make_pool(self.clock, workers, up)
+        self.pool = make_pool(
+            self.clock,
+            workers,
+            up,
+            stream_workers=stream_workers,
+            stream_max_calls=stream_max_calls,
+            stream_up=stream_up,
+        )
         self.records = CallRecords.open(tmp_path / "records.db")
         self.app = create_app(settings, self.pool, self.records, clock=self.clock)
         self.app_settings_fallback_say = settings.routing.fallback_say
-        self.plivo = Plivo(self.app.test_client())
+        self.plivo = Plivo(self.app.test_client(), public=settings.app.public_url or BASE)
 
     def answer(self, call_uuid: str | None = None, **params: str) -> TestResponse:
         body = {"CallUUID": call_uuid or new_uuid(), "From": CALLER, "To": CALLED}
