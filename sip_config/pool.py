@@ -34,9 +34,7 @@ class PoolSettings(Section):
         le=250,
         description="Worker processes (4 calls each); 0 sizes the pool to the machine.",
     )
-    sip: bool = Field(
-        default=True, description="Run SIP workers (false: stream workers only)."
-    )
+    sip: bool = Field(default=True, description="Run SIP workers (false: stream workers only).")
     stream_workers: int = Field(
         default=0,
         ge=0,

@@ -16,7 +16,7 @@ class StreamSettings(Section):
     Every stream worker listens on ``listen_host:listen_port`` (the kernel spreads the
     connections over them, ``SO_REUSEPORT``). Plivo reaches them at ``url``: by default
     ``app.public_url`` with a ws(s) scheme and the path ``/stream``, which the TLS proxy in
-    front sends to ``listen_port``.
+    front sends to ``listen_port``; with neither, the address of the worker the app chose.
     """
 
     url: WsUrl = Field(
@@ -30,7 +30,13 @@ class StreamSettings(Section):
         default=DEFAULT_LISTEN_HOST, description="Address the stream workers listen on."
     )
     listen_port: int = Field(
-        default=8090, ge=0, le=65535, description="WebSocket port of the stream workers."
+        default=8090,
+        ge=0,
+        le=65535,
+        description=(
+            "WebSocket port the stream workers share; 0: each its own free port (without"
+            " stream.url and app.public_url the XML then names the worker's address)."
+        ),
     )
     max_calls: int = Field(
         default=100,

@@ -333,7 +333,7 @@ class _CallRouter:
             plivo_uuid = params.get("CallUUID", "")
             token_call = plivo_uuid if valid_call_uuid(plivo_uuid) else call_uuid
             url = stream_url_for_call(
-                self.stream_base_url(),
+                self.stream_base_url(slot.uri),
                 self.stream_secret,
                 token_call,
                 now,
@@ -350,20 +350,24 @@ class _CallRouter:
             self.release(call_uuid)
             raise
 
-    def stream_base_url(self) -> str:
+    def stream_base_url(self, worker_url: str) -> str:
         """The stream workers' WebSocket URL (without the call's token): ``stream.url``,
         else ``app.public_url`` with a ws(s) scheme + ``/stream`` (the TLS proxy sends it
-        to the workers), else ``ws://<the host Plivo called>:<stream.listen_port>/stream``
-        (the workers' own port on this host: no proxy, so no TLS)."""
+        to the workers), else ``worker_url``, the address of the worker the call was
+        reserved on (no proxy, so no TLS), under the host Plivo called when the worker
+        listens on every address."""
         configured = self.stream_settings.url or ""
         if configured:
             return _ws_scheme(configured)
         if self.app_settings.public_url:
             return _ws_scheme(self.app_settings.public_url) + STREAM_PATH
-        host = urlsplit(request.host_url).hostname or "localhost"
-        if ":" in host:  # an IPv6 literal
-            host = f"[{host}]"
-        return f"ws://{host}:{self.stream_settings.listen_port}{STREAM_PATH}"
+        parts = urlsplit(worker_url)
+        if parts.hostname in ("0.0.0.0", "::", None):
+            host = urlsplit(request.host_url).hostname or "localhost"
+            if ":" in host:  # an IPv6 literal
+                host = f"[{host}]"
+            return f"ws://{host}:{parts.port}{parts.path or STREAM_PATH}"
+        return worker_url
 
     def stream_headers(
         self, call_uuid: str, caller: str, called: str, params: Mapping[str, str]

@@ -73,7 +73,9 @@ def make_pool(
     for i in range(workers if up is None else up):
         pool.worker_up(i, 1000 + i, f"sip:agent@127.0.0.1:{5070 + i}", registers=False)
     for i in range(stream_workers if stream_up is None else stream_up):
-        pool.worker_up(workers + i, 2000 + i, "ws://127.0.0.1:8090/stream", registers=False)
+        # As a stream worker on every address reports itself (the app puts the host Plivo
+        # called in its place).
+        pool.worker_up(workers + i, 2000 + i, f"ws://0.0.0.0:{9100 + i}/stream", registers=False)
     return pool
 
 

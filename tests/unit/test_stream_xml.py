@@ -173,10 +173,12 @@ def test_stream_url_token_secret_and_timeout_from_the_settings(tmp_path: Path) -
 
 
 def test_without_public_url_the_stream_goes_to_the_workers_own_port(tmp_path: Path) -> None:
+    # The reserved worker listens on 0.0.0.0:9100 (make_pool): its port, under the host
+    # Plivo called.
     settings = make_settings(
         app={"auth_token": "", "verify_signatures": False},
         routing=STREAM_ROUTE,
-        stream={"listen_port": 9100, "token_secret": "k"},
+        stream={"listen_host": "0.0.0.0", "token_secret": "k"},
     )
     e = Env(tmp_path, settings, workers=0, stream_workers=1)
     try:
