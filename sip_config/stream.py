@@ -77,6 +77,15 @@ class StreamSettings(Section):
         le=60,
         description="A connection that has not sent Plivo's start event by then is closed.",
     )
+    reconnect_grace_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=30,
+        description=(
+            "A stream dropped without Plivo's stop keeps its conversation this long for"
+            " Plivo's reconnect (it retries twice); 0: the call ends with the connection."
+        ),
+    )
     checkpoint_timeout_s: float = Field(
         default=2.0,
         gt=0,

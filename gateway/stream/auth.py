@@ -29,6 +29,7 @@ __all__ = [
     "CALL_PARAM",
     "TOKEN_PARAM",
     "StreamGrant",
+    "check_token",
     "mint_token",
     "new_secret",
     "query_call_token",
@@ -61,14 +62,21 @@ def mint_token(secret: str, call: str, now: float, ttl_s: float) -> str:
 
 def verify_token(secret: str, call: str, token: str, now: float) -> bool:
     """Whether ``token`` was minted with ``secret`` for ``call`` and has not expired."""
+    return check_token(secret, call, token, now) == "ok"
+
+
+def check_token(secret: str, call: str, token: str, now: float) -> str:
+    """``ok``; ``expired`` (minted for ``call`` with ``secret``, but its time is up: good
+    only to resume that call's dropped stream); or ``bad``."""
     if not secret or not _CALL.match(call):
-        return False
+        return "bad"
     m = _TOKEN.match(token)
     if m is None:
-        return False
+        return "bad"
     expiry = int(m.group(1), 16)
-    good = hmac.compare_digest(m.group(2), _mac(secret, call, expiry))
-    return good and now <= expiry
+    if not hmac.compare_digest(m.group(2), _mac(secret, call, expiry)):
+        return "bad"
+    return "ok" if now <= expiry else "expired"
 
 
 def stream_url_for_call(base: str, secret: str, call: str, now: float, ttl_s: float) -> str:
@@ -82,8 +90,9 @@ def stream_url_for_call(base: str, secret: str, call: str, now: float, ttl_s: fl
 
 @dataclass(frozen=True)
 class StreamGrant:
-    """Why a connection was let in: ``"signature"`` or ``"token"`` (then ``call`` is the
-    only call it may stream)."""
+    """Why a connection was let in: ``"signature"``, ``"token"`` (then ``call`` is the only
+    call it may stream) or ``"resume"`` (an expired token of ``call``: it may only take
+    over that call's dropped stream)."""
 
     how: str
     call: str = ""

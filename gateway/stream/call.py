@@ -165,6 +165,14 @@ class StreamPlayout(PlayoutRing):
             self.queued_at_plivo = 0.0
             self._resolve_checkpoint()
 
+    def reconnect(self, outbox: Outbox) -> None:
+        """Plivo reconnected the stream: what it held went with the old connection (the
+        turn waiting for it is taken as heard), and audio goes to ``outbox`` from now."""
+        self.outbox = outbox
+        self.queued_at_plivo = 0.0
+        self.unheard = False
+        self._resolve_checkpoint()
+
     def close(self) -> None:
         """The stream ended: waiters return."""
         super().close()
@@ -235,6 +243,8 @@ class StreamCall:
         self.answered_at = time.monotonic()
         self.on_hold = False
         self.hangup_reason = ""
+        self.stopped = ""  # Plivo's stop event arrived (its reason): the stream is over
+        self.reconnects = 0
         self._partial = b""
         self.media_frames = 0
         self.bad_messages = 0

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -91,6 +92,19 @@ class _Socket:
         return False
 
 
+class _Live:
+    """A stream call in progress: it outlives a connection Plivo drops and reconnects."""
+
+    def __init__(self, call: StreamCall, ws: ServerConnection) -> None:
+        self.call = call
+        self.ws = ws  # the connection in use
+        # While waiting for Plivo's reconnect: resolved with the new connection.
+        self.reattach: asyncio.Future[ServerConnection] | None = None
+        # A Plivo-signed connection that takes over while the old one still looked open.
+        self.pending: ServerConnection | None = None
+        self.done = asyncio.Event()  # the conversation is over
+
+
 class StreamWorker:
     """Serves Plivo audio streams on ``stream.listen_host:listen_port``."""
 
@@ -112,9 +126,8 @@ class StreamWorker:
         self.prompts: Prompts | None = None
         self.pacer = Pacer()
         self.accepting = True
-        self.calls: dict[str, StreamCall] = {}
+        self.live: dict[str, _Live] = {}  # by call id
         self.conversations: dict[str, CallSession] = {}
-        self.sockets: dict[str, ServerConnection] = {}
         self.calls_total = 0
         self.refused: dict[str, int] = {}
         self._grants: dict[Any, auth.StreamGrant] = {}
@@ -163,9 +176,9 @@ class StreamWorker:
         self.accepting = False
         if self._server is not None:
             self._server.close(close_connections=False)
-        for ws in list(self.sockets.values()):
+        for live in list(self.live.values()):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(ws.close(1001, "gateway stopping"), 3)
+                await asyncio.wait_for(live.ws.close(1001, "gateway stopping"), 3)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -201,10 +214,14 @@ class StreamWorker:
         parts = urlsplit(request.path)
         call, token = auth.query_call_token(parts.query)
         if token:
-            if auth.verify_token(self._secret, call, token, time.time()):
+            verdict = auth.check_token(self._secret, call, token, time.time())
+            if verdict == "expired" and self._awaiting_reconnect(call):
+                self._grants[connection] = auth.StreamGrant("resume", call)
+                return None
+            if verdict == "ok":
                 self._grants[connection] = auth.StreamGrant("token", call)
                 return None
-            self._refuse("bad-token", f"{peer} call {call[:64]!r}")
+            self._refuse(f"{verdict}-token", f"{peer} call {call[:64]!r}")
             return connection.respond(HTTPStatus.UNAUTHORIZED, "invalid stream token\n")
         verdict = self._check_signature(request)
         if verdict == "ok":
@@ -260,7 +277,7 @@ class StreamWorker:
             self._refuse("bad-start", f"{_peer(ws)}: first event is not start")
             await ws.close(1008, "the first event must be start")
             return
-        if grant.how == "token" and start.call_id != grant.call:
+        if grant.how in ("token", "resume") and start.call_id != grant.call:
             self._refuse(
                 "wrong-call", f"{_peer(ws)}: token for {grant.call}, start {start.call_id}"
             )
@@ -270,40 +287,67 @@ class StreamWorker:
             self._refuse("format", f"{start.encoding}/{start.sample_rate}")
             await ws.close(1003, "audio must be audio/x-mulaw 8000 or audio/x-l16 8000")
             return
-        previous = self.sockets.get(start.call_id)
-        if previous is not None:
-            # Plivo reconnects a dropped stream (docs §4.2): the old socket is dead.
-            log.info("stream %s: a new connection replaces the old one", start.call_id)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(previous.close(1000, "replaced"), 2)
+        live = self.live.get(start.call_id)
+        if live is not None:
+            await self._resume(live, ws, grant)
+            return
+        if grant.how == "resume":  # the call it was for ended meanwhile
+            await ws.close(1008, "the call is over")
+            return
         await self._converse(ws, start)
+
+    def _awaiting_reconnect(self, call_id: str) -> bool:
+        live = self.live.get(call_id)
+        return live is not None and live.reattach is not None
+
+    async def _resume(self, live: _Live, ws: ServerConnection, grant: auth.StreamGrant) -> None:
+        """A second connection for a call in progress: Plivo retrying a dropped stream
+        (docs/plivo-audio-streams.md §4.2, up to twice). It takes over the conversation
+        when the old connection is gone, or when it is signed by Plivo (whose nonce is
+        new: not a replay); a token alone cannot take a live stream from its socket (a
+        leaked URL must not hijack a call)."""
+        if live.reattach is None:
+            if grant.how != "signature":
+                self._refuse("in-use", f"{_peer(ws)}: call {live.call.call_id} is streaming")
+                await ws.close(1008, "the call's stream is in use")
+                return
+            live.pending = ws
+            transport = live.ws.transport
+            if transport is not None:
+                transport.abort()  # its reader ends, and the conversation takes `pending`
+        elif not live.reattach.done():
+            live.reattach.set_result(ws)
+        else:
+            await ws.close(1008, "the call's stream is in use")
+            return
+        # The connection is served by the conversation's own handler from now on; this
+        # handler only keeps it open until that ends.
+        await live.done.wait()
 
     async def _converse(self, ws: ServerConnection, start: events.Start) -> None:
         settings = self.settings
         context = stream_context(start, decode_call_context(_as_sip_headers(start)))
-        outbox = _Socket(ws)
         playout = StreamPlayout(
-            outbox,
+            _Socket(ws),
             start.stream_id,
             send_ahead=settings.stream.send_ahead_ms // 20,
             checkpoint_timeout_s=settings.stream.checkpoint_timeout_s,
             encoding=start.encoding,
         )
         record_id = context.record_id or start.call_id
-        hangup_task: list[asyncio.Task[None]] = []
 
         def hangup(reason: str) -> None:
-            hangup_task.append(self._spawn(self._hang_up(ws, start.call_id, reason)))
+            self._spawn(self._hang_up(live, start.call_id, reason))
 
         call = StreamCall(start, context, playout, hangup=hangup, transfer=self._transfer(start))
+        live = _Live(call, ws)
         self.calls_total += 1
-        self.calls[start.call_id] = call
-        self.sockets[start.call_id] = ws
-        if len(self.calls) > settings.stream.max_calls:
+        self.live[start.call_id] = live
+        if len(self.live) > settings.stream.max_calls:
             log.warning(
                 "stream worker %d holds %d streams (stream.max_calls %d)",
                 self.index,
-                len(self.calls),
+                len(self.live),
                 settings.stream.max_calls,
             )
         recorder = self._start_recording(call, record_id)
@@ -334,7 +378,7 @@ class StreamWorker:
         self.pacer.streams.add(playout)
         task = self._spawn(session.run())
         try:
-            reason = await self._read(ws, call, task)
+            reason = await self._serve_connections(live, task)
         finally:
             self.pacer.streams.discard(playout)
             call.ended()
@@ -349,19 +393,19 @@ class StreamWorker:
             if recorder is not None:
                 recorder[1].cancel()
                 recorder[0].close()
-            if self.sockets.get(start.call_id) is ws:
-                del self.sockets[start.call_id]
-                self.calls.pop(start.call_id, None)
-                self.conversations.pop(start.call_id, None)
-            if ws.state is not State.CLOSED:
+            del self.live[start.call_id]
+            self.conversations.pop(start.call_id, None)
+            if live.ws.state is not State.CLOSED:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(ws.close(1000, reason[:100]), 3)
+                    await asyncio.wait_for(live.ws.close(1000, reason[:100]), 3)
+            live.done.set()
             log.info(
-                "stream %s ended: %s (%d caller frames, %d malformed messages)",
+                "stream %s ended: %s (%d caller frames, %d malformed messages, %d reconnects)",
                 start.call_id,
                 reason,
                 call.media_frames,
                 call.bad_messages,
+                call.reconnects,
             )
             if self.listener is not None:
                 self.listener.call_ended(
@@ -372,6 +416,42 @@ class StreamWorker:
                         at=time.time(),
                     )
                 )
+
+    async def _serve_connections(self, live: _Live, session: asyncio.Task[None]) -> str:
+        """Read the stream's connection, and the next one when Plivo reconnects a dropped
+        stream, until the conversation or the stream ends; the reason it ended."""
+        call = live.call
+        grace = self.settings.stream.reconnect_grace_s
+        while True:
+            reason = await self._read(live.ws, call, session)
+            # A close frame is Plivo ending the stream on purpose (the call ended); a
+            # connection lost without one is a drop, which Plivo retries.
+            closed_cleanly = live.ws.close_code not in (None, CloseCode.ABNORMAL_CLOSURE)
+            if session.done() or call.hangup_reason or call.stopped:
+                return reason
+            successor = live.pending
+            live.pending = None
+            if successor is None and grace > 0 and self.accepting and not closed_cleanly:
+                # Dropped without Plivo's stop: it retries (docs §4.2). The conversation
+                # waits, its audio held; the caller hears silence meanwhile.
+                live.reattach = asyncio.get_running_loop().create_future()
+                log.info(
+                    "stream %s: connection lost; waiting %.1f s for Plivo to reconnect",
+                    call.call_id,
+                    grace,
+                )
+                try:
+                    successor = await asyncio.wait_for(asyncio.shield(live.reattach), grace)
+                except TimeoutError:
+                    successor = None
+                finally:
+                    live.reattach = None
+            if successor is None:
+                return reason
+            live.ws = successor
+            call.reconnects += 1
+            call.playout.reconnect(_Socket(successor))
+            log.info("stream %s: Plivo reconnected (%s)", call.call_id, _peer(successor))
 
     async def _read(
         self, ws: ServerConnection, call: StreamCall, session: asyncio.Task[None]
@@ -415,6 +495,7 @@ class StreamWorker:
             case events.ClearedAudio():
                 pass
             case events.Stop(reason=reason):
+                call.stopped = reason or "stop"
                 log.info("stream %s: Plivo stops the stream (%s)", call.call_id, reason or "-")
             case events.Start():
                 call.bad_messages += 1
@@ -431,7 +512,7 @@ class StreamWorker:
 
         return PlivoTransfer(self.settings, start.call_id).transfer
 
-    async def _hang_up(self, ws: ServerConnection, call_uuid: str, reason: str) -> None:
+    async def _hang_up(self, live: _Live, call_uuid: str, reason: str) -> None:
         """End the call: Plivo's REST hang-up when credentials are set (docs §5.2), and the
         WebSocket closed (with keepCallAlive and nothing after `<Stream>`, Plivo ends the
         call when the stream ends: §1.4)."""
@@ -440,7 +521,7 @@ class StreamWorker:
 
             await hang_up_call(self.settings, call_uuid)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(ws.close(1000, reason[:100]), 3)
+            await asyncio.wait_for(live.ws.close(1000, reason[:100]), 3)
 
     def _start_recording(
         self, call: StreamCall, record_id: str
