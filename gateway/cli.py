@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -106,13 +107,63 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run_supervisor(settings, args.workers, start_app=start_pool_app)
 
 
+# `sipagent call` steps that only a SIP call has: step kind -> its flag.
+_SIP_ONLY_STEPS = {
+    "hold": "--put-on-hold",
+    "switch-codec": "--switch-codec",
+    "refresh": "--refresh",
+}
+_STREAM_SCHEMES = ("ws://", "wss://")
+
+
+def _call_problem(args: argparse.Namespace) -> str:
+    """Why these `sipagent call` arguments do not make one call ("" when they do)."""
+    target = args.answer_url or args.uri  # the parser lets exactly one through
+    if args.answer_url and not args.answer_url.lower().startswith(("http://", "https://")):
+        return f"--answer-url takes an http:// or https:// URL (got {args.answer_url!r})"
+    stream = bool(args.answer_url) or target.lower().startswith(_STREAM_SCHEMES)
+    if not stream:
+        if target.lower().startswith(("http://", "https://")):
+            return f"an answer_url goes with --answer-url (got {target!r})"
+        given = [
+            flag
+            for flag, value in (
+                ("--auth-token", args.auth_token),
+                ("--extra-headers", args.extra_headers),
+                ("--no-stop", args.no_stop),
+                ("--from", args.caller),
+                ("--to", args.called),
+            )
+            if value
+        ]
+        return f"{given[0]} is for a Plivo stream (ws://, wss://, --answer-url)" if given else ""
+    sip_only = [flag for kind, _ in args.steps or [] if (flag := _SIP_ONLY_STEPS.get(kind))]
+    if args.dtmf_method == "info":
+        sip_only.append("--dtmf-method info")
+    if args.codecs != "PCMU,PCMA":
+        sip_only.append("--codecs")
+    for flag, value in (("--session-expires", args.session_expires), ("--auth", args.auth)):
+        if value:
+            sip_only.append(flag)
+    if sip_only:
+        return f"{sip_only[0]} is SIP only: not on a Plivo stream"
+    return ""
+
+
 def cmd_call(args: argparse.Namespace) -> int:
-    """Softphone for testing."""
+    """Softphone for testing: a SIP call, or Plivo's side of an audio stream."""
     _setup_logging("DEBUG" if args.verbose else "WARNING")
+    problem = _call_problem(args)
+    if problem:
+        print(f"sipagent call: {problem}", file=sys.stderr)
+        return 2
     from gateway.devtools.softphone import CallScript, run_softphone
 
     script = CallScript.from_args(args)
-    return run_softphone(args.uri, script)
+    if args.auth_token is None:
+        # The gateway's own token, as `serve` reads it from the environment.
+        script.auth_token = os.environ.get("SIPAGENT_APP__AUTH_TOKEN", "")
+    return run_softphone(args.answer_url or args.uri, script)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -261,8 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_serve)
 
-    c = sub.add_parser("call", help="call a SIP URI as a test softphone")
-    c.add_argument("uri", help="e.g. sip:agent@127.0.0.1:5060")
+    c = sub.add_parser(
+        "call", help="call a SIP URI as a test softphone, or a stream bot as Plivo would"
+    )
+    # The URI, or the answer_url whose <Stream> is called: one of the two.
+    target = c.add_mutually_exclusive_group(required=True)
+    target.add_argument(
+        "uri",
+        nargs="?",
+        help="e.g. sip:agent@127.0.0.1:5060, or a Plivo stream bot's ws:// or wss:// URL",
+    )
+    target.add_argument(
+        "--answer-url",
+        metavar="URL",
+        help="instead of a URI, play Plivo fully: POST this answer_url as for an incoming"
+        " call and connect to the <Stream> of the XML it returns",
+    )
     c.add_argument(
         "--say",
         dest="steps",
@@ -374,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         type=_header,
         metavar="NAME:VALUE",
-        help="add a header to the INVITE, e.g. X-PH-CallUUID:1234 (repeatable)",
+        help="add a header to the INVITE (on a stream: to the WebSocket upgrade), e.g."
+        " X-PH-CallUUID:1234 (repeatable)",
     )
     c.add_argument(
         "--auth",
@@ -382,6 +448,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="USER:PASSWORD",
         help="answer the agent's digest challenge with these (sip.inbound_auth)",
     )
+    stream = c.add_argument_group("Plivo audio stream (ws://, wss://, --answer-url)")
+    stream.add_argument(
+        "--auth-token",
+        metavar="TOKEN",
+        help="sign the upgrade (and the answer_url request) with this Plivo auth token"
+        " (default: $SIPAGENT_APP__AUTH_TOKEN; empty: unsigned)",
+    )
+    stream.add_argument(
+        "--extra-headers",
+        metavar="K=V,...",
+        help="the start event's extra_headers, as the XML's extraHeaders would set them"
+        " (with --answer-url: the XML's)",
+    )
+    stream.add_argument(
+        "--no-stop",
+        action="store_true",
+        help="hang up by closing the WebSocket, without a stop event first",
+    )
+    stream.add_argument("--from", dest="caller", metavar="NUMBER", help="answer_url From")
+    stream.add_argument("--to", dest="called", metavar="NUMBER", help="answer_url To")
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_call, steps=None)
 

@@ -1,5 +1,10 @@
 """`sipagent call`: a test softphone that talks to the agent and reports what it heard.
 
+The call is SIP (`gateway.sip.dialer.Dialer`) for a ``sip:`` URI, or a Plivo audio
+stream (`gateway.devtools.plivo_stream.StreamDialer`, playing Plivo's side of the
+WebSocket) for a ``ws://``/``wss://`` URL or an answer_url (``http(s)://``); the script
+below is the same for both, but for the SIP-only steps (hold, switch-codec, refresh).
+
 It dials, waits for the greeting, then runs its steps: `say` (Piper speech), `play` (a
 WAV) or `dtmf` (keypad keys, RFC 4733 or SIP INFO) once the agent has stopped talking, or
 `barge` / `barge-dtmf` (speech or keys started part-way into the agent's next turn);
@@ -62,6 +67,14 @@ class CallScript:
     dtmf_method: str = "rfc4733"  # or "info"
     session_expires_s: int = 0  # ask for SIP session timers (RFC 4028) with this interval
     auth: tuple[str, str] | None = None  # digest user and password for a challenge
+    # A Plivo stream (ws://, wss://, or an answer_url): the auth token that signs the
+    # upgrade (and the answer_url request), the start event's extra_headers, whether the
+    # hang-up sends a stop event before the close, and the answer_url's From and To.
+    auth_token: str = ""
+    extra_headers: str = ""
+    send_stop: bool = True
+    caller: str = "+15550100001"
+    called: str = "+15550100002"
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CallScript:
@@ -81,6 +94,11 @@ class CallScript:
             dtmf_method="info" if getattr(args, "dtmf_method", "rfc4733") == "info" else "rfc4733",
             session_expires_s=getattr(args, "session_expires", 0),
             auth=getattr(args, "auth", None),
+            auth_token=getattr(args, "auth_token", None) or "",
+            extra_headers=getattr(args, "extra_headers", None) or "",
+            send_stop=not getattr(args, "no_stop", False),
+            caller=getattr(args, "caller", None) or cls.caller,
+            called=getattr(args, "called", None) or cls.called,
         )
 
 
@@ -331,8 +349,6 @@ class Softphone:
         """Put the agent on hold (part-way into the turn it is playing, or at once when it
         is quiet), play the hold announcement for `seconds`, take it off hold. The reply is
         the agent's audio resuming, if it was talking."""
-        from gateway.sip.endpoint import SipError
-
         s = self.script
         target = self._open
         if target is not None:
@@ -346,7 +362,7 @@ class Softphone:
             self.call.playout.clear()
             t_back = time.monotonic()
             dialer.unhold()
-        except SipError as exc:
+        except dialer.error as exc:
             self.note(f"hold: {exc}")
             return
         self.note(f"held the agent {round((t_back - t_hold) * 1000)} ms")
@@ -359,8 +375,6 @@ class Softphone:
     def _call_step(self, res: StepResult, dialer: Any) -> None:
         """Re-INVITE to another codec, or refresh the session by UPDATE; ok once the far end
         accepted (its 2xx arrived)."""
-        from gateway.sip.endpoint import SipError
-
         call = self.call
         t = time.monotonic()
         res.sent_at_ms = res.end_of_speech_ms = self._rel(t)
@@ -370,7 +384,7 @@ class Softphone:
                 dialer.switch_codec(res.text)
             else:
                 dialer.refresh()
-        except SipError as exc:
+        except dialer.error as exc:
             self.note(f"{res.kind}: {exc}")
             return
         if res.kind == "switch-codec":
@@ -402,6 +416,8 @@ class Softphone:
             dialer.hangup()
             self.call.ended.wait(5)
         self.transfers = list(dialer.transfers)
+        for line in getattr(dialer, "notes", ()):
+            self.note(line)  # a stream's protocol errors
         for t in self.transfers:
             self.note(f"transfer requested to {t.to}: {t.call.status_code} {t.call.reason}")
         self.pump()
@@ -512,23 +528,38 @@ class Softphone:
                     break
 
 
-def run_softphone(uri: str, script: CallScript) -> int:
-    """Place the call and run the script; returns the exit status."""
-    from gateway.sip.dialer import Dialer
-    from gateway.sip.endpoint import SipError
+def _dialer(uri: str, script: CallScript) -> Any:
+    """The dialer for ``uri``: a Plivo stream's, or SIP's."""
+    from gateway.devtools.plivo_stream import StreamDialer, is_stream_uri
 
+    if is_stream_uri(uri):
+        return StreamDialer(
+            auth_token=script.auth_token,
+            extra_headers=script.extra_headers,
+            send_stop=script.send_stop,
+            caller=script.caller,
+            called=script.called,
+        )
+    from gateway.sip.dialer import Dialer
+
+    return Dialer(
+        codecs=script.codecs, session_expires_s=script.session_expires_s, auth=script.auth
+    )
+
+
+def run_softphone(uri: str, script: CallScript) -> int:
+    """Place the call (SIP, or a Plivo stream for ws://, wss:// or an answer_url) and run
+    the script; returns the exit status."""
     audio = _Audio()
     try:
         clips = [audio.speech(kind, value) for kind, value in script.steps]
     except (OSError, EOFError, wave.Error, ValueError) as exc:
         print(f"sipagent call: cannot use that audio: {exc}", file=sys.stderr)
         return 2
-    dialer = Dialer(
-        codecs=script.codecs, session_expires_s=script.session_expires_s, auth=script.auth
-    )
+    dialer = _dialer(uri, script)
     try:
         dialer.start()
-    except SipError as exc:
+    except dialer.error as exc:
         print(f"sipagent call: {exc}", file=sys.stderr)
         return 1
     phone = Softphone(uri, script)
@@ -542,10 +573,10 @@ def run_softphone(uri: str, script: CallScript) -> int:
     finally:
         signal.signal(signal.SIGUSR1, previous)
         dialer.stop()
-        if dialer.pj.alive:
-            # The report is out, but pjsua2 did not shut down in time: leave now rather than
-            # let the interpreter's teardown wait on a library stuck in its own threads.
-            print("sipagent call: the SIP stack did not stop in time", file=sys.stderr)
+        if dialer.alive:
+            # The report is out, but the dialer (pjsua2, or the stream's loop) did not shut
+            # down in time: leave now rather than let the interpreter's teardown wait on it.
+            print("sipagent call: the call's stack did not stop in time", file=sys.stderr)
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(rc)

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import pjsua2 as pj
 
@@ -139,6 +139,9 @@ class _DialCall(pj.Call):  # type: ignore[misc]
 class Dialer:
     """Owns a pj thread with one account; places one call at a time."""
 
+    # What its operations raise when the SIP stack refuses (the softphone catches it).
+    error: ClassVar[type[Exception]] = SipError
+
     def __init__(
         self,
         codecs: tuple[str, ...] = ("PCMU", "PCMA"),
@@ -205,6 +208,11 @@ class Dialer:
         acc = pj.Account()
         acc.create(cfg, True)
         self.account = acc
+
+    @property
+    def alive(self) -> bool:
+        """Whether the pj thread still runs (after `stop`: pjsua2 did not stop in time)."""
+        return bool(self.pj.alive)
 
     def start(self) -> None:
         """Start SIP on a free loopback port."""
