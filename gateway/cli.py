@@ -133,6 +133,7 @@ def _call_problem(args: argparse.Namespace) -> str:
                 ("--no-stop", args.no_stop),
                 ("--from", args.caller),
                 ("--to", args.called),
+                ("--call-uuid", args.call_uuid),
             )
             if value
         ]
@@ -468,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stream.add_argument("--from", dest="caller", metavar="NUMBER", help="answer_url From")
     stream.add_argument("--to", dest="called", metavar="NUMBER", help="answer_url To")
+    stream.add_argument(
+        "--call-uuid", metavar="UUID", help="answer_url CallUUID (default: a new one)"
+    )
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(func=cmd_call, steps=None)
 

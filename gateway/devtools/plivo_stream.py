@@ -939,7 +939,9 @@ class StreamDialer:
         send_stop: bool = True,
         caller: str = "+15550100001",
         called: str = "+15550100002",
+        call_uuid: str = "",
     ) -> None:
+        self.call_uuid = call_uuid  # the answer_url's CallUUID ("": a new one)
         self.auth_token = auth_token
         self.extra_headers = extra_headers
         self.send_stop = send_stop
@@ -955,6 +957,21 @@ class StreamDialer:
     def alive(self) -> bool:
         """Whether the dialer's thread still runs (after `stop`: it did not stop in time)."""
         return self._thread is not None and self._thread.is_alive()
+
+    def summary(self) -> dict[str, Any]:
+        """The stream as Plivo saw it, for the JSON report: events each way, clearAudio
+        arrivals, protocol errors and the longest underrun inside a bot turn (ms)."""
+        peer = self.peer
+        if peer is None:
+            return {}
+        stats = peer.stats
+        return {
+            "events_in": dict(stats.events_in),
+            "events_out": dict(stats.events_out),
+            "clear_audio": len(stats.clears),
+            "protocol_errors": stats.error_count,
+            "max_underrun_ms": round(stats.max_underrun_s() * 1000.0, 1),
+        }
 
     @property
     def notes(self) -> list[str]:
@@ -999,7 +1016,8 @@ class StreamDialer:
         target = StreamTarget(uri, self.extra_headers, bidirectional=True, keep_call_alive=True)
         try:
             if answer_url:
-                params = answer_params(str(uuid.uuid4()), self.caller, self.called)
+                call_uuid = self.call_uuid or str(uuid.uuid4())
+                params = answer_params(call_uuid, self.caller, self.called)
                 target = await asyncio.to_thread(fetch_stream_answer, uri, params, self.auth_token)
         except StreamAnswerError as exc:
             call.status_code, call.reason = exc.status, str(exc)

@@ -69,12 +69,14 @@ class CallScript:
     auth: tuple[str, str] | None = None  # digest user and password for a challenge
     # A Plivo stream (ws://, wss://, or an answer_url): the auth token that signs the
     # upgrade (and the answer_url request), the start event's extra_headers, whether the
-    # hang-up sends a stop event before the close, and the answer_url's From and To.
+    # hang-up sends a stop event before the close, and the answer_url's From, To and
+    # CallUUID ("": a new one).
     auth_token: str = ""
     extra_headers: str = ""
     send_stop: bool = True
     caller: str = "+15550100001"
     called: str = "+15550100002"
+    call_uuid: str = ""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CallScript:
@@ -99,6 +101,7 @@ class CallScript:
             send_stop=not getattr(args, "no_stop", False),
             caller=getattr(args, "caller", None) or cls.caller,
             called=getattr(args, "called", None) or cls.called,
+            call_uuid=getattr(args, "call_uuid", None) or "",
         )
 
 
@@ -176,6 +179,7 @@ class Softphone:
         self.t0 = 0.0
         self.log: list[str] = []
         self.transfers: list[Any] = []  # the Dialer's TransferRequests
+        self.stream: dict[str, Any] = {}  # a Plivo stream's summary (StreamDialer)
         # Set by SIGUSR1: the `--hold` wait ends early (a test hangs up a caller it kept on
         # the line as soon as it has seen what it needed).
         self.released = threading.Event()
@@ -416,6 +420,9 @@ class Softphone:
             dialer.hangup()
             self.call.ended.wait(5)
         self.transfers = list(dialer.transfers)
+        summary = getattr(dialer, "summary", None)
+        if summary is not None:
+            self.stream = summary()
         for line in getattr(dialer, "notes", ()):
             self.note(line)  # a stream's protocol errors
         for t in self.transfers:
@@ -506,6 +513,8 @@ class Softphone:
                 ],
                 "ok": self.success(),
             }
+            if self.stream:
+                out["stream"] = self.stream  # a Plivo stream's view of the call
             print(json.dumps(out))
         sys.stdout.flush()
 
@@ -539,6 +548,7 @@ def _dialer(uri: str, script: CallScript) -> Any:
             send_stop=script.send_stop,
             caller=script.caller,
             called=script.called,
+            call_uuid=script.call_uuid,
         )
     from gateway.sip.dialer import Dialer
 

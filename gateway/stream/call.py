@@ -165,10 +165,12 @@ class StreamPlayout(PlayoutRing):
             self.queued_at_plivo = 0.0
             self._resolve_checkpoint()
 
-    def reconnect(self, outbox: Outbox) -> None:
+    def reconnect(self, outbox: Outbox, stream_id: str) -> None:
         """Plivo reconnected the stream: what it held went with the old connection (the
-        turn waiting for it is taken as heard), and audio goes to ``outbox`` from now."""
+        turn waiting for it is taken as heard), and audio goes to ``outbox``, for stream
+        ``stream_id``, from now."""
         self.outbox = outbox
+        self.stream_id = stream_id
         self.queued_at_plivo = 0.0
         self.unheard = False
         self._resolve_checkpoint()

@@ -56,6 +56,8 @@ log = logging.getLogger("sipagent.stream")
 # does not read): ~2 s of playAudio.
 _WRITE_BACKLOG_BYTES = 64 * 1024
 _MAX_SIGNATURES = 8
+# How long a token's second connection waits for the first one to be seen gone.
+_DROP_NOTICE_S = 1.0
 
 
 class _Socket:
@@ -99,10 +101,11 @@ class _Live:
         self.call = call
         self.ws = ws  # the connection in use
         # While waiting for Plivo's reconnect: resolved with the new connection.
-        self.reattach: asyncio.Future[ServerConnection] | None = None
+        self.reattach: asyncio.Future[tuple[ServerConnection, events.Start]] | None = None
         # A Plivo-signed connection that takes over while the old one still looked open.
-        self.pending: ServerConnection | None = None
+        self.pending: tuple[ServerConnection, events.Start] | None = None
         self.done = asyncio.Event()  # the conversation is over
+        self.waiting = asyncio.Event()  # set while `reattach` waits
 
 
 class StreamWorker:
@@ -289,7 +292,7 @@ class StreamWorker:
             return
         live = self.live.get(start.call_id)
         if live is not None:
-            await self._resume(live, ws, grant)
+            await self._resume(live, ws, start, grant)
             return
         if grant.how == "resume":  # the call it was for ended meanwhile
             await ws.close(1008, "the call is over")
@@ -300,23 +303,29 @@ class StreamWorker:
         live = self.live.get(call_id)
         return live is not None and live.reattach is not None
 
-    async def _resume(self, live: _Live, ws: ServerConnection, grant: auth.StreamGrant) -> None:
+    async def _resume(
+        self, live: _Live, ws: ServerConnection, start: events.Start, grant: auth.StreamGrant
+    ) -> None:
         """A second connection for a call in progress: Plivo retrying a dropped stream
         (docs/plivo-audio-streams.md §4.2, up to twice). It takes over the conversation
         when the old connection is gone, or when it is signed by Plivo (whose nonce is
         new: not a replay); a token alone cannot take a live stream from its socket (a
         leaked URL must not hijack a call)."""
+        if live.reattach is None and grant.how != "signature":
+            # Plivo may be quicker to retry than this loop to see the old connection go.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.waiting.wait(), _DROP_NOTICE_S)
         if live.reattach is None:
             if grant.how != "signature":
                 self._refuse("in-use", f"{_peer(ws)}: call {live.call.call_id} is streaming")
                 await ws.close(1008, "the call's stream is in use")
                 return
-            live.pending = ws
+            live.pending = (ws, start)
             transport = live.ws.transport
             if transport is not None:
                 transport.abort()  # its reader ends, and the conversation takes `pending`
         elif not live.reattach.done():
-            live.reattach.set_result(ws)
+            live.reattach.set_result((ws, start))
         else:
             await ws.close(1008, "the call's stream is in use")
             return
@@ -435,6 +444,7 @@ class StreamWorker:
                 # Dropped without Plivo's stop: it retries (docs §4.2). The conversation
                 # waits, its audio held; the caller hears silence meanwhile.
                 live.reattach = asyncio.get_running_loop().create_future()
+                live.waiting.set()
                 log.info(
                     "stream %s: connection lost; waiting %.1f s for Plivo to reconnect",
                     call.call_id,
@@ -446,12 +456,19 @@ class StreamWorker:
                     successor = None
                 finally:
                     live.reattach = None
+                    live.waiting.clear()
             if successor is None:
                 return reason
-            live.ws = successor
+            live.ws, restart = successor
             call.reconnects += 1
-            call.playout.reconnect(_Socket(successor))
-            log.info("stream %s: Plivo reconnected (%s)", call.call_id, _peer(successor))
+            # Whether a retry keeps the streamId is not documented: the new start's counts.
+            call.playout.reconnect(_Socket(live.ws), restart.stream_id)
+            log.info(
+                "stream %s: Plivo reconnected (%s, stream %s)",
+                call.call_id,
+                _peer(live.ws),
+                restart.stream_id,
+            )
 
     async def _read(
         self, ws: ServerConnection, call: StreamCall, session: asyncio.Task[None]

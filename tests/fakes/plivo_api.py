@@ -15,6 +15,11 @@ Every request needs HTTP Basic auth ``auth_id:auth_token`` (else 401 ``{"error"}
   what Plivo does with ``aleg_url``: requests it (``aleg_method``, default POST) with the
   call's parameters, signed, and keeps the answer in `fetched`.
 
+* ``DELETE /v1/Account/<auth_id>/Call/<call_uuid>/`` (``calls.delete``, "Hang up a call":
+  https://www.plivo.com/docs/voice/api/call/hangup-a-call/): 204 with no body for a call in
+  `live_calls`, which leaves it and is appended to `hung_up`; 404 otherwise (a call that
+  has ended).
+
 Every API request is recorded in `requests` (`tests.fakes.http.Received`).  Signatures are
 X-Plivo-Signature-V3, computed with the plivo SDK's own functions (`plivo_signature`).
 """
@@ -97,7 +102,9 @@ class FakePlivoApi(HttpFake):
         self.status = status
         self.calls: list[dict[str, Any]] = []  # calls.create bodies (+ request_uuid)
         self.fetched: list[Fetched] = []
+        self.hung_up: list[str] = []  # CallUUIDs hung up through the API, in order
         self.route("POST", ".*", self._request)  # auth comes first, even for a wrong path
+        self.route("DELETE", ".*", self._request)
 
     @property
     def url(self) -> str:
@@ -108,10 +115,16 @@ class FakePlivoApi(HttpFake):
         body = ex.received.body
         parsed = body is None or isinstance(body, dict)
         authorization = ex.received.headers.get("authorization")
-        status, payload = self._answer(
-            ex.path, authorization, body if isinstance(body, dict) else {}, parsed
-        )
-        ex.send_json(status, payload)
+        if ex.command == "DELETE":
+            status, payload = self._delete(ex.path, authorization)
+        else:
+            status, payload = self._answer(
+                ex.path, authorization, body if isinstance(body, dict) else {}, parsed
+            )
+        if status == 204:
+            ex.send(204, b"", "application/json")
+        else:
+            ex.send_json(status, payload)
 
     # -- the API ----------------------------------------------------------------------------
     def _answer(
@@ -133,6 +146,21 @@ class FakePlivoApi(HttpFake):
         if len(parts) == 5:
             return self._transfer(api_id, parts[4], body)
         return 404, {"api_id": api_id, "error": "not found"}
+
+    def _delete(self, path: str, authorization: str | None) -> tuple[int, dict[str, Any]]:
+        api_id = str(uuid.uuid4())
+        expected = base64.b64encode(f"{self.auth_id}:{self.auth_token}".encode()).decode()
+        if authorization != f"Basic {expected}":
+            return 401, {"api_id": api_id, "error": "authentication failed"}
+        parts = [p for p in path.split("?")[0].split("/") if p]
+        if parts[:4] != ["v1", "Account", self.auth_id, "Call"] or len(parts) != 5:
+            return 404, {"api_id": api_id, "error": "not found"}
+        with self.lock:
+            if parts[4] not in self.live_calls:
+                return 404, {"api_id": api_id, "error": "call not found"}
+            self.live_calls.discard(parts[4])
+            self.hung_up.append(parts[4])
+        return 204, {}
 
     def _create(self, api_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         missing = [k for k in ("from", "to", "answer_url") if not body.get(k)]
