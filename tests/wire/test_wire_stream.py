@@ -143,6 +143,9 @@ def test_a_stream_call_and_a_sip_call_at_once_on_the_offline_pipeline(
             stream_uuid,
             "--play",
             str(question),
+            # Speech 1.5 s into the reply to it: the agent stops (clearAudio) and answers.
+            "--barge",
+            "Where are you located?",
             "--transcribe",
         )
         # Both are up at once (the pool's view), then both finish.
@@ -168,6 +171,9 @@ def test_a_stream_call_and_a_sip_call_at_once_on_the_offline_pipeline(
         assert r["steps"][0]["ok"] and word_overlap("we're open monday", reply) >= 0.5, r
     stream_side = stream_report["stream"]
     assert stream_side["protocol_errors"] == 0, stream_report
+    barge = stream_report["steps"][1]
+    assert barge["ok"] and barge["barge_stop_ms"] is not None, stream_report
+    assert stream_side["clear_audio"] >= 1, stream_side  # Plivo's queue dropped too
     assert stream_side["events_in"]["checkpoint"] >= 2, stream_side  # one per agent turn
     assert stream_side["events_out"]["playedStream"] >= 2, stream_side
     # The record: routed to the stream, taken by the stream worker (index 1), its turns.
@@ -175,9 +181,17 @@ def test_a_stream_call_and_a_sip_call_at_once_on_the_offline_pipeline(
     assert row["route"] == "stream" and row["worker"] == 1, row
     assert row["sip_call_id"] == stream_uuid and row["end_at"] is not None, row
     with sqlite3.connect(tmp_path / "records.db") as db:
-        query = "SELECT t.kind FROM turns t JOIN calls c ON t.call_id = c.id WHERE c.call_uuid = ?"
-        kinds = [k for (k,) in db.execute(query + " ORDER BY t.turn", (stream_uuid,))]
-    assert kinds[:2] == ["greeting", "reply"], kinds
+        query = (
+            "SELECT t.kind, t.interrupted, t.barge_in FROM turns t"
+            " JOIN calls c ON t.call_id = c.id WHERE c.call_uuid = ? ORDER BY t.turn"
+        )
+        stored = list(db.execute(query, (stream_uuid,)))
+    # Greeting; the reply the caller cut off; the reply to the barge-in.
+    assert [tuple(t) for t in stored[:3]] == [
+        ("greeting", 0, 0),
+        ("reply", 1, 0),
+        ("reply", 0, 1),
+    ], stored
     # The stereo recording: caller left, agent right, as long as the call.
     (wav,) = [p for p in recordings.iterdir() if stream_uuid in p.name]
     with wave.open(str(wav)) as w:
