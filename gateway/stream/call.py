@@ -82,6 +82,8 @@ class StreamPlayout(PlayoutRing):
         self.checkpoints_missed = 0
         self.clears_sent = 0
         self.messages_sent = 0
+        # No connection to send on (waiting for Plivo's reconnect): the audio waits.
+        self.paused = False
 
     # -- the pacer's side ------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -95,6 +97,10 @@ class StreamPlayout(PlayoutRing):
             return
         self._last_tick += elapsed * FRAME_S
         self.queued_at_plivo = max(0.0, self.queued_at_plivo - elapsed)
+        if self.paused:
+            for _ in range(min(elapsed, 50)):
+                self.idle_tick()  # silence for the recorder; the queue waits
+            return
         out: list[bytes] = []
         for _ in range(min(elapsed, 50)):
             frame = self.pop()  # empty: a silent frame for the recorder's tap

@@ -22,6 +22,7 @@ import hmac
 import logging
 import sys
 import time
+import weakref
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -133,7 +134,11 @@ class StreamWorker:
         self.conversations: dict[str, CallSession] = {}
         self.calls_total = 0
         self.refused: dict[str, int] = {}
-        self._grants: dict[Any, auth.StreamGrant] = {}
+        # Held from the upgrade to the handler; a handshake that fails between the two
+        # leaves nothing behind.
+        self._grants: weakref.WeakKeyDictionary[ServerConnection, auth.StreamGrant] = (
+            weakref.WeakKeyDictionary()
+        )
         self._server: Server | None = None
         self._pacer_task: asyncio.Task[None] | None = None
         self._nonces = NonceCache(settings.app.nonce_ttl_s)
@@ -211,11 +216,13 @@ class StreamWorker:
     def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:
         """Let the upgrade through with a grant, or answer it with an HTTP error."""
         peer = _peer(connection)
-        if not self.accepting:
-            self._refuse("draining", peer)
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
         parts = urlsplit(request.path)
         call, token = auth.query_call_token(parts.query)
+        if not self.accepting and not self._awaiting_reconnect(call):
+            # Draining: no new streams, but a call in progress may still get its dropped
+            # stream back.
+            self._refuse("draining", peer)
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
         if token:
             verdict = auth.check_token(self._secret, call, token, time.time())
             if verdict == "expired" and self._awaiting_reconnect(call):
@@ -243,11 +250,14 @@ class StreamWorker:
             return "unsigned"
         if len(nonce) > 256:
             return "forged"
-        public = self.settings.stream.url or ""
+        # The URL Plivo requested is under stream.url or app.public_url (what the XML
+        # named), or, with neither, the Host it connected to.
         host = request.headers.get("Host", "")
+        bases = {self.settings.stream.url or "", self.settings.app.public_url or "", ""}
+        urls = {u for b in bases for u in auth.signed_url_forms(b, host, request.path)}
         candidates = [c.strip().encode() for c in signature.split(",")][:_MAX_SIGNATURES]
         matched = False
-        for url in auth.signed_url_forms(public, host, request.path):
+        for url in sorted(urls):
             expected = expected_signature(token, "GET", url, {}, nonce)
             for candidate in candidates:
                 matched |= _same(expected, candidate)
@@ -440,11 +450,12 @@ class StreamWorker:
                 return reason
             successor = live.pending
             live.pending = None
-            if successor is None and grace > 0 and self.accepting and not closed_cleanly:
+            if successor is None and grace > 0 and not closed_cleanly:
                 # Dropped without Plivo's stop: it retries (docs §4.2). The conversation
                 # waits, its audio held; the caller hears silence meanwhile.
                 live.reattach = asyncio.get_running_loop().create_future()
                 live.waiting.set()
+                call.playout.paused = True
                 log.info(
                     "stream %s: connection lost; waiting %.1f s for Plivo to reconnect",
                     call.call_id,
@@ -457,6 +468,7 @@ class StreamWorker:
                 finally:
                     live.reattach = None
                     live.waiting.clear()
+                    call.playout.paused = False
             if successor is None:
                 return reason
             live.ws, restart = successor

@@ -172,3 +172,25 @@ def test_keys_and_dtmf_out() -> None:
     call.hangup("goodbye")
     call.hangup("again")
     assert hung == ["goodbye"]  # asked once
+
+
+def test_a_paused_stream_keeps_its_audio_for_the_reconnect() -> None:
+    out = Outbox()
+    p = playout(out, ahead=1)
+    for n in range(4):
+        p.put(tone_frame(n))
+    p.tick(1.0)
+    p.tick(1.02)
+    assert len(p) == 3
+    p.paused = True  # the connection dropped: Plivo's retry is awaited
+    p.tick(1.04)
+    p.tick(1.06)
+    assert len(p) == 3 and len(out.of("playAudio")) == 1
+    fresh = Outbox()
+    p.reconnect(fresh, "stream-2")
+    p.paused = False
+    p.tick(1.08)
+    (message,) = fresh.of("playAudio")
+    assert base64.b64decode(message["media"]["payload"]) == ulaw_encode(tone_frame(1))  # type: ignore[index]
+    p.clear()
+    assert fresh.of("clearAudio") == [{"event": "clearAudio", "streamId": "stream-2"}]

@@ -28,7 +28,7 @@ from gateway.plivo.signature import (
     NonceCache,
 )
 from gateway.pool.outcomes import PushOutcome, PushStatus
-from gateway.pool.state import DialTarget, PoolState
+from gateway.pool.state import DialTarget, PoolState, WorkerKind
 from gateway.records.store import CallRecords
 from sip_config import ConfigError
 from tests.helpers.app import (
@@ -430,7 +430,7 @@ def test_pool_error_still_answers_with_the_fallback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     class BrokenPool(PoolState):
-        def reserve(self, call_uuid: str) -> DialTarget | None:
+        def reserve(self, call_uuid: str, kind: WorkerKind = "sip") -> DialTarget | None:
             raise RuntimeError("pool bookkeeping bug")
 
     caplog.set_level(logging.ERROR, logger=APP_LOGGER)
