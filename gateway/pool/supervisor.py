@@ -321,11 +321,13 @@ def _print_routing(sup: Supervisor, app_url: str | None) -> None:
         sup.say(f"answer_url: {app_url}/answer  hangup_url: {app_url}/hangup")
     if len(sup.plans) > len(sup.sip_plans):
         st = s.stream
-        where = st.url or "app.public_url (ws/wss) + /stream"
-        sup.say(
-            f"Plivo audio streams: ws://{st.listen_host}:{st.listen_port}/stream (routing"
-            f" target 'stream'; the XML points Plivo at {where})"
-        )
+        if st.url:
+            where = st.url
+        elif s.app.public_url:
+            where = s.app.public_url.replace("http", "ws", 1) + "/stream"
+        else:
+            where = "the worker's own address (no TLS: set app.public_url or stream.url)"
+        sup.say(f"Plivo audio streams (routing target 'stream'): the XML points Plivo at {where}")
     t = s.transfer
     if t.method == "auto" and t.target and app_url and not s.plivo_transfer_ready():
         sup.say(
@@ -342,15 +344,21 @@ def _print_routing(sup: Supervisor, app_url: str | None) -> None:
 
 
 def _capacity(sup: Supervisor) -> str:
-    """ "2 SIP workers, up to 8 calls; 1 stream worker, up to 100 streams"."""
+    """What the pool holds: "2 SIP workers, up to 8 calls; 1 stream worker, up to 100
+    streams"."""
     s = sup.settings
     sip_n, stream_n = len(sup.sip_plans), len(sup.plans) - len(sup.sip_plans)
     parts = []
     if sip_n:
-        parts.append(f"{sip_n} SIP workers, up to {sip_n * s.sip.max_calls} calls")
+        parts.append(f"{_count(sip_n, 'SIP worker')}, up to {sip_n * s.sip.max_calls} calls")
     if stream_n:
-        parts.append(f"{stream_n} stream workers, up to {stream_n * s.stream.max_calls} streams")
+        limit = stream_n * s.stream.max_calls
+        parts.append(f"{_count(stream_n, 'stream worker')}, up to {limit} streams")
     return "; ".join(parts)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _is_loopback(network: str) -> bool:

@@ -42,6 +42,7 @@ from sip_config import load_settings
 MESSAGES: list[protocol.Message] = [
     Configure({"sip": {"listen_port": 5070}, "log_level": "INFO"}),
     Start(2, 5072, 20200, 100),
+    Start(3, 8090, 0, 0, kind="stream"),
     Start(
         0,
         5071,

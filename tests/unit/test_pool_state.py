@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.pool.plan import auto_workers, plan_workers
-from gateway.pool.state import PoolState
+from gateway.pool.plan import auto_workers, plan_pool, plan_workers
+from gateway.pool.state import DialTarget, PoolState
 from sip_config import ConfigError, Settings, load_settings
 
 
@@ -175,3 +175,36 @@ def test_a_reservation_can_be_held_longer_for_a_ringing_outbound_call() -> None:
     assert state.reserve("inbound-1") is None
     clock.now += 16.0
     assert state.reserve("inbound-1") is not None
+
+
+def test_stream_workers_come_after_the_sip_workers_and_share_one_port() -> None:
+    s = _settings(
+        sip={"listen_port": 5060, "rtp_port_start": 20000},
+        pool={"stream_workers": 2},
+        stream={"listen_host": "0.0.0.0", "listen_port": 8090},
+    )
+    plans = plan_pool(s, 2)
+    assert [(p.index, p.kind, p.address) for p in plans] == [
+        (0, "sip", "127.0.0.1:5060"),
+        (1, "sip", "127.0.0.1:5061"),
+        (2, "stream", "0.0.0.0:8090"),
+        (3, "stream", "0.0.0.0:8090"),
+    ]
+    only = plan_pool(_settings(pool={"sip": False, "stream_workers": 1}), 4)
+    assert [(p.index, p.kind) for p in only] == [(0, "stream")]
+    with pytest.raises(ConfigError, match="no worker would run"):
+        plan_pool(_settings(pool={"sip": False}), 4)
+
+
+def test_stream_slots_are_reserved_apart_from_sip_slots() -> None:
+    state = PoolState(1, 4, stream_workers=1, stream_max_calls=2, clock=Clock())
+    state.worker_up(0, 1000, "sip:agent@127.0.0.1:5060", registers=False)
+    assert state.reserve("s-0", kind="stream") is None  # the stream worker is not up yet
+    assert state.ready("sip") and not state.ready("stream")
+    state.worker_up(1, 1001, "ws://127.0.0.1:8090/stream", registers=False)
+    targets = [state.reserve(f"s-{i}", kind="stream") for i in range(3)]
+    assert [t.worker if t else None for t in targets] == [1, 1, None]  # two streams fit
+    assert state.reserve("c-0") == DialTarget(0, "sip:agent@127.0.0.1:5060")  # SIP unaffected
+    state.call_started(1, "s-0", "s-0")  # the stream connected: its reservation is its call
+    assert {w["kind"]: w["calls"] for w in state.snapshot()} == {"sip": 0, "stream": 1}
+    assert state.kinds() == {"sip", "stream"}
