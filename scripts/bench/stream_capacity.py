@@ -44,6 +44,7 @@ import json
 import os
 import pstats
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -97,7 +98,8 @@ if "gateway.pool.child" in _sys.orig_argv:
                     "lag_max_ms": round(lags[-1] * 1e3, 1),
                 }
                 pacer.max_lateness = 0.0
-                print("BENCH pacer " + _json.dumps(line), file=_sys.stderr, flush=True)
+                # one write(2) of a short line: not torn by another worker's on the pipe
+                _os.write(2, ("BENCH pacer " + _json.dumps(line) + "\\n").encode())
                 lags, last = [], now
 
     _bench_pacer_run = _stream_call.Pacer.run
@@ -331,6 +333,11 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StreamStep:
             res.profile += "\nload generators:\n" + _profile_text(
                 workdir / "prof", "gen-*.prof", args.profile_top
             )
+            if args.profile_dir is not None:
+                keep = args.profile_dir / f"K{k}"
+                keep.mkdir(parents=True, exist_ok=True)
+                for f in (workdir / "prof").glob("*.prof"):
+                    shutil.copy(f, keep / f.name)
     reports = [r for g in gens for r in g.reports]
     for g in gens:
         if g.proc.returncode not in (0, 1):
@@ -340,7 +347,7 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StreamStep:
                 info = json.loads(e[4:])
                 for key in ("lag_p99_ms", "lag_max_ms"):
                     res.gen[key] = max(res.gen.get(key, 0.0), float(info[key]))
-    turns = server.turns()
+    turns = _turns(server.lines)
     _score_calls(res, reports, fixed)
     _score_agent(res, turns, fixed)
     _server_notes(res, server.lines)
@@ -349,13 +356,32 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StreamStep:
     return res
 
 
+def _turns(lines: list[str]) -> list[dict[str, Any]]:
+    """The agent's TURN records (`AgentProcess.turns`, but a line torn by another
+    process's write to the shared stderr is skipped rather than fatal)."""
+    decoder = json.JSONDecoder()
+    out = []
+    for line in list(lines):
+        if " TURN {" in line:
+            try:
+                rec, _ = decoder.raw_decode(line.split(" TURN ", 1)[1])
+            except ValueError:
+                continue
+            out.append(rec)
+    return out
+
+
 def _pacer_window(lines: list[str], t0: float, t1: float) -> dict[str, float]:
     """The stream workers' probe lines between t0 and t1: pacer ticks > 1 frame late (all
     workers), the worst lateness, and the loop's 20 ms sleep lateness (worst p99, max)."""
     by_pid: dict[int, list[dict[str, Any]]] = {}
+    decoder = json.JSONDecoder()
     for line in list(lines):
         if "BENCH pacer " in line:
-            rec = json.loads(line.split("BENCH pacer ", 1)[1])
+            try:
+                rec, _ = decoder.raw_decode(line.split("BENCH pacer ", 1)[1])
+            except ValueError:
+                continue  # torn by another process's write
             by_pid.setdefault(int(rec["pid"]), []).append(rec)
     out = {"late": 0.0, "max_late_ms": 0.0, "lag_p99_ms": 0.0, "lag_max_ms": 0.0, "streams": 0.0}
     for recs in by_pid.values():
@@ -420,6 +446,7 @@ def _server_notes(res: StreamStep, lines: list[str]) -> None:
         " ERROR ",
         " CRITICAL ",
         "Traceback",
+        "Error in sitecustomize",
         "no playedStream",
         "connection refused",
         "conversation crashed",
@@ -557,6 +584,7 @@ def main() -> int:
     )
     ap.add_argument("--profile", action="store_true", help="cProfile the stream workers")
     ap.add_argument("--profile-top", type=int, default=30, help="functions listed")
+    ap.add_argument("--profile-dir", type=Path, help="keep the .prof files here (per step)")
     ap.add_argument("--gap-goal-ms", type=float, default=40.0)
     ap.add_argument("--overhead-goal-ms", type=float, default=60.0)
     ap.add_argument("--barge-goal-ms", type=float, default=100.0)
