@@ -323,24 +323,12 @@ class Server(AgentProcess):
 
 
 # -- the load generators --------------------------------------------------------------------
-class CallerProc:
-    """One `capacity_caller.py` process (up to 4 calls)."""
+class LineProc:
+    """A load-generator process that talks in lines: it prints ``ready`` once set up,
+    starts on ``go`` (stdin), prints one ``call {json}`` report per call at the end; any
+    other line is an event, kept with the time it arrived."""
 
-    def __init__(
-        self,
-        uris: list[str],
-        clips: list[Path],
-        args: argparse.Namespace,
-        seed: int,
-        background: bool = False,
-    ) -> None:
-        cmd = [sys.executable, str(CALLER), *uris, "--turns", str(args.turns)]
-        if background:
-            cmd.append("--background")
-        cmd += ["--seed", str(seed), "--stagger-ms", str(args.stagger_ms)]
-        cmd += ["--max-s", str(args.max_call_s)]
-        for c in clips:
-            cmd += ["--clip", str(c)]
+    def __init__(self, cmd: list[str]) -> None:
         self.proc = subprocess.Popen(
             cmd,
             stdin=subprocess.PIPE,
@@ -397,6 +385,27 @@ class CallerProc:
             self.proc.wait()
 
 
+class CallerProc(LineProc):
+    """One `capacity_caller.py` process (up to 4 calls)."""
+
+    def __init__(
+        self,
+        uris: list[str],
+        clips: list[Path],
+        args: argparse.Namespace,
+        seed: int,
+        background: bool = False,
+    ) -> None:
+        cmd = [sys.executable, str(CALLER), *uris, "--turns", str(args.turns)]
+        if background:
+            cmd.append("--background")
+        cmd += ["--seed", str(seed), "--stagger-ms", str(args.stagger_ms)]
+        cmd += ["--max-s", str(args.max_call_s)]
+        for c in clips:
+            cmd += ["--clip", str(c)]
+        super().__init__(cmd)
+
+
 # -- one step ------------------------------------------------------------------------------
 @dataclass
 class StepResult:
@@ -432,7 +441,9 @@ class StepResult:
         )
 
 
-def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
+def server_env(args: argparse.Namespace, workdir: Path, extra_site: str = "") -> dict[str, str]:
+    """The server's environment: the fake providers at the benchmark's latencies, and the
+    `--experiment` patches plus `extra_site` (more sitecustomize source) when given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAGENT_")}
     env.update(
         {
@@ -453,7 +464,7 @@ def server_env(args: argparse.Namespace, workdir: Path) -> dict[str, str]:
     )
     if args.no_spare:
         env["SIPAGENT_POOL__SPARE"] = "false"
-    code = experiment_code(args)
+    code = experiment_code(args) + extra_site
     if code:
         # Experiments, not product settings: a sitecustomize module on the server's path
         # changes every server process before gateway code is imported.

@@ -52,16 +52,15 @@ import pjsua2 as pj  # beyond the Dialer's API: call options, WAV players, codec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, read_wav_8k, rms_dbfs, split_frames
+from speech_clips import Clip  # scripts/bench, beside this file
+
+from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, read_wav_8k
 from gateway.audio.ring import InboundRing, PlayoutRing
 from gateway.sip import dialer as sipdialer
 from gateway.sip.dialer import Dialer, OutboundCall
 
 FRAME_S = FRAME_MS / 1000.0
 ACTIVE_PEAK = 1000  # |sample| above this is agent audio (the tone peaks at 8000; silence is 0)
-# A clip frame is speech when louder than the agent's VAD energy floor (TurnDetector's
-# energy_floor_dbfs): our end of speech is then the one the agent's turn detection sees.
-VOICED_DBFS = -50.0
 
 
 class TimedInbound(InboundRing):
@@ -90,25 +89,6 @@ class TimedPlayout(PlayoutRing):
         if frame is not None and self.frames_played in self.watch:
             self.seen[self.frames_played] = time.monotonic()
         return frame
-
-
-@dataclass
-class Clip:
-    """A question: its frames and the span of voiced frames."""
-
-    frames: list[bytes]
-    first_voiced: int
-    last_voiced: int  # inclusive
-
-    @classmethod
-    def load(cls, path: Path) -> Clip:
-        """Read an 8 kHz WAV (any rate is resampled)."""
-        frames = split_frames(read_wav_8k(path))
-        frames = [f + bytes(FRAME_BYTES - len(f)) if len(f) < FRAME_BYTES else f for f in frames]
-        voiced = np.flatnonzero([rms_dbfs(f) > VOICED_DBFS for f in frames])
-        if voiced.size == 0:
-            raise ValueError(f"{path}: no speech in the clip")
-        return cls(frames, int(voiced[0]), int(voiced[-1]))
 
 
 def _peaks(frames: list[bytes]) -> np.ndarray:
