@@ -169,6 +169,9 @@ class StreamPlayout(PlayoutRing):
         if waiting is not None and waiting[0] == name:
             self.checkpoints_answered += 1
             self.queued_at_plivo = 0.0
+            # Heard from this moment: a key or a word right after it cuts nothing off,
+            # even before the waiting turn resumes.
+            self.unheard = False
             self._resolve_checkpoint()
 
     def reconnect(self, outbox: Outbox, stream_id: str) -> None:

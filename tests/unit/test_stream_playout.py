@@ -194,3 +194,22 @@ def test_a_paused_stream_keeps_its_audio_for_the_reconnect() -> None:
     assert base64.b64decode(message["media"]["payload"]) == ulaw_encode(tone_frame(1))  # type: ignore[index]
     p.clear()
     assert fresh.of("clearAudio") == [{"event": "clearAudio", "streamId": "stream-2"}]
+
+
+def test_nothing_to_clear_once_plivo_said_the_turn_was_heard() -> None:
+    async def run() -> None:
+        out = Outbox()
+        p = playout(out, timeout_s=5.0)
+        p.put(tone_frame(0))
+        p.tick(1.0)
+        p.tick(1.02)
+        waiter = asyncio.ensure_future(p.played_out())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        p.played("turn-1")
+        # A key arrives before the waiting turn resumes: Plivo has nothing left to clear.
+        p.clear()
+        assert out.of("clearAudio") == []
+        await asyncio.wait_for(waiter, 1.0)
+
+    asyncio.run(run())

@@ -276,7 +276,10 @@ def test_keys_answer_the_menu_and_a_key_barges_in(gateway: Gateway) -> None:
             peer.press("1")
             await peer.until(lambda: peer.stats.events_out["playedStream"] >= 2, 10)
             assert peer.stats.error_count == 0, peer.stats.errors
-            assert peer.stats.events_out["clearedAudio"] == 1
+            assert peer.stats.events_out["clearedAudio"] == 1, (
+                peer.stats.clears,
+                peer.stats.checkpoints,
+            )
 
     asyncio.run(call())
     got = gateway.turns(target.call_id, 3)
