@@ -39,7 +39,7 @@ class StreamSettings(Section):
         ),
     )
     max_calls: int = Field(
-        default=100,
+        default=150,
         ge=1,
         le=2000,
         description=(
