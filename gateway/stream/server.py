@@ -11,7 +11,8 @@ anything else is answered 401 before the WebSocket opens. The first message must
 Plivo's ``start`` within ``stream.start_timeout_s`` (naming the call the token was issued
 for), else the connection is closed: no AI work is done for a connection until then.
 A malformed message later is counted and skipped (never raised), so one bad peer costs
-nothing to the other calls of the worker.
+nothing to the other calls of the worker. A connection lost without a close frame keeps
+its conversation ``stream.reconnect_grace_s`` for Plivo's retry (docs §4.2).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import sys
 import time
 import weakref
 from http import HTTPStatus
@@ -198,15 +198,6 @@ class StreamWorker:
             self._pacer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pacer_task
-
-    async def serve(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set."""
-        await self.start()
-        print(f"sipagent: stream worker listening on {self.url}", file=sys.stderr, flush=True)
-        try:
-            await stop.wait()
-        finally:
-            await self.stop()
 
     # -- the upgrade --------------------------------------------------------------------------
     def _refuse(self, reason: str, detail: str) -> None:
