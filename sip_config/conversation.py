@@ -89,8 +89,9 @@ class ConversationSettings(Section):
         ge=0.5,
         le=10,
         description=(
-            "With a cloud provider, a reply with no audio this long after the caller stopped"
-            " fails and the apology plays (the caller never waits longer in silence)."
+            "With a cloud provider, a reply with no audio this long after the caller stopped,"
+            " or whose audio stops this long before it is complete, fails and the apology"
+            " plays (the caller never waits longer in silence)."
         ),
     )
 

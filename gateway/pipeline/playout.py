@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 
-from gateway.audio.pcm import SAMPLE_RATE
+from gateway.audio.pcm import FRAME_MS, SAMPLE_RATE
 from gateway.pipeline import clock
 from gateway.pipeline.record import ms
 from gateway.pipeline.transport import AudioSink
@@ -30,9 +30,12 @@ class Speaker:
         # Speaking from the first piece of a reply on until it played out or was cut off.
         self.speaking = False
         self.last_gap_ms = 0.0  # the longest gap of the last speech that played out
-        # Called once per speech when its first audio is queued (the reply's deadline is
-        # lifted), and when a speech is over (the caller's silence is counted from there).
-        self.on_first_audio: Callable[[], None] = _nothing
+        # Called each time audio is queued, with the seconds of it still to play (the
+        # reply's silence deadline moves past them); once all of a speech is queued (no
+        # vendor can keep the caller waiting any more); and when a speech is over (the
+        # caller's silence is counted from there).
+        self.on_audio: Callable[[float], None] = _queued
+        self.on_synthesised: Callable[[], None] = _nothing
         self.on_done: Callable[[], None] = _nothing
 
     def busy(self) -> bool:
@@ -71,10 +74,11 @@ class Speaker:
                         if not first_chunk_at:
                             first_chunk_at = clock.now()
                             sink.max_gap = 0.0
-                            self.on_first_audio()  # audio is flowing
                         await sink.capture(pcm)
+                        self.on_audio(len(sink) * FRAME_MS / 1000)
                 finally:
                     await close_stream(chunks)
+            self.on_synthesised()
             # Let the queued audio play out; barge-in cancels us here too.
             await sink.played_out()
             first_wire_at = sink.marked_at if first_chunk_at else 0.0
@@ -125,6 +129,10 @@ def ringback() -> bytes:
 
 
 def _nothing() -> None:
+    pass
+
+
+def _queued(_: float) -> None:
     pass
 
 

@@ -74,7 +74,9 @@ class Replies:
         self.carry_text = ""
         # Called when a reply task is over (done, failed or cancelled).
         self.on_done: Callable[[], None] = _nothing
-        speaker.on_first_audio = self._audio_flowing
+        speaker.on_audio = self._audio_flowing
+        speaker.on_synthesised = self._synthesised
+        self._limit = 0.0  # the deadline's length, while one runs
 
     # -- the reply task ---------------------------------------------------------------------
     def pending(self) -> bool:
@@ -102,7 +104,16 @@ class Replies:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
-    def _audio_flowing(self) -> None:
+    def _audio_flowing(self, queued_s: float) -> None:
+        """Audio arrived: the caller hears it for `queued_s`, and from then on may wait in
+        silence no longer than the deadline (a vendor stalling mid-reply gets the apology
+        as one that never started does)."""
+        if self._deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._deadline.reschedule(loop.time() + queued_s + self._limit)
+
+    def _synthesised(self) -> None:
+        """Every piece of the reply is queued: no vendor is waited for any more."""
         if self._deadline is not None:
             self._deadline.reschedule(None)
 
@@ -112,16 +123,17 @@ class Replies:
             if limit is None:
                 await coro
             else:
-                # Lifted by the speaker when the first audio is queued.
+                # Moved past the audio queued each time some arrives, and lifted once
+                # the whole reply is queued (the speaker's callbacks).
                 async with asyncio.timeout(limit) as deadline:
-                    self._deadline = deadline
+                    self._deadline, self._limit = deadline, limit
                     await coro
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._deadline = None
             late = deadline is not None and deadline.expired()
-            await self._failed(exc, f"no agent audio within {limit:g} s" if late else "")
+            await self._failed(exc, f"no agent audio for {limit:g} s" if late else "")
         finally:
             self._deadline = None
 

@@ -26,7 +26,7 @@ import pytest
 from gateway.audio.pcm import FRAME_BYTES
 from gateway.pipeline.session import ConversationOptions, Prompts, TurnRecord
 from gateway.providers.base import BrainReply, CallContext, ReplyStream
-from gateway.providers.fake import FakeBrain, FakeStt, FakeSttStream
+from gateway.providers.fake import FakeBrain, FakeStt, FakeSttStream, FakeTts
 from tests.helpers.session import (
     TONE_FRAMES_PER_CHAR,
     Call,
@@ -587,6 +587,49 @@ def test_a_silent_vendor_is_covered_by_the_apology_within_the_deadline(
             silence_ms = (clock.times[first_loud] - speech_end) * 1000
             # The 300 ms end of turn, the 600 ms deadline, then the next tick.
             assert 300 + 600 - 1e-3 <= silence_ms <= 300 + 600 + 20 + 1e-3, silence_ms
+            await call.hang_up()
+        finally:
+            await call.stop()
+
+    run(body)
+
+
+class StallingTts(FakeTts):
+    """Sends the first 200 ms of a reply, then goes quiet (a vendor stalling mid-reply)."""
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes]:
+        yield square_wave(200)
+        if text.startswith("Here is"):  # the reply (not the greeting)
+            await asyncio.sleep(60)
+
+
+def test_a_vendor_stalling_mid_reply_is_covered_by_the_apology_within_the_deadline(
+    speech_8k: Speak,
+) -> None:
+    # The README's promise: with a cloud provider the caller never waits longer than the
+    # deadline in silence, also once the reply has begun.
+    options = ConversationOptions(end_of_turn_ms=300, reply_deadline_s=0.6)
+    prompts = Prompts("Sorry?", square_wave(300), "Bye.", square_wave(200))
+
+    async def body() -> None:
+        call = start_call(
+            QuickBrain(["Here is a long answer."]), options, prompts=prompts, tts=StallingTts()
+        )
+        clock = call.clock
+        try:
+            await call.turn(0)
+            asked = clock.say(speech(speech_8k, "hello there"))
+            cut = await call.turn(1, timeout=5.0)
+            assert cut.kind == "reply" and cut.interrupted  # its start was heard
+            rec = await call.turn(2, timeout=5.0)
+            assert rec.kind == "apology", call.turns
+            loud = clock.agent_loud_ticks(asked)
+            # 200 ms of the reply, then silence, then the apology's 300 ms.
+            assert len(loud) == 10 + 15, loud
+            gap = [b - a for a, b in itertools.pairwise(loud) if b - a > 1]
+            assert len(gap) == 1, loud
+            silence_ms = (gap[0] - 1) * 20
+            assert 600 - 20 <= silence_ms <= 600 + 20, silence_ms
             await call.hang_up()
         finally:
             await call.stop()
