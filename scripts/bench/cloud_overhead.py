@@ -6,10 +6,11 @@ SDKs, against loopback fakes that add a published peer benchmark's latencies (ST
 It runs `sipagent serve` with those providers, places calls with the test softphone (real
 SIP and RTP on 127.0.0.1), and prints p50/p95 of each part of a turn and of the overhead:
 what a turn costs beyond the end-of-turn wait and the fakes' own delays. The agent's early
-STT final is off (`vad.early_final_ms = 0`), so the three delays add up as in the peer
-benchmark.
+STT final is off by default (`vad.early_final_ms = 0`), so the three delays add up as in
+the peer benchmark; `--early-final-ms 200` (the gateway's default) measures the turn with
+the transcript finalised during the end-of-turn wait.
 
-Usage: python scripts/bench/cloud_overhead.py [--calls 3] [--turns 4]
+Usage: python scripts/bench/cloud_overhead.py [--calls 3] [--turns 4] [--early-final-ms 0]
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
-def run(calls: int, turns: int) -> dict[str, Any]:
+def run(calls: int, turns: int, early_final_ms: int = 0) -> dict[str, Any]:
     """Place the calls one after another; return the caller-side and agent-side samples."""
     wire: list[float] = []
     unanswered = 0
@@ -71,7 +72,7 @@ def run(calls: int, turns: int) -> dict[str, Any]:
                 "SIPAGENT_OPENAI__BASE_URL": oa.base_url,
                 "SIPAGENT_ELEVENLABS__API_KEY": el.api_key,
                 "SIPAGENT_ELEVENLABS__BASE_URL": el.base_url,
-                "SIPAGENT_VAD__EARLY_FINAL_MS": "0",
+                "SIPAGENT_VAD__EARLY_FINAL_MS": str(early_final_ms),
                 "SIPAGENT_POOL__SPARE": "false",
                 "SIPAGENT_APP__ENABLED": "false",
             }
@@ -113,8 +114,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=3, help="calls to place, one at a time")
     ap.add_argument("--turns", type=int, default=4, choices=range(1, 5), help="questions/call")
+    ap.add_argument(
+        "--early-final-ms",
+        type=int,
+        default=0,
+        help="vad.early_final_ms (0: the STT final is asked for at the end of the turn)",
+    )
     args = ap.parse_args()
-    data = run(args.calls, args.turns)
+    data = run(args.calls, args.turns, args.early_final_ms)
     turns = data["turns"]
     mocked = STT_MS + LLM_MS + TTS_MS
     eot = [float(t["eot_wait_ms"]) for t in turns]
@@ -137,7 +144,7 @@ def main() -> int:
     print(
         f"\ncloud turn latency, {len(turns)} agent turns, {len(data['wire'])} heard,"
         f" {data['unanswered']} unanswered (fakes: STT {STT_MS:.0f}, LLM {LLM_MS:.0f},"
-        f" TTS {TTS_MS:.0f} ms)"
+        f" TTS {TTS_MS:.0f} ms; early final {args.early_final_ms} ms)"
     )
     print(f"{'metric':40} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for label, values in rows:
