@@ -487,6 +487,8 @@ class Softphone:
                 "segments": [
                     {
                         "start_ms": self._rel(seg.start),
+                        # CLOCK_MONOTONIC, comparable with the agent's TURN records
+                        "at": round(seg.start, 4),
                         "duration_ms": (seg.end_frame - seg.start_frame) * FRAME_MS,
                         "text": seg.text,
                     }
