@@ -50,8 +50,8 @@ from websockets.protocol import State
 
 from gateway.audio.g711 import ulaw_decode, ulaw_encode
 from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, SILENCE_FRAME
-from gateway.audio.ring import InboundRing, PlayoutRing
 from gateway.plivo.signature import NONCE_HEADER, SIGNATURE_HEADER, expected_signature
+from gateway.sip.calls import OutboundCall
 from gateway.stream.auth import CALL_PARAM
 
 __all__ = [
@@ -212,27 +212,15 @@ def signature_headers(url: str, auth_token: str, nonce: str | None = None) -> di
 
 
 @dataclass
-class StreamCall:
-    """State of one stream call, readable from any thread: the fields of
-    `gateway.sip.dialer.OutboundCall` that `Softphone` reads, filled in by the peer."""
+class StreamCall(OutboundCall):
+    """State of one stream call, readable from any thread, filled in by the peer: what
+    `Softphone` reads of a SIP call (`inbound`: the bot's playAudio played out in real
+    time, silence between; `playout`: what the caller says, popped every 20 ms into a
+    media event; `confirmed_at`: the WebSocket opened; `status_code`: 101, else the
+    upgrade's HTTP status; `dtmf_received`: the bot's sendDTMF keys with method "stream";
+    `codecs`: the stream's format, e.g. "PCMU/8000"; `session_expires` stays empty), and
+    the stream's ids."""
 
-    uri: str
-    # What the caller hears (the bot's playAudio, played out in real time; silence
-    # between) and what the caller says (popped every 20 ms into a media event).
-    inbound: InboundRing = field(default_factory=lambda: InboundRing(capacity=3000))
-    playout: PlayoutRing = field(default_factory=lambda: PlayoutRing(capacity=1 << 30))
-    media_up: threading.Event = field(default_factory=threading.Event)
-    confirmed: threading.Event = field(default_factory=threading.Event)
-    ended: threading.Event = field(default_factory=threading.Event)
-    confirmed_at: float = 0.0  # CLOCK_MONOTONIC seconds: the WebSocket opened
-    ended_at: float = 0.0
-    status_code: int = 0  # 101 when the upgrade succeeded, else the HTTP status (0: none)
-    reason: str = ""
-    hung_up_locally: bool = False
-    # Keys the bot sent with sendDTMF: (key, "stream", CLOCK_MONOTONIC seconds).
-    dtmf_received: list[tuple[str, str, float]] = field(default_factory=list)
-    codecs: list[str] = field(default_factory=list)  # the stream's format, e.g. "PCMU/8000"
-    session_expires: list[str] = field(default_factory=list)  # SIP only: stays empty
     call_id: str = ""
     stream_id: str = ""
 

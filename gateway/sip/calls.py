@@ -167,6 +167,33 @@ class CallHandle:
         return {k: v for k, v in self.headers.items() if k.lower().startswith("x-")}
 
 
+@dataclass
+class OutboundCall:
+    """State of a call the test softphone placed, readable from any thread: what
+    `gateway.devtools.softphone.Softphone` reads, filled in by its dialer (SIP's
+    `gateway.sip.dialer.Dialer` on the pj thread, or a Plivo stream's peer)."""
+
+    uri: str
+    inbound: InboundRing = field(default_factory=lambda: InboundRing(capacity=3000))
+    playout: PlayoutRing = field(default_factory=lambda: PlayoutRing(capacity=1 << 30))
+    media_up: threading.Event = field(default_factory=threading.Event)
+    confirmed: threading.Event = field(default_factory=threading.Event)
+    ended: threading.Event = field(default_factory=threading.Event)
+    confirmed_at: float = 0.0
+    ended_at: float = 0.0
+    status_code: int = 0
+    reason: str = ""
+    hung_up_locally: bool = False
+    # Keys the far end sent: (key, "rfc4733" | "info", CLOCK_MONOTONIC seconds); appended
+    # on the pj thread, read anywhere.
+    dtmf_received: list[tuple[str, str, float]] = field(default_factory=list)
+    # The audio codec after each offer/answer ("PCMU/8000", ...), in order.
+    codecs: list[str] = field(default_factory=list)
+    # The Session-Expires header of each 2xx the far end sent to our INVITEs and UPDATEs
+    # ("" when it had none), in order.
+    session_expires: list[str] = field(default_factory=list)
+
+
 class SipCall:
     """A SIP call as the conversation's `CallTransport`: the handle's rings, keys and
     context, and the UA's hang-up and DTMF (as callables: this module stays free of

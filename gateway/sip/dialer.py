@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import pjsua2 as pj
 
-from gateway.audio.ring import InboundRing, PlayoutRing
+from gateway.sip.calls import OutboundCall
 from gateway.sip.endpoint import (
     BridgePortPool,
     EndpointOptions,
@@ -20,31 +19,6 @@ from gateway.sip.endpoint import (
     SipError,
     add_sip_headers,
 )
-
-
-@dataclass
-class OutboundCall:
-    """State of the dialed call, readable from any thread."""
-
-    uri: str
-    inbound: InboundRing = field(default_factory=lambda: InboundRing(capacity=3000))
-    playout: PlayoutRing = field(default_factory=lambda: PlayoutRing(capacity=1 << 30))
-    media_up: threading.Event = field(default_factory=threading.Event)
-    confirmed: threading.Event = field(default_factory=threading.Event)
-    ended: threading.Event = field(default_factory=threading.Event)
-    confirmed_at: float = 0.0
-    ended_at: float = 0.0
-    status_code: int = 0
-    reason: str = ""
-    hung_up_locally: bool = False
-    # Keys the far end sent: (key, "rfc4733" | "info", CLOCK_MONOTONIC seconds); appended
-    # on the pj thread, read anywhere.
-    dtmf_received: list[tuple[str, str, float]] = field(default_factory=list)
-    # The audio codec after each offer/answer ("PCMU/8000", ...), in order.
-    codecs: list[str] = field(default_factory=list)
-    # The Session-Expires header of each 2xx the far end sent to our INVITEs and UPDATEs
-    # ("" when it had none), in order.
-    session_expires: list[str] = field(default_factory=list)
 
 
 @dataclass

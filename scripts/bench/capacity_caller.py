@@ -57,7 +57,8 @@ from speech_clips import Clip  # scripts/bench, beside this file
 from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, read_wav_8k
 from gateway.audio.ring import InboundRing, PlayoutRing
 from gateway.sip import dialer as sipdialer
-from gateway.sip.dialer import Dialer, OutboundCall
+from gateway.sip.calls import OutboundCall
+from gateway.sip.dialer import Dialer
 
 FRAME_S = FRAME_MS / 1000.0
 ACTIVE_PEAK = 1000  # |sample| above this is agent audio (the tone peaks at 8000; silence is 0)
