@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -408,15 +409,13 @@ class CallerProc(LineProc):
 
 # -- one step ------------------------------------------------------------------------------
 @dataclass
-class StepResult:
-    """What one step measured."""
+class Step:
+    """What a capacity step measures, SIP or stream (times in ms)."""
 
     calls: int
     workers: int
-    measured: int = 0
     completed: int = 0
     gaps: list[float] = field(default_factory=list)
-    gap_events: list[tuple[float, str]] = field(default_factory=list)  # (time, worker URI)
     replies: int = 0
     overhead: list[float] = field(default_factory=list)
     agent_overhead: list[float] = field(default_factory=list)
@@ -424,10 +423,6 @@ class StepResult:
     cpu: dict[str, float] | None = None
     rss_kb: int = 0
     pss_kb: int = 0
-    interarrival: list[float] = field(default_factory=list)
-    jb_empty: int = 0
-    rx_loss: int = 0
-    jitter_max: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     raw_calls: list[dict[str, Any]] = field(default_factory=list)
     raw_turns: list[dict[str, Any]] = field(default_factory=list)
@@ -439,6 +434,28 @@ class StepResult:
             and bool(self.overhead)
             and pct(self.overhead, 95) <= overhead_ms
         )
+
+    def score_agent(self, turns: list[dict[str, Any]], fixed_ms: float) -> None:
+        """The agent's own view, from the TURN records of every call."""
+        for t in turns:
+            if t["kind"] == "reply" and not t["interrupted"] and t["total_ms"]:
+                # total_ms runs from the VAD's end of speech; subtract what was mocked and
+                # waited.
+                self.agent_overhead.append(float(t["total_ms"]) - fixed_ms)
+            if not t["interrupted"] and t["max_gap_ms"]:
+                self.agent_gap.append(float(t["max_gap_ms"]))
+
+
+@dataclass
+class StepResult(Step):
+    """What one SIP step measured."""
+
+    measured: int = 0
+    gap_events: list[tuple[float, str]] = field(default_factory=list)  # (time, worker URI)
+    interarrival: list[float] = field(default_factory=list)
+    jb_empty: int = 0
+    rx_loss: int = 0
+    jitter_max: list[float] = field(default_factory=list)
 
 
 def server_env(args: argparse.Namespace, workdir: Path, extra_site: str = "") -> dict[str, str]:
@@ -531,6 +548,13 @@ def experiment_code(args: argparse.Namespace) -> str:
     return code
 
 
+def check_experiments(ap: argparse.ArgumentParser, names: list[str]) -> None:
+    """Exit with a usage error on a name `experiment_code` does not know."""
+    for name in names:
+        if name not in ("fast-rms", "poll-inbound") and not name.startswith("switch-interval="):
+            ap.error(f"unknown experiment {name!r}")
+
+
 def mocked_ms(args: argparse.Namespace) -> float:
     """Provider time on the critical path after the caller stops: with early finals the
     STT final starts `early_final_ms` into the pause, overlapping the end-of-turn wait."""
@@ -580,7 +604,7 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StepResult:
                 c.go()
                 time.sleep(args.stagger_ms * 4 / 1000.0)
             # Memory once every call is up.
-            mem_at = _wait_events(callers, "answered", k, 30.0)
+            mem_at = nth_event(callers, "answered", k, 30.0)
             time.sleep(3.0)  # greeting under way everywhere
             for pid in process_tree(server.proc.pid):
                 rss, pss = memory_kb(pid)
@@ -605,20 +629,21 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StepResult:
                 res.notes.append(f"caller exit {c.proc.returncode}: " + " | ".join(c.err[-3:]))
         turns = server.turns()
         _score_callers(res, reports, fixed, turns, args.turns)
-        _score_agent(res, turns, fixed)
+        res.score_agent(turns, fixed)
         if args.json:
             res.raw_calls, res.raw_turns = reports, turns
     return res
 
 
-def _wait_events(callers: list[CallerProc], kind: str, n: int, timeout: float) -> float | None:
-    """Time of the n-th `kind` event over all callers (None on timeout)."""
+def nth_event(procs: Sequence[LineProc], prefix: str, n: int, timeout: float) -> float | None:
+    """Time of the n-th event starting with ``prefix`` over all load generators (None on
+    timeout, or when they all ended first)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        times = sorted(t for c in callers for t, e in c.events if e.startswith(kind))
+        times = sorted(t for p in procs for t, e in list(p.events) if e.startswith(prefix))
         if len(times) >= n:
             return times[n - 1]
-        if all(c.proc.poll() is not None for c in callers):
+        if all(p.proc.poll() is not None for p in procs):
             return None
         time.sleep(0.1)
     return None
@@ -689,15 +714,6 @@ def gap_bursts(events: list[tuple[float, str]], window_s: float = 0.1) -> tuple[
         bursts += 1
         multi += len(uris) > 1
     return bursts, multi
-
-
-def _score_agent(res: StepResult, turns: list[dict[str, Any]], fixed_ms: float) -> None:
-    for t in turns:
-        if t["kind"] == "reply" and not t["interrupted"] and t["total_ms"]:
-            # total_ms runs from the VAD's end of speech; subtract what was mocked and waited.
-            res.agent_overhead.append(float(t["total_ms"]) - fixed_ms)
-        if not t["interrupted"] and t["max_gap_ms"]:
-            res.agent_gap.append(float(t["max_gap_ms"]))  # every call, background ones too
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -830,9 +846,7 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, help="also write the raw step results here")
     args = ap.parse_args()
-    for name in args.experiment:
-        if name not in ("fast-rms", "poll-inbound") and not name.startswith("switch-interval="):
-            ap.error(f"unknown experiment {name!r}")
+    check_experiments(ap, args.experiment)
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
     clips = render_clips(args.clips_dir, QUESTIONS)
     print(

@@ -59,8 +59,11 @@ from capacity import (  # scripts/bench, beside this file
     QUESTIONS,
     LineProc,
     Sampler,
+    Step,
+    check_experiments,
     memory_kb,
     mocked_ms,
+    nth_event,
     pct,
     process_tree,
     render_clips,
@@ -144,43 +147,21 @@ if "gateway.pool.child" in _sys.orig_argv:
 
 # -- one step ------------------------------------------------------------------------------
 @dataclass
-class StreamStep:
-    """What one step measured (times in ms unless named otherwise)."""
+class StreamStep(Step):
+    """What one stream step measured (times in ms unless named otherwise)."""
 
-    calls: int
-    workers: int
-    gens: int
-    completed: int = 0
-    gaps: list[float] = field(default_factory=list)
+    gens: int = 0
     gap_at: list[float] = field(default_factory=list)
-    replies: int = 0
     latency: list[float] = field(default_factory=list)
-    overhead: list[float] = field(default_factory=list)
     greeting: list[float] = field(default_factory=list)
-    agent_overhead: list[float] = field(default_factory=list)
-    agent_gap: list[float] = field(default_factory=list)
     barges: int = 0
     barge_clear: list[float] = field(default_factory=list)
     barge_cut: list[float] = field(default_factory=list)
-    cpu: dict[str, float] | None = None
-    rss_kb: int = 0
-    pss_kb: int = 0
     base_rss_kb: int = 0
     base_pss_kb: int = 0
     pacer: dict[str, float] = field(default_factory=dict)
     gen: dict[str, float] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     profile: str = ""
-    raw_calls: list[dict[str, Any]] = field(default_factory=list)
-    raw_turns: list[dict[str, Any]] = field(default_factory=list)
-
-    def goal_met(self, gap_ms: float, overhead_ms: float) -> bool:
-        return (
-            self.completed == self.calls
-            and all(g <= gap_ms for g in self.gaps)
-            and bool(self.overhead)
-            and pct(self.overhead, 95) <= overhead_ms
-        )
 
     def barge_met(self, cut_ms: float) -> bool:
         return (
@@ -259,23 +240,9 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def _nth_event(gens: list[LineProc], kind: str, n: int, timeout: float) -> float | None:
-    """Time of the n-th `kind` event over all load generators (None on timeout, or when
-    they all ended first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        times = sorted(t for g in gens for t, e in list(g.events) if e.startswith(kind + " "))
-        if len(times) >= n:
-            return times[n - 1]
-        if all(g.proc.poll() is not None for g in gens):
-            return None
-        time.sleep(0.1)
-    return None
-
-
 def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StreamStep:
     gens_n = max(1, min(args.gen_procs, k))
-    res = StreamStep(k, args.stream_workers, gens_n)
+    res = StreamStep(k, args.stream_workers, gens=gens_n)
     fixed = args.eot_ms + mocked_ms(args)
     secret = secrets.token_hex(16)
     with tempfile.TemporaryDirectory(prefix="sipagent-stream-capacity-") as tmp:
@@ -302,7 +269,7 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StreamStep:
             t_go = time.monotonic()
             for g in gens:
                 g.go()
-            greeted = _nth_event(gens, "greeted", k, args.ramp_s + 30.0)
+            greeted = nth_event(gens, "greeted ", k, args.ramp_s + 30.0)
             if greeted is None:
                 res.notes.append("not every call was greeted")
             else:
@@ -349,7 +316,7 @@ def run_step(k: int, clips: list[Path], args: argparse.Namespace) -> StreamStep:
                     res.gen[key] = max(res.gen.get(key, 0.0), float(info[key]))
     turns = _turns(server.lines)
     _score_calls(res, reports, fixed)
-    _score_agent(res, turns, fixed)
+    res.score_agent(turns, fixed)
     _server_notes(res, server.lines)
     if args.json:
         res.raw_calls, res.raw_turns = reports, turns
@@ -429,15 +396,6 @@ def _score_calls(res: StreamStep, reports: list[dict[str, Any]], fixed_ms: float
     missing = res.calls - len(reports)
     if missing:
         res.notes.append(f"{missing} call(s) sent no report")
-
-
-def _score_agent(res: StreamStep, turns: list[dict[str, Any]], fixed_ms: float) -> None:
-    for t in turns:
-        if t["kind"] == "reply" and not t["interrupted"] and t["total_ms"]:
-            # total_ms runs from the VAD's end of speech to the first frame sent
-            res.agent_overhead.append(float(t["total_ms"]) - fixed_ms)
-        if not t["interrupted"] and t["max_gap_ms"]:
-            res.agent_gap.append(float(t["max_gap_ms"]))
 
 
 def _server_notes(res: StreamStep, lines: list[str]) -> None:
@@ -593,9 +551,7 @@ def main() -> int:
     )
     ap.add_argument("--json", type=Path, help="also write the raw step results here")
     args = ap.parse_args()
-    for name in args.experiment:
-        if name not in ("fast-rms", "poll-inbound") and not name.startswith("switch-interval="):
-            ap.error(f"unknown experiment {name!r}")
+    check_experiments(ap, args.experiment)
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
     clips = render_clips(args.clips_dir, QUESTIONS)
     print(
