@@ -136,7 +136,7 @@ class SignatureVerifier:
     def check(
         self,
         method: str,
-        url: str,
+        url: str | Sequence[str],
         params: Mapping[str, str | Sequence[str]],
         signature_header: str | None,
         nonce_header: str | None,
@@ -147,7 +147,9 @@ class SignatureVerifier:
         ``signature_header`` (``X-Plivo-Signature-V3``, the (sub)account's token) and
         ``main_signature_header`` (``X-Plivo-Signature-Ma-V3``, the main account's) may
         each hold several comma-separated signatures; one match is enough.  Without either
-        (or without the nonce) the request is ``"unsigned"``.
+        (or without the nonce) the request is ``"unsigned"``.  ``url`` may be several forms
+        of the URL when which one Plivo signed is not known (a stream's WebSocket upgrade);
+        a signature over any of them is taken.
         """
         headers = [
             (h, t)
@@ -159,13 +161,15 @@ class SignatureVerifier:
         nonce = nonce_header.strip()
         if not nonce or len(nonce) > _MAX_NONCE_LEN:
             return "forged"
+        urls = [url] if isinstance(url, str) else list(url)
         matched = False
         for header, token in headers:
-            expected = expected_signature(token, method, url, params, nonce)
             candidates = [c.strip() for c in header.split(",")][:_MAX_CANDIDATES]
-            for candidate in candidates:
-                # every candidate is compared (no early exit): timing tells nothing
-                matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
+            for form in urls:
+                expected = expected_signature(token, method, form, params, nonce)
+                for candidate in candidates:
+                    # every candidate is compared (no early exit): timing tells nothing
+                    matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))
         if not matched:
             return "forged"
         if not self.nonces.add_if_new(nonce):

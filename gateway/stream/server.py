@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import time
 import weakref
@@ -35,7 +34,12 @@ from websockets.protocol import State
 
 from gateway.pipeline.session import CallSession, Prompts
 from gateway.plivo.callcontext import decode_call_context
-from gateway.plivo.signature import NONCE_HEADER, SIGNATURE_HEADER, NonceCache, expected_signature
+from gateway.plivo.signature import (
+    MAIN_SIGNATURE_HEADER,
+    NONCE_HEADER,
+    SIGNATURE_HEADER,
+    SignatureVerifier,
+)
 from gateway.pool.conversations import (
     WorkerListener,
     conversation_options,
@@ -56,7 +60,6 @@ log = logging.getLogger("sipagent.stream")
 # How much a stream's pending writes may hold before its audio is held back (a peer that
 # does not read): ~2 s of playAudio.
 _WRITE_BACKLOG_BYTES = 64 * 1024
-_MAX_SIGNATURES = 8
 # How long a token's second connection waits for the first one to be seen gone.
 _DROP_NOTICE_S = 1.0
 
@@ -141,7 +144,14 @@ class StreamWorker:
         )
         self._server: Server | None = None
         self._pacer_task: asyncio.Task[None] | None = None
-        self._nonces = NonceCache(settings.app.nonce_ttl_s)
+        app = settings.app
+        self._signatures = (
+            SignatureVerifier(
+                app.auth_token, nonce_ttl_s=app.nonce_ttl_s, main_token=app.main_auth_token
+            )
+            if app.auth_token
+            else None
+        )
         self._secret = settings.stream.token_secret or settings.app.auth_token
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -234,29 +244,21 @@ class StreamWorker:
     def _check_signature(self, request: Request) -> str:
         """``ok``, ``unsigned``, ``forged`` or ``replayed`` for Plivo's V3 signature of the
         upgrade (any of the URL forms Plivo may have signed; docs §4.1)."""
-        token = self.settings.app.auth_token
-        signature = request.headers.get(SIGNATURE_HEADER, "")
-        nonce = request.headers.get(NONCE_HEADER, "").strip()
-        if not token or not signature or not nonce:
+        if self._signatures is None:
             return "unsigned"
-        if len(nonce) > 256:
-            return "forged"
         # The URL Plivo requested is under stream.url or app.public_url (what the XML
         # named), or, with neither, the Host it connected to.
         host = request.headers.get("Host", "")
         bases = {self.settings.stream.url or "", self.settings.app.public_url or "", ""}
         urls = {u for b in bases for u in auth.signed_url_forms(b, host, request.path)}
-        candidates = [c.strip().encode() for c in signature.split(",")][:_MAX_SIGNATURES]
-        matched = False
-        for url in sorted(urls):
-            expected = expected_signature(token, "GET", url, {}, nonce)
-            for candidate in candidates:
-                matched |= _same(expected, candidate)
-        if not matched:
-            return "forged"
-        if not self._nonces.add_if_new(nonce):
-            return "replayed"
-        return "ok"
+        return self._signatures.check(
+            "GET",
+            sorted(urls),
+            {},
+            request.headers.get(SIGNATURE_HEADER),
+            request.headers.get(NONCE_HEADER),
+            request.headers.get(MAIN_SIGNATURE_HEADER),
+        )
 
     # -- one stream ---------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -578,7 +580,3 @@ def _peer(ws: ServerConnection) -> str:
         host, port = ws.remote_address[:2]
         return f"{host}:{port}"
     return "?"
-
-
-def _same(expected: bytes, candidate: bytes) -> bool:
-    return hmac.compare_digest(expected, candidate)

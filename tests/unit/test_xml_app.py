@@ -26,6 +26,8 @@ from gateway.plivo.signature import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
     NonceCache,
+    SignatureVerifier,
+    expected_signature,
 )
 from gateway.pool.outcomes import PushOutcome, PushStatus
 from gateway.pool.state import DialTarget, PoolState, WorkerKind
@@ -227,6 +229,17 @@ def test_verification_needs_a_token(tmp_path: Path) -> None:
         app = create_app(off, make_pool(FakeClock()), records)
         body = {"CallUUID": new_uuid(), "From": CALLER, "To": CALLED}
         assert app.test_client().post("/answer", data=body).status_code == 200
+
+
+def test_a_signature_over_any_of_several_url_forms_is_taken() -> None:
+    # A stream's upgrade: which form of its URL Plivo signs is not documented.
+    forms = ["wss://bot.example.com/stream", "https://bot.example.com/stream"]
+    verifier = SignatureVerifier(TOKEN, nonce_ttl_s=60)
+    signed = expected_signature(TOKEN, "GET", forms[1], {}, "n1").decode()
+    assert verifier.check("GET", forms, {}, signed, "n1") == "ok"
+    assert verifier.check("GET", forms, {}, signed, "n1") == "replayed"
+    other = expected_signature(TOKEN, "GET", forms[1], {}, "n2").decode()
+    assert verifier.check("GET", forms[:1], {}, other, "n2") == "forged"  # not its form
 
 
 def test_nonce_cache_expires_and_is_bounded() -> None:

@@ -358,6 +358,14 @@ def test_connections_not_from_plivo_are_refused_and_calls_go_on(gateway: Gateway
                 with pytest.raises(InvalidStatus) as refused:
                     await open_raw(url, auth_token=token)
                 assert refused.value.response.status_code == 401, url
+            # Plivo's signature alone (no token) lets a connection in, once: its nonce
+            # replayed is refused.
+            nonce = uuid.uuid4().hex
+            signed = await open_raw(stream_url, auth_token=POOL_TOKEN, nonce=nonce)
+            await signed.close()
+            with pytest.raises(InvalidStatus) as replayed:
+                await open_raw(stream_url, auth_token=POOL_TOKEN, nonce=nonce)
+            assert replayed.value.response.status_code == 401
             # A token for this very call, while its stream is up: not a way in.
             ws = await open_raw(live.url)
             await ws.send(start_message(live.call_id, str(uuid.uuid4())))
