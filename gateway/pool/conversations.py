@@ -16,10 +16,12 @@ import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
+from gateway.pipeline.transport import CallMedia
 from gateway.pool.outcomes import PushOutcome, PushStatus
 from gateway.providers.base import Brain, ProviderError, TtsProvider
 from gateway.providers.registry import uses_vendors
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
+from gateway.records.recording import CallRecorder, recording_path
 from gateway.records.redact import redact
 from sip_config import Settings
 
@@ -114,6 +116,22 @@ def turn_reporter(
             listener.turn_recorded(CallTurn(call_id, record_id(), rec.as_dict(), time.time()))
 
     return report
+
+
+def start_recorder(settings: Settings, call: CallMedia, key: str) -> CallRecorder | None:
+    """The call's stereo recorder, started, its file named by ``key`` (a CallUUID) in
+    ``records.recording_dir``; None when calls are not recorded or the file cannot be
+    opened (logged: the call goes on unrecorded)."""
+    directory = settings.records.recording_dir
+    if directory is None:
+        return None
+    recorder = CallRecorder(call, recording_path(directory.resolve(), call, key))
+    try:
+        recorder.start()
+    except OSError as exc:
+        log.error("call %s: cannot record to %s: %s", call.call_id, recorder.path, exc)
+        return None
+    return recorder
 
 
 def push_reply(

@@ -23,12 +23,13 @@ from gateway.pool.conversations import (
     conversation_options,
     push_reply,
     render_prompts,
+    start_recorder,
     turn_reporter,
 )
 from gateway.pool.outcomes import DialOutcome, DialStatus, PushOutcome
 from gateway.providers.registry import Providers
 from gateway.records.model import SipCallEnd, SipCallStart
-from gateway.records.recording import CallRecorder, recording_path
+from gateway.records.recording import CallRecorder
 from gateway.sip.agent import AgentUA
 from gateway.sip.calls import CallHandle, SipCall
 from gateway.sip.digest import inbound_credentials
@@ -225,16 +226,9 @@ class AgentWorker:
             self.listener.call_ended(end_record(handle, time.time()))
 
     def _start_recording(self, call: SipCall) -> None:
-        directory = self.settings.records.recording_dir
-        if directory is None:
-            return
         handle = call.handle
-        uuid = record_key(handle.context)
-        recorder = CallRecorder(call, recording_path(directory.resolve(), call, uuid))
-        try:
-            recorder.start()
-        except OSError as exc:
-            log.error("call %s: cannot record to %s: %s", handle.sip_call_id, recorder.path, exc)
+        recorder = start_recorder(self.settings, call, record_key(handle.context))
+        if recorder is None:
             return
         handle.recording = str(recorder.path)
         self.recorders[handle.call_id] = (recorder, self.loop.create_task(recorder.run()))

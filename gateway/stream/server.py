@@ -45,12 +45,13 @@ from gateway.pool.conversations import (
     conversation_options,
     push_reply,
     render_prompts,
+    start_recorder,
     turn_reporter,
 )
 from gateway.pool.outcomes import PushOutcome
 from gateway.providers.registry import Providers
 from gateway.records.model import SipCallEnd, SipCallStart
-from gateway.records.recording import CallRecorder, recording_path
+from gateway.records.recording import CallRecorder
 from gateway.stream import auth, events
 from gateway.stream.call import Pacer, StreamCall, StreamPlayout, stream_context
 from sip_config import Settings
@@ -547,16 +548,8 @@ class StreamWorker:
     def _start_recording(
         self, call: StreamCall, record_id: str
     ) -> tuple[CallRecorder, asyncio.Task[None]] | None:
-        directory = self.settings.records.recording_dir
-        if directory is None:
-            return None
-        recorder = CallRecorder(call, recording_path(directory.resolve(), call, record_id))
-        try:
-            recorder.start()
-        except OSError as exc:
-            log.error("stream %s: cannot record to %s: %s", call.call_id, recorder.path, exc)
-            return None
-        return recorder, self._spawn(recorder.run())
+        recorder = start_recorder(self.settings, call, record_id)
+        return None if recorder is None else (recorder, self._spawn(recorder.run()))
 
     def push(self, call_id: str, payload: object) -> PushOutcome:
         """Hand a reply the bot pushed to the brain of stream call ``call_id``."""
