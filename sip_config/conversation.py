@@ -54,12 +54,41 @@ class VadSettings(Section):
         ),
     )
 
+    end_of_turn_complete_ms: FrameMs = Field(
+        default=250,
+        ge=100,
+        le=5000,
+        description=(
+            "Trailing silence that ends a caller turn whose words so far (finalised at"
+            " early_final_ms) end a question or an exclamation ('?', '!')."
+        ),
+    )
+    end_of_turn_incomplete_ms: FrameMs = Field(
+        default=800,
+        ge=100,
+        le=5000,
+        description=(
+            "Trailing silence that ends a caller turn whose words so far end on a comma or"
+            " on a word that leads on ('and', 'so', 'um', 'the', ...)."
+        ),
+    )
+
     @model_validator(mode="after")
     def _early_final_before_end(self) -> VadSettings:
         if self.early_final_ms >= self.end_of_turn_ms:
             raise ValueError(
                 f"early_final_ms ({self.early_final_ms}) must be below"
                 f" end_of_turn_ms ({self.end_of_turn_ms})"
+            )
+        if not self.end_of_turn_complete_ms <= self.end_of_turn_ms:
+            raise ValueError(
+                f"end_of_turn_complete_ms ({self.end_of_turn_complete_ms}) must not be above"
+                f" end_of_turn_ms ({self.end_of_turn_ms})"
+            )
+        if not self.end_of_turn_ms <= self.end_of_turn_incomplete_ms:
+            raise ValueError(
+                f"end_of_turn_incomplete_ms ({self.end_of_turn_incomplete_ms}) must not be"
+                f" below end_of_turn_ms ({self.end_of_turn_ms})"
             )
         return self
 
@@ -83,6 +112,14 @@ class ConversationSettings(Section):
     )
     max_failures: int = Field(
         default=3, ge=1, le=20, description="Failed turns in a row before the call ends."
+    )
+    generate_ahead: bool = Field(
+        default=True,
+        description=(
+            "With a streaming brain (an LLM), start the reply when the caller pauses and the"
+            " words so far are final, before the turn has ended: kept if the turn ends with"
+            " those words, dropped (and counted in the turn's record) if the caller goes on."
+        ),
     )
     max_vendor_silence_s: float = Field(
         default=2.5,

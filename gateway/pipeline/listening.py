@@ -17,6 +17,7 @@ from typing import Protocol
 from gateway.pipeline import clock
 from gateway.pipeline.options import ConversationOptions
 from gateway.pipeline.transport import CallerAudio
+from gateway.pipeline.turns import end_of_turn_for
 from gateway.providers.base import SttProvider, SttStream
 
 log = logging.getLogger("gateway.pipeline.session")
@@ -64,6 +65,12 @@ class Floor(Protocol):
     def caller_turn(self, turn: CallerTurn) -> None:
         """A caller turn ended: answer it."""
 
+    def caller_paused(self, text: str) -> None:
+        """The caller paused in a turn, and `text` is final: every word so far."""
+
+    def caller_went_on(self) -> None:
+        """The caller spoke again after such a pause (the turn goes on)."""
+
 
 class Listener:
     """The caller's side of one call; see the module docstring."""
@@ -81,6 +88,7 @@ class Listener:
         self._stt_ended = False
         # The caller's utterance in progress lost to a key: ignore it until it ends.
         self._ignore_speech = False
+        self._floor: Floor | None = None  # set by `run`
 
     @property
     def in_speech(self) -> bool:
@@ -89,6 +97,7 @@ class Listener:
 
     async def run(self, inbound: CallerAudio, floor: Floor) -> None:
         """Listen until cancelled."""
+        self._floor = floor
         det = self.detector
         while True:
             frame = await inbound.get()
@@ -181,10 +190,45 @@ class Listener:
             await self._stream.feed(frame)
             if early and trailing >= early and not self._stt_ended:
                 stt, self._stream = self._stream, None
-                self._parts.append(asyncio.ensure_future(stt.finish()))
+                part = asyncio.ensure_future(stt.finish())
+                self._parts.append(part)
+                parts = self._parts
+                part.add_done_callback(lambda _: self._part_final(parts))
         elif trailing == 0 or self._stt_ended:  # speech resumed, or after the recogniser's end
+            if self._parts and not self._stt_ended:
+                # The caller goes on after a pause: the words so far say nothing about
+                # where the turn ends any more, and a reply started on them is wrong.
+                self.detector.set_end_of_turn_ms(self.opt.end_of_turn_ms)
+                if self._floor is not None:
+                    self._floor.caller_went_on()
             self._stream = await self.stt.open_stream()
             await self._stream.feed(frame)
+
+    def _part_final(self, parts: list[asyncio.Future[str]]) -> None:
+        """A piece of the turn in progress, finalised in a pause, has its transcript: when
+        it completes every word so far and the caller is still silent, the turn's end is
+        judged by those words (`end_of_turn_for`) and, unless they lead on ("and ..."), the
+        floor told (a reply may be started ahead)."""
+        floor = self._floor
+        if parts is not self._parts or self._stream is not None or not self.detector.in_speech:
+            return  # the turn ended, or the caller went on meanwhile
+        if floor is None:
+            return
+        if not all(p.done() and not p.cancelled() and p.exception() is None for p in parts):
+            return  # a piece still being finalised (its own callback comes), or failed
+        text = " ".join(t for t in (p.result() for p in parts) if t)
+        if not text:
+            return
+        opt = self.opt
+        wait_ms = end_of_turn_for(
+            text,
+            base_ms=opt.end_of_turn_ms,
+            complete_ms=opt.end_of_turn_complete_ms,
+            incomplete_ms=opt.end_of_turn_incomplete_ms,
+        )
+        self.detector.set_end_of_turn_ms(wait_ms)
+        if wait_ms <= opt.end_of_turn_ms:  # words that lead on: the caller will go on
+            floor.caller_paused(text)
 
     async def drop(self) -> None:
         """Abandon any recognition in progress (a new turn starts, the call ends)."""

@@ -28,6 +28,9 @@ class ConversationOptions:
     barge_in_min_speech_ms: int = _VAD.barge_in_min_speech_ms
     preroll_ms: int = _VAD.preroll_ms
     early_final_ms: int = _VAD.early_final_ms
+    end_of_turn_complete_ms: int = _VAD.end_of_turn_complete_ms
+    end_of_turn_incomplete_ms: int = _VAD.end_of_turn_incomplete_ms
+    generate_ahead: bool = _CONVERSATION.generate_ahead
     max_utterance_ms: int = int(_VAD.max_utterance_s * 1000)
     no_input_timeout_s: float = _CONVERSATION.no_input_timeout_s
     min_unrecognised_ms: int = 400
@@ -65,6 +68,9 @@ class ConversationOptions:
             barge_in_min_speech_ms=vad.barge_in_min_speech_ms,
             preroll_ms=vad.preroll_ms,
             early_final_ms=vad.early_final_ms,
+            end_of_turn_complete_ms=vad.end_of_turn_complete_ms,
+            end_of_turn_incomplete_ms=vad.end_of_turn_incomplete_ms,
+            generate_ahead=conversation.generate_ahead,
             max_utterance_ms=int(vad.max_utterance_s * 1000),
             no_input_timeout_s=conversation.no_input_timeout_s,
             max_failures=conversation.max_failures,

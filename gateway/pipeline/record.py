@@ -30,6 +30,11 @@ class TurnRecord:
     max_gap_ms: float = 0.0  # longest pause between agent frames on the wire (20 = none)
     interrupted: bool = False  # this agent turn was cut off by the caller
     barge_in: bool = False  # the caller's turn began while the agent was speaking
+    # The reply was generated ahead, in the caller's pause before the turn ended.
+    ahead: bool = False
+    # Replies generated ahead and dropped (the caller went on) since the last streamed
+    # reply: their tokens were paid for.
+    discarded: int = 0
     actions: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:

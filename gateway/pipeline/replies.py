@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.pipeline import clock
+from gateway.pipeline.generation import Generation
 from gateway.pipeline.keypad import KeypadEntry
 from gateway.pipeline.options import ConversationOptions, Prompts
 from gateway.pipeline.playout import Speaker, close_stream, said_nothing
@@ -28,10 +29,8 @@ from gateway.providers.base import (
     BrainReply,
     KeyInput,
     ProviderError,
-    ReplyStream,
     SttStream,
 )
-from gateway.providers.textchunks import SentenceCutter
 
 log = logging.getLogger("gateway.pipeline.session")
 
@@ -77,6 +76,11 @@ class Replies:
         speaker.on_audio = self._audio_flowing
         speaker.on_synthesised = self._synthesised
         self._limit = 0.0  # the deadline's length, while one runs
+        # A reply generated ahead of the turn's end (the caller paused), and its words.
+        self._prepared: tuple[str, Generation] | None = None
+        self.discarded = 0  # replies generated ahead and dropped, in this call
+        self._discarded_since = 0  # ... since the last streamed reply (its record has them)
+        self._dropping: set[asyncio.Task[None]] = set()
 
     # -- the reply task ---------------------------------------------------------------------
     def pending(self) -> bool:
@@ -103,6 +107,51 @@ class Replies:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self.drop_prepared()
+        if self._dropping:
+            await asyncio.wait(self._dropping)
+
+    # -- replies generated ahead of the turn's end --------------------------------------------
+    def prepare(self, text: str) -> None:
+        """The caller paused after saying `text`: start the reply to it now, to be spoken
+        if the turn ends with these words (`generate_ahead`, and a brain that can)."""
+        self.drop_prepared()
+        if not self.opt.generate_ahead or not self.brain.streams or self.pending():
+            return
+        words = f"{self.carry_text} {text}".strip()
+        if not text.strip():
+            return
+        stream = self.brain.prepare_stream(words, self.ctx)
+        if stream is None:
+            return
+        log.debug("call %s: generating ahead for %r", self.call_id, words)
+        self._prepared = (words, Generation(stream, self.speaker.tts, ahead=True))
+
+    def drop_prepared(self) -> None:
+        """The caller went on (or the turn took another way): a reply generated ahead is
+        dropped, and counted (its tokens were paid for)."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            return
+        self.discarded += 1
+        self._discarded_since += 1
+        log.debug("call %s: dropped the reply generated ahead", self.call_id)
+        task = asyncio.ensure_future(prepared[1].close())
+        self._dropping.add(task)
+        task.add_done_callback(self._dropping.discard)
+
+    def _take_prepared(self, text: str) -> Generation | None:
+        """The reply generated ahead, if it answers exactly `text` (then it is kept)."""
+        prepared = self._prepared
+        if prepared is None:
+            return None
+        if prepared[0] != text:
+            self.drop_prepared()
+            return None
+        self._prepared = None
+        gen = prepared[1]
+        gen.stream.keep()
+        return gen
 
     def _audio_flowing(self, queued_s: float) -> None:
         """Audio arrived: the caller hears it for `queued_s`, and from then on may wait in
@@ -215,9 +264,11 @@ class Replies:
         self.carry_text = text
         rec.user_text = text
         if self.brain.streams:
-            await self._deliver_stream(
-                self.brain.respond_stream(text, self.ctx), rec, end_of_speech, t_stt
-            )
+            gen = self._take_prepared(text)
+            rec.ahead = gen is not None
+            if gen is None:
+                gen = Generation(self.brain.respond_stream(text, self.ctx), self.speaker.tts)
+            await self._deliver_stream(gen, rec, end_of_speech, t_stt)
             return
         try:
             reply = await self.brain.respond(text, self.ctx)
@@ -235,9 +286,8 @@ class Replies:
         """Answer the caller's keys (one key, or an entry)."""
         t0 = clock.now()
         if self.brain.streams:
-            await self._deliver_stream(
-                self.brain.respond_keys_stream(keys, self.ctx), rec, t_ref, t0
-            )
+            stream = self.brain.respond_keys_stream(keys, self.ctx)
+            await self._deliver_stream(Generation(stream, self.speaker.tts), rec, t_ref, t0)
             return
         reply = await self.brain.respond_keys(keys, self.ctx)
         t_brain = clock.now()
@@ -245,47 +295,18 @@ class Replies:
         await self.deliver(reply, rec, t_ref, t_brain)
 
     async def _deliver_stream(
-        self, stream: ReplyStream, rec: TurnRecord, t_ref: float, t_stt: float
+        self, gen: Generation, rec: TurnRecord, t_ref: float, t_stt: float
     ) -> None:
         """Speak a streamed reply sentence by sentence while the brain is still generating,
         then run its actions.  Cancelling (barge-in) stops the brain's stream too."""
-        pieces: asyncio.Queue[str | None] = asyncio.Queue()
-        first_token_at = 0.0
-        first_piece_at = 0.0
-
-        async def produce() -> None:
-            nonlocal first_token_at, first_piece_at
-            cutter = SentenceCutter()
-            try:
-                async for delta in stream:
-                    if not first_token_at and delta:
-                        first_token_at = clock.now()
-                    for piece in cutter.push(delta):
-                        first_piece_at = first_piece_at or clock.now()
-                        pieces.put_nowait(piece)
-                for piece in cutter.flush():
-                    first_piece_at = first_piece_at or clock.now()
-                    pieces.put_nowait(piece)
-            finally:
-                pieces.put_nowait(None)
-
-        async def texts() -> AsyncIterator[str]:
-            while (piece := await pieces.get()) is not None:
-                yield piece
-            if producer.done() and not producer.cancelled():
-                producer.result()  # the brain's error, if it failed
-
         self._turns += 1
         rec.turn = self._turns
-        producer = asyncio.ensure_future(produce())
+        rec.discarded, self._discarded_since = self._discarded_since, 0
         try:
-            first_chunk_at, first_wire_at = await self.speaker.speak(texts())
-            await producer
+            first_chunk_at, first_wire_at = await self.speaker.speak(gen.texts(), gen.synthesize)
+            await gen.wait()
         except BaseException as exc:
-            producer.cancel()
-            with contextlib.suppress(BaseException):
-                await producer
-            await stream.aclose()
+            await gen.close()
             self.carry_text = ""
             if isinstance(exc, asyncio.CancelledError):
                 rec.interrupted = True
@@ -293,15 +314,18 @@ class Replies:
                 self._record(rec)
             raise
         self.carry_text = ""
-        reply = stream.reply or BrainReply("")
+        reply = gen.stream.reply or BrainReply("")
         rec.agent_text = reply.text
         rec.intent = reply.intent
         rec.actions = _actions_of(reply)
         self.keypad.arm(reply.collect, reprompt=rec.kind == "reprompt")
-        if first_token_at:
-            rec.brain_ms = ms(first_token_at - t_stt)
-        if first_chunk_at and first_piece_at:
-            rec.tts_first_ms = ms(first_chunk_at - first_piece_at)
+        # Generated ahead, the brain and the TTS may have answered before the transcript
+        # was final: what the turn waited for each is counted from there.
+        if gen.first_token_at:
+            rec.brain_ms = ms(max(0.0, gen.first_token_at - t_stt))
+        first_audio_at = gen.first_audio_at or first_chunk_at
+        if first_audio_at and gen.first_piece_at:
+            rec.tts_first_ms = ms(max(0.0, first_audio_at - max(gen.first_piece_at, t_stt)))
         self._finish_record(rec, t_ref, first_chunk_at, first_wire_at)
         await self._run_actions(reply)
 

@@ -171,6 +171,7 @@ class CallSession:
 
     def caller_started(self) -> bool:
         self._no_input_attempts = 0
+        self.replies.drop_prepared()
         if self.barge_in_if_speaking():
             return True
         # The caller went on talking before we answered: fold into one turn.
@@ -198,6 +199,14 @@ class CallSession:
             self.replies.respond(turn.parts, turn.stt, rec, end_of_speech, turn.at),
             deadline=True,
         )
+
+    def caller_paused(self, text: str) -> None:
+        """Generate the reply to `text` ahead, unless someone else has the floor."""
+        if not (self.handed_over() or self.keys_underway() or self.agent_speaking()):
+            self.replies.prepare(text)
+
+    def caller_went_on(self) -> None:
+        self.replies.drop_prepared()
 
     def _barge_in(self) -> None:
         dropped = self.speaker.stop()
@@ -275,6 +284,7 @@ class CallSession:
         elif first:
             self.replies.cancel()  # a reply still being prepared: the key supersedes it
         await self.listener.drop_for_keys()
+        self.replies.drop_prepared()
         self.replies.carry_text = ""
         entry = self.keypad.press(key, now)
         if entry is not None:

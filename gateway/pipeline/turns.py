@@ -119,6 +119,7 @@ class TurnDetector:
         self._vad = webrtcvad.Vad(aggressiveness)
         self._preroll_frames = _frames_for(preroll_ms, frame_ms)
         self._end_frames = max(1, _frames_for(end_of_turn_ms, frame_ms))
+        self._turn_end_frames = self._end_frames  # this utterance's (`set_end_of_turn_ms`)
         self._max_frames = max(1, _frames_for(max_utterance_ms, frame_ms))
         # Idle history of (frame, voiced); long enough for the pre-roll plus any start
         # window up to the maximum utterance length, so raising min_speech_ms between
@@ -148,8 +149,21 @@ class TurnDetector:
         """How many frames have been pushed since the detector was created."""
         return self._index + 1
 
+    def set_end_of_turn_ms(self, end_of_turn_ms: int) -> None:
+        """The trailing silence that ends the utterance in progress (a turn whose words
+        are known to be complete, or to lead on); the next utterance has `end_of_turn_ms`
+        again.  A silence already that long ends the turn at the next frame."""
+        if self._in_speech:
+            self._turn_end_frames = max(1, _frames_for(end_of_turn_ms, self.frame_ms))
+
+    @property
+    def turn_end_ms(self) -> int:
+        """The trailing silence that ends the utterance in progress."""
+        return self._turn_end_frames * self.frame_ms
+
     def reset(self) -> None:
         """Return to idle and forget the pre-roll (the frame counter keeps counting)."""
+        self._turn_end_frames = self._end_frames
         self._history.clear()
         self._in_speech = False
         self._utterance_frames = 0
@@ -164,6 +178,7 @@ class TurnDetector:
         if not self._in_speech:
             return 0
         speech_ms = self._last_voiced * self.frame_ms
+        self._turn_end_frames = self._end_frames
         self._utterance_frames = self._trailing
         self._last_voiced = 0
         return speech_ms
@@ -241,7 +256,7 @@ class TurnDetector:
             self._trailing = 0
         else:
             self._trailing += 1
-        if self._trailing >= self._end_frames:
+        if self._trailing >= self._turn_end_frames:
             return self._end("silence")
         if self._utterance_frames >= self._max_frames:
             return self._end("max_length")
@@ -258,3 +273,64 @@ class TurnDetector:
         )
         self.reset()
         return event
+
+
+# Words after which a speaker usually goes on: a pause after one is not an end of turn.
+_LEADING_ON = frozenset(
+    {
+        "and",
+        "or",
+        "but",
+        "so",
+        "because",
+        "then",
+        "also",
+        "plus",
+        "like",
+        "um",
+        "uh",
+        "er",
+        "erm",
+        "hmm",
+        "mm",
+        "the",
+        "a",
+        "an",
+        "my",
+        "your",
+        "our",
+        "their",
+        "his",
+        "her",
+        "its",
+        "to",
+        "of",
+        "for",
+        "with",
+        "from",
+        "at",
+        "by",
+        "about",
+        "into",
+        "if",
+        "than",
+        "as",
+    }
+)
+
+
+def end_of_turn_for(text: str, *, base_ms: int, complete_ms: int, incomplete_ms: int) -> int:
+    """The trailing silence that should end a turn whose words so far are `text` (a final
+    transcript, as a recogniser punctuates it): `complete_ms` after a question or an
+    exclamation, `incomplete_ms` after a comma, a dash, an ellipsis or a word that leads on
+    ("and", "so", "um", "the", "to", ...), else `base_ms`.  A full stop counts for nothing:
+    recognisers put one at the end of any piece they finalise, complete or not."""
+    words = text.strip()
+    if not words:
+        return base_ms
+    if words.endswith(("?", "!")):
+        return complete_ms
+    if words.endswith((",", "-", "...", "\u2026", ";", ":")):
+        return incomplete_ms
+    last = words.split()[-1].lower().strip(".,;:\"'\u2019")
+    return incomplete_ms if last in _LEADING_ON else base_ms

@@ -142,6 +142,10 @@ class ReplyStream(abc.ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Stop generating (release the HTTP stream)."""
 
+    def keep(self) -> None:  # noqa: B027 - optional hook
+        """A reply generated ahead (`Brain.prepare_stream`) is the turn's reply after all:
+        it may now enter the brain's memory and run its tools."""
+
 
 class _WholeReply(ReplyStream):
     """A `ReplyStream` over a brain that answers in one piece."""
@@ -243,6 +247,14 @@ class Brain(abc.ABC):
     def respond_keys_stream(self, keys: KeyInput, ctx: CallContext) -> ReplyStream:
         """Like `respond_keys`, streamed (used when `streams` is True)."""
         return self.respond_stream(keys.describe(), ctx)
+
+    def prepare_stream(self, text: str, ctx: CallContext) -> ReplyStream | None:
+        """Start a reply to `text` ahead of the turn's end (the caller has paused; the turn
+        may still go on).  The stream generates text like `respond_stream`, but leaves the
+        brain's memory as it was and runs no tool (no side effect) until its `keep()`;
+        `aclose()` before that drops it without a trace.  None (the default): this brain
+        cannot, and the reply is asked for when the turn has ended."""
+        return None
 
     def observe(self, ctx: CallContext, note: str) -> None:  # noqa: B027 - optional hook
         """Something the caller did not say happened on the call (e.g. a transfer the

@@ -237,17 +237,32 @@ class ResilientStt(SttProvider):
 
 
 class _ResilientReply(ReplyStream):
-    def __init__(self, owner: ResilientBrain, text: str, ctx: CallContext) -> None:
+    def __init__(
+        self, owner: ResilientBrain, text: str, ctx: CallContext, *, held: bool = False
+    ) -> None:
         self.owner = owner
         self.text = text
         self.ctx = ctx
         self.current: ReplyStream | None = None
+        self.held = held  # generated ahead, not kept yet (`Brain.prepare_stream`)
+
+    def _open(self, brain: Brain) -> ReplyStream:
+        if self.held:
+            stream = brain.prepare_stream(self.text, self.ctx)
+            if stream is not None:
+                return stream
+        return brain.respond_stream(self.text, self.ctx)
+
+    def keep(self) -> None:
+        self.held = False
+        if self.current is not None:
+            self.current.keep()
 
     async def _pieces(self) -> AsyncIterator[str]:
         last: BaseException | None = None
         for i in _attempts(self.owner.chain, self.owner.retries):
             brain = self.owner.chain[i]
-            stream = brain.respond_stream(self.text, self.ctx)
+            stream = self._open(brain)
             self.current = stream
             pieces = aiter(stream)
             try:
@@ -278,6 +293,12 @@ class _ResilientReply(ReplyStream):
             await self.current.aclose()
 
 
+def _generates_ahead(brain: Brain) -> bool:
+    if isinstance(brain, ResilientBrain):
+        return all(_generates_ahead(b) for b in brain.chain)
+    return type(brain).prepare_stream is not Brain.prepare_stream
+
+
 class ResilientBrain(Brain):
     """Brain with a first-words timeout, a retry and secondaries."""
 
@@ -304,6 +325,13 @@ class ResilientBrain(Brain):
     def respond_stream(self, text: str, ctx: CallContext) -> ReplyStream:
         """Stream of the first brain that starts answering in time."""
         return _ResilientReply(self, text, ctx)
+
+    def prepare_stream(self, text: str, ctx: CallContext) -> ReplyStream | None:
+        """`respond_stream` ahead of the turn's end, when every brain of the chain can
+        generate ahead (one that cannot would remember a turn that may be dropped)."""
+        if not all(_generates_ahead(brain) for brain in self.chain):
+            return None
+        return _ResilientReply(self, text, ctx, held=True)
 
     async def respond_keys(self, keys: KeyInput, ctx: CallContext) -> BrainReply:
         """A local primary's own answer to keys (a scripted menu); a streaming primary is

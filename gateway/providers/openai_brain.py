@@ -317,6 +317,11 @@ class OpenAiBrain(Brain):
         """Stream the reply to `text`; see the module docstring."""
         return _OpenAiReplyStream(self, text, ctx)
 
+    def prepare_stream(self, text: str, ctx: CallContext) -> ReplyStream:
+        """`respond_stream` ahead of the turn's end: the turn enters the history, and HTTP
+        tools run, only once the stream is kept (`Brain.prepare_stream`)."""
+        return _OpenAiReplyStream(self, text, ctx, held=True)
+
     async def respond(self, text: str, ctx: CallContext) -> BrainReply:
         """The whole reply to `text` (`respond_stream`, collected)."""
         stream = self.respond_stream(text, ctx)
@@ -412,9 +417,16 @@ class _OpenAiReplyStream(ReplyStream):
     """One turn. A background task talks to the API and fills a queue with text pieces, so
     `aclose` can cancel it from any task, whether or not someone is iterating."""
 
-    def __init__(self, brain: OpenAiBrain, text: str, ctx: CallContext) -> None:
+    def __init__(
+        self, brain: OpenAiBrain, text: str, ctx: CallContext, *, held: bool = False
+    ) -> None:
         self._brain = brain
         self._ctx = ctx
+        # Set once the turn is the caller's for sure: a stream generated ahead (`held`)
+        # commits nothing and runs no HTTP tool before, and leaves no trace if closed.
+        self._kept = asyncio.Event()
+        if not held:
+            self._kept.set()
         self._user: Message = {"role": "user", "content": text.strip() or EMPTY_TURN}
         self._queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -442,8 +454,13 @@ class _OpenAiReplyStream(ReplyStream):
                 raise item
             yield item
 
+    def keep(self) -> None:
+        """The reply generated ahead is the turn's: commit it and run its tools."""
+        self._kept.set()
+
     async def aclose(self) -> None:
-        """Stop at once (barge-in); the partial reply is kept in the history, marked."""
+        """Stop at once (barge-in); the partial reply is kept in the history, marked
+        (a reply generated ahead and never kept leaves no trace)."""
         self._closed = True
         task = self._task
         if task is not None and not task.done():
@@ -466,8 +483,9 @@ class _OpenAiReplyStream(ReplyStream):
     async def _run(self) -> None:
         try:
             self.reply = await self._turn_loop()
-            self._brain._commit(self._ctx, self._turn)
             self._queue.put_nowait(None)
+            await self._kept.wait()
+            self._brain._commit(self._ctx, self._turn)
         except asyncio.CancelledError:
             self._interrupted()
             self._queue.put_nowait(None)
@@ -477,6 +495,8 @@ class _OpenAiReplyStream(ReplyStream):
 
     def _interrupted(self) -> None:
         """Record the turn as far as it went, with the marker after the partial text."""
+        if not self._kept.is_set():
+            return  # generated ahead and dropped: the caller went on, nothing was said
         answered = {m.get("tool_call_id") for m in self._turn if m.get("role") == "tool"}
         for call in self._calls_pending:
             if call.id not in answered:
@@ -522,6 +542,7 @@ class _OpenAiReplyStream(ReplyStream):
                 return self._finish(calls, TRANSFER_CALL)
             if END_CALL in names:
                 return self._finish(calls, END_CALL)
+            await self._kept.wait()  # no side effect for a turn that may not be the caller's
             http = await self._run_http_tools(parsed)
             for call, answer in zip(calls, http, strict=True):
                 self._turn.append(_tool_message(call.id, answer))

@@ -104,7 +104,9 @@ def _turn_lines(turn: Mapping[str, Any], start: float | None) -> list[str]:
     if isinstance(at, int | float) and start is not None:
         when += f" (+{at - start:.1f}s)"
     head = f"#{turn.get('turn')} {turn.get('kind')}  {when}"
-    flags = [name for name in ("interrupted", "barge_in") if turn.get(name)]
+    flags = [name for name in ("interrupted", "barge_in", "ahead") if turn.get(name)]
+    if turn.get("discarded"):
+        flags.append(f"{turn['discarded']} discarded")
     if flags:
         head += "  [" + ", ".join(f.replace("_", "-") for f in flags) + "]"
     lines = [head]

@@ -134,6 +134,12 @@ MIGRATIONS: Final[Sequence[str]] = (
     );
     CREATE INDEX webhook_nonces_by_expiry ON webhook_nonces (expires_at);
     """,
+    # 7: replies generated ahead of the turn's end: whether a turn's reply was, and how
+    # many were dropped before it (the caller went on; their tokens were paid for).
+    """
+    ALTER TABLE turns ADD COLUMN ahead INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE turns ADD COLUMN discarded INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 SQLITE_TYPES: Final = {"pk": "INTEGER PRIMARY KEY", "ref": "INTEGER", "real": "REAL"}
@@ -191,6 +197,8 @@ TURN_FIELDS: Final = (
     "intent",
     "interrupted",
     "barge_in",
+    "ahead",
+    "discarded",
     "speech_ms",
     "eot_wait_ms",
     "stt_ms",
@@ -202,7 +210,7 @@ TURN_FIELDS: Final = (
     "end_of_speech_at",
     "first_audio_at",
 )
-_TURN_FLAGS: Final = ("interrupted", "barge_in")  # stored as 0/1, read as bool
+_TURN_FLAGS: Final = ("interrupted", "barge_in", "ahead")  # stored as 0/1, read as bool
 
 
 def turn_columns(turn: CallTurn) -> dict[str, object]:
@@ -212,7 +220,11 @@ def turn_columns(turn: CallTurn) -> dict[str, object]:
     columns: dict[str, object] = {"turn": int(values.get("turn") or 0)}
     for name in TURN_FIELDS:
         value = values.get(name)
-        columns[name] = int(bool(value)) if name in _TURN_FLAGS else value
+        if name in _TURN_FLAGS:
+            value = int(bool(value))
+        elif name == "discarded":
+            value = int(value or 0)
+        columns[name] = value
     if columns["kind"] is None:
         columns["kind"] = "reply"
     columns["actions"] = json.dumps(list(values.get("actions") or []))

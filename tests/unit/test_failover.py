@@ -14,6 +14,7 @@ from gateway.providers.base import (
     BrainReply,
     CallContext,
     ProviderError,
+    ReplyStream,
     SttProvider,
     SttStream,
     TtsProvider,
@@ -318,5 +319,50 @@ def test_a_provider_bug_is_reported_with_the_providers_name() -> None:
         with pytest.raises(ProviderError) as info:
             await collect(tts.synthesize("hi"))
         assert "last: elevenlabs: failed: KeyError: 'voice'" in str(info.value)
+
+    run(body())
+
+
+class AheadBrain(StreamBrain):
+    """Generates ahead: its held streams record whether they were kept."""
+
+    def __init__(self, name: str, mode: str = "ok") -> None:
+        super().__init__(name, mode)
+        self.kept: list[str] = []
+        self.held: list[str] = []
+
+    def prepare_stream(self, text: str, ctx: CallContext) -> ReplyStream | None:
+        self.held.append(text)
+        owner = self
+
+        class Held(ReplyStream):
+            async def _gen(self) -> AsyncIterator[str]:
+                reply = await owner.respond(text, ctx)
+                self.reply = reply
+                yield reply.text
+
+            def __aiter__(self) -> AsyncIterator[str]:
+                return self._gen()
+
+            def keep(self) -> None:
+                owner.kept.append(text)
+
+        return Held()
+
+
+def test_brain_generates_ahead_only_when_every_brain_of_the_chain_can() -> None:
+    async def body() -> None:
+        mixed = ResilientBrain(
+            [AheadBrain("openai"), StreamBrain("scripted")], first_token_timeout_s=1
+        )
+        assert mixed.prepare_stream("hours?", CTX) is None
+        primary, secondary = AheadBrain("openai", "error"), AheadBrain("backup")
+        brain = ResilientBrain([primary, secondary], first_token_timeout_s=1.0, retries=0)
+        stream = brain.prepare_stream("hours?", CTX)
+        assert stream is not None
+        assert [piece async for piece in stream] == ["backup: hours?"]
+        assert (primary.held, secondary.held) == (["hours?"], ["hours?"])
+        stream.keep()  # kept: passed to the brain that answered
+        assert secondary.kept == ["hours?"] and primary.kept == []
 
     run(body())

@@ -477,3 +477,80 @@ def test_prepared_clients_serve_the_first_turn_on_the_calls_loop(fake: FakeOpenA
             await brain.close()
 
     assert run(turn()) == ("Hello.", prepared)
+
+
+# -- replies generated ahead of the turn's end (Brain.prepare_stream) --------------------------
+
+
+def test_a_reply_generated_ahead_and_dropped_leaves_no_trace(fake: FakeOpenAi) -> None:
+    fake.add(Text("We open at seven."), Text("Your order is ready."))
+    brain = make_brain(fake)
+
+    async def main() -> tuple[str, list[dict[str, Any]]]:
+        await brain.greeting(CTX)
+        before = list(brain.history(CTX.call_id))
+        ahead = brain.prepare_stream("when do you open", CTX)
+        text = "".join([piece async for piece in ahead])  # generated in full...
+        await ahead.aclose()  # ...then the caller went on
+        assert brain.history(CTX.call_id) == before
+        reply = await brain.respond("when do you open and is my order ready", CTX)
+        await brain.close()
+        return text + "|" + reply.text, brain.history(CTX.call_id)[len(before) :]
+
+    texts, added = run(main())
+    assert texts == "We open at seven.|Your order is ready."
+    assert added == [
+        {"role": "user", "content": "when do you open and is my order ready"},
+        {"role": "assistant", "content": "Your order is ready."},
+    ]
+    # The second request did not carry the dropped turn.
+    second = fake.chat_requests()[1]["messages"]
+    assert [m["content"] for m in second if m["role"] == "user"] == [
+        "when do you open and is my order ready"
+    ]
+
+
+def test_a_kept_reply_generated_ahead_enters_the_history(fake: FakeOpenAi) -> None:
+    fake.add(Text("We open at seven."))
+    brain = make_brain(fake)
+
+    async def main() -> list[dict[str, Any]]:
+        ahead = brain.prepare_stream("when do you open", CTX)
+        text = "".join([piece async for piece in ahead])
+        assert text == "We open at seven."
+        ahead.keep()  # the turn ended with these words
+        await asyncio.sleep(0)
+        await ahead.aclose()
+        await brain.close()
+        return brain.history(CTX.call_id)[1:]
+
+    assert run(main()) == [
+        {"role": "user", "content": "when do you open"},
+        {"role": "assistant", "content": "We open at seven."},
+    ]
+
+
+def test_a_reply_generated_ahead_runs_no_http_tool_before_it_is_kept(fake: FakeOpenAi) -> None:
+    fake.tool_results["order_status"] = {"status": "baked"}
+    fake.add(
+        ToolCalls((ToolCall("order_status", '{"order_id": "A-17"}', id="call_1"),), "One moment."),
+        Text("It is baked."),
+    )
+    tool = HttpTool("order_status", "Look up.", {"type": "object"}, fake.tool_url("order_status"))
+    brain = make_brain(fake, http_tools=[tool])
+
+    async def main() -> tuple[list[Any], str]:
+        ahead = brain.prepare_stream("is order A-17 ready", CTX)
+        pieces = aiter(ahead)
+        first = await anext(pieces)
+        await asyncio.sleep(0.3)  # the tool call has long arrived: it waits for keep()
+        posted_before = list(fake.tool_posts)
+        ahead.keep()
+        rest = "".join([piece async for piece in pieces])
+        await brain.close()
+        return posted_before, first + rest
+
+    posted_before, text = run(main())
+    assert posted_before == []
+    assert fake.tool_posts == [("order_status", {"order_id": "A-17"})]
+    assert text == "One moment. It is baked."

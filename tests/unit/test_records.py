@@ -315,7 +315,7 @@ def test_version_1_store_is_migrated_and_keeps_its_calls(tmp_path: Path) -> None
         records.add_turn("old", "sip-old", _turn(1), 2.0)
         assert len(records.turns("old")) == 1
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
 
 
 def _sqlite_migration(number: int) -> list[str]:
