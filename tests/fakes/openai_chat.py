@@ -17,6 +17,11 @@ the next scripted response from the queue (`script`): `Text`, `ToolCalls`, `Http
 the posted JSON in `tool_posts` and answers with ``tool_results[name]`` (JSON; default
 ``{"ok": true}``).
 
+With `by_position` set, the queue is not consumed: a request whose messages hold n user
+and tool messages gets the n-th response, as a deterministic model answers the same
+conversation the same way.  A reply generated ahead of the turn's end and dropped (the
+caller went on) is then asked again with the whole turn and gets the same response.
+
 `fault`, while set, answers every chat request instead of the queue (a vendor outage a test
 switches on and off between turns); `default`, when set, answers once the queue is empty.
 
@@ -126,6 +131,9 @@ def _error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
+_ASKS = ("user", "tool")  # messages that ask the model for its next response
+
+
 class FakeOpenAi(HttpFake):
     """The fake OpenAI server; use as a context manager (``with FakeOpenAi("sk-x") as fake``)."""
 
@@ -137,6 +145,7 @@ class FakeOpenAi(HttpFake):
         self.script: deque[Scripted] = deque()
         self.fault: Scripted | None = None
         self.default: Scripted | None = None
+        self.by_position = False
         self.streams: list[StreamLog] = []
         self.tool_posts: list[tuple[str, Any]] = []
         self.tool_results: dict[str, Any] = {}
@@ -170,10 +179,13 @@ class FakeOpenAi(HttpFake):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _next(self) -> Scripted | None:
+    def _next(self, messages: list[Any]) -> Scripted | None:
         with self.lock:
             if self.fault is not None:
                 return self.fault
+            if self.by_position:
+                n = sum(1 for m in messages if isinstance(m, dict) and m.get("role") in _ASKS)
+                return self.script[n - 1] if 0 < n <= len(self.script) else self.default
             return self.script.popleft() if self.script else self.default
 
     def _new_id(self, prefix: str) -> str:
@@ -207,7 +219,7 @@ class FakeOpenAi(HttpFake):
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             ex.send_json(400, _error("messages is required", "invalid_request_error"))
             return
-        step = self._next()
+        step = self._next(body["messages"])
         if step is None:
             ex.send_json(500, _error("fake: no scripted response left", "server_error"))
             return

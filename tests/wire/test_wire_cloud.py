@@ -81,6 +81,9 @@ def test_cloud_call_streams_uses_a_tool_and_ends_by_end_call(
     openai_fake: FakeOpenAi,
     eleven_fake: FakeElevenLabs,
 ) -> None:
+    # A reply generated ahead and dropped (the caller went on after a pause) is asked again
+    # with the whole turn: the same position in the conversation, the same answer.
+    openai_fake.by_position = True
     openai_fake.add(
         # Slow deltas: the whole reply takes ~2 s to generate.
         Text(FIRST, chunk_chars=6, first_delay_s=0.05, delay_s=0.12),
@@ -130,12 +133,21 @@ def test_cloud_call_streams_uses_a_tool_and_ends_by_end_call(
     assert {r.query.get("output_format") for r in eleven_fake.syntheses} == {"pcm_8000"}
     # The HTTP tool got the model's arguments and its result went back to the model.
     assert openai_fake.tool_posts == [("order_status", {"order": "42"})]
-    follow_up = openai_fake.chat_requests()[2]["messages"]
-    assert any(m["role"] == "tool" and "ships tomorrow" in m["content"] for m in follow_up), (
-        follow_up
-    )
+    follow_up = [
+        m
+        for r in openai_fake.chat_requests()
+        for m in r["messages"]
+        if m["role"] == "tool" and "ships tomorrow" in m["content"]
+    ]
+    assert follow_up, openai_fake.chat_requests()
     assert turns[1]["agent_text"] == "Your order ships tomorrow."
     assert turns[2]["actions"] == ["hangup"]
+    # Each reply was generated ahead, in the caller's pause, and kept; every generation
+    # dropped because the caller went on is counted (4 requests were kept: 3 turns and
+    # the tool's follow-up).
+    assert all(t["ahead"] for t in turns), turns
+    dropped = sum(int(str(t["discarded"])) for t in turns)
+    assert len(openai_fake.chat_requests()) == 4 + dropped
     # Deepgram heard every caller turn: linear16 at 8 kHz, its transcripts reached the LLM.
     queries = [c.query for c in deepgram_fake.connections]
     assert queries and all(q["encoding"] == "linear16" for q in queries)
