@@ -46,6 +46,7 @@ from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.openai_chat import FakeOpenAi, Text
 
+ROOT = Path(__file__).resolve().parents[2]
 STT_MS, LLM_MS, TTS_MS = 200.0, 150.0, 80.0
 # Assumptions (the vendors publish no figure): a small chat model's output speed, and how
 # much faster than real time streaming TTS generates audio.
@@ -103,6 +104,9 @@ def run(
             }
         )
         env.update(settings or {})
+        # The agent and the softphone run this checkout's code, not whatever the venv's
+        # editable install points at (they start in other directories).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         port = free_udp_port()
         with tempfile.TemporaryDirectory() as tmp:
             env["SIPAGENT_RECORDS__URL"] = f"sqlite:///{tmp}/records.db"
@@ -117,7 +121,9 @@ def run(
                     cmd += [f"sip:agent@127.0.0.1:{port}", "--json"]
                     for q in questions:
                         cmd += ["--say", q]
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                    out = subprocess.run(
+                        cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+                    )
                     line = next(
                         (x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None
                     )
