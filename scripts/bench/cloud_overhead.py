@@ -1,16 +1,28 @@
 #!/usr/bin/env python3
 """Turn overhead of the cloud path: Deepgram + OpenAI + ElevenLabs through their official
 SDKs, against loopback fakes that add a published peer benchmark's latencies (STT final
-200 ms, LLM first token 150 ms, TTS first byte 80 ms).
+200 ms, LLM first token 150 ms, TTS first byte 80 ms) and otherwise behave as the vendors
+document (see each fake's docstring for the pages):
+
+- Deepgram in realistic mode: it hears the caller's words by level, sends an interim per
+  second of audio (cumulative) and its endpointing / Finalize finals, each 200 ms after
+  the audio it covers, with the question the caller said as the punctuated transcript;
+- OpenAI streams the reply a token at a time (about 4 characters) at `TOKENS_PER_S` after
+  a 150 ms first token;
+- ElevenLabs sends its first audio after 80 ms, then generates `TTS_REALTIME_FACTOR` times
+  faster than real time.
 
 It runs `sipagent serve` with those providers, places calls with the test softphone (real
 SIP and RTP on 127.0.0.1), and prints p50/p95 of each part of a turn and of the overhead:
-what a turn costs beyond the end-of-turn wait and the fakes' own delays. The agent's early
-STT final is off by default (`vad.early_final_ms = 0`), so the three delays add up as in
-the peer benchmark; `--early-final-ms 200` (the gateway's default) measures the turn with
-the transcript finalised during the end-of-turn wait.
+what a turn costs beyond the end-of-turn wait and the fakes' first-result delays (the
+token rate is part of the overhead: the first speakable piece of text needs its tokens).
+The agent's early STT final is off by default (`vad.early_final_ms = 0`), so the three
+delays add up as in the peer benchmark; `--early-final-ms 200` (the gateway's default)
+measures the turn with the transcript finalised during the end-of-turn wait.  `--env
+KEY=VALUE` (repeatable) passes a setting to the agent, to compare settings.
 
 Usage: python scripts/bench/cloud_overhead.py [--calls 3] [--turns 4] [--early-final-ms 0]
+           [--env SIPAGENT_X__Y=value ...]
 """
 
 from __future__ import annotations
@@ -34,7 +46,12 @@ from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.openai_chat import FakeOpenAi, Text
 
+ROOT = Path(__file__).resolve().parents[2]
 STT_MS, LLM_MS, TTS_MS = 200.0, 150.0, 80.0
+# Assumptions (the vendors publish no figure): a small chat model's output speed, and how
+# much faster than real time streaming TTS generates audio.
+TOKENS_PER_S = 50.0
+TTS_REALTIME_FACTOR = 4.0
 QUESTIONS = [
     "What are your opening hours?",
     "Where are you located?",
@@ -49,17 +66,26 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
-def run(calls: int, turns: int, early_final_ms: int = 0) -> dict[str, Any]:
-    """Place the calls one after another; return the caller-side and agent-side samples."""
+def run(
+    calls: int, turns: int, early_final_ms: int = 0, settings: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Place the calls one after another; return the caller-side and agent-side samples.
+    `settings` are extra environment variables for the agent (they win over the bench's)."""
     wire: list[float] = []
     unanswered = 0
+    questions = QUESTIONS[:turns]
     with (
         FakeDeepgram("dg-bench") as dg,
         FakeOpenAi("sk-bench") as oa,
-        FakeElevenLabs(api_key="xi-bench", first_byte_delay_s=TTS_MS / 1000) as el,
+        FakeElevenLabs(
+            api_key="xi-bench",
+            first_byte_delay_s=TTS_MS / 1000,
+            realtime_factor=TTS_REALTIME_FACTOR,
+        ) as el,
     ):
-        dg.final_delay_s = STT_MS / 1000
-        oa.add(*[Text(REPLY, chunk_chars=6, first_delay_s=LLM_MS / 1000)] * (calls * turns + 4))
+        dg.realistic(latency_s=STT_MS / 1000)
+        reply = Text(REPLY, first_delay_s=LLM_MS / 1000, tokens_per_s=TOKENS_PER_S)
+        oa.default = reply  # one per generation, discarded ones included
         env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAGENT_")}
         env.update(
             {
@@ -77,6 +103,10 @@ def run(calls: int, turns: int, early_final_ms: int = 0) -> dict[str, Any]:
                 "SIPAGENT_APP__ENABLED": "false",
             }
         )
+        env.update(settings or {})
+        # The agent and the softphone run this checkout's code, not whatever the venv's
+        # editable install points at (they start in other directories).
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         port = free_udp_port()
         with tempfile.TemporaryDirectory() as tmp:
             env["SIPAGENT_RECORDS__URL"] = f"sqlite:///{tmp}/records.db"
@@ -85,11 +115,15 @@ def run(calls: int, turns: int, early_final_ms: int = 0) -> dict[str, Any]:
                 if not agent.wait_listening(120):
                     raise SystemExit("agent did not start:\n" + "\n".join(agent.lines[-20:]))
                 for n in range(calls):
+                    dg.script.clear()
+                    dg.script.extend(questions)  # what the caller says, as Deepgram hears it
                     cmd = [sys.executable, "-m", "gateway.cli", "call"]
                     cmd += [f"sip:agent@127.0.0.1:{port}", "--json"]
-                    for q in QUESTIONS[:turns]:
+                    for q in questions:
                         cmd += ["--say", q]
-                    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+                    out = subprocess.run(
+                        cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT
+                    )
                     line = next(
                         (x for x in reversed(out.stdout.splitlines()) if x.startswith("{")), None
                     )
@@ -106,8 +140,30 @@ def run(calls: int, turns: int, early_final_ms: int = 0) -> dict[str, Any]:
                     time.sleep(0.5)
             finally:
                 agent.stop()
-    replies = [t for t in agent.turns() if t["kind"] == "reply" and not t["interrupted"]]
-    return {"wire": wire, "turns": replies, "unanswered": unanswered}
+    records = agent.turns()
+    replies = [t for t in records if t["kind"] == "reply" and not t["interrupted"]]
+    heard = sum(1 for t in replies if t.get("user_text") in questions)
+    counts = [t["discarded"] for t in records if "discarded" in t]  # a newer agent's field
+    discarded = sum(c for c in counts if isinstance(c, int)) if counts else None
+    return {
+        "wire": wire,
+        "turns": replies,
+        "unanswered": unanswered,
+        "heard": heard,
+        "discarded": discarded,
+        "generations": len(oa.streams),
+    }
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``KEY=VALUE`` strings as a dict (SystemExit on one without ``=``)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--env wants KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
 
 
 def main() -> int:
@@ -120,17 +176,30 @@ def main() -> int:
         default=0,
         help="vad.early_final_ms (0: the STT final is asked for at the end of the turn)",
     )
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for the agent, e.g. SIPAGENT_VAD__END_OF_TURN_MS=300 (repeatable)",
+    )
     args = ap.parse_args()
-    data = run(args.calls, args.turns, args.early_final_ms)
+    settings = parse_env(args.env)
+    data = run(args.calls, args.turns, args.early_final_ms, settings)
     turns = data["turns"]
     mocked = STT_MS + LLM_MS + TTS_MS
     eot = [float(t["eot_wait_ms"]) for t in turns]
+    stages = ("eot_wait_ms", "stt_ms", "brain_ms", "tts_first_ms", "playout_ms")
     rows: list[tuple[str, list[float]]] = [
         ("agent: end-of-turn wait", eot),
         ("agent: STT final (fake: 200)", [float(t["stt_ms"]) for t in turns]),
         ("agent: LLM first token (fake: 150)", [float(t["brain_ms"]) for t in turns]),
         ("agent: TTS first audio (fake: 80)", [float(t["tts_first_ms"]) for t in turns]),
         ("agent: playout to the wire", [float(t["playout_ms"]) for t in turns]),
+        (
+            "agent: rest (1st token→text to speak)",
+            [float(t["total_ms"]) - sum(float(t[k]) for k in stages) for t in turns],
+        ),
         ("agent: total", [float(t["total_ms"]) for t in turns]),
         (
             "agent: overhead beyond the fakes",
@@ -143,8 +212,17 @@ def main() -> int:
         rows.append(("wire: overhead beyond the fakes", [w - wait - mocked for w in data["wire"]]))
     print(
         f"\ncloud turn latency, {len(turns)} agent turns, {len(data['wire'])} heard,"
-        f" {data['unanswered']} unanswered (fakes: STT {STT_MS:.0f}, LLM {LLM_MS:.0f},"
-        f" TTS {TTS_MS:.0f} ms; early final {args.early_final_ms} ms)"
+        f" {data['unanswered']} unanswered (fakes: STT {STT_MS:.0f}, LLM {LLM_MS:.0f}"
+        f" + {TOKENS_PER_S:.0f} tokens/s, TTS {TTS_MS:.0f} ms + {TTS_REALTIME_FACTOR:g}x"
+        f" real time; early final {args.early_final_ms} ms)"
+    )
+    if settings:
+        print("settings: " + " ".join(f"{k}={v}" for k, v in settings.items()))
+    discarded = data["discarded"]
+    print(
+        f"transcripts as said: {data['heard']}/{len(turns)}; LLM generations:"
+        f" {data['generations']}; discarded generations:"
+        f" {'n/a (not in the records)' if discarded is None else discarded}"
     )
     print(f"{'metric':40} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for label, values in rows:

@@ -37,18 +37,53 @@ abort any connection once it got that many audio messages since its last Finaliz
 is aborted and every upgrade refused with `status` until `outage(None)`.  All of these are
 read when they apply, so a test can switch them between a call's turns.
 
+Timing (every message of a connection goes out through one ordered queue, sent by its own
+task, so the receive loop never stops reading audio while a message waits):
+
+- `latency_s` (default 0): every ``Results`` and ``UtteranceEnd`` the audio causes (interim,
+  endpointing final, utterance-end final) is sent that long after the audio message that
+  completed it arrived: Deepgram's processing latency.
+- `final_delay_s` (default 0): the ``from_finalize`` answer is sent that long after the
+  ``Finalize`` arrived, and never before `latency_s` after the last audio it covers.
+- Messages keep their order (a late Finalize answer holds back the interims behind it).
+  ``CloseStream`` sends what is queued, then ``Metadata``, then closes, as Deepgram flushes
+  its cached results before the summary (https://developers.deepgram.com/docs/close-stream).
+
+Realistic mode (`realistic()`: listening mode with the timing Deepgram documents):
+
+- interims about once per second of audio while the segment has words, cumulative over the
+  segment (https://developers.deepgram.com/docs/using-interim-results shows one interim per
+  second of audio: 0.0-1.1, 0.0-2.1, 0.0-3.1 s ...; the feature page is
+  https://developers.deepgram.com/docs/interim-results);
+- a final for everything unfinalised after ``Finalize``
+  (https://developers.deepgram.com/docs/finalize), after ``endpointing`` ms of silence with
+  ``speech_final`` (https://developers.deepgram.com/docs/endpointing) and after
+  ``utterance_end_ms`` without words (https://developers.deepgram.com/docs/utterance-end);
+- the transcript is what the caller said, punctuated: with ``punctuate=true`` /
+  ``smart_format=true`` Deepgram capitalises and ends a sentence with "." or "?"
+  (https://developers.deepgram.com/docs/punctuation).  A test gives the caller's sentences
+  in `script` (one entry per utterance, punctuation included).  An utterance takes the next
+  entry when words start at least `phrase_gap_s` after the last word heard (any
+  connection: one caller at a time).  An interim shows a prefix of the entry's words in
+  proportion to the word audio heard (`words_per_s`, 2.5 words a second: 150 a minute); a
+  final carries the words up to the entry's next ``|`` (a test marks where a caller pauses
+  mid-sentence: "What are | your opening hours?") or to its end; words after an entry is
+  used up transcribe as "".  With `script` empty the text is ``transcript(n)``.
+
 Everything the fake saw is in `connections` (one `FakeConnection` per accepted upgrade).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import struct
 import threading
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -62,6 +97,10 @@ from websockets.http11 import Request, Response
 
 BYTES_PER_SECOND = 16000  # 8 kHz 16-bit mono
 FRAME_BYTES = 320  # 20 ms
+FRAME_S = 0.02
+# Deepgram's interim cadence: about one interim per second of audio
+# (https://developers.deepgram.com/docs/using-interim-results).
+INTERIM_EVERY_S = 1.0
 
 
 def bytes_transcript(n: int) -> str:
@@ -105,8 +144,15 @@ class FakeDeepgram:
         self.malformed = False
         self.malformed_results = False
         self.final_delay_s = 0.0
+        self.latency_s = 0.0
         self.word_dbfs: float | None = None  # listening mode (see the module docstring)
         self.vad_dbfs = -45.0
+        self.script: deque[str] = deque()  # the caller's sentences (listening mode)
+        self.words_per_s = 2.5
+        self.phrase_gap_s = 0.7
+        self._parts: list[list[str]] = []  # the current sentence's parts not yet final
+        self._scripted = False  # the current utterance's text comes from `script`
+        self._last_word_at = -math.inf  # loop time of the last word frame heard
         self.connections: list[FakeConnection] = []
         self.rejected: list[int] = []
         self.port = 0
@@ -124,6 +170,23 @@ class FakeDeepgram:
     def url(self) -> str:
         """The base URL to give the client: ``ws://127.0.0.1:<port>``."""
         return f"ws://127.0.0.1:{self.port}"
+
+    def realistic(
+        self,
+        *,
+        latency_s: float = 0.2,
+        word_dbfs: float = -35.0,
+        script: Iterable[str] = (),
+    ) -> None:
+        """Switch to realistic mode (see the module docstring): listening mode with words
+        above `word_dbfs`, an interim per second of audio, every result `latency_s` after
+        its audio and the Finalize answer `latency_s` after the Finalize; `script` is
+        added to the caller's sentences."""
+        self.word_dbfs = word_dbfs
+        self.interim_every = round(INTERIM_EVERY_S / FRAME_S)
+        self.latency_s = latency_s
+        self.final_delay_s = latency_s
+        self.script.extend(script)
 
     def __enter__(self) -> FakeDeepgram:
         self._thread = threading.Thread(target=self._run, name="fake-deepgram", daemon=True)
@@ -227,23 +290,33 @@ class FakeDeepgram:
             self._sockets.discard(ws)
             conn.open = False
 
-    async def _send(self, ws: ServerConnection, conn: FakeConnection, msg: dict[str, Any]) -> None:
-        conn.sent.append(msg)
-        await ws.send(json.dumps(msg))
-
     async def _serve(self, ws: ServerConnection, conn: FakeConnection, drop: bool) -> None:
+        outbox = _Outbox(ws, conn)
+        try:
+            await self._listen(ws, conn, drop, outbox)
+        finally:
+            await outbox.aclose()
+
+    async def _listen(
+        self, ws: ServerConnection, conn: FakeConnection, drop: bool, outbox: _Outbox
+    ) -> None:
+        loop = asyncio.get_running_loop()
         request_id = str(uuid.uuid4())
         listener = _Listener(self, conn, request_id) if self.word_dbfs is not None else None
         segment_bytes = 0  # audio since the last final
         start_bytes = 0  # where the current segment starts, in bytes of this connection
         utterance_messages = 0  # audio messages since the last Finalize
+        last_audio_at = -math.inf  # loop time the last audio message arrived
         while True:
             try:
                 message = await asyncio.wait_for(ws.recv(), self.idle_timeout_s)
             except TimeoutError:
                 await ws.close(1011, "did not receive audio data or a text message in time")
                 return
+            now = loop.time()
             if isinstance(message, bytes):
+                last_audio_at = now
+                due = now + self.latency_s  # the results of this audio, processed
                 conn.audio_bytes += len(message)
                 conn.audio_messages += 1
                 segment_bytes += len(message)
@@ -259,17 +332,17 @@ class FakeDeepgram:
                 if self.silent:
                     continue
                 if listener is not None:
-                    for msg in listener.audio(message):
-                        await self._send(ws, conn, msg)
+                    for msg in listener.audio(message, now):
+                        outbox.put(due, msg)
                 elif self.final_every and conn.audio_messages % self.final_every == 0:
-                    await self._send(
-                        ws, conn, self._results(request_id, start_bytes, segment_bytes, final=True)
+                    outbox.put(
+                        due, self._results(request_id, start_bytes, segment_bytes, final=True)
                     )
                     start_bytes += segment_bytes
                     segment_bytes = 0
                 elif self.interim_every and conn.audio_messages % self.interim_every == 0:
-                    await self._send(
-                        ws, conn, self._results(request_id, start_bytes, segment_bytes, final=False)
+                    outbox.put(
+                        due, self._results(request_id, start_bytes, segment_bytes, final=False)
                     )
                 continue
             try:
@@ -289,11 +362,12 @@ class FakeDeepgram:
                     segment_bytes = listener.pending_bytes()
                 if segment_bytes == 0:
                     continue  # like Deepgram: no from_finalize answer when nothing is buffered
+                # The vendor's finalize latency, and never before the audio it covers is
+                # processed; the receive loop goes on meanwhile.
+                due = max(now + self.final_delay_s, last_audio_at + self.latency_s)
                 if self.malformed:
-                    await ws.send("{this is not json")
+                    outbox.put(due, raw="{this is not json")
                     continue
-                if self.final_delay_s:
-                    await asyncio.sleep(self.final_delay_s)  # the vendor's finalize latency
                 if listener is not None:
                     msg = listener.close_segment(final=True, speech_final=False, from_finalize=True)
                 else:
@@ -304,11 +378,12 @@ class FakeDeepgram:
                     segment_bytes = 0
                 if self.malformed_results:
                     del msg["channel"]
-                await self._send(ws, conn, msg)
+                outbox.put(due, msg)
             elif kind == "CloseStream":
                 conn.close_streams += 1
                 duration = conn.audio_bytes / BYTES_PER_SECOND
-                await self._send(ws, conn, self._metadata(request_id, duration))
+                outbox.put(now, self._metadata(request_id, duration))
+                await outbox.drain()  # pending results first, then Metadata
                 await ws.close(1000)
                 return
 
@@ -322,16 +397,21 @@ class FakeDeepgram:
         from_finalize: bool = False,
         speech_final: bool | None = None,
         words_span: tuple[int, int] | None = None,
+        text: str | None = None,
     ) -> dict[str, Any]:
         """A ``Results`` for the `n` bytes from `start_bytes`; in listening mode the words
-        are in `words_span` (byte offsets of the first word's start, the last word's end)."""
+        are in `words_span` (byte offsets of the first word's start, the last word's end)
+        and `text`, when given, is their transcript (else ``transcript(n)``)."""
         start = start_bytes / BYTES_PER_SECOND
         duration = n / BYTES_PER_SECOND
         if self.word_dbfs is None:
             text = self.transcript(n) if n else ""
             w_start, w_end = start, start + duration
         else:
-            text = self.transcript(n) if words_span is not None else ""
+            if words_span is None:
+                text = ""
+            elif text is None:
+                text = self.transcript(n)
             first, last = words_span or (start_bytes, start_bytes)
             w_start, w_end = first / BYTES_PER_SECOND, last / BYTES_PER_SECOND
         words = [
@@ -355,6 +435,34 @@ class FakeDeepgram:
             msg["from_finalize"] = True
         return msg
 
+    # -- the caller's script (listening mode) ------------------------------------------------
+
+    def _word_heard(self, now: float, first_of_segment: bool) -> None:
+        """A word frame arrived at loop time `now`; the first of a segment may begin the
+        next sentence of the script (when the caller was quiet long enough before it)."""
+        if first_of_segment and not self._parts and now - self._last_word_at >= self.phrase_gap_s:
+            with self._lock:
+                sentence = self.script.popleft() if self.script else None
+            self._scripted = sentence is not None
+            if sentence is not None:
+                parts = [part.split() for part in sentence.split("|")]
+                self._parts = [p for p in parts if p]
+        self._last_word_at = now
+
+    def _script_text(self, word_frames: int, *, final: bool) -> str | None:
+        """The scripted transcript of a segment with `word_frames` frames of words: a
+        final takes the current part whole, an interim shows a prefix in proportion to
+        the word audio heard; None when the utterance is not scripted."""
+        if not self._scripted:
+            return None
+        if not self._parts:
+            return ""
+        if final:
+            return " ".join(self._parts.pop(0))
+        part = self._parts[0]
+        shown = math.ceil(word_frames * FRAME_S * self.words_per_s)
+        return " ".join(part[: max(1, min(len(part), shown))])
+
     @staticmethod
     def _metadata(request_id: str, duration: float) -> dict[str, Any]:
         return {
@@ -368,6 +476,47 @@ class FakeDeepgram:
             "models": ["00000000-0000-0000-0000-000000000000"],
             "model_info": {},
         }
+
+
+class _Outbox:
+    """A connection's messages, sent in order, each at its due time (loop time), by one
+    task: the receive loop queues a result and goes on reading audio."""
+
+    def __init__(self, ws: ServerConnection, conn: FakeConnection) -> None:
+        self.ws = ws
+        self.conn = conn
+        self.queue: asyncio.Queue[tuple[float, dict[str, Any] | None, str]] = asyncio.Queue()
+        self.task = asyncio.create_task(self._run(), name="fake-deepgram-outbox")
+
+    def put(self, due: float, msg: dict[str, Any] | None = None, raw: str = "") -> None:
+        """Send `msg` (recorded in the connection's `sent`), or the text `raw`, at `due`."""
+        self.queue.put_nowait((due, msg, raw))
+
+    async def drain(self) -> None:
+        """Wait until everything queued was sent (or the connection broke)."""
+        await self.queue.join()
+
+    async def aclose(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        broken = False
+        while True:
+            due, msg, raw = await self.queue.get()
+            try:
+                if not broken:
+                    await asyncio.sleep(max(0.0, due - loop.time()))
+                    if msg is not None:
+                        self.conn.sent.append(msg)
+                        raw = json.dumps(msg)
+                    await self.ws.send(raw)
+            except ConnectionClosed:
+                broken = True  # the rest is dropped, as on a broken socket
+            finally:
+                self.queue.task_done()
 
 
 def _frame_dbfs(frame: bytes) -> float:
@@ -395,6 +544,7 @@ class _Listener:
         self.frames = 0  # whole frames heard on this connection
         self.seg_start = 0  # frame where the current segment starts
         self.seg_first_word: int | None = None  # frame of its first word frame
+        self.seg_word_frames = 0  # word frames in the current segment
         self.last_word_end = 0  # frame after the last word frame of the connection
         self.quiet = 0  # frames without sound since the last sound
         self.since_interim = 0
@@ -408,9 +558,10 @@ class _Listener:
         self, *, final: bool, speech_final: bool, from_finalize: bool = False
     ) -> dict[str, Any]:
         """The Results of the current segment; a final starts a new segment."""
-        span = None
+        span = text = None
         if self.seg_first_word is not None:
             span = (self.seg_first_word * FRAME_BYTES, self.last_word_end * FRAME_BYTES)
+            text = self.fake._script_text(self.seg_word_frames, final=final)
         msg = self.fake._results(
             self.request_id,
             self.seg_start * FRAME_BYTES,
@@ -419,14 +570,18 @@ class _Listener:
             from_finalize=from_finalize,
             speech_final=speech_final,
             words_span=span,
+            text=text,
         )
         if final:
             self.seg_start = self.frames
             self.seg_first_word = None
+            self.seg_word_frames = 0
+            self.since_interim = 0  # interims are cumulative over a segment
         return msg
 
-    def audio(self, data: bytes) -> list[dict[str, Any]]:
-        """Hear `data`; the messages Deepgram would send by the end of it."""
+    def audio(self, data: bytes, now: float) -> list[dict[str, Any]]:
+        """Hear `data` (arrived at loop time `now`); the messages Deepgram would send by
+        the end of it."""
         out: list[dict[str, Any]] = []
         self.buf += data
         word_dbfs = self.fake.word_dbfs
@@ -436,15 +591,17 @@ class _Listener:
             level = _frame_dbfs(frame)
             self.frames += 1
             if level > word_dbfs:
-                if self.seg_first_word is None:
+                first = self.seg_first_word is None
+                if first:
                     self.seg_first_word = self.frames - 1
+                self.fake._word_heard(now, first)
+                self.seg_word_frames += 1
                 self.last_word_end = self.frames
                 self.words_since_end = True
             self.quiet = 0 if level > self.fake.vad_dbfs else self.quiet + 1
             has_words = self.seg_first_word is not None
             if has_words and self.endpointing_frames and self.quiet == self.endpointing_frames:
                 out.append(self.close_segment(final=True, speech_final=True))
-                self.since_interim = 0
             gap = self.frames - self.last_word_end
             if (
                 self.words_since_end

@@ -10,7 +10,13 @@ per character) as 8 kHz 16-bit PCM.
 `mode` switches failures per test:
 
 - ``"ok"``: the tone, `chunk_bytes` per chunk, `first_byte_delay_s` before the status line
-  and `chunk_delay_s` between chunks.
+  and `chunk_delay_s` between chunks or, with `realtime_factor` set, at a generation rate
+  that many times faster than real time: chunk n leaves n times its duration / realtime_factor
+  after the first (ElevenLabs' stream endpoint returns the audio as it is generated, in
+  chunked transfer encoding: https://elevenlabs.io/docs/api-reference/text-to-speech/stream
+  and https://elevenlabs.io/docs/api-reference/streaming; it publishes a time to first
+  audio per model, about 75 ms for Flash, https://elevenlabs.io/docs/overview/models, but no
+  generation rate, so the factor is the test's or bench's assumption).
 - ``"401"``: an ElevenLabs-style ``invalid_api_key`` error (also sent whenever the key is wrong).
 - ``"500"``: an internal error with a JSON body.
 - ``"stall"``: nothing at all (not even the status line) for `stall_s`.
@@ -36,6 +42,7 @@ from tests.fakes.http import ClientGone, Exchange, HttpFake
 
 MODES = ("ok", "401", "500", "stall", "stall_mid", "cut", "odd", "json200")
 _MS_PER_CHAR = 60
+_BYTES_PER_S = 16000  # the tone: 8 kHz 16-bit mono
 
 
 @dataclass
@@ -67,6 +74,7 @@ class FakeElevenLabs(HttpFake):
         first_byte_delay_s: float = 0.0,
         chunk_delay_s: float = 0.0,
         stall_s: float = 30.0,
+        realtime_factor: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -77,6 +85,7 @@ class FakeElevenLabs(HttpFake):
         self.first_byte_delay_s = first_byte_delay_s
         self.chunk_delay_s = chunk_delay_s
         self.stall_s = stall_s
+        self.realtime_factor = realtime_factor
         self.syntheses: list[Synthesis] = []
         self.route("POST", "/v1/text-to-speech/(?P<voice>[^/]+)/stream", self._synthesize)
 
@@ -159,8 +168,13 @@ class FakeElevenLabs(HttpFake):
         if mode == "cut":
             chunks = chunks[: max(1, len(chunks) // 2)]
         ex.start_chunked(200, "audio/pcm")
+        factor = self.realtime_factor
+        first_at = time.monotonic()
         for i, chunk in enumerate(chunks):
-            if i:
+            if i and factor:  # generated `factor` times faster than it plays, on a schedule
+                due = first_at + i * step / _BYTES_PER_S / factor
+                ex.wait(max(0.0, due - time.monotonic()))
+            elif i:
                 ex.wait(self.chunk_delay_s)
             ex.chunk(chunk)
             with self.lock:

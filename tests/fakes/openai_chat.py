@@ -27,11 +27,26 @@ switches on and off between turns); `default`, when set, answers once the queue 
 
 While it waits between deltas the server watches the socket, so it notices a client that
 goes away (`disconnects` counts them, `disconnected` is set) without writing to it.
+
+Realistic token stream (`Text(..., tokens_per_s=50)`): OpenAI streams a completion as
+``chat.completion.chunk`` events, each delta carrying what the model generated since the
+last one, in practice one token (https://platform.openai.com/docs/api-reference/chat-streaming,
+https://developers.openai.com/api/docs/guides/streaming-responses?api-mode=chat).  The fake
+then cuts the text into token-sized pieces (`token_pieces`: a word with its leading space,
+a punctuation mark, longer words in pieces of about four characters, OpenAI's rule of thumb
+of 1 token ≈ 4 characters of English,
+https://help.openai.com/en/articles/4936856-what-are-tokens-and-how-to-count-them) and sends
+them at `tokens_per_s` from the first token on (on a schedule, so the rate does not drift).
+OpenAI publishes no fixed output speed: its latency guide measures it in tokens per second
+and ties it to the model (https://developers.openai.com/api/docs/guides/latency-optimization);
+the rate is the test's or bench's assumption.  Each `StreamLog` records the client port of
+the connection it was sent on, so a test can tell whether a client reused its connection.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import deque
@@ -49,17 +64,43 @@ __all__ = [
     "Text",
     "ToolCall",
     "ToolCalls",
+    "token_pieces",
 ]
+
+# A word with its leading space, a run of digits or of punctuation, or whitespace.
+_TOKEN_RE = re.compile(r" ?[^\W\d_]+| ?\d+| ?[^\w\s]+|\s+")
+_LONG_TOKEN = 8  # pieces longer than this are cut in pieces of about 4 characters
+
+
+def token_pieces(text: str) -> list[str]:
+    """`text` cut in about the pieces a tokenizer makes (see the module docstring); they
+    join back to `text`."""
+    pieces: list[str] = []
+    pos = 0
+    for match in _TOKEN_RE.finditer(text):
+        if match.start() > pos:  # anything the pattern does not name (e.g. "_")
+            pieces.append(text[pos : match.start()])
+        piece = match.group()
+        if len(piece) > _LONG_TOKEN:
+            pieces.extend(piece[i : i + 4] for i in range(0, len(piece), 4))
+        else:
+            pieces.append(piece)
+        pos = match.end()
+    if pos < len(text):
+        pieces.append(text[pos:])
+    return pieces
 
 
 @dataclass(frozen=True)
 class Text:
-    """Stream `text` in deltas of `chunk_chars` characters."""
+    """Stream `text` in deltas of `chunk_chars` characters `delay_s` apart or, with
+    `tokens_per_s`, in token-sized deltas at that rate (see the module docstring)."""
 
     text: str
     chunk_chars: int = 4
     first_delay_s: float = 0.0  # before the first delta (time to first token)
     delay_s: float = 0.0  # between deltas
+    tokens_per_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +165,7 @@ class StreamLog:
     delta_times: list[float] = field(default_factory=list)
     finished_at: float = 0.0  # 0.0 = never finished (client left, drop, stall)
     client_left: bool = False
+    client_port: int = 0  # the client's end of the connection it was sent on
 
 
 def _error(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
@@ -171,6 +213,12 @@ class FakeOpenAi(HttpFake):
         """Queue responses; each chat request takes the next one."""
         with self.lock:
             self.script.extend(responses)
+
+    def chat_client_ports(self) -> list[int]:
+        """The client port of each chat completion request, in order: equal ports are
+        one kept-alive connection."""
+        with self.lock:
+            return [r.client_port for r in self.requests if r.path.endswith("/chat/completions")]
 
     def chat_requests(self) -> list[dict[str, Any]]:
         """The bodies of the chat completion requests, in order."""
@@ -229,7 +277,7 @@ class FakeOpenAi(HttpFake):
         if not body.get("stream"):
             ex.send_json(400, _error("fake: only stream=true is scripted", "invalid_request_error"))
             return
-        log = StreamLog()
+        log = StreamLog(client_port=ex.received.client_port)
         with self.lock:
             self.streams.append(log)
         try:
@@ -270,12 +318,20 @@ class FakeOpenAi(HttpFake):
             ex.chunk(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             log.delta_times.append(time.monotonic())
 
-        def text(value: str, size: int, first_delay: float, delay: float) -> None:
-            pieces = [value[i : i + size] for i in range(0, len(value), max(1, size))]
+        def text(
+            value: str, size: int, first_delay: float, delay: float, rate: float | None = None
+        ) -> None:
+            if rate:
+                pieces = token_pieces(value)
+            else:
+                pieces = [value[i : i + size] for i in range(0, len(value), max(1, size))]
             ex.wait(first_delay)
+            first_at = time.monotonic()
             event({"role": "assistant", "content": "", "refusal": None})
             for n, piece in enumerate(pieces):
-                if n:
+                if rate:  # token n is due n / rate after the first: no drift
+                    ex.wait(max(0.0, first_at + n / rate - time.monotonic()))
+                elif n:
                     ex.wait(delay)
                 event({"content": piece})
 
@@ -286,7 +342,7 @@ class FakeOpenAi(HttpFake):
             log.finished_at = time.monotonic()
 
         if isinstance(step, Text):
-            text(step.text, step.chunk_chars, step.first_delay_s, step.delay_s)
+            text(step.text, step.chunk_chars, step.first_delay_s, step.delay_s, step.tokens_per_s)
             done("stop")
         elif isinstance(step, ToolCalls):
             if step.text:

@@ -124,6 +124,35 @@ def test_audio_streams_before_the_vendor_finishes(caplog: pytest.LogCaptureFixtu
     assert all(KEY not in r.getMessage() for r in caplog.records)
 
 
+def test_realtime_factor_paces_the_audio_faster_than_real_time() -> None:
+    """1.56 s of audio generated 4 times faster than real time, after an 80 ms first byte:
+    the chunks come over ~0.37 s, not all at once and not at playback speed."""
+    arrivals: list[float] = []
+
+    async def main(fake: FakeElevenLabs) -> float:
+        tts = provider(fake)
+        try:
+            started = time.monotonic()
+            async for _ in tts.synthesize(TEXT):
+                arrivals.append(time.monotonic())
+            return started
+        finally:
+            await tts.close()
+
+    with FakeElevenLabs(api_key=KEY, first_byte_delay_s=0.08, realtime_factor=4.0) as fake:
+        started = asyncio.run(main(fake))
+    [req] = fake.syntheses
+    assert req.first_byte_at is not None and req.ended_at is not None
+    assert req.first_byte_at - req.started >= 0.08
+    assert arrivals[0] - started < 0.3
+    audio_s = len(FakeElevenLabs.audio_for(TEXT)) / 16000
+    last_chunk_s = 0.1  # 1600-byte chunks: the last one leaves at its start
+    assert req.ended_at - req.first_byte_at == pytest.approx(
+        (audio_s - last_chunk_s) / 4.0, abs=0.08
+    )
+    assert len(arrivals) > 5
+
+
 def test_aclose_mid_stream_stops_the_server_stream() -> None:
     text = "x" * 200  # 12 s of tone: 120 chunks, ~6 s at the fake's pace
 

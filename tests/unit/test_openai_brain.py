@@ -28,6 +28,7 @@ from tests.fakes.openai_chat import (
     Text,
     ToolCall,
     ToolCalls,
+    token_pieces,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -106,6 +107,53 @@ def test_deltas_arrive_while_the_server_is_still_streaming(fake: FakeOpenAi) -> 
     assert pieces[0][0] < finished - 0.3  # the first piece long before the fake was done
     assert pieces[-1][0] - pieces[0][0] > 0.3
     assert reply == BrainReply(text=text, actions=(), intent="llm")
+
+
+def test_realistic_stream_sends_a_token_at_a_time_at_the_token_rate(fake: FakeOpenAi) -> None:
+    text = "Sure, I can help with that. We are open from seven until six."
+    fake.add(Text(text, first_delay_s=0.15, tokens_per_s=40))
+    brain = make_brain(fake)
+
+    async def main() -> tuple[float, list[str]]:
+        started = time.monotonic()
+        stream = brain.respond_stream("When are you open?", CTX)
+        pieces = [piece async for piece in stream]
+        await brain.close()
+        return started, pieces
+
+    started, pieces = run(main())
+    assert "".join(pieces) == text
+    [log] = fake.streams
+    deltas = token_pieces(text)
+    assert len(deltas) == 16  # about one token (4 characters) each, not the whole text
+    assert max(len(d) for d in deltas) <= 8
+    # role chunk + one per token + the finish chunk
+    assert len(log.delta_times) == len(deltas) + 2
+    first, last = log.delta_times[1], log.delta_times[-2]
+    assert first - started >= 0.15  # the time to the first token
+    assert last - first == pytest.approx((len(deltas) - 1) / 40, abs=0.05)  # 40 tokens a second
+
+
+def test_turns_reuse_one_kept_alive_connection(fake: FakeOpenAi) -> None:
+    """The brain's HTTP connection to the model stays open between turns (and calls on the
+    same loop): no new TCP/TLS handshake in the middle of a turn."""
+    fake.add(Text("One."), Text("Two."), Text("Three."))
+    brain = make_brain(fake)
+
+    async def main() -> None:
+        try:
+            await brain.respond("first", CTX)
+            await asyncio.sleep(0.2)  # the caller speaks meanwhile
+            await brain.respond("second", CTX)
+            await brain.respond("other call", OTHER)
+        finally:
+            await brain.close()
+
+    run(main())
+    ports = fake.chat_client_ports()
+    assert len(ports) == 3
+    assert len(set(ports)) == 1
+    assert [log.client_port for log in fake.streams] == ports
 
 
 def test_history_grows_per_call_and_stays_separate(fake: FakeOpenAi) -> None:
