@@ -38,6 +38,15 @@ class VadSettings(Section):
     barge_in_min_speech_ms: FrameMs = Field(
         default=80, ge=20, le=2000, description="Voiced audio needed to interrupt the agent."
     )
+    end_floor_db: float = Field(
+        default=30.0,
+        ge=0,
+        le=90,
+        description=(
+            "In a caller turn, audio this many dB below the turn's loudest speech counts as"
+            " silence for its end (a word's fading tail is not waited for; 0 = off)."
+        ),
+    )
     preroll_ms: FrameMs = Field(
         default=200, ge=0, le=1000, description="Audio kept from before speech was detected."
     )
@@ -45,7 +54,7 @@ class VadSettings(Section):
         default=20.0, ge=1, le=120, description="A caller turn is cut off after this long."
     )
     early_final_ms: FrameMs = Field(
-        default=200,
+        default=100,
         ge=0,
         le=5000,
         description=(

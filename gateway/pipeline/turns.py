@@ -84,6 +84,7 @@ class TurnDetector:
         sample_rate: int = 8000,
         frame_ms: int = 20,
         noise_margin_db: float | None = None,
+        end_floor_db: float = _VAD.end_floor_db,
     ) -> None:
         """Configure the detector; all durations are in milliseconds.
 
@@ -92,6 +93,10 @@ class TurnDetector:
         level. webrtcvad keeps reporting speech for a few frames after any loud burst
         (its built-in hangover), so over background noise louder than the energy floor a
         single click would otherwise look like ~100 ms of speech.
+
+        ``end_floor_db``: in a turn, a frame this many dB below the turn's loudest voiced
+        frame counts as silence for the end of the turn (0: off).  A word's fading tail (the
+        hiss of a final "s" some 30 dB down) is then not waited for as speech.
         """
         if sample_rate not in _VAD_RATES:
             raise ValueError(f"sample_rate must be one of {_VAD_RATES}, got {sample_rate}")
@@ -114,6 +119,7 @@ class TurnDetector:
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
         self.noise_margin_db = noise_margin_db
+        self.end_floor_db = end_floor_db
         self.frame_bytes = sample_rate * frame_ms // 1000 * 2
 
         self._vad = webrtcvad.Vad(aggressiveness)
@@ -133,6 +139,7 @@ class TurnDetector:
         self._last_voiced = 0  # 1-based position of the last voiced frame in the utterance
         self._trailing = 0
         self._noise_dbfs = energy_floor_dbfs
+        self._peak_dbfs = -math.inf  # the loudest voiced frame of the turn in progress
 
     @property
     def in_speech(self) -> bool:
@@ -194,13 +201,17 @@ class TurnDetector:
         This advances webrtcvad's internal state, so call it once per frame in order
         (`push` does).
         """
+        return self._classify(frame)[0]
+
+    def _classify(self, frame: bytes) -> tuple[bool, float]:
+        """(voiced, level in dBFS) of the next frame (see `is_voiced`)."""
         level = rms_dbfs(frame)
         speech = bool(self._vad.is_speech(frame, self.sample_rate))
         voiced = speech and level > self.energy_floor_dbfs
         if self.noise_margin_db is not None:
             voiced = voiced and level > self._noise_dbfs + self.noise_margin_db
             self._track_noise(level)
-        return voiced
+        return voiced, level
 
     def _track_noise(self, level: float) -> None:
         """Follow the background level: drop at once to quieter frames, rise slowly."""
@@ -218,10 +229,16 @@ class TurnDetector:
             raise ValueError(f"frame must be {self.frame_bytes} bytes, got {len(frame)}")
         self._agent_speaking = agent_speaking
         self._index += 1
-        voiced = self.is_voiced(frame)
+        voiced, level = self._classify(frame)
         if self._in_speech:
+            if voiced and self.end_floor_db:
+                self._peak_dbfs = max(self._peak_dbfs, level)
+                voiced = level > self._peak_dbfs - self.end_floor_db
             return self._push_speech(voiced)
-        return self._push_idle(frame, voiced)
+        started = self._push_idle(frame, voiced)
+        if started is not None:
+            self._peak_dbfs = level if voiced else -math.inf
+        return started
 
     def _window_frames(self) -> int:
         ms = self.barge_in_min_speech_ms if self._agent_speaking else self.min_speech_ms

@@ -75,14 +75,14 @@ class SentenceCutter:
     """Cuts a reply that arrives in pieces (LLM deltas) into speakable pieces, each handed
     out as soon as it is complete, so speech starts before the reply is finished.
 
-    A piece ends at a sentence end (``. ! ? ;`` followed by a space).  The first piece may
-    end earlier, at a clause break (``, :``) with at least three words before it once more
-    than `first_max_words` words have arrived: the time to first audio depends on it.
-    `flush()` returns what is left when the reply ends.
+    A piece ends at a sentence end (``. ! ? ;`` followed by a space).  The first piece ends
+    earlier, at its first clause break (``, :``): a lead-in ("Sure," "Of course,") is
+    spoken while the model writes the rest of the sentence, since the time to first audio
+    depends on the first piece and an LLM writes some 50 tokens a second.  `flush()`
+    returns what is left when the reply ends.
     """
 
-    def __init__(self, first_max_words: int = 6) -> None:
-        self.first_max_words = first_max_words
+    def __init__(self) -> None:
         self._buffer = ""
         self._emitted = 0
 
@@ -111,8 +111,8 @@ class SentenceCutter:
         m = _SENTENCE_END.search(self._buffer)
         if m is not None:
             return m.start()
-        if self._emitted == 0 and len(self._buffer.split()) > self.first_max_words:
-            for c in _CLAUSE_BREAK.finditer(self._buffer):
-                if len(self._buffer[: c.start()].split()) >= 3:
-                    return c.start()
+        if self._emitted == 0:
+            c = _CLAUSE_BREAK.search(self._buffer)
+            if c is not None and self._buffer[: c.start()].strip():
+                return c.start()
         return None

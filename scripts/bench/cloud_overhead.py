@@ -16,13 +16,16 @@ It runs `sipagent serve` with those providers, places calls with the test softph
 SIP and RTP on 127.0.0.1), and prints p50/p95 of each part of a turn and of the overhead:
 what a turn costs beyond the end-of-turn wait and the fakes' first-result delays (the
 token rate is part of the overhead: the first speakable piece of text needs its tokens).
-The agent's early STT final is off by default (`vad.early_final_ms = 0`), so the three
-delays add up as in the peer benchmark; `--early-final-ms 200` (the gateway's default)
-measures the turn with the transcript finalised during the end-of-turn wait.  `--env
-KEY=VALUE` (repeatable) passes a setting to the agent, to compare settings.
+The agent runs with its default settings: the transcript finalised early in the caller's
+pause, the reply generated ahead from it, the end of turn judged by the words.
+`--early-final-ms 0` turns the early final off (and with it the rest), so the three delays
+add up as in the peer benchmark.  `--env KEY=VALUE` (repeatable) passes a setting to the
+agent, to compare settings (e.g. SIPAGENT_CONVERSATION__GENERATE_AHEAD=false).
+`--per-turn` prints each turn, with where the agent's end of speech fell against the
+caller's.
 
-Usage: python scripts/bench/cloud_overhead.py [--calls 3] [--turns 4] [--early-final-ms 0]
-           [--env SIPAGENT_X__Y=value ...]
+Usage: python scripts/bench/cloud_overhead.py [--calls 3] [--turns 4] [--early-final-ms MS]
+           [--env SIPAGENT_X__Y=value ...] [--per-turn]
 """
 
 from __future__ import annotations
@@ -41,7 +44,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+
 from gateway.devtools.demo import AgentProcess, free_udp_port
+from sip_config import VadSettings
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs
 from tests.fakes.openai_chat import FakeOpenAi, Text
@@ -67,11 +72,15 @@ def pct(values: list[float], q: float) -> float:
 
 
 def run(
-    calls: int, turns: int, early_final_ms: int = 0, settings: dict[str, str] | None = None
+    calls: int,
+    turns: int,
+    early_final_ms: int | None = None,
+    settings: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Place the calls one after another; return the caller-side and agent-side samples.
     `settings` are extra environment variables for the agent (they win over the bench's)."""
     wire: list[float] = []
+    steps: list[dict[str, Any]] = []
     unanswered = 0
     questions = QUESTIONS[:turns]
     with (
@@ -98,11 +107,12 @@ def run(
                 "SIPAGENT_OPENAI__BASE_URL": oa.base_url,
                 "SIPAGENT_ELEVENLABS__API_KEY": el.api_key,
                 "SIPAGENT_ELEVENLABS__BASE_URL": el.base_url,
-                "SIPAGENT_VAD__EARLY_FINAL_MS": str(early_final_ms),
                 "SIPAGENT_POOL__SPARE": "false",
                 "SIPAGENT_APP__ENABLED": "false",
             }
         )
+        if early_final_ms is not None:
+            env["SIPAGENT_VAD__EARLY_FINAL_MS"] = str(early_final_ms)
         env.update(settings or {})
         # The agent and the softphone run this checkout's code, not whatever the venv's
         # editable install points at (they start in other directories).
@@ -132,6 +142,7 @@ def run(
                         print(f"call {n + 1}: no report\n{out.stderr[-500:]}", file=sys.stderr)
                         continue
                     for step in json.loads(line)["steps"]:
+                        steps.append(step)
                         if step["reply_latency_ms"] is None:
                             unanswered += 1
                         else:
@@ -146,6 +157,7 @@ def run(
     counts = [t["discarded"] for t in records if "discarded" in t]  # a newer agent's field
     discarded = sum(c for c in counts if isinstance(c, int)) if counts else None
     return {
+        "steps": steps,
         "wire": wire,
         "turns": replies,
         "unanswered": unanswered,
@@ -153,6 +165,22 @@ def run(
         "discarded": discarded,
         "generations": len(oa.streams),
     }
+
+
+def pair_turns(
+    steps: list[dict[str, Any]], turns: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each answered softphone step with the agent turn that answered it: the first reply
+    whose end of speech (the agent's VAD) is nearest the step's (both CLOCK_MONOTONIC)."""
+    pairs = []
+    for step in steps:
+        said = step.get("end_of_speech_at") or 0.0
+        if step.get("reply_latency_ms") is None or not said:
+            continue
+        near = [t for t in turns if abs(float(t["end_of_speech_at"]) - said) < 1.0]
+        if near:
+            pairs.append((step, min(near, key=lambda t: abs(float(t["end_of_speech_at"]) - said))))
+    return pairs
 
 
 def parse_env(pairs: list[str]) -> dict[str, str]:
@@ -173,8 +201,9 @@ def main() -> int:
     ap.add_argument(
         "--early-final-ms",
         type=int,
-        default=0,
-        help="vad.early_final_ms (0: the STT final is asked for at the end of the turn)",
+        default=None,
+        help="vad.early_final_ms (default: the agent's; 0: the STT final is asked for at the"
+        " end of the turn)",
     )
     ap.add_argument(
         "--env",
@@ -183,6 +212,7 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="a setting for the agent, e.g. SIPAGENT_VAD__END_OF_TURN_MS=300 (repeatable)",
     )
+    ap.add_argument("--per-turn", action="store_true", help="print each turn's figures")
     args = ap.parse_args()
     settings = parse_env(args.env)
     data = run(args.calls, args.turns, args.early_final_ms, settings)
@@ -210,11 +240,22 @@ def main() -> int:
     if data["wire"] and eot:
         wait = float(np.median(eot))
         rows.append(("wire: overhead beyond the fakes", [w - wait - mocked for w in data["wire"]]))
+    pairs = pair_turns(data["steps"], turns)
+    rows.append(
+        (
+            "wire: caller's end → agent's end of speech",
+            [
+                (float(t["end_of_speech_at"]) - float(st["end_of_speech_at"])) * 1000
+                for st, t in pairs
+            ],
+        )
+    )
+    early = VadSettings().early_final_ms if args.early_final_ms is None else args.early_final_ms
     print(
         f"\ncloud turn latency, {len(turns)} agent turns, {len(data['wire'])} heard,"
         f" {data['unanswered']} unanswered (fakes: STT {STT_MS:.0f}, LLM {LLM_MS:.0f}"
         f" + {TOKENS_PER_S:.0f} tokens/s, TTS {TTS_MS:.0f} ms + {TTS_REALTIME_FACTOR:g}x"
-        f" real time; early final {args.early_final_ms} ms)"
+        f" real time; early final {early} ms)"
     )
     if settings:
         print("settings: " + " ".join(f"{k}={v}" for k, v in settings.items()))
@@ -224,11 +265,21 @@ def main() -> int:
         f" {data['generations']}; discarded generations:"
         f" {'n/a (not in the records)' if discarded is None else discarded}"
     )
-    print(f"{'metric':40} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+    ahead = sum(1 for t in turns if t.get("ahead"))
+    print(f"replies generated ahead (in the caller's pause) and kept: {ahead}/{len(turns)}")
+    if args.per_turn:
+        for st, t in pairs:
+            lag = (float(t["end_of_speech_at"]) - float(st["end_of_speech_at"])) * 1000
+            print(
+                f"  {st['text'][:36]:36} wire {st['reply_latency_ms']:6.0f}  agent"
+                f" {float(t['total_ms']):6.0f}  eot {float(t['eot_wait_ms']):4.0f}"
+                f"  agent's end of speech +{lag:4.0f} ms"
+            )
+    print(f"{'metric':44} {'n':>4} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
     for label, values in rows:
         if values:
             print(
-                f"{label:40} {len(values):4d} {pct(values, 50):8.0f} {pct(values, 95):8.0f}"
+                f"{label:44} {len(values):4d} {pct(values, 50):8.0f} {pct(values, 95):8.0f}"
                 f" {max(values):8.0f}"
             )
     return 0 if data["wire"] and not data["unanswered"] else 1

@@ -241,14 +241,22 @@ def test_cutter_hands_out_each_sentence_when_it_is_complete() -> None:
     assert cutter.flush() == []
 
 
-def test_cutter_cuts_a_long_first_sentence_at_a_clause() -> None:
+def test_cutter_cuts_the_first_sentence_at_its_first_clause() -> None:
     words = "Well, we are open every weekday from seven, until six in the evening. Thanks."
     pieces = _cut_stream([w + " " for w in words.split()])
     assert pieces == [
-        "Well, we are open every weekday from seven,",
-        "until six in the evening.",
+        "Well,",  # a lead-in is spoken while the rest of the sentence is written
+        "we are open every weekday from seven, until six in the evening.",
         "Thanks.",
     ]
+
+
+def test_cutter_hands_out_a_lead_in_as_soon_as_its_comma_is_followed() -> None:
+    cutter = SentenceCutter()
+    assert cutter.push("Sure,") == []  # "Sure,000"? not yet a clause break
+    assert cutter.push(" I") == ["Sure,"]
+    assert cutter.push(" can help with that, gladly. Anything") == ["I can help with that, gladly."]
+    assert cutter.flush() == ["Anything"]
 
 
 def test_cutter_never_cuts_inside_numbers_and_keeps_all_text() -> None:

@@ -81,7 +81,7 @@ def test_piper_speech_is_voiced(speech_8k: Speak) -> None:
 
 def test_two_turns_start_and_end(two_turns: tuple[list[bytes], int, int]) -> None:
     frames, audio_1, audio_2 = two_turns
-    det = TurnDetector(end_of_turn_ms=400)
+    det = TurnDetector(end_of_turn_ms=400, end_floor_db=0)  # every voiced frame counts
     flags = voiced_flags(frames, end_of_turn_ms=400)
     events = run(det, frames)
     assert [e.kind for e in events] == ["start", "end", "start", "end"]
@@ -319,3 +319,20 @@ def test_while_the_agent_speaks_a_start_takes_the_barge_in_window(speech_8k: Spe
         raise AssertionError("no start")
 
     assert start_index(agent_speaking=True) >= start_index(agent_speaking=False) + 10
+
+
+def test_a_words_fading_tail_is_not_waited_for(steady_speech_8k: Speak) -> None:
+    """Piper's "croissants" ends in a hiss that webrtcvad calls speech, 30+ dB below the
+    words: with `end_floor_db` the end of turn counts from the last frame within 30 dB of
+    the turn's loudest, not from the hiss."""
+    frames = split_frames(steady_speech_8k("Do you sell croissants?")) + silence(1000)
+    plain = run(TurnDetector(end_of_turn_ms=400, end_floor_db=0), frames)
+    floored = run(TurnDetector(end_of_turn_ms=400, end_floor_db=30), frames)
+    assert [e.kind for e in plain] == [e.kind for e in floored] == ["start", "end"]
+    levels = [rms_dbfs(f) for f in frames]
+    flags = voiced_flags(frames)
+    peak = max(lv for lv, v in zip(levels, flags, strict=True) if v)
+    last_near_peak = max(i for i, v in enumerate(flags) if v and levels[i] > peak - 30)
+    assert floored[1].frame_index == last_near_peak + 20
+    # The hiss after it is at least 100 ms: that much sooner.
+    assert plain[1].frame_index - floored[1].frame_index >= 5
