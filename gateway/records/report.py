@@ -152,7 +152,13 @@ def format_call(call: Mapping[str, Any], turns: Sequence[Mapping[str, Any]]) -> 
     if not turns:
         lines.append("Transcript: no turns recorded")
         return "\n".join(lines)
-    lines.append(f"Transcript ({len(turns)} turns):")
+    head = f"Transcript ({len(turns)} turns"
+    ahead = sum(1 for t in turns if t.get("ahead"))
+    dropped = sum(int(t.get("discarded") or 0) for t in turns)
+    if ahead or dropped:
+        # Replies generated in the caller's pause: kept, and dropped (tokens paid for).
+        head += f"; {ahead} replies generated ahead, {dropped} discarded"
+    lines.append(head + "):")
     start = call_start(call)
     for turn in turns:
         lines.extend("  " + line for line in _turn_lines(turn, start))

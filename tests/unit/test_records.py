@@ -20,6 +20,7 @@ import pytest
 
 from gateway.records.backends import redact_url
 from gateway.records.model import GATEWAY_RESTARTED, AmbiguousCallId, RecordsError, sip_key
+from gateway.records.report import format_call
 from gateway.records.schema import (
     MIGRATIONS,
     POSTGRES_TYPES,
@@ -293,6 +294,18 @@ def test_turns_are_stored_with_their_call_in_order(records: CallRecords) -> None
     records.add_turn("uuid-t", "sip-t", _turn(2, agent_text="answer 2, again"), 14.0)
     assert records.turns("uuid-t")[1]["agent_text"] == "answer 2, again"
     assert records.turns("nobody") == []
+
+
+def test_turns_keep_whether_their_reply_was_generated_ahead(records: CallRecords) -> None:
+    records.sip_started("uuid-a", "sip-a", 1, "sip:a@x", "sip:b@y", 10.0)
+    records.add_turn("uuid-a", "sip-a", _turn(1, ahead=True, discarded=2), 11.0)
+    records.add_turn("uuid-a", "sip-a", _turn(2, ahead=False, discarded=0), 12.0)
+    records.add_turn("uuid-a", "sip-a", _turn(3), 13.0)  # from a worker before these fields
+    turns = records.turns("uuid-a")
+    assert [(t["ahead"], t["discarded"]) for t in turns] == [(True, 2), (False, 0), (False, 0)]
+    shown = format_call(records.get("uuid-a") or {}, turns)
+    assert "Transcript (3 turns; 1 replies generated ahead, 2 discarded):" in shown
+    assert "  #1 reply  " in shown and "[ahead, 2 discarded]" in shown
 
 
 def test_turns_before_the_call_row_create_it(records: CallRecords) -> None:

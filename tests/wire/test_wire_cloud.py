@@ -10,11 +10,13 @@ fallback voice and by the apology instead of silence.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import wave
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.audio.pcm import rms_dbfs, split_frames
 from gateway.devtools.demo import AgentProcess
 from tests.fakes.deepgram import FakeDeepgram
 from tests.fakes.elevenlabs import FakeElevenLabs
@@ -181,3 +183,65 @@ def test_vendor_outage_gets_the_fallback_voice_and_the_apology(
     assert turns[0]["kind"] == "apology", turns
     assert report["steps"][0]["reply_latency_ms"] < 2000, report["steps"]
     assert turns[1]["agent_text"] == "Fine, thanks."
+
+
+def test_a_caller_pausing_mid_sentence_is_answered_once_and_a_question_at_once(
+    tmp_path: Path,
+    deepgram_fake: FakeDeepgram,
+    openai_fake: FakeOpenAi,
+    eleven_fake: FakeElevenLabs,
+    steady_speech_8k: Callable[[str], bytes],
+) -> None:
+    """Issue 15 on the wire: the caller pauses 600 ms after "and" (past the 400 ms end of
+    turn): the words so far lead on, so the agent waits, and answers the whole sentence
+    once.  Then a question: its reply was generated in the pause and kept."""
+    half = steady_speech_8k("I would like a croissant and")
+    rest = steady_speech_8k("a coffee please")
+    pcm = trim(half) + bytes(2 * 8000 * 600 // 1000) + rest
+    clip = tmp_path / "pause.wav"
+    with wave.open(str(clip), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(pcm)
+    # Deepgram as documented: finals of what was heard, punctuated; "|" is the pause.
+    deepgram_fake.realistic(
+        script=["I would like a croissant and | a coffee, please.", "Are you open today?"]
+    )
+    openai_fake.by_position = True
+    openai_fake.add(Text("One croissant and a coffee."), Text("Yes, until six."))
+    settings = cloud_settings(
+        openai_fake,
+        eleven_fake,
+        providers__stt="deepgram",
+        deepgram__api_key=deepgram_fake.api_key,
+        deepgram__base_url=deepgram_fake.url,
+    )
+    with running_agent(tmp_path, **settings) as agent:
+        report = place_call(uri(agent), "--play", str(clip), "--say", "Are you open today?")
+        turns = turns_of(agent)
+    assert report["returncode"] == 0, report["stderr"][-2000:]
+    replies = [t for t in turns if t["kind"] == "reply"]
+    assert [t["user_text"] for t in replies] == [
+        "I would like a croissant and a coffee, please.",
+        "Are you open today?",
+    ], turns
+    assert [t["agent_text"] for t in replies] == ["One croissant and a coffee.", "Yes, until six."]
+    assert not any(t["interrupted"] for t in replies), replies
+    # No reply was started on "... and": the model was asked for the whole sentence only.
+    asked = [
+        [m["content"] for m in r["messages"] if m["role"] == "user"][-1]
+        for r in openai_fake.chat_requests()
+    ]
+    assert "I would like a croissant and" not in asked, asked
+    # The question ended the turn sooner than a statement, its reply was ready then.
+    question = replies[1]
+    assert question["ahead"] is True and question["discarded"] == 0, question
+    assert float(str(question["eot_wait_ms"])) < 400, question
+
+
+def trim(pcm: bytes) -> bytes:
+    """`pcm` without its trailing quiet (below -45 dBFS in 20 ms frames)."""
+    frames = split_frames(pcm)
+    last = max(i for i, f in enumerate(frames) if rms_dbfs(f) > -45)
+    return b"".join(frames[: last + 1])
