@@ -38,13 +38,14 @@ class VadSettings(Section):
     barge_in_min_speech_ms: FrameMs = Field(
         default=80, ge=20, le=2000, description="Voiced audio needed to interrupt the agent."
     )
-    end_floor_db: float = Field(
+    pause_floor_db: float = Field(
         default=30.0,
         ge=0,
         le=90,
         description=(
-            "In a caller turn, audio this many dB below the turn's loudest speech counts as"
-            " silence for its end (a word's fading tail is not waited for; 0 = off)."
+            "In a caller turn, audio this many dB below the turn's loudest speech counts as a"
+            " pause for early_final_ms (a word's fading tail is not waited for; the end of"
+            " turn still waits for silence; 0 = off)."
         ),
     )
     preroll_ms: FrameMs = Field(

@@ -184,7 +184,7 @@ class Listener:
         """
         if self._ignore_speech:
             return
-        trailing = self.detector.trailing_silence_ms
+        trailing = self.detector.quiet_ms  # a word's fading tail is part of the pause
         early = self.opt.early_final_ms
         if self._stream is not None:
             await self._stream.feed(frame)

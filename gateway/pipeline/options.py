@@ -28,7 +28,7 @@ class ConversationOptions:
     barge_in_min_speech_ms: int = _VAD.barge_in_min_speech_ms
     preroll_ms: int = _VAD.preroll_ms
     early_final_ms: int = _VAD.early_final_ms
-    end_floor_db: float = _VAD.end_floor_db
+    pause_floor_db: float = _VAD.pause_floor_db
     end_of_turn_complete_ms: int = _VAD.end_of_turn_complete_ms
     end_of_turn_incomplete_ms: int = _VAD.end_of_turn_incomplete_ms
     generate_ahead: bool = _CONVERSATION.generate_ahead
@@ -69,7 +69,7 @@ class ConversationOptions:
             barge_in_min_speech_ms=vad.barge_in_min_speech_ms,
             preroll_ms=vad.preroll_ms,
             early_final_ms=vad.early_final_ms,
-            end_floor_db=vad.end_floor_db,
+            pause_floor_db=vad.pause_floor_db,
             end_of_turn_complete_ms=vad.end_of_turn_complete_ms,
             end_of_turn_incomplete_ms=vad.end_of_turn_incomplete_ms,
             generate_ahead=conversation.generate_ahead,
@@ -92,7 +92,7 @@ class ConversationOptions:
             end_of_turn_ms=self.end_of_turn_ms,
             preroll_ms=self.preroll_ms,
             max_utterance_ms=self.max_utterance_ms,
-            end_floor_db=self.end_floor_db,
+            pause_floor_db=self.pause_floor_db,
         )
 
 

@@ -84,7 +84,7 @@ class TurnDetector:
         sample_rate: int = 8000,
         frame_ms: int = 20,
         noise_margin_db: float | None = None,
-        end_floor_db: float = _VAD.end_floor_db,
+        pause_floor_db: float = _VAD.pause_floor_db,
     ) -> None:
         """Configure the detector; all durations are in milliseconds.
 
@@ -94,9 +94,11 @@ class TurnDetector:
         (its built-in hangover), so over background noise louder than the energy floor a
         single click would otherwise look like ~100 ms of speech.
 
-        ``end_floor_db``: in a turn, a frame this many dB below the turn's loudest voiced
-        frame counts as silence for the end of the turn (0: off).  A word's fading tail (the
-        hiss of a final "s" some 30 dB down) is then not waited for as speech.
+        ``pause_floor_db``: in a turn, a frame this many dB below the turn's loudest voiced
+        frame counts as a pause for `quiet_ms` (0: only unvoiced frames do).  A word's
+        fading tail (the hiss of a final "s" some 30 dB down) is then part of the pause in
+        which the transcript is finalised early; the end of the turn still waits for
+        unvoiced audio (a soft consonant before a comma is no end of turn).
         """
         if sample_rate not in _VAD_RATES:
             raise ValueError(f"sample_rate must be one of {_VAD_RATES}, got {sample_rate}")
@@ -119,7 +121,7 @@ class TurnDetector:
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
         self.noise_margin_db = noise_margin_db
-        self.end_floor_db = end_floor_db
+        self.pause_floor_db = pause_floor_db
         self.frame_bytes = sample_rate * frame_ms // 1000 * 2
 
         self._vad = webrtcvad.Vad(aggressiveness)
@@ -140,6 +142,7 @@ class TurnDetector:
         self._trailing = 0
         self._noise_dbfs = energy_floor_dbfs
         self._peak_dbfs = -math.inf  # the loudest voiced frame of the turn in progress
+        self._quiet = 0  # frames since its last voiced frame within pause_floor_db of that
 
     @property
     def in_speech(self) -> bool:
@@ -150,6 +153,13 @@ class TurnDetector:
     def trailing_silence_ms(self) -> int:
         """Unvoiced audio since the last voiced frame of the current turn (0 when idle)."""
         return self._trailing * self.frame_ms if self._in_speech else 0
+
+    @property
+    def quiet_ms(self) -> int:
+        """Pause since the last voiced frame of the current turn that was within
+        `pause_floor_db` of its loudest (0 when idle): `trailing_silence_ms`, plus a word's
+        fading tail."""
+        return self._quiet * self.frame_ms if self._in_speech else 0
 
     @property
     def frames_pushed(self) -> int:
@@ -176,6 +186,7 @@ class TurnDetector:
         self._utterance_frames = 0
         self._last_voiced = 0
         self._trailing = 0
+        self._quiet = 0
 
     def split(self) -> int:
         """End the utterance in progress here without leaving speech, for an end of turn
@@ -231,13 +242,16 @@ class TurnDetector:
         self._index += 1
         voiced, level = self._classify(frame)
         if self._in_speech:
-            if voiced and self.end_floor_db:
+            if voiced:
                 self._peak_dbfs = max(self._peak_dbfs, level)
-                voiced = level > self._peak_dbfs - self.end_floor_db
+            floor = self.pause_floor_db
+            loud = voiced and (not floor or level > self._peak_dbfs - floor)
+            self._quiet = 0 if loud else self._quiet + 1
             return self._push_speech(voiced)
         started = self._push_idle(frame, voiced)
         if started is not None:
             self._peak_dbfs = level if voiced else -math.inf
+            self._quiet = self._trailing
         return started
 
     def _window_frames(self) -> int:

@@ -81,7 +81,7 @@ def test_piper_speech_is_voiced(speech_8k: Speak) -> None:
 
 def test_two_turns_start_and_end(two_turns: tuple[list[bytes], int, int]) -> None:
     frames, audio_1, audio_2 = two_turns
-    det = TurnDetector(end_of_turn_ms=400, end_floor_db=0)  # every voiced frame counts
+    det = TurnDetector(end_of_turn_ms=400)
     flags = voiced_flags(frames, end_of_turn_ms=400)
     events = run(det, frames)
     assert [e.kind for e in events] == ["start", "end", "start", "end"]
@@ -321,18 +321,39 @@ def test_while_the_agent_speaks_a_start_takes_the_barge_in_window(speech_8k: Spe
     assert start_index(agent_speaking=True) >= start_index(agent_speaking=False) + 10
 
 
-def test_a_words_fading_tail_is_not_waited_for(steady_speech_8k: Speak) -> None:
+def test_a_words_fading_tail_is_part_of_the_pause_not_of_the_end(
+    steady_speech_8k: Speak,
+) -> None:
     """Piper's "croissants" ends in a hiss that webrtcvad calls speech, 30+ dB below the
-    words: with `end_floor_db` the end of turn counts from the last frame within 30 dB of
-    the turn's loudest, not from the hiss."""
+    words: with `pause_floor_db` the pause (`quiet_ms`, when the transcript is finalised
+    early) counts from the last frame within 30 dB of the turn's loudest, while the end
+    of the turn still counts from the last voiced frame."""
     frames = split_frames(steady_speech_8k("Do you sell croissants?")) + silence(1000)
-    plain = run(TurnDetector(end_of_turn_ms=400, end_floor_db=0), frames)
-    floored = run(TurnDetector(end_of_turn_ms=400, end_floor_db=30), frames)
-    assert [e.kind for e in plain] == [e.kind for e in floored] == ["start", "end"]
+    plain = TurnDetector(end_of_turn_ms=400, pause_floor_db=0)
+    floored = TurnDetector(end_of_turn_ms=400, pause_floor_db=30)
+    quiet: list[tuple[int, int]] = []
+    events: list[tuple[TurnEvent | None, TurnEvent | None]] = []
+    for frame in frames:
+        events.append((plain.push(frame), floored.push(frame)))
+        quiet.append((plain.quiet_ms, floored.quiet_ms))
+    ends = [(i, a, b) for i, (a, b) in enumerate(events) if a is not None and a.kind == "end"]
+    assert len(ends) == 1
+    at, end_plain, end_floored = ends[0]
+    assert end_floored is not None and end_floored.frame_index == end_plain.frame_index
     levels = [rms_dbfs(f) for f in frames]
     flags = voiced_flags(frames)
     peak = max(lv for lv, v in zip(levels, flags, strict=True) if v)
-    last_near_peak = max(i for i, v in enumerate(flags) if v and levels[i] > peak - 30)
-    assert floored[1].frame_index == last_near_peak + 20
-    # The hiss after it is at least 100 ms: that much sooner.
-    assert plain[1].frame_index - floored[1].frame_index >= 5
+    last_near_peak = max(i for i, v in enumerate(flags[:at]) if v and levels[i] > peak - 30)
+    pause_plain = next(i for i, (a, _) in enumerate(quiet) if a >= 100)
+    pause_floored = next(i for i, (_, b) in enumerate(quiet) if b >= 100)
+    assert pause_floored == last_near_peak + 5  # 100 ms after the last loud frame
+    assert pause_plain - pause_floored >= 5  # the hiss after it is at least 100 ms
+    assert plain.quiet_ms == plain.trailing_silence_ms
+
+
+def test_a_soft_consonant_before_a_comma_pause_keeps_the_turn(steady_speech_8k: Speak) -> None:
+    """Piper's "ask," ends in frames 30 dB below the words, then pauses ~320 ms: the turn
+    goes on (an end of turn counted from the last loud frame ended it mid-sentence)."""
+    frames = split_frames(steady_speech_8k("I have nothing else to ask, goodbye.")) + silence(800)
+    events = run(TurnDetector(), frames)
+    assert [e.kind for e in events] == ["start", "end"]

@@ -170,6 +170,9 @@ def test_vendor_outage_gets_the_fallback_voice_and_the_apology(
         eleven_fake,
         providers__tts_fallback="piper",
         providers__brain_timeout_s="1",
+        # The fake answers requests in order: a reply generated ahead in the pause after
+        # "Hello," (and dropped) would take the two failures scripted for the question.
+        conversation__generate_ahead="false",
     )
     with running_agent(tmp_path, **settings) as agent:
         report = place_call(
