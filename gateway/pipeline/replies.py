@@ -118,9 +118,9 @@ class Replies:
         self.drop_prepared()
         if not self.opt.generate_ahead or not self.brain.streams or self.pending():
             return
-        words = f"{self.carry_text} {text}".strip()
         if not text.strip():
             return
+        words = f"{self.carry_text} {text}".strip()
         stream = self.brain.prepare_stream(words, self.ctx)
         if stream is None:
             return

@@ -305,7 +305,8 @@ def test_brain_failure_is_not_carried_into_the_next_turn(speech_8k: Speak) -> No
 
 
 def early_final_texts(caller: Sequence[bytes], options: ConversationOptions) -> list[str]:
-    """What FakeStt pieces hear when recognition is finalised at each early_final_ms pause."""
+    """What FakeStt pieces hear when recognition is finalised at each early_final_ms pause
+    (the pause counting from the last loud frame: `TurnDetector.quiet_ms`)."""
     det = options.turn_detector()
     pieces: list[int] = []
     fed: int | None = None
@@ -318,10 +319,10 @@ def early_final_texts(caller: Sequence[bytes], options: ConversationOptions) -> 
         elif det.in_speech:
             if fed is not None:
                 fed += FRAME_BYTES
-                if det.trailing_silence_ms >= options.early_final_ms:
+                if det.quiet_ms >= options.early_final_ms:
                     pieces.append(fed)
                     fed = None
-            elif det.trailing_silence_ms == 0:
+            elif det.quiet_ms == 0:
                 fed = FRAME_BYTES
     if fed is not None:
         pieces.append(fed)
