@@ -193,6 +193,10 @@ class Listener:
                 part = asyncio.ensure_future(stt.finish())
                 self._parts.append(part)
                 parts = self._parts
+                # Its failure is the turn's, raised where the turn awaits it; a piece of a
+                # turn dropped or failed by an earlier piece is not awaited, so it is
+                # retrieved here (no "exception was never retrieved").
+                part.add_done_callback(_retrieve)
                 part.add_done_callback(lambda _: self._part_final(parts))
         elif trailing == 0 or self._stt_ended:  # speech resumed, or after the recogniser's end
             if self._parts and not self._stt_ended:
@@ -245,3 +249,8 @@ class Listener:
         if self._stream is not None or self._parts or self.detector.in_speech:
             await self.drop()
             self._ignore_speech = self.detector.in_speech
+
+
+def _retrieve(part: asyncio.Future[str]) -> None:
+    if not part.cancelled():
+        part.exception()
