@@ -43,6 +43,9 @@ Routes (the Plivo-facing ones are signature-checked when ``app.verify_signatures
 ``/healthz``, ``/readyz`` (GET, unsigned)
     Liveness, and readiness (503 while no worker of any kind can take a call) with the
     pool's state and its capacity per kind of worker (``sip``, ``stream``).
+``/console`` (GET, behind ``app.console_token``)
+    The call console: recent calls, a call's turns, latency and recording, live calls and
+    the pool (`xml_app.console`).
 ``/metrics`` (GET, unsigned)
     The pool's Prometheus metrics in the text format (`gateway.pool.metrics`): counts,
     latencies and states, with no phone number, URI, call id or user name in them.
@@ -78,6 +81,7 @@ from gateway.stream.auth import stream_url_for_call
 from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi
+from xml_app.console import console_blueprint
 from xml_app.plivo_xml import Element
 from xml_app.routing import (
     MAX_CALLER_HEADERS,
@@ -939,6 +943,8 @@ def create_app(
     app.add_url_rule("/calls", "calls", calls.handle, methods=["POST"])
     # OCS's DCS_URL: the same outbound calls, under the DCS name.
     app.add_url_rule("/dcs/calls", "dcs_calls", calls.handle, methods=["POST"])
+
+    app.register_blueprint(console_blueprint(settings, pool, records, clock=clock))
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -65,7 +65,7 @@ from gateway.pool.protocol import (
     Up,
 )
 from gateway.pool.relay import Relay
-from gateway.pool.state import PoolState
+from gateway.pool.state import LiveCall, PoolState
 from gateway.records.model import SipCallEnd
 from gateway.records.store import CallRecords
 from gateway.stream.auth import new_secret
@@ -165,7 +165,15 @@ class Supervisor:
                     self.state.set_registration(index, msg.registered, msg.status)
             case CallStarted() if index is not None:
                 start = msg.record
-                self.state.call_started(index, start.sip_call_id, start.call_uuid)
+                live = LiveCall(
+                    start.sip_call_id,
+                    start.call_uuid,
+                    start.from_uri,
+                    start.to_uri,
+                    start.direction,
+                    start.at,
+                )
+                self.state.call_started(index, start.sip_call_id, start.call_uuid, live)
                 self.metrics.call_started(start)
                 self._record("sip_call_started", lambda r: r.sip_call_started(start, index))
             case LegChanged() if index is not None:
