@@ -322,17 +322,22 @@ def console_blueprint(
 
     def live_state() -> dict[str, Any]:
         now = clock()
-        calls = [
-            {
-                "worker": c["worker"],
-                "from": show_number(c["from_uri"]),
-                "to": show_number(c["to_uri"]),
-                "direction": c["direction"],
-                "duration_s": max(0, round(now - c["started_at"])),
-                "key": c["call_uuid"] or "sip:" + c["sip_call_id"],
-            }
-            for c in pool.live_calls()
-        ]
+        calls = []
+        for c in pool.live_calls():
+            # A call routed by the app: the numbers Plivo gave /answer, not the SIP URIs
+            # of Plivo's leg.
+            record = records.get(c["call_uuid"]) if c["call_uuid"] else None
+            numbers = record or {}
+            calls.append(
+                {
+                    "worker": c["worker"],
+                    "from": show_number(numbers.get("from_number") or c["from_uri"]),
+                    "to": show_number(numbers.get("to_number") or c["to_uri"]),
+                    "direction": c["direction"],
+                    "duration_s": max(0, round(now - c["started_at"])),
+                    "key": c["call_uuid"] or "sip:" + c["sip_call_id"],
+                }
+            )
         workers = [
             {
                 "index": w["index"],
