@@ -51,6 +51,15 @@ class AppSettings(Section):
             " also taken with a valid X-Plivo-Signature-Ma-V3 (signed with it)."
         ),
     )
+    console_token: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Credential of the call console (/console): the password of HTTP basic auth"
+            " (any user name), an Authorization: Bearer token, or ?token= once (sets a"
+            " cookie); empty: no console (404)."
+        ),
+    )
     verify_signatures: bool = Field(
         default=True, description="Reject requests without a valid X-Plivo-Signature-V3."
     )

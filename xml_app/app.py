@@ -43,6 +43,12 @@ Routes (the Plivo-facing ones are signature-checked when ``app.verify_signatures
 ``/healthz``, ``/readyz`` (GET, unsigned)
     Liveness, and readiness (503 while no worker of any kind can take a call) with the
     pool's state and its capacity per kind of worker (``sip``, ``stream``).
+``/console`` (GET, behind ``app.console_token``)
+    The call console: recent calls, a call's turns, latency and recording, live calls and
+    the pool (`xml_app.console`).
+``/metrics`` (GET, unsigned)
+    The pool's Prometheus metrics in the text format (`gateway.pool.metrics`): counts,
+    latencies and states, with no phone number, URI, call id or user name in them.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ from gateway.plivo.signature import (
     SignatureVerifier,
 )
 from gateway.policy.transfer import TransferError, transfer_uri
+from gateway.pool.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.pool.metrics import PoolMetrics
 from gateway.pool.outcomes import PlaceCall, PushReply, PushStatus
 from gateway.pool.state import PoolState
 from gateway.records.store import CallRecords
@@ -73,6 +81,7 @@ from gateway.stream.auth import stream_url_for_call
 from sip_config import ConfigError, Route, Settings
 from xml_app import plivo_xml
 from xml_app.calls_api import CallsApi
+from xml_app.console import console_blueprint
 from xml_app.plivo_xml import Element
 from xml_app.routing import (
     MAX_CALLER_HEADERS,
@@ -676,12 +685,17 @@ def _json_error(status: int, message: str) -> Response:
 
 
 def _pushed_reply(
-    call_id: str | None, token: str, token_setting: str, push: PushReply | None
+    call_id: str | None,
+    token: str,
+    token_setting: str,
+    push: PushReply | None,
+    metrics: PoolMetrics,
 ) -> Response:
     """A reply pushed for a call in progress: authenticate, parse, hand to the pool.
 
     `call_id` None: the body names the call (``call_id``, else ``call_uuid``), the way
-    OCS posts to its one ``DCS_RESPONSE_URL``.  `token_setting` names the token's setting.
+    OCS posts to its one ``DCS_RESPONSE_URL``.  `token_setting` names the token's setting;
+    a wrong token is counted in `metrics`.
     """
     if not token:
         return _json_error(404, f"pushed replies are off: {token_setting} is not set")
@@ -694,6 +708,7 @@ def _pushed_reply(
             request.remote_addr or "unknown address",
             "no bearer token" if not given else "wrong bearer token",
         )
+        metrics.webhook_refused("bad_token")
         response = _json_error(401, "a valid bearer token is required")
         response.headers["WWW-Authenticate"] = 'Bearer realm="sipagent"'
         return response
@@ -797,6 +812,7 @@ def create_app(
     push: PushReply | None = None,
     dial: PlaceCall | None = None,
     calls_api: Callable[[Settings, Callable[[], str]], CallsApi] | None = None,
+    metrics: PoolMetrics | None = None,
 ) -> Flask:
     """Build the answer_url app.
 
@@ -813,6 +829,8 @@ def create_app(
             503.
         calls_api: builds the ``POST /calls`` handler from the settings and the app's base
             URL (tests pass a fake Plivo client or clock through it); None: the default.
+        metrics: the pool's metrics, served at ``/metrics`` (the refused callbacks are
+            counted in them); None: metrics of ``pool`` alone, made here.
 
     Raises:
         ConfigError: signatures are to be verified but ``app.auth_token`` is empty (and
@@ -845,6 +863,8 @@ def create_app(
             store=functools.partial(records.claim_nonce, ttl_s=app_settings.nonce_ttl_s),
         )
     router = _CallRouter(settings, pool, records, clock)
+    if metrics is None:
+        metrics = PoolMetrics(pool, registers=settings.sip.mode == "register")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
 
@@ -867,6 +887,7 @@ def create_app(
                 except Exception:
                     # An unverifiable request is refused, never answered with a stack trace.
                     log.exception("signature check of a request to %s failed", request.path)
+                    metrics.webhook_refused("unverifiable")
                     return Response("forbidden\n", status=403, mimetype="text/plain")
                 if verdict != "ok":
                     # Never log the token or the signature itself.
@@ -881,6 +902,7 @@ def create_app(
                             "replayed": "nonce already used",
                         }[verdict],
                     )
+                    metrics.webhook_refused(verdict)
                     return Response("forbidden\n", status=403, mimetype="text/plain")
             return view(_request_params())
 
@@ -907,11 +929,11 @@ def create_app(
 
     @app.post("/bot/calls/<path:call_id>/reply")
     def bot_reply(call_id: str) -> Response:
-        return _pushed_reply(call_id, webhook_token, "webhook.push_token", push)
+        return _pushed_reply(call_id, webhook_token, "webhook.push_token", push, metrics)
 
     @app.post("/dcs/response")
     def dcs_response() -> Response:
-        return _pushed_reply(None, ocs_token, "external.push_token", push)
+        return _pushed_reply(None, ocs_token, "external.push_token", push, metrics)
 
     calls = (
         calls_api(settings, router.base_url)
@@ -921,6 +943,8 @@ def create_app(
     app.add_url_rule("/calls", "calls", calls.handle, methods=["POST"])
     # OCS's DCS_URL: the same outbound calls, under the DCS name.
     app.add_url_rule("/dcs/calls", "dcs_calls", calls.handle, methods=["POST"])
+
+    app.register_blueprint(console_blueprint(settings, pool, records, clock=clock))
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -940,5 +964,10 @@ def create_app(
         )
         response.status_code = 200 if ready else 503
         return response
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        # Unsigned, like /healthz: Prometheus scrapes it, and it holds no personal data.
+        return Response(metrics.render(), mimetype=None, content_type=METRICS_CONTENT_TYPE)
 
     return app

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from gateway.pool.metrics import PoolMetrics
 from gateway.pool.outcomes import PlaceCall, PushReply
 from gateway.pool.state import PoolState
 from gateway.records.store import CallRecords
@@ -25,12 +26,13 @@ def start_pool_app(
     push: PushReply,
     dial: PlaceCall,
     say: Callable[[str], None],
+    metrics: PoolMetrics,
 ) -> tuple[AppServer, str] | None:
     """Build and serve the app; returns the server and the URL Plivo reaches it at, or
     None when its settings leave it nothing to do (said on ``say``).  Raises ConfigError
     naming ``app.listen_port`` when it cannot listen."""
     try:
-        app = create_app(settings, pool, records, push=push, dial=dial)
+        app = create_app(settings, pool, records, push=push, dial=dial, metrics=metrics)
     except ConfigError as exc:
         say(f"answer_url app not started: {exc}")
         return None

@@ -31,6 +31,7 @@ from gateway.providers.base import (
     ProviderError,
     SttStream,
 )
+from gateway.tally import count_vendor_error
 
 log = logging.getLogger("gateway.pipeline.session")
 
@@ -189,6 +190,9 @@ class Replies:
     async def _failed(self, exc: BaseException, why: str) -> None:
         """A reply failed: count it, log it, and say the apology (or the goodbye)."""
         self._failures += 1
+        if isinstance(exc, ProviderError):
+            # A provider without the failover layer (which counts its own) failed.
+            count_vendor_error(exc)
         self.speaker.speaking = False
         log.error(
             "call %s: agent turn failed (%d in a row): %s",

@@ -20,6 +20,7 @@ from plivo import exceptions as plivo_errors
 from gateway.plivo.client import plivo_client
 from gateway.policy.transfer import TransferError, TransferOutcome
 from gateway.providers.base import ProviderError
+from gateway.tally import count_vendor_error
 from sip_config import Settings
 
 log = logging.getLogger(__name__)
@@ -90,11 +91,14 @@ class PlivoTransfer:
         try:
             response = await asyncio.to_thread(call)
         except plivo_errors.AuthenticationError as exc:
-            raise ProviderError("plivo", "auth", f"transfer refused: {exc}") from None
+            failure = ProviderError("plivo", "auth", f"transfer refused: {exc}")
+            raise count_vendor_error(failure) from None
         except plivo_errors.PlivoRestError as exc:
-            raise ProviderError("plivo", "http", f"transfer of {self.call_uuid}: {exc}") from None
+            failure = ProviderError("plivo", "http", f"transfer of {self.call_uuid}: {exc}")
+            raise count_vendor_error(failure) from None
         except OSError as exc:  # requests' connection errors are OSErrors
-            raise ProviderError("plivo", "disconnect", f"transfer: {exc}") from None
+            failure = ProviderError("plivo", "disconnect", f"transfer: {exc}")
+            raise count_vendor_error(failure) from None
         message = str(getattr(response, "message", "") or "accepted")
         log.info("call %s: Plivo transfer to %s: %s", self.call_uuid, dest, message)
         return TransferOutcome(

@@ -51,9 +51,12 @@ from gateway.pool.protocol import (
     Report,
     Start,
     Stop,
+    Tallied,
     TurnRecorded,
     Up,
+    VendorErrors,
 )
+from gateway.tally import TALLY, TallyDelta
 
 if TYPE_CHECKING:
     from gateway.pipeline.session import Prompts
@@ -65,6 +68,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sipagent.worker")
 
 _PR_SET_PDEATHSIG = 1
+# How often what the worker counted (`gateway.tally`) goes to the supervisor, when
+# something was counted.
+TALLY_INTERVAL_S = 2.0
 # An orphaned worker sends its BYEs, then exits this much later whatever it is doing.
 ORPHAN_EXIT_S = 0.2
 
@@ -138,11 +144,13 @@ def worker_settings(settings: Settings, start: Start) -> Settings:
 
 
 class _Reporter:
-    """Sends call and registration events to the supervisor (on the worker's loop)."""
+    """Sends call and registration events, and what the process counted, to the
+    supervisor (on the worker's loop)."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
         self.tasks: set[asyncio.Task[None]] = set()
+        self._tallying: asyncio.Task[None] | None = None
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task this reporter keeps alive until it is done."""
@@ -159,7 +167,9 @@ class _Reporter:
         self.send(CallStarted(start))
 
     def call_ended(self, end: SipCallEnd) -> None:
-        """Report a call that ended."""
+        """Report a call that ended (after what was counted so far: its vendor errors are
+        in the metrics by the time its end is)."""
+        self.send_tally()
         self.send(CallEnded(end))
 
     def turn_recorded(self, turn: CallTurn) -> None:
@@ -173,6 +183,45 @@ class _Reporter:
     def registration_changed(self, registered: bool, status: str) -> None:
         """Report the registration state."""
         self.send(RegistrationChanged(registered, status))
+
+    def send_tally(self) -> None:
+        """Send what the process counted since the last time, if anything."""
+        delta = TALLY.take()
+        if delta:
+            self.send(tallied(delta))
+
+    def start_tallying(self, interval_s: float = TALLY_INTERVAL_S) -> None:
+        """Send what was counted every ``interval_s`` (until `stop_tallying`)."""
+
+        async def every() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                self.send_tally()
+
+        self._tallying = asyncio.get_running_loop().create_task(every())
+
+    async def stop_tallying(self) -> None:
+        """Stop the periodic sends, and send what is left."""
+        task, self._tallying = self._tallying, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        delta = TALLY.take()
+        if delta:
+            await _send(self.writer, tallied(delta))
+
+
+def tallied(delta: TallyDelta) -> Tallied:
+    """``delta`` as the protocol's message."""
+    return Tallied(
+        vendor_errors=tuple(
+            VendorErrors(vendor, kind, n)
+            for (vendor, kind), n in sorted(delta.vendor_errors.items())
+        ),
+        failovers=dict(delta.failovers),
+        streams_refused=dict(delta.streams_refused),
+    )
 
 
 async def _send(writer: asyncio.StreamWriter, message: Report) -> None:
@@ -199,6 +248,7 @@ async def _run(fd: int, orphan: _Orphan) -> int:
     _setup_logging(settings.log_level, "spare")
     providers = await asyncio.to_thread(build_providers, settings)
     worker: AgentWorker | None = None
+    reporter: _Reporter | None = None
     try:
         # Rendered before "loaded": a spare that takes over must not spend time on it.
         prompts = await render_prompts(providers.tts, settings)
@@ -208,8 +258,9 @@ async def _run(fd: int, orphan: _Orphan) -> int:
             return 0
         _setup_logging(settings.log_level, f"w{start.index}")
         reporter = _Reporter(writer)
+        reporter.start_tallying()
         if start.kind == "stream":
-            return await _run_stream(settings, providers, prompts, start, reader, writer)
+            return await _run_stream(settings, providers, prompts, start, reader, reporter)
         worker = AgentWorker(
             worker_settings(settings, start),
             providers,
@@ -250,6 +301,8 @@ async def _run(fd: int, orphan: _Orphan) -> int:
     finally:
         if worker is not None:
             await worker.stop()
+        if reporter is not None:
+            await reporter.stop_tallying()
         await providers.close()
         with contextlib.suppress(Exception):
             writer.close()
@@ -261,7 +314,7 @@ async def _run_stream(
     prompts: Prompts,
     start: Start,
     reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
+    reporter: _Reporter,
 ) -> int:
     """Be stream worker ``start.index`` (Plivo audio streams on ``start.sip_port``) until
     told to stop or the supervisor is gone; no pjsua2 is loaded. (Orphaned, it exits at
@@ -269,8 +322,9 @@ async def _run_stream(
     from gateway.stream.server import StreamWorker
 
     logging.getLogger("websockets").setLevel(logging.WARNING)  # a line per connection
+    writer = reporter.writer
     worker = StreamWorker(
-        settings, providers, index=start.index, listener=_Reporter(writer), port=start.sip_port
+        settings, providers, index=start.index, listener=reporter, port=start.sip_port
     )
     worker.prompts = prompts
     try:

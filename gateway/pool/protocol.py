@@ -13,7 +13,8 @@ Supervisor → worker: `Configure` (always first), then `Start`, `Drain`, `Stop`
 Worker → supervisor: `Loaded` (providers ready), `Up`, `Failed` (cannot start), the call
 events `CallStarted` / `CallEnded` / `TurnRecorded` (records, see `gateway.records.model`),
 `LegChanged` (a call slot taken or freed by a call without a conversation),
-`RegistrationChanged`, and the answers `PushResult` / `DialResult`, which carry the
+`RegistrationChanged`, `Tallied` (counts for the metrics, see `gateway.tally`), and the
+answers `PushResult` / `DialResult`, which carry the
 ``request_id`` of their request.
 """
 
@@ -185,6 +186,26 @@ class RegistrationChanged:
 
 
 @dataclass(frozen=True)
+class VendorErrors:
+    """``count`` errors of provider ``vendor`` of kind ``kind`` (`ProviderError.kind`)."""
+
+    vendor: str
+    kind: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Tallied:
+    """What the worker counted since its last `Tallied` (deltas, see `gateway.tally`):
+    vendor errors, failovers by stage, refused stream connections by reason."""
+
+    TYPE: ClassVar[str] = "tally"
+    vendor_errors: tuple[VendorErrors, ...] = ()
+    failovers: dict[str, int] = dataclasses.field(default_factory=dict)
+    streams_refused: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class PushResult:
     """The answer to `PushReply` ``request_id``."""
 
@@ -214,6 +235,7 @@ Report = (
     | TurnRecorded
     | LegChanged
     | RegistrationChanged
+    | Tallied
     | PushResult
     | DialResult
 )

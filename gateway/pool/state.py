@@ -27,6 +27,30 @@ class DialTarget:
     uri: str
 
 
+@dataclass(frozen=True)
+class LiveCall:
+    """A call in progress on a worker, as its start was reported (for the console)."""
+
+    sip_call_id: str
+    call_uuid: str | None
+    from_uri: str | None
+    to_uri: str | None
+    direction: str
+    started_at: float  # unix time the worker reported
+
+    def as_dict(self, worker: int) -> dict[str, Any]:
+        """JSON-friendly view, with the worker's index."""
+        return {
+            "worker": worker,
+            "sip_call_id": self.sip_call_id,
+            "call_uuid": self.call_uuid,
+            "from_uri": self.from_uri,
+            "to_uri": self.to_uri,
+            "direction": self.direction,
+            "started_at": self.started_at,
+        }
+
+
 @dataclass
 class WorkerInfo:
     """One worker slot of the pool (the process in it may be restarted)."""
@@ -46,6 +70,7 @@ class WorkerInfo:
     # Calls without a conversation holding a call slot (a warm transfer's call to the
     # human), by SIP Call-ID.
     legs: set[str] = field(default_factory=set)
+    live: dict[str, LiveCall] = field(default_factory=dict)  # SIP Call-ID -> its start
     restarts: int = 0
     started_at: float = 0.0
 
@@ -162,6 +187,13 @@ class PoolState:
             now = self._clock()
             return [w.as_dict(now) for w in self.workers]
 
+    def live_calls(self) -> list[dict[str, Any]]:
+        """The calls in progress whose start was reported, oldest first, each with its
+        worker's index (`LiveCall.as_dict`)."""
+        with self._lock:
+            calls = [c.as_dict(w.index) for w in self.workers for c in w.live.values()]
+        return sorted(calls, key=lambda c: c["started_at"])
+
     def total_calls(self) -> int:
         """Calls in progress across the pool."""
         with self._lock:
@@ -186,6 +218,7 @@ class PoolState:
             w.up, w.pid = False, None
             w.restarts += 1
             w.calls.clear()
+            w.live.clear()
             w.legs.clear()
             w.uuids.clear()
             w.reservations.clear()
@@ -200,11 +233,16 @@ class PoolState:
             w = self.workers[index]
             w.registered, w.registration = registered, status
 
-    def call_started(self, index: int, sip_call_id: str, call_uuid: str | None) -> None:
-        """A worker took a call; its reservation (if any) becomes a call."""
+    def call_started(
+        self, index: int, sip_call_id: str, call_uuid: str | None, live: LiveCall | None = None
+    ) -> None:
+        """A worker took a call; its reservation (if any) becomes a call.  ``live``: what
+        the worker reported of it, listed by `live_calls`."""
         with self._lock:
             w = self.workers[index]
             w.calls.add(sip_call_id)
+            if live is not None:
+                w.live[sip_call_id] = live
             if call_uuid:
                 w.uuids[call_uuid] = sip_call_id
                 for other in self.workers:
@@ -215,6 +253,7 @@ class PoolState:
         with self._lock:
             w = self.workers[index]
             w.calls.discard(sip_call_id)
+            w.live.pop(sip_call_id, None)
             for uuid in [u for u, c in w.uuids.items() if c == sip_call_id]:
                 del w.uuids[uuid]
 

@@ -9,7 +9,8 @@ port and RTP port range.  The supervisor:
   background; only that respawn backs off when processes keep dying);
 * keeps `PoolState` up to date from the workers' reports, which the answer_url app reads to
   route each call to a worker with a free slot;
-* records each worker's calls in the call-record store;
+* records each worker's calls in the call-record store, and counts them in the pool's
+  Prometheus metrics (`gateway.pool.metrics`, served by the app at ``/metrics``);
 * on SIGTERM, SIGINT or SIGQUIT drains: no new calls are routed or accepted, calls in
   progress may finish for ``pool.drain_timeout_s``, then the workers stop and the
   supervisor exits 0.  A second signal stops at once (calls are hung up).  Workers ignore
@@ -45,6 +46,7 @@ from typing import IO, Any, Protocol
 from gateway.edge.process import Edge, EdgeError, find_kamailio
 from gateway.pool import protocol
 from gateway.pool.edge_plan import edge_plan, edge_uri
+from gateway.pool.metrics import PoolMetrics
 from gateway.pool.outcomes import PlaceCall, PushReply
 from gateway.pool.plan import auto_workers, plan_pool
 from gateway.pool.processes import Child, WorkerProcesses
@@ -58,11 +60,12 @@ from gateway.pool.protocol import (
     Loaded,
     PushResult,
     RegistrationChanged,
+    Tallied,
     TurnRecorded,
     Up,
 )
 from gateway.pool.relay import Relay
-from gateway.pool.state import PoolState
+from gateway.pool.state import LiveCall, PoolState
 from gateway.records.model import SipCallEnd
 from gateway.records.store import CallRecords
 from gateway.stream.auth import new_secret
@@ -84,9 +87,10 @@ class AppServer(Protocol):
 
 class StartApp(Protocol):
     """Starts the answer_url app (`xml_app.pool_app.start_pool_app`): the pool's state to
-    route by, its records, its requests (pushed replies, outbound calls), and the
-    operator's output.  Returns the server and the app's URL, or None when the app's
-    settings leave it off (said on ``say``); ConfigError when it cannot listen."""
+    route by, its records, its requests (pushed replies, outbound calls), the operator's
+    output, and the pool's metrics (served at ``/metrics``).  Returns the server and the
+    app's URL, or None when the app's settings leave it off (said on ``say``);
+    ConfigError when it cannot listen."""
 
     def __call__(
         self,
@@ -96,6 +100,7 @@ class StartApp(Protocol):
         push: PushReply,
         dial: PlaceCall,
         say: Callable[[str], None],
+        metrics: PoolMetrics,
     ) -> tuple[AppServer, str] | None: ...
 
 
@@ -124,6 +129,7 @@ class Supervisor:
         self.out = out if out is not None else sys.stderr
         self.tasks: set[asyncio.Task[Any]] = set()
         self.registers = settings.sip.mode == "register"
+        self.metrics = PoolMetrics(self.state, registers=self.registers)
         self.edge: Edge | None = None
         self.workers = WorkerProcesses(self, self.plans)
         self.relay = Relay(self, self.workers)
@@ -159,12 +165,24 @@ class Supervisor:
                     self.state.set_registration(index, msg.registered, msg.status)
             case CallStarted() if index is not None:
                 start = msg.record
-                self.state.call_started(index, start.sip_call_id, start.call_uuid)
+                live = LiveCall(
+                    start.sip_call_id,
+                    start.call_uuid,
+                    start.from_uri,
+                    start.to_uri,
+                    start.direction,
+                    start.at,
+                )
+                self.state.call_started(index, start.sip_call_id, start.call_uuid, live)
+                self.metrics.call_started(start)
                 self._record("sip_call_started", lambda r: r.sip_call_started(start, index))
             case LegChanged() if index is not None:
                 self.state.leg_changed(index, msg.sip_call_id, msg.up)
             case TurnRecorded() if index is not None:
+                self.metrics.turn(msg.record)
                 self._record("call_turn", lambda r: r.call_turn(msg.record))
+            case Tallied():
+                self.metrics.tallied(msg)
             case PushResult() | DialResult():
                 self.relay.answer(msg)
             case CallEnded() if index is not None:
@@ -173,7 +191,7 @@ class Supervisor:
                 if end.call_uuid:
                     # An outbound call that was never answered still holds its reservation.
                     self.state.release(end.call_uuid)
-                self._record_end(end, index)
+                self._call_ended(end, index)
             case Up() | RegistrationChanged() | CallStarted() | CallEnded() | TurnRecorded():
                 pass  # from a process not (yet) given an index: nothing to update
             case LegChanged():
@@ -201,15 +219,19 @@ class Supervisor:
         )
 
     def worker_gone(self, index: int) -> None:
-        """Worker ``index``'s process ended: the edge stops sending it calls, and the calls
-        it held end (in the pool's state and the records)."""
+        """Worker ``index``'s process ended: the edge stops sending it calls, the calls it
+        held end (in the pool's state, the metrics and the records), and unless the pool
+        is stopping it counts as a restart (the processes restart it)."""
         if self.edge is not None and not self.workers.stopping and index < len(self.sip_plans):
             self.own(self.edge.set_worker(self.plans[index].address, False))
+        if not self.workers.stopping:
+            self.metrics.worker_restarted(self.plans[index].kind)
         lost = self.state.worker_down(index)
         for sip_call_id in lost:
-            self._record_end(SipCallEnd(sip_call_id, None, "worker died", time.time()), index)
+            self._call_ended(SipCallEnd(sip_call_id, None, "worker died", time.time()), index)
 
-    def _record_end(self, end: SipCallEnd, index: int) -> None:
+    def _call_ended(self, end: SipCallEnd, index: int) -> None:
+        self.metrics.call_ended(end)
         self._record("sip_call_ended", lambda r: r.sip_call_ended(end, index))
 
     def _record(self, what: str, write: Callable[[CallRecords], None]) -> None:
@@ -421,7 +443,13 @@ async def _serve(settings: Settings, workers: int, start_app: StartApp | None) -
             # Before the workers: they are told the app's URL for the bot's pushed replies.
             relay = sup.relay
             started = start_app(
-                settings, sup.state, records, relay.push_threadsafe, relay.dial_threadsafe, sup.say
+                settings,
+                sup.state,
+                records,
+                relay.push_threadsafe,
+                relay.dial_threadsafe,
+                sup.say,
+                sup.metrics,
             )
             if started is not None:
                 server, app_url = started

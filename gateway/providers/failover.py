@@ -8,6 +8,10 @@ stream cut halfway, an LLM stream dropped after its first words) is not replayed
 caller already heard part of it — and the error goes up to the conversation, which plays
 its apology.  Every failure is logged with the provider and the kind of error; keys never
 appear in messages.
+
+Every failure is also counted for the metrics (`gateway.tally`): a vendor error by provider
+and kind, and a failover by stage each time a secondary provider is tried.  Retries on the
+primary are not failovers (their errors are counted).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from gateway.providers.base import (
     SttStream,
     TtsProvider,
 )
+from gateway.tally import TALLY, count_vendor_error, counted
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,14 @@ def _failure(name: str, exc: Exception, timeout_s: float, waiting_for: str) -> P
     if isinstance(exc, TimeoutError):
         return ProviderError(name, "timeout", f"no {waiting_for} within {timeout_s:g} s")
     return ProviderError(name, "failed", f"{type(exc).__name__}: {exc}")
+
+
+def _count(name: str, exc: BaseException) -> None:
+    """Count an error a provider raised after it started (it goes up to the turn)."""
+    if isinstance(exc, ProviderError):
+        count_vendor_error(exc)
+    elif isinstance(exc, Exception):
+        TALLY.vendor_error(name, "failed")
 
 
 def _attempts(chain: Sequence[object], retries: int) -> list[int]:
@@ -80,6 +93,8 @@ class ResilientTts(TtsProvider):
         last: BaseException | None = None
         for i in _attempts(self.chain, self.retries):
             provider = self.chain[i]
+            if i:
+                TALLY.failover("tts")
             chunks = provider.synthesize(text)
             try:
                 first = await asyncio.wait_for(anext(chunks), self.timeout_s)
@@ -90,6 +105,7 @@ class ResilientTts(TtsProvider):
                 raise
             except Exception as exc:
                 last = _failure(provider.name, exc, self.timeout_s, "first audio")
+                count_vendor_error(last)
                 log.warning("TTS %s failed before any audio: %s", provider.name, last)
                 await _aclose(chunks)
                 continue
@@ -97,10 +113,15 @@ class ResilientTts(TtsProvider):
                 yield first
                 async for chunk in chunks:
                     yield chunk
+            except Exception as exc:
+                _count(provider.name, exc)
+                raise
             finally:
                 await _aclose(chunks)
             return
-        raise ProviderError("tts", "failed", f"every TTS provider failed (last: {_why(last)})")
+        raise counted(
+            ProviderError("tts", "failed", f"every TTS provider failed (last: {_why(last)})")
+        )
 
     async def close(self) -> None:
         """Close every provider of the chain."""
@@ -134,6 +155,8 @@ class _ResilientSttStream(SttStream):
     async def _open(self) -> None:
         while self.index < len(self.attempts):
             provider = self.owner.chain[self.attempts[self.index]]
+            if self.attempts[self.index]:
+                TALLY.failover("stt")
             try:
                 stream = await asyncio.wait_for(provider.open_stream(), self.owner.timeout_s)
                 for pcm in self.audio:
@@ -142,6 +165,7 @@ class _ResilientSttStream(SttStream):
                 raise
             except Exception as exc:
                 self.last = _failure(provider.name, exc, self.owner.timeout_s, "connection")
+                count_vendor_error(self.last)
                 log.warning("STT %s failed to start: %s", provider.name, self.last)
                 self.index += 1
                 continue
@@ -163,6 +187,7 @@ class _ResilientSttStream(SttStream):
         except Exception as exc:
             provider = self.owner.chain[self.attempts[self.index]]
             self.last = _failure(provider.name, exc, self.owner.timeout_s, "audio accepted")
+            count_vendor_error(self.last)
             log.warning("STT %s failed while listening: %s", provider.name, self.last)
             with contextlib.suppress(Exception):
                 await self.stream.cancel()
@@ -176,8 +201,10 @@ class _ResilientSttStream(SttStream):
             if self.stream is None:
                 await self._open()
                 if self.stream is None:
-                    raise ProviderError(
-                        "stt", "failed", f"every STT provider failed (last: {_why(self.last)})"
+                    raise counted(
+                        ProviderError(
+                            "stt", "failed", f"every STT provider failed (last: {_why(self.last)})"
+                        )
                     )
             provider = self.owner.chain[self.attempts[self.index]]
             stream, self.stream = self.stream, None
@@ -189,6 +216,7 @@ class _ResilientSttStream(SttStream):
                 raise
             except Exception as exc:
                 self.last = _failure(provider.name, exc, self.owner.timeout_s, "final transcript")
+                count_vendor_error(self.last)
                 log.warning("STT %s failed to finish: %s", provider.name, self.last)
                 with contextlib.suppress(Exception):
                     await stream.cancel()
@@ -262,6 +290,8 @@ class _ResilientReply(ReplyStream):
         last: BaseException | None = None
         for i in _attempts(self.owner.chain, self.owner.retries):
             brain = self.owner.chain[i]
+            if i:
+                TALLY.failover("brain")
             stream = self._open(brain)
             self.current = stream
             pieces = aiter(stream)
@@ -275,15 +305,20 @@ class _ResilientReply(ReplyStream):
                 raise
             except Exception as exc:
                 last = _failure(brain.name, exc, self.owner.timeout_s, "first words")
+                count_vendor_error(last)
                 log.warning("brain %s failed before its first words: %s", brain.name, last)
                 await stream.aclose()
                 continue
-            yield first
-            async for piece in pieces:
-                yield piece
+            try:
+                yield first
+                async for piece in pieces:
+                    yield piece
+            except Exception as exc:
+                _count(brain.name, exc)
+                raise
             self.reply = stream.reply
             return
-        raise ProviderError("brain", "failed", f"every brain failed (last: {_why(last)})")
+        raise counted(ProviderError("brain", "failed", f"every brain failed (last: {_why(last)})"))
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._pieces()

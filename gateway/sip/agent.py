@@ -44,6 +44,9 @@ from gateway.sip.transfer import Transfers
 
 log = logging.getLogger(__name__)
 
+GATEWAY_STOPPING = "gateway stopping"
+"""End reason of the calls still up when the user agent stops."""
+
 
 class CallEvents(Protocol):
     """Receives call life-cycle events on the pj thread."""
@@ -109,6 +112,7 @@ class AgentUA:
         self.pj.on_started(self._create_account)
         self.pj.on_stopping(self._stop_accepting)
         self.pj.on_stopping(self._begin_stopping)
+        self.pj.on_stopping(self._name_stopped_calls)
         self.pj.on_stopping(self._hangup_all)
         self.pj.on_destroy(self._drop_objects)
 
@@ -432,6 +436,13 @@ class AgentUA:
         self.calls.clear()
         self.ports.clear()
         self.account = None
+
+    def _name_stopped_calls(self) -> None:
+        """The calls still up when SIP stops end because the gateway stops (the records'
+        and the metrics' end reason), unless they had a reason already."""
+        for call in self.calls.values():
+            if call.handle is not None and not call.handle.end_reason:
+                call.handle.end_reason = GATEWAY_STOPPING
 
     def _hangup_all(self) -> None:
         for call_id in list(self.calls):

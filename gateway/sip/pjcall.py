@@ -256,5 +256,7 @@ class AgentCall(pj.Call):  # type: ignore[misc]
             return 408
         if handle.answered_at and now - handle.answered_at >= max_call_s:
             log.warning("call %s reached the maximum duration", handle.sip_call_id)
+            if not handle.end_reason:
+                handle.end_reason = "max duration"
             return 200
         return None

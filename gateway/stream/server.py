@@ -54,6 +54,7 @@ from gateway.records.model import SipCallEnd, SipCallStart
 from gateway.records.recording import CallRecorder
 from gateway.stream import auth, events
 from gateway.stream.call import Pacer, StreamCall, StreamPlayout, stream_context
+from gateway.tally import TALLY
 from sip_config import Settings
 
 log = logging.getLogger("sipagent.stream")
@@ -213,6 +214,7 @@ class StreamWorker:
     # -- the upgrade --------------------------------------------------------------------------
     def _refuse(self, reason: str, detail: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
+        TALLY.stream_refused(reason)
         log.warning("stream connection refused (%s): %s", reason, detail)
 
     def _authorize(self, connection: ServerConnection, request: Request) -> Response | None:

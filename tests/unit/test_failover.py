@@ -20,6 +20,7 @@ from gateway.providers.base import (
     TtsProvider,
 )
 from gateway.providers.failover import ResilientBrain, ResilientStt, ResilientTts
+from gateway.tally import TALLY, count_vendor_error
 
 CTX = CallContext(call_id="c1")
 
@@ -364,5 +365,52 @@ def test_brain_generates_ahead_only_when_every_brain_of_the_chain_can() -> None:
         assert (primary.held, secondary.held) == (["hours?"], ["hours?"])
         stream.keep()  # kept: passed to the brain that answered
         assert secondary.kept == ["hours?"] and primary.kept == []
+
+    run(body())
+
+
+# -- what the metrics are told (gateway.tally) -------------------------------------------------
+
+
+def test_every_failed_attempt_and_every_failover_is_counted() -> None:
+    async def body() -> None:
+        TALLY.take()
+        tts = ResilientTts([Tts("elevenlabs", "error"), Tts("piper")], first_audio_timeout_s=1.0)
+        await collect(tts.synthesize("hi"))  # two errors on the primary, then the secondary
+        stt = ResilientStt([Stt("deepgram", "drop"), Stt("pocketsphinx")], final_timeout_s=1.0)
+        await utterance(stt)  # dropped mid-utterance, and again on the retry's replay
+        brain = ResilientBrain(
+            [StreamBrain("openai", "error"), StreamBrain("scripted")], first_token_timeout_s=1.0
+        )
+        await brain.respond("hours?", CTX)
+        delta = TALLY.take()
+        assert delta.vendor_errors == {
+            ("elevenlabs", "http"): 2,
+            ("deepgram", "disconnect"): 2,
+            ("openai", "auth"): 2,
+        }
+        assert delta.failovers == {"tts": 1, "stt": 1, "brain": 1}
+
+    run(body())
+
+
+def test_an_error_after_audio_started_is_counted_once_and_a_summary_never() -> None:
+    async def body() -> None:
+        TALLY.take()
+        tts = ResilientTts([Tts("elevenlabs", "cut"), Tts("piper")], first_audio_timeout_s=1.0)
+        with pytest.raises(ProviderError) as cut:
+            await collect(tts.synthesize("hi"))
+        count_vendor_error(cut.value)  # the turn it failed sees it again
+        both = ResilientTts([Tts("a", "error"), Tts("b", "error")], first_audio_timeout_s=1.0)
+        with pytest.raises(ProviderError) as every:
+            await collect(both.synthesize("hi"))
+        count_vendor_error(every.value)  # "every TTS provider failed": counted one by one
+        delta = TALLY.take()
+        assert delta.vendor_errors == {
+            ("elevenlabs", "disconnect"): 1,
+            ("a", "http"): 2,
+            ("b", "http"): 1,
+        }
+        assert delta.failovers == {"tts": 1}
 
     run(body())

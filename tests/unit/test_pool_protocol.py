@@ -32,8 +32,10 @@ from gateway.pool.protocol import (
     RegistrationChanged,
     Start,
     Stop,
+    Tallied,
     TurnRecorded,
     Up,
+    VendorErrors,
 )
 from gateway.pool.supervisor import Supervisor
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
@@ -78,6 +80,12 @@ MESSAGES: list[protocol.Message] = [
     ),
     LegChanged("human-leg", True),
     RegistrationChanged(False, "403 Forbidden"),
+    Tallied(
+        vendor_errors=(VendorErrors("deepgram", "timeout", 2),),
+        failovers={"tts": 1},
+        streams_refused={"no-start": 3},
+    ),
+    Tallied(),
     PushResult(7, PushOutcome(PushStatus.REFUSED, "this brain takes no pushed replies")),
     DialResult(8, DialOutcome(DialStatus.PLACED, sip_call_id="xyz@127.0.0.1")),
     DialResult(9, DialOutcome(DialStatus.BAD_TARGET, "not a SIP URI: 'bob'")),

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from gateway.audio.pcm import write_wav
 from gateway.devtools.demo import AgentProcess, free_udp_tcp_port
 from gateway.devtools.plivo_stream import StreamTarget, answer_params, fetch_stream_answer
 from tests.fakes.bot import FakeBot
-from tests.fakes.http import Reply, get_json
+from tests.fakes.http import Reply, get_json, request
 from tests.fakes.plivo_api import FakePlivoApi
 from tests.fakes.plivo_stream import heard, open_raw, plivo_stream, start_message
 from tests.helpers.wire import (
@@ -394,7 +395,33 @@ def test_connections_not_from_plivo_are_refused_and_calls_go_on(gateway: Gateway
     # No worker restarted, and nothing reached the conversation of the refused ones.
     _, ready = get_json(gateway.pool.app_url + "/readyz")  # type: ignore[operator]
     assert [w["restarts"] for w in ready["workers"]] == [0], ready
-    assert sum(1 for ln in gateway.pool.lines if "stream connection refused" in ln) >= 8
+    logged = sum(1 for ln in gateway.pool.lines if "stream connection refused" in ln)
+    assert logged >= 8
+    # Each refusal is in the metrics too, by reason (the worker reports within seconds).
+    refused: dict[str, float] = {}
+
+    def counted() -> bool:
+        status, body = request(gateway.pool.app_url + "/metrics")  # type: ignore[operator]
+        assert status == 200
+        refused.clear()
+        for family in text_string_to_metric_families(body.decode()):
+            if family.name == "sipagent_streams_refused":
+                refused.update({s.labels["reason"]: s.value for s in family.samples})
+        return sum(refused.values()) >= logged
+
+    wait_for(counted, 10, "the refused streams in /metrics")
+    assert sum(refused.values()) == logged, refused
+    for reason in (
+        "unsigned",
+        "forged",
+        "replayed",
+        "in_use",
+        "bad_start",
+        "wrong_call",
+        "no_start",
+    ):
+        assert refused[reason] >= 1, refused
+    assert refused["bad_token"] >= 2 and "other" not in refused, refused
 
 
 def test_a_bot_pushes_a_reply_into_a_stream_call(tmp_path: Path) -> None:
