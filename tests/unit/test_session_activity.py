@@ -82,6 +82,8 @@ def test_a_barge_in_is_listening_at_once(speech_8k: Speak) -> None:
             await call.turn(1)
             await listening_again(call, 6)
             assert call.activity_seq() == ["thinking", "speaking", "listening"] * 2
+            cut = clock.agent_loud.index(False, 1)  # the first tick without greeting audio
+            assert clock.times[cut - 1] <= call.activity_at("listening") <= clock.times[cut]
             await call.hang_up()
         finally:
             await call.stop()
