@@ -334,6 +334,8 @@ def console_blueprint(
                     "from": show_number(numbers.get("from_number") or c["from_uri"]),
                     "to": show_number(numbers.get("to_number") or c["to_uri"]),
                     "direction": c["direction"],
+                    # One of `gateway.pipeline.activity.ACTIVITIES`, or None (none reported yet).
+                    "activity": c["activity"],
                     "duration_s": max(0, round(now - c["started_at"])),
                     "key": c["call_uuid"] or "sip:" + c["sip_call_id"],
                 }

@@ -33,9 +33,11 @@ class Speaker:
         # Called each time audio is queued, with the seconds of it still to play (the
         # reply's silence deadline moves past them); once all of a speech is queued (no
         # vendor can keep the caller waiting any more); and when a speech is over (the
-        # caller's silence is counted from there).
+        # caller's silence is counted from there). `on_start`: a speech began (its first
+        # piece is there).
         self.on_audio: Callable[[float], None] = _queued
         self.on_synthesised: Callable[[], None] = _nothing
+        self.on_start: Callable[[], None] = _nothing
         self.on_done: Callable[[], None] = _nothing
 
     def busy(self) -> bool:
@@ -68,6 +70,7 @@ class Speaker:
                     # barge-in).  The sink is empty: the next frame out is this reply's.
                     self.speaking = True
                     sink.mark()
+                    self.on_start()
                 chunks = (synthesize or self.tts.synthesize)(piece)
                 try:
                     async for pcm in chunks:

@@ -72,7 +72,8 @@ class Replies:
         # The caller's words kept until the brain has answered: if the caller talks on
         # first, the next turn includes them.
         self.carry_text = ""
-        # Called when a reply task is over (done, failed or cancelled).
+        # Called when a reply task starts, and when it is over (done, failed or cancelled).
+        self.on_start: Callable[[], None] = _nothing
         self.on_done: Callable[[], None] = _nothing
         speaker.on_audio = self._audio_flowing
         speaker.on_synthesised = self._synthesised
@@ -100,6 +101,7 @@ class Replies:
         limit = self.opt.reply_deadline_s if deadline else None
         self.task = asyncio.ensure_future(self._guard(coro, limit))
         self.task.add_done_callback(lambda _: self.on_done())
+        self.on_start()
 
     async def close(self) -> None:
         """Cancel the reply in progress and wait for it (the call ended)."""

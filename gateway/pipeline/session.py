@@ -15,6 +15,10 @@ alone or collected into an entry as the brain asked (`gateway.pipeline.keypad`),
 caller turn the brain answers (`Brain.respond_keys`). Speech or keys, whichever comes
 first: a key drops the speech in progress; once an entry has begun, speech is ignored until
 it ends.
+
+What the agent is doing (`CallSession.activity`) is derived from the parts' state and
+reported on change (``on_activity``): checked where the floor moves, where a reply or a
+speech starts, and on the watchdog's tick (hold and transfers change without an event here).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable
 
 from gateway.audio.pcm import FRAME_MS
 from gateway.pipeline import clock
+from gateway.pipeline.activity import Activity
 from gateway.pipeline.keypad import KeypadEntry
 from gateway.pipeline.listening import CallerTurn, Listener
 from gateway.pipeline.options import ConversationOptions, Prompts
@@ -64,6 +69,7 @@ class CallSession:
         options: ConversationOptions,
         on_turn: Callable[[TurnRecord], None] | None = None,
         prompts: Prompts | None = None,
+        on_activity: Callable[[Activity], None] | None = None,
     ) -> None:
         self.call = call
         self.brain = brain
@@ -71,6 +77,7 @@ class CallSession:
         self.ctx = call.context
         self.speaker = Speaker(call.playout, tts)
         self.speaker.on_done = self._touch
+        self.speaker.on_start = self._speech_started
         self.listener = Listener(call.call_id, stt, options)
         self.keypad = KeypadEntry()
         self.pushed = PushedReplies(brain, call.call_id)
@@ -88,6 +95,7 @@ class CallSession:
             on_turn,
         )
         self.replies.on_done = self._floor_moved
+        self.replies.on_start = self._reply_started
         # Set where the floor may have been freed (`_busy`): a reply task ended, a speech
         # was over or cut off, the caller's speech started or ended.
         self._floor_changed = asyncio.Event()
@@ -97,6 +105,10 @@ class CallSession:
         self._keys_barged = False  # the first key of the entry under way cut the agent off
         self.barge_ins = 0
         self.keys_pressed = 0
+        # Told what the agent does whenever that changes (on the loop; never after run()).
+        self._on_activity = on_activity
+        self._reported: Activity | None = None  # the activity last reported
+        self._reply_spoke = False  # the reply task under way began to speak
 
     @property
     def records(self) -> list[TurnRecord]:
@@ -133,6 +145,7 @@ class CallSession:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        self._on_activity = None  # the call is over: what its parts do now is no activity
         await self.replies.close()
         with contextlib.suppress(Exception):
             await self.listener.drop()
@@ -225,6 +238,37 @@ class CallSession:
 
     def _floor_moved(self) -> None:
         self._floor_changed.set()
+        self._check_activity()
+
+    def activity(self) -> Activity:
+        """What the agent is doing now (the first that holds, in this order): transferring,
+        on hold, speaking (also while the reply that spoke runs its actions), thinking (a
+        reply on its way, nothing of it said yet), else listening."""
+        if self.handed_over():
+            return "transferring"
+        if self.call.on_hold:
+            return "on-hold"
+        replying = self.replies.pending()
+        if self.agent_speaking() or (replying and self._reply_spoke):
+            return "speaking"
+        return "thinking" if replying else "listening"
+
+    def _reply_started(self) -> None:
+        self._reply_spoke = False
+        self._check_activity()
+
+    def _speech_started(self) -> None:
+        self._reply_spoke = True
+        self._check_activity()
+
+    def _check_activity(self) -> None:
+        """Report the activity if it changed since the last report."""
+        if self._on_activity is None:
+            return
+        now = self.activity()
+        if now != self._reported:
+            self._reported = now
+            self._on_activity(now)
 
     async def _floor_free(self) -> None:
         """Return once nobody has the floor (`_busy` is False), re-checked where it may
@@ -318,6 +362,7 @@ class CallSession:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(0.2)
+            self._check_activity()  # hold and transfers move without an event
             if self.call.on_hold:
                 # The caller put us on hold: no "are you there?" until they are back.
                 self._last_activity = clock.now()

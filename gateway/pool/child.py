@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.pool import protocol
 from gateway.pool.outcomes import DialOutcome, DialStatus
 from gateway.pool.protocol import (
+    CallActivity,
     CallEnded,
     CallStarted,
     Command,
@@ -59,6 +60,7 @@ from gateway.pool.protocol import (
 from gateway.tally import TALLY, TallyDelta
 
 if TYPE_CHECKING:
+    from gateway.pipeline.activity import Activity
     from gateway.pipeline.session import Prompts
     from gateway.pool.worker import AgentWorker
     from gateway.providers.registry import Providers
@@ -175,6 +177,10 @@ class _Reporter:
     def turn_recorded(self, turn: CallTurn) -> None:
         """Report an agent turn, to be stored with the call."""
         self.send(TurnRecorded(turn))
+
+    def activity_changed(self, sip_call_id: str, activity: Activity) -> None:
+        """Report what the agent now does on a call."""
+        self.send(CallActivity(sip_call_id, activity))
 
     def leg_changed(self, sip_call_id: str, up: bool) -> None:
         """Report a call slot taken or freed by a call without a conversation."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -15,6 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from gateway.audio.pcm import SAMPLE_RATE
+from gateway.pipeline.activity import Activity
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.pipeline.transport import CallMedia
 from gateway.pool.outcomes import PushOutcome, PushStatus
@@ -98,6 +100,9 @@ class WorkerListener(Protocol):
     def turn_recorded(self, turn: CallTurn) -> None:
         """An agent turn of a call is over (with its timings)."""
 
+    def activity_changed(self, sip_call_id: str, activity: Activity) -> None:
+        """What the agent does on a call changed (`CallSession.activity`)."""
+
 
 def turn_reporter(
     settings: Settings,
@@ -116,6 +121,16 @@ def turn_reporter(
             listener.turn_recorded(CallTurn(call_id, record_id(), rec.as_dict(), time.time()))
 
     return report
+
+
+def activity_reporter(
+    listener: WorkerListener | None, call_id: str
+) -> Callable[[Activity], None] | None:
+    """The session's ``on_activity`` for call ``call_id``: passes each change on to
+    ``listener`` (None without one: nothing to tell)."""
+    if listener is None:
+        return None
+    return functools.partial(listener.activity_changed, call_id)
 
 
 def start_recorder(settings: Settings, call: CallMedia, key: str) -> CallRecorder | None:

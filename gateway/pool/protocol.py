@@ -12,6 +12,7 @@ Supervisor → worker: `Configure` (always first), then `Start`, `Drain`, `Stop`
 
 Worker → supervisor: `Loaded` (providers ready), `Up`, `Failed` (cannot start), the call
 events `CallStarted` / `CallEnded` / `TurnRecorded` (records, see `gateway.records.model`),
+`CallActivity` (what the agent is doing on a call, for the console),
 `LegChanged` (a call slot taken or freed by a call without a conversation),
 `RegistrationChanged`, `Tallied` (counts for the metrics, see `gateway.tally`), and the
 answers `PushResult` / `DialResult`, which carry the
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar, Literal, TypeVar
 
+from gateway.pipeline.activity import Activity
 from gateway.pool.outcomes import DialOutcome, PushOutcome
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
 
@@ -167,6 +169,15 @@ class TurnRecorded:
 
 
 @dataclass(frozen=True)
+class CallActivity:
+    """What the agent now does on call ``sip_call_id`` (sent when that changes)."""
+
+    TYPE: ClassVar[str] = "activity"
+    sip_call_id: str
+    activity: Activity
+
+
+@dataclass(frozen=True)
 class LegChanged:
     """A call without a conversation (a warm transfer's call to the human) took a call
     slot (``up``) or freed it."""
@@ -233,6 +244,7 @@ Report = (
     | CallStarted
     | CallEnded
     | TurnRecorded
+    | CallActivity
     | LegChanged
     | RegistrationChanged
     | Tallied

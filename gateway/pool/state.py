@@ -12,8 +12,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+from gateway.pipeline.activity import ACTIVITIES, Activity
 
 WorkerKind = Literal["sip", "stream"]
 """A SIP worker (pjsua2, 4 calls) or a stream worker (Plivo audio streams over WebSocket)."""
@@ -29,7 +31,8 @@ class DialTarget:
 
 @dataclass(frozen=True)
 class LiveCall:
-    """A call in progress on a worker, as its start was reported (for the console)."""
+    """A call in progress on a worker, as its start was reported, and what the agent is
+    doing on it as last reported (None: nothing yet) (for the console)."""
 
     sip_call_id: str
     call_uuid: str | None
@@ -37,6 +40,7 @@ class LiveCall:
     to_uri: str | None
     direction: str
     started_at: float  # unix time the worker reported
+    activity: Activity | None = None
 
     def as_dict(self, worker: int) -> dict[str, Any]:
         """JSON-friendly view, with the worker's index."""
@@ -48,6 +52,7 @@ class LiveCall:
             "to_uri": self.to_uri,
             "direction": self.direction,
             "started_at": self.started_at,
+            "activity": self.activity,
         }
 
 
@@ -256,6 +261,19 @@ class PoolState:
             w.live.pop(sip_call_id, None)
             for uuid in [u for u, c in w.uuids.items() if c == sip_call_id]:
                 del w.uuids[uuid]
+
+    def set_activity(self, index: int, sip_call_id: str, activity: str) -> bool:
+        """What the agent now does on a live call of worker ``index``; ignored (False) for
+        a call not listed (its start unreported, or it ended) or a value not an `Activity`."""
+        if activity not in ACTIVITIES:
+            return False
+        with self._lock:
+            w = self.workers[index]
+            live = w.live.get(sip_call_id)
+            if live is None:
+                return False
+            w.live[sip_call_id] = replace(live, activity=activity)
+            return True
 
     def leg_changed(self, index: int, sip_call_id: str, up: bool) -> None:
         """A worker's call without a conversation took (``up``) or freed a call slot."""

@@ -51,6 +51,7 @@ from gateway.pool.outcomes import PlaceCall, PushReply
 from gateway.pool.plan import auto_workers, plan_pool
 from gateway.pool.processes import Child, WorkerProcesses
 from gateway.pool.protocol import (
+    CallActivity,
     CallEnded,
     CallStarted,
     DialResult,
@@ -178,6 +179,8 @@ class Supervisor:
                 self._record("sip_call_started", lambda r: r.sip_call_started(start, index))
             case LegChanged() if index is not None:
                 self.state.leg_changed(index, msg.sip_call_id, msg.up)
+            case CallActivity() if index is not None:
+                self.state.set_activity(index, msg.sip_call_id, msg.activity)
             case TurnRecorded() if index is not None:
                 self.metrics.turn(msg.record)
                 self._record("call_turn", lambda r: r.call_turn(msg.record))
@@ -194,7 +197,7 @@ class Supervisor:
                 self._call_ended(end, index)
             case Up() | RegistrationChanged() | CallStarted() | CallEnded() | TurnRecorded():
                 pass  # from a process not (yet) given an index: nothing to update
-            case LegChanged():
+            case LegChanged() | CallActivity():
                 pass  # likewise
             case _:  # a command: the worker side's bug
                 log.error("worker pid %d: unexpected control message %s", child.pid, msg.TYPE)

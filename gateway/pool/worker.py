@@ -20,6 +20,7 @@ from gateway.policy.transfer import (
 )
 from gateway.pool.conversations import (
     WorkerListener,
+    activity_reporter,
     conversation_options,
     push_reply,
     render_prompts,
@@ -165,6 +166,7 @@ class AgentWorker:
                 self.settings, self.listener, handle.sip_call_id, lambda: record_id(handle)
             ),
             prompts=self.prompts,
+            on_activity=activity_reporter(self.listener, handle.sip_call_id),
         )
         task = self.loop.create_task(session.run(), name=f"call-{handle.call_id}")
         self.sessions[handle.call_id] = task

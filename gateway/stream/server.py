@@ -42,6 +42,7 @@ from gateway.plivo.signature import (
 )
 from gateway.pool.conversations import (
     WorkerListener,
+    activity_reporter,
     conversation_options,
     push_reply,
     render_prompts,
@@ -386,6 +387,7 @@ class StreamWorker:
             options=self.options,
             on_turn=turn_reporter(settings, self.listener, start.call_id, lambda: record_id),
             prompts=self.prompts,
+            on_activity=activity_reporter(self.listener, start.call_id),
         )
         self.conversations[start.call_id] = session
         log.info("stream %s (call %s) from %s started", start.stream_id, start.call_id, _peer(ws))

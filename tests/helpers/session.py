@@ -20,6 +20,7 @@ import pytest
 
 from gateway.audio.pcm import FRAME_BYTES, FRAME_MS, SILENCE_FRAME, rms_dbfs, split_frames
 from gateway.audio.ring import PlayoutRing
+from gateway.pipeline.activity import Activity
 from gateway.pipeline.session import CallSession, ConversationOptions, Prompts, TurnRecord
 from gateway.pipeline.turns import TurnEvent
 from gateway.providers.base import BrainReply, CallContext
@@ -133,6 +134,16 @@ class Call:
     clock_task: asyncio.Task[None]
     turns: list[TurnRecord] = field(default_factory=list)
     hangups: list[str] = field(default_factory=list)
+    # What the session reported the agent doing (`on_activity`), with the loop time of each.
+    activities: list[tuple[float, Activity]] = field(default_factory=list)
+
+    def activity_seq(self) -> list[Activity]:
+        """The activities reported so far, in order."""
+        return [a for _, a in self.activities]
+
+    def activity_at(self, activity: Activity, nth: int = 0) -> float:
+        """The loop time of the `nth` report of `activity`."""
+        return [t for t, a in self.activities if a == activity][nth]
 
     async def until(self, what: str, cond: Callable[[], bool], timeout: float = 5.0) -> None:
         """Wait until `cond()` holds; fail (naming `what`) on timeout or a crashed session."""
@@ -205,6 +216,8 @@ def start_call(
     handle = make_handle()
     turns: list[TurnRecord] = []
     hangups: list[str] = []
+    activities: list[tuple[float, Activity]] = []
+    loop = asyncio.get_running_loop()
     call = SipCall(handle, hangup=hangups.append, **transport)
     call_session = CallSession(
         call,
@@ -214,11 +227,12 @@ def start_call(
         options=options,
         on_turn=turns.append,
         prompts=prompts,
+        on_activity=lambda a: activities.append((loop.time(), a)),
     )
     clock = MediaClock(handle)
     task = asyncio.ensure_future(call_session.run())
     clock_task = asyncio.ensure_future(clock.run())
-    return Call(call_session, call, clock, task, clock_task, turns, hangups)
+    return Call(call_session, call, clock, task, clock_task, turns, hangups, activities)
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

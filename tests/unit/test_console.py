@@ -231,6 +231,7 @@ def test_live_calls_and_the_pool(console: Console) -> None:
             "from": CALLER,
             "to": "a",
             "direction": "inbound",
+            "activity": None,  # nothing reported yet
             "duration_s": 7,
             "key": "uuid-1",
         }
@@ -239,6 +240,13 @@ def test_live_calls_and_the_pool(console: Console) -> None:
     assert [w["calls"] for w in state["workers"]] == [0, 1]
     page = console.client.get("/console/live", headers=BEARER).get_data(as_text=True)
     assert CALLER in page and 'class="worker up"' in page
+    assert 'class="activity' not in page
+    # What the agent does, as its worker reports it: a value and a class of the same name.
+    assert console.pool.set_activity(1, "live@host", "on-hold")
+    state = console.client.get("/console/live.json", headers=BEARER).get_json()
+    assert state["calls"][0]["activity"] == "on-hold"
+    page = console.client.get("/console/live", headers=BEARER).get_data(as_text=True)
+    assert '<span class="activity on-hold">on hold</span>' in page
     console.pool.call_ended(1, "live@host")
     console.pool.worker_down(0)
     state = console.client.get("/console/live.json", headers=BEARER).get_json()

@@ -5,6 +5,7 @@ at one."""
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import socket
 import typing
@@ -13,10 +14,12 @@ from types import SimpleNamespace
 import pytest
 
 from gateway.pool import protocol
-from gateway.pool.child import _IDLE, _next_command
+from gateway.pool.child import _IDLE, _next_command, _Reporter
+from gateway.pool.conversations import activity_reporter
 from gateway.pool.outcomes import DialOutcome, DialStatus, PushOutcome, PushStatus
 from gateway.pool.protocol import (
     BehindEdge,
+    CallActivity,
     CallEnded,
     CallStarted,
     Configure,
@@ -78,6 +81,7 @@ MESSAGES: list[protocol.Message] = [
     TurnRecorded(
         CallTurn("c1@host", None, {"turn": 1, "kind": "greeting", "total_ms": 640.0}, 9.0)
     ),
+    CallActivity("c1@host", "on-hold"),
     LegChanged("human-leg", True),
     RegistrationChanged(False, "403 Forbidden"),
     Tallied(
@@ -155,6 +159,10 @@ def test_fields_travel_as_plain_json() -> None:
             "start.edge: not an object",
         ),
         (b'{"type": "config", "settings": []}\n', "config.settings: not an object"),
+        (
+            b'{"type": "activity", "sip_call_id": "c", "activity": "dancing"}\n',
+            "activity.activity: 'dancing' is not one of",
+        ),
     ],
 )
 def test_a_line_that_is_not_a_message_says_what_is_wrong(line: bytes, problem: str) -> None:
@@ -216,3 +224,47 @@ def test_a_worker_logs_a_bad_line_and_reads_on(caplog: pytest.LogCaptureFixture)
         "bad control message: start: 'index' is missing",
         "unexpected control message loaded: ignored",
     ]
+
+
+def test_the_supervisor_keeps_what_the_agent_does_on_its_live_call() -> None:
+    sup = Supervisor(load_settings(None, env_file=None), 1, out=io.StringIO())
+    sup.state.worker_up(0, 4242, "sip:agent@127.0.0.1:5070", registers=False)
+    worker = SimpleNamespace(index=0, pid=4242)
+    spare = SimpleNamespace(index=None, pid=4243)
+
+    def activities() -> list[tuple[str, str | None]]:
+        return [(c["sip_call_id"], c["activity"]) for c in sup.state.live_calls()]
+
+    sup.handle(worker, CallStarted(SipCallStart("c1@host", "uuid-1", None, None, 1.0)))  # type: ignore[arg-type]
+    assert activities() == [("c1@host", None)]
+    for msg, child in (
+        (CallActivity("c1@host", "thinking"), worker),
+        (CallActivity("c1@host", "speaking"), worker),
+        (CallActivity("c1@host", "listening"), spare),  # from a process without an index
+        (CallActivity("other@host", "listening"), worker),  # no such call
+    ):
+        sup.handle(child, msg)  # type: ignore[arg-type]
+    assert activities() == [("c1@host", "speaking")]
+    sup.handle(worker, CallEnded(SipCallEnd("c1@host", "uuid-1", "bye", 2.0)))  # type: ignore[arg-type]
+    sup.handle(worker, CallActivity("c1@host", "listening"))  # type: ignore[arg-type]
+    assert activities() == []
+
+
+@pytest.mark.timeout(20)
+def test_a_workers_sessions_activity_reaches_the_supervisor_as_call_activity() -> None:
+    async def scenario() -> None:
+        reader, writer, own = await _pipe()
+        reporter = _Reporter(writer)
+        # What both worker kinds hand their conversations as `on_activity`.
+        report = activity_reporter(reporter, "c1@host")
+        assert report is not None
+        report("thinking")
+        report("speaking")
+        got = [await asyncio.wait_for(protocol.receive(reader), 5) for _ in range(2)]
+        assert got == [CallActivity("c1@host", "thinking"), CallActivity("c1@host", "speaking")]
+        writer.close()
+        own.close()
+        await asyncio.gather(*reporter.tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert activity_reporter(None, "c1@host") is None  # no supervisor: nothing to tell

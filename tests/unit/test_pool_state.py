@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.pool.plan import auto_workers, plan_pool, plan_workers
-from gateway.pool.state import DialTarget, PoolState
+from gateway.pool.state import DialTarget, LiveCall, PoolState
 from sip_config import ConfigError, Settings, load_settings
 
 
@@ -94,6 +94,27 @@ def test_calls_are_found_by_sip_call_id_or_call_uuid_while_in_progress() -> None
     state.call_started(0, "sip-c", "uuid-c")
     state.worker_down(0)
     assert state.find_call("uuid-c") is None and state.find_call("sip-b") is None
+
+
+def test_a_live_calls_activity_is_kept_until_it_ends_and_unknown_ones_ignored() -> None:
+    state = pool(2)
+    state.call_started(
+        1, "sip-a", "uuid-a", LiveCall("sip-a", "uuid-a", None, None, "inbound", 5.0)
+    )
+    state.call_started(0, "sip-b", None)  # its start not reported: not listed
+    assert [c["activity"] for c in state.live_calls()] == [None]
+    assert state.set_activity(1, "sip-a", "thinking")
+    assert state.set_activity(1, "sip-a", "speaking")
+    assert [(c["sip_call_id"], c["activity"]) for c in state.live_calls()] == [
+        ("sip-a", "speaking")
+    ]
+    assert not state.set_activity(1, "sip-a", "dancing")  # not an activity
+    assert not state.set_activity(0, "sip-a", "listening")  # another worker's call
+    assert not state.set_activity(0, "sip-b", "listening")  # not listed
+    assert [c["activity"] for c in state.live_calls()] == ["speaking"]
+    state.call_ended(1, "sip-a")
+    assert not state.set_activity(1, "sip-a", "listening")  # late, after the end
+    assert state.live_calls() == []
 
 
 def test_unregistered_worker_is_not_routed() -> None:

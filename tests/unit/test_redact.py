@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.pipeline.activity import Activity
 from gateway.pipeline.session import TurnRecord
 from gateway.pool.conversations import redact_turn, turn_reporter
 from gateway.records.model import CallTurn, SipCallEnd, SipCallStart
@@ -128,6 +129,9 @@ class _Listener:
 
     def turn_recorded(self, turn: CallTurn) -> None:
         self.turns.append(turn)
+
+    def activity_changed(self, sip_call_id: str, activity: Activity) -> None:
+        pass
 
 
 @pytest.mark.parametrize("redact_pii", [True, False])

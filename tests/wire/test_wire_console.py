@@ -1,6 +1,7 @@
 """The call console in a real browser (headless Chromium driven by Selenium through
 Debian's chromium-driver): `sipagent serve` with the app, the console and recordings; a
-call routed by the app as Plivo would is seen in the live list, ends, and its page shows
+call routed by the app as Plivo would is seen in the live list with what the agent is doing
+(changing without a reload: the caller puts the agent on hold), ends, and its page shows
 the transcript the worker logged, one waterfall bar group per turn and a playable
 recording; without the credential the page and the recording are refused.
 
@@ -32,6 +33,11 @@ pytestmark = [pytest.mark.wire, pytest.mark.timeout(240)]
 TOKEN = "console-wire-token"
 CALLER = "+14155551234"
 QUESTION = "What are your opening hours?"
+HOLD_S = 5  # the caller holds the agent this long after asking: the page polls every 2 s
+ACTIVITY = (
+    "const s = document.querySelector('#live-calls tr.call span.activity');"
+    "return s ? [s.textContent, s.className] : null;"
+)  # read at once in the page: the rows are replaced on every refresh
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "console-call.png"
 
 
@@ -102,7 +108,7 @@ def test_console_shows_a_real_call_live_then_its_page_and_recording(
         assert len(browser.find_elements(By.CSS_SELECTOR, "#workers tr.worker")) == 1
 
         call_uuid, uri, headers = answer(pool, CALLER)
-        call = start_call(uri, "--say", QUESTION, *headers)
+        call = start_call(uri, "--say", QUESTION, "--put-on-hold", str(HOLD_S), *headers)
         try:
             # The page updates itself: the call appears without a reload.
             wait.until(
@@ -111,6 +117,21 @@ def test_console_shows_a_real_call_live_then_its_page_and_recording(
             )
             row = browser.find_element(By.CSS_SELECTOR, "#live-calls tr.call").text
             assert row.startswith("0 ")  # worker 0
+            # What the agent does, as it changes: greeting, listening, answering, then
+            # held by the caller (a SIP re-INVITE the worker saw).
+            seen: list[list[str]] = []
+
+            def held(d: Chrome) -> bool:
+                shown = d.execute_script(ACTIVITY)
+                if shown and shown[0] and (not seen or seen[-1] != shown):
+                    seen.append(shown)
+                return bool(seen) and seen[-1][0] == "on hold"
+
+            wait.until(held, "the agent shown on hold")
+            assert seen[-1] == ["on hold", "activity on-hold"]
+            assert seen[0][0] in ("thinking", "speaking", "listening"), seen
+            assert all(cls == "activity " + text for text, cls in seen[:-1]), seen
+            assert browser.save_screenshot(str(tmp_path / "console-live.png"))
         finally:
             report = finish_call(call, timeout=120)
         assert report["returncode"] == 0 and report["answered"], report["stderr"][-2000:]

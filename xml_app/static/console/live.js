@@ -27,13 +27,24 @@
     rows.forEach(function (tr) { body.appendChild(tr); });
   }
 
+  // What the agent is doing: its text, and a class of the same name for its colour.
+  function activity(value) {
+    var span = document.createElement("span");
+    if (value) {
+      span.className = "activity " + value;
+      span.textContent = value.replace("-", " ");
+    }
+    return span;
+  }
+
   function render(state) {
     fill("live-calls", state.calls.map(function (c) {
       var link = document.createElement("a");
       link.href = callUrl.replace("KEY", encodeURIComponent(c.key));
       link.textContent = c.worker;
-      return row([link, c.from, c.to, c.direction, c.duration_s + " s"], "call");
-    }), "No calls in progress.", 5);
+      return row([link, c.from, c.to, c.direction, activity(c.activity), c.duration_s + " s"],
+                 "call");
+    }), "No calls in progress.", 6);
     fill("workers", state.workers.map(function (w) {
       return row([w.index, w.kind, w.state, w.pid || "", w.calls + "/" + w.max_calls,
                   w.free, w.registration, w.restarts], "worker " + w.state);
