@@ -96,7 +96,8 @@ def test_wrong_password_is_reported_and_retried_with_backoff(kam: Kamailio, tmp_
     with running_worker(tmp_path, register_settings(kam, "agent2", "wrong", port)) as w:
         # first_retry_s=1, max_retry_s=3: retries 1 s, 2 s, 3 s, 3 s after each failure.
         wait_until(lambda: len(kam.events("REJECTED", "agent2")) >= 4, 15, "four rejections")
-        wait_until(lambda: w.count("retrying in") >= 4, 2, "four failure reports")
+        # Each rejection is reported as it is handled; generous for a loaded machine.
+        wait_until(lambda: w.count("retrying in") >= 4, 5, "four failure reports")
         reports = [line for _, line in w.matching("not registered sip:agent2@127.0.0.1: ")]
         for line in reports:
             assert (
@@ -109,8 +110,10 @@ def test_wrong_password_is_reported_and_retried_with_backoff(kam: Kamailio, tmp_
 
         rejected = [e.at for e in kam.events("REJECTED", "agent2")]
         gaps = [b - a for a, b in itertools.pairwise(rejected)]
+        # Never sooner than the backoff; later only by the machine's load (a full run with
+        # Chromium beside it once took 1.84 s for the 1 s retry).
         for gap, delay in zip(gaps[:3], delays[:3], strict=True):
-            assert delay - 0.05 <= gap <= delay + 0.6, (gaps, delays)
+            assert delay - 0.05 <= gap <= delay + 0.95, (gaps, delays)
         assert kam.contacts("agent2") == []
         assert kam.events("REGISTERED", "agent2") == []
 
