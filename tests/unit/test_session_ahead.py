@@ -10,7 +10,7 @@ either asked at the turn's end (`respond_stream`) or ahead (`prepare_stream`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -19,7 +19,7 @@ from gateway.pipeline.session import ConversationOptions, TurnRecord
 from gateway.pipeline.turns import end_of_turn_for
 from gateway.providers.base import BrainReply, CallContext, ReplyStream
 from gateway.providers.fake import FakeStt, FakeSttStream
-from tests.helpers.session import QuickBrain, loud, run, speech, start_call
+from tests.helpers.session import Call, QuickBrain, loud, run, speech, start_call
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -162,25 +162,26 @@ def test_the_brain_remembers_only_the_kept_reply(steady_speech_8k: Speak) -> Non
     assert brain.heard == []  # never asked again at the turn's end
 
 
-def test_the_caller_going_on_drops_the_reply_and_counts_it(steady_speech_8k: Speak) -> None:
-    """A pause of 320 ms mid-turn: the reply generated in it (from the final 100 + 100 ms
-    into the pause) is dropped when the caller goes on, and the turn is answered once,
-    with all its words."""
-    brain = AheadBrain()
+def two_pieces(
+    speak: Speak,
+    brain: AheadBrain,
+    opts: ConversationOptions,
+    stt: ScriptedStt,
+    pause_ms: int,
+    meanwhile: Callable[[Call], Awaitable[None]] | None = None,
+) -> TurnRecord:
+    """The caller says "hello", pauses `pause_ms`, says "bye": the one reply's record
+    (`meanwhile` runs while the turn is under way; no second reply may follow)."""
     records: list[TurnRecord] = []
 
     async def scenario() -> None:
-        call = start_call(
-            brain, options(end_of_turn_ms=400), stt=ScriptedStt(["Hello.", "Bye."], 0.1)
-        )
+        call = start_call(brain, opts, stt=stt)
         try:
             await call.turn(0)
-            say = steady_speech_8k
-            call.clock.say(word(say, "hello") + quiet(320) + word(say, "bye") + quiet(1500))
-            # Dropped as soon as the caller goes on, not when the turn ends.
-            await call.until("the reply generated ahead to be dropped", lambda: bool(brain.dropped))
-            assert len(call.turns) == 1
-            assert brain.prepared == ["Hello."]  # before the next words were final
+            pcm = word(speak, "hello") + quiet(pause_ms) + word(speak, "bye") + quiet(1500)
+            call.clock.say(pcm)
+            if meanwhile is not None:
+                await meanwhile(call)
             records.append(await call.turn(1, timeout=5.0))
             await asyncio.sleep(1.0)
             assert len(call.turns) == 2
@@ -188,7 +189,23 @@ def test_the_caller_going_on_drops_the_reply_and_counts_it(steady_speech_8k: Spe
             await call.stop()
 
     run(scenario)
-    rec = records[0]
+    return records[0]
+
+
+def test_the_caller_going_on_drops_the_reply_and_counts_it(steady_speech_8k: Speak) -> None:
+    """A pause of 320 ms mid-turn: the reply generated in it (from the final 100 + 100 ms
+    into the pause) is dropped when the caller goes on, and the turn is answered once,
+    with all its words."""
+    brain = AheadBrain()
+
+    async def dropped_at_once(call: Call) -> None:
+        # Dropped as soon as the caller goes on, not when the turn ends.
+        await call.until("the reply generated ahead to be dropped", lambda: bool(brain.dropped))
+        assert len(call.turns) == 1
+        assert brain.prepared == ["Hello."]  # before the next words were final
+
+    stt = ScriptedStt(["Hello.", "Bye."], 0.1)
+    rec = two_pieces(steady_speech_8k, brain, options(), stt, 320, dropped_at_once)
     assert brain.prepared[0] == "Hello."
     assert brain.dropped[0] == "Hello."
     assert rec.user_text == "Hello. Bye."
@@ -216,25 +233,12 @@ def test_a_question_ends_the_turn_sooner(steady_speech_8k: Speak) -> None:
 def test_a_caller_pausing_after_and_is_not_answered_early(steady_speech_8k: Speak) -> None:
     """600 ms of pause would end the turn (400 ms), but not after "and": one turn, with
     both pieces, answered once."""
-    records: list[TurnRecord] = []
     brain = AheadBrain()
-
-    async def scenario() -> None:
-        stt = ScriptedStt(["I want the hours and", "the address."])
-        call = start_call(brain, options(end_of_turn_incomplete_ms=800), stt=stt)
-        try:
-            await call.turn(0)
-            say = steady_speech_8k
-            call.clock.say(word(say, "hello") + quiet(600) + word(say, "bye") + quiet(1500))
-            records.append(await call.turn(1, timeout=5.0))
-            await asyncio.sleep(1.0)
-            assert len(call.turns) == 2
-        finally:
-            await call.stop()
-
-    run(scenario)
-    assert records[0].user_text == "I want the hours and the address."
-    assert records[0].eot_wait_ms == 400.0
+    stt = ScriptedStt(["I want the hours and", "the address."])
+    opts = options(end_of_turn_incomplete_ms=800)
+    rec = two_pieces(steady_speech_8k, brain, opts, stt, 600)
+    assert rec.user_text == "I want the hours and the address."
+    assert rec.eot_wait_ms == 400.0
     # Not generated ahead after "and" (the caller goes on), only once the words were whole.
     assert brain.prepared == brain.kept == ["I want the hours and the address."]
     assert brain.dropped == [] and brain.heard == []

@@ -73,6 +73,19 @@ def cloud_settings(openai: FakeOpenAi, eleven: FakeElevenLabs, **extra: str) -> 
     return settings
 
 
+def deepgram_settings(
+    openai: FakeOpenAi, eleven: FakeElevenLabs, deepgram: FakeDeepgram
+) -> dict[str, str]:
+    """`cloud_settings` with Deepgram for speech-to-text."""
+    return cloud_settings(
+        openai,
+        eleven,
+        providers__stt="deepgram",
+        deepgram__api_key=deepgram.api_key,
+        deepgram__base_url=deepgram.url,
+    )
+
+
 def turns_of(agent: AgentProcess) -> list[dict[str, object]]:
     return [t for t in agent.turns() if t["kind"] != "greeting"]
 
@@ -94,13 +107,7 @@ def test_cloud_call_streams_uses_a_tool_and_ends_by_end_call(
         ToolCalls((ToolCall("end_call"),), text="Thanks for calling, goodbye!"),
     )
     openai_fake.tool_results["order_status"] = {"order": "42", "status": "ships tomorrow"}
-    settings = cloud_settings(
-        openai_fake,
-        eleven_fake,
-        providers__stt="deepgram",
-        deepgram__api_key=deepgram_fake.api_key,
-        deepgram__base_url=deepgram_fake.url,
-    )
+    settings = deepgram_settings(openai_fake, eleven_fake, deepgram_fake)
     with running_agent(tmp_path, **settings) as agent:
         report = place_call(
             uri(agent),
@@ -213,13 +220,7 @@ def test_a_caller_pausing_mid_sentence_is_answered_once_and_a_question_at_once(
     )
     openai_fake.by_position = True
     openai_fake.add(Text("One croissant and a coffee."), Text("Yes, until six."))
-    settings = cloud_settings(
-        openai_fake,
-        eleven_fake,
-        providers__stt="deepgram",
-        deepgram__api_key=deepgram_fake.api_key,
-        deepgram__base_url=deepgram_fake.url,
-    )
+    settings = deepgram_settings(openai_fake, eleven_fake, deepgram_fake)
     with running_agent(tmp_path, **settings) as agent:
         report = place_call(uri(agent), "--play", str(clip), "--say", "Are you open today?")
         turns = turns_of(agent)
