@@ -45,10 +45,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -793,9 +793,9 @@ def _roles(cpu: dict[str, float] | None, prefix: str) -> str:
     return ", ".join(parts)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", default="8,16,32,48,64", help="concurrent calls per step")
+def add_shared_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options both capacity benches take (this one and stream_capacity.py): the
+    mocked providers, turn-taking, the goals, the what-if experiments and the outputs."""
     ap.add_argument("--turns", type=int, default=4, help="caller utterances per call")
     ap.add_argument("--stt-ms", type=int, default=200, help="mocked STT final latency")
     ap.add_argument("--llm-ms", type=int, default=150, help="mocked LLM first token")
@@ -815,18 +815,7 @@ def main() -> int:
         default=0,
         help="vad.early_final_ms (0: STT finalises at end of turn, all mocked time is serial)",
     )
-    ap.add_argument("--stagger-ms", type=float, default=5.0, help="between call starts")
     ap.add_argument("--max-call-s", type=float, default=120.0, help="callers give up after")
-    ap.add_argument(
-        "--probes-per-worker",
-        type=int,
-        choices=range(0, 5),
-        default=1,
-        metavar="0-4",
-        help="measured (closed-loop) calls per worker (default 1); the others are open-loop"
-        " background calls whose media is pjmedia's C only: a lighter load generator"
-        " (4 = every call measured, ~1.6x the load generator's CPU)",
-    )
     ap.add_argument("--no-spare", action="store_true", help="pool.spare = false")
     ap.add_argument(
         "--experiment",
@@ -845,6 +834,42 @@ def main() -> int:
         "--clips-dir", type=Path, default=Path(tempfile.gettempdir()) / "sipagent-bench"
     )
     ap.add_argument("--json", type=Path, help="also write the raw step results here")
+
+
+S = TypeVar("S", bound=Step)
+
+
+def run_steps(steps: list[int], run: Callable[[int], S]) -> list[S]:
+    """Run each step (K concurrent calls) in turn, saying on stderr how long it took and
+    its first notes."""
+    results: list[S] = []
+    for k in steps:
+        ts = time.monotonic()
+        r = run(k)
+        results.append(r)
+        print(f"step K={k}: {time.monotonic() - ts:.0f} s", file=sys.stderr, flush=True)
+        for note in r.notes[:8]:
+            print(f"  note: {note}", file=sys.stderr)
+        if len(r.notes) > 8:
+            print(f"  ({len(r.notes) - 8} more notes)", file=sys.stderr)
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", default="8,16,32,48,64", help="concurrent calls per step")
+    add_shared_arguments(ap)
+    ap.add_argument("--stagger-ms", type=float, default=5.0, help="between call starts")
+    ap.add_argument(
+        "--probes-per-worker",
+        type=int,
+        choices=range(0, 5),
+        default=1,
+        metavar="0-4",
+        help="measured (closed-loop) calls per worker (default 1); the others are open-loop"
+        " background calls whose media is pjmedia's C only: a lighter load generator"
+        " (4 = every call measured, ~1.6x the load generator's CPU)",
+    )
     args = ap.parse_args()
     check_experiments(ap, args.experiment)
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
@@ -855,15 +880,8 @@ def main() -> int:
         f" TTS {args.tts_speed:g}x real time; {args.turns} turns per call",
         flush=True,
     )
-    results: list[StepResult] = []
     t0 = time.monotonic()
-    for k in steps:
-        ts = time.monotonic()
-        r = run_step(k, clips, args)
-        results.append(r)
-        print(f"step K={k}: {time.monotonic() - ts:.0f} s", file=sys.stderr, flush=True)
-        for note in r.notes[:8]:
-            print(f"  note: {note}", file=sys.stderr)
+    results = run_steps(steps, lambda k: run_step(k, clips, args))
     print(
         "\ngaps = silent stretches inside agent replies heard by the callers;"
         " ovh = wire latency - end-of-turn wait - mocked provider time (ms);"

@@ -60,6 +60,7 @@ from capacity import (  # scripts/bench, beside this file
     LineProc,
     Sampler,
     Step,
+    add_shared_arguments,
     check_experiments,
     memory_kb,
     mocked_ms,
@@ -67,11 +68,11 @@ from capacity import (  # scripts/bench, beside this file
     pct,
     process_tree,
     render_clips,
+    run_steps,
     server_env,
 )
 
 from gateway.devtools.demo import AgentProcess, free_udp_port, free_udp_tcp_port
-from sip_config import VadSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLER = Path(__file__).resolve().parent / "stream_caller.py"
@@ -501,7 +502,7 @@ def fmt_detail(r: StreamStep) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", default="50,100,150,200", help="concurrent calls per step")
-    ap.add_argument("--turns", type=int, default=4, help="caller utterances per call")
+    add_shared_arguments(ap)
     ap.add_argument("--stream-workers", type=int, default=1, help="pool.stream_workers")
     ap.add_argument("--gen-procs", type=int, default=2, help="load-generator processes")
     ap.add_argument("--ramp-s", type=float, default=5.0, help="calls start spread over")
@@ -513,43 +514,13 @@ def main() -> int:
         help="calls that barge in on every reply after the first (0: none)",
     )
     ap.add_argument("--barge-after-s", type=float, default=1.0, help="into the agent's reply")
-    ap.add_argument("--stt-ms", type=int, default=200, help="mocked STT final latency")
-    ap.add_argument("--llm-ms", type=int, default=150, help="mocked LLM first token")
-    ap.add_argument("--tts-ms", type=int, default=80, help="mocked TTS first byte")
-    ap.add_argument(
-        "--tts-speed", type=float, default=2.0, help="fake TTS streams N times real time"
-    )
-    ap.add_argument(
-        "--eot-ms", type=int, default=VadSettings().end_of_turn_ms, help="vad.end_of_turn_ms"
-    )
-    ap.add_argument(
-        "--early-final-ms",
-        type=int,
-        default=0,
-        help="vad.early_final_ms (0: STT finalises at end of turn, all mocked time is serial)",
-    )
     ap.add_argument(
         "--send-ahead-ms", type=int, default=0, help="stream.send_ahead_ms (0: its default)"
-    )
-    ap.add_argument("--max-call-s", type=float, default=120.0, help="calls give up after")
-    ap.add_argument("--no-spare", action="store_true", help="pool.spare = false")
-    ap.add_argument(
-        "--experiment",
-        action="append",
-        default=[],
-        metavar="NAME",
-        help="capacity.py's what-if patches of the server processes",
     )
     ap.add_argument("--profile", action="store_true", help="cProfile the stream workers")
     ap.add_argument("--profile-top", type=int, default=30, help="functions listed")
     ap.add_argument("--profile-dir", type=Path, help="keep the .prof files here (per step)")
-    ap.add_argument("--gap-goal-ms", type=float, default=40.0)
-    ap.add_argument("--overhead-goal-ms", type=float, default=60.0)
     ap.add_argument("--barge-goal-ms", type=float, default=100.0)
-    ap.add_argument(
-        "--clips-dir", type=Path, default=Path(tempfile.gettempdir()) / "sipagent-bench"
-    )
-    ap.add_argument("--json", type=Path, help="also write the raw step results here")
     args = ap.parse_args()
     check_experiments(ap, args.experiment)
     steps = [int(x) for x in args.steps.split(",") if x.strip()]
@@ -562,17 +533,8 @@ def main() -> int:
         f" call, {args.barge_calls} barging calls",
         flush=True,
     )
-    results: list[StreamStep] = []
     t0 = time.monotonic()
-    for k in steps:
-        ts = time.monotonic()
-        r = run_step(k, clips, args)
-        results.append(r)
-        print(f"step K={k}: {time.monotonic() - ts:.0f} s", file=sys.stderr, flush=True)
-        for note in r.notes[:8]:
-            print(f"  note: {note}", file=sys.stderr)
-        if len(r.notes) > 8:
-            print(f"  ({len(r.notes) - 8} more notes)", file=sys.stderr)
+    results = run_steps(steps, lambda k: run_step(k, clips, args))
     print(
         "\ngaps = stretches the emulated Plivo's playback queue ran dry inside agent turns;"
         " ovh = wire latency - end-of-turn wait - mocked provider time (ms); agt = the same"
