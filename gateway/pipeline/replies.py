@@ -80,8 +80,7 @@ class Replies:
         self._limit = 0.0  # the deadline's length, while one runs
         # A reply generated ahead of the turn's end (the caller paused), and its words.
         self._prepared: tuple[str, Generation] | None = None
-        self.discarded = 0  # replies generated ahead and dropped, in this call
-        self._discarded_since = 0  # ... since the last streamed reply (its record has them)
+        self._discarded_since = 0  # dropped since the last streamed reply (its record has them)
         self._dropping: set[asyncio.Task[None]] = set()
 
     # -- the reply task ---------------------------------------------------------------------
@@ -136,7 +135,6 @@ class Replies:
         prepared, self._prepared = self._prepared, None
         if prepared is None:
             return
-        self.discarded += 1
         self._discarded_since += 1
         log.debug("call %s: dropped the reply generated ahead", self.call_id)
         task = asyncio.ensure_future(prepared[1].close())

@@ -173,11 +173,6 @@ class TurnDetector:
         if self._in_speech:
             self._turn_end_frames = max(1, _frames_for(end_of_turn_ms, self.frame_ms))
 
-    @property
-    def turn_end_ms(self) -> int:
-        """The trailing silence that ends the utterance in progress."""
-        return self._turn_end_frames * self.frame_ms
-
     def reset(self) -> None:
         """Return to idle and forget the pre-roll (the frame counter keeps counting)."""
         self._turn_end_frames = self._end_frames
