@@ -183,7 +183,11 @@ def test_vendor_outage_gets_the_fallback_voice_and_the_apology(
     )
     with running_agent(tmp_path, **settings) as agent:
         report = place_call(
-            uri(agent), "--say", "Hello, are you there?", "--say", "How are you today?"
+            # No comma: the pause inside "Hello, are you there?", stretched by a starved
+            # softphone on a loaded machine, can split it into two turns, and the second
+            # question then cuts short the reply to the first one's second half. CI once
+            # saw turns[1] empty (stop 23); that is the likeliest way to it.
+            uri(agent), "--say", "Are you there?", "--say", "How are you today?"
         )
         turns = turns_of(agent)
     assert report["returncode"] == 0, report["stderr"][-2000:]
@@ -192,7 +196,7 @@ def test_vendor_outage_gets_the_fallback_voice_and_the_apology(
     # The brain failed twice (try + retry) on the first question: the apology, in time.
     assert turns[0]["kind"] == "apology", turns
     assert report["steps"][0]["reply_latency_ms"] < 2000, report["steps"]
-    assert turns[1]["agent_text"] == "Fine, thanks."
+    assert turns[1]["agent_text"] == "Fine, thanks.", turns
 
 
 def test_a_caller_pausing_mid_sentence_is_answered_once_and_a_question_at_once(
