@@ -71,6 +71,21 @@ def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:
     return _hypothesis(decoder)
 
 
+def decode_stream(pcm8k: bytes, decoder: Any | None = None) -> str:
+    """Transcribe an 8 kHz utterance fed as a call feeds it (60 ms chunks, resampled as they
+    come), in this process: tools and benchmarks, not calls."""
+    decoder = decoder if decoder is not None else new_decoder()
+    rs = Resampler(SAMPLE_RATE, MODEL_RATE)
+    decoder.start_utt()
+    for start in range(0, len(pcm8k), _CHUNK_BYTES):
+        last = start + _CHUNK_BYTES >= len(pcm8k)
+        data = rs.process(pcm8k[start : start + _CHUNK_BYTES], last=last)
+        if data:
+            decoder.process_raw(data, False, False)
+    decoder.end_utt()
+    return _hypothesis(decoder)
+
+
 class SttProcessError(RuntimeError):
     """The decoding process died or refused a request."""
 

@@ -12,6 +12,7 @@ Playbook format::
     [[intents]]
     name = "hours"
     keywords = ["hours", "open", "opening hours"]   # words or multi-word phrases
+    examples = ["When do you open on Saturday?"]    # optional: what callers say
     reply = "..."
     actions = []                   # optional: "hangup", "transfer", "transfer:<target>"
     key = "1"                      # optional: pressing this keypad key picks the intent
@@ -27,6 +28,10 @@ Playbook format::
     reply = "Order {digits} is ready."   # {digits}: the keys, spoken one by one
     invalid = "..."                # too few digits: said, and the entry is asked again
     actions = []
+
+``examples`` are whole sentences a caller might say for the intent. They are not matched
+(the keywords are); the offline recogniser learns from them, with the keywords, which words
+to expect and in what order (gateway/providers/sphinx_bias.py).
 
 The optional ``[agent] invalid_key`` is said for a key that picks no intent (default: the
 fallback).
@@ -72,7 +77,7 @@ DEMO_PLAYBOOK: Path = Path(__file__).resolve().parent.parent / "playbooks" / "de
 
 _AGENT_FIELDS = ("name", "greeting", "fallback", "reprompt", "goodbye")
 _AGENT_OPTIONAL = ("invalid_key",)
-_INTENT_FIELDS = ("name", "keywords", "reply", "actions", "key", "send_dtmf", "collect")
+_INTENT_FIELDS = ("name", "keywords", "examples", "reply", "actions", "key", "send_dtmf", "collect")
 _COLLECT_FIELDS = (
     "min_digits",
     "max_digits",
@@ -166,6 +171,7 @@ class Intent:
     reply: str
     actions: tuple[str, ...] = ()
     key: str = ""
+    examples: tuple[str, ...] = ()
     send_dtmf: str = ""
     collect: KeyEntry | None = None
     _patterns: tuple[tuple[str, ...], ...] = field(
@@ -262,6 +268,7 @@ def _parse_intent(raw: object, number: int) -> Intent:
     for keyword in keywords:
         if not normalize_words(keyword):
             raise PlaybookError(f"{where}: keyword {keyword!r} has no words in it")
+    examples = _string_list(raw, "examples", where)
     reply = _require_str(raw, "reply", where)
     actions = _actions(raw, where, name)
     key = _keys(raw, "key", where)
@@ -275,6 +282,7 @@ def _parse_intent(raw: object, number: int) -> Intent:
         reply=reply,
         actions=tuple(actions),
         key=key,
+        examples=tuple(examples),
         send_dtmf=send_dtmf,
         collect=collect,
     )
