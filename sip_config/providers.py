@@ -157,6 +157,16 @@ class ProviderSettings(Section):
         description="Wait for the first audio, and for each next piece, this long.",
     )
     retries: int = Field(default=1, ge=0, le=3, description="Retries on the primary.")
+    pocketsphinx_playbook_weight: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description=(
+            "pocketsphinx expects the playbook: the share of a language model built from it"
+            " (and from yes/no, goodbye, digits) in the interpolation with the general"
+            " English model. 0 uses the general model alone."
+        ),
+    )
     piper_length_scale: float = Field(
         default=1.0, ge=0.5, le=2.0, description="Piper speaking-rate factor (>1 is slower)."
     )

@@ -10,6 +10,10 @@ agent only sends audio chunks over a pipe and reads transcripts back on a reader
 Decoders are created once, in the child, at start-up (one per concurrent call plus a spare)
 and lent to one utterance at a time. Audio is decoded while the caller speaks, so at the end
 of the turn only the last chunk and the final search remain.
+
+The decoders expect the playbook: their language model is the playbook's own, interpolated
+with the general English model (gateway/providers/sphinx_bias.py), built in the child at
+start-up and built again there when the playbook file changes.
 """
 
 from __future__ import annotations
@@ -23,8 +27,19 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+import tempfile
+from pathlib import Path
+
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
 from gateway.providers.base import SttProvider, SttStream
+from gateway.providers.scripted import PlaybookFile
+from gateway.providers.sphinx_bias import corpus, playbook_phrases, write_arpa
+from gateway.providers.sphinx_native import (
+    LanguageModel,
+    NativeDecoder,
+    dictionary_path,
+    general_lm_path,
+)
 from sip_config import Settings
 
 log = logging.getLogger(__name__)
@@ -46,19 +61,47 @@ _CHUNK_BYTES = SAMPLE_RATE * 2 * CHUNK_MS // 1000
 PHONE_LINE_CMN = "47.4,28.5,-26.8,30.4,-15.3,-0.1,7.4,-22.0,13.0,-10.7,0.4,7.2,-13.5"
 
 
-def new_decoder() -> Any:
-    """A pocketsphinx decoder with the bundled en-US model at 16 kHz, its cepstral
-    normalisation starting where a phone line's speech puts it."""
-    from pocketsphinx import Decoder
+# The playbook model's share in the interpolation (providers.pocketsphinx_playbook_weight).
+DEFAULT_PLAYBOOK_WEIGHT = 0.5
 
-    decoder = Decoder(samprate=MODEL_RATE, loglevel="FATAL")
-    decoder.set_cmn(PHONE_LINE_CMN)
+
+class LanguageModels:
+    """Builds decoders' language models in one process; the general model is read once
+    (memory-mapped) and shared by every model built from it."""
+
+    def __init__(self, decoder: NativeDecoder) -> None:
+        self._decoder = decoder
+        self.general = LanguageModel.read(decoder, general_lm_path())
+
+    def build(self, text: str | None, weight: float) -> LanguageModel:
+        """The general model interpolated with one trained on `text` (the general model
+        alone when there is no text or no weight)."""
+        if not text or weight <= 0.0:
+            return self.general
+        with tempfile.TemporaryDirectory(prefix="sipagent-lm-") as tmp:
+            path = Path(tmp) / "playbook.arpa"
+            write_arpa(text, path)
+            playbook = LanguageModel.read(self._decoder, path)
+        try:
+            return LanguageModel.interpolate(
+                self._decoder,
+                [("general", self.general, 1.0 - weight), ("playbook", playbook, weight)],
+            )
+        finally:
+            playbook.close()  # the set holds its own reference
+
+
+def new_decoder(text: str | None = None, weight: float = DEFAULT_PLAYBOOK_WEIGHT) -> Any:
+    """A decoder with the bundled en-US model at 16 kHz, its cepstral normalisation starting
+    where a phone line's speech puts it, expecting `text` (a playbook corpus, see
+    `sphinx_bias.playbook_corpus`) with `weight`; the general model alone without it."""
+    decoder = NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+    decoder.use_model(LanguageModels(decoder).build(text, weight))
     return decoder
 
 
 def _hypothesis(decoder: Any) -> str:
-    hyp = decoder.hyp()
-    return str(hyp.hypstr).strip() if hyp is not None else ""
+    return str(decoder.hyp_text())
 
 
 def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:
@@ -91,9 +134,30 @@ class SttProcessError(RuntimeError):
 
 
 # -- the child process ---------------------------------------------------------------------
-def _serve(conn: Connection, decoders: int) -> None:
-    """Child main loop. Messages: (op, stream_id, payload); replies: (stream_id, text|error)."""
-    pool = [new_decoder() for _ in range(decoders)]
+def _serve(conn: Connection, decoders: int, text: str, weight: float) -> None:
+    """Child main loop. Messages: (op, stream_id, payload); replies: (kind, stream_id,
+    text|error); ("bias", 0, corpus) builds the decoders' model again from a new corpus."""
+    first = NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+    models = LanguageModels(first)
+    problem = ""
+    try:
+        model = models.build(text, weight)
+    except Exception as exc:  # a bad corpus must not cost the offline pipeline
+        problem = f"playbook language model not built, the general model is used: {exc}"
+        model = models.general
+    generation = 1
+    tuned: dict[int, int] = {}  # id(decoder) -> generation of the model it decodes with
+
+    def fresh() -> NativeDecoder:
+        return NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+
+    def tune(decoder: NativeDecoder) -> NativeDecoder:
+        if tuned.get(id(decoder)) != generation:
+            decoder.use_model(model)
+            tuned[id(decoder)] = generation
+        return decoder
+
+    pool = [tune(first)] + [tune(fresh()) for _ in range(decoders - 1)]
     active: dict[int, tuple[Any, Resampler]] = {}
     failed: dict[int, str] = {}  # a stream whose decoding failed, reported at its "end"
 
@@ -101,7 +165,7 @@ def _serve(conn: Connection, decoders: int) -> None:
         if pcm16k:
             decoder.process_raw(pcm16k, False, False)
 
-    conn.send(("ready", 0, ""))
+    conn.send(("ready", 0, problem))
     while True:
         try:
             op, sid, payload = conn.recv()
@@ -109,7 +173,7 @@ def _serve(conn: Connection, decoders: int) -> None:
             return
         try:
             if op == "start":
-                decoder = pool.pop() if pool else new_decoder()
+                decoder = tune(pool.pop() if pool else fresh())
                 active[sid] = (decoder, Resampler(SAMPLE_RATE, MODEL_RATE))
                 decoder.start_utt()
             elif op == "data" and sid in active:
@@ -128,6 +192,15 @@ def _serve(conn: Connection, decoders: int) -> None:
                 conn.send(("error", sid, failed.pop(sid, "unknown stream")))
             elif op == "cancel":
                 failed.pop(sid, None)
+            elif op == "bias":
+                try:
+                    model = models.build(payload.decode(), weight)
+                except Exception as exc:
+                    conn.send(("model", 0, f"playbook language model not rebuilt: {exc}"))
+                else:
+                    generation += 1
+                    pool = [tune(d) for d in pool]  # the others when their utterance ends
+                    conn.send(("model", 0, ""))
             elif op == "stop":
                 return
         except Exception as exc:  # the stream fails, the child lives on
@@ -188,29 +261,76 @@ class PocketsphinxStt(SttProvider):
 
     name = "pocketsphinx"
 
-    def __init__(self, decoders: int = 2, start_timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        decoders: int = 2,
+        start_timeout_s: float = 60.0,
+        playbook: PlaybookFile | None = None,
+        weight: float = DEFAULT_PLAYBOOK_WEIGHT,
+    ) -> None:
+        """Start the decoding process: `decoders` decoders expecting `playbook` (and the
+        phrases of any call) with `weight` against the general model."""
         self._decoders = decoders
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]] = {}
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._proc: Any = None
+        self._playbook = playbook
+        self._weight = weight
+        self._version = playbook.version if playbook is not None else 0
+        self._text = self._corpus()
+        self.models_built = 0  # language models the child built again (playbook changes)
+        self._rebuilt = threading.Condition()
         self._start(start_timeout_s)
+
+    def _corpus(self) -> str:
+        """The playbook model's training text; words the recogniser cannot hear are
+        logged (they are not in its pronunciation dictionary)."""
+        playbook = self._playbook.current() if self._playbook is not None else None
+        text, unknown = corpus(playbook_phrases(playbook), dictionary_path())
+        if unknown:
+            log.warning(
+                "pocketsphinx cannot recognise these playbook words (not in its dictionary): %s",
+                ", ".join(unknown),
+            )
+        return text
 
     def _start(self, timeout: float) -> None:
         ctx = multiprocessing.get_context("spawn")  # never fork a process running pjsua2
         parent, child = ctx.Pipe()
         proc = ctx.Process(
-            target=_serve, args=(child, self._decoders), name="sipagent-stt", daemon=True
+            target=_serve,
+            args=(child, self._decoders, self._text, self._weight),
+            name="sipagent-stt",
+            daemon=True,
         )
         proc.start()
         child.close()
         if not parent.poll(timeout):
             proc.kill()
             raise SttProcessError("pocketsphinx process did not start")
-        parent.recv()  # ("ready", 0, "")
+        _, _, problem = parent.recv()  # ("ready", 0, problem)
+        if problem:
+            log.error("pocketsphinx: %s", problem)
         self._conn, self._proc = parent, proc
         threading.Thread(target=self._read, args=(parent,), name="stt-reader", daemon=True).start()
+
+    def _follow_playbook(self) -> None:
+        """Have the child build its model again when the playbook file changed."""
+        if self._playbook is None:
+            return
+        self._playbook.current()
+        if self._playbook.version == self._version:
+            return
+        self._version = self._playbook.version
+        self._text = self._corpus()
+        self.send("bias", 0, self._text.encode())
+
+    def wait_models_built(self, count: int, timeout: float) -> bool:
+        """Wait until the child has built `count` models again (tests, tools)."""
+        with self._rebuilt:
+            return self._rebuilt.wait_for(lambda: self.models_built >= count, timeout)
 
     def _read(self, conn: Connection) -> None:
         while True:
@@ -218,6 +338,15 @@ class PocketsphinxStt(SttProvider):
                 kind, sid, text = conn.recv()
             except (EOFError, OSError):
                 break
+            if kind == "model":
+                if text:
+                    log.error("pocketsphinx: %s", text)
+                else:
+                    log.info("pocketsphinx: language model rebuilt for the changed playbook")
+                with self._rebuilt:
+                    self.models_built += 1
+                    self._rebuilt.notify_all()
+                continue
             with self._lock:
                 waiter = self._pending.pop(sid, None)
             if waiter is None:
@@ -264,6 +393,7 @@ class PocketsphinxStt(SttProvider):
         if self._proc is None or not self._proc.is_alive():
             log.warning("pocketsphinx process is down; restarting it")
             await asyncio.to_thread(self._start, 60.0)
+        self._follow_playbook()
         sid = next(self._ids)
         self.send("start", sid, b"")
         return PocketsphinxStream(self, sid)
@@ -295,4 +425,9 @@ def build(s: Settings) -> PocketsphinxStt:
     # One decoder per call this process can hold: a call's pieces reach the decoding process
     # in order (an early final's "end" before the next piece's "start"), so a call never
     # needs two at once. Each decoder costs ~100 MB of RSS in that process.
-    return PocketsphinxStt(decoders=s.sip.max_calls)
+    playbook = PlaybookFile(s.playbook) if s.playbook is not None else None
+    return PocketsphinxStt(
+        decoders=s.sip.max_calls,
+        playbook=playbook,
+        weight=s.providers.pocketsphinx_playbook_weight,
+    )

@@ -45,13 +45,19 @@ agent says ``transfer.failed_text`` and the conversation carries on.
 Matching works on normalised words (lowercase, punctuation dropped, apostrophes inside
 words removed so "o'clock" is "oclock" and "that's" is "thats") with a light stemmer that
 forgives plurals and "-ing" forms. Each keyword or phrase found in the caller's words
-scores one point; the highest score wins and ties go to the intent listed first.
+scores its number of words (so "order status" outweighs "order"); the highest score wins
+and ties go to the intent listed first.
+
+The gateway reads the playbook file again when it changes (`PlaybookFile`): an edit takes
+effect from the next turn, and the offline recogniser's language model is rebuilt from it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,6 +74,8 @@ from gateway.providers.base import (
     KeyInput,
 )
 from sip_config import Settings
+
+log = logging.getLogger(__name__)
 
 ALLOWED_ACTIONS: frozenset[str] = frozenset({"hangup", "transfer"})
 """Actions an intent may carry (besides ``"transfer:<target>"``)."""
@@ -183,8 +191,10 @@ class Intent:
         object.__setattr__(self, "_patterns", tuple(_stems(k) for k in self.keywords))
 
     def score(self, words: Sequence[str]) -> int:
-        """Count the keywords found in ``words`` (already stemmed, see `stem`)."""
-        return sum(1 for pattern in self._patterns if _contains(words, pattern))
+        """Score the keywords found in ``words`` (already stemmed, see `stem`): each one
+        found counts its number of words, so a phrase ("order status") outweighs a word it
+        contains ("order")."""
+        return sum(len(pattern) for pattern in self._patterns if _contains(words, pattern))
 
 
 @dataclass(frozen=True)
@@ -405,16 +415,66 @@ def load_playbook(path: str | os.PathLike[str]) -> Playbook:
         raise PlaybookError(f"{source}: {exc}") from None
 
 
+class PlaybookFile:
+    """A playbook file, read again when it changes: an edit takes effect from the next
+    call or turn, without a restart. A change that breaks the format is logged and the
+    last good playbook stays in use."""
+
+    def __init__(self, path: str | os.PathLike[str], check_every_s: float = 1.0) -> None:
+        """Read `path` now (raises `PlaybookError` when it is not a valid playbook)."""
+        self.path = Path(path)
+        self.check_every_s = check_every_s
+        self._stamp = self._stat()
+        self._playbook = load_playbook(self.path)
+        self._checked = time.monotonic()
+        self.version = 1  # counts the readings that changed the playbook
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    def current(self) -> Playbook:
+        """The playbook, read again first if the file changed (checked at most every
+        `check_every_s`)."""
+        now = time.monotonic()
+        if now - self._checked < self.check_every_s:
+            return self._playbook
+        self._checked = now
+        stamp = self._stat()
+        if stamp == self._stamp or stamp is None:
+            return self._playbook
+        self._stamp = stamp
+        try:
+            playbook = load_playbook(self.path)
+        except PlaybookError as exc:
+            log.error("playbook changed but cannot be used, keeping the last good one: %s", exc)
+            return self._playbook
+        if playbook != self._playbook:
+            self._playbook = playbook
+            self.version += 1
+            log.info("playbook %s changed: reloaded", self.path)
+        return self._playbook
+
+
 class ScriptedBrain(Brain):
     """A `Brain` that replies from a `Playbook` by keyword matching; no model involved."""
 
     name = "scripted"
 
-    def __init__(self, playbook: Playbook) -> None:
-        """Answer calls with ``playbook``."""
-        self.playbook = playbook
+    def __init__(self, playbook: Playbook | PlaybookFile) -> None:
+        """Answer calls with ``playbook`` (a `PlaybookFile`: as the file reads now)."""
+        self._source = playbook
         # Per call: the intent whose digit entry is awaited.
         self._entries: dict[str, Intent] = {}
+
+    @property
+    def playbook(self) -> Playbook:
+        """The playbook in use now."""
+        source = self._source
+        return source.current() if isinstance(source, PlaybookFile) else source
 
     async def greeting(self, ctx: CallContext) -> BrainReply:
         """Say the playbook's greeting."""
@@ -476,4 +536,4 @@ class ScriptedBrain(Brain):
 def build(s: Settings) -> ScriptedBrain:
     """The provider as the settings configure it (the registry's factory for it)."""
     assert s.playbook is not None
-    return ScriptedBrain(load_playbook(s.playbook))
+    return ScriptedBrain(PlaybookFile(s.playbook))

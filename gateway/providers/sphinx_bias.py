@@ -1,0 +1,162 @@
+"""What the offline recogniser expects to hear: a small language model built from the
+playbook, interpolated with pocketsphinx's general English model.
+
+The playbook model is trained (with pocketsphinx's own ARPA builder, `pocketsphinx.lm`)
+on the playbook's intents (keywords, example sentences, menu keys) and on what any caller
+says on the phone: yes and no, goodbye, asking for a person, asking to hear it again, and
+digits in any order. It is then mixed with the general model by linear interpolation
+(gateway/providers/sphinx_native.py), the playbook's share being
+``providers.pocketsphinx_playbook_weight``: the playbook's phrases become likely, and speech
+outside it is still recognised by the general model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+from gateway.providers.scripted import Playbook
+
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# What callers say on any line, whatever the business.
+CALL_PHRASES = (
+    "yes",
+    "no",
+    "yeah",
+    "yep",
+    "nope",
+    "yes please",
+    "no thanks",
+    "no thank you",
+    "yes that's right",
+    "that's right",
+    "that's correct",
+    "okay",
+    "sure",
+    "hello",
+    "hi",
+    "hello is anyone there",
+    "goodbye",
+    "bye",
+    "bye bye",
+    "okay bye",
+    "thank you",
+    "thanks",
+    "thank you goodbye",
+    "that's all",
+    "that's it",
+    "agent",
+    "operator",
+    "representative",
+    "a real person",
+    "can i talk to someone",
+    "repeat",
+    "repeat that",
+    "can you repeat that",
+    "say that again",
+    "sorry what was that",
+    "what",
+    "help",
+    "main menu",
+    "oh",
+    "zero",
+    "my number is",
+    "the number is",
+)
+
+_APOSTROPHE = re.compile(r"[\u2019\u2018`]")
+_NOT_WORD = re.compile(r"[^a-z0-9' ]+")
+
+
+def words_of(text: str) -> list[str]:
+    """Lowercase words as the dictionary spells them: punctuation dropped (apostrophes
+    inside words kept: "that's"), a lone digit spelled out ("6" is "six")."""
+    text = _NOT_WORD.sub(" ", _APOSTROPHE.sub("'", text.lower()))
+    out: list[str] = []
+    for word in text.split():
+        word = word.strip("'")
+        if word.isdigit():
+            out.extend(DIGITS[int(d)] for d in word)
+        elif word:
+            out.append(word)
+    return out
+
+
+def _digit_walk() -> str:
+    """Digits in an order where every digit follows every other once (a de Bruijn
+    sequence of order 2 over ten symbols): any spoken number is a likely path."""
+    seen: set[tuple[int, int]] = set()
+    walk = [0]
+    while len(seen) < 100:
+        here = walk[-1]
+        nxt = next((d for d in range(9, -1, -1) if (here, d) not in seen), None)
+        if nxt is None:  # cannot happen for a de Bruijn walk started at 0
+            break
+        seen.add((here, nxt))
+        walk.append(nxt)
+    return " ".join(DIGITS[d] for d in walk)
+
+
+def playbook_phrases(playbook: Playbook | None) -> list[str]:
+    """The lines the playbook model is trained on: the playbook's intents, then the
+    phrases and digits of any call."""
+    lines: list[str] = []
+    if playbook is not None:
+        for intent in playbook.intents:
+            lines.extend(intent.keywords)
+            lines.extend(intent.examples)
+            if intent.key.isdigit():
+                spoken = DIGITS[int(intent.key)]
+                lines.extend((spoken, f"press {spoken}", f"option {spoken}"))
+    lines.extend(CALL_PHRASES)
+    lines.extend(DIGITS)
+    lines.append(_digit_walk())
+    return lines
+
+
+@cache
+def _dictionary(path: Path) -> frozenset[str]:
+    words: set[str] = set()
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            head = line.split(" ", 1)[0]
+            words.add(head.split("(", 1)[0])
+    return frozenset(words)
+
+
+def corpus(lines: Iterable[str], dictionary: Path) -> tuple[str, list[str]]:
+    """The training text (one normalised line each) and the words left out because the
+    pronunciation dictionary does not have them (the recogniser could not hear them)."""
+    known = _dictionary(dictionary)
+    unknown: dict[str, None] = {}
+    out: list[str] = []
+    for line in lines:
+        words = words_of(line)
+        for word in words:
+            if word not in known:
+                unknown[word] = None
+        kept = [w for w in words if w in known]
+        if kept:
+            out.append(" ".join(kept))
+    return "\n".join(out) + "\n", list(unknown)
+
+
+def write_arpa(text: str, path: Path) -> None:
+    """Train a trigram model on `text` (one sentence a line, each between <s> and </s>)
+    with pocketsphinx's ARPA builder and write it to `path`."""
+    from pocketsphinx.lm import ArpaBoLM
+
+    model = ArpaBoLM(text=text, add_start=True, case="lower")
+    model.compute()
+    if not model.write_file(str(path)):
+        raise OSError(f"could not write the language model to {path}")
+
+
+def playbook_corpus(playbook: Playbook | None) -> str:
+    """The playbook model's training text for `playbook` (None: the call phrases only)."""
+    from gateway.providers.sphinx_native import dictionary_path
+
+    return corpus(playbook_phrases(playbook), dictionary_path())[0]
