@@ -23,12 +23,11 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import tempfile
 import threading
 from multiprocessing.connection import Connection
-from typing import Any
-
-import tempfile
 from pathlib import Path
+from typing import Any
 
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
 from gateway.providers.base import SttProvider, SttStream

@@ -187,7 +187,11 @@ def test_vendor_outage_gets_the_fallback_voice_and_the_apology(
             # softphone on a loaded machine, can split it into two turns, and the second
             # question then cuts short the reply to the first one's second half. CI once
             # saw turns[1] empty (stop 23); that is the likeliest way to it.
-            uri(agent), "--say", "Are you there?", "--say", "How are you today?"
+            uri(agent),
+            "--say",
+            "Are you there?",
+            "--say",
+            "How are you today?",
         )
         turns = turns_of(agent)
     assert report["returncode"] == 0, report["stderr"][-2000:]
