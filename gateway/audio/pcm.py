@@ -63,8 +63,21 @@ def split_frames(pcm: bytes, frame_bytes: int = FRAME_BYTES) -> list[bytes]:
     return frames
 
 
+def _to_float(samples: np.ndarray) -> np.ndarray:
+    return samples.astype(np.float32) / 32768.0
+
+
+def _to_int16(samples: np.ndarray) -> bytes:
+    """Float samples back to int16 by rounding: soxr's own int16 output adds random
+    dither (TPDF), so the same audio came out differently each time, enough to turn the
+    recogniser's "goodbye" into "the bike" or "the back" from one run to the next."""
+    scaled = np.rint(np.asarray(samples, dtype=np.float32) * 32768.0)
+    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+
+
 class Resampler:
-    """Streaming int16 mono resampler built on ``soxr.ResampleStream``.
+    """Streaming int16 mono resampler built on ``soxr.ResampleStream`` (in float, so the
+    output is the same for the same input: no dither).
 
     Feed chunks of any even or odd length with :meth:`process`; pass ``last=True`` on the
     final chunk to flush the filter's tail. When both rates are equal the audio passes
@@ -80,7 +93,7 @@ class Resampler:
         self._pending = b""
         self._stream: soxr.ResampleStream | None = None
         if in_rate != out_rate:
-            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16")
+            self._stream = soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32")
 
     def process(self, pcm: bytes, last: bool = False) -> bytes:
         """Resample one chunk of int16 PCM and return whatever output is ready."""
@@ -95,9 +108,8 @@ class Resampler:
             self._pending = b""
         if self._stream is None:
             return data
-        samples = np.frombuffer(data, dtype="<i2")
-        out = self._stream.resample_chunk(samples, last=last)
-        return np.asarray(out, dtype="<i2").tobytes()
+        samples = _to_float(np.frombuffer(data, dtype="<i2"))
+        return _to_int16(self._stream.resample_chunk(samples, last=last))
 
 
 def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
@@ -107,8 +119,7 @@ def resample(pcm: bytes, in_rate: int, out_rate: int) -> bytes:
     samples = _samples(pcm)
     if in_rate == out_rate or samples.size == 0:
         return samples.tobytes()
-    out = soxr.resample(samples, in_rate, out_rate)
-    return np.asarray(out, dtype="<i2").tobytes()
+    return _to_int16(soxr.resample(_to_float(samples), in_rate, out_rate))
 
 
 def read_wav(path: str | os.PathLike[str]) -> tuple[bytes, int]:
