@@ -1,0 +1,43 @@
+"""A playbook edited while the agent runs: the next call is answered from it, and the
+offline recogniser, rebuilt from it, hears its new words (issue 17)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.providers.scripted import DEMO_PLAYBOOK
+from tests.helpers.wire import count_lines, place_call, running_agent, uri, wait_for
+
+pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
+
+# A bread the demo playbook does not know. The general English model hears the word as
+# "number make all"; once the playbook names it, the recogniser expects it.
+SPECIAL = """
+[[intents]]
+name = "special"
+keywords = ["pumpernickel"]
+examples = ["Do you have pumpernickel bread?"]
+reply = "Our pumpernickel comes out of the oven at noon."
+"""
+
+
+def test_an_edited_playbook_answers_the_next_call_and_is_heard(tmp_path: Path) -> None:
+    playbook = tmp_path / "bakery.toml"
+    playbook.write_text(DEMO_PLAYBOOK.read_text())
+    with running_agent(tmp_path, playbook=str(playbook)) as agent:
+        before = place_call(uri(agent), "--say", "Pumpernickel.")
+        playbook.write_text(DEMO_PLAYBOOK.read_text() + SPECIAL)
+        after = place_call(uri(agent), "--say", "Pumpernickel.")
+        wait_for(lambda: len(agent.turns()) >= 4, 20, "the second call's turns")
+        rebuilt = count_lines(agent, "language model rebuilt for the changed playbook")
+        turns = [t for t in agent.turns() if t["kind"] != "greeting"]
+    assert before["returncode"] == 0 and after["returncode"] == 0, after["stderr"][-2000:]
+    assert len(turns) == 2, turns
+    assert turns[0]["intent"] in (None, ""), turns
+    assert "pumpernickel" not in str(turns[0]["user_text"]), turns
+    assert turns[1]["user_text"] == "pumpernickel", turns
+    assert turns[1]["intent"] == "special", turns
+    assert turns[1]["agent_text"] == "Our pumpernickel comes out of the oven at noon."
+    assert rebuilt == 1
