@@ -415,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--record", type=Path, metavar="WAV", help="write what the agent said")
     c.add_argument("--transcribe", action="store_true", help="transcribe the agent's turns")
+    c.add_argument(
+        "--expect",
+        type=Path,
+        metavar="PLAYBOOK",
+        help="transcribe expecting this playbook's replies (what the agent says)",
+    )
     c.add_argument("--json", action="store_true", help="print a JSON report at the end")
     c.add_argument("--codecs", default="PCMU,PCMA", help="codecs to offer, in order")
     c.add_argument(

@@ -72,7 +72,8 @@ def _to_int16(samples: np.ndarray) -> bytes:
     dither (TPDF), so the same audio came out differently each time, enough to turn the
     recogniser's "goodbye" into "the bike" or "the back" from one run to the next."""
     scaled = np.rint(np.asarray(samples, dtype=np.float32) * 32768.0)
-    return np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    out: bytes = np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    return out
 
 
 class Resampler:

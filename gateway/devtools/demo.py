@@ -200,6 +200,20 @@ def _fmt_turn(t: dict[str, object]) -> str:
     return f"  {head}: " + ", ".join(parts)
 
 
+def _expect(config: Path | None) -> list[str]:
+    """The softphone's transcriber expects the playbook's replies when the agent answers
+    from one: the demo then shows what the agent said, not the recogniser's guesses."""
+    from sip_config import load_settings
+
+    try:
+        settings = load_settings(config)
+    except Exception:  # the agent reports a broken configuration itself
+        return []
+    if settings.providers.brain != "scripted" or settings.playbook is None:
+        return []
+    return ["--expect", str(settings.playbook)]
+
+
 def run_demo(config: Path | None = None, port: int = 0) -> int:
     """Start the agent, place one call with two questions, print what happened."""
     port = port or free_udp_port()
@@ -218,6 +232,7 @@ def run_demo(config: Path | None = None, port: int = 0) -> int:
             return 1
         print(f"sipagent demo: calling {uri} with {len(DEMO_QUESTIONS)} questions…", flush=True)
         cmd = [sys.executable, "-m", "gateway.cli", "call", uri, "--transcribe"]
+        cmd += _expect(config)
         for q in DEMO_QUESTIONS:
             cmd += ["--say", q]
         rc = subprocess.call(cmd, timeout=180)

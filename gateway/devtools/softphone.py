@@ -56,6 +56,7 @@ class CallScript:
     barge_after_s: float = 1.5
     record: Path | None = None
     transcribe: bool = False
+    expect: Path | None = None  # a playbook whose replies the transcriber expects
     json: bool = False
     codecs: tuple[str, ...] = ("PCMU", "PCMA")
     turn_timeout_s: float = 20.0
@@ -86,6 +87,7 @@ class CallScript:
             barge_after_s=args.barge_after,
             record=args.record,
             transcribe=args.transcribe,
+            expect=getattr(args, "expect", None),
             json=args.json,
             codecs=tuple(c.strip() for c in args.codecs.split(",") if c.strip()),
             turn_timeout_s=args.timeout,
@@ -523,7 +525,7 @@ class Softphone:
     def _transcribe(self) -> None:
         from gateway.providers.pocketsphinx_stt import new_decoder, transcribe
 
-        decoder = new_decoder()
+        decoder = new_decoder(_reply_corpus(self.script.expect))
         for seg in self.segments:
             pcm = b"".join(self.recording[seg.start_frame : seg.end_frame])
             seg.text = transcribe(pcm, decoder)
@@ -537,6 +539,17 @@ class Softphone:
                 if round(seg.start, 4) == r.reply_at:
                     r.reply_text = seg.text
                     break
+
+
+def _reply_corpus(path: Path | None) -> str | None:
+    """What the agent says, from its playbook: the transcriber's expected text."""
+    if path is None:
+        return None
+    from gateway.providers.scripted import load_playbook
+    from gateway.providers.sphinx_bias import corpus, reply_phrases
+    from gateway.providers.sphinx_native import dictionary_path
+
+    return corpus(reply_phrases(load_playbook(path)), dictionary_path())[0]
 
 
 def _dialer(uri: str, script: CallScript) -> Any:

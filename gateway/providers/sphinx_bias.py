@@ -117,6 +117,18 @@ def playbook_phrases(playbook: Playbook | None) -> list[str]:
     return lines
 
 
+def reply_phrases(playbook: Playbook) -> list[str]:
+    """What the agent says with `playbook`, sentence by sentence: for a transcriber of the
+    agent's side (the demo's softphone)."""
+    texts = [playbook.greeting, playbook.fallback, playbook.reprompt, playbook.goodbye]
+    texts.append(playbook.invalid_key)
+    for intent in playbook.intents:
+        texts.append(intent.reply)
+        if intent.collect is not None:
+            texts += [intent.collect.reply.replace("{digits}", ""), intent.collect.invalid]
+    return [s for text in texts for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+
+
 @cache
 def _dictionary(path: Path) -> frozenset[str]:
     words: set[str] = set()

@@ -27,6 +27,7 @@ from gateway.providers.sphinx_bias import (
     corpus,
     playbook_corpus,
     playbook_phrases,
+    reply_phrases,
     words_of,
 )
 from gateway.providers.sphinx_native import dictionary_path
@@ -176,3 +177,11 @@ def test_every_demo_example_matches_its_own_intent() -> None:
         for example in intent.examples:
             got = playbook.match(example)
             assert got is not None and got.name == intent.name, (example, got)
+
+
+def test_the_demo_softphone_expects_what_the_agent_says() -> None:
+    playbook = load_playbook(DEMO_PLAYBOOK)
+    lines = reply_phrases(playbook)
+    assert "We are closed on Sunday." in lines  # the hours reply, sentence by sentence
+    assert playbook.greeting.split(". ")[0] + "." in lines
+    assert not any("{" in line for line in lines)  # the entry's "{digits}" is left out
