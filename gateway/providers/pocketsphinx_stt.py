@@ -32,7 +32,7 @@ from typing import Any
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
 from gateway.providers.base import SttProvider, SttStream
 from gateway.providers.scripted import PlaybookFile
-from gateway.providers.sphinx_bias import corpus, playbook_phrases, write_arpa
+from gateway.providers.sphinx_bias import corpus, playbook_phrases, spoken_digits, write_arpa
 from gateway.providers.sphinx_native import (
     LanguageModel,
     NativeDecoder,
@@ -100,7 +100,7 @@ def new_decoder(text: str | None = None, weight: float = DEFAULT_PLAYBOOK_WEIGHT
 
 
 def _hypothesis(decoder: Any) -> str:
-    return str(decoder.hyp_text())
+    return spoken_digits(str(decoder.hyp_text()))
 
 
 def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:

@@ -25,13 +25,15 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 CALL_PHRASES = (
     "yes",
     "no",
-    "yeah",
-    "yep",
-    "nope",
     "yes please",
+    "yes i do",
+    "yes it is",
+    "yes that's right",
     "no thanks",
     "no thank you",
-    "yes that's right",
+    "no i don't",
+    "no that's all",
+    "yeah",
     "that's right",
     "that's correct",
     "okay",
@@ -83,6 +85,33 @@ def words_of(text: str) -> list[str]:
         elif word:
             out.append(word)
     return out
+
+
+# Words the recogniser writes for a digit said inside a number ("six to nine four").
+_SOUNDALIKES = {"to": "two", "too": "two", "for": "four", "oh": "zero"}
+
+
+def spoken_digits(text: str) -> str:
+    """Digits said in a row are digits: inside a run of four or more digit words, at
+    most one in four of them a soundalike, "to"/"too" is "two", "for" is "four" and "oh"
+    is "zero". "from nine to five" and "want to four two" keep their "to"."""
+    words = text.split()
+    run: list[int] = []
+
+    def settle() -> None:
+        alike = sum(1 for k in run if words[k] not in DIGITS)
+        if len(run) >= 4 and alike * 4 <= len(run):
+            for k in run[1:-1]:
+                words[k] = _SOUNDALIKES.get(words[k], words[k])
+
+    for i, word in enumerate(words):
+        if word in DIGITS or word in _SOUNDALIKES:
+            run.append(i)
+            continue
+        settle()
+        run = []
+    settle()
+    return " ".join(words)
 
 
 def _digit_walk() -> str:
