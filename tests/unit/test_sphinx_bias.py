@@ -28,6 +28,7 @@ from gateway.providers.sphinx_bias import (
     playbook_corpus,
     playbook_phrases,
     reply_phrases,
+    spoken_digits,
     words_of,
 )
 from gateway.providers.sphinx_native import dictionary_path
@@ -185,3 +186,21 @@ def test_the_demo_softphone_expects_what_the_agent_says() -> None:
     assert "We are closed on Sunday." in lines  # the hours reply, sentence by sentence
     assert playbook.greeting.split(". ")[0] + "." in lines
     assert not any("{" in line for line in lines)  # the entry's "{digits}" is left out
+
+
+@pytest.mark.parametrize(
+    ("heard", "meant"),
+    [
+        ("six to nine four one eight", "six two nine four one eight"),
+        ("four to seven one", "four two seven one"),
+        ("five five five oh one two three", "five five five zero one two three"),
+        ("one for three two", "one four three two"),
+        # Not a number: the words stay.
+        ("from nine to five", "from nine to five"),
+        ("i want to four two seven one", "i want to four two seven one"),
+        ("oh thanks", "oh thanks"),
+        ("we open at seven to eight for two", "we open at seven to eight for two"),
+    ],
+)
+def test_digits_said_in_a_row_stay_digits(heard: str, meant: str) -> None:
+    assert spoken_digits(heard) == meant
