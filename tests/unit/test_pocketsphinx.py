@@ -12,6 +12,7 @@ import pytest
 
 from gateway.audio.pcm import split_frames
 from gateway.providers.pocketsphinx_stt import PocketsphinxStt, SttProcessError, transcribe
+from tests.helpers.speech import recognise
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +22,10 @@ def stt() -> Iterator[PocketsphinxStt]:
     asyncio.run(provider.close())
 
 
-async def _recognise(stt: PocketsphinxStt, pcm: bytes) -> str:
-    stream = await stt.open_stream()
-    # As in a call: the turn's audio is followed by the pause that ends it.
-    for frame in split_frames(pcm + bytes(3200)):
-        await stream.feed(frame)
-    return await stream.finish()
-
-
 def test_streamed_speech_is_transcribed(
     stt: PocketsphinxStt, speech_8k: Callable[[str], bytes]
 ) -> None:
-    text = asyncio.run(_recognise(stt, speech_8k("I would like to order a birthday cake")))
+    text = asyncio.run(recognise(stt, speech_8k("I would like to order a birthday cake")))
     assert "would like to order" in text, text
 
 
@@ -70,7 +63,7 @@ def test_cancelled_stream_frees_its_decoder(
             await stream.feed(pcm[:3200])
             await stream.cancel()
             await stream.cancel()
-        return await _recognise(stt, pcm)
+        return await recognise(stt, pcm)
 
     assert "where" in asyncio.run(run())
 
@@ -86,10 +79,10 @@ def test_decoding_does_not_hold_this_process(stt: PocketsphinxStt) -> None:
     on it. Measured as CPU time, not as a thread's wall-clock gaps, so a loaded machine
     cannot fail it (a decode in this process: parent ≈ child; measured 0.002 s vs 0.43 s)."""
     noise = bytes(range(256)) * 250  # 4 s of loud, speech-like garbage at 8 kHz
-    asyncio.run(_recognise(stt, b"\x00" * 1600))  # the child is up and warm
+    asyncio.run(recognise(stt, b"\x00" * 1600))  # the child is up and warm
     pid = stt._proc.pid
     child_before, ours_before = _cpu_seconds(pid), time.process_time()
-    asyncio.run(_recognise(stt, noise))
+    asyncio.run(recognise(stt, noise))
     child, ours = _cpu_seconds(pid) - child_before, time.process_time() - ours_before
     assert child >= 0.05, f"the child spent {child:.3f} s: did it decode?"
     assert ours < 0.25 * child, f"this process spent {ours:.3f} s, the child {child:.3f} s"
@@ -108,7 +101,7 @@ def test_a_dead_child_fails_the_waiter_and_is_restarted(
         provider._proc.join(5)
         with pytest.raises(SttProcessError):
             await asyncio.wait_for(stream.finish(), 5)
-        return await _recognise(provider, pcm)
+        return await recognise(provider, pcm)
 
     try:
         assert "where" in asyncio.run(run())
@@ -135,6 +128,6 @@ def test_a_fresh_decoder_hears_the_first_turn(
     # "what are your opening are hot", "when" and "what do the report".
     provider = PocketsphinxStt(decoders=1)
     try:
-        assert heard in asyncio.run(_recognise(provider, bytes(3200) + steady_speech_8k(said)))
+        assert heard in asyncio.run(recognise(provider, bytes(3200) + steady_speech_8k(said)))
     finally:
         asyncio.run(provider.close())

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from gateway.audio.g711 import ulaw_decode, ulaw_encode
-from gateway.audio.pcm import split_frames
 from gateway.providers.base import CallContext
 from gateway.providers.pocketsphinx_stt import PocketsphinxStt, decode_stream, new_decoder
 from gateway.providers.scripted import (
@@ -32,16 +31,7 @@ from gateway.providers.sphinx_bias import (
     words_of,
 )
 from gateway.providers.sphinx_native import dictionary_path
-
-# A bread the demo playbook does not know, whose word the dictionary has: the general
-# model hears "number make all" for it.
-SPECIAL = """
-[[intents]]
-name = "special"
-keywords = ["pumpernickel"]
-examples = ["Do you have pumpernickel?"]
-reply = "Our pumpernickel comes out of the oven at noon."
-"""
+from tests.helpers.speech import PUMPERNICKEL_INTENT, recognise
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +114,6 @@ def playbook_file(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-async def _recognise(stt: PocketsphinxStt, pcm: bytes) -> str:
-    stream = await stt.open_stream()
-    for frame in split_frames(pcm + bytes(3200)):
-        await stream.feed(frame)
-    return await stream.finish()
-
-
 def test_a_changed_playbook_is_expected_from_the_next_utterance(
     playbook_file: Path, phone_line: Callable[[str], bytes]
 ) -> None:
@@ -138,10 +121,10 @@ def test_a_changed_playbook_is_expected_from_the_next_utterance(
     stt = PocketsphinxStt(decoders=1, playbook=source)
     try:
         pcm = phone_line("Pumpernickel.")
-        assert "pumpernickel" not in asyncio.run(_recognise(stt, pcm))
-        playbook_file.write_text(DEMO_PLAYBOOK.read_text() + SPECIAL)
+        assert "pumpernickel" not in asyncio.run(recognise(stt, pcm))
+        playbook_file.write_text(DEMO_PLAYBOOK.read_text() + PUMPERNICKEL_INTENT)
         # The next utterance asks the decoding process to build the model again first.
-        assert asyncio.run(_recognise(stt, pcm)) == "pumpernickel"
+        assert asyncio.run(recognise(stt, pcm)) == "pumpernickel"
         assert stt.wait_models_built(1, timeout=30)
         assert source.version == 2
     finally:
@@ -158,7 +141,7 @@ def test_a_broken_edit_keeps_the_last_good_playbook(
     assert asyncio.run(brain.respond("when are you open", ctx)).intent == "hours"
     assert "keeping the last good one" in caplog.text
     assert source.version == 1
-    playbook_file.write_text(DEMO_PLAYBOOK.read_text() + SPECIAL)
+    playbook_file.write_text(DEMO_PLAYBOOK.read_text() + PUMPERNICKEL_INTENT)
     reply = asyncio.run(brain.respond("do you have pumpernickel", ctx))
     assert reply.intent == "special" and source.version == 2
 

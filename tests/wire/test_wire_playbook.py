@@ -8,19 +8,10 @@ from pathlib import Path
 import pytest
 
 from gateway.providers.scripted import DEMO_PLAYBOOK
+from tests.helpers.speech import PUMPERNICKEL_INTENT
 from tests.helpers.wire import count_lines, place_call, running_agent, uri, wait_for
 
 pytestmark = [pytest.mark.wire, pytest.mark.timeout(300)]
-
-# A bread the demo playbook does not know. The general English model hears the word as
-# "number make all"; once the playbook names it, the recogniser expects it.
-SPECIAL = """
-[[intents]]
-name = "special"
-keywords = ["pumpernickel"]
-examples = ["Do you have pumpernickel bread?"]
-reply = "Our pumpernickel comes out of the oven at noon."
-"""
 
 
 def test_an_edited_playbook_answers_the_next_call_and_is_heard(tmp_path: Path) -> None:
@@ -28,7 +19,7 @@ def test_an_edited_playbook_answers_the_next_call_and_is_heard(tmp_path: Path) -
     playbook.write_text(DEMO_PLAYBOOK.read_text())
     with running_agent(tmp_path, playbook=str(playbook)) as agent:
         before = place_call(uri(agent), "--say", "Pumpernickel.")
-        playbook.write_text(DEMO_PLAYBOOK.read_text() + SPECIAL)
+        playbook.write_text(DEMO_PLAYBOOK.read_text() + PUMPERNICKEL_INTENT)
         after = place_call(uri(agent), "--say", "Pumpernickel.")
         wait_for(lambda: len(agent.turns()) >= 4, 20, "the second call's turns")
         rebuilt = count_lines(agent, "language model rebuilt for the changed playbook")
