@@ -427,7 +427,10 @@ def build(s: Settings) -> PocketsphinxStt:
     # One decoder per call this process can hold: a call's pieces reach the decoding process
     # in order (an early final's "end" before the next piece's "start"), so a call never
     # needs two at once. Each decoder costs ~100 MB of RSS in that process.
-    playbook = PlaybookFile(s.playbook) if s.playbook is not None else None
+    # The playbook is what callers are answered from only with the scripted brain; with
+    # another brain the decoders expect the phrases of any call.
+    scripted = s.providers.brain == "scripted" and s.playbook is not None
+    playbook = PlaybookFile(s.playbook) if scripted and s.playbook is not None else None
     return PocketsphinxStt(
         decoders=s.sip.max_calls,
         playbook=playbook,

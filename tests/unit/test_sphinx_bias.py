@@ -187,3 +187,20 @@ def test_the_demo_softphone_expects_what_the_agent_says() -> None:
 )
 def test_digits_said_in_a_row_stay_digits(heard: str, meant: str) -> None:
     assert spoken_digits(heard) == meant
+
+
+def test_the_playbook_is_expected_only_when_it_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.providers import pocketsphinx_stt
+    from sip_config import load_settings
+
+    seen: list[object] = []
+    monkeypatch.setattr(
+        pocketsphinx_stt, "PocketsphinxStt", lambda **kw: seen.append(kw["playbook"])
+    )
+    pocketsphinx_stt.build(load_settings(env_file=None))
+    pocketsphinx_stt.build(
+        load_settings(
+            env_file=None, overrides={"providers": {"brain": "openai"}, "openai": {"api_key": "k"}}
+        )
+    )
+    assert isinstance(seen[0], PlaybookFile) and seen[1] is None
