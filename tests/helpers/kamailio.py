@@ -285,8 +285,9 @@ class Kamailio:
         return f"{self.host}:{self.port}"
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self, timeout: float = 10.0) -> None:
-        """Start Kamailio and wait until it answers an OPTIONS ping."""
+    def start(self, timeout: float = 30.0) -> None:
+        """Start Kamailio and wait until it answers an OPTIONS ping (generous: a full run
+        once saw it silent for 10 s while four test workers loaded the two cores)."""
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError("kamailio is already running")
         self.ctl.unlink(missing_ok=True)
