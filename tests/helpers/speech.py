@@ -7,7 +7,8 @@ from gateway.audio.pcm import split_frames
 from gateway.providers.pocketsphinx_stt import PocketsphinxStt
 
 # A bread the demo playbook does not know, whose word the pronunciation dictionary has:
-# the general English model hears it as "number make all".
+# the general English model hears Piper's steady voice say it as "number make all" (the
+# softphone's varying voice it sometimes hears right).
 PUMPERNICKEL_INTENT = """
 [[intents]]
 name = "special"

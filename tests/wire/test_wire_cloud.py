@@ -222,9 +222,13 @@ def test_a_caller_pausing_mid_sentence_is_answered_once_and_a_question_at_once(
         w.setsampwidth(2)
         w.setframerate(8000)
         w.writeframes(pcm)
-    # Deepgram as documented: finals of what was heard, punctuated; "|" is the pause.
+    # Deepgram as documented: finals of what was heard, punctuated; "|" is the pause. Its
+    # results come 50 ms after their audio, not 200: the words before the pause must be in
+    # before the plain 400 ms end of turn for "and" to lengthen it, and a loaded full run
+    # once took longer than the 100 ms of slack 200 ms leaves (the turn ended at "and").
     deepgram_fake.realistic(
-        script=["I would like a croissant and | a coffee, please.", "Are you open today?"]
+        latency_s=0.05,
+        script=["I would like a croissant and | a coffee, please.", "Are you open today?"],
     )
     openai_fake.by_position = True
     openai_fake.add(Text("One croissant and a coffee."), Text("Yes, until six."))
