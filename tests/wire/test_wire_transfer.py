@@ -326,7 +326,7 @@ def test_warm_transfer_bridges_the_caller_to_the_human(
     warm_agent: AgentProcess,
     human_port: int,
     tmp_path: Path,
-    speech_8k: Callable[[str], bytes],
+    steady_speech_8k: Callable[[str], bytes],
 ) -> None:
     agent = warm_agent
     # The human: sipp answers and echoes every RTP packet back, so once the caller is
@@ -336,7 +336,9 @@ def test_warm_transfer_bridges_the_caller_to_the_human(
     # The caller waits quietly while the agent rings and briefs the human (a few seconds),
     # then asks; by then it is bridged.
     later = tmp_path / "later.wav"
-    write_wav(later, bytes(2 * SAMPLE_RATE * 12) + speech_8k(question))
+    # Piper's steady voice: the human's transcript of it is the same every run (a varying
+    # rendition was once heard as "whether you're opening our").
+    write_wav(later, bytes(2 * SAMPLE_RATE * 12) + steady_speech_8k(question))
     try:
         proc = start_call(
             uri(agent), "--say", "Where are you located?", "--play", str(later), "--transcribe"
