@@ -156,6 +156,40 @@ def _contains(haystack: Sequence[str], needle: Sequence[str]) -> bool:
     )
 
 
+def _covered(words: Sequence[str], patterns: Sequence[Sequence[str]]) -> set[int]:
+    """Positions in ``words`` inside an occurrence of one of ``patterns``."""
+    covered: set[int] = set()
+    for pattern in patterns:
+        n = len(pattern)
+        for i in range(len(words) - n + 1):
+            if n and tuple(words[i : i + n]) == tuple(pattern):
+                covered.update(range(i, i + n))
+    return covered
+
+
+# What callers say around a goodbye: thanks, politeness, "that's all", filler and the
+# words that hold such phrases together. An intent that hangs up is taken only when the
+# rest of the turn is this kind of talk, give or take `HANGUP_STRAY_WORDS` other words:
+# "I think I dialled the wrong number", misheard as "i think i bye on the wrong number",
+# must not end the call on its "bye". The caller who meant goodbye hears the fallback and
+# says it again; a call ended by mistake cannot be taken back. Two stray words: on the
+# offline recognition bench (scripts/bench/offline_recognition.py), goodbyes the
+# recogniser garbled kept up to two ("okay him down bye"), the out-of-playbook and order
+# turns misheard with a "bye" had three or more ("goodbye bit of a couple of loaves").
+CLOSING_TALK = frozenset(
+    _stems(
+        "okay ok alright all right well so then now oh um uh er yes yeah yep no nope sure "
+        "fine great good lovely perfect wonderful cool cheers thanks thank thankyou you "
+        "very much so lot really appreciate it appreciated your help helpful that's that "
+        "thats this is it it's was all everything nothing else for today i i'm im i'll "
+        "ill i've we we're were me my have had a an the to and of done finished need "
+        "needed go going gotta got hang up bye goodbye good-bye see later soon again talk "
+        "nice day evening night morning weekend take care have a"
+    )
+)
+HANGUP_STRAY_WORDS = 2
+
+
 @dataclass(frozen=True)
 class KeyEntry:
     """Digits an intent collects after its reply, and what is said with them."""
@@ -196,6 +230,24 @@ class Intent:
         contains ("order")."""
         return sum(len(pattern) for pattern in self._patterns if _contains(words, pattern))
 
+    @property
+    def ends_call(self) -> bool:
+        """Whether the intent hangs up after its reply."""
+        return "hangup" in self.actions
+
+    def stray_words(self, words: Sequence[str]) -> int:
+        """How many of ``words`` (stemmed) are neither this intent's keywords nor closing
+        talk (`CLOSING_TALK`)."""
+        covered = _covered(words, self._patterns)
+        return sum(
+            1 for i, word in enumerate(words) if i not in covered and word not in CLOSING_TALK
+        )
+
+    def takes(self, words: Sequence[str]) -> bool:
+        """Whether a turn of ``words`` that scores for this intent may be answered by it:
+        an intent that ends the call needs a turn that is all goodbye (see `CLOSING_TALK`)."""
+        return not self.ends_call or self.stray_words(words) <= HANGUP_STRAY_WORDS
+
 
 @dataclass(frozen=True)
 class Playbook:
@@ -214,7 +266,9 @@ class Playbook:
         return next((i for i in self.intents if i.key and i.key == key), None)
 
     def match(self, text: str) -> Intent | None:
-        """Return the intent whose keywords best match ``text``, or None if none match."""
+        """Return the intent whose keywords best match ``text``, or None if none match.
+        An intent that ends the call is passed over when the turn holds more than a
+        goodbye (`Intent.takes`)."""
         words = _stems(text)
         if not words:
             return None
@@ -222,7 +276,7 @@ class Playbook:
         best_score = 0
         for intent in self.intents:
             score = intent.score(words)
-            if score > best_score:
+            if score > best_score and intent.takes(words):
                 best, best_score = intent, score
         return best
 

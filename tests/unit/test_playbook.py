@@ -166,6 +166,52 @@ def test_normalisation_and_plural_tolerance() -> None:
     assert (m := pb.match("at nine oclock")) is not None and m.name == "t"
 
 
+@pytest.mark.parametrize(
+    "transcript",
+    [
+        "Thanks, bye bye.",
+        "okay thanks a lot bye now",
+        "Alright, I'll hang up now.",
+        "ok that's great thank you very much bye",
+        "okay him down bye",  # a garbled goodbye: two stray words
+    ],
+)
+def test_a_goodbye_with_closing_talk_hangs_up(demo: Playbook, transcript: str) -> None:
+    matched = demo.match(transcript)
+    assert matched is not None and matched.name == "goodbye" and matched.ends_call
+
+
+@pytest.mark.parametrize(
+    "transcript",
+    [
+        "i think i bye on the wrong number",  # "I think I dialled the wrong number"
+        "goodbye bit of a couple of loaves",  # "Could I reserve a couple of loaves?"
+    ],
+)
+def test_a_bye_inside_other_talk_does_not_hang_up(demo: Playbook, transcript: str) -> None:
+    assert demo.match(transcript) is None
+    reply = asyncio.run(ScriptedBrain(demo).respond(transcript, CTX))
+    assert reply == BrainReply(text=demo.fallback, actions=(), intent=None)
+
+
+def test_a_passed_over_hangup_leaves_the_turn_to_the_next_intent() -> None:
+    pb = Playbook(
+        name="x",
+        greeting="g",
+        fallback="f",
+        reprompt="r",
+        goodbye="b",
+        intents=(
+            Intent("bye", ("bye", "wrong number"), "Bye.", actions=("hangup",)),
+            Intent("order", ("loaves",), "Order."),
+        ),
+    )
+    # "bye" and "wrong number" outscore "loaves", but three words are not closing talk.
+    assert (m := pb.match("bye wrong number a couple of fresh loaves")) is not None
+    assert m.name == "order"
+    assert (m := pb.match("okay wrong number bye")) is not None and m.name == "bye"
+
+
 def test_scripted_brain(demo: Playbook) -> None:
     brain = ScriptedBrain(demo)
     assert isinstance(brain, Brain)
