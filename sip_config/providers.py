@@ -167,6 +167,13 @@ class ProviderSettings(Section):
             " English model. 0 uses the general model alone."
         ),
     )
+    pocketsphinx_phone_line_adaptation: bool = Field(
+        default=True,
+        description=(
+            "pocketsphinx's 16 kHz acoustic model adapted to speech through an 8 kHz G.711"
+            " line (a bundled MLLR transform). false uses the model as it ships."
+        ),
+    )
     piper_length_scale: float = Field(
         default=1.0, ge=0.5, le=2.0, description="Piper speaking-rate factor (>1 is slower)."
     )

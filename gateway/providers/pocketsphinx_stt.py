@@ -66,6 +66,21 @@ PHONE_LINE_CMN = "48.0,30.1,-32.7,37.8,-17.8,-0.6,7.8,-25.9,13.9,-13.0,0.7,7.7,-
 # The playbook model's share in the interpolation (providers.pocketsphinx_playbook_weight).
 DEFAULT_PLAYBOOK_WEIGHT = 0.5
 
+# The bundled acoustic model was trained on 16 kHz speech; a call's is 8 kHz through G.711,
+# nothing above 4 kHz, and the model's upper filters hear nothing where it learnt the
+# hiss of "s", "z" and "f" ("seven" heard as "and then", "zero" as "near"). This global
+# MLLR transform (pocketsphinx's -mllr) moves the model's means toward speech as a phone
+# line carries it. It was estimated with CMU Sphinx's own adaptation tools (sphinx_fe, bw,
+# mllr_solve) from Piper speech sent through the G.711 line: scripts/adapt_phone_line.py
+# makes it again. providers.pocketsphinx_phone_line_adaptation turns it off.
+PHONE_LINE_MLLR = Path(__file__).with_name("phone_line.mllr")
+
+
+def _decoder(adapt: bool) -> NativeDecoder:
+    """A decoder with the phone line's cepstral start, and its acoustic adaptation when
+    `adapt`."""
+    return NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN, mllr=PHONE_LINE_MLLR if adapt else None)
+
 
 class LanguageModels:
     """Builds decoders' language models in one process; the general model is read once
@@ -93,11 +108,14 @@ class LanguageModels:
             playbook.close()  # the set holds its own reference
 
 
-def new_decoder(text: str | None = None, weight: float = DEFAULT_PLAYBOOK_WEIGHT) -> Any:
-    """A decoder with the bundled en-US model at 16 kHz, its cepstral normalisation starting
-    where a phone line's speech puts it, expecting `text` (a playbook corpus, see
-    `sphinx_bias.playbook_corpus`) with `weight`; the general model alone without it."""
-    decoder = NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+def new_decoder(
+    text: str | None = None, weight: float = DEFAULT_PLAYBOOK_WEIGHT, adapt: bool = True
+) -> Any:
+    """A decoder with the bundled en-US model at 16 kHz, adapted to the phone line (unless
+    not `adapt`), its cepstral normalisation starting where a phone line's speech puts it,
+    expecting `text` (a playbook corpus, see `sphinx_bias.playbook_corpus`) with `weight`;
+    the general model alone without it."""
+    decoder = _decoder(adapt)
     decoder.use_model(LanguageModels(decoder).build(text, weight))
     return decoder
 
@@ -136,10 +154,10 @@ class SttProcessError(RuntimeError):
 
 
 # -- the child process ---------------------------------------------------------------------
-def _serve(conn: Connection, decoders: int, text: str, weight: float) -> None:
+def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: bool) -> None:
     """Child main loop. Messages: (op, stream_id, payload); replies: (kind, stream_id,
     text|error); ("bias", 0, corpus) builds the decoders' model again from a new corpus."""
-    first = NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+    first = _decoder(adapt)
     models = LanguageModels(first)
     problem = ""
     try:
@@ -151,7 +169,7 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float) -> None:
     tuned: dict[int, int] = {}  # id(decoder) -> generation of the model it decodes with
 
     def fresh() -> NativeDecoder:
-        return NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+        return _decoder(adapt)
 
     def tune(decoder: NativeDecoder) -> NativeDecoder:
         if tuned.get(id(decoder)) != generation:
@@ -269,10 +287,13 @@ class PocketsphinxStt(SttProvider):
         start_timeout_s: float = 60.0,
         playbook: PlaybookFile | None = None,
         weight: float = DEFAULT_PLAYBOOK_WEIGHT,
+        adapt: bool = True,
     ) -> None:
         """Start the decoding process: `decoders` decoders expecting `playbook` (and the
-        phrases of any call) with `weight` against the general model."""
+        phrases of any call) with `weight` against the general model, their acoustic model
+        adapted to the phone line when `adapt`."""
         self._decoders = decoders
+        self._adapt = adapt
         self._ids = itertools.count(1)
         self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[str]]] = {}
         self._lock = threading.Lock()
@@ -303,7 +324,7 @@ class PocketsphinxStt(SttProvider):
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_serve,
-            args=(child, self._decoders, self._text, self._weight),
+            args=(child, self._decoders, self._text, self._weight, self._adapt),
             name="sipagent-stt",
             daemon=True,
         )
@@ -435,4 +456,5 @@ def build(s: Settings) -> PocketsphinxStt:
         decoders=s.sip.max_calls,
         playbook=playbook,
         weight=s.providers.pocketsphinx_playbook_weight,
+        adapt=s.providers.pocketsphinx_phone_line_adaptation,
     )

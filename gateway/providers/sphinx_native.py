@@ -143,21 +143,27 @@ class NativeDecoder:
     """A pocketsphinx decoder (en-US acoustic model, CMUdict) driven through the C API,
     with the method names of the Python binding's `Decoder` that the STT code uses."""
 
-    def __init__(self, samprate: int, cmn: str = "") -> None:
+    def __init__(self, samprate: int, cmn: str = "", mllr: Path | None = None) -> None:
+        """`cmn`: where cepstral mean normalisation starts (see `set_cmn`); `mllr`: an MLLR
+        transform of the acoustic model's means (pocketsphinx's ``-mllr``), None for none."""
+        self._ps: int | None = None  # closing a decoder that failed to start is a no-op
         lib = _lib()
-        options = {
+        options: dict[str, str | int] = {
             "hmm": str(model_dir() / "en-us"),
             "dict": str(dictionary_path()),
             "samprate": samprate,
         }
+        if mllr is not None:
+            options["mllr"] = str(mllr)
         config = lib.ps_config_parse_json(None, json.dumps(options).encode())
         if not config:
             raise SphinxError("pocketsphinx refused its configuration")
         ps = lib.ps_init(config)
         lib.ps_config_free(config)  # the decoder holds its own reference
         if not ps:
-            raise SphinxError("pocketsphinx could not load its acoustic model")
-        self._ps: int | None = ps
+            also = f" or the transform {mllr}" if mllr is not None else ""
+            raise SphinxError(f"pocketsphinx could not load its acoustic model{also}")
+        self._ps = ps
         self._search = 0
         if cmn:
             self.set_cmn(cmn)

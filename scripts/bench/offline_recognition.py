@@ -37,12 +37,14 @@ Figures per mode (rows):
 
 Goal (issue): intent ≥ 95 %, and each bare word and the digits heard ≥ 9 times in 10.
 
-"after" is `new_decoder(playbook_corpus(playbook))`, at the agent's default weight;
-`--weight W` (repeatable, or comma-separated) passes `weight=W` too, a row per weight.
-`make_decoder` is the one place a mode's decoder is made.
+"after" is `new_decoder(playbook_corpus(playbook))`, as the agent decodes: biased toward
+the playbook at the default weight, and the acoustic model adapted to the phone line
+(gateway/providers/phone_line.mllr). "before" is neither, "biased" and "adapted" one of
+them each. `--weight W` (repeatable, or comma-separated) passes `weight=W` to "after", a
+row per weight. `make_decoder` is the one place a mode's decoder is made.
 
 Usage: python scripts/bench/offline_recognition.py [--voices flite|espeak|all]
-           [--modes before,after] [--weight W ...] [--full] [--processes 2]
+           [--modes before,biased,adapted,after] [--weight W ...] [--full] [--processes 2]
            [--show-errors] [--json]
 """
 
@@ -314,11 +316,13 @@ def caller_audio(voice: Voice, text: str) -> bytes:
 # -- recognisers ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Mode:
-    """A recogniser to measure: the general model, or biased toward the playbook."""
+    """A recogniser to measure: the general model, or biased toward the playbook; its
+    acoustic model as it ships, or adapted to the phone line."""
 
     name: str
     biased: bool
     weight: float | None = None  # the interpolation weight, None for the default
+    adapted: bool = True
 
 
 @functools.cache
@@ -338,10 +342,10 @@ def corpus() -> str:
 def make_decoder(mode: Mode) -> Any:
     """A new pocketsphinx decoder for `mode`, configured as the agent configures it."""
     if not mode.biased:
-        return new_decoder()
+        return new_decoder(adapt=mode.adapted)
     if mode.weight is None:
-        return new_decoder(corpus())
-    return new_decoder(corpus(), weight=mode.weight)
+        return new_decoder(corpus(), adapt=mode.adapted)
+    return new_decoder(corpus(), weight=mode.weight, adapt=mode.adapted)
 
 
 def bias_missing() -> str | None:
@@ -611,20 +615,29 @@ def _modes(names: str, weights: list[float]) -> list[Mode]:
     modes: list[Mode] = []
     for name in (n.strip() for n in names.split(",") if n.strip()):
         if name == "before":
-            modes.append(Mode("before", biased=False))
+            modes.append(Mode("before", biased=False, adapted=False))
+        elif name == "biased":
+            modes.append(Mode("biased", biased=True, adapted=False))
+        elif name == "adapted":
+            modes.append(Mode("adapted", biased=False))
         elif name == "after" and weights:
             modes += [Mode(f"after w={w:g}", biased=True, weight=w) for w in weights]
         elif name == "after":
             modes.append(Mode("after", biased=True))
         else:
-            raise ValueError(f"unknown mode {name!r} (before, after)")
+            raise ValueError(f"unknown mode {name!r} (before, biased, adapted, after)")
     return modes
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--voices", choices=("flite", "espeak", "all"), default="flite")
-    ap.add_argument("--modes", default="before,after", help="comma-separated: before, after")
+    ap.add_argument(
+        "--modes",
+        default="before,after",
+        help="comma-separated: before (general model, as shipped), biased (toward the"
+        " playbook), adapted (to the phone line), after (both: the agent's default)",
+    )
     ap.add_argument(
         "--weight",
         action="append",
