@@ -43,8 +43,12 @@ the playbook at the default weight, and the acoustic model adapted to the phone 
 them each. `--weight W` (repeatable, or comma-separated) passes `weight=W` to "after", a
 row per weight. `make_decoder` is the one place a mode's decoder is made.
 
+`--wideband` hands the recogniser the same utterances at 16 kHz without G.711, the
+bandwidth the acoustic model was trained on: how much of what is left is the telephone band.
+
 Usage: python scripts/bench/offline_recognition.py [--voices flite|espeak|all]
            [--modes before,biased,adapted,after] [--weight W ...] [--full] [--processes 2]
+           [--wideband]
            [--show-errors] [--json]
 """
 
@@ -73,9 +77,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from gateway.audio.g711 import ulaw_decode, ulaw_encode
-from gateway.audio.pcm import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, read_wav, resample, rms_dbfs
-from gateway.providers.pocketsphinx_stt import decode_stream, new_decoder
+from gateway.audio.pcm import SAMPLE_RATE, read_wav, resample, rms_dbfs
+from gateway.providers.pocketsphinx_stt import MODEL_RATE, decode_stream, new_decoder
 from gateway.providers.scripted import DEMO_PLAYBOOK, Playbook, load_playbook, normalize_words
+from gateway.providers.sphinx_bias import spoken_digits
 
 # -- what callers say ----------------------------------------------------------------------
 # Intent utterances: phone callers' own phrasing of what each intent of the bakery playbook
@@ -280,37 +285,37 @@ VOICED_DBFS = -50.0  # a frame is speech above the turn detector's energy floor
 NOISE_DBFS = -70.0  # the line's noise floor: near-silence, not digital zero
 
 
-def line_audio(pcm: bytes, rate: int, seed: int) -> bytes:
+def line_audio(pcm: bytes, rate: int, seed: int, wideband: bool = False) -> bytes:
     """A synthesised utterance as the recogniser gets it from a call: 8 kHz over line noise,
-    cut to the speech plus the VAD's margins, through G.711 μ-law and back."""
-    speech = np.frombuffer(resample(pcm, rate, SAMPLE_RATE), dtype="<i2").astype(np.float64)
-    frames = len(speech) // FRAME_SAMPLES
-    pcm8k = speech.astype("<i2").tobytes()
-    voiced = [
-        i
-        for i in range(frames)
-        if rms_dbfs(pcm8k[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]) > VOICED_DBFS
-    ]
+    cut to the speech plus the VAD's margins, through G.711 μ-law and back. `wideband`: the
+    same at the model's 16 kHz, without G.711 (what the telephone band costs)."""
+    line_rate = MODEL_RATE if wideband else SAMPLE_RATE
+    frame = line_rate // 50  # 20 ms
+    speech = np.frombuffer(resample(pcm, rate, line_rate), dtype="<i2").astype(np.float64)
+    frames = len(speech) // frame
+    pcm_line = speech.astype("<i2").tobytes()
+    loud = [rms_dbfs(pcm_line[i * frame * 2 : (i + 1) * frame * 2]) for i in range(frames)]
+    voiced = [i for i, level in enumerate(loud) if level > VOICED_DBFS]
     if not voiced:
         raise RuntimeError("the synthesiser produced no speech")
-    start = voiced[0] * FRAME_SAMPLES - LEAD_MS * SAMPLE_RATE // 1000
-    end = (voiced[-1] + 1) * FRAME_SAMPLES + TRAIL_MS * SAMPLE_RATE // 1000
+    start = voiced[0] * frame - LEAD_MS * line_rate // 1000
+    end = (voiced[-1] + 1) * frame + TRAIL_MS * line_rate // 1000
     segment = np.zeros(end - start)
     lo, hi = max(start, 0), min(end, len(speech))
     segment[lo - start : hi - start] = speech[lo:hi]
     noise_rms = 32768.0 * 10 ** (NOISE_DBFS / 20)
     segment += np.random.default_rng(seed).normal(0.0, noise_rms, segment.size)
     line = np.clip(np.round(segment), -32768, 32767).astype("<i2").tobytes()
-    return ulaw_decode(ulaw_encode(line))
+    return line if wideband else ulaw_decode(ulaw_encode(line))
 
 
-def caller_audio(voice: Voice, text: str) -> bytes:
+def caller_audio(voice: Voice, text: str, wideband: bool = False) -> bytes:
     """`text` in `voice`, as the recogniser gets it from a call (8 kHz int16 PCM)."""
     with tempfile.TemporaryDirectory(prefix="offline-recognition-") as tmp:
         path = Path(tmp) / "said.wav"
         subprocess.run(voice.command(text, path), check=True, capture_output=True)
         pcm, rate = read_wav(path)
-    return line_audio(pcm, rate, zlib.crc32(f"{voice.label}|{text}".encode()))
+    return line_audio(pcm, rate, zlib.crc32(f"{voice.label}|{text}".encode()), wideband)
 
 
 # -- recognisers ---------------------------------------------------------------------------
@@ -373,11 +378,24 @@ class Heard:
     audio_s: float
 
 
-def _decode(mode: Mode, voice: Voice, index: int, pcm: bytes, decoder: Any, fresh: bool) -> Heard:
+def decode_wideband(pcm16k: bytes, decoder: Any) -> str:
+    """`decode_stream` for 16 kHz audio: fed to the decoder as it is, in 60 ms chunks."""
+    chunk = MODEL_RATE * 2 * 60 // 1000
+    decoder.start_utt()
+    for start in range(0, len(pcm16k), chunk):
+        decoder.process_raw(pcm16k[start : start + chunk], False, False)
+    decoder.end_utt()
+    return spoken_digits(str(decoder.hyp_text()))
+
+
+def _decode(
+    mode: Mode, voice: Voice, index: int, pcm: bytes, decoder: Any, fresh: bool, wideband: bool
+) -> Heard:
     started = time.process_time()
-    text = decode_stream(pcm, decoder)
+    text = decode_wideband(pcm, decoder) if wideband else decode_stream(pcm, decoder)
     cpu = time.process_time() - started
-    return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / SAMPLE_RATE)
+    rate = MODEL_RATE if wideband else SAMPLE_RATE
+    return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / rate)
 
 
 @dataclass(frozen=True)
@@ -388,6 +406,7 @@ class Job:
     rendition: int  # its number in its voice set
     mode: Mode
     full: bool  # every utterance, not half of the sentences
+    wideband: bool = False  # 16 kHz audio, no telephone band (see line_audio)
 
 
 def hear(job: Job) -> tuple[list[Heard], list[float]]:
@@ -396,17 +415,17 @@ def hear(job: Job) -> tuple[list[Heard], list[float]]:
     decoder took to create."""
     voice, mode = job.voice, job.mode
     said = [i for i in CALL_ORDER if UTTERANCES[i].said_in(job.rendition, job.full)]
-    audio = {i: caller_audio(voice, UTTERANCES[i].text) for i in said}
+    audio = {i: caller_audio(voice, UTTERANCES[i].text, job.wideband) for i in said}
     started = time.perf_counter()
     decoder = make_decoder(mode)
     builds = [time.perf_counter() - started]
-    heard = [_decode(mode, voice, i, audio[i], decoder, False) for i in said]
+    heard = [_decode(mode, voice, i, audio[i], decoder, False, job.wideband) for i in said]
     del decoder
     for i in sorted(i for i in said if UTTERANCES[i].fresh):
         started = time.perf_counter()
         fresh = make_decoder(mode)
         builds.append(time.perf_counter() - started)
-        heard.append(_decode(mode, voice, i, audio[i], fresh, True))
+        heard.append(_decode(mode, voice, i, audio[i], fresh, True, job.wideband))
         del fresh
     return heard, builds
 
@@ -651,6 +670,11 @@ def main() -> int:
         help="every sentence in all 10 renditions (default: in 5, every voice; twice as long)",
     )
     ap.add_argument("--processes", type=int, default=2, help="decoding processes (1-2)")
+    ap.add_argument(
+        "--wideband",
+        action="store_true",
+        help="the utterances at 16 kHz without G.711: what the telephone band costs",
+    )
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     ap.add_argument("--show-errors", action="store_true", help="list misrecognised utterances")
     args = ap.parse_args()
@@ -680,7 +704,7 @@ def main() -> int:
     started = time.perf_counter()
     # The biased modes decode slower: they go first, so the last jobs are short ones.
     jobs = [
-        Job(voice, n, mode, args.full)
+        Job(voice, n, mode, args.full, args.wideband)
         for mode in sorted(modes, key=lambda m: not m.biased)
         for s in sets
         for n, voice in enumerate(VOICE_SETS[s])
