@@ -53,6 +53,27 @@ def steady_speech_8k() -> Callable[[str], bytes]:
 
 
 @pytest.fixture(scope="session")
+def phone_line(steady_speech_8k: Callable[[str], bytes]) -> Callable[[str], bytes]:
+    """Piper's steady voice through G.711, as the recogniser gets a caller (the same
+    samples every run)."""
+    from gateway.audio.g711 import ulaw_decode, ulaw_encode
+
+    def speak(text: str) -> bytes:
+        return ulaw_decode(ulaw_encode(steady_speech_8k(text)))
+
+    return speak
+
+
+@pytest.fixture(scope="session")
+def demo_text() -> str:
+    """What the offline recogniser learns from with the demo playbook."""
+    from gateway.providers.scripted import DEMO_PLAYBOOK, load_playbook
+    from gateway.providers.sphinx_bias import playbook_corpus
+
+    return playbook_corpus(load_playbook(DEMO_PLAYBOOK))
+
+
+@pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A throwaway PostgreSQL server for the session (skipped when PostgreSQL is not
     installed, unless .ci/run requires it: then the tests fail)."""

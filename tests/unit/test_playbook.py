@@ -37,6 +37,13 @@ def demo() -> Playbook:
     return load_playbook(DEMO_PLAYBOOK)
 
 
+def keyword_playbook(*intents: Intent) -> Playbook:
+    """A playbook of `intents` alone, its prompts one letter each."""
+    return Playbook(
+        name="x", greeting="g", fallback="f", reprompt="r", goodbye="b", intents=intents
+    )
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "playbook.toml"
     path.write_text(text, encoding="utf-8")
@@ -109,16 +116,9 @@ def test_demo_no_match(demo: Playbook, transcript: str) -> None:
 
 
 def test_words_and_phrases_match_whole_words_only() -> None:
-    pb = Playbook(
-        name="x",
-        greeting="g",
-        fallback="f",
-        reprompt="r",
-        goodbye="b",
-        intents=(
-            Intent("bye", ("bye",), "Bye."),
-            Intent("phrase", ("talk to a person",), "Hold on."),
-        ),
+    pb = keyword_playbook(
+        Intent("bye", ("bye",), "Bye."),
+        Intent("phrase", ("talk to a person",), "Hold on."),
     )
     assert pb.match("standby mode") is None  # "bye" is not a word in it
     assert pb.match("bye") is not None
@@ -128,17 +128,10 @@ def test_words_and_phrases_match_whole_words_only() -> None:
 
 
 def test_highest_score_wins_and_ties_go_first() -> None:
-    pb = Playbook(
-        name="x",
-        greeting="g",
-        fallback="f",
-        reprompt="r",
-        goodbye="b",
-        intents=(
-            Intent("a", ("cake",), "A."),
-            Intent("b", ("cake", "birthday"), "B."),
-            Intent("c", ("birthday",), "C."),
-        ),
+    pb = keyword_playbook(
+        Intent("a", ("cake",), "A."),
+        Intent("b", ("cake", "birthday"), "B."),
+        Intent("c", ("birthday",), "C."),
     )
     assert (m := pb.match("a birthday cake")) is not None and m.name == "b"
     assert (m := pb.match("cake")) is not None and m.name == "a"
@@ -154,13 +147,8 @@ def test_normalisation_and_plural_tolerance() -> None:
     assert stem("cookies") == stem("cookie")
     assert stem("addresses") == stem("address")
     assert stem("bye") == "bye"
-    pb = Playbook(
-        name="x",
-        greeting="g",
-        fallback="f",
-        reprompt="r",
-        goodbye="b",
-        intents=(Intent("hours", ("opening hour",), "Nine."), Intent("t", ("o'clock",), "T.")),
+    pb = keyword_playbook(
+        Intent("hours", ("opening hour",), "Nine."), Intent("t", ("o'clock",), "T.")
     )
     assert (m := pb.match("your opening hours")) is not None and m.name == "hours"
     assert (m := pb.match("at nine oclock")) is not None and m.name == "t"
@@ -195,16 +183,9 @@ def test_a_bye_inside_other_talk_does_not_hang_up(demo: Playbook, transcript: st
 
 
 def test_a_passed_over_hangup_leaves_the_turn_to_the_next_intent() -> None:
-    pb = Playbook(
-        name="x",
-        greeting="g",
-        fallback="f",
-        reprompt="r",
-        goodbye="b",
-        intents=(
-            Intent("bye", ("bye", "wrong number"), "Bye.", actions=("hangup",)),
-            Intent("order", ("loaves",), "Order."),
-        ),
+    pb = keyword_playbook(
+        Intent("bye", ("bye", "wrong number"), "Bye.", actions=("hangup",)),
+        Intent("order", ("loaves",), "Order."),
     )
     # "bye" and "wrong number" outscore "loaves", but three words are not closing talk.
     assert (m := pb.match("bye wrong number a couple of fresh loaves")) is not None

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audio.g711 import ulaw_decode, ulaw_encode
 from gateway.providers import pocketsphinx_stt
 from gateway.providers.pocketsphinx_stt import (
     MODEL_RATE,
@@ -17,25 +16,8 @@ from gateway.providers.pocketsphinx_stt import (
     decode_stream,
     new_decoder,
 )
-from gateway.providers.scripted import DEMO_PLAYBOOK, load_playbook
-from gateway.providers.sphinx_bias import playbook_corpus
 from gateway.providers.sphinx_native import NativeDecoder, SphinxError
 from sip_config import load_settings
-
-
-@pytest.fixture(scope="module")
-def phone_line(steady_speech_8k: Callable[[str], bytes]) -> Callable[[str], bytes]:
-    """Piper's steady voice through G.711 (the same samples every run)."""
-
-    def speak(text: str) -> bytes:
-        return ulaw_decode(ulaw_encode(steady_speech_8k(text)))
-
-    return speak
-
-
-@pytest.fixture(scope="module")
-def demo_text() -> str:
-    return playbook_corpus(load_playbook(DEMO_PLAYBOOK))
 
 
 def test_the_transform_ships_with_the_package() -> None:

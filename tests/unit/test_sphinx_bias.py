@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audio.g711 import ulaw_decode, ulaw_encode
 from gateway.providers.base import CallContext
 from gateway.providers.pocketsphinx_stt import PocketsphinxStt, decode_stream, new_decoder
 from gateway.providers.scripted import (
@@ -24,7 +23,6 @@ from gateway.providers.sphinx_bias import (
     CALL_PHRASES,
     DIGITS,
     corpus,
-    playbook_corpus,
     playbook_phrases,
     reply_phrases,
     spoken_digits,
@@ -32,21 +30,6 @@ from gateway.providers.sphinx_bias import (
 )
 from gateway.providers.sphinx_native import dictionary_path
 from tests.helpers.speech import PUMPERNICKEL_INTENT, recognise
-
-
-@pytest.fixture(scope="module")
-def phone_line(steady_speech_8k: Callable[[str], bytes]) -> Callable[[str], bytes]:
-    """Piper's steady voice through G.711 (the same samples every run)."""
-
-    def speak(text: str) -> bytes:
-        return ulaw_decode(ulaw_encode(steady_speech_8k(text)))
-
-    return speak
-
-
-@pytest.fixture(scope="module")
-def demo_text() -> str:
-    return playbook_corpus(load_playbook(DEMO_PLAYBOOK))
 
 
 def test_the_training_text_holds_the_playbook_and_any_call() -> None:
