@@ -13,7 +13,8 @@ of the turn only the last chunk and the final search remain.
 
 The decoders expect the playbook: their language model is the playbook's own, interpolated
 with the general English model (gateway/providers/sphinx_bias.py), built in the child at
-start-up and built again there when the playbook file changes.
+start-up and built again there when the playbook file changes. Their acoustic model is
+adapted to the phone line's 8 kHz G.711 speech (`PHONE_LINE_MLLR`).
 """
 
 from __future__ import annotations

@@ -180,11 +180,11 @@ CLOSING_TALK = frozenset(
     _stems(
         "okay ok alright all right well so then now oh um uh er yes yeah yep no nope sure "
         "fine great good lovely perfect wonderful cool cheers thanks thank thankyou you "
-        "very much so lot really appreciate it appreciated your help helpful that's that "
+        "very much lot really appreciate it appreciated your help helpful that's that "
         "thats this is it it's was all everything nothing else for today i i'm im i'll "
         "ill i've we we're were me my have had a an the to and of done finished need "
-        "needed go going gotta got hang up bye goodbye good-bye see later soon again talk "
-        "nice day evening night morning weekend take care have a"
+        "needed go going gotta got hang up bye goodbye see later soon again talk nice day "
+        "evening night morning weekend take care"
     )
 )
 HANGUP_STRAY_WORDS = 2
