@@ -10,8 +10,9 @@ speech. The adaptation speech is Piper's bundled voice saying the sentences belo
 phrases the recogniser expects (gateway/providers/sphinx_bias.py), digit strings and the
 demo playbook's examples, four renditions each at different speaking styles and speeds
 (speed perturbation moves the formants, so the transform learns the line more than the
-voice), each through the same line the offline recognition bench uses: 8 kHz over a faint
-noise, G.711 μ-law, upsampled to 16 kHz as the gateway does.
+voice), each through a line like the offline recognition bench's (`phone_line` here,
+`line_audio` there, which also cuts the speech as the turn detector does): 8 kHz over the
+same faint noise, G.711 μ-law, upsampled to 16 kHz as the gateway does.
 
 Needs Debian's `sphinxtrain` (bw, mllr_solve), `sphinxbase-utils` (sphinx_fe) and
 `pocketsphinx` (pocketsphinx_mdef_convert): `apt-get install sphinxtrain sphinxbase-utils
