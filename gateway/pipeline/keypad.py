@@ -4,13 +4,57 @@ A brain may ask for an entry after its reply (`BrainReply.collect`: min/max digi
 terminator, inter-digit timeout). Without one, each key is a caller turn of its own. With
 one, keys are gathered until the terminator, `max_digits` or the inter-digit timeout, and
 then become one caller turn. After an entry ended at `max_digits`, its terminator pressed
-right after out of habit ("123456#") is swallowed. No asyncio here: the session waits for
-keys and for `deadline`, this module decides.
+right after out of habit ("123456#") is swallowed. An entry the brain allows to be said
+(`DigitCollect.spoken`) may come as a caller turn of digits alone instead
+(`spoken_entry`). No asyncio here: the session waits for keys and for `deadline`, this
+module decides.
 """
 
 from __future__ import annotations
 
-from gateway.providers.base import DigitCollect, KeyInput
+import re
+
+from gateway.providers.base import EXPECT_DIGITS, DigitCollect, KeyInput
+
+_DIGIT_WORDS = {
+    word: str(n)
+    for n, word in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven"))
+}
+_DIGIT_WORDS |= {"eight": "8", "nine": "9", "oh": "0", "o": "0"}
+# What may come before the digits of a spoken entry ("it's four five six"), as `_words`
+# writes them (apostrophes dropped).
+_LEAD_INS = (
+    ("its",),
+    ("it", "is"),
+    ("thats",),
+    ("my", "number", "is"),
+    ("the", "number", "is"),
+    ("number",),
+)
+
+
+def _words(text: str) -> list[str]:
+    """Lowercase words and figures, apostrophes dropped ("it's" is "its")."""
+    return re.findall(r"[a-z0-9]+", re.sub(r"['\u2019]", "", text.lower()))
+
+
+def spoken_entry(text: str) -> str | None:
+    """The keys a caller turn says, when it says only digits (words or figures), perhaps
+    after a lead-in such as "it's" or "my number is"; None for anything else."""
+    words = _words(text)
+    for lead in _LEAD_INS:
+        if tuple(words[: len(lead)]) == lead:
+            words = words[len(lead) :]
+            break
+    keys = ""
+    for word in words:
+        if word.isdigit():
+            keys += word
+        elif word in _DIGIT_WORDS:
+            keys += _DIGIT_WORDS[word]
+        else:
+            return None
+    return keys or None
 
 
 class KeypadEntry:
@@ -26,6 +70,24 @@ class KeypadEntry:
     def underway(self) -> bool:
         """An entry has begun (speech is ignored until it ends)."""
         return bool(self.digits)
+
+    @property
+    def expected(self) -> str | None:
+        """What the caller's next utterance is expected to be: `EXPECT_DIGITS` while an
+        entry that may be said is asked for and no key came yet; else None."""
+        spec = self.collect
+        if spec is not None and spec.spoken and not self.digits:
+            return EXPECT_DIGITS
+        return None
+
+    def said(self, text: str) -> KeyInput | None:
+        """A caller turn's transcript: the entry asked for when it says one
+        (`spoken_entry`), else None. Either way the request is over (speech came first)."""
+        spec, self.collect = self.collect, None
+        if spec is None or not spec.spoken:
+            return None
+        keys = spoken_entry(text)
+        return KeyInput(keys, "speech") if keys is not None else None
 
     @property
     def deadline(self) -> float | None:

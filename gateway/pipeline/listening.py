@@ -50,6 +50,11 @@ class Floor(Protocol):
         """A keypad entry has begun: speech that starts now is ignored."""
         ...
 
+    def expected(self) -> str | None:
+        """What the caller is expected to say now, for the recogniser
+        (`SttProvider.open_stream`'s `expect`)."""
+        ...
+
     def heard(self, at: float) -> None:
         """The caller's speech started or ended at `at` (the caller is there)."""
 
@@ -124,7 +129,7 @@ class Listener:
                 self._stt_ended = False
                 self._barged = floor.caller_started()
                 await self.drop()
-                self._stream = await self.stt.open_stream()
+                self._stream = await self.stt.open_stream(floor.expected())
                 await self._stream.feed(event.audio)
             else:
                 stt, self._stream = self._stream, None
@@ -205,7 +210,8 @@ class Listener:
                 self.detector.set_end_of_turn_ms(self.opt.end_of_turn_ms)
                 if self._floor is not None:
                     self._floor.caller_went_on()
-            self._stream = await self.stt.open_stream()
+            expect = self._floor.expected() if self._floor is not None else None
+            self._stream = await self.stt.open_stream(expect)
             await self._stream.feed(frame)
 
     def _part_final(self, parts: list[asyncio.Future[str]]) -> None:

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gateway.pipeline import clock
 from gateway.pipeline.generation import Generation
-from gateway.pipeline.keypad import KeypadEntry
+from gateway.pipeline.keypad import KeypadEntry, spoken_entry
 from gateway.pipeline.options import ConversationOptions, Prompts
 from gateway.pipeline.playout import Speaker, close_stream, said_nothing
 from gateway.pipeline.pushed import PushedReplies
@@ -123,6 +123,8 @@ class Replies:
         if not text.strip():
             return
         words = f"{self.carry_text} {text}".strip()
+        if self.keypad.expected is not None and spoken_entry(words) is not None:
+            return  # an entry said: the brain answers it as keys (`respond`)
         stream = self.brain.prepare_stream(words, self.ctx)
         if stream is None:
             return
@@ -262,7 +264,13 @@ class Replies:
         if not text and rec.speech_ms < self.opt.min_unrecognised_ms and not rec.barge_in:
             log.debug("call %s: ignored %d ms of unrecognised sound", self.call_id, rec.speech_ms)
             return
-        self.keypad.drop_request()  # speech came before any key
+        entry = self.keypad.said(text)  # speech came before any key: the request is over
+        if entry is not None:  # it said the entry asked for
+            self.drop_prepared()
+            self.carry_text = ""
+            rec.user_text = f"{text} [keys said] {entry.digits}"
+            await self.respond_keys(entry, rec, end_of_speech)
+            return
         # Kept until the brain has answered: if the caller talks on first, the next turn
         # includes these words.
         self.carry_text = text

@@ -178,6 +178,9 @@ class CallSession:
     def keys_underway(self) -> bool:
         return self.keypad.underway
 
+    def expected(self) -> str | None:
+        return self.keypad.expected
+
     def heard(self, at: float) -> None:
         self._last_activity = at
         self._floor_moved()

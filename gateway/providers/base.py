@@ -44,12 +44,18 @@ class DigitCollect:
     `max_digits` were entered, or no key came for `timeout_s` after the last one; then they
     reach the brain as one `KeyInput`. Speech before the first key wins instead (the brain
     gets the transcript); once a key was pressed, speech is ignored until the entry ends.
+
+    With `spoken` (Plivo's ``inputType="dtmf speech"``), the entry may also be said: a
+    caller turn of digits alone ("one two three", "it's four five six") is the entry, as
+    `KeyInput(digits, "speech")`, and recognisers that can listen for digits do
+    (`SttProvider.open_stream`'s `expect`).
     """
 
     min_digits: int = 1
     max_digits: int = 1
     terminator: str = "#"  # "" for none
     timeout_s: float = 5.0
+    spoken: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_digits <= self.max_digits <= 64:
@@ -68,7 +74,8 @@ class KeyInput:
     """Keys the caller pressed, as one caller turn.
 
     ``ended_by`` is ``"key"`` (a single key, no collection asked for), ``"terminator"``,
-    ``"max"`` (`DigitCollect.max_digits` reached) or ``"timeout"``.
+    ``"max"`` (`DigitCollect.max_digits` reached), ``"timeout"``, or ``"speech"`` (the
+    entry was said, not keyed: `DigitCollect.spoken`).
     """
 
     digits: str
@@ -84,6 +91,8 @@ class KeyInput:
             "timeout": "and then stopped (timed out)",
         }.get(self.ended_by, "")
         entered = " ".join(self.digits) if self.digits else "no digits"
+        if self.ended_by == "speech":
+            return f"The caller said {entered} for the keypad entry asked for."
         return " ".join(f"The caller entered {entered} on the keypad {how}".split()) + "."
 
 
@@ -191,14 +200,21 @@ class SttStream(abc.ABC):
         return None
 
 
+# What the conversation expects the caller to say next (`SttProvider.open_stream`):
+# digits, while a keypad entry that may be spoken is asked for (`DigitCollect.spoken`).
+EXPECT_DIGITS = "digits"
+
+
 class SttProvider(abc.ABC):
     """Creates one `SttStream` per caller utterance."""
 
     name: str = ""
 
     @abc.abstractmethod
-    async def open_stream(self) -> SttStream:
-        """Start recognising a new utterance."""
+    async def open_stream(self, expect: str | None = None) -> SttStream:
+        """Start recognising a new utterance. `expect` says what the caller is expected to
+        say (`EXPECT_DIGITS`, or None for anything): a recogniser that can listen for it
+        does, the others ignore it."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release process-wide resources."""

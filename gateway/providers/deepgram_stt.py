@@ -500,8 +500,9 @@ class DeepgramStt(SttProvider):
 
     # -- public API ------------------------------------------------------------------------
 
-    async def open_stream(self) -> DeepgramSttStream:
-        """A stream on a warm socket if one is ready (else a new one); refills the pool."""
+    async def open_stream(self, expect: str | None = None) -> DeepgramSttStream:
+        """A stream on a warm socket if one is ready (else a new one); refills the pool.
+        `expect` is not used: the socket was opened, with its options, before the turn."""
         if self._closed:
             raise _error("config", "the provider is closed")
         conn = await self._acquire()

@@ -143,8 +143,9 @@ class _ResilientSttStream(SttStream):
     """Keeps the utterance's audio so a failed recogniser can be replaced without losing
     the caller's words: the next provider gets everything fed so far."""
 
-    def __init__(self, owner: ResilientStt) -> None:
+    def __init__(self, owner: ResilientStt, expect: str | None = None) -> None:
         self.owner = owner
+        self.expect = expect  # passed on to each recogniser tried
         self.audio: list[bytes] = []
         self.index = 0  # position in the attempt list
         self.attempts = _attempts(owner.chain, owner.retries)
@@ -158,7 +159,9 @@ class _ResilientSttStream(SttStream):
             if self.attempts[self.index]:
                 TALLY.failover("stt")
             try:
-                stream = await asyncio.wait_for(provider.open_stream(), self.owner.timeout_s)
+                stream = await asyncio.wait_for(
+                    provider.open_stream(self.expect), self.owner.timeout_s
+                )
                 for pcm in self.audio:
                     await stream.feed(pcm)
             except asyncio.CancelledError:
@@ -251,9 +254,9 @@ class ResilientStt(SttProvider):
         self.retries = retries
         self.name = "+".join(p.name for p in chain)
 
-    async def open_stream(self) -> SttStream:
+    async def open_stream(self, expect: str | None = None) -> SttStream:
         """A stream that fails over inside itself."""
-        return _ResilientSttStream(self)
+        return _ResilientSttStream(self, expect)
 
     async def close(self) -> None:
         """Close every provider of the chain."""

@@ -70,8 +70,8 @@ class FakeStt(SttProvider):
     def __init__(self, final_delay_s: float = 0.0) -> None:
         self.final_delay_s = _check_delay("final_delay_s", final_delay_s)
 
-    async def open_stream(self) -> FakeSttStream:
-        """A new counting stream."""
+    async def open_stream(self, expect: str | None = None) -> FakeSttStream:
+        """A new counting stream (it hears no words, so it expects nothing)."""
         return FakeSttStream(self.final_delay_s)
 
 

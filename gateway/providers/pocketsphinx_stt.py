@@ -13,8 +13,10 @@ of the turn only the last chunk and the final search remain.
 
 The decoders expect the playbook: their language model is the playbook's own, interpolated
 with the general English model (gateway/providers/sphinx_bias.py), built in the child at
-start-up and built again there when the playbook file changes. Their acoustic model is
-adapted to the phone line's 8 kHz G.711 speech (`PHONE_LINE_MLLR`).
+start-up and built again there when the playbook file changes. While a keypad entry that
+may be spoken is asked for, an utterance is decoded with a model of digits instead
+(`open_stream`'s `expect`). Their acoustic model is adapted to the phone line's 8 kHz
+G.711 speech (`PHONE_LINE_MLLR`).
 """
 
 from __future__ import annotations
@@ -31,9 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
-from gateway.providers.base import SttProvider, SttStream
+from gateway.providers.base import EXPECT_DIGITS, SttProvider, SttStream
 from gateway.providers.scripted import PlaybookFile
-from gateway.providers.sphinx_bias import corpus, playbook_phrases, spoken_digits, write_arpa
+from gateway.providers.sphinx_bias import (
+    ENTRY_WEIGHT,
+    corpus,
+    entry_corpus,
+    playbook_phrases,
+    spoken_digits,
+    write_arpa,
+)
 from gateway.providers.sphinx_native import (
     LanguageModel,
     NativeDecoder,
@@ -76,11 +85,38 @@ DEFAULT_PLAYBOOK_WEIGHT = 0.5
 # makes it again. providers.pocketsphinx_phone_line_adaptation turns it off.
 PHONE_LINE_MLLR = Path(__file__).with_name("phone_line.mllr")
 
+# Gaussians the decoder scores per codebook and frame (pocketsphinx's -topn, default 4).
+# The model's codebooks were trained on wideband speech; on the phone line's the best few
+# are less often the right ones. Measured with scripts/bench/offline_recognition.py
+# (flite voices, biased and adapted), topn 4 / 8 / 16 / 32: intent 261 / 264 / 263 / 263
+# of 280, digits 59 / 63 / 64 / 65 of 80, WER 17.6 / 15.9 / 15.4 / 15.4 %, decoding
+# real-time factor p50 0.20 / 0.24 / 0.28 / 0.36. 8 takes most of the gain for a fifth
+# more CPU. Part of the phone-line adaptation, with the dither below:
+# providers.pocketsphinx_phone_line_adaptation turns them off with the transform.
+GAUSSIANS = 8
+
+# The line's audio, upsampled to the model's 16 kHz, has nothing above 4 kHz: the model's
+# upper filters see near-digital silence, whose log energies swing with every rounding.
+# pocketsphinx's dither (-dither: 1-bit random noise added to the samples) gives them a
+# steady floor. Measured with scripts/bench/offline_recognition.py (flite voices, after):
+# intent 264 of 280 without, 268, 267 and 266 with dither from pocketsphinx's own seed,
+# seed 1 and seed 7; digits 63, 62, 63, 63 of 80, WER 15.9, 15.7, 15.5, 15.3 %. A fixed
+# seed: each decoder's dither, and so its transcripts, are the same on every run.
+DITHER_SEED = 1
+
 
 def _decoder(adapt: bool) -> NativeDecoder:
-    """A decoder with the phone line's cepstral start, and its acoustic adaptation when
-    `adapt`."""
-    return NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN, mllr=PHONE_LINE_MLLR if adapt else None)
+    """A decoder with the phone line's cepstral start, and when `adapt` the acoustic model
+    adapted to the line (its transform, more Gaussians scored, dither)."""
+    if not adapt:
+        return NativeDecoder(MODEL_RATE, cmn=PHONE_LINE_CMN)
+    return NativeDecoder(
+        MODEL_RATE,
+        cmn=PHONE_LINE_CMN,
+        mllr=PHONE_LINE_MLLR,
+        topn=GAUSSIANS,
+        dither_seed=DITHER_SEED,
+    )
 
 
 class LanguageModels:
@@ -157,7 +193,9 @@ class SttProcessError(RuntimeError):
 # -- the child process ---------------------------------------------------------------------
 def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: bool) -> None:
     """Child main loop. Messages: (op, stream_id, payload); replies: (kind, stream_id,
-    text|error); ("bias", 0, corpus) builds the decoders' model again from a new corpus."""
+    text|error); ("start", id, expect) decodes with the digits model when `expect` is
+    `EXPECT_DIGITS`, else with the playbook's; ("bias", 0, corpus) builds the decoders'
+    playbook model again from a new corpus."""
     first = _decoder(adapt)
     models = LanguageModels(first)
     problem = ""
@@ -166,16 +204,20 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
     except Exception as exc:  # a bad corpus must not cost the offline pipeline
         problem = f"playbook language model not built, the general model is used: {exc}"
         model = models.general
+    entry_model = models.build(entry_corpus(), ENTRY_WEIGHT)
     generation = 1
-    tuned: dict[int, int] = {}  # id(decoder) -> generation of the model it decodes with
+    # id(decoder) -> (generation of its playbook search, that search, its digits search)
+    searches: dict[int, tuple[int, str, str]] = {}
 
     def fresh() -> NativeDecoder:
         return _decoder(adapt)
 
-    def tune(decoder: NativeDecoder) -> NativeDecoder:
-        if tuned.get(id(decoder)) != generation:
-            decoder.use_model(model)
-            tuned[id(decoder)] = generation
+    def tune(decoder: NativeDecoder, expect: str = "") -> NativeDecoder:
+        known = searches.get(id(decoder)) or (0, "", decoder.add_model(entry_model))
+        if known[0] != generation:
+            known = (generation, decoder.add_model(model), known[2])
+        searches[id(decoder)] = known
+        decoder.activate(known[2] if expect == EXPECT_DIGITS else known[1])
         return decoder
 
     pool = [tune(first)] + [tune(fresh()) for _ in range(decoders - 1)]
@@ -194,7 +236,7 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
             return
         try:
             if op == "start":
-                decoder = tune(pool.pop() if pool else fresh())
+                decoder = tune(pool.pop() if pool else fresh(), payload.decode())
                 active[sid] = (decoder, Resampler(SAMPLE_RATE, MODEL_RATE))
                 decoder.start_utt()
             elif op == "data" and sid in active:
@@ -412,14 +454,15 @@ class PocketsphinxStt(SttProvider):
                     _settle, waiter[1], None, SttProcessError("pocketsphinx process is down")
                 )
 
-    async def open_stream(self) -> PocketsphinxStream:
-        """Start recognising a new utterance (restarting the child if it died)."""
+    async def open_stream(self, expect: str | None = None) -> PocketsphinxStream:
+        """Start recognising a new utterance (restarting the child if it died), listening
+        for digits when `expect` is `EXPECT_DIGITS`."""
         if self._proc is None or not self._proc.is_alive():
             log.warning("pocketsphinx process is down; restarting it")
             await asyncio.to_thread(self._start, 60.0)
         self._follow_playbook()
         sid = next(self._ids)
-        self.send("start", sid, b"")
+        self.send("start", sid, (expect or "").encode())
         return PocketsphinxStream(self, sid)
 
     async def close(self) -> None:

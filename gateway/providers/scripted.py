@@ -25,6 +25,7 @@ Playbook format::
     max_digits = 6
     terminator = "#"               # "" for none
     timeout_s = 5                  # after the last key
+    speech = true                  # the digits may be said instead ("one two three")
     reply = "Order {digits} is ready."   # {digits}: the keys, spoken one by one
     invalid = "..."                # too few digits: said, and the entry is asked again
     actions = []
@@ -91,6 +92,7 @@ _COLLECT_FIELDS = (
     "max_digits",
     "terminator",
     "timeout_s",
+    "speech",
     "reply",
     "invalid",
     "actions",
@@ -401,8 +403,11 @@ def _parse_collect(raw: object, where: str, name: str) -> KeyEntry:
     terminator = raw.get("terminator", "#")
     if not isinstance(terminator, str):
         raise PlaybookError(f'{where}: "terminator" must be a string')
+    spoken = raw.get("speech", True)
+    if not isinstance(spoken, bool):
+        raise PlaybookError(f'{where}: "speech" must be true or false')
     try:
-        spec = DigitCollect(terminator=terminator.strip(), **numbers)
+        spec = DigitCollect(terminator=terminator.strip(), spoken=spoken, **numbers)
     except ValueError as exc:
         raise PlaybookError(f"{where}: {exc}") from None
     return KeyEntry(

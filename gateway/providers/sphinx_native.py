@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import json
-from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_size_t, c_void_p
+from ctypes import POINTER, c_char_p, c_float, c_int, c_int32, c_long, c_size_t, c_void_p
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,8 @@ def _lib() -> Any:
     sig("ps_init", c_void_p, c_void_p)
     sig("ps_free", c_int, c_void_p)
     sig("ps_get_config", c_void_p, c_void_p)
+    sig("ps_config_int", c_long, c_void_p, c_char_p)
+    sig("ps_config_bool", c_int, c_void_p, c_char_p)
     sig("ps_get_logmath", c_void_p, c_void_p)
     sig("ps_set_cmn", c_int, c_void_p, c_char_p)
     sig("ps_get_cmn", c_char_p, c_void_p, c_int)
@@ -143,18 +145,33 @@ class NativeDecoder:
     """A pocketsphinx decoder (en-US acoustic model, CMUdict) driven through the C API,
     with the method names of the Python binding's `Decoder` that the STT code uses."""
 
-    def __init__(self, samprate: int, cmn: str = "", mllr: Path | None = None) -> None:
+    def __init__(
+        self,
+        samprate: int,
+        cmn: str = "",
+        mllr: Path | None = None,
+        topn: int | None = None,
+        dither_seed: int | None = None,
+    ) -> None:
         """`cmn`: where cepstral mean normalisation starts (see `set_cmn`); `mllr`: an MLLR
-        transform of the acoustic model's means (pocketsphinx's ``-mllr``), None for none."""
+        transform of the acoustic model's means (pocketsphinx's ``-mllr``), None for none;
+        `topn`: Gaussians scored per codebook and frame (``-topn``), None for the default;
+        `dither_seed`: add 1-bit random noise to the audio (``-dither``), from this seed
+        (``-seed``), None for none."""
         self._ps: int | None = None  # closing a decoder that failed to start is a no-op
         lib = _lib()
-        options: dict[str, str | int] = {
+        options: dict[str, str | int | bool] = {
             "hmm": str(model_dir() / "en-us"),
             "dict": str(dictionary_path()),
             "samprate": samprate,
         }
         if mllr is not None:
             options["mllr"] = str(mllr)
+        if topn is not None:
+            options["topn"] = topn
+        if dither_seed is not None:
+            options["dither"] = True
+            options["seed"] = dither_seed
         config = lib.ps_config_parse_json(None, json.dumps(options).encode())
         if not config:
             raise SphinxError("pocketsphinx refused its configuration")
@@ -178,13 +195,30 @@ class NativeDecoder:
     def config(self) -> int:
         return int(_lib().ps_get_config(self.ps))
 
+    def number(self, name: str) -> int:
+        """A whole-number setting of the decoder's configuration (e.g. "topn")."""
+        return int(_lib().ps_config_int(self.config, name.encode()))
+
+    def flag(self, name: str) -> bool:
+        """A true/false setting of the decoder's configuration (e.g. "dither")."""
+        return bool(_lib().ps_config_bool(self.config, name.encode()))
+
+    def add_model(self, lm: LanguageModel) -> str:
+        """Add a search with `lm`; returns its name for `activate`."""
+        self._search += 1
+        name = f"lm{self._search}"
+        if _lib().ps_add_lm(self.ps, name.encode(), lm.ptr) < 0:
+            raise SphinxError("pocketsphinx could not use the language model")
+        return name
+
+    def activate(self, search: str) -> None:
+        """Decode the next utterances with the search `search` (between utterances)."""
+        if _lib().ps_activate_search(self.ps, search.encode()) < 0:
+            raise SphinxError(f"pocketsphinx has no search {search!r}")
+
     def use_model(self, lm: LanguageModel) -> None:
         """Decode the next utterances with `lm` (call between utterances)."""
-        lib = _lib()
-        self._search += 1
-        name = f"lm{self._search}".encode()
-        if lib.ps_add_lm(self.ps, name, lm.ptr) < 0 or lib.ps_activate_search(self.ps, name) < 0:
-            raise SphinxError("pocketsphinx could not use the language model")
+        self.activate(self.add_model(lm))
 
     def set_cmn(self, cmn: str) -> None:
         """Where live cepstral mean normalisation starts (comma-separated means)."""

@@ -25,6 +25,8 @@ Figures per mode (rows):
   playbook matches right, i.e. the recogniser's share once the playbook's is set aside;
 - goodbye / yes / no / digits: a bare word, or spoken digits, heard when the transcript's
   words are exactly the utterance's (case and punctuation aside, "4" as "four");
+- asked (biased modes): the digit strings again, decoded as while the agent asks for a
+  keypad entry that may be spoken (the digits model, `sphinx_bias.entry_corpus`);
 - WER: word error rate over all utterances (jiwer, on the same normalised words);
 - fresh: the bare words, one digit string and one utterance per intent each decoded on a
   brand-new decoder, against the same audio on the decoder reused across the rendition's
@@ -344,8 +346,13 @@ def corpus() -> str:
     return playbook_corpus(playbook())
 
 
-def make_decoder(mode: Mode) -> Any:
-    """A new pocketsphinx decoder for `mode`, configured as the agent configures it."""
+def make_decoder(mode: Mode, asked: bool = False) -> Any:
+    """A new pocketsphinx decoder for `mode`, configured as the agent configures it; with
+    `asked`, as it decodes while a keypad entry is asked for (a biased mode's digits model)."""
+    if asked:
+        from gateway.providers.sphinx_bias import ENTRY_WEIGHT, entry_corpus
+
+        return new_decoder(entry_corpus(), weight=ENTRY_WEIGHT, adapt=mode.adapted)
     if not mode.biased:
         return new_decoder(adapt=mode.adapted)
     if mode.weight is None:
@@ -376,6 +383,7 @@ class Heard:
     transcript: str
     cpu_s: float
     audio_s: float
+    asked: bool = False  # by the decoder used while an entry is asked for (digits only)
 
 
 def decode_wideband(pcm16k: bytes, decoder: Any) -> str:
@@ -389,13 +397,20 @@ def decode_wideband(pcm16k: bytes, decoder: Any) -> str:
 
 
 def _decode(
-    mode: Mode, voice: Voice, index: int, pcm: bytes, decoder: Any, fresh: bool, wideband: bool
+    mode: Mode,
+    voice: Voice,
+    index: int,
+    pcm: bytes,
+    decoder: Any,
+    fresh: bool,
+    wideband: bool,
+    asked: bool = False,
 ) -> Heard:
     started = time.process_time()
     text = decode_wideband(pcm, decoder) if wideband else decode_stream(pcm, decoder)
     cpu = time.process_time() - started
     rate = MODEL_RATE if wideband else SAMPLE_RATE
-    return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / rate)
+    return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / rate, asked)
 
 
 @dataclass(frozen=True)
@@ -421,6 +436,14 @@ def hear(job: Job) -> tuple[list[Heard], list[float]]:
     builds = [time.perf_counter() - started]
     heard = [_decode(mode, voice, i, audio[i], decoder, False, job.wideband) for i in said]
     del decoder
+    if mode.biased:  # the digit strings again, as said when the agent asks for an entry
+        entry = make_decoder(mode, asked=True)
+        heard += [
+            _decode(mode, voice, i, audio[i], entry, False, job.wideband, asked=True)
+            for i in said
+            if UTTERANCES[i].kind == "digits"
+        ]
+        del entry
     for i in sorted(i for i in said if UTTERANCES[i].fresh):
         started = time.perf_counter()
         fresh = make_decoder(mode)
@@ -502,6 +525,7 @@ def score(voice_set: str, mode: str, heard: list[Heard], builds: list[float]) ->
     text_ok = text_matches()
     intent, intent_text_ok, outside, fresh, reused = Count(), Count(), Count(), Count(), Count()
     bare = {name: Count() for name in (*BARE_WORDS, "digits")}
+    asked = Count()  # digit strings heard while an entry is asked for
     refs: list[str] = []
     hyps: list[str] = []
     rtf: list[float] = []
@@ -509,6 +533,12 @@ def score(voice_set: str, mode: str, heard: list[Heard], builds: list[float]) ->
     for h in heard:
         u = UTTERANCES[h.index]
         ok = right(u, h.transcript)
+        if h.asked:
+            asked.add(ok)
+            if not ok:
+                errors.append({"voice": h.voice, "kind": "asked", "said": u.text,
+                               "heard": h.transcript})  # fmt: skip
+            continue
         if u.fresh:
             (fresh if h.fresh else reused).add(ok)
         if h.fresh:
@@ -547,6 +577,7 @@ def score(voice_set: str, mode: str, heard: list[Heard], builds: list[float]) ->
         "intent": asdict(intent),
         "intent_text_ok": asdict(intent_text_ok),
         "bare": {name: asdict(c) for name, c in bare.items()},
+        "digits_asked": asdict(asked),
         "wer": jiwer.wer(refs, hyps) if refs else float("nan"),
         "fresh": asdict(fresh),
         "reused": asdict(reused),
@@ -577,7 +608,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     """The rows as a compact table."""
     head = (
         f"{'voices':7} {'mode':13} {'intent':>14} {'text ok':>14} {'goodbye':>8} {'yes':>6}"
-        f" {'no':>6} {'digits':>7} {'WER':>6} {'fresh':>7} {'reused':>7} {'false acc':>9}"
+        f" {'no':>6} {'digits':>7} {'asked':>7} {'WER':>6} {'fresh':>7} {'reused':>7}"
+        f" {'false acc':>9}"
         f" {'RTF p50/p95':>11} {'build s':>7}  goal"
     )
     print(head)
@@ -588,6 +620,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['voices']:7} {r['mode']:13} {_frac(r['intent'], True):>14}"
             f" {_frac(r['intent_text_ok'], True):>14} {_frac(bare['goodbye']):>8}"
             f" {_frac(bare['yes']):>6} {_frac(bare['no']):>6} {_frac(bare['digits']):>7}"
+            f" {_frac(r['digits_asked']) if r['digits_asked']['total'] else '-':>7}"
             f" {100 * r['wer']:5.1f}% {_frac(r['fresh']):>7} {_frac(r['reused']):>7}"
             f" {_frac(r['false_accepts']):>9} {r['rtf_p50']:5.2f}/{r['rtf_p95']:<5.2f}"
             f" {r['build_s_p50']:7.2f}  {goal}"

@@ -18,9 +18,10 @@ reply = "Our pumpernickel comes out of the oven at noon."
 """
 
 
-async def recognise(stt: PocketsphinxStt, pcm: bytes) -> str:
-    """Stream `pcm` in 20 ms frames, as a call does, then the pause that ends the turn."""
-    stream = await stt.open_stream()
+async def recognise(stt: PocketsphinxStt, pcm: bytes, expect: str | None = None) -> str:
+    """Stream `pcm` in 20 ms frames, as a call does, then the pause that ends the turn;
+    `expect` as `open_stream` takes it."""
+    stream = await stt.open_stream(expect)
     for frame in split_frames(pcm + bytes(3200)):
         await stream.feed(frame)
     return await stream.finish()

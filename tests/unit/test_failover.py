@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.providers.base import (
+    EXPECT_DIGITS,
     Brain,
     BrainReply,
     CallContext,
@@ -107,8 +108,10 @@ class Stt(SttProvider):
         self.name = name
         self.mode = mode
         self.streams: list[_SttStream] = []
+        self.expected: list[str | None] = []
 
-    async def open_stream(self) -> SttStream:
+    async def open_stream(self, expect: str | None = None) -> SttStream:
+        self.expected.append(expect)
         if self.mode == "no-connect":
             raise ProviderError(self.name, "timeout", "connect")
         stream = _SttStream(self)
@@ -141,8 +144,8 @@ class _SttStream(SttStream):
 FRAMES = [bytes([i]) * 320 for i in range(10)]
 
 
-async def utterance(stt: SttProvider) -> str:
-    stream = await stt.open_stream()
+async def utterance(stt: SttProvider, expect: str | None = None) -> str:
+    stream = await stt.open_stream(expect)
     for frame in FRAMES:
         await stream.feed(frame)
     return await stream.finish()
@@ -155,6 +158,16 @@ def test_stt_secondary_gets_the_whole_utterance_when_the_primary_fails_to_finish
         assert await utterance(stt) == "sphinx heard 3200 bytes"
         # The retry on the primary also got every frame (replayed from the buffer).
         assert [len(s.audio) for s in primary.streams] == [3200, 3200]
+
+    run(body())
+
+
+def test_stt_every_provider_tried_is_told_what_the_caller_is_expected_to_say() -> None:
+    async def body() -> None:
+        primary, secondary = Stt("deepgram", "error"), Stt("sphinx")
+        stt = ResilientStt([primary, secondary], final_timeout_s=1.0, retries=0)
+        assert await utterance(stt, EXPECT_DIGITS) == "sphinx heard 3200 bytes"
+        assert primary.expected == secondary.expected == [EXPECT_DIGITS]
 
     run(body())
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.pipeline.keypad import KeypadEntry
-from gateway.providers.base import DigitCollect, KeyInput
+import pytest
+
+from gateway.pipeline.keypad import KeypadEntry, spoken_entry
+from gateway.providers.base import EXPECT_DIGITS, DigitCollect, KeyInput
 
 
 def test_without_a_request_each_key_is_a_turn_of_its_own() -> None:
@@ -55,3 +57,43 @@ def test_a_reprompt_without_a_request_keeps_the_question_and_speech_drops_it() -
     pad.arm(ask)
     pad.drop_request()
     assert pad.press("1", 0.0) == KeyInput("1", "key")
+
+
+@pytest.mark.parametrize(
+    ("said", "keys"),
+    [
+        ("one two three four five six", "123456"),
+        ("It's 4 5 6.", "456"),
+        ("it\u2019s four five six", "456"),
+        ("my number is 1234 56", "123456"),
+        ("Oh seven, nine!", "079"),
+        ("order two", None),  # words of a request, not an entry
+        ("one two three please", None),
+        ("I don't know it", None),
+        ("number", None),
+        ("", None),
+    ],
+)
+def test_a_spoken_entry_is_digits_alone_after_at_most_a_lead_in(
+    said: str, keys: str | None
+) -> None:
+    assert spoken_entry(said) == keys
+
+
+def test_an_entry_that_may_be_said_is_expected_until_a_key_or_a_turn() -> None:
+    pad = KeypadEntry()
+    assert pad.expected is None
+    pad.arm(DigitCollect(max_digits=6))
+    assert pad.expected == EXPECT_DIGITS
+    pad.press("1", 0.0)
+    assert pad.expected is None  # keys came: speech is ignored now
+    pad.expire()
+    pad.arm(DigitCollect(max_digits=6))
+    assert pad.said("one two three") == KeyInput("123", "speech")
+    assert pad.expected is None and pad.collect is None  # the request is used up
+    pad.arm(DigitCollect(max_digits=6))
+    assert pad.said("what are your hours") is None and pad.collect is None
+    pad.arm(DigitCollect(max_digits=6, spoken=False))
+    assert pad.expected is None
+    assert pad.said("one two three") is None and pad.collect is None
+    assert pad.said("one two three") is None  # nothing asked for

@@ -82,8 +82,20 @@ def test_speech_ends_a_pending_entry() -> None:
         (('key = "1"', 'key = "x"'), "keypad keys"),
         (("min_digits = 3", "min_digits = 5"), "min_digits"),
         (("max_digits = 4", "max_digits = 4\nspeed = 1"), 'unknown key(s) "speed"'),
+        (("max_digits = 4", 'max_digits = 4\nspeech = "yes"'), '"speech" must be true or false'),
     ],
 )
 def test_bad_keypad_settings_are_named(patch: tuple[str, str], error: str) -> None:
     with pytest.raises(PlaybookError, match=error.replace("(", r"\(").replace(")", r"\)")):
         brain(BOOK.replace(*patch, 1))
+
+
+def test_an_entry_may_be_said_unless_the_playbook_says_keys_only() -> None:
+    async def scenario() -> None:
+        ask = await brain().respond_keys(KeyInput("4"), CTX)
+        assert ask.collect is not None and ask.collect.spoken
+        keys_only = brain(BOOK.replace("max_digits = 4", "max_digits = 4\nspeech = false"))
+        ask = await keys_only.respond_keys(KeyInput("4"), CTX)
+        assert ask.collect is not None and not ask.collect.spoken
+
+    asyncio.run(scenario())

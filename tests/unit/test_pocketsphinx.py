@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from gateway.audio.pcm import split_frames
-from gateway.providers.pocketsphinx_stt import PocketsphinxStt, SttProcessError, transcribe
+from gateway.providers.base import EXPECT_DIGITS
+from gateway.providers.pocketsphinx_stt import (
+    PocketsphinxStt,
+    SttProcessError,
+    decode_stream,
+    new_decoder,
+    transcribe,
+)
+from gateway.providers.scripted import DEMO_PLAYBOOK, PlaybookFile
 from tests.helpers.speech import recognise
 
 
@@ -129,5 +137,29 @@ def test_a_fresh_decoder_hears_the_first_turn(
     provider = PocketsphinxStt(decoders=1)
     try:
         assert heard in asyncio.run(recognise(provider, bytes(3200) + steady_speech_8k(said)))
+    finally:
+        asyncio.run(provider.close())
+
+
+def test_while_an_entry_is_asked_for_the_decoder_listens_for_digits(
+    phone_line: Callable[[str], bytes], demo_text: str
+) -> None:
+    said = {"Eight eight one.": "eight eight one", "Nine nine two four.": "nine nine two four"}
+    # The playbook's model hears a bakery's words and a number in them.
+    playbook = new_decoder(demo_text)
+    assert [decode_stream(phone_line(s), playbook) for s in said] == [
+        "a cake one",
+        "nine ninety four",
+    ]
+    provider = PocketsphinxStt(decoders=1, playbook=PlaybookFile(DEMO_PLAYBOOK))
+
+    def heard(text: str, expect: str | None) -> str:
+        return asyncio.run(recognise(provider, phone_line(text), expect))
+
+    try:
+        assert [heard(s, EXPECT_DIGITS) for s in said] == list(said.values())
+        # A caller who answers with something else is still heard.
+        assert heard("Can I talk to someone?", EXPECT_DIGITS) == "can i talk to someone"
+        assert heard("Nine nine two four.", None) == "nine ninety four"  # the playbook's again
     finally:
         asyncio.run(provider.close())

@@ -359,7 +359,7 @@ def test_transcript_is_finalised_early_in_the_pause(speech_8k: Callable[[str], b
 class DeafStt(FakeStt):
     """Recognises nothing: every utterance comes back as an empty transcript."""
 
-    async def open_stream(self) -> FakeSttStream:
+    async def open_stream(self, expect: str | None = None) -> FakeSttStream:
         return DeafStream(self.final_delay_s)
 
 

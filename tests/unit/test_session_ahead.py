@@ -35,7 +35,7 @@ class ScriptedStt(FakeStt):
         super().__init__(delay_s)
         self.texts = list(texts)
 
-    async def open_stream(self) -> FakeSttStream:
+    async def open_stream(self, expect: str | None = None) -> FakeSttStream:
         return _ScriptedStream(self)
 
 

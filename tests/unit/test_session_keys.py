@@ -10,7 +10,8 @@ from collections.abc import Sequence
 import pytest
 
 from gateway.pipeline.session import ConversationOptions
-from gateway.providers.base import BrainReply, CallContext, DigitCollect, KeyInput
+from gateway.providers.base import EXPECT_DIGITS, BrainReply, CallContext, DigitCollect, KeyInput
+from gateway.providers.fake import FakeStt, FakeSttStream
 from tests.helpers.session import Call, QuickBrain, Speak, run, speech, start_call
 
 pytestmark = pytest.mark.timeout(30)
@@ -196,6 +197,73 @@ def test_speech_before_any_key_wins_over_the_entry(speech_8k: Speak) -> None:
     run(scenario)
 
 
+class SaidStt(FakeStt):
+    """Hears `text` in every utterance, and records what each stream was told to expect."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.expected: list[str | None] = []
+
+    async def open_stream(self, expect: str | None = None) -> FakeSttStream:
+        self.expected.append(expect)
+        stream = FakeSttStream(0.0)
+        heard = self.text
+
+        async def finish() -> str:
+            return heard
+
+        stream.finish = finish  # type: ignore[method-assign]
+        return stream
+
+
+def test_an_entry_may_be_said_and_the_recogniser_listens_for_digits(
+    steady_speech_8k: Speak,
+) -> None:
+    async def scenario() -> None:
+        brain = KeyBrain(collect=DigitCollect(min_digits=6, max_digits=6))
+        stt = SaidStt("It's one two three four five 6.")
+        # One stream per turn (no pieces finalised in pauses): SaidStt hears the text once.
+        call = start_call(brain, ConversationOptions(early_final_ms=0), stt=stt)
+        try:
+            await greeted(call)
+            call.clock.say(speech(steady_speech_8k, "It's one two three four five six."))
+            rec = await call.turn(1)
+            assert brain.keys == [KeyInput("123456", "speech")]
+            assert brain.heard == []  # answered as the entry, not as words
+            assert rec.agent_text == "Got it." and rec.intent == "keys"
+            assert rec.user_text == "It's one two three four five 6. [keys said] 123456"
+            assert stt.expected and set(stt.expected) == {EXPECT_DIGITS}
+            # The entry is over: the next utterance is anything, and digits are words again.
+            await call.until("agent quiet", lambda: not call.session.agent_speaking())
+            opened = len(stt.expected)
+            call.clock.say(speech(steady_speech_8k, "Four five six."))
+            await call.turn(2)
+            assert set(stt.expected[opened:]) == {None}
+            assert brain.heard == ["It's one two three four five 6."]  # words, not an entry
+        finally:
+            await call.hang_up()
+
+    run(scenario)
+
+
+def test_an_entry_for_keys_only_is_not_said(steady_speech_8k: Speak) -> None:
+    async def scenario() -> None:
+        brain = KeyBrain(collect=DigitCollect(min_digits=3, max_digits=3, spoken=False))
+        stt = SaidStt("one two three")
+        call = start_call(brain, ConversationOptions(early_final_ms=0), stt=stt)
+        try:
+            await greeted(call)
+            call.clock.say(speech(steady_speech_8k, "One two three."))
+            await call.turn(1)
+            assert brain.keys == [] and brain.heard == ["one two three"]
+            assert set(stt.expected) == {None}
+        finally:
+            await call.hang_up()
+
+    run(scenario)
+
+
 def test_once_keys_came_first_speech_is_ignored_until_the_entry_ends(speech_8k: Speak) -> None:
     async def scenario() -> None:
         brain = KeyBrain(collect=DigitCollect(min_digits=2, max_digits=6, timeout_s=5))
@@ -285,6 +353,9 @@ def test_key_input_descriptions() -> None:
     )
     assert KeyInput("12", "max").describe() == "The caller entered 1 2 on the keypad."
     assert "timed out" in KeyInput("", "timeout").describe()
+    assert (
+        KeyInput("45", "speech").describe() == "The caller said 4 5 for the keypad entry asked for."
+    )
     with pytest.raises(ValueError, match="min_digits"):
         DigitCollect(min_digits=3, max_digits=2)
     with pytest.raises(ValueError, match="terminator"):

@@ -11,6 +11,8 @@ import pytest
 
 from gateway.providers import pocketsphinx_stt
 from gateway.providers.pocketsphinx_stt import (
+    DITHER_SEED,
+    GAUSSIANS,
     MODEL_RATE,
     PHONE_LINE_MLLR,
     decode_stream,
@@ -62,3 +64,27 @@ def test_the_setting_turns_the_adaptation_off(monkeypatch: pytest.MonkeyPatch) -
         )
     )
     assert seen == [True, False]
+
+
+def test_the_adapted_decoder_scores_more_gaussians(
+    phone_line: Callable[[str], bytes], demo_text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pocketsphinx's default (-topn 4) hears "read eight" here (see GAUSSIANS)."""
+    pcm = phone_line("Three eight.")
+    decoder = new_decoder(demo_text)
+    assert decoder.number("topn") == GAUSSIANS == 8
+    assert decode_stream(pcm, decoder) == "three eight"
+    monkeypatch.setattr(pocketsphinx_stt, "GAUSSIANS", None)
+    assert decode_stream(pcm, new_decoder(demo_text)) != "three eight"
+
+
+def test_the_adapted_decoder_dithers_from_a_fixed_seed(
+    phone_line: Callable[[str], bytes], demo_text: str
+) -> None:
+    adapted, shipped = new_decoder(demo_text), new_decoder(demo_text, adapt=False)
+    assert adapted.flag("dither") and adapted.number("seed") == DITHER_SEED
+    assert not shipped.flag("dither") and shipped.number("topn") == 4
+    # Seeded: the same audio on two new decoders is heard the same, run after run.
+    pcm = phone_line("I would like to order a birthday cake for Saturday.")
+    heard = {decode_stream(pcm, new_decoder(demo_text)) for _ in range(3)}
+    assert heard == {"i would like to order a birthday cake for saturday"}
