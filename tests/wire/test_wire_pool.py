@@ -103,13 +103,16 @@ def test_killed_worker_is_replaced_and_other_calls_go_on(
             start_call(pool.worker_uri(1), *["--play", str(question_wav)] * 3, "--timeout", "60")
             for _ in range(2)
         ]
+        # Six questions: on a loaded machine the four greetings were once seen only after
+        # the victims had asked three and been answered, so they were over before the kill.
         victims = [
-            start_call(pool.worker_uri(0), *["--play", str(question_wav)] * 3, "--timeout", "8")
+            start_call(pool.worker_uri(0), *["--play", str(question_wav)] * 6, "--timeout", "8")
             for _ in range(2)
         ]
         # All four calls are up (greeted) before the kill: a softphone slow to start on a
         # loaded machine would otherwise reach worker 0's replacement, not worker 0.
         wait_for(lambda: sum(t["kind"] == "greeting" for t in pool.turns()) >= 4, 60, "greetings")
+        assert all(p.poll() is None for p in victims), "a victim's call ended before the kill"
         killed_at = time.monotonic()
         os.kill(doomed_pid, signal.SIGKILL)
         wait_for(lambda: pool.workers[0][0] != doomed_pid, 10, "worker 0 replaced by a new process")
