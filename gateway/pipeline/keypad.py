@@ -14,28 +14,22 @@ from __future__ import annotations
 
 import re
 
-from gateway.providers.base import EXPECT_DIGITS, DigitCollect, KeyInput
-
-_DIGIT_WORDS = {
-    word: str(n)
-    for n, word in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven"))
-}
-_DIGIT_WORDS |= {"eight": "8", "nine": "9", "oh": "0", "o": "0"}
-# What may come before the digits of a spoken entry ("it's four five six"), as `_words`
-# writes them (apostrophes dropped).
-_LEAD_INS = (
-    ("its",),
-    ("it", "is"),
-    ("thats",),
-    ("my", "number", "is"),
-    ("the", "number", "is"),
-    ("number",),
+from gateway.providers.base import (
+    DIGIT_WORDS,
+    ENTRY_LEAD_INS,
+    EXPECT_DIGITS,
+    DigitCollect,
+    KeyInput,
 )
 
 
 def _words(text: str) -> list[str]:
     """Lowercase words and figures, apostrophes dropped ("it's" is "its")."""
     return re.findall(r"[a-z0-9]+", re.sub(r"['\u2019]", "", text.lower()))
+
+
+_DIGIT_KEYS = {word: str(n) for n, word in enumerate(DIGIT_WORDS)} | {"oh": "0", "o": "0"}
+_LEAD_INS = tuple(tuple(_words(lead)) for lead in ENTRY_LEAD_INS)
 
 
 def spoken_entry(text: str) -> str | None:
@@ -50,8 +44,8 @@ def spoken_entry(text: str) -> str | None:
     for word in words:
         if word.isdigit():
             keys += word
-        elif word in _DIGIT_WORDS:
-            keys += _DIGIT_WORDS[word]
+        elif word in _DIGIT_KEYS:
+            keys += _DIGIT_KEYS[word]
         else:
             return None
     return keys or None

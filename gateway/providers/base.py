@@ -203,6 +203,9 @@ class SttStream(abc.ABC):
 # What the conversation expects the caller to say next (`SttProvider.open_stream`):
 # digits, while a keypad entry that may be spoken is asked for (`DigitCollect.spoken`).
 EXPECT_DIGITS = "digits"
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# What a caller may say before the digits of a spoken entry ("it's four five six").
+ENTRY_LEAD_INS = ("it's", "it is", "that's", "my number is", "the number is", "number")
 
 
 class SttProvider(abc.ABC):

@@ -17,9 +17,10 @@ from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
+from gateway.providers.base import DIGIT_WORDS, ENTRY_LEAD_INS
 from gateway.providers.scripted import Playbook
 
-DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+DIGITS = DIGIT_WORDS
 
 # What callers say on any line, whatever the business.
 CALL_PHRASES = (
@@ -154,7 +155,6 @@ def playbook_phrases(playbook: Playbook | None) -> list[str]:
 # this weight and 71 at 0.99, while of 28 intent sentences said instead 18 and 17 still
 # reach the playbook's intent. Below 1, a caller who answers with a question is heard.
 ENTRY_WEIGHT = 0.9
-ENTRY_LEAD_INS = ("it's", "it is", "that's", "my number is", "the number is", "number")
 _ENTRY_OTHERS = (
     "agent",
     "operator",
