@@ -171,15 +171,18 @@ def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:
     return _hypothesis(decoder)
 
 
-def decode_stream(pcm8k: bytes, decoder: Any | None = None) -> str:
-    """Transcribe an 8 kHz utterance fed as a call feeds it (60 ms chunks, resampled as they
-    come), in this process: tools and benchmarks, not calls."""
+def decode_stream(pcm: bytes, decoder: Any | None = None, rate: int = SAMPLE_RATE) -> str:
+    """Transcribe an utterance fed as a call feeds it (60 ms chunks, resampled to the
+    model's rate as they come), in this process: tools and benchmarks, not calls. `rate`:
+    the audio's, 8 kHz as a call's, or the model's own 16 kHz (fed as it is)."""
     decoder = decoder if decoder is not None else new_decoder()
-    rs = Resampler(SAMPLE_RATE, MODEL_RATE)
+    rs = Resampler(rate, MODEL_RATE) if rate != MODEL_RATE else None
+    chunk = rate * 2 * CHUNK_MS // 1000
     decoder.start_utt()
-    for start in range(0, len(pcm8k), _CHUNK_BYTES):
-        last = start + _CHUNK_BYTES >= len(pcm8k)
-        data = rs.process(pcm8k[start : start + _CHUNK_BYTES], last=last)
+    for start in range(0, len(pcm), chunk):
+        data = pcm[start : start + chunk]
+        if rs is not None:
+            data = rs.process(data, last=start + chunk >= len(pcm))
         if data:
             decoder.process_raw(data, False, False)
     decoder.end_utt()

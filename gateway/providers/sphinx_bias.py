@@ -181,9 +181,7 @@ def entry_phrases() -> list[str]:
 
 def entry_corpus() -> str:
     """The digits model's training text."""
-    from gateway.providers.sphinx_native import dictionary_path
-
-    return corpus(entry_phrases(), dictionary_path())[0]
+    return _training_text(entry_phrases())
 
 
 def reply_phrases(playbook: Playbook) -> list[str]:
@@ -236,8 +234,13 @@ def write_arpa(text: str, path: Path) -> None:
         raise OSError(f"could not write the language model to {path}")
 
 
-def playbook_corpus(playbook: Playbook | None) -> str:
-    """The playbook model's training text for `playbook` (None: the call phrases only)."""
+def _training_text(lines: Iterable[str]) -> str:
+    """`corpus` of `lines` against the recogniser's pronunciation dictionary."""
     from gateway.providers.sphinx_native import dictionary_path
 
-    return corpus(playbook_phrases(playbook), dictionary_path())[0]
+    return corpus(lines, dictionary_path())[0]
+
+
+def playbook_corpus(playbook: Playbook | None) -> str:
+    """The playbook model's training text for `playbook` (None: the call phrases only)."""
+    return _training_text(playbook_phrases(playbook))

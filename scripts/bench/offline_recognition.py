@@ -82,7 +82,6 @@ from gateway.audio.g711 import ulaw_decode, ulaw_encode
 from gateway.audio.pcm import SAMPLE_RATE, read_wav, resample, rms_dbfs
 from gateway.providers.pocketsphinx_stt import MODEL_RATE, decode_stream, new_decoder
 from gateway.providers.scripted import DEMO_PLAYBOOK, Playbook, load_playbook, normalize_words
-from gateway.providers.sphinx_bias import spoken_digits
 
 # -- what callers say ----------------------------------------------------------------------
 # Intent utterances: phone callers' own phrasing of what each intent of the bakery playbook
@@ -386,16 +385,6 @@ class Heard:
     asked: bool = False  # by the decoder used while an entry is asked for (digits only)
 
 
-def decode_wideband(pcm16k: bytes, decoder: Any) -> str:
-    """`decode_stream` for 16 kHz audio: fed to the decoder as it is, in 60 ms chunks."""
-    chunk = MODEL_RATE * 2 * 60 // 1000
-    decoder.start_utt()
-    for start in range(0, len(pcm16k), chunk):
-        decoder.process_raw(pcm16k[start : start + chunk], False, False)
-    decoder.end_utt()
-    return spoken_digits(str(decoder.hyp_text()))
-
-
 def _decode(
     mode: Mode,
     voice: Voice,
@@ -406,10 +395,10 @@ def _decode(
     wideband: bool,
     asked: bool = False,
 ) -> Heard:
-    started = time.process_time()
-    text = decode_wideband(pcm, decoder) if wideband else decode_stream(pcm, decoder)
-    cpu = time.process_time() - started
     rate = MODEL_RATE if wideband else SAMPLE_RATE
+    started = time.process_time()
+    text = decode_stream(pcm, decoder, rate)
+    cpu = time.process_time() - started
     return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / rate, asked)
 
 
