@@ -1,6 +1,7 @@
 """The offline recogniser's acoustic model is adapted to the phone line: a global MLLR
 transform (gateway/providers/phone_line.mllr, made by scripts/adapt_phone_line.py) moves
-the 16 kHz model toward 8 kHz G.711 speech (issue 17)."""
+the 16 kHz model toward 8 kHz G.711 speech, and the adapted decoder scores more Gaussians
+and dithers the audio (issue 17)."""
 
 from __future__ import annotations
 
