@@ -171,8 +171,9 @@ class ProviderSettings(Section):
         default=True,
         description=(
             "pocketsphinx's 16 kHz acoustic model adapted to speech through an 8 kHz G.711"
-            " line (a bundled MLLR transform, 8 Gaussians scored per frame, dither). false"
-            " uses the model as pocketsphinx ships and configures it."
+            " line (a bundled MLLR transform, 8 Gaussians scored per frame, dither) and to"
+            " each caller's voice (a frequency warp chosen from its pitch). false uses the"
+            " model as pocketsphinx ships and configures it."
         ),
     )
     piper_length_scale: float = Field(

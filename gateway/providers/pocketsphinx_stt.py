@@ -16,7 +16,9 @@ with the general English model (gateway/providers/sphinx_bias.py), built in the 
 start-up and built again there when the playbook file changes. While a keypad entry that
 may be spoken is asked for, an utterance is decoded with a model of digits instead
 (`open_stream`'s `expect`). Their acoustic model is adapted to the phone line's 8 kHz
-G.711 speech (`PHONE_LINE_MLLR`).
+G.711 speech (`PHONE_LINE_MLLR`), and each utterance to the caller's voice: its first
+600 ms are held back until its pitch sets the decoder's frequency warp (`Utterance`,
+gateway/providers/sphinx_vtln.py).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from gateway.providers.sphinx_native import (
     dictionary_path,
     general_lm_path,
 )
+from gateway.providers.sphinx_vtln import HOLD_MS, median_pitch, shifted_mean, warp_for
 from sip_config import Settings
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,7 @@ def _decoder(adapt: bool) -> NativeDecoder:
         mllr=PHONE_LINE_MLLR,
         topn=GAUSSIANS,
         dither_seed=DITHER_SEED,
+        vtln=True,
     )
 
 
@@ -161,14 +165,61 @@ def _hypothesis(decoder: Any) -> str:
     return spoken_digits(str(decoder.hyp_text()))
 
 
+class Utterance:
+    """One utterance on a decoder, fed as it comes. With `warp` (the adapted decoders), the
+    first `sphinx_vtln.HOLD_MS` of audio are held back, the decoder's frequency warp is set
+    from the caller's pitch in them, and decoding starts then."""
+
+    def __init__(self, decoder: Any, rate: int = SAMPLE_RATE, warp: bool = True) -> None:
+        self.decoder = decoder
+        self._rate = rate
+        self._rs = Resampler(rate, MODEL_RATE) if rate != MODEL_RATE else None
+        # The chunks held back, decoded as they came once the warp is set (the decoder's
+        # live cepstral mean moves with each chunk: one big chunk would be heard otherwise).
+        self._held: list[bytes] | None = [] if warp else None
+        self._hold = rate * 2 * HOLD_MS // 1000
+        if not warp:
+            decoder.start_utt()
+
+    def feed(self, pcm: bytes, last: bool = False) -> None:
+        """Decode `pcm` (int16 mono at the utterance's rate); `last`: the end of it."""
+        if self._held is None:
+            self._decode(pcm, last)
+            return
+        self._held.append(pcm)
+        held = b"".join(self._held)
+        if not last and len(held) < self._hold:
+            return
+        chunks, self._held = self._held, None
+        warp, was = warp_for(median_pitch(held, self._rate)), self.decoder.warp
+        if warp != was:
+            self.decoder.set_warp(warp, shifted_mean(self.decoder.get_cmn(), was, warp))
+        self.decoder.start_utt()
+        for i, chunk in enumerate(chunks):
+            self._decode(chunk, last and i == len(chunks) - 1)
+
+    def _decode(self, pcm: bytes, last: bool) -> None:
+        data = self._rs.process(pcm, last=last) if self._rs is not None else pcm
+        if data:
+            self.decoder.process_raw(data, False, False)
+
+    def finish(self, pcm: bytes = b"") -> str:
+        """Decode the last of the audio; the transcript."""
+        self.feed(pcm, last=True)
+        self.decoder.end_utt()
+        return _hypothesis(self.decoder)
+
+    def cancel(self) -> None:
+        """Drop the utterance (the decoder is ready for the next)."""
+        if self._held is None:
+            self.decoder.end_utt()
+        self._held = None
+
+
 def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:
     """Transcribe a whole 8 kHz utterance in this process (tools and tests, not calls)."""
     decoder = decoder if decoder is not None else new_decoder()
-    data = Resampler(SAMPLE_RATE, MODEL_RATE).process(pcm8k, last=True)
-    decoder.start_utt()
-    decoder.process_raw(data, False, True)
-    decoder.end_utt()
-    return _hypothesis(decoder)
+    return Utterance(decoder, SAMPLE_RATE, decoder.vtln).finish(pcm8k)
 
 
 def decode_stream(pcm: bytes, decoder: Any | None = None, rate: int = SAMPLE_RATE) -> str:
@@ -176,17 +227,11 @@ def decode_stream(pcm: bytes, decoder: Any | None = None, rate: int = SAMPLE_RAT
     model's rate as they come), in this process: tools and benchmarks, not calls. `rate`:
     the audio's, 8 kHz as a call's, or the model's own 16 kHz (fed as it is)."""
     decoder = decoder if decoder is not None else new_decoder()
-    rs = Resampler(rate, MODEL_RATE) if rate != MODEL_RATE else None
-    chunk = rate * 2 * CHUNK_MS // 1000
-    decoder.start_utt()
-    for start in range(0, len(pcm), chunk):
-        data = pcm[start : start + chunk]
-        if rs is not None:
-            data = rs.process(data, last=start + chunk >= len(pcm))
-        if data:
-            decoder.process_raw(data, False, False)
-    decoder.end_utt()
-    return _hypothesis(decoder)
+    utterance = Utterance(decoder, rate, decoder.vtln)
+    starts = range(0, len(pcm), rate * 2 * CHUNK_MS // 1000) or range(1)
+    for start, end in itertools.pairwise(starts):
+        utterance.feed(pcm[start:end])
+    return utterance.finish(pcm[starts[-1] :])
 
 
 class SttProcessError(RuntimeError):
@@ -224,12 +269,8 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
         return decoder
 
     pool = [tune(first)] + [tune(fresh()) for _ in range(decoders - 1)]
-    active: dict[int, tuple[Any, Resampler]] = {}
+    active: dict[int, Utterance] = {}
     failed: dict[int, str] = {}  # a stream whose decoding failed, reported at its "end"
-
-    def decode(decoder: Any, pcm16k: bytes) -> None:
-        if pcm16k:
-            decoder.process_raw(pcm16k, False, False)
 
     conn.send(("ready", 0, problem))
     while True:
@@ -240,20 +281,23 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
         try:
             if op == "start":
                 decoder = tune(pool.pop() if pool else fresh(), payload.decode())
-                active[sid] = (decoder, Resampler(SAMPLE_RATE, MODEL_RATE))
-                decoder.start_utt()
+                active[sid] = Utterance(decoder, SAMPLE_RATE, decoder.vtln)
             elif op == "data" and sid in active:
-                decoder, rs = active[sid]
-                decode(decoder, rs.process(payload))
+                active[sid].feed(payload)
             elif op in ("end", "cancel") and sid in active:
-                decoder, rs = active.pop(sid)
-                if op == "end":
-                    decode(decoder, rs.process(payload, last=True))
-                decoder.end_utt()
-                text = _hypothesis(decoder)
-                pool.append(decoder)
-                if op == "end":
-                    conn.send(("text", sid, text))
+                utterance = active.pop(sid)
+                try:
+                    heard = utterance.finish(payload) if op == "end" else None
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        utterance.cancel()
+                    raise
+                finally:
+                    pool.append(utterance.decoder)
+                if heard is None:
+                    utterance.cancel()
+                else:
+                    conn.send(("text", sid, heard))
             elif op == "end":
                 conn.send(("error", sid, failed.pop(sid, "unknown stream")))
             elif op == "cancel":
@@ -273,8 +317,8 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
             broken = active.pop(sid, None)
             if broken is not None:
                 with contextlib.suppress(Exception):
-                    broken[0].end_utt()
-                pool.append(broken[0])
+                    broken.cancel()
+                pool.append(broken.decoder)
             message = f"{type(exc).__name__}: {exc}"
             if op == "end":
                 with contextlib.suppress(Exception):

@@ -52,6 +52,9 @@ def _lib() -> Any:
     sig("ps_get_config", c_void_p, c_void_p)
     sig("ps_config_int", c_long, c_void_p, c_char_p)
     sig("ps_config_bool", c_int, c_void_p, c_char_p)
+    sig("ps_config_str", c_char_p, c_void_p, c_char_p)
+    sig("ps_config_set_str", c_void_p, c_void_p, c_char_p, c_char_p)
+    sig("ps_reinit_feat", c_int, c_void_p, c_void_p)
     sig("ps_get_logmath", c_void_p, c_void_p)
     sig("ps_set_cmn", c_int, c_void_p, c_char_p)
     sig("ps_get_cmn", c_char_p, c_void_p, c_int)
@@ -152,18 +155,22 @@ class NativeDecoder:
         mllr: Path | None = None,
         topn: int | None = None,
         dither_seed: int | None = None,
+        vtln: bool = False,
     ) -> None:
         """`cmn`: where cepstral mean normalisation starts (see `set_cmn`); `mllr`: an MLLR
         transform of the acoustic model's means (pocketsphinx's ``-mllr``), None for none;
         `topn`: Gaussians scored per codebook and frame (``-topn``), None for the default;
         `dither_seed`: add 1-bit random noise to the audio (``-dither``), from this seed
-        (``-seed``), None for none."""
+        (``-seed``), None for none; `vtln`: utterances set the frequency warp from the
+        caller's pitch (`set_warp`, `pocketsphinx_stt.Utterance`)."""
         self._ps: int | None = None  # closing a decoder that failed to start is a no-op
+        self.vtln = vtln
         lib = _lib()
         options: dict[str, str | int | bool] = {
             "hmm": str(model_dir() / "en-us"),
             "dict": str(dictionary_path()),
             "samprate": samprate,
+            "warp_type": "inverse_linear",  # for set_warp; no warp until then
         }
         if mllr is not None:
             options["mllr"] = str(mllr)
@@ -202,6 +209,33 @@ class NativeDecoder:
     def flag(self, name: str) -> bool:
         """A true/false setting of the decoder's configuration (e.g. "dither")."""
         return bool(_lib().ps_config_bool(self.config, name.encode()))
+
+    def text(self, name: str) -> str:
+        """A text setting of the decoder's configuration ("" when unset)."""
+        value = _lib().ps_config_str(self.config, name.encode())
+        return value.decode() if value else ""
+
+    def set_warp(self, factor: float, cmn: str = "") -> None:
+        """Warp the frequency axis of the features (vocal tract length normalisation:
+        pocketsphinx's ``-warp_type inverse_linear`` with ``-warp_params``, frequencies
+        divided by `factor`; 1 is none). Between utterances. Rebuilding the features resets
+        the cepstral mean: it goes on from `cmn` (see `set_cmn`), by default from where it
+        was."""
+        value = f"{factor:.3f}"
+        if value == f"{self.warp:.3f}":
+            return
+        lib = _lib()
+        cmn = cmn or self.get_cmn()
+        lib.ps_config_set_str(self.config, b"warp_params", value.encode())
+        if lib.ps_reinit_feat(self.ps, None) < 0:
+            raise SphinxError(f"pocketsphinx refused the frequency warp {factor}")
+        if cmn:
+            self.set_cmn(cmn)
+
+    @property
+    def warp(self) -> float:
+        """The frequency warp in use (see `set_warp`)."""
+        return float(self.text("warp_params") or 1.0)
 
     def add_model(self, lm: LanguageModel) -> str:
         """Add a search with `lm`; returns its name for `activate`."""
