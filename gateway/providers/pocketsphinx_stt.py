@@ -269,6 +269,7 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
         return decoder
 
     pool = [tune(first)] + [tune(fresh()) for _ in range(decoders - 1)]
+    median_pitch(bytes(SAMPLE_RATE), SAMPLE_RATE)  # load the pitch tracker (~0.1 s) now
     active: dict[int, Utterance] = {}
     failed: dict[int, str] = {}  # a stream whose decoding failed, reported at its "end"
 
