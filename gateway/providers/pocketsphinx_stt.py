@@ -177,6 +177,7 @@ class Utterance:
         # The chunks held back, decoded as they came once the warp is set (the decoder's
         # live cepstral mean moves with each chunk: one big chunk would be heard otherwise).
         self._held: list[bytes] | None = [] if warp else None
+        self._held_bytes = 0
         self._hold = rate * 2 * HOLD_MS // 1000
         if not warp:
             decoder.start_utt()
@@ -187,11 +188,11 @@ class Utterance:
             self._decode(pcm, last)
             return
         self._held.append(pcm)
-        held = b"".join(self._held)
-        if not last and len(held) < self._hold:
+        self._held_bytes += len(pcm)
+        if not last and self._held_bytes < self._hold:
             return
         chunks, self._held = self._held, None
-        warp, was = warp_for(median_pitch(held, self._rate)), self.decoder.warp
+        warp, was = warp_for(median_pitch(b"".join(chunks), self._rate)), self.decoder.warp
         if warp != was:
             self.decoder.set_warp(warp, shifted_mean(self.decoder.get_cmn(), was, warp))
         self.decoder.start_utt()
@@ -287,18 +288,17 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
                 active[sid].feed(payload)
             elif op in ("end", "cancel") and sid in active:
                 utterance = active.pop(sid)
+                pool.append(utterance.decoder)  # lent again only after this message
+                if op == "cancel":
+                    utterance.cancel()
+                    continue
                 try:
-                    heard = utterance.finish(payload) if op == "end" else None
+                    heard = utterance.finish(payload)
                 except Exception:
                     with contextlib.suppress(Exception):
                         utterance.cancel()
                     raise
-                finally:
-                    pool.append(utterance.decoder)
-                if heard is None:
-                    utterance.cancel()
-                else:
-                    conn.send(("text", sid, heard))
+                conn.send(("text", sid, heard))
             elif op == "end":
                 conn.send(("error", sid, failed.pop(sid, "unknown stream")))
             elif op == "cancel":
