@@ -6,49 +6,15 @@ one, keys are gathered until the terminator, `max_digits` or the inter-digit tim
 then become one caller turn. After an entry ended at `max_digits`, its terminator pressed
 right after out of habit ("123456#") is swallowed. An entry the brain allows to be said
 (`DigitCollect.spoken`) may come as a caller turn of digits alone instead
-(`spoken_entry`). No asyncio here: the session waits for keys and for `deadline`, this
-module decides.
+(`providers.base.spoken_entry`). No asyncio here: the session waits for keys and for
+`deadline`, this module decides.
 """
 
 from __future__ import annotations
 
-import re
+from gateway.providers.base import EXPECT_DIGITS, DigitCollect, KeyInput, spoken_entry
 
-from gateway.providers.base import (
-    DIGIT_WORDS,
-    ENTRY_LEAD_INS,
-    EXPECT_DIGITS,
-    DigitCollect,
-    KeyInput,
-)
-
-
-def _words(text: str) -> list[str]:
-    """Lowercase words and figures, apostrophes dropped ("it's" is "its")."""
-    return re.findall(r"[a-z0-9]+", re.sub(r"['\u2019]", "", text.lower()))
-
-
-_DIGIT_KEYS = {word: str(n) for n, word in enumerate(DIGIT_WORDS)} | {"oh": "0", "o": "0"}
-_LEAD_INS = tuple(tuple(_words(lead)) for lead in ENTRY_LEAD_INS)
-
-
-def spoken_entry(text: str) -> str | None:
-    """The keys a caller turn says, when it says only digits (words or figures), perhaps
-    after a lead-in such as "it's" or "my number is"; None for anything else."""
-    words = _words(text)
-    for lead in _LEAD_INS:
-        if tuple(words[: len(lead)]) == lead:
-            words = words[len(lead) :]
-            break
-    keys = ""
-    for word in words:
-        if word.isdigit():
-            keys += word
-        elif word in _DIGIT_KEYS:
-            keys += _DIGIT_KEYS[word]
-        else:
-            return None
-    return keys or None
+__all__ = ["KeypadEntry", "spoken_entry"]
 
 
 class KeypadEntry:

@@ -9,6 +9,7 @@ per-call state (`SttProvider.open_stream`).
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -206,6 +207,34 @@ EXPECT_DIGITS = "digits"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # What a caller may say before the digits of a spoken entry ("it's four five six").
 ENTRY_LEAD_INS = ("it's", "it is", "that's", "my number is", "the number is", "number")
+
+
+def _entry_words(text: str) -> list[str]:
+    """Lowercase words and figures, apostrophes dropped ("it's" is "its")."""
+    return re.findall(r"[a-z0-9]+", re.sub(r"['\u2019]", "", text.lower()))
+
+
+_DIGIT_KEYS = {word: str(n) for n, word in enumerate(DIGIT_WORDS)} | {"oh": "0", "o": "0"}
+_LEAD_INS = tuple(tuple(_entry_words(lead)) for lead in ENTRY_LEAD_INS)
+
+
+def spoken_entry(text: str) -> str | None:
+    """The keys a caller turn says, when it says only digits (words or figures), perhaps
+    after a lead-in such as "it's" or "my number is"; None for anything else."""
+    words = _entry_words(text)
+    for lead in _LEAD_INS:
+        if tuple(words[: len(lead)]) == lead:
+            words = words[len(lead) :]
+            break
+    keys = ""
+    for word in words:
+        if word.isdigit():
+            keys += word
+        elif word in _DIGIT_KEYS:
+            keys += _DIGIT_KEYS[word]
+        else:
+            return None
+    return keys or None
 
 
 class SttProvider(abc.ABC):

@@ -15,10 +15,11 @@ The decoders expect the playbook: their language model is the playbook's own, in
 with the general English model (gateway/providers/sphinx_bias.py), built in the child at
 start-up and built again there when the playbook file changes. While a keypad entry that
 may be spoken is asked for, an utterance is decoded with a model of digits instead
-(`open_stream`'s `expect`). Their acoustic model is adapted to the phone line's 8 kHz
-G.711 speech (`PHONE_LINE_MLLR`), and each utterance to the caller's voice: its first
-600 ms are held back until its pitch sets the decoder's frequency warp (`Utterance`,
-gateway/providers/sphinx_vtln.py).
+(`open_stream`'s `expect`), and a number misheard by a word is read again from the
+utterance's N-best list (`ENTRY_MARGIN`). Their acoustic model is adapted to the phone
+line's 8 kHz G.711 speech (`PHONE_LINE_MLLR`), and each utterance to the caller's voice:
+its first 600 ms are held back until its pitch sets the decoder's frequency warp
+(`Utterance`, gateway/providers/sphinx_vtln.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audio.pcm import SAMPLE_RATE, Resampler
-from gateway.providers.base import EXPECT_DIGITS, SttProvider, SttStream
+from gateway.providers.base import (
+    DIGIT_WORDS,
+    EXPECT_DIGITS,
+    SttProvider,
+    SttStream,
+    spoken_entry,
+)
 from gateway.providers.scripted import PlaybookFile
 from gateway.providers.sphinx_bias import (
     ENTRY_WEIGHT,
@@ -161,17 +168,59 @@ def new_decoder(
     return decoder
 
 
+# While a keypad entry is asked for, a number heard with a word wrong in it ("excuse seven
+# three" for "six two seven three": the telephone band loses most of an "s") is read again
+# from the utterance's N-best list: the likeliest reading of digits alone is taken when
+# its path score is within ENTRY_MARGIN of the best. Only when the best reading has a
+# digit word in it: a caller who answers "hang on" or coughs is not turned into "nine
+# nine". Digits alone, no lead-in: "it is seven three" is a reading too. Measured with the
+# bench's voices on the digits decoder (scripts/bench/offline_recognition.py, "asked"; a
+# throwaway probe for the margins): of flite's 80 digit strings 71 heard right without
+# it, 77 / 78 / 78 with margins 400 / 500 / 600; of espeak-ng's, 15 and 20 / 25 / 25. Of
+# 400 other short answers ("hang on", "I don't know", "goodbye", "um"...), 16 were heard
+# as an entry without it and 16 with it; of 19 noises, none either way. The N-best search
+# takes ~2 ms.
+ENTRY_MARGIN = 500
+ENTRY_NBEST = 200  # readings looked at, at most
+
+
 def _hypothesis(decoder: Any) -> str:
     return spoken_digits(str(decoder.hyp_text()))
+
+
+def _digits_alone(text: str) -> bool:
+    words = text.split()
+    return bool(words) and all(word in DIGIT_WORDS for word in words)
+
+
+def _entry_reading(decoder: Any, heard: str) -> str:
+    """`heard`, or the likeliest reading of the utterance that is digits alone when `heard`
+    has digits in it without being a keypad entry (see ENTRY_MARGIN)."""
+    if spoken_entry(heard) is not None or not any(w in DIGIT_WORDS for w in heard.split()):
+        return heard
+    readings = decoder.nbest(ENTRY_NBEST)
+    if not readings:
+        return heard
+    best = max(score for _, score in readings)
+    for text, score in readings:
+        digits = spoken_digits(text)
+        if score >= best - ENTRY_MARGIN and _digits_alone(digits):
+            return digits
+    return heard
 
 
 class Utterance:
     """One utterance on a decoder, fed as it comes. With `warp` (the adapted decoders), the
     first `sphinx_vtln.HOLD_MS` of audio are held back, the decoder's frequency warp is set
-    from the caller's pitch in them, and decoding starts then."""
+    from the caller's pitch in them, and decoding starts then. With `entry` (a keypad entry
+    is asked for), a number misheard by a word is read again from the N-best list
+    (ENTRY_MARGIN)."""
 
-    def __init__(self, decoder: Any, rate: int = SAMPLE_RATE, warp: bool = True) -> None:
+    def __init__(
+        self, decoder: Any, rate: int = SAMPLE_RATE, warp: bool = True, entry: bool = False
+    ) -> None:
         self.decoder = decoder
+        self._entry = entry
         self._rate = rate
         self._rs = Resampler(rate, MODEL_RATE) if rate != MODEL_RATE else None
         # The chunks held back, decoded as they came once the warp is set (the decoder's
@@ -208,7 +257,8 @@ class Utterance:
         """Decode the last of the audio; the transcript."""
         self.feed(pcm, last=True)
         self.decoder.end_utt()
-        return _hypothesis(self.decoder)
+        heard = _hypothesis(self.decoder)
+        return _entry_reading(self.decoder, heard) if self._entry else heard
 
     def cancel(self) -> None:
         """Drop the utterance (the decoder is ready for the next)."""
@@ -223,12 +273,15 @@ def transcribe(pcm8k: bytes, decoder: Any | None = None) -> str:
     return Utterance(decoder, SAMPLE_RATE, decoder.vtln).finish(pcm8k)
 
 
-def decode_stream(pcm: bytes, decoder: Any | None = None, rate: int = SAMPLE_RATE) -> str:
+def decode_stream(
+    pcm: bytes, decoder: Any | None = None, rate: int = SAMPLE_RATE, entry: bool = False
+) -> str:
     """Transcribe an utterance fed as a call feeds it (60 ms chunks, resampled to the
     model's rate as they come), in this process: tools and benchmarks, not calls. `rate`:
-    the audio's, 8 kHz as a call's, or the model's own 16 kHz (fed as it is)."""
+    the audio's, 8 kHz as a call's, or the model's own 16 kHz (fed as it is); `entry`: as
+    while a keypad entry is asked for (`Utterance`)."""
     decoder = decoder if decoder is not None else new_decoder()
-    utterance = Utterance(decoder, rate, decoder.vtln)
+    utterance = Utterance(decoder, rate, decoder.vtln, entry)
     starts = range(0, len(pcm), rate * 2 * CHUNK_MS // 1000) or range(1)
     for start, end in itertools.pairwise(starts):
         utterance.feed(pcm[start:end])
@@ -282,8 +335,10 @@ def _serve(conn: Connection, decoders: int, text: str, weight: float, adapt: boo
             return
         try:
             if op == "start":
-                decoder = tune(pool.pop() if pool else fresh(), payload.decode())
-                active[sid] = Utterance(decoder, SAMPLE_RATE, decoder.vtln)
+                expect = payload.decode()
+                decoder = tune(pool.pop() if pool else fresh(), expect)
+                entry = expect == EXPECT_DIGITS
+                active[sid] = Utterance(decoder, SAMPLE_RATE, decoder.vtln, entry)
             elif op == "data" and sid in active:
                 active[sid].feed(payload)
             elif op in ("end", "cancel") and sid in active:

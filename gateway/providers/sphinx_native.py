@@ -64,6 +64,10 @@ def _lib() -> Any:
     sig("ps_process_raw", c_int, c_void_p, c_char_p, c_size_t, c_int, c_int)
     sig("ps_end_utt", c_int, c_void_p)
     sig("ps_get_hyp", c_char_p, c_void_p, POINTER(c_int32))
+    sig("ps_nbest", c_void_p, c_void_p)
+    sig("ps_nbest_next", c_void_p, c_void_p)
+    sig("ps_nbest_hyp", c_char_p, c_void_p, POINTER(c_int32))
+    sig("ps_nbest_free", None, c_void_p)
     sig("ngram_model_read", c_void_p, c_void_p, c_char_p, c_int, c_void_p)
     sig("ngram_model_free", c_int, c_void_p)
     sig(
@@ -280,6 +284,24 @@ class NativeDecoder:
         score = c_int32()
         text = _lib().ps_get_hyp(self.ps, ctypes.byref(score))
         return text.decode().strip() if text else ""
+
+    def nbest(self, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` hypotheses of the last utterance from its word lattice (pocketsphinx's
+        A* N-best search), best first as the search finds them, each with its path score
+        (the decoder's log scale: higher is likelier); repeats are kept."""
+        lib = _lib()
+        found: list[tuple[str, int]] = []
+        it = lib.ps_nbest(self.ps)
+        try:
+            while it and len(found) < limit:
+                score = c_int32()
+                text = lib.ps_nbest_hyp(it, ctypes.byref(score))
+                found.append((text.decode().strip() if text else "", score.value))
+                it = lib.ps_nbest_next(it)  # NULL (and freed) after the last
+        finally:
+            if it:
+                lib.ps_nbest_free(it)
+        return found
 
     def close(self) -> None:
         ps, self._ps = self._ps, None

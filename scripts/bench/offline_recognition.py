@@ -26,7 +26,8 @@ Figures per mode (rows):
 - goodbye / yes / no / digits: a bare word, or spoken digits, heard when the transcript's
   words are exactly the utterance's (case and punctuation aside, "4" as "four");
 - asked (biased modes): the digit strings again, decoded as while the agent asks for a
-  keypad entry that may be spoken (the digits model, `sphinx_bias.entry_corpus`);
+  keypad entry that may be spoken (the digits model, `sphinx_bias.entry_corpus`, and a
+  number misheard by a word read again from its N-best list, `ENTRY_MARGIN`);
 - WER: word error rate over all utterances (jiwer, on the same normalised words);
 - fresh: the bare words, one digit string and one utterance per intent each decoded on a
   brand-new decoder, against the same audio on the decoder reused across the rendition's
@@ -397,7 +398,10 @@ def _decode(
 ) -> Heard:
     rate = MODEL_RATE if wideband else SAMPLE_RATE
     started = time.process_time()
-    text = decode_stream(pcm, decoder, rate)
+    if asked and "entry" in inspect.signature(decode_stream).parameters:
+        text = decode_stream(pcm, decoder, rate, entry=True)  # as calls decode an entry
+    else:
+        text = decode_stream(pcm, decoder, rate)
     cpu = time.process_time() - started
     return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / rate, asked)
 
