@@ -15,8 +15,8 @@ The decoders expect the playbook: their language model is the playbook's own, in
 with the general English model (gateway/providers/sphinx_bias.py), built in the child at
 start-up and built again there when the playbook file changes. While a keypad entry that
 may be spoken is asked for, an utterance is decoded with a model of digits instead
-(`open_stream`'s `expect`), and a number misheard by a word is read again from the
-utterance's N-best list (`ENTRY_MARGIN`). Their acoustic model is adapted to the phone
+(`open_stream`'s `expect`). A number misheard by a word is read again from the
+utterance's N-best list (`NUMBER_MARGIN`). Their acoustic model is adapted to the phone
 line's 8 kHz G.711 speech (`PHONE_LINE_MLLR`), and each utterance to the caller's voice:
 its first 600 ms are held back until its pitch sets the decoder's frequency warp
 (`Utterance`, gateway/providers/sphinx_vtln.py).
@@ -168,20 +168,26 @@ def new_decoder(
     return decoder
 
 
-# While a keypad entry is asked for, a number heard with a word wrong in it ("excuse seven
-# three" for "six two seven three": the telephone band loses most of an "s") is read again
-# from the utterance's N-best list: the likeliest reading of digits alone is taken when
-# its path score is within ENTRY_MARGIN of the best. Only when the best reading has a
-# digit word in it: a caller who answers "hang on" or coughs is not turned into "nine
-# nine". Digits alone, no lead-in: "it is seven three" is a reading too. Measured with the
-# bench's voices on the digits decoder (scripts/bench/offline_recognition.py, "asked"; a
-# throwaway probe for the margins): of flite's 80 digit strings 71 heard right without
-# it, 77 / 78 / 78 with margins 400 / 500 / 600; of espeak-ng's, 15 and 20 / 25 / 25. Of
-# 400 other short answers ("hang on", "I don't know", "goodbye", "um"...), 16 were heard
-# as an entry without it and 16 with it; of 19 noises, none either way. The N-best search
-# takes ~2 ms.
-ENTRY_MARGIN = 500
-ENTRY_NBEST = 200  # readings looked at, at most
+# A number heard with a word wrong in it ("excuse seven three" for "six two seven three":
+# the telephone band loses most of an "s") is read again from the utterance's N-best list:
+# the likeliest reading of digits alone is taken when its path score is within
+# NUMBER_MARGIN of the best. Digits alone, no lead-in: "it is seven three" is a reading too.
+# Only when the best reading looks like a number: while a keypad entry is asked for, when
+# it has a digit word in it (a caller who answers "hang on" or coughs is not turned into
+# "nine nine"); otherwise when at least half its words are digits (NUMBER_SHARE), so that a
+# sentence stays a sentence. Measured with the bench's voices (scripts/bench/
+# offline_recognition.py; throwaway probes for the margins):
+# - on the digits decoder ("asked"): of flite's 80 digit strings 71 heard right without
+#   it, 77 / 78 / 78 with margins 400 / 500 / 600; of espeak-ng's, 15 and 20 / 25 / 25. Of
+#   400 other short answers ("hang on", "I don't know", "goodbye", "um"...), 16 were heard
+#   as an entry without it and 16 with it; of 19 noises, none either way;
+# - on the playbook's decoder: flite's digit strings 69 → 78 of 80 (74 at margin 300; a
+#   share of 0.75: 75), espeak-ng's 16 → 18; and not one of their 1,120 intent sentences,
+#   100 other questions, 60 bare words, 400 short answers or 19 noises read differently.
+# The N-best search takes ~2 ms, and only for such readings.
+NUMBER_MARGIN = 500
+NUMBER_SHARE = 0.5
+NUMBER_NBEST = 200  # readings looked at, at most
 
 
 def _hypothesis(decoder: Any) -> str:
@@ -193,28 +199,33 @@ def _digits_alone(text: str) -> bool:
     return bool(words) and all(word in DIGIT_WORDS for word in words)
 
 
-def _entry_reading(decoder: Any, heard: str) -> str:
+def _number_reading(decoder: Any, heard: str, entry: bool) -> str:
     """`heard`, or the likeliest reading of the utterance that is digits alone when `heard`
-    has digits in it without being a keypad entry (see ENTRY_MARGIN)."""
-    if spoken_entry(heard) is not None or not any(w in DIGIT_WORDS for w in heard.split()):
+    looks like a number with a word wrong in it (see NUMBER_MARGIN); `entry`: a keypad
+    entry is asked for."""
+    words = heard.split()
+    digits = sum(1 for word in words if word in DIGIT_WORDS)
+    if not digits or digits == len(words) or spoken_entry(heard) is not None:
         return heard
-    readings = decoder.nbest(ENTRY_NBEST)
+    if not entry and digits < NUMBER_SHARE * len(words):
+        return heard
+    readings = decoder.nbest(NUMBER_NBEST)
     if not readings:
         return heard
     best = max(score for _, score in readings)
     for text, score in readings:
-        digits = spoken_digits(text)
-        if score >= best - ENTRY_MARGIN and _digits_alone(digits):
-            return digits
+        reading = spoken_digits(text)
+        if score >= best - NUMBER_MARGIN and _digits_alone(reading):
+            return reading
     return heard
 
 
 class Utterance:
     """One utterance on a decoder, fed as it comes. With `warp` (the adapted decoders), the
     first `sphinx_vtln.HOLD_MS` of audio are held back, the decoder's frequency warp is set
-    from the caller's pitch in them, and decoding starts then. With `entry` (a keypad entry
-    is asked for), a number misheard by a word is read again from the N-best list
-    (ENTRY_MARGIN)."""
+    from the caller's pitch in them, and decoding starts then. A number misheard by a word is
+    read again from the N-best list (NUMBER_MARGIN), more readily with `entry` (a keypad
+    entry is asked for)."""
 
     def __init__(
         self, decoder: Any, rate: int = SAMPLE_RATE, warp: bool = True, entry: bool = False
@@ -257,8 +268,7 @@ class Utterance:
         """Decode the last of the audio; the transcript."""
         self.feed(pcm, last=True)
         self.decoder.end_utt()
-        heard = _hypothesis(self.decoder)
-        return _entry_reading(self.decoder, heard) if self._entry else heard
+        return _number_reading(self.decoder, _hypothesis(self.decoder), self._entry)
 
     def cancel(self) -> None:
         """Drop the utterance (the decoder is ready for the next)."""

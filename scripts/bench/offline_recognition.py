@@ -26,8 +26,9 @@ Figures per mode (rows):
 - goodbye / yes / no / digits: a bare word, or spoken digits, heard when the transcript's
   words are exactly the utterance's (case and punctuation aside, "4" as "four");
 - asked (biased modes): the digit strings again, decoded as while the agent asks for a
-  keypad entry that may be spoken (the digits model, `sphinx_bias.entry_corpus`, and a
-  number misheard by a word read again from its N-best list, `ENTRY_MARGIN`);
+  keypad entry that may be spoken (the digits model, `sphinx_bias.entry_corpus`; a
+  number misheard by a word is read again from its N-best list in every mode that has
+  it, `pocketsphinx_stt.NUMBER_MARGIN`);
 - WER: word error rate over all utterances (jiwer, on the same normalised words);
 - fresh: the bare words, one digit string and one utterance per intent each decoded on a
   brand-new decoder, against the same audio on the decoder reused across the rendition's

@@ -1,5 +1,6 @@
-"""While a keypad entry is asked for, the offline recogniser reads a number misheard by a
-word again from the utterance's N-best list (pocketsphinx_stt.ENTRY_MARGIN, issue 17)."""
+"""The offline recogniser reads a number misheard by a word again from the utterance's
+N-best list (pocketsphinx_stt.NUMBER_MARGIN, issue 17): more readily while a keypad entry
+is asked for."""
 
 from __future__ import annotations
 
@@ -14,9 +15,21 @@ import pytest
 from gateway.audio.g711 import ulaw_decode, ulaw_encode
 from gateway.audio.pcm import SAMPLE_RATE, read_wav, resample
 from gateway.providers.base import EXPECT_DIGITS, spoken_entry
-from gateway.providers.pocketsphinx_stt import PocketsphinxStt, Utterance, new_decoder
-from gateway.providers.scripted import DEMO_PLAYBOOK, PlaybookFile
-from gateway.providers.sphinx_bias import ENTRY_WEIGHT, entry_corpus, spoken_digits
+from gateway.providers.pocketsphinx_stt import (
+    NUMBER_MARGIN,
+    NUMBER_SHARE,
+    PocketsphinxStt,
+    Utterance,
+    _number_reading,
+    new_decoder,
+)
+from gateway.providers.scripted import DEMO_PLAYBOOK, PlaybookFile, load_playbook
+from gateway.providers.sphinx_bias import (
+    ENTRY_WEIGHT,
+    entry_corpus,
+    playbook_corpus,
+    spoken_digits,
+)
 from gateway.providers.sphinx_native import NativeDecoder
 from tests.helpers.speech import recognise
 
@@ -26,6 +39,9 @@ from tests.helpers.speech import recognise
 # three"), kal16's "eight six" sounds like "edit". What exactly is misheard can change
 # with the decoder's dither; that it is misheard did not, on several new decoders.
 MISHEARD = [("slt", "eight six one three"), ("kal16", "eight six four two")]
+# The same on the playbook's decoder, with no entry asked for: more than half the words of
+# the best reading are digits ("and six one three").
+MISHEARD_UNASKED = [("slt", "eight six one three"), ("kal16", "eight six one three")]
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +82,50 @@ def test_a_number_misheard_by_a_word_is_read_from_the_n_best_list(
     assert heard == said
 
 
-@pytest.mark.parametrize(("voice", "said"), MISHEARD)
-def test_without_an_entry_asked_for_the_best_reading_stands(
+@pytest.mark.parametrize(("voice", "said"), MISHEARD_UNASKED)
+def test_a_number_said_unasked_is_read_from_the_n_best_list_too(
     say: Callable[[str, str], bytes], voice: str, said: str
 ) -> None:
-    heard = Utterance(_digits_decoder()).finish(say(voice, said))
-    assert heard != said and spoken_entry(heard) is None, heard
+    decoder: NativeDecoder = new_decoder(playbook_corpus(load_playbook(DEMO_PLAYBOOK)))
+    heard = Utterance(decoder).finish(say(voice, said))
+    best = spoken_digits(decoder.hyp_text())
+    assert best != said and spoken_entry(best) is None, best
+    assert heard == said
+
+
+class _Readings:
+    """A decoder's N-best list, as `NativeDecoder.nbest` gives it."""
+
+    def __init__(self, *readings: tuple[str, int]) -> None:
+        self.readings = list(readings)
+
+    def nbest(self, limit: int) -> list[tuple[str, int]]:
+        return self.readings[:limit]
+
+
+def test_which_readings_are_taken_for_a_number() -> None:
+    best = ("excuse nine four one eight", -7600)
+    near = ("six two nine four one eight", -7600 - NUMBER_MARGIN)
+    far = ("six two nine four one eight", -7601 - NUMBER_MARGIN)
+    for entry in (False, True):
+        assert _number_reading(_Readings(best, near), best[0], entry) == near[0]
+        assert _number_reading(_Readings(best, far), best[0], entry) == best[0]
+        assert _number_reading(_Readings(), best[0], entry) == best[0]
+        # Digits alone: a lead-in or another word is not a reading of the number.
+        lead = ("it is nine four one eight", -7601)
+        assert _number_reading(_Readings(best, lead), best[0], entry) == best[0]
+        # A number or no digit at all: the list is not read.
+        for heard in ("six two nine four one eight", "it's nine four one eight", "what"):
+            assert _number_reading(_Readings(best, near), heard, entry) == heard
+    # Fewer than half the words digits: a number only while an entry is asked for.
+    sentence = "i need a cake for two"
+    assert _number_reading(_Readings((sentence, -900), ("four two", -950)), sentence, False) == (
+        sentence
+    )
+    assert _number_reading(_Readings((sentence, -900), ("four two", -950)), sentence, True) == (
+        "four two"
+    )
+    assert NUMBER_SHARE == 0.5  # "nine one line": 2 of 3 words digits, read as a number
 
 
 def _faint_noise(seconds: float, dbfs: float, seed: int) -> bytes:
