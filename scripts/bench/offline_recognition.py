@@ -387,6 +387,9 @@ class Heard:
     asked: bool = False  # by the decoder used while an entry is asked for (digits only)
 
 
+_DECODES_ENTRIES = "entry" in inspect.signature(decode_stream).parameters
+
+
 def _decode(
     mode: Mode,
     voice: Voice,
@@ -398,11 +401,10 @@ def _decode(
     asked: bool = False,
 ) -> Heard:
     rate = MODEL_RATE if wideband else SAMPLE_RATE
+    # As calls decode an entry (a checkout whose decode_stream has no `entry` cannot).
+    entry = {"entry": True} if asked and _DECODES_ENTRIES else {}
     started = time.process_time()
-    if asked and "entry" in inspect.signature(decode_stream).parameters:
-        text = decode_stream(pcm, decoder, rate, entry=True)  # as calls decode an entry
-    else:
-        text = decode_stream(pcm, decoder, rate)
+    text = decode_stream(pcm, decoder, rate, **entry)
     cpu = time.process_time() - started
     return Heard(mode.name, voice.label, index, fresh, text, cpu, len(pcm) / 2 / rate, asked)
 
