@@ -21,8 +21,10 @@ CALL_TIMEOUT_S = 120
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """The environment without SIPAGENT_ settings, plus `extra`."""
+    """The environment without SIPAGENT_ settings, plus `extra`. Python's fault handler is
+    on, so a process that crashes in native code leaves its Python stack on stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SIPAGENT_")}
+    env.setdefault("PYTHONFAULTHANDLER", "1")
     env.update(extra)
     return env
 
@@ -99,13 +101,17 @@ def call_cmd(target: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "gateway.cli", "call", target, "--json", *args]
 
 
-def parse_report(stdout: str) -> dict[str, Any]:
-    """The JSON report: the last stdout line that is a JSON object."""
+def parse_report(stdout: str, stderr: str = "", returncode: int | None = None) -> dict[str, Any]:
+    """The JSON report: the last stdout line that is a JSON object. Without one, the
+    failure shows how the softphone ended and the end of what it wrote to stderr."""
     for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             report: dict[str, Any] = json.loads(line)
             return report
-    raise AssertionError(f"no JSON report in softphone output:\n{stdout}")
+    raise AssertionError(
+        f"no JSON report in softphone output (exit status {returncode}):\n{stdout}\n"
+        f"stderr:\n{stderr[-4000:]}"
+    )
 
 
 def place_call(target: str, *args: str, timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
@@ -117,7 +123,7 @@ def place_call(target: str, *args: str, timeout: float = CALL_TIMEOUT_S) -> dict
         timeout=timeout,
         env=clean_env(),
     )
-    report = parse_report(proc.stdout)
+    report = parse_report(proc.stdout, proc.stderr, proc.returncode)
     report["returncode"] = proc.returncode
     report["stderr"] = proc.stderr
     return report
@@ -142,7 +148,7 @@ def finish_call(proc: subprocess.Popen[str], timeout: float = CALL_TIMEOUT_S) ->
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"softphone timed out:\n{out}\n{err}") from None
-    report = parse_report(out)
+    report = parse_report(out, err, proc.returncode)
     report["returncode"] = proc.returncode
     report["stderr"] = err
     return report
