@@ -110,12 +110,12 @@ def test_a_killed_worker_gets_no_new_call_and_its_replacement_does(tmp_path: Pat
         doomed, _ = pool.workers[0]
         os.kill(doomed, signal.SIGKILL)
         wait_for(lambda: any(f"(pid {doomed}) died" in ln for ln in pool.lines), 5, "the death")
-        # The supervisor told the edge at once: no call waits for the dead worker.
+        # The supervisor told the edge at once: no call waits for the dead worker. (One
+        # relayed to it would fail over after the edge's 1 s answer timeout, which the
+        # edge logs as "did not answer": checked below, once every line is in.)
         held = []
         for i in range(4):
-            started = time.monotonic()
             held.append(call(sip, edge, sdp_offer(port=42000 + 2 * i)))
-            assert time.monotonic() - started < 0.9, "a call went to the dead worker first"
             assert worker_of(pool, held[-1]) == 1
         wait_for(lambda: pool.workers[0][0] != doomed, 30, "worker 0 replaced")
         # Worker 1 is full now: the next calls can only go to the replacement.
@@ -125,7 +125,8 @@ def test_a_killed_worker_gets_no_new_call_and_its_replacement_does(tmp_path: Pat
             assert worker_of(pool, held[-1]) == 0
         for d in held:
             sip.final(d.request(sip, "BYE"), edge)
-        assert not any("did not answer" in ln for ln in pool.lines)
+        unanswered = [ln for ln in pool.lines if "did not answer" in ln]
+        assert not unanswered, unanswered
 
 
 @pytest.mark.skipif(not sipp_available(), reason="sipp (Debian sip-tester) missing")
