@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -17,8 +19,79 @@ from pathlib import Path
 DEMO_QUESTIONS = ("What are your opening hours?", "Where are you located?")
 
 
+# `free_udp_port` hands out blocks of this many ports: a pool's workers listen on the
+# port it returned and the ones after it (`gateway.pool.plan`), so those must be free too.
+PORT_BLOCK = 16
+# Which block comes next, for every process on the machine (parallel test runners too).
+_NEXT_BLOCK_FILE = "sipagent-free-ports"
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands to sockets bound to port 0 (Linux's default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _next_free_block(host: str, tcp: bool) -> int | None:
+    """The first port of the next free block above the ephemeral range, or None when
+    there is no room there or the shared counter cannot be used.
+
+    A port taken from the ephemeral range by binding port 0 is only free for now: until
+    the agent binds it (seconds later, after its models load) any socket bound to port 0
+    (a softphone's SIP transport, sipp's) may get it, and the port after it, a second
+    worker's, was never checked. Above that range nothing binds unless told to, and the
+    counter, kept in a locked file, gives each caller blocks no other caller was given
+    recently."""
+    first = _ephemeral_range()[1] + 1
+    blocks = (65536 - first) // PORT_BLOCK
+    if blocks < 2:
+        return None
+    path = Path(tempfile.gettempdir()) / _NEXT_BLOCK_FILE
+    try:
+        with open(path, "a+", encoding="ascii") as counter:
+            fcntl.flock(counter, fcntl.LOCK_EX)
+            counter.seek(0)
+            text = counter.read().strip()
+            index = int(text) % blocks if text.isdigit() else 0
+            found = None
+            for _ in range(blocks):
+                port = first + index * PORT_BLOCK
+                index = (index + 1) % blocks
+                ports = range(port, port + PORT_BLOCK)
+                if all(_bindable(host, p, socket.SOCK_DGRAM) for p in ports) and (
+                    not tcp or _bindable(host, port, socket.SOCK_STREAM)
+                ):
+                    found = port
+                    break
+            counter.seek(0)
+            counter.truncate()
+            counter.write(str(index))
+            return found
+    except OSError:
+        return None
+
+
 def free_udp_port(host: str = "127.0.0.1") -> int:
-    """A UDP port nobody listens on right now."""
+    """A UDP port nobody listens on, and that nobody else is handed for a while: the first
+    of `PORT_BLOCK` free ports above the kernel's ephemeral range (an ephemeral port when
+    there is no room there)."""
+    port = _next_free_block(host, tcp=False)
+    return port if port is not None else _ephemeral_udp_port(host)
+
+
+def _ephemeral_udp_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -28,8 +101,11 @@ def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
     """A port free for both UDP and TCP right now (a SIP listener that takes both, like
     the Kamailio edge: another process's outgoing TCP connection can hold a port that is
     free for UDP)."""
+    port = _next_free_block(host, tcp=True)
+    if port is not None:
+        return port
     for _ in range(100):
-        port = free_udp_port(host)
+        port = _ephemeral_udp_port(host)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
             try:
                 t.bind((host, port))
@@ -46,13 +122,13 @@ _RTP_LOW = 10000
 
 
 def rtp_base_for(sip_port: int, span: int) -> int:
-    """A start for `span` RTP ports, below the ephemeral range and spread by `sip_port`, so
-    agents started on different free ports get disjoint ranges and no range covers a SIP
-    port that `free_udp_port` handed out."""
+    """A start for `span` RTP ports, below the ephemeral range and spread by `sip_port`'s
+    block, so agents started on different free ports get disjoint ranges and no range
+    covers a SIP port that `free_udp_port` handed out."""
     slots = (_EPHEMERAL_LOW - _RTP_LOW) // span
     if slots < 1:
         raise ValueError(f"{span} RTP ports do not fit below {_EPHEMERAL_LOW}")
-    return _RTP_LOW + (sip_port % slots) * span
+    return _RTP_LOW + (sip_port // PORT_BLOCK % slots) * span
 
 
 _WORKER_LINE = re.compile(
