@@ -14,13 +14,14 @@ import os
 import pwd
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from gateway.devtools.demo import free_udp_tcp_port
 
 REQUIRE_ENV = "SIPAGENT_REQUIRE_POSTGRES"
 """Set (to anything but empty or 0) by .ci/run: a missing PostgreSQL fails the tests."""
@@ -45,12 +46,6 @@ def postgres_bindir() -> Path | None:
 def postgres_required() -> bool:
     """True when missing PostgreSQL must fail the tests rather than skip them."""
     return os.environ.get(REQUIRE_ENV, "") not in ("", "0")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PostgresServer:
@@ -142,7 +137,7 @@ class PostgresServer:
             "--no-instructions",
         )
         pwfile.unlink()
-        self.port = _free_port()
+        self.port = free_udp_tcp_port()  # outside the range outgoing connections use
         self._started = True
         self._start_server()
         with self.admin("postgres") as conn:
