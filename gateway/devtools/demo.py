@@ -22,8 +22,11 @@ DEMO_QUESTIONS = ("What are your opening hours?", "Where are you located?")
 # `free_udp_port` hands out blocks of this many ports: a pool's workers listen on the
 # port it returned and the ones after it (`gateway.pool.plan`), so those must be free too.
 PORT_BLOCK = 16
-# Which block comes next, for every process on the machine (parallel test runners too).
-_NEXT_BLOCK_FILE = "sipagent-free-ports"
+
+
+def _counter_path() -> Path:
+    """Which block comes next, for every process of this user (parallel test runners too)."""
+    return Path(tempfile.gettempdir()) / f"sipagent-free-ports-{os.getuid()}"
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -53,14 +56,15 @@ def _next_free_block(host: str, tcp: bool) -> int | None:
     (a softphone's SIP transport, sipp's) may get it, and the port after it, a second
     worker's, was never checked. Above that range nothing binds unless told to, and the
     counter, kept in a locked file, gives each caller blocks no other caller was given
-    recently."""
+    recently (a file of its own per user)."""
     first = _ephemeral_range()[1] + 1
     blocks = (65536 - first) // PORT_BLOCK
     if blocks < 2:
         return None
-    path = Path(tempfile.gettempdir()) / _NEXT_BLOCK_FILE
     try:
-        with open(path, "a+", encoding="ascii") as counter:
+        # Never through a link: the temp dir is everybody's.
+        fd = os.open(_counter_path(), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "r+", encoding="ascii") as counter:
             fcntl.flock(counter, fcntl.LOCK_EX)
             counter.seek(0)
             text = counter.read().strip()

@@ -17,7 +17,7 @@ from gateway.devtools.demo import PORT_BLOCK, free_udp_port, free_udp_tcp_port, 
 def own_counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The block counter in this test's own directory, not the machine's."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    return tmp_path / demo._NEXT_BLOCK_FILE
+    return demo._counter_path()
 
 
 def _first() -> int:
@@ -93,3 +93,12 @@ def test_agents_on_neighbouring_blocks_get_disjoint_rtp_ranges() -> None:
     starts = [rtp_base_for(first + i * PORT_BLOCK, span) for i in range(40)]
     assert len(set(starts)) == 40, starts
     assert all(start + span <= 32768 for start in starts)
+
+
+def test_a_link_in_the_counters_place_is_not_followed(own_counter: Path, tmp_path: Path) -> None:
+    precious = tmp_path / "precious.txt"
+    precious.write_text("somebody's file\n")
+    own_counter.symlink_to(precious)
+    port = free_udp_port()  # a port-0 bind instead
+    assert 1024 <= port <= 65535
+    assert precious.read_text() == "somebody's file\n"
