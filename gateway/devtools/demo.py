@@ -102,9 +102,9 @@ def _ephemeral_udp_port(host: str) -> int:
 
 
 def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP right now (a SIP listener that takes both, like
-    the Kamailio edge: another process's outgoing TCP connection can hold a port that is
-    free for UDP)."""
+    """Like `free_udp_port`, but the port is free for TCP too (a SIP listener that takes
+    both, like the Kamailio edge: another process's outgoing TCP connection can hold a port
+    that is free for UDP)."""
     port = _next_free_block(host, tcp=True)
     if port is not None:
         return port
