@@ -110,11 +110,7 @@ def free_udp_tcp_port(host: str = "127.0.0.1") -> int:
         return port
     for _ in range(100):
         port = _ephemeral_udp_port(host)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                t.bind((host, port))
-            except OSError:
-                continue
+        if _bindable(host, port, socket.SOCK_STREAM):
             return port
     raise OSError(f"no port free for both UDP and TCP on {host}")
 

@@ -84,6 +84,9 @@ def test_without_room_above_the_ephemeral_range_a_port_0_bind_is_used(
     monkeypatch.setattr(demo, "_ephemeral_range", lambda: (1024, 65530))
     port = free_udp_port()
     assert 1024 <= port <= 65535
+    both = free_udp_tcp_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind(("127.0.0.1", both))  # free for TCP too
     assert not own_counter.exists()
 
 
